@@ -1,0 +1,38 @@
+"""The matcher's output, shared by the matching, reporting, CLI and Airflow layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+PAIR_KEY_COLUMNS = ["region_a", "sku_a", "region_b", "sku_b"]
+DECISIONS = ("match", "below_threshold", "not_mutual", "conflict")
+
+
+@dataclass
+class MatchResult:
+    """Everything one match run produced.
+
+    ``pairs`` holds every scored candidate pair (``region_a < region_b``) with ``score``, ``cosine``,
+    ``decision`` (one of :data:`DECISIONS`), evidence columns (``ev_*`` / ``conflict_*`` floats and a
+    human ``explain`` string) and ``text_a``/``text_b``. ``groups`` has ``group_id, region, sku`` for
+    every product placed in a cross-region group; ``unmatched`` has ``region, sku, text, best_score,
+    best_region, best_sku`` for products with no accepted twin. ``summary`` is JSON-safe: ``model``,
+    ``collection``, ``threshold``, ``regions``, ``counts`` (per ``"A|B"`` region pair: candidates,
+    matches), ``timings`` (seconds per stage) and, when labels were given, ``metrics``:
+    ``{"overall": {...}, "by_pair": {"A|B": {...}}, "threshold_sweep": [...], "pr_curve": [...]}``
+    where each metrics dict has ``precision, recall, f1, top1, tp, fp, fn`` and each sweep/curve
+    row has ``threshold, precision, recall, f1``.
+    """
+
+    pairs: pd.DataFrame
+    groups: pd.DataFrame
+    unmatched: pd.DataFrame
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def matches(self) -> pd.DataFrame:
+        """Only the accepted pairs."""
+        return self.pairs[self.pairs["decision"] == "match"]

@@ -1,0 +1,39 @@
+"""Test-wide environment: offline model loading and a throwaway Airflow home.
+
+The variables are set at import time, before anything imports airflow, because Airflow reads its
+configuration once on first import.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="polyglot-airflow-"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("POLYGLOT_CACHE_DIR", str(ROOT / ".cache"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ["AIRFLOW__CORE__PARALLELISM"] = "2"
+os.environ["AIRFLOW__API__HOST"] = "127.0.0.1"
+os.environ["POLYGLOT_DATA_DIR"] = str(_AIRFLOW_HOME / "data")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SAMPLE_DIR = ROOT / "include" / "demo_catalog"
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The real bundled model, loaded once for the whole session (built by `make test`'s setup)."""
+    from polyglot_catalog.encoding import Encoder
+
+    return Encoder()
