@@ -1,0 +1,102 @@
+"""
+### Cross-region match
+
+Finds the same product across regions (e.g. DE/FR/US) in the Qdrant collection that **catalog_embed**
+filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
+`unmatched.parquet`, `summary.json` and a self-contained `report.html`.
+
+* **Schedule**: runs whenever catalog_embed updates the collection asset (asset-aware scheduling),
+  or by hand with the trigger form.
+* **Reports**: under `$POLYGLOT_DATA_DIR/reports/<out_name or run id>`.
+* **Labels**: a Parquet file with `region, sku, group_id`; when set, `summary.json` carries precision,
+  recall and F1. Defaults to the demo labels when the demo catalog is present.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import Param, dag
+from polyglot_catalog.models.registry import DEFAULT_MODEL
+from polyglot_catalog.provider.operators import DEFAULT_COLLECTION, MatchCatalogOperator, collection_asset
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+DEMO_LABELS = PROJECT_DIR / "include" / "demo_catalog" / "labels.parquet"
+COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+REGION_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
+OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
+
+
+@dag(
+    dag_id="cross_region_match",
+    schedule=[collection_asset(DEFAULT_COLLECTION)],
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["polyglot-catalog", "match", "qdrant"],
+    default_args={"owner": "polyglot-catalog", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    params={
+        "collection": Param(
+            DEFAULT_COLLECTION,
+            type="string",
+            pattern=COLLECTION_PATTERN,
+            title="Collection",
+            description="Qdrant collection to match (filled by catalog_embed).",
+        ),
+        "model": Param(
+            DEFAULT_MODEL,
+            type="string",
+            minLength=1,
+            title="Model",
+            description="Model whose vectors were stored (selects the named vector).",
+        ),
+        "regions": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string", "pattern": REGION_PATTERN},
+            uniqueItems=True,
+            title="Regions",
+            description="Regions to match, one per line (e.g. DE, FR, US); empty means all regions.",
+        ),
+        "threshold": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            title="Threshold",
+            description="Minimum score in [0, 1] for a match; empty uses the matcher's default.",
+        ),
+        "labels": Param(
+            str(DEMO_LABELS) if DEMO_LABELS.exists() else None,
+            type=["null", "string"],
+            title="Labels",
+            description="Optional Parquet with region, sku, group_id to score the matches against.",
+        ),
+        "out_name": Param(
+            "",
+            type="string",
+            pattern=OUT_NAME_PATTERN,
+            title="Report folder name",
+            description="Folder under the reports root; empty means the run id.",
+        ),
+    },
+)
+def cross_region_match() -> None:
+    """Match the collection across regions and write the report folder."""
+    # [START match_operator]
+    MatchCatalogOperator(
+        task_id="match_regions",
+        collection="{{ params.collection }}",
+        model="{{ params.model }}",
+        regions="{{ (params.regions or []) | join(',') }}",
+        threshold="{{ params.threshold }}",
+        labels="{{ params.labels or '' }}",
+        out_name="{{ params.out_name }}",
+    )
+    # [END match_operator]
+
+
+cross_region_match()
