@@ -157,9 +157,9 @@ class PolyglotQdrantHook(QdrantHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the store with one cheap call (``get_collections``); the message never holds secrets."""
-        from grpc import RpcError
         # ApiException covers UnexpectedResponse and ResponseHandlingException (connection refused),
         # which the provider's verify_connection lets escape.
+        from grpc import RpcError
         from qdrant_client.http.exceptions import ApiException
 
         try:
