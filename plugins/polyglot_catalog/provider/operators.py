@@ -8,7 +8,6 @@ parsing stays cheap.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from enum import StrEnum
 from functools import cached_property
@@ -43,11 +42,6 @@ def default_reports_root() -> Path:
     return data_dir() / REPORTS_DIR_NAME
 
 
-def vector_name_for(model: str) -> str:
-    """The named-vector key for a model (ARCHITECTURE.md: non ``[A-Za-z0-9_-]`` characters -> ``_``)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", model)
-
-
 # Templated values arrive as strings unless the DAG renders native objects; accept both forms.
 def _as_regions(value: Any) -> list[str] | None:
     if value is None or value == "" or value == []:
@@ -75,6 +69,12 @@ def _as_bool(value: Any) -> bool:
     return bool(value)
 
 
+def _as_source(value: Any) -> str | list[str]:
+    if isinstance(value, str | Path):
+        return str(value)
+    return [str(item) for item in value]
+
+
 def _as_optional_str(value: Any) -> str | None:
     if value is None:
         return None
@@ -90,7 +90,7 @@ class EmbedCatalogOperator(BaseOperator):
     the rest with the model (loaded once per task) and upserts them with deterministic point ids. Map it
     per file with ``EmbedCatalogOperator.partial(...).expand(source=...)``.
 
-    :param source: Parquet file, folder or glob. (templated)
+    :param source: Parquet file, folder or glob, or a list of them (one shard). (templated)
     :param collection: Qdrant collection name. Defaults to ``catalog``. (templated)
     :param model: model name from the model registry; ``None`` means the library's default
         model. Defaults to None. (templated)
@@ -98,8 +98,9 @@ class EmbedCatalogOperator(BaseOperator):
         Defaults to None. (templated)
     :param full_refresh: re-embed every row even when its content hash is unchanged.
         Defaults to False. (templated)
-    :param vanished: what to do with stored points missing from the source (passed to the library).
-        Defaults to ``flag``. (templated)
+    :param vanished: stored SKUs of a region seen in ``source`` but missing from it: ``flag`` (mark
+        stale), ``keep`` or ``delete``. Only correct when ``source`` holds every file of its regions;
+        the embed DAG maps over such shards. Defaults to ``flag``. (templated)
     :param batch_size: rows per read/upsert batch. Defaults to 256.
     :param encode_batch_size: texts per model forward pass. Defaults to 32.
     :param device: torch device for the model; ``None`` lets the library choose. Defaults to None.
@@ -114,7 +115,7 @@ class EmbedCatalogOperator(BaseOperator):
     def __init__(
         self,
         *,
-        source: str,
+        source: str | list[str],
         collection: str = DEFAULT_COLLECTION,
         model: str | None = None,
         template: str | None = None,
@@ -146,7 +147,7 @@ class EmbedCatalogOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.embed import embed_catalog
         from polyglot_catalog.encoding import Encoder
-        from polyglot_catalog.store import CatalogStore
+        from polyglot_catalog.store import CatalogStore, vector_name_for
 
         model = _as_optional_str(self.model)
         encoder = Encoder(
@@ -155,7 +156,7 @@ class EmbedCatalogOperator(BaseOperator):
         store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(encoder.model_name))
         try:
             summary = embed_catalog(
-                str(self.source),
+                _as_source(self.source),
                 store,
                 encoder,
                 template=_as_optional_str(self.template),
@@ -241,7 +242,7 @@ class MatchCatalogOperator(BaseOperator):
         from polyglot_catalog.matching.pipeline import match_catalog
         from polyglot_catalog.models.registry import DEFAULT_MODEL
         from polyglot_catalog.reports import safe_report_dir, write_reports
-        from polyglot_catalog.store import CatalogStore
+        from polyglot_catalog.store import CatalogStore, vector_name_for
 
         run_id = str(context["run_id"])
         root = _as_optional_str(self.reports_root) or str(default_reports_root())
