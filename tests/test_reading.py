@@ -1,0 +1,138 @@
+"""Streaming reads: source resolution, row bookkeeping, projection, quarantine and duplicate rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from polyglot_catalog.reading import CatalogReader, MissingColumnError, iter_batches, list_sources
+
+
+def write(path: Path, **columns: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path, row_group_size=7)
+    return path
+
+
+def catalog(path: Path, n: int, region: str = "DE", start: int = 0) -> Path:
+    ids = range(start, start + n)
+    return write(
+        path,
+        sku=[f"S{i}" for i in ids],
+        region=[region] * n,
+        description=[f"product {i}" for i in ids],
+        title=[f"T{i}" for i in ids],
+        brand=["b"] * n,
+        n=list(ids),
+    )
+
+
+def test_list_sources_accepts_file_dir_glob_and_lists(tmp_path: Path) -> None:
+    a = catalog(tmp_path / "x" / "a.parquet", 2)
+    b = catalog(tmp_path / "x" / "sub" / "b.parquet", 2)
+    (tmp_path / "x" / "notes.txt").write_text("ignored")
+    assert list_sources(a) == [str(a)]
+    assert list_sources(tmp_path / "x") == [str(a), str(b)]
+    assert list_sources(str(tmp_path / "x" / "*.parquet")) == [str(a)]
+    assert list_sources([str(b), str(a), str(b)]) == [str(b), str(a)]
+    assert list_sources(f"file://{a}") == [str(a)]
+    with pytest.raises(FileNotFoundError, match="nope"):
+        list_sources(tmp_path / "nope.parquet")
+    with pytest.raises(FileNotFoundError, match="matched no Parquet"):
+        list_sources(str(tmp_path / "x" / "*.csv"))
+
+
+def test_batches_know_file_and_row_numbers(tmp_path: Path) -> None:
+    path = catalog(tmp_path / "a.parquet", 50)
+    reader = CatalogReader(path, batch_size=8)
+    parts = list(reader)
+    assert reader.total_rows == 50
+    assert all(p.batch.num_rows <= 8 and p.source == str(path) for p in parts)
+    assert [p.start for p in parts] == sorted(p.start for p in parts)
+    for part in parts:
+        # row numbers point back at the same rows in the file
+        assert part.batch.column("n").to_pylist() == part.rows.tolist()
+    assert sum(p.rows_read for p in parts) == 50
+
+
+def test_projection_reads_required_plus_requested(tmp_path: Path) -> None:
+    path = catalog(tmp_path / "a.parquet", 3)
+    (part,) = iter_batches(path, columns=["title", "not_there"])
+    assert part.batch.schema.names == ["sku", "region", "description", "title"]
+    (part,) = iter_batches(path)
+    assert part.batch.schema.names == ["sku", "region", "description", "title", "brand", "n"]
+
+
+def test_bad_rows_are_quarantined_with_file_row_and_reason(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "bad.parquet",
+        sku=["a", "", "c", None, "e", " f "],
+        region=["DE", "DE", " ", "DE", "DE", " DE"],
+        description=["ok", "x", "y", "z", " \u00a0\n ", "fine"],
+    )
+    reader = CatalogReader(path, batch_size=4)
+    kept = [
+        (r, s)
+        for p in reader
+        for r, s in zip(p.batch["region"].to_pylist(), p.batch["sku"].to_pylist(), strict=True)
+    ]
+    assert kept == [("DE", "a"), ("DE", "f")]  # keys are trimmed
+    found = {(q.source, q.row, q.reason) for q in reader.quarantine}
+    assert found == {
+        (str(path), 1, "empty sku"),
+        (str(path), 2, "empty region"),
+        (str(path), 3, "empty sku"),
+        (str(path), 4, "empty description"),
+    }
+    assert reader.invalid == 4 and reader.invalid_by_reason["empty sku"] == 2
+
+
+def test_duplicates_keep_the_last_occurrence_across_files(tmp_path: Path) -> None:
+    first = write(
+        tmp_path / "1.parquet", sku=["a", "b", "a"], region=["DE"] * 3, description=["a1", "b1", "a2"]
+    )
+    second = write(tmp_path / "2.parquet", sku=["a", "b"], region=["DE", "FR"], description=["a3", "b-fr"])
+    reader = CatalogReader(tmp_path, batch_size=2)
+    kept = {
+        (r, s): d
+        for p in reader
+        for r, s, d in zip(*(p.batch[c].to_pylist() for c in ("region", "sku", "description")), strict=True)
+    }
+    assert kept == {("DE", "a"): "a3", ("DE", "b"): "b1", ("FR", "b"): "b-fr"}
+    dupes = sorted((q.source, q.row) for q in reader.quarantine)
+    assert dupes == [(str(first), 0), (str(first), 2)]
+    assert all(f"kept {second} row 0" in q.reason for q in reader.quarantine)
+    assert sorted((k["region"], k["sku"]) for k in reader.keys.to_pylist()) == sorted(kept)
+
+
+def test_an_invalid_last_occurrence_does_not_hide_a_valid_earlier_one(tmp_path: Path) -> None:
+    write(tmp_path / "a.parquet", sku=["a", "a"], region=["DE", "DE"], description=["good", "  "])
+    reader = CatalogReader(tmp_path)
+    kept = [d for p in reader for d in p.batch["description"].to_pylist()]
+    assert kept == ["good"]
+    assert [q.reason for q in reader.quarantine] == ["empty description"]
+
+
+def test_missing_required_column_names_the_file(tmp_path: Path) -> None:
+    catalog(tmp_path / "good.parquet", 2)
+    bad = write(tmp_path / "bad.parquet", sku=["a"], region=["DE"], text=["no description column"])
+    with pytest.raises(MissingColumnError, match=rf"{bad}.*\['description'\]"):
+        list(CatalogReader(tmp_path))
+
+
+def test_numeric_skus_are_read_as_strings(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.parquet", sku=[101, 102], region=["US", "US"], description=["x", "y"])
+    (part,) = iter_batches(path)
+    assert part.batch["sku"].to_pylist() == ["101", "102"]
+
+
+def test_total_rows_without_dedupe_comes_from_metadata(tmp_path: Path) -> None:
+    catalog(tmp_path / "a.parquet", 10)
+    catalog(tmp_path / "b.parquet", 5, start=10)
+    reader = CatalogReader(tmp_path, dedupe=False)
+    assert reader.total_rows == 15
+    with pytest.raises(RuntimeError):
+        _ = reader.keys
