@@ -1,0 +1,684 @@
+"""Self-contained HTML match report rendered with Jinja2.
+
+Product text is hostile input: it only ever reaches the page through Jinja2 autoescaping, as text
+content, never inside ``href``/``src``/``style`` attributes. Charts are inline SVG whose geometry is
+computed here from numbers, so the report needs no JavaScript, fonts, images or network access, and a
+Content-Security-Policy of ``default-src 'none'`` keeps it that way even if escaping ever failed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from polyglot_catalog.matching.result import DECISIONS, MatchResult
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATE_NAME = "report.html.j2"
+
+#: Characters of product text shown per side of a sample pair (texts can be 1 MB).
+TEXT_LIMIT = 500
+#: Characters of product text shown per unmatched product.
+UNMATCHED_TEXT_LIMIT = 180
+#: Unmatched products listed in the report (all of them are in ``unmatched.parquet``).
+UNMATCHED_LIMIT = 300
+#: Threshold-sweep rows shown before the table is thinned out.
+SWEEP_ROWS = 30
+
+DECISION_LABELS = {
+    "match": "accepted",
+    "below_threshold": "below threshold",
+    "not_mutual": "not mutual best",
+    "conflict": "conflicting evidence",
+}
+EVIDENCE_PREFIXES = ("ev_", "conflict_")
+
+_TOKEN_RE = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+|\s+|.", re.UNICODE)
+_WORD_RE = re.compile(r"[^\W_]", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of text and how it relates to the other text of its pair.
+
+    ``kind`` is ``""`` (plain), ``"shared"`` (the token also occurs in the other text) or ``"only"`` (a
+    number or code that the other text lacks: the likeliest sign of a variant, not a twin).
+    """
+
+    text: str
+    kind: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# text differences
+
+
+def _norm_token(token: str) -> str:
+    """Compare tokens the way a reader would: case-, width- and decimal-comma-insensitive."""
+    token = unicodedata.normalize("NFKC", token).casefold()
+    if token[:1].isdigit():
+        token = token.replace(",", ".")
+    return token
+
+
+def _has_digit(token: str) -> bool:
+    return any(ch.isdigit() for ch in token)
+
+
+def diff_segments(text_a: str, text_b: str) -> tuple[list[Segment], list[Segment]]:
+    """Mark which tokens of two product texts the other text shares, and numbers it lacks.
+
+    Twins across regions are usually translations, so word order and most words differ and a
+    sequence diff would mark nearly everything. Comparing token sets instead surfaces what matters
+    to a reviewer: shared brand names, codes and numbers (evidence for a match) and numbers present
+    on one side only (evidence for a variant such as another size).
+
+    Args:
+        text_a (str): the first text, already truncated for display.
+        text_b (str): the second text.
+
+    Returns:
+        tuple[list[Segment], list[Segment]]: segments for ``text_a`` and for ``text_b``; joining the
+        ``text`` of each list gives back the input unchanged.
+    """
+    tokens_a = _TOKEN_RE.findall(text_a)
+    tokens_b = _TOKEN_RE.findall(text_b)
+    set_a = {_norm_token(t) for t in tokens_a if _WORD_RE.search(t)}
+    set_b = {_norm_token(t) for t in tokens_b if _WORD_RE.search(t)}
+    return _segments(tokens_a, set_b), _segments(tokens_b, set_a)
+
+
+def _segments(tokens: Sequence[str], other: set[str]) -> list[Segment]:
+    out: list[Segment] = []
+    for token in tokens:
+        kind = ""
+        if _WORD_RE.search(token):
+            norm = _norm_token(token)
+            # One-letter words ("x" in 60x120, articles) are noise when marked as shared.
+            if norm in other and (len(norm) > 1 or _has_digit(norm)):
+                kind = "shared"
+            elif norm not in other and _has_digit(norm):
+                kind = "only"
+        if out and out[-1].kind == kind:
+            out[-1] = Segment(out[-1].text + token, kind)
+        else:
+            out.append(Segment(token, kind))
+    return out
+
+
+def _truncate(text: Any, limit: int) -> tuple[str, bool]:
+    """Shorten display text; the full text stays in the Parquet files."""
+    text = _as_text(text)
+    if len(text) <= limit:
+        return text, False
+    return text[:limit].rstrip() + " …", True
+
+
+# ---------------------------------------------------------------------------------------------
+# small value helpers
+
+
+def _as_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def _as_float(value: Any) -> float | None:
+    """A finite float or None: NaN, None and junk all mean "no value" in the report."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def fmt_num(value: Any, digits: int = 3) -> str:
+    """Format a score or metric for people; missing values show as an en dash."""
+    number = _as_float(value)
+    return "–" if number is None else f"{number:.{digits}f}"
+
+
+def fmt_int(value: Any) -> str:
+    number = _as_float(value)
+    return "–" if number is None else f"{int(number):,}"
+
+
+def fmt_seconds(value: Any) -> str:
+    number = _as_float(value)
+    if number is None:
+        return "–"
+    if number >= 120:
+        return f"{number / 60:.1f} min"
+    return f"{number:.2f} s" if number < 10 else f"{number:.1f} s"
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round axis ticks so labels read 0.5, 0.6 … rather than 0.4837."""
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(count, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    value = first
+    while value <= hi + 1e-9:
+        ticks.append(round(value, 10))
+        value += step
+    return ticks
+
+
+# ---------------------------------------------------------------------------------------------
+# context pieces
+
+
+def _products_per_region(result: MatchResult) -> dict[str, int]:
+    """Count distinct (region, sku) over every table: no single table lists all products."""
+    frames = []
+    if {"region", "sku"} <= set(result.groups.columns):
+        frames.append(result.groups[["region", "sku"]])
+    if {"region", "sku"} <= set(result.unmatched.columns):
+        frames.append(result.unmatched[["region", "sku"]])
+    for side in ("a", "b"):
+        cols = [f"region_{side}", f"sku_{side}"]
+        if set(cols) <= set(result.pairs.columns):
+            frames.append(result.pairs[cols].set_axis(["region", "sku"], axis=1))
+    if not frames:
+        return {}
+    both = pd.concat(frames, ignore_index=True).astype(str).drop_duplicates()
+    return {str(k): int(v) for k, v in both.groupby("region").size().items()}
+
+
+def _region_order(summary: Mapping[str, Any], products: Mapping[str, int]) -> list[str]:
+    declared = summary.get("regions")
+    order: list[str] = []
+    # A list of names or a {region: count} mapping: either way iteration yields the names.
+    if isinstance(declared, Iterable) and not isinstance(declared, str | bytes):
+        order = [str(r) for r in declared]
+    for region in sorted(products):
+        if region not in order:
+            order.append(region)
+    return order
+
+
+def _pair_counts(result: MatchResult, regions: Sequence[str]) -> list[dict[str, Any]]:
+    """Candidates and matches per region pair, from the summary or, failing that, the pairs table."""
+    counts: dict[tuple[str, str], dict[str, Any]] = {}
+    summary_counts = result.summary.get("counts")
+    if isinstance(summary_counts, Mapping):
+        for key, value in summary_counts.items():
+            parts = str(key).split("|")
+            if len(parts) != 2 or not isinstance(value, Mapping):
+                continue
+            a, b = sorted(parts)
+            counts[(a, b)] = {
+                "candidates": _as_float(value.get("candidates")),
+                "matches": _as_float(value.get("matches")),
+            }
+    pairs = result.pairs
+    if {"region_a", "region_b", "decision"} <= set(pairs.columns) and len(pairs):
+        keyed = pairs.assign(
+            _a=pairs["region_a"].astype(str),
+            _b=pairs["region_b"].astype(str),
+            _m=pairs["decision"] == "match",
+        )
+        for (a, b), grp in keyed.groupby(["_a", "_b"]):
+            a, b = sorted((str(a), str(b)))
+            entry = counts.setdefault((a, b), {"candidates": None, "matches": None})
+            if entry["candidates"] is None:
+                entry["candidates"] = float(len(grp))
+            if entry["matches"] is None:
+                entry["matches"] = float(grp["_m"].sum())
+    position = {r: i for i, r in enumerate(regions)}
+    rows = []
+    for (a, b), value in sorted(counts.items(), key=lambda kv: (position.get(kv[0][0], 99), kv[0])):
+        rows.append({"a": a, "b": b, "key": f"{a}|{b}", **value})
+    return rows
+
+
+def _matrix(
+    regions: Sequence[str], pair_rows: Sequence[Mapping[str, Any]], products: Mapping[str, int]
+) -> list[dict[str, Any]]:
+    """Rows of the region x region table; off-diagonal cells shaded by matches (CSS classes q0-q5)."""
+    lookup = {(r["a"], r["b"]): r for r in pair_rows}
+    peak = max((r["matches"] or 0 for r in pair_rows), default=0) or 1
+    table = []
+    for ra in regions:
+        cells = []
+        for rb in regions:
+            if ra == rb:
+                cells.append({"diagonal": True, "products": products.get(ra)})
+                continue
+            entry = lookup.get(tuple(sorted((ra, rb))))  # type: ignore[arg-type]
+            matches = entry["matches"] if entry else None
+            smaller = min(products.get(ra, 0), products.get(rb, 0))
+            cells.append(
+                {
+                    "diagonal": False,
+                    "matches": matches,
+                    "candidates": entry["candidates"] if entry else None,
+                    "coverage": (matches / smaller) if matches is not None and smaller else None,
+                    "shade": 0 if not matches else 1 + min(4, int(4 * matches / peak)),
+                }
+            )
+        table.append({"region": ra, "cells": cells})
+    return table
+
+
+def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] | None:
+    """Two stacked panels (accepted above rejected) sharing one score axis, each scaled to itself.
+
+    Rejected candidates usually outnumber accepted ones many times over; one shared y-axis would
+    flatten the accepted distribution into the floor.
+    """
+    if "score" not in pairs.columns or "decision" not in pairs.columns:
+        return None
+    scores = pd.to_numeric(pairs["score"], errors="coerce")
+    ok = scores.notna() & np.isfinite(scores)
+    if not ok.any():
+        return None
+    scores = scores[ok].astype(float)
+    accepted = (pairs.loc[ok, "decision"] == "match").to_numpy()
+    lo, hi = float(scores.min()), float(scores.max())
+    if threshold is not None:
+        lo, hi = min(lo, threshold), max(hi, threshold)
+    lo = math.floor(lo * 20) / 20
+    hi = math.ceil(hi * 20) / 20
+    if hi - lo < 0.1:
+        hi = lo + 0.1
+    bins = min(40, max(10, round((hi - lo) / 0.025)))
+    edges = np.linspace(lo, hi, bins + 1)
+
+    width, left, right, panel_h, gap, top = 680, 56, 16, 110, 34, 12
+    plot_w = width - left - right
+
+    def x_of(value: float) -> float:
+        return round(left + (value - lo) / (hi - lo) * plot_w, 2)
+
+    panels = []
+    for index, (label, css, mask) in enumerate(
+        (("accepted pairs", "acc", accepted), ("rejected pairs", "rej", ~accepted))
+    ):
+        counts, _ = np.histogram(scores.to_numpy()[mask], bins=edges)
+        peak = int(counts.max()) if counts.size else 0
+        y0 = top + index * (panel_h + gap)
+        bars = []
+        for i, count in enumerate(counts):
+            if not count:
+                continue
+            h = round(panel_h * count / max(peak, 1), 2)
+            bars.append(
+                {
+                    "x": x_of(edges[i]) + 0.5,
+                    "w": max(round(x_of(edges[i + 1]) - x_of(edges[i]) - 1, 2), 0.5),
+                    "y": round(y0 + panel_h - h, 2),
+                    "h": h,
+                    "count": int(count),
+                    "lo": float(edges[i]),
+                    "hi": float(edges[i + 1]),
+                }
+            )
+        panels.append(
+            {
+                "label": label,
+                "css": css,
+                "total": int(mask.sum()),
+                "peak": peak,
+                "y0": y0,
+                "base": y0 + panel_h,
+                "bars": bars,
+            }
+        )
+    height = top + 2 * panel_h + gap + 34
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "right": width - right,
+        "panels": panels,
+        "ticks": [{"x": x_of(t), "label": f"{t:g}"} for t in _nice_ticks(lo, hi, 8)],
+        "axis_y": height - 30,
+        "threshold_x": x_of(threshold) if threshold is not None else None,
+        "threshold": threshold,
+        "top": top,
+    }
+
+
+def _curve_rows(rows: Any) -> list[dict[str, float | None]]:
+    out = []
+    if not isinstance(rows, Iterable) or isinstance(rows, str | bytes | Mapping):
+        return out
+    for row in rows:
+        if not isinstance(row, Mapping):
+            continue
+        out.append(
+            {
+                "threshold": _as_float(row.get("threshold")),
+                "precision": _as_float(row.get("precision")),
+                "recall": _as_float(row.get("recall")),
+                "f1": _as_float(row.get("f1")),
+            }
+        )
+    return out
+
+
+def _closest(rows: Sequence[Mapping[str, Any]], threshold: float | None) -> int | None:
+    candidates = [i for i, r in enumerate(rows) if r["threshold"] is not None]
+    if threshold is None or not candidates:
+        return None
+    return min(candidates, key=lambda i: abs(rows[i]["threshold"] - threshold))
+
+
+def _pr_chart(metrics: Mapping[str, Any], threshold: float | None) -> dict[str, Any] | None:
+    """Precision-recall curve with the chosen threshold marked, in a fixed 0-1 box."""
+    curve = [
+        r
+        for r in _curve_rows(metrics.get("pr_curve"))
+        if r["precision"] is not None and r["recall"] is not None
+    ]
+    if not curve:
+        curve = [
+            r
+            for r in _curve_rows(metrics.get("threshold_sweep"))
+            if r["precision"] is not None and r["recall"] is not None
+        ]
+    if not curve:
+        return None
+    size, left, top = 300, 52, 14
+    width, height = left + size + 20, top + size + 46
+
+    def xy(recall: float, precision: float) -> tuple[float, float]:
+        return round(left + recall * size, 2), round(top + (1 - precision) * size, 2)
+
+    ordered = sorted(curve, key=lambda r: (r["recall"], -r["precision"]))
+    points = " ".join(f"{x},{y}" for x, y in (xy(r["recall"], r["precision"]) for r in ordered))
+    marker = None
+    index = _closest(curve, threshold)
+    if index is not None:
+        row = curve[index]
+        x, y = xy(row["recall"], row["precision"])
+        marker = {"x": x, "y": y, **row, "label_left": x > left + size * 0.6}
+    ticks = [
+        {"v": t, "x": xy(t, 0)[0], "y": xy(0, t)[1], "label": f"{t:g}"} for t in (0, 0.2, 0.4, 0.6, 0.8, 1)
+    ]
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "top": top,
+        "size": size,
+        "right": left + size,
+        "bottom": top + size,
+        "points": points,
+        "marker": marker,
+        "ticks": ticks,
+    }
+
+
+def _sweep_rows(metrics: Mapping[str, Any], threshold: float | None) -> list[dict[str, Any]]:
+    """The sweep table, thinned to about SWEEP_ROWS but always keeping the chosen and best-F1 rows."""
+    rows = _curve_rows(metrics.get("threshold_sweep"))
+    if not rows:
+        return []
+    chosen = _closest(rows, threshold)
+    scored = [i for i, r in enumerate(rows) if r["f1"] is not None]
+    best = max(scored, key=lambda i: rows[i]["f1"]) if scored else None
+    step = max(1, math.ceil(len(rows) / SWEEP_ROWS))
+    keep = (
+        {i for i in range(0, len(rows), step)}
+        | {len(rows) - 1}
+        | {i for i in (chosen, best) if i is not None}
+    )
+    return [{**rows[i], "chosen": i == chosen, "best": i == best} for i in sorted(keep)]
+
+
+def _metric_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    overall = metrics.get("overall")
+    by_pair = metrics.get("by_pair")
+    if isinstance(by_pair, Mapping):
+        for key, value in by_pair.items():
+            if isinstance(value, Mapping):
+                out.append({"name": str(key).replace("|", " ↔ "), "overall": False, **_metric_values(value)})
+    if isinstance(overall, Mapping):
+        out.append({"name": "all pairs", "overall": True, **_metric_values(overall)})
+    return out
+
+
+def _metric_values(value: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: value.get(k) for k in ("precision", "recall", "f1", "top1", "tp", "fp", "fn")}
+
+
+def _evidence_columns(pairs: pd.DataFrame) -> list[str]:
+    return [c for c in pairs.columns if str(c).startswith(EVIDENCE_PREFIXES)]
+
+
+def _pair_view(row: Mapping[str, Any], evidence_cols: Sequence[str]) -> dict[str, Any]:
+    text_a, cut_a = _truncate(row.get("text_a"), TEXT_LIMIT)
+    text_b, cut_b = _truncate(row.get("text_b"), TEXT_LIMIT)
+    seg_a, seg_b = diff_segments(text_a, text_b)
+    decision = _as_text(row.get("decision"))
+    evidence = []
+    for col in evidence_cols:
+        value = _as_float(row.get(col))
+        if value is None:
+            continue
+        evidence.append(
+            {
+                "name": str(col),
+                "value": value,
+                "kind": "conflict"
+                if str(col).startswith("conflict_") and value
+                else ("pos" if value else "zero"),
+            }
+        )
+    return {
+        "region_a": _as_text(row.get("region_a")),
+        "sku_a": _as_text(row.get("sku_a")),
+        "region_b": _as_text(row.get("region_b")),
+        "sku_b": _as_text(row.get("sku_b")),
+        "score": row.get("score"),
+        "cosine": row.get("cosine"),
+        "decision": decision,
+        "decision_label": DECISION_LABELS.get(decision, decision or "unknown"),
+        # Only known decisions become CSS classes; anything else gets the neutral style.
+        "decision_css": decision if decision in DECISIONS else "other",
+        "explain": _as_text(row.get("explain")),
+        "segments_a": seg_a,
+        "segments_b": seg_b,
+        "cut_a": cut_a,
+        "cut_b": cut_b,
+        "evidence": evidence,
+    }
+
+
+def _sample_pairs(pairs: pd.DataFrame, size: int) -> dict[str, Any]:
+    """The pairs a reviewer learns most from: accepted and rejected pairs nearest the threshold.
+
+    Borderline decisions are where the matcher is most likely wrong, so they beat a random sample.
+    Conflicts are shown apart because they explain the variants the matcher refused.
+    """
+    empty = {"accepted": [], "rejected": [], "conflicts": []}
+    if not len(pairs) or "decision" not in pairs.columns:
+        return empty
+    evidence_cols = _evidence_columns(pairs)
+    score = pd.to_numeric(pairs["score"], errors="coerce") if "score" in pairs.columns else None
+    frame = pairs.assign(_score=score if score is not None else np.nan)
+    per_group = max(1, size // 3)
+    accepted = frame[frame["decision"] == "match"].sort_values("_score", kind="stable").head(per_group)
+    conflicts = frame[frame["decision"] == "conflict"].sort_values("_score", ascending=False, kind="stable")
+    conflicts = conflicts.head(per_group)
+    rejected = frame[~frame["decision"].isin(["match", "conflict"])]
+    rejected = rejected.sort_values("_score", ascending=False, kind="stable").head(
+        size - len(accepted) - len(conflicts)
+    )
+
+    def views(df: pd.DataFrame) -> list[dict[str, Any]]:
+        return [_pair_view(row, evidence_cols) for row in df.to_dict("records")]
+
+    return {"accepted": views(accepted), "rejected": views(rejected), "conflicts": views(conflicts)}
+
+
+def _unmatched(unmatched: pd.DataFrame, regions: Sequence[str]) -> dict[str, Any]:
+    """Unmatched products by region, nearest misses first, capped at UNMATCHED_LIMIT rows."""
+    total = len(unmatched)
+    if not total or not {"region", "sku"} <= set(unmatched.columns):
+        return {"rows": [], "total": total, "by_region": []}
+    position = {r: i for i, r in enumerate(regions)}
+    frame = unmatched.assign(
+        _pos=unmatched["region"].astype(str).map(lambda r: position.get(r, len(position))),
+        _score=pd.to_numeric(unmatched.get("best_score"), errors="coerce")
+        if "best_score" in unmatched.columns
+        else np.nan,
+    ).sort_values(["_pos", "_score"], ascending=[True, False], kind="stable", na_position="last")
+    rows = []
+    for row in frame.head(UNMATCHED_LIMIT).to_dict("records"):
+        text, cut = _truncate(row.get("text"), UNMATCHED_TEXT_LIMIT)
+        rows.append(
+            {
+                "region": _as_text(row.get("region")),
+                "sku": _as_text(row.get("sku")),
+                "text": text,
+                "cut": cut,
+                "best_score": row.get("best_score"),
+                "best_region": _as_text(row.get("best_region")),
+                "best_sku": _as_text(row.get("best_sku")),
+            }
+        )
+    counts = unmatched["region"].astype(str).value_counts()
+    by_region = [{"region": r, "count": int(counts.get(r, 0))} for r in regions if counts.get(r, 0)]
+    return {"rows": rows, "total": total, "by_region": by_region}
+
+
+def _group_sizes(groups: pd.DataFrame) -> list[dict[str, int]]:
+    if not len(groups) or "group_id" not in groups.columns:
+        return []
+    sizes = groups.groupby("group_id").size().value_counts().sort_index(ascending=False)
+    return [{"size": int(size), "groups": int(count)} for size, count in sizes.items()]
+
+
+def _timings(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    timings = summary.get("timings")
+    if not isinstance(timings, Mapping):
+        return []
+    rows = [{"stage": str(k), "seconds": _as_float(v)} for k, v in timings.items()]
+    total = sum(r["seconds"] or 0 for r in rows)
+    for row in rows:
+        row["share"] = (row["seconds"] or 0) / total if total else 0
+    return rows
+
+
+def build_context(
+    result: MatchResult,
+    *,
+    run_id: str | None = None,
+    generated_at: datetime | None = None,
+    sample_size: int = 36,
+) -> dict[str, Any]:
+    """Everything the template shows, as plain values: the template only lays it out.
+
+    Keeping the arithmetic here keeps the template free of logic that could mishandle raw text.
+    """
+    summary = result.summary if isinstance(result.summary, Mapping) else {}
+    threshold = _as_float(summary.get("threshold"))
+    products = _products_per_region(result)
+    regions = _region_order(summary, products)
+    pair_rows = _pair_counts(result, regions)
+    metrics = summary.get("metrics") if isinstance(summary.get("metrics"), Mapping) else {}
+    overall = metrics.get("overall") if isinstance(metrics.get("overall"), Mapping) else None
+    pairs = result.pairs
+    n_matches = int((pairs["decision"] == "match").sum()) if "decision" in pairs.columns else 0
+    decisions = (
+        [
+            {"decision": d, "label": DECISION_LABELS.get(str(d), str(d)), "count": int(c)}
+            for d, c in pairs["decision"].astype(str).value_counts().items()
+        ]
+        if "decision" in pairs.columns
+        else []
+    )
+    generated = generated_at or datetime.now(UTC)
+    return {
+        "title": "Cross-region match report",
+        "run_id": run_id if run_id is not None else summary.get("run_id"),
+        "generated_at": generated.strftime("%Y-%m-%d %H:%M:%S %Z").strip(),
+        "model": summary.get("model"),
+        "collection": summary.get("collection"),
+        "threshold": threshold,
+        "regions": regions,
+        "products": [{"region": r, "count": products.get(r, 0)} for r in regions],
+        "total_products": sum(products.values()),
+        "pair_counts": pair_rows,
+        "n_pairs": len(pairs),
+        "n_matches": n_matches,
+        "decisions": decisions,
+        "n_groups": int(result.groups["group_id"].nunique()) if "group_id" in result.groups.columns else 0,
+        "group_sizes": _group_sizes(result.groups),
+        "n_unmatched": len(result.unmatched),
+        "matrix": _matrix(regions, pair_rows, products),
+        "histogram": _histogram(pairs, threshold),
+        "labelled": bool(metrics),
+        "overall": _metric_values(overall) if overall else None,
+        "metric_rows": _metric_rows(metrics),
+        "pr": _pr_chart(metrics, threshold),
+        "sweep": _sweep_rows(metrics, threshold),
+        "samples": _sample_pairs(pairs, sample_size),
+        "evidence_columns": _evidence_columns(pairs),
+        "unmatched": _unmatched(result.unmatched, regions),
+        "timings": _timings(summary),
+        "text_limit": TEXT_LIMIT,
+    }
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    """One Jinja2 environment with autoescape forced on.
+
+    ``select_autoescape(["html"])`` would NOT escape here: the template is named ``*.html.j2``.
+    """
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = fmt_num
+    env.filters["int"] = fmt_int
+    env.filters["seconds"] = fmt_seconds
+    env.filters["pct"] = lambda v: "–" if _as_float(v) is None else f"{100 * _as_float(v):.0f}%"
+    return env
+
+
+def render_html(
+    result: MatchResult,
+    *,
+    run_id: str | None = None,
+    generated_at: datetime | None = None,
+    sample_size: int = 36,
+) -> str:
+    """Render the self-contained report page for one match run.
+
+    Args:
+        result (MatchResult): the run to report on.
+        run_id (str | None): shown in the header. Defaults to ``summary["run_id"]`` if present.
+        generated_at (datetime | None): shown in the header. Defaults to now (UTC).
+        sample_size (int): pairs shown side by side, split between accepted, conflicting and
+            rejected pairs nearest the threshold. Defaults to 36.
+
+    Returns:
+        str: a complete HTML document with inline CSS and SVG; it loads nothing from anywhere.
+    """
+    context = build_context(result, run_id=run_id, generated_at=generated_at, sample_size=sample_size)
+    return _environment().get_template(TEMPLATE_NAME).render(**context)
