@@ -1,0 +1,209 @@
+"""``polyglot-catalog``: the same library as the Airflow operators, for backfills, debugging and evaluation.
+
+Subcommands: ``embed``, ``match``, ``stats``, ``build-model``. Bad arguments or input end with a
+non-zero exit and one line on stderr, never a stack trace; the Qdrant API key comes from
+``$QDRANT_API_KEY`` so it stays out of shell history. No Airflow import here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+PROG = "polyglot-catalog"
+API_KEY_ENV = "QDRANT_API_KEY"
+EXIT_INPUT = 1
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Bad input found by the CLI itself; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump), so scripts can log the reason."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _regions(value: str) -> list[str]:
+    regions = [part.strip() for part in value.split(",") if part.strip()]
+    if not regions:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of regions; got {value!r}")
+    return regions
+
+
+def _threshold(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold must be a number; got {value!r}") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be in [0, 1]; got {value}")
+    return number
+
+
+def _add_store_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--collection", required=True, help="Qdrant collection name")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--qdrant-path", metavar="DIR", help="Qdrant local mode folder (embedded)")
+    target.add_argument(
+        "--qdrant-url", metavar="URL", help=f"Qdrant server URL (API key from ${API_KEY_ENV})"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; its spellings are a stable interface (README, scripts, CI)."""
+    parser = _Parser(
+        prog=PROG, description="Embed multilingual catalogs into Qdrant and match across regions."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    embed = sub.add_parser("embed", help="embed Parquet files into a collection")
+    embed.add_argument("--source", required=True, metavar="PATH_OR_GLOB", help="Parquet file, folder or glob")
+    _add_store_args(embed)
+    embed.add_argument("--model", metavar="NAME", help="model registry name, hub id or folder")
+
+    match = sub.add_parser("match", help="match products across regions and write reports")
+    _add_store_args(match)
+    match.add_argument("--out", required=True, metavar="DIR", help="report folder to write")
+    match.add_argument("--regions", type=_regions, metavar="A,B,...", help="regions to match (default: all)")
+    match.add_argument("--threshold", type=_threshold, metavar="X", help="minimum match score in [0, 1]")
+    match.add_argument("--labels", metavar="FILE", help="Parquet with region, sku, group_id for metrics")
+    match.add_argument("--model", metavar="NAME", help="model whose stored vectors to use (default model)")
+
+    stats = sub.add_parser("stats", help="print point counts of a collection as JSON")
+    _add_store_args(stats)
+
+    sub.add_parser("build-model", help="build the bundled default model into the cache")
+    return parser
+
+
+def _client(args: argparse.Namespace, *, must_exist: bool) -> Any:
+    from polyglot_catalog.store import open_client
+
+    if args.qdrant_path:
+        path = Path(args.qdrant_path).expanduser()
+        if must_exist and args.qdrant_path != ":memory:" and not path.is_dir():
+            raise UserError(f"no Qdrant data at --qdrant-path {args.qdrant_path!r}")
+        return open_client(path=args.qdrant_path)
+    return open_client(url=args.qdrant_url, api_key=os.environ.get(API_KEY_ENV) or None)
+
+
+def _store(client: Any, collection: str, model: str | None, *, must_exist: bool) -> Any:
+    from polyglot_catalog.models.registry import DEFAULT_MODEL
+    from polyglot_catalog.store import CatalogStore, vector_name_for
+
+    store = CatalogStore(client, collection, vector_name_for(model or DEFAULT_MODEL))
+    if must_exist and not store.exists():
+        raise UserError(f"collection {collection!r} does not exist")
+    return store
+
+
+def _cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
+    from polyglot_catalog.embed import embed_catalog
+    from polyglot_catalog.encoding import Encoder
+    from polyglot_catalog.reading import list_sources
+
+    list_sources(args.source)  # fail on a bad source before the model loads
+    encoder = Encoder(args.model) if args.model else Encoder()
+    client = _client(args, must_exist=False)
+    try:
+        store = _store(client, args.collection, encoder.model_name, must_exist=False)
+        return embed_catalog(args.source, store, encoder)
+    finally:
+        client.close()
+
+
+def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
+    from polyglot_catalog.matching.pipeline import match_catalog
+    from polyglot_catalog.reports import write_reports
+
+    if args.labels and not Path(args.labels).is_file():
+        raise UserError(f"labels file {args.labels!r} does not exist")
+    client = _client(args, must_exist=True)
+    try:
+        store = _store(client, args.collection, args.model, must_exist=True)
+        result = match_catalog(store, regions=args.regions, threshold=args.threshold, labels=args.labels)
+    finally:
+        client.close()
+    report_dir = write_reports(Path(args.out), result)
+    metrics = (result.summary.get("metrics") or {}).get("overall")
+    return {
+        "report_dir": str(report_dir),
+        "pairs": len(result.pairs),
+        "matches": len(result.matches),
+        "unmatched": len(result.unmatched),
+        "metrics": metrics,
+    }
+
+
+def _cmd_stats(args: argparse.Namespace) -> dict[str, Any]:
+    client = _client(args, must_exist=True)
+    try:
+        return _store(client, args.collection, None, must_exist=True).stats()
+    finally:
+        client.close()
+
+
+def _cmd_build_model(args: argparse.Namespace) -> dict[str, Any]:
+    from polyglot_catalog.models.registry import ensure_bundled_model
+
+    return {"model_dir": str(ensure_bundled_model())}
+
+
+COMMANDS = {"embed": _cmd_embed, "match": _cmd_match, "stats": _cmd_stats, "build-model": _cmd_build_model}
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or environment (print one line), as opposed to bugs (traceback)."""
+    errors: list[type[BaseException]] = [UserError, ValueError, OSError, RuntimeError]
+    try:
+        from qdrant_client.http.exceptions import ApiException
+
+        errors.append(ApiException)
+    except ImportError:  # pragma: no cover - qdrant-client is a hard dependency
+        pass
+    return tuple(errors)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Progress on stderr for the package's loggers only; the root logger is left alone."""
+    package_log = logging.getLogger("polyglot_catalog")
+    if not any(getattr(h, "_polyglot_cli", False) for h in package_log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._polyglot_cli = True  # type: ignore[attr-defined]
+        package_log.addHandler(handler)
+    package_log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    package_log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; print its JSON result on stdout. Returns the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2, already printed)
+        return int(e.code or 0)
+    _configure_logging(args.verbose)
+    try:
+        result = COMMANDS[args.command](args)
+    except _input_errors() as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_INPUT
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
