@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -148,8 +149,10 @@ class CatalogStore:
             },
             quantization_config=quant,
         )
-        for name in INDEXED_FIELDS:
-            self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
+        with warnings.catch_warnings():  # local mode warns that indexes do nothing there; harmless
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+            for name in INDEXED_FIELDS:
+                self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
         log.info("created collection %s (%s: %d dims, cosine)", self.collection, self.vector_name, dim)
         return True
 
