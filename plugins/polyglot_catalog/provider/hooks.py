@@ -72,6 +72,7 @@ class PolyglotQdrantHook(QdrantHook):
     """
 
     hook_name = "Qdrant (polyglot-catalog)"
+    lock_poll_seconds = 2.0
 
     def __init__(
         self,
@@ -136,7 +137,7 @@ class PolyglotQdrantHook(QdrantHook):
                 if not announced:
                     self.log.info(LOCK_WAIT_MSG, path, self.lock_timeout)
                     announced = True
-                time.sleep(2.0)
+                time.sleep(self.lock_poll_seconds)
 
     @cached_property
     def conn(self) -> QdrantClient:

@@ -1,0 +1,147 @@
+"""PolyglotQdrantHook: server, local and embedded-fallback modes, lock handling, no leaked secrets."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from unittest import mock
+
+import pytest
+
+pytest.importorskip("qdrant_client")
+
+from qdrant_client import QdrantClient
+from qdrant_client.http.exceptions import ResponseHandlingException
+
+from polyglot_catalog.provider import hooks
+from polyglot_catalog.provider.hooks import PolyglotQdrantHook
+
+SECRET = "s3cr3t-api-key"
+CONN_ENV = "AIRFLOW_CONN_QDRANT_DEFAULT"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """Own data dir, no qdrant_default, and a fresh "said once" memory for every test."""
+    monkeypatch.setenv("POLYGLOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv(CONN_ENV, raising=False)
+    monkeypatch.setattr(hooks, "_ANNOUNCED", set())
+
+
+def _set_conn(monkeypatch, **fields) -> None:
+    monkeypatch.setenv(CONN_ENV, json.dumps({"conn_type": "qdrant", **fields}))
+
+
+def _logged_text(log: mock.Mock) -> str:
+    return " ".join(str(arg) for call in log.mock_calls for arg in call.args)
+
+
+def test_default_conn_id_is_the_providers():
+    assert PolyglotQdrantHook().conn_id == "qdrant_default" == PolyglotQdrantHook.default_conn_name
+    assert PolyglotQdrantHook.conn_type == "qdrant"
+
+
+def test_missing_connection_falls_back_to_embedded_local_mode_said_once(tmp_path):
+    with mock.patch.object(PolyglotQdrantHook, "log", new_callable=mock.PropertyMock) as log_prop:
+        log = log_prop.return_value
+        first = PolyglotQdrantHook()
+        assert first.conn.get_collections().collections == []
+        assert first.mode == "embedded"
+        first.close()
+        second = PolyglotQdrantHook()
+        second.conn.get_collections()
+        second.close()
+    assert (tmp_path / "data" / "qdrant").is_dir()
+    fallback_lines = [c for c in log.info.mock_calls if c.args and c.args[0] == hooks.FALLBACK_MSG]
+    assert len(fallback_lines) == 1
+    assert str(tmp_path / "data" / "qdrant") in _logged_text(log)
+
+
+def test_explicit_local_path_wins_over_data_dir(tmp_path):
+    hook = PolyglotQdrantHook(local_path=tmp_path / "elsewhere")
+    hook.conn.get_collections()
+    hook.close()
+    assert (tmp_path / "elsewhere").is_dir()
+    assert not (tmp_path / "data" / "qdrant").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"path": "/srv/qdrant"}, {"path": "/srv/qdrant"}),
+        ({"location": ":memory:"}, {"location": ":memory:"}),
+    ],
+)
+def test_extra_path_or_location_selects_local_mode(monkeypatch, extra, expected):
+    _set_conn(monkeypatch, extra=extra, password=SECRET)
+    with (
+        mock.patch("qdrant_client.QdrantClient") as client_cls,
+        mock.patch("pathlib.Path.mkdir"),
+    ):
+        hook = PolyglotQdrantHook()
+        assert hook.get_conn() is client_cls.return_value
+    client_cls.assert_called_once_with(**expected)  # no API key, host or url mixed in
+    assert hook.mode == "local"
+
+
+def test_server_connection_builds_the_providers_client_without_logging_the_key(monkeypatch):
+    _set_conn(monkeypatch, host="qdrant", port=6333, password=SECRET, extra={"prefer_gprc": True})
+    with (
+        mock.patch("airflow.providers.qdrant.hooks.qdrant.QdrantClient") as client_cls,
+        mock.patch.object(PolyglotQdrantHook, "log", new_callable=mock.PropertyMock) as log_prop,
+    ):
+        hook = PolyglotQdrantHook()
+        hook.get_conn()
+    kwargs = client_cls.call_args.kwargs
+    assert kwargs["host"] == "qdrant"
+    assert kwargs["port"] == 6333
+    assert kwargs["api_key"] == SECRET
+    assert kwargs["prefer_grpc"] is True
+    assert hook.mode == "server"
+    assert SECRET not in _logged_text(log_prop.return_value)
+
+
+def test_test_connection_ok_in_memory(monkeypatch):
+    _set_conn(monkeypatch, extra={"location": ":memory:"})
+    ok, message = PolyglotQdrantHook().test_connection()
+    assert ok
+    assert "local mode" in message
+
+
+def test_test_connection_failure_is_a_message_without_the_key(monkeypatch):
+    _set_conn(monkeypatch, host="qdrant", password=SECRET)
+    failing = mock.Mock(spec=QdrantClient)
+    failing.get_collections.side_effect = ResponseHandlingException(OSError(f"refused, key={SECRET}"))
+    hook = PolyglotQdrantHook()
+    with mock.patch.object(PolyglotQdrantHook, "get_conn", return_value=failing):
+        ok, message = hook.test_connection()
+    assert not ok
+    assert "refused" in message
+    assert SECRET not in message
+
+
+def test_close_releases_the_local_folder_for_the_next_hook(tmp_path):
+    first = PolyglotQdrantHook(local_path=tmp_path / "q", lock_timeout=0)
+    first.conn.get_collections()
+    first.close()
+    second = PolyglotQdrantHook(local_path=tmp_path / "q", lock_timeout=0)
+    second.conn.get_collections()
+    second.close()
+
+
+def test_locked_folder_fails_after_timeout_and_waits_when_released(tmp_path):
+    holder = QdrantClient(path=str(tmp_path / "q"))
+    impatient = PolyglotQdrantHook(local_path=tmp_path / "q", lock_timeout=0)
+    with pytest.raises(RuntimeError, match="already accessed"):
+        impatient.get_conn()
+
+    patient = PolyglotQdrantHook(local_path=tmp_path / "q", lock_timeout=10)
+    patient.lock_poll_seconds = 0.05
+    release = threading.Timer(0.3, holder.close)
+    release.start()
+    started = time.monotonic()
+    patient.conn.get_collections()
+    patient.close()
+    release.join()
+    assert time.monotonic() - started < 5
