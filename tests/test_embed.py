@@ -1,0 +1,264 @@
+"""The embed stage end to end on Parquet + in-memory Qdrant, with a deterministic fake encoder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fakes import FakeEncoder, FlakyClient
+
+from polyglot_catalog.embed import embed_catalog
+from polyglot_catalog.ids import point_id
+from polyglot_catalog.store import CatalogStore, UpsertError, open_client
+
+ROWS = [
+    ("DE", "D1", "de", "Regal aus Birke , 80 cm"),
+    ("DE", "D2", "de", "Sofa mit Bezug , grau"),
+    ("DE", "D3", "de", "Pflegehinweis : waschen bei 40 Grad"),
+    ("FR", "F1", "fr", "Étagère en bouleau , 80 cm"),
+    ("FR", "F2", "fr", "Canapé avec housse , gris"),
+    ("US", "U1", "en", "Birch bookcase , 80 cm"),
+    ("US", "U2", "en", "Sofa with cover , gray"),
+]
+
+
+def write_catalog(path: Path, rows: list[tuple[str, str, str | None, str]] = ROWS, **extra: list) -> Path:
+    region, sku, language, description = (list(c) for c in zip(*rows, strict=True))
+    table = pa.table(
+        {"sku": sku, "region": region, "language": language, "description": description, **extra}
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.fixture
+def store() -> CatalogStore:
+    return CatalogStore(open_client(path=":memory:"), "catalog", "fake-model", backoff=0.0)
+
+
+def snapshot(store: CatalogStore) -> dict[str, tuple[dict[str, Any], list[float]]]:
+    """Every point with its full payload and vector, to prove a run changed nothing."""
+    records, _ = store.client.scroll(store.collection, limit=10_000, with_payload=True, with_vectors=True)
+    return {str(r.id): (r.payload, r.vector[store.vector_name]) for r in records}
+
+
+def test_first_run_writes_one_point_per_row_with_the_documented_payload(
+    tmp_path: Path, store: CatalogStore
+) -> None:
+    source = write_catalog(tmp_path / "cat.parquet", gtin=[f"0{i}" for i in range(len(ROWS))])
+    encoder = FakeEncoder()
+    summary = embed_catalog(source, store, encoder, batch_size=3)
+
+    assert json.loads(json.dumps(summary)) == summary
+    assert summary["rows_read"] == summary["embedded"] == summary["upserted"] == len(ROWS)
+    assert summary["skipped_unchanged"] == summary["invalid"] == summary["flagged"] == 0
+    assert summary["regions"] == ["DE", "FR", "US"] and summary["files"] == 1
+    assert {"read", "text", "encode", "upsert"} <= set(summary["seconds"])
+    assert store.stats() == {"points": 7, "stale": 0, "regions": {"DE": 3, "FR": 2, "US": 2}}
+
+    points = snapshot(store)
+    payload, vector = points[point_id("FR", "F2")]
+    assert payload["sku"] == "F2" and payload["region"] == "FR" and payload["language"] == "fr"
+    assert payload["text"] == "Canapé avec housse , gris" and payload["gtin"] == "04"
+    assert payload["model"] == "fake-model" and payload["status"] == "active"
+    assert payload["source_file"] == str(source) and len(payload["content_hash"]) == 64
+    assert payload["embedded_at"].endswith("+00:00")
+    np.testing.assert_allclose(vector, encoder.encode([payload["text"]])[0], atol=1e-6)
+
+
+def test_second_run_over_unchanged_data_encodes_nothing_and_changes_no_point(
+    tmp_path: Path, store: CatalogStore
+) -> None:
+    source = write_catalog(tmp_path / "cat.parquet")
+    embed_catalog(source, store, FakeEncoder(), batch_size=3)
+    before = snapshot(store)
+
+    encoder = FakeEncoder()
+    summary = embed_catalog(source, store, encoder, batch_size=3)
+    assert encoder.encoded == []
+    assert summary["skipped_unchanged"] == len(ROWS)
+    assert summary["embedded"] == summary["upserted"] == summary["flagged"] == 0
+    assert snapshot(store) == before
+
+
+def test_changing_one_description_reembeds_exactly_that_row(tmp_path: Path, store: CatalogStore) -> None:
+    embed_catalog(write_catalog(tmp_path / "v1" / "cat.parquet"), store, FakeEncoder())
+    before = snapshot(store)
+
+    rows = list(ROWS)
+    rows[4] = ("FR", "F2", "fr", "Canapé 3 places avec housse , gris clair")
+    encoder = FakeEncoder()
+    summary = embed_catalog(write_catalog(tmp_path / "v2" / "cat.parquet", rows), store, encoder)
+
+    assert encoder.encoded == ["Canapé 3 places avec housse , gris clair"]
+    assert summary["embedded"] == summary["upserted"] == 1 and summary["skipped_unchanged"] == 6
+    after = snapshot(store)
+    changed = {pid for pid in before if before[pid][0]["text"] != after[pid][0]["text"]}
+    assert changed == {point_id("FR", "F2")}
+    assert before[point_id("FR", "F2")][1] != after[point_id("FR", "F2")][1]
+
+
+def test_template_change_reembeds_everything(tmp_path: Path, store: CatalogStore) -> None:
+    source = write_catalog(tmp_path / "cat.parquet")
+    embed_catalog(source, store, FakeEncoder())
+    encoder = FakeEncoder()
+    summary = embed_catalog(source, store, encoder, template="{description} ({language})")
+    assert summary["embedded"] == len(ROWS)
+    assert snapshot(store)[point_id("US", "U1")][0]["text"] == "Birch bookcase , 80 cm (en)"
+
+
+def test_vanished_sku_is_flagged_then_reactivated(tmp_path: Path, store: CatalogStore) -> None:
+    embed_catalog(write_catalog(tmp_path / "full" / "c.parquet"), store, FakeEncoder())
+    without_d2 = [r for r in ROWS if r[1] != "D2"]
+    summary = embed_catalog(write_catalog(tmp_path / "less" / "c.parquet", without_d2), store, FakeEncoder())
+
+    assert summary["flagged"] == 1 and summary["deleted"] == 0
+    statuses = {p["sku"]: p["status"] for p, _ in snapshot(store).values()}
+    assert statuses.pop("D2") == "stale" and set(statuses.values()) == {"active"}
+    assert [p["sku"] for pages, _ in store.scroll_region("DE") for p in pages].count("D2") == 0
+
+    again = embed_catalog(write_catalog(tmp_path / "less" / "c.parquet", without_d2), store, FakeEncoder())
+    assert again["flagged"] == 0  # already stale: nothing rewritten
+
+    encoder = FakeEncoder()
+    back = embed_catalog(write_catalog(tmp_path / "full" / "c.parquet"), store, encoder)
+    assert back["reactivated"] == 1 and encoder.encoded == []
+    assert store.stats()["stale"] == 0
+
+
+def test_vanished_sku_is_deleted_when_asked_and_kept_when_asked(tmp_path: Path, store: CatalogStore) -> None:
+    embed_catalog(write_catalog(tmp_path / "full" / "c.parquet"), store, FakeEncoder())
+    less = write_catalog(tmp_path / "less" / "c.parquet", [r for r in ROWS if r[1] not in {"D2", "U1"}])
+
+    kept = embed_catalog(less, store, FakeEncoder(), vanished="keep")
+    assert kept["flagged"] == kept["deleted"] == 0 and store.stats()["stale"] == 0
+
+    deleted = embed_catalog(less, store, FakeEncoder(), vanished="delete")
+    assert deleted["deleted"] == 2
+    assert store.stats() == {"points": 5, "stale": 0, "regions": {"DE": 2, "FR": 2, "US": 1}}
+
+    with pytest.raises(ValueError, match=r"vanished must be one of \['flag', 'keep', 'delete'\]; got 'drop'"):
+        embed_catalog(less, store, FakeEncoder(), vanished="drop")
+
+
+def test_vanished_only_looks_at_regions_in_this_run(tmp_path: Path, store: CatalogStore) -> None:
+    embed_catalog(write_catalog(tmp_path / "all" / "c.parquet"), store, FakeEncoder())
+    only_us = write_catalog(tmp_path / "us" / "c.parquet", [r for r in ROWS if r[0] == "US"])
+    summary = embed_catalog(only_us, store, FakeEncoder())
+    assert summary["flagged"] == 0 and store.stats()["stale"] == 0
+
+
+def test_identical_texts_in_a_batch_are_encoded_once(tmp_path: Path, store: CatalogStore) -> None:
+    care = "Pflegehinweis : waschen bei 40 Grad"
+    rows = [("DE", f"D{i}", "de", care) for i in range(5)] + [("DE", "X", "de", "Regal")]
+    encoder = FakeEncoder()
+    summary = embed_catalog(write_catalog(tmp_path / "c.parquet", rows), store, encoder)
+    assert sorted(encoder.encoded) == sorted([care, "Regal"])
+    assert summary["embedded"] == 6 and summary["encoded_texts"] == 2
+    vectors = [v for _, v in snapshot(store).values()]
+    assert len({tuple(v) for v in vectors}) == 2 and len(vectors) == 6
+
+
+def test_bad_rows_are_quarantined_not_stored(tmp_path: Path, store: CatalogStore) -> None:
+    rows = [
+        *ROWS,
+        ("DE", "", "de", "no sku"),
+        ("FR", "F9", "fr", "   "),
+        ("US", "U1", "en", "Birch bookcase v2"),
+    ]
+    source = write_catalog(tmp_path / "c.parquet", rows)
+    summary = embed_catalog(source, store, FakeEncoder())
+    assert summary["invalid"] == 3
+    assert summary["invalid_by_reason"] == {
+        "empty sku": 1,
+        "empty description": 1,
+        "duplicate (region, sku)": 1,
+    }
+    where = {(q["source"], q["row"], q["reason"].split(";")[0]) for q in summary["quarantine"]}
+    assert where == {
+        (str(source), 7, "empty sku"),
+        (str(source), 8, "empty description"),
+        (str(source), 5, "duplicate (region, sku)"),
+    }
+    assert store.stats()["points"] == len(ROWS)
+    assert snapshot(store)[point_id("US", "U1")][0]["text"] == "Birch bookcase v2"
+
+
+def test_existing_collection_with_another_dimension_is_a_clear_error(
+    tmp_path: Path, store: CatalogStore
+) -> None:
+    embed_catalog(write_catalog(tmp_path / "c.parquet"), store, FakeEncoder(dim=16))
+    with pytest.raises(ValueError, match=r"'catalog'.*expected size 32.*found size 16"):
+        embed_catalog(write_catalog(tmp_path / "c.parquet"), store, FakeEncoder(dim=32))
+
+
+def test_long_texts_are_truncated_and_counted(tmp_path: Path, store: CatalogStore) -> None:
+    long = " ".join(["wort"] * 50)
+    rows = [("DE", "D1", "de", long), ("DE", "D2", "de", "kurz")]
+    encoder = FakeEncoder(max_seq_length=10)
+    summary = embed_catalog(write_catalog(tmp_path / "c.parquet", rows), store, encoder)
+    assert summary["truncated"] == 1
+    stored = snapshot(store)[point_id("DE", "D1")][0]["text"]
+    assert encoder.count_tokens([stored])[0] <= 10 and stored in encoder.encoded
+
+
+def test_failed_upsert_fails_the_run_and_flags_nothing(tmp_path: Path) -> None:
+    client = open_client(path=":memory:")
+    embed_catalog(write_catalog(tmp_path / "a" / "c.parquet"), CatalogStore(client, "c", "v"), FakeEncoder())
+    flaky = CatalogStore(FlakyClient(client, failures=100), "c", "v", backoff=0.0, max_retries=1)
+    rows = [r for r in ROWS if r[1] != "D2"] + [("DE", "NEW", "de", "neu")]
+    with pytest.raises(UpsertError, match=point_id("DE", "NEW")):
+        embed_catalog(write_catalog(tmp_path / "b" / "c.parquet", rows), flaky, FakeEncoder())
+    assert CatalogStore(client, "c", "v").stats()["stale"] == 0
+
+
+def test_progress_is_reported_and_logged(tmp_path: Path, store: CatalogStore, caplog) -> None:
+    calls: list[tuple[int, int]] = []
+    with caplog.at_level(logging.INFO, logger="polyglot_catalog.embed"):
+        embed_catalog(
+            write_catalog(tmp_path / "c.parquet"),
+            store,
+            FakeEncoder(),
+            batch_size=2,
+            progress=lambda done, total: calls.append((done, total)),
+            log_every=0.0,
+        )
+    assert calls == [(2, 7), (4, 7), (6, 7), (7, 7)]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("embed:")]
+    assert len(lines) == 4 and lines[-1].startswith("embed: 7/7 rows (100%)") and "ETA" in lines[-1]
+
+
+def test_sharded_runs_give_the_same_points_as_one_run(tmp_path: Path) -> None:
+    whole = write_catalog(tmp_path / "whole" / "c.parquet")
+    shards = [write_catalog(tmp_path / "shards" / f"{i}.parquet", ROWS[i::3]) for i in range(3)]
+    one = CatalogStore(open_client(path=":memory:"), "c", "v")
+    many = CatalogStore(open_client(path=":memory:"), "c", "v")
+    embed_catalog(whole, one, FakeEncoder())
+    for shard in shards:
+        embed_catalog(shard, many, FakeEncoder(), vanished="keep")
+
+    def content(store: CatalogStore) -> dict[str, tuple[str, list[float]]]:
+        return {pid: (p["content_hash"], v) for pid, (p, v) in snapshot(store).items()}
+
+    assert content(one) == content(many)
+
+
+@pytest.mark.slow
+def test_real_encoder_on_the_demo_sample(tmp_path: Path, encoder) -> None:
+    sample = Path(__file__).resolve().parents[1] / "include" / "demo_catalog" / "DE.parquet"
+    table = pq.read_table(sample).slice(0, 16)
+    pq.write_table(table, tmp_path / "de.parquet")
+    store = CatalogStore(open_client(path=":memory:"), "c", encoder.model_name.replace("/", "_"))
+    summary = embed_catalog(tmp_path / "de.parquet", store, encoder, batch_size=8)
+    assert summary["embedded"] == 16
+    _, vectors = next(store.scroll_region("DE"))
+    assert vectors.shape[1] == encoder.dim
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert embed_catalog(tmp_path / "de.parquet", store, encoder)["skipped_unchanged"] == 16
