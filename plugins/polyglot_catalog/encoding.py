@@ -49,7 +49,11 @@ class Encoder:
 
     @property
     def prompt(self) -> str:
-        return self.spec.prompt
+        """The text prepended to every input (the registry's, else the folder's default prompt)."""
+        if self.spec.prompt is not None:
+            return self.spec.prompt
+        default = self.model.default_prompt_name
+        return self.model.prompts.get(default, "") if default else ""
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for ``texts`` in order, shape ``(len(texts), dim)``, unit length."""
@@ -57,7 +61,7 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         vectors = self.model.encode(
             [nfc(t) for t in texts],
-            prompt=self.spec.prompt,
+            prompt=self.prompt,
             batch_size=self.batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
@@ -69,7 +73,7 @@ class Encoder:
         """Tokens each text occupies with the prompt and special tokens, before truncation."""
         tokenizer = self.model.tokenizer
         encoded = tokenizer(
-            [self.spec.prompt + nfc(t) for t in texts],
+            [self.prompt + nfc(t) for t in texts],
             add_special_tokens=True,
             truncation=False,
             return_attention_mask=False,

