@@ -136,3 +136,26 @@ def test_total_rows_without_dedupe_comes_from_metadata(tmp_path: Path) -> None:
     assert reader.total_rows == 15
     with pytest.raises(RuntimeError):
         _ = reader.keys
+
+
+def test_shipped_demo_catalog_is_valid_input_with_complete_labels() -> None:
+    sample = Path(__file__).resolve().parents[1] / "include" / "demo_catalog"
+    reader = CatalogReader(sorted(str(p) for p in sample.glob("[A-Z][A-Z].parquet")), batch_size=128)
+    keys = {
+        (r, s)
+        for p in reader
+        for r, s in zip(p.batch["region"].to_pylist(), p.batch["sku"].to_pylist(), strict=True)
+    }
+    assert reader.quarantine == [] and {r for r, _ in keys} == {"DE", "FR", "US"}
+    labels = pq.read_table(sample / "labels.parquet").to_pylist()
+    assert {(r["region"], r["sku"]) for r in labels} == keys
+    groups: dict[int, set[str]] = {}
+    for r in labels:
+        groups.setdefault(r["group_id"], set()).add(r["region"])
+    assert {frozenset(g) for g in groups.values()} == {
+        frozenset(x) for x in ({"US", "DE", "FR"}, {"US", "DE"}, {"US", "FR"})
+    }
+    # the same product must not be recognisable by its SKU number across regions
+    by_group = {(r["group_id"], r["region"]): r["sku"].split("-")[1] for r in labels}
+    same_number = sum(by_group[(g, "US")] == by_group.get((g, "DE")) for g in groups)
+    assert same_number < 5
