@@ -125,6 +125,7 @@ def _cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
     from polyglot_catalog.matching.pipeline import match_catalog
+    from polyglot_catalog.models.registry import DEFAULT_MODEL
     from polyglot_catalog.reports import write_reports
 
     if args.labels and not Path(args.labels).is_file():
@@ -132,7 +133,14 @@ def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
     client = _client(args, must_exist=True)
     try:
         store = _store(client, args.collection, args.model, must_exist=True)
-        result = match_catalog(store, regions=args.regions, threshold=args.threshold, labels=args.labels)
+        result = match_catalog(
+            store,
+            regions=args.regions,
+            threshold=args.threshold,
+            labels=args.labels,
+            model=args.model or DEFAULT_MODEL,
+            collection=args.collection,
+        )
     finally:
         client.close()
     report_dir = write_reports(Path(args.out), result)

@@ -256,6 +256,8 @@ class MatchCatalogOperator(BaseOperator):
                 k=int(self.k),
                 threshold=_as_optional_float(self.threshold, "threshold"),
                 labels=_as_optional_str(self.labels),
+                model=model,
+                collection=str(self.collection),
             )
         finally:
             self.hook.close()
