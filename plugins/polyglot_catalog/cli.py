@@ -12,7 +12,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -183,16 +184,21 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _configure_logging(verbose: bool) -> None:
-    """Progress on stderr for the package's loggers only; the root logger is left alone."""
+@contextmanager
+def _progress_logging(verbose: bool) -> Iterator[None]:
+    """Package log lines on stderr while one command runs; root logger untouched, handler removed after."""
     package_log = logging.getLogger("polyglot_catalog")
-    if not any(getattr(h, "_polyglot_cli", False) for h in package_log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler._polyglot_cli = True  # type: ignore[attr-defined]
-        package_log.addHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = (package_log.level, package_log.propagate)
+    package_log.addHandler(handler)
     package_log.setLevel(logging.DEBUG if verbose else logging.INFO)
     package_log.propagate = False
+    try:
+        yield
+    finally:
+        package_log.removeHandler(handler)
+        package_log.level, package_log.propagate = saved
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -202,9 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2, already printed)
         return int(e.code or 0)
-    _configure_logging(args.verbose)
     try:
-        result = COMMANDS[args.command](args)
+        with _progress_logging(args.verbose):
+            result = COMMANDS[args.command](args)
     except _input_errors() as e:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)

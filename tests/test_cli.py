@@ -1,0 +1,110 @@
+"""CLI: stable subcommands, one-line errors with non-zero exits, stats JSON from a real local store."""
+
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fakes import FakeEncoder
+
+from polyglot_catalog.cli import EXIT_INPUT, EXIT_USAGE, main
+
+
+def _one_line_error(capsys) -> str:
+    """The reason is one line, last on stderr (progress log lines may precede it), with no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert error_lines == [err.splitlines()[-1]], err
+    assert error_lines[0].startswith("polyglot-catalog")
+    return error_lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], "COMMAND"),
+        (["frobnicate"], "invalid choice"),
+        (["embed", "--collection", "c", "--qdrant-path", "/tmp/q"], "--source"),
+        (["embed", "--source", "x", "--collection", "c"], "--qdrant-path --qdrant-url"),
+        (["stats", "--collection", "c", "--qdrant-path", "q", "--qdrant-url", "http://h"], "not allowed"),
+        (["match", "--collection", "c", "--qdrant-path", "q"], "--out"),
+        (["match", "--collection", "c", "--qdrant-path", "q", "--out", "o", "--threshold", "1.7"], "[0, 1]"),
+        (["match", "--collection", "c", "--qdrant-path", "q", "--out", "o", "--threshold", "hi"], "number"),
+        (["match", "--collection", "c", "--qdrant-path", "q", "--out", "o", "--regions", ","], "regions"),
+    ],
+)
+def test_bad_arguments_exit_non_zero_with_one_line(capsys, argv, expected):
+    assert main(argv) == EXIT_USAGE
+    assert expected in _one_line_error(capsys)
+
+
+def test_help_exits_zero(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("embed", "match", "stats", "build-model"):
+        assert command in out
+
+
+def test_missing_source_is_one_line(capsys, tmp_path):
+    argv = ["embed", "--source", str(tmp_path / "none*.parquet"), "--collection", "c"]
+    assert main([*argv, "--qdrant-path", str(tmp_path / "q")]) == EXIT_INPUT
+    assert "matched no Parquet files" in _one_line_error(capsys)
+
+
+def test_bad_parquet_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "DE.parquet"
+    pq.write_table(pa.table({"sku": ["a"], "region": ["DE"]}), bad)  # no description column
+    with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
+        code = main(
+            ["embed", "--source", str(bad), "--collection", "c", "--qdrant-path", str(tmp_path / "q")]
+        )
+    assert code == EXIT_INPUT
+    assert "description" in _one_line_error(capsys)
+
+
+def test_stats_on_missing_store_or_collection_is_one_line(capsys, tmp_path):
+    assert main(["stats", "--collection", "c", "--qdrant-path", str(tmp_path / "nope")]) == EXIT_INPUT
+    assert "no Qdrant data" in _one_line_error(capsys)
+    (tmp_path / "q").mkdir()
+    assert main(["stats", "--collection", "c", "--qdrant-path", str(tmp_path / "q")]) == EXIT_INPUT
+    assert "collection 'c' does not exist" in _one_line_error(capsys)
+
+
+def test_match_with_missing_labels_is_one_line(capsys, tmp_path):
+    argv = ["match", "--collection", "c", "--qdrant-path", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--labels", str(tmp_path / "labels.parquet")]) == EXIT_INPUT
+    assert "labels file" in _one_line_error(capsys)
+
+
+def test_unreachable_server_is_one_line(capsys):
+    assert main(["stats", "--collection", "c", "--qdrant-url", "http://127.0.0.1:9"]) == EXIT_INPUT
+    _one_line_error(capsys)
+
+
+def test_embed_then_stats_prints_points_per_region(capsys, tmp_path):
+    source = tmp_path / "catalog.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "sku": ["d1", "d2", "u1"],
+                "region": ["DE", "DE", "US"],
+                "description": ["Tisch aus Eiche", "Stuhl", "Oak table"],
+            }
+        ),
+        source,
+    )
+    store = ["--collection", "cat", "--qdrant-path", str(tmp_path / "q")]
+    with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
+        assert main(["embed", "--source", str(source), *store, "--model", "fake-model"]) == 0
+    embed_summary = json.loads(capsys.readouterr().out)
+    assert embed_summary["upserted"] == 3
+
+    # stats reads the default model's vector name; the count does not depend on it.
+    assert main(["stats", *store]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["points"] == 3
+    assert stats["regions"] == {"DE": 2, "US": 1}
