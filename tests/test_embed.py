@@ -15,7 +15,7 @@ from fakes import FakeEncoder, FlakyClient
 
 from polyglot_catalog.embed import embed_catalog
 from polyglot_catalog.ids import point_id
-from polyglot_catalog.store import CatalogStore, UpsertError, open_client
+from polyglot_catalog.store import CatalogStore, UpsertError, open_client, vector_name_for
 
 ROWS = [
     ("DE", "D1", "de", "Regal aus Birke , 80 cm"),
@@ -71,6 +71,15 @@ def test_first_run_writes_one_point_per_row_with_the_documented_payload(
     assert payload["source_file"] == str(source) and len(payload["content_hash"]) == 64
     assert payload["embedded_at"].endswith("+00:00")
     np.testing.assert_allclose(vector, encoder.encode([payload["text"]])[0], atol=1e-6)
+
+
+def test_columns_limits_what_is_carried(tmp_path: Path, store: CatalogStore) -> None:
+    n = len(ROWS)
+    source = write_catalog(tmp_path / "c.parquet", brand=["IKEA"] * n, gtin=["0"] * n, title=[None] * n)
+    embed_catalog(source, store, FakeEncoder(), columns=["brand"])
+    payload, _ = snapshot(store)[point_id("DE", "D1")]
+    assert payload["brand"] == "IKEA" and "gtin" not in payload
+    assert "title" in payload  # read because the default template uses it
 
 
 def test_second_run_over_unchanged_data_encodes_nothing_and_changes_no_point(
@@ -253,11 +262,17 @@ def test_sharded_runs_give_the_same_points_as_one_run(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_real_encoder_on_the_demo_sample(tmp_path: Path, encoder) -> None:
     sample = Path(__file__).resolve().parents[1] / "include" / "demo_catalog" / "DE.parquet"
-    table = pq.read_table(sample).slice(0, 16)
+    table = pq.read_table(sample).slice(0, 15)
+    long = " ".join(table["description"].to_pylist() * 8)  # well over the model's token budget
+    table = pa.concat_tables(
+        [table, pa.table({"sku": ["DE-LONG"], "region": ["DE"], "language": ["de"], "description": [long]})]
+    )
     pq.write_table(table, tmp_path / "de.parquet")
-    store = CatalogStore(open_client(path=":memory:"), "c", encoder.model_name.replace("/", "_"))
+    store = CatalogStore(open_client(path=":memory:"), "c", vector_name_for(encoder.model_name))
     summary = embed_catalog(tmp_path / "de.parquet", store, encoder, batch_size=8)
-    assert summary["embedded"] == 16
+    assert summary["embedded"] == 16 and summary["truncated"] == 1
+    stored = store.fetch_payloads([point_id("DE", "DE-LONG")], ["text"])[point_id("DE", "DE-LONG")]["text"]
+    assert encoder.max_seq_length - 40 < encoder.count_tokens([stored])[0] <= encoder.max_seq_length
     _, vectors = next(store.scroll_region("DE"))
     assert vectors.shape[1] == encoder.dim
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
