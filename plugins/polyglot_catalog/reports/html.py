@@ -301,7 +301,7 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] |
     bins = min(40, max(10, round((hi - lo) / 0.025)))
     edges = np.linspace(lo, hi, bins + 1)
 
-    width, left, right, panel_h, gap, top = 680, 56, 16, 110, 34, 12
+    width, left, right, panel_h, gap, top = 1000, 56, 16, 120, 34, 12
     plot_w = width - left - right
 
     def x_of(value: float) -> float:
@@ -349,7 +349,7 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] |
         "right": width - right,
         "panels": panels,
         "ticks": [{"x": x_of(t), "label": f"{t:g}"} for t in _nice_ticks(lo, hi, 8)],
-        "axis_y": height - 30,
+        "axis_y": panels[-1]["base"],
         "threshold_x": x_of(threshold) if threshold is not None else None,
         "threshold": threshold,
         "top": top,
@@ -585,7 +585,7 @@ def build_context(
     *,
     run_id: str | None = None,
     generated_at: datetime | None = None,
-    sample_size: int = 36,
+    sample_size: int = 30,
 ) -> dict[str, Any]:
     """Everything the template shows, as plain values: the template only lays it out.
 
@@ -666,7 +666,7 @@ def render_html(
     *,
     run_id: str | None = None,
     generated_at: datetime | None = None,
-    sample_size: int = 36,
+    sample_size: int = 30,
 ) -> str:
     """Render the self-contained report page for one match run.
 
@@ -675,7 +675,7 @@ def render_html(
         run_id (str | None): shown in the header. Defaults to ``summary["run_id"]`` if present.
         generated_at (datetime | None): shown in the header. Defaults to now (UTC).
         sample_size (int): pairs shown side by side, split between accepted, conflicting and
-            rejected pairs nearest the threshold. Defaults to 36.
+            rejected pairs nearest the threshold. Defaults to 30.
 
     Returns:
         str: a complete HTML document with inline CSS and SVG; it loads nothing from anywhere.
