@@ -447,6 +447,27 @@ def test_killed_writer_leaves_only_a_hidden_temp_folder_that_the_next_run_remove
     assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
 
 
+def test_run_killed_between_renames_gets_its_old_report_back(
+    tmp_path: Path, result: MatchResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after moving the old folder aside, before moving the new one in: the next writer
+    restores the old report before trying again, so a second failure still leaves it in place."""
+    folder = write_reports(tmp_path / "run", result, run_id="old")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    folder.rename(tmp_path / ".run.old-deadbeef0000")  # the state such a kill leaves
+    (tmp_path / ".run.tmp-deadbeef0000").mkdir()
+
+    def boom(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(report_writer, "render_html", boom)
+    with pytest.raises(RuntimeError):
+        write_reports(tmp_path / "run", result, run_id="new")
+
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+
+
 def test_concurrent_writers_of_one_folder_never_mix_files(tmp_path: Path) -> None:
     """Writers hold a per-folder lock, so the survivor is one run's complete output."""
     results = {f"run-{i}": make_result(labelled=i % 2 == 0) for i in range(4)}

@@ -5,7 +5,8 @@ A report folder is either complete or absent. Files go into a hidden temp siblin
 directory is atomic on POSIX, so a killed run leaves at most a hidden temp folder, never a folder
 under the final name that looks complete. Writers of the same folder take an exclusive ``flock`` on
 ``.<name>.lock``, so concurrent runs serialise instead of interleaving, and the lock holder may sweep
-temp and backup debris of killed runs (the kernel drops a dead process's lock).
+temp and backup debris of killed runs (the kernel drops a dead process's lock). The lock file stays;
+it is empty and hidden.
 """
 
 from __future__ import annotations
@@ -167,8 +168,20 @@ def _locked(final: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _sweep_debris(final: Path) -> None:
-    """Delete temp and backup folders left by killed writers; only safe while holding the lock."""
+def _recover_and_sweep(final: Path) -> None:
+    """Clean up after killed writers; only safe while holding the folder's lock.
+
+    A writer killed between its two renames leaves no folder under the final name but a complete
+    old report as a hidden backup: put that back first, so a crash never loses the last good
+    report. Then delete every remaining temp and backup folder of this name.
+    """
+    backups = sorted(
+        final.parent.glob(f"{_glob_escape(f'.{final.name}{BACKUP_MARKER}')}*"),
+        key=lambda p: p.lstat().st_mtime,
+    )
+    if backups and not (final.exists() or final.is_symlink()):
+        log.warning("restoring %s from %s left by an interrupted report write", final, backups[-1])
+        os.rename(backups[-1], final)
     for prefix in (f".{final.name}{TMP_MARKER}", f".{final.name}{BACKUP_MARKER}"):
         for stale in final.parent.glob(f"{_glob_escape(prefix)}*"):
             log.warning("removing leftover %s from an interrupted report write", stale)
@@ -240,11 +253,11 @@ def write_reports(
         raise ValueError(f"report folder needs a name; got {str(out_dir)!r}")
     final.parent.mkdir(parents=True, exist_ok=True)
     with _locked(final):
+        _recover_and_sweep(final)
         if final.exists() and not final.is_dir():
             raise NotADirectoryError(f"report path {str(final)!r} exists and is not a folder")
         if final.exists() and not overwrite:
             raise FileExistsError(f"report folder {str(final)!r} exists; pass overwrite=True to replace it")
-        _sweep_debris(final)
         token = uuid.uuid4().hex[:12]
         tmp = final.parent / f".{final.name}{TMP_MARKER}{token}"
         tmp.mkdir()
