@@ -1,0 +1,83 @@
+"""One-to-one decisions within a region pair: a product has at most one twin per region.
+
+``hungarian`` solves the maximum-weight matching on the sparse candidate graph (never a dense
+n x m matrix): each side gets a private "stay unmatched" node, so a partial matching is always
+feasible, and only pairs scoring above the threshold can be chosen. ``mutual`` keeps pairs that
+are each other's best candidate, the cheaper and more conservative rule.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+AssignMethod = Literal["hungarian", "mutual"]
+_EPS = 1e-9  # weights must be non-zero for scipy's sparse solver; the dummy edges weigh this much
+
+
+def mutual_best(ia: np.ndarray, ib: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Mask of pairs that are the top-scoring candidate of both endpoints (ties: lower row wins)."""
+    mask = np.zeros(len(score), dtype=bool)
+    if len(score) == 0:
+        return mask
+    order = np.lexsort((np.arange(len(score)), -score))
+    best_a: dict[int, int] = {}
+    best_b: dict[int, int] = {}
+    for p in order.tolist():
+        best_a.setdefault(int(ia[p]), p)
+        best_b.setdefault(int(ib[p]), p)
+    for p in best_a.values():
+        if best_b[int(ib[p])] == p:
+            mask[p] = True
+    return mask
+
+
+def max_weight_matching(ia: np.ndarray, ib: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Mask of a maximum-weight one-to-one matching using only edges with positive ``weight``.
+
+    Builds the sparse (A + B') x (B + A') graph: real edges a->b, their mirror b'->a' (weight eps)
+    so both dummies can pair up, and a->a', b'->b (eps) for "unmatched". LAPJVsp then finds a
+    full matching in O(edges) memory.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+    mask = np.zeros(len(weight), dtype=bool)
+    keep = np.flatnonzero(weight > 0)
+    if len(keep) == 0:
+        return mask
+    # compact the node ids to the endpoints that actually have edges
+    ua, ra = np.unique(ia[keep], return_inverse=True)
+    ub, rb = np.unique(ib[keep], return_inverse=True)
+    na, nb, e = len(ua), len(ub), len(keep)
+    rows = np.concatenate([ra, na + rb, np.arange(na), na + np.arange(nb)])
+    cols = np.concatenate([rb, nb + ra, nb + np.arange(na), np.arange(nb)])
+    vals = np.concatenate([weight[keep] + _EPS, np.full(e, _EPS), np.full(na, _EPS), np.full(nb, _EPS)])
+    graph = coo_matrix((vals, (rows, cols)), shape=(na + nb, nb + na)).tocsr()
+    r, c = min_weight_full_bipartite_matching(graph, maximize=True)
+    real = (r < na) & (c < nb)
+    chosen = {(int(x), int(y)) for x, y in zip(r[real], c[real], strict=True)}
+    for p, x, y in zip(keep.tolist(), ra.tolist(), rb.tolist(), strict=True):
+        if (x, y) in chosen:
+            mask[p] = True
+            chosen.discard((x, y))
+    return mask
+
+
+def assign_one_to_one(
+    ia: np.ndarray, ib: np.ndarray, score: np.ndarray, threshold: float, method: AssignMethod = "hungarian"
+) -> np.ndarray:
+    """Mask of accepted pairs: one-to-one by ``method`` among pairs with ``score >= threshold``.
+
+    Raises:
+        ValueError: on an unknown method.
+    """
+    ia, ib, score = np.asarray(ia), np.asarray(ib), np.asarray(score, dtype=np.float64)
+    above = score >= threshold
+    if method == "mutual":
+        return mutual_best(ia, ib, score) & above
+    if method == "hungarian":
+        # maximise the total margin over the threshold: a pair only helps if it clears it
+        return max_weight_matching(ia, ib, np.where(above, score - threshold + _EPS, 0.0))
+    raise ValueError(f"method must be one of ('hungarian', 'mutual'); got {method!r}")

@@ -1,0 +1,92 @@
+"""Plain in-memory matcher input: one table per region, so matching never depends on a live store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Optional payload fields the evidence layer knows how to use.
+OPTIONAL_FIELDS = ("title", "brand", "gtin", "language")
+
+
+@dataclass
+class RegionTable:
+    """One region's products: parallel ``skus``/``texts`` lists and an ``(n, d)`` float32 matrix.
+
+    ``fields`` holds optional parallel columns (``title``, ``brand``, ``gtin``, ...; ``None`` where
+    missing). Vectors are L2-normalised on construction so dot products are cosines.
+    """
+
+    region: str
+    skus: list[str]
+    texts: list[str]
+    vectors: np.ndarray
+    fields: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.skus = [str(s) for s in self.skus]
+        self.texts = ["" if t is None else str(t) for t in self.texts]
+        n = len(self.skus)
+        if len(self.texts) != n or len(self.vectors) != n:
+            raise ValueError(
+                f"region {self.region!r}: skus ({n}), texts ({len(self.texts)}) and vectors "
+                f"({len(self.vectors)}) must have the same length"
+            )
+        if len(set(self.skus)) != n:
+            raise ValueError(f"region {self.region!r}: duplicate skus")
+        for name, col in self.fields.items():
+            if len(col) != n:
+                raise ValueError(
+                    f"region {self.region!r}: field {name!r} has {len(col)} values, expected {n}"
+                )
+        vec = np.asarray(self.vectors, dtype=np.float32)
+        if vec.ndim != 2:
+            raise ValueError(f"region {self.region!r}: vectors must be 2-D, got shape {vec.shape}")
+        norms = np.linalg.norm(vec, axis=1, keepdims=True)
+        self.vectors = vec / np.maximum(norms, 1e-12)
+
+    def __len__(self) -> int:
+        return len(self.skus)
+
+    def get(self, name: str, i: int) -> Any:
+        """Optional field value of row ``i`` (``None`` when the column or value is absent)."""
+        col = self.fields.get(name)
+        return None if col is None else col[i]
+
+
+CatalogData = dict[str, RegionTable]
+
+
+def catalog_from_records(
+    records: Sequence[Mapping[str, Any]], vectors: np.ndarray, *, regions: Sequence[str] | None = None
+) -> CatalogData:
+    """Split flat records (``sku``, ``region``, ``text`` + optional fields) and a vector matrix by region."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if len(records) != len(vectors):
+        raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
+    by_region: dict[str, list[int]] = {}
+    for i, rec in enumerate(records):
+        by_region.setdefault(str(rec["region"]), []).append(i)
+    wanted = sorted(by_region) if regions is None else list(regions)
+    missing = [r for r in wanted if r not in by_region]
+    if missing:
+        raise ValueError(f"regions {missing} not in the data; available: {sorted(by_region)}")
+    out: CatalogData = {}
+    for region in wanted:
+        rows = by_region[region]
+        fields = {
+            name: [records[i].get(name) for i in rows]
+            for name in OPTIONAL_FIELDS
+            if any(records[i].get(name) is not None for i in rows)
+        }
+        out[region] = RegionTable(
+            region=region,
+            skus=[records[i]["sku"] for i in rows],
+            texts=[records[i].get("text") or "" for i in rows],
+            vectors=vectors[rows],
+            fields=fields,
+        )
+    return out

@@ -1,0 +1,72 @@
+"""Product groups across regions: connected components of accepted pairs, with a region check.
+
+Edges are merged strongest first (Kruskal-style); an edge whose merge would put two SKUs of the
+same region into one group is refused and reported as a conflict. That keeps groups meaningful
+("the same product in DE, FR, US") even when pairwise decisions disagree around a triangle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import pandas as pd
+
+Node = tuple[str, str]  # (region, sku)
+
+
+class _Groups:
+    """Union-find that also tracks the regions in each component."""
+
+    def __init__(self) -> None:
+        self.parent: dict[Hashable, Hashable] = {}
+        self.regions: dict[Hashable, dict[str, int]] = {}
+
+    def find(self, x: Node) -> Hashable:
+        if x not in self.parent:
+            self.parent[x] = x
+            self.regions[x] = {x[0]: 1}
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: Node, b: Node, allow_same_region: bool) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return True
+        if not allow_same_region and set(self.regions[ra]) & set(self.regions[rb]):
+            return False
+        if sum(self.regions[ra].values()) < sum(self.regions[rb].values()):
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        for region, n in self.regions.pop(rb).items():
+            self.regions[ra][region] = self.regions[ra].get(region, 0) + n
+        return True
+
+
+def build_groups(
+    edges: Sequence[tuple[str, str, str, str, float]], *, allow_same_region: bool = False
+) -> tuple[pd.DataFrame, list[bool]]:
+    """Group accepted pairs ``(region_a, sku_a, region_b, sku_b, score)``.
+
+    Returns ``(groups, kept)``: a ``group_id, region, sku`` table (ids ``g000001``... in a stable
+    order) and, per input edge, whether it was merged (``False`` = refused as a region conflict).
+    """
+    uf = _Groups()
+    kept = [False] * len(edges)
+    order = sorted(range(len(edges)), key=lambda i: (-edges[i][4], edges[i][:4]))
+    for i in order:
+        ra, sa, rb, sb, _ = edges[i]
+        kept[i] = uf.union((ra, sa), (rb, sb), allow_same_region)
+    members: dict[Hashable, list[Node]] = {}
+    for node in uf.parent:
+        members.setdefault(uf.find(node), []).append(node)
+    comps = sorted(sorted(m) for m in members.values() if len(m) > 1)
+    rows = [
+        {"group_id": f"g{gi:06d}", "region": region, "sku": sku}
+        for gi, comp in enumerate(comps, start=1)
+        for region, sku in comp
+    ]
+    return pd.DataFrame(rows, columns=["group_id", "region", "sku"]), kept

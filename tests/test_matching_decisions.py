@@ -1,0 +1,116 @@
+"""One-to-one assignment, region-safe groups and metrics on hand-checkable cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from polyglot_catalog.matching.assign import assign_one_to_one, mutual_best
+from polyglot_catalog.matching.evaluate import (
+    PairJudge,
+    best_threshold,
+    load_labels,
+    prf,
+    sweep,
+    text_ceiling,
+    top1_accuracy,
+    truth_pairs,
+)
+from polyglot_catalog.matching.groups import build_groups
+
+
+def test_hungarian_prefers_the_better_total_over_a_greedy_first_pick() -> None:
+    ia, ib = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 1, 1])
+    s = np.array([0.9, 0.8, 0.85, 0.1, 0.7])
+    got = assign_one_to_one(ia, ib, s, 0.5, "hungarian")
+    assert set(zip(ia[got].tolist(), ib[got].tolist(), strict=True)) == {(0, 1), (1, 0)}
+    mut = assign_one_to_one(ia, ib, s, 0.5, "mutual")
+    assert set(zip(ia[mut].tolist(), ib[mut].tolist(), strict=True)) == {(0, 0)}
+
+
+@pytest.mark.parametrize("method", ["hungarian", "mutual"])
+def test_one_to_one_holds_on_random_candidate_graphs(method: str) -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        m = 400
+        ia, ib, s = rng.integers(0, 60, m), rng.integers(0, 50, m), rng.random(m)
+        keep = np.unique(ia * 1000 + ib, return_index=True)[1]
+        ia, ib, s = ia[keep], ib[keep], s[keep]
+        got = assign_one_to_one(ia, ib, s, 0.3, method)  # type: ignore[arg-type]
+        assert len(set(ia[got].tolist())) == got.sum() == len(set(ib[got].tolist()))
+        assert (s[got] >= 0.3).all()
+
+
+def test_nothing_above_threshold_means_no_matches() -> None:
+    ia, ib, s = np.array([0, 1]), np.array([0, 1]), np.array([0.2, 0.1])
+    assert not assign_one_to_one(ia, ib, s, 0.5).any()
+    assert mutual_best(ia, ib, s).all()
+    with pytest.raises(ValueError, match="method must be one of"):
+        assign_one_to_one(ia, ib, s, 0.5, "greedy")  # type: ignore[arg-type]
+
+
+def test_groups_never_hold_two_skus_of_one_region() -> None:
+    edges = [
+        ("DE", "d1", "US", "u1", 0.9),
+        ("FR", "f1", "US", "u1", 0.8),
+        ("DE", "d2", "FR", "f1", 0.7),  # would put d1 and d2 (both DE) in one group: refused
+        ("DE", "d3", "US", "u3", 0.6),
+    ]
+    groups, kept = build_groups(edges)
+    assert kept == [True, True, False, True]
+    assert not groups.duplicated(["group_id", "region"]).any()
+    assert groups.groupby("group_id").size().tolist() == [3, 2]
+    _, kept_loose = build_groups(edges, allow_same_region=True)
+    assert all(kept_loose)
+
+
+def test_precision_recall_f1_and_top1_by_hand() -> None:
+    labels = load_labels(
+        {("DE", "d1"): "A", ("US", "u1"): "A", ("DE", "d2"): "B", ("US", "u2"): "B", ("DE", "d3"): "C"}
+    )
+    truth = truth_pairs(labels, "DE", ["d1", "d2", "d3"], "US", ["u1", "u2"])
+    assert truth == {("d1", "u1"), ("d2", "u2")}
+    judge = PairJudge(truth)
+    predicted = [("d1", "u1"), ("d3", "u2")]
+    tp = sum(judge(a, b) for a, b in predicted)
+    assert prf(tp, len(predicted) - tp, len(truth)) == {
+        "precision": 0.5,
+        "recall": 0.5,
+        "f1": 0.5,
+        "tp": 1,
+        "fp": 1,
+        "fn": 1,
+    }
+    sa, sb = np.array(["d1", "d1", "d2", "d2"]), np.array(["u1", "u2", "u1", "u2"])
+    assert top1_accuracy(sa, sb, np.array([0.9, 0.1, 0.8, 0.7]), judge) == (0.5, 1.0)
+
+
+def test_identical_text_counts_as_a_tie_only_when_asked() -> None:
+    truth = {("e1", "g1"), ("e2", "g2")}
+    text_a, text_b = {"e1": "blue mug", "e2": "red pan"}, {"g1": "Pflege: 40 °C", "g2": "Pflege: 40 °C"}
+    assert not PairJudge(truth)("e1", "g2")
+    assert PairJudge(truth, text_a, text_b)("e1", "g2")
+    assert text_ceiling(PairJudge(truth, text_a, text_b)) == {
+        "true_pairs": 2,
+        "ambiguous_pairs": 2,
+        "max_recall_strict": 0.0,
+    }
+
+
+def test_threshold_calibration_and_sweep() -> None:
+    scores = np.array([0.95, 0.9, 0.8, 0.6, 0.4, 0.2])
+    correct = np.array([True, True, True, False, True, False])
+    assert best_threshold(scores, correct, 4) == 0.4  # 4 tp, 1 fp: F1 0.889
+    assert best_threshold(scores, correct, 4, target_precision=1.0) == 0.8
+    rows = sweep(scores, correct, 4, grid=[0.5, 0.85])
+    assert rows[0] == {"threshold": 0.5, "precision": 0.75, "recall": 0.75, "f1": 0.75}
+    assert rows[1]["precision"] == 1.0 and rows[1]["recall"] == 0.5
+
+
+def test_labels_file_needs_the_documented_columns(tmp_path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("region,sku,group_id\nDE,1,a\nUS,9,a\n")
+    assert load_labels(path) == {("DE", "1"): "a", ("US", "9"): "a"}
+    (tmp_path / "bad.csv").write_text("region,sku\nDE,1\n")
+    with pytest.raises(ValueError, match="group_id"):
+        load_labels(tmp_path / "bad.csv")
