@@ -1,0 +1,452 @@
+"""``match_catalog``: candidates -> evidence -> score -> one-to-one -> groups -> metrics.
+
+Takes either a :class:`~polyglot_catalog.store.CatalogStore`-like object or plain in-memory
+:class:`~.data.RegionTable` s, so the same code runs from Airflow, the CLI, tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from .assign import AssignMethod, assign_one_to_one
+from .candidates import DEFAULT_BLOCK_COLS, DEFAULT_BLOCK_ROWS, candidate_pairs
+from .data import OPTIONAL_FIELDS, CatalogData, RegionTable
+from .evaluate import (
+    SWEEP_GRID,
+    Labels,
+    PairJudge,
+    labels_from_gtin,
+    load_labels,
+    pr_curve,
+    prf,
+    top1_accuracy,
+    truth_pairs,
+)
+from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
+from .groups import build_groups
+from .result import MatchResult
+from .scoring import FEATURES, PairScorer, lexical_vectors, pair_features
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.5  # the scorer outputs probabilities: accept what is more likely a match
+PAIR_COLUMNS = [
+    "region_a",
+    "sku_a",
+    "region_b",
+    "sku_b",
+    "score",
+    "cosine",
+    "decision",
+    "csls",
+    "lexical",
+    *EVIDENCE_COLUMNS,
+    "explain",
+    "text_a",
+    "text_b",
+]
+CandidateSource = Literal["auto", "exact", "qdrant"]
+
+
+def load_catalog(store: Any, regions: Sequence[str] | None = None, *, batch_size: int = 1024) -> CatalogData:
+    """Read active points of ``regions`` (default: all) from a ``CatalogStore`` into memory.
+
+    Raises:
+        ValueError: when a requested region has no points.
+    """
+    available = list(store.regions())
+    wanted = available if regions is None else list(regions)
+    missing = [r for r in wanted if r not in available]
+    if missing:
+        raise ValueError(
+            f"regions {missing} not in collection {getattr(store, 'collection', '?')!r}; "
+            f"available: {available}"
+        )
+    out: CatalogData = {}
+    for region in wanted:
+        payloads: list[dict[str, Any]] = []
+        blocks: list[np.ndarray] = []
+        for batch, vecs in store.scroll_region(region, with_vectors=True, batch_size=batch_size):
+            payloads.extend(batch)
+            blocks.append(vecs)
+        if not payloads:
+            raise ValueError(f"region {region!r} has no active points")
+        fields = {
+            name: [p.get(name) for p in payloads]
+            for name in OPTIONAL_FIELDS
+            if any(p.get(name) for p in payloads)
+        }
+        out[region] = RegionTable(
+            region,
+            [p["sku"] for p in payloads],
+            [p.get("text") or "" for p in payloads],
+            np.concatenate(blocks),
+            fields,
+        )
+        logger.info("loaded %d points of region %s", len(payloads), region)
+    return out
+
+
+def _is_store(obj: Any) -> bool:
+    return hasattr(obj, "scroll_region") and hasattr(obj, "query_region")
+
+
+def _labelled_targets(
+    labels: Labels, ra: str, rb: str, sa: np.ndarray, sb: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    ga = np.array([labels.get((ra, s)) for s in sa], dtype=object)
+    gb = np.array([labels.get((rb, s)) for s in sb], dtype=object)
+    known = np.array([x is not None and y is not None for x, y in zip(ga, gb, strict=True)], dtype=bool)
+    return known, known & (ga == gb)
+
+
+def match_catalog(
+    store_or_data: Any,
+    *,
+    regions: Sequence[str] | None = None,
+    k: int = 10,
+    threshold: float | None = None,
+    labels: str | Path | pd.DataFrame | Mapping[tuple[str, str], Any] | Literal["gtin"] | None = None,
+    method: AssignMethod = "hungarian",
+    target_precision: float | None = None,
+    allow_same_region: bool = False,
+    fit_on_labels: bool = True,
+    text_ties: bool = False,
+    candidates: CandidateSource = "auto",
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    block_cols: int = DEFAULT_BLOCK_COLS,
+    model: str | None = None,
+    collection: str | None = None,
+) -> MatchResult:
+    """Find the same product across regions.
+
+    Args:
+        store_or_data (CatalogStore | Mapping[str, RegionTable]): a store (read with
+            :func:`load_catalog`) or in-memory tables keyed by region.
+        regions (Sequence[str] | None): regions to match. Defaults to all.
+        k (int): nearest neighbours per product and direction. Defaults to 10.
+        threshold (float | None): accept pairs with probability ``>= threshold``. Defaults to the
+            F1-best (or ``target_precision``) cut on ``labels`` when given, else 0.5.
+        labels: ``region, sku, group_id`` file/DataFrame/dict, or ``"gtin"`` to derive them.
+            Used to fit the scorer (unless ``fit_on_labels=False``), calibrate and report metrics.
+        method ("hungarian" | "mutual"): one-to-one rule per region pair. Defaults to "hungarian".
+        target_precision (float | None): calibrate to this precision instead of max F1.
+        allow_same_region (bool): allow two SKUs of one region in a group. Defaults to False.
+        fit_on_labels (bool): fit the scorer on labels; False keeps it label-free (self-training)
+            so labels only calibrate/evaluate. Defaults to True.
+        text_ties (bool): count a pair whose text is identical to the true twin's as correct.
+        candidates ("auto" | "exact" | "qdrant"): candidate path; "auto" queries Qdrant when given a
+            store, else runs the exact blocked path.
+        block_rows (int), block_cols (int): block sizes of the exact path (memory bound).
+        model (str | None), collection (str | None): recorded in the summary.
+
+    Returns:
+        MatchResult: pairs, groups, unmatched and a JSON-safe summary (see :mod:`.result`).
+
+    Raises:
+        ValueError: on bad arguments (the message names the value and the options).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1; got {k}")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1]; got {threshold}")
+    if candidates not in ("auto", "exact", "qdrant"):
+        raise ValueError(f"candidates must be one of ('auto', 'exact', 'qdrant'); got {candidates!r}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    store = store_or_data if _is_store(store_or_data) else None
+    if store is not None:
+        data = load_catalog(store, regions)
+        collection = collection or getattr(store, "collection", None)
+    else:
+        data = dict(store_or_data)
+        if regions is not None:
+            missing = [r for r in regions if r not in data]
+            if missing:
+                raise ValueError(f"regions {missing} not in the data; available: {sorted(data)}")
+            data = {r: data[r] for r in regions}
+    if candidates == "qdrant" and store is None:
+        raise ValueError("candidates='qdrant' needs a CatalogStore; pass one or use candidates='exact'")
+    query_store = store if candidates in ("auto", "qdrant") else None
+    region_names = sorted(data)
+    timings["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    evid = {
+        r: [
+            extract(t.texts[i], title=t.get("title", i), brand=t.get("brand", i), gtin=t.get("gtin", i))
+            for i in range(len(t))
+        ]
+        for r, t in data.items()
+    }
+    idf = idf_weights(itertools.chain.from_iterable(evid.values()))
+    timings["evidence"] = time.perf_counter() - t0
+
+    blocks: list[dict[str, Any]] = []
+    t_cand = t_feat = 0.0
+    for ra, rb in itertools.combinations(region_names, 2):
+        a, b = data[ra], data[rb]
+        t1 = time.perf_counter()
+        ia, ib, neigh = candidate_pairs(
+            a, b, k, store=query_store, block_rows=block_rows, block_cols=block_cols
+        )
+        t2 = time.perf_counter()
+        lex = lexical_vectors(a.texts, b.texts)
+        feats, explain = pair_features(
+            a.vectors, b.vectors, ia, ib, neigh["a"], neigh["b"], lex, evid[ra], evid[rb], idf
+        )
+        t_cand += t2 - t1
+        t_feat += time.perf_counter() - t2
+        blocks.append(
+            {
+                "ra": ra,
+                "rb": rb,
+                "ia": ia,
+                "ib": ib,
+                "feats": feats,
+                "explain": explain,
+                "sa": np.asarray(a.skus, dtype=object)[ia],
+                "sb": np.asarray(b.skus, dtype=object)[ib],
+            }
+        )
+    timings["candidates"], timings["features"] = t_cand, t_feat
+
+    t0 = time.perf_counter()
+    lab: Labels | None = None
+    if labels is not None:
+        lab = labels_from_gtin(data) if isinstance(labels, str) and labels == "gtin" else load_labels(labels)
+    scorer = PairScorer()
+    all_feats = (
+        pd.concat([blk["feats"] for blk in blocks], ignore_index=True)
+        if blocks
+        else pd.DataFrame(columns=list(FEATURES))
+    )
+    fitted = False
+    if lab and fit_on_labels and blocks:
+        known, y = zip(
+            *(_labelled_targets(lab, b["ra"], b["rb"], b["sa"], b["sb"]) for b in blocks), strict=True
+        )
+        known_all, y_all = np.concatenate(known), np.concatenate(y)
+        if y_all[known_all].any() and not y_all[known_all].all():
+            scorer.fit(all_feats[known_all], y_all[known_all], source="labels")
+            fitted = True
+    if not fitted and len(all_feats):
+        offset_b = 0
+        ia_all, ib_all = [], []
+        for blk in blocks:  # keep products of different region pairs apart in the self-training
+            ia_all.append(blk["ia"] + offset_b)
+            ib_all.append(blk["ib"] + offset_b)
+            offset_b += int(max(blk["ia"].max(initial=0), blk["ib"].max(initial=0))) + 1
+        scorer.fit_unsupervised(all_feats, np.concatenate(ia_all), np.concatenate(ib_all))
+    for blk in blocks:
+        blk["score"] = scorer.predict(blk["feats"]) if len(blk["feats"]) else np.zeros(0)
+    timings["scoring"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    judges: dict[str, PairJudge] = {}
+    if lab:
+        for blk in blocks:
+            a, b = data[blk["ra"]], data[blk["rb"]]
+            truth = truth_pairs(lab, a.region, a.skus, b.region, b.skus)
+            texts = (dict(zip(a.skus, a.texts, strict=True)), dict(zip(b.skus, b.texts, strict=True)))
+            judges[f"{a.region}|{b.region}"] = PairJudge(truth, *texts) if text_ties else PairJudge(truth)
+    sweep_rows: list[dict[str, float]] = []
+    if lab:
+        sweep_rows = _sweep(blocks, judges, method)
+        if threshold is None:
+            threshold = _calibrate(sweep_rows, target_precision)
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLD
+    for blk in blocks:
+        blk["accepted"] = assign_one_to_one(blk["ia"], blk["ib"], blk["score"], threshold, method)
+    timings["assign"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pairs = _pairs_table(blocks, data, threshold)
+    acc = pairs[pairs["decision"] == "match"]
+    groups, kept = build_groups(
+        list(zip(acc["region_a"], acc["sku_a"], acc["region_b"], acc["sku_b"], acc["score"], strict=True)),
+        allow_same_region=allow_same_region,
+    )
+    pairs.loc[acc.index[~np.asarray(kept, dtype=bool)], "decision"] = "conflict"
+    unmatched = _unmatched(pairs, data)
+    timings["groups"] = time.perf_counter() - t0
+
+    summary: dict[str, Any] = {
+        "model": model,
+        "collection": collection,
+        "threshold": round(float(threshold), 4),
+        "regions": region_names,
+        "k": k,
+        "method": method,
+        "scorer": {"fitted_on": scorer.fitted_on, "weights": scorer.describe()},
+        "counts": {
+            f"{blk['ra']}|{blk['rb']}": {
+                "candidates": len(blk["ia"]),
+                "matches": int(
+                    (
+                        (pairs["region_a"] == blk["ra"])
+                        & (pairs["region_b"] == blk["rb"])
+                        & (pairs["decision"] == "match")
+                    ).sum()
+                ),
+            }
+            for blk in blocks
+        },
+        "timings": {name: round(v, 3) for name, v in timings.items()},
+    }
+    if lab:
+        summary["metrics"] = _metrics(pairs, blocks, judges, sweep_rows, method)
+    return MatchResult(pairs=pairs, groups=groups, unmatched=unmatched, summary=summary)
+
+
+def _sweep(
+    blocks: list[dict[str, Any]], judges: dict[str, PairJudge], method: AssignMethod
+) -> list[dict[str, float]]:
+    """Overall metrics at each grid threshold, re-solving the one-to-one assignment each time."""
+    rows = []
+    for t in SWEEP_GRID:
+        tp = fp = 0
+        n_truth = 0
+        for blk in blocks:
+            judge = judges[f"{blk['ra']}|{blk['rb']}"]
+            acc = assign_one_to_one(blk["ia"], blk["ib"], blk["score"], t, method)
+            ok = np.fromiter((judge(x, y) for x, y in zip(blk["sa"][acc], blk["sb"][acc], strict=True)), bool)
+            tp += int(ok.sum())
+            fp += int((~ok).sum())
+            n_truth += len(judge.truth)
+        m = prf(tp, fp, n_truth)
+        rows.append({"threshold": float(t), **{key: m[key] for key in ("precision", "recall", "f1")}})
+    return rows
+
+
+def _calibrate(rows: list[dict[str, float]], target_precision: float | None) -> float:
+    if target_precision is not None:
+        ok = [r for r in rows if r["precision"] >= target_precision]
+        return min(r["threshold"] for r in ok) if ok else max(r["threshold"] for r in rows)
+    return max(rows, key=lambda r: (r["f1"], -r["threshold"]))["threshold"]
+
+
+def _pairs_table(blocks: list[dict[str, Any]], data: CatalogData, threshold: float) -> pd.DataFrame:
+    frames = []
+    for blk in blocks:
+        a, b = data[blk["ra"]], data[blk["rb"]]
+        f = blk["feats"]
+        decision = np.where(
+            blk["accepted"], "match", np.where(blk["score"] >= threshold, "not_mutual", "below_threshold")
+        )
+        df = pd.DataFrame(
+            {
+                "region_a": a.region,
+                "sku_a": blk["sa"],
+                "region_b": b.region,
+                "sku_b": blk["sb"],
+                "score": blk["score"].astype(np.float64),
+                "cosine": f["cosine"].to_numpy(np.float64),
+                "decision": decision,
+                "csls": f["csls"].to_numpy(np.float64),
+                "lexical": f["lexical"].to_numpy(np.float64),
+                **{c: f[c].to_numpy(np.float64) for c in EVIDENCE_COLUMNS},
+                "explain": blk["explain"],
+                "text_a": np.asarray(a.texts, dtype=object)[blk["ia"]],
+                "text_b": np.asarray(b.texts, dtype=object)[blk["ib"]],
+            }
+        )
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=PAIR_COLUMNS)
+    pairs = pd.concat(frames, ignore_index=True)[PAIR_COLUMNS]
+    return pairs.sort_values(
+        ["region_a", "region_b", "score"], ascending=[True, True, False], ignore_index=True
+    )
+
+
+def _unmatched(pairs: pd.DataFrame, data: CatalogData) -> pd.DataFrame:
+    """Products without an accepted twin, with their best candidate anywhere for review."""
+    side_a = pairs[["region_a", "sku_a", "score", "region_b", "sku_b", "decision"]].set_axis(
+        ["region", "sku", "best_score", "best_region", "best_sku", "decision"], axis=1
+    )
+    side_b = pairs[["region_b", "sku_b", "score", "region_a", "sku_a", "decision"]].set_axis(
+        ["region", "sku", "best_score", "best_region", "best_sku", "decision"], axis=1
+    )
+    both = pd.concat([side_a, side_b], ignore_index=True)
+    matched = set(
+        zip(
+            both.loc[both["decision"] == "match", "region"],
+            both.loc[both["decision"] == "match", "sku"],
+            strict=True,
+        )
+    )
+    best = both.sort_values("best_score", ascending=False, kind="stable").drop_duplicates(["region", "sku"])
+    best = best.set_index(["region", "sku"])
+    rows = []
+    for region, table in data.items():
+        for sku, text in zip(table.skus, table.texts, strict=True):
+            if (region, sku) in matched:
+                continue
+            hit = best.loc[(region, sku)] if (region, sku) in best.index else None
+            rows.append(
+                {
+                    "region": region,
+                    "sku": sku,
+                    "text": text,
+                    "best_score": float(hit["best_score"]) if hit is not None else float("nan"),
+                    "best_region": hit["best_region"] if hit is not None else None,
+                    "best_sku": hit["best_sku"] if hit is not None else None,
+                }
+            )
+    return pd.DataFrame(rows, columns=["region", "sku", "text", "best_score", "best_region", "best_sku"])
+
+
+def _metrics(
+    pairs: pd.DataFrame,
+    blocks: list[dict[str, Any]],
+    judges: dict[str, PairJudge],
+    sweep_rows: list[dict[str, float]],
+    method: AssignMethod,
+) -> dict[str, Any]:
+    by_pair: dict[str, dict[str, Any]] = {}
+    tot_tp = tot_fp = tot_truth = 0
+    top_hits = top_n = 0.0
+    floor_scores, floor_ok, floor_truth = [], [], 0
+    for blk in blocks:
+        key = f"{blk['ra']}|{blk['rb']}"
+        judge = judges[key]
+        sel = (
+            (pairs["region_a"] == blk["ra"])
+            & (pairs["region_b"] == blk["rb"])
+            & (pairs["decision"] == "match")
+        )
+        ok = np.fromiter(
+            (judge(x, y) for x, y in zip(pairs.loc[sel, "sku_a"], pairs.loc[sel, "sku_b"], strict=True)), bool
+        )
+        m: dict[str, Any] = prf(int(ok.sum()), int((~ok).sum()), len(judge.truth))
+        t_ab, t_ba = top1_accuracy(blk["sa"], blk["sb"], blk["score"], judge)
+        n_ab, n_ba = len(judge.twins_a), len(judge.twins_b)
+        m["top1"] = round((t_ab * n_ab + t_ba * n_ba) / max(n_ab + n_ba, 1), 4)
+        by_pair[key] = m
+        tot_tp += m["tp"]
+        tot_fp += m["fp"]
+        tot_truth += len(judge.truth)
+        top_hits += t_ab * n_ab + t_ba * n_ba
+        top_n += n_ab + n_ba
+        floor = assign_one_to_one(blk["ia"], blk["ib"], blk["score"], min(SWEEP_GRID), method)
+        floor_scores.append(blk["score"][floor])
+        floor_ok.append(
+            np.fromiter((judge(x, y) for x, y in zip(blk["sa"][floor], blk["sb"][floor], strict=True)), bool)
+        )
+        floor_truth += len(judge.truth)
+    overall: dict[str, Any] = prf(tot_tp, tot_fp, tot_truth)
+    overall["top1"] = round(top_hits / top_n, 4) if top_n else 0.0
+    curve_rows = (
+        pr_curve(np.concatenate(floor_scores), np.concatenate(floor_ok), floor_truth) if blocks else []
+    )
+    return {"overall": overall, "by_pair": by_pair, "threshold_sweep": sweep_rows, "pr_curve": curve_rows}

@@ -1,0 +1,146 @@
+"""match_catalog end to end on synthetic vectors, and the CatalogStore loader on local Qdrant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from polyglot_catalog.matching.data import RegionTable
+from polyglot_catalog.matching.pipeline import load_catalog, match_catalog
+from polyglot_catalog.matching.result import DECISIONS, PAIR_KEY_COLUMNS
+
+NAMES = [
+    "KALLAX",
+    "POÄNG",
+    "BILLY",
+    "EKET",
+    "MALM",
+    "HEMNES",
+    "LACK",
+    "PAX",
+    "IVAR",
+    "ALEX",
+    "BESTÅ",
+    "NORDLI",
+]
+
+
+def _catalog(seed: int = 0, n: int = 48, noise: float = 0.6) -> dict[str, RegionTable]:
+    """Three regions of one product list; each region misses a different seventh of the products."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 24))
+    words = {"DE": "Regal", "FR": "étagère", "US": "shelf"}
+    out = {}
+    for r, region in enumerate(["DE", "FR", "US"]):
+        keep = [i for i in range(n) if i % 7 != r]
+        vec = base[keep] + noise * rng.normal(size=(len(keep), 24))
+        texts = [f"{NAMES[i % len(NAMES)]} {words[region]} {40 + i} cm" for i in keep]
+        out[region] = RegionTable(region, [f"{region.lower()}{i}" for i in keep], texts, vec)
+    return out
+
+
+def _labels(data: dict[str, RegionTable]) -> dict[tuple[str, str], str]:
+    return {(r, s): s[2:] for r, t in data.items() for s in t.skus}
+
+
+def test_match_catalog_finds_the_twins_without_labels() -> None:
+    data = _catalog()
+    res = match_catalog(data, k=5)
+    assert set(res.pairs["decision"]) <= set(DECISIONS)
+    assert (res.pairs["region_a"] < res.pairs["region_b"]).all()
+    m = res.matches
+    assert not m.duplicated(["region_a", "sku_a", "region_b"]).any()  # one twin per region
+    assert not m.duplicated(["region_b", "sku_b", "region_a"]).any()
+    assert not res.groups.duplicated(["group_id", "region"]).any()
+    correct = (m["sku_a"].str[2:] == m["sku_b"].str[2:]).mean()
+    assert correct > 0.95 and len(m) >= 0.9 * 3 * 34  # 34 true pairs per region pair
+    assert set(res.summary) >= {"model", "collection", "threshold", "regions", "counts", "timings"}
+    assert "metrics" not in res.summary
+    assert {
+        "explain",
+        "ev_numbers",
+        "ev_names",
+        "conflict_numbers",
+        "text_a",
+        "text_b",
+        *PAIR_KEY_COLUMNS,
+    } <= set(res.pairs.columns)
+
+
+def test_metrics_follow_the_documented_format_when_labels_are_given() -> None:
+    data = _catalog(seed=1)
+    res = match_catalog(data, k=5, labels=_labels(data), fit_on_labels=False)
+    metrics = res.summary["metrics"]
+    assert set(metrics) == {"overall", "by_pair", "threshold_sweep", "pr_curve"}
+    assert set(metrics["by_pair"]) == {"DE|FR", "DE|US", "FR|US"}
+    for m in [metrics["overall"], *metrics["by_pair"].values()]:
+        assert set(m) == {"precision", "recall", "f1", "top1", "tp", "fp", "fn"}
+    assert metrics["overall"]["f1"] > 0.9 and metrics["overall"]["top1"] > 0.9
+    for row in metrics["threshold_sweep"] + metrics["pr_curve"]:
+        assert set(row) == {"threshold", "precision", "recall", "f1"}
+    # calibrated on labels: the chosen threshold is the sweep's F1 optimum
+    best = max(metrics["threshold_sweep"], key=lambda r: r["f1"])
+    assert res.summary["threshold"] == best["threshold"]
+
+
+def test_unmatched_lists_products_without_an_accepted_twin() -> None:
+    data = _catalog(seed=2)
+    extra = np.random.default_rng(9).normal(size=(1, 24))
+    us = data["US"]
+    data["US"] = RegionTable(
+        "US", [*us.skus, "lonely"], [*us.texts, "GRUNDTAL hook 9 cm"], np.vstack([us.vectors, extra])
+    )
+    res = match_catalog(data, k=5, threshold=0.99)
+    assert "lonely" in set(res.unmatched["sku"])
+    row = res.unmatched.set_index("sku").loc["lonely"]
+    assert row["region"] == "US" and row["best_region"] in {"DE", "FR"}
+
+
+def test_bad_arguments_name_the_value_and_options() -> None:
+    data = _catalog()
+    with pytest.raises(ValueError, match="threshold must be in"):
+        match_catalog(data, threshold=1.7)
+    with pytest.raises(ValueError, match=r"regions \['JP'\] not in the data"):
+        match_catalog(data, regions=["DE", "JP"])
+    with pytest.raises(ValueError, match="needs a CatalogStore"):
+        match_catalog(data, candidates="qdrant")
+
+
+def _filled_store(data: dict[str, RegionTable]):
+    """A real local-mode Qdrant collection with the documented payload, behind CatalogStore."""
+    qdrant_client = pytest.importorskip("qdrant_client")
+    store_mod = pytest.importorskip("polyglot_catalog.store")
+    from qdrant_client import models
+
+    client = qdrant_client.QdrantClient(":memory:")
+    dim = next(iter(data.values())).vectors.shape[1]
+    client.create_collection(
+        "cat", vectors_config={"e5": models.VectorParams(size=dim, distance=models.Distance.COSINE)}
+    )
+    points = []
+    for region, t in data.items():
+        for i, sku in enumerate(t.skus):
+            payload = {"sku": sku, "region": region, "language": None, "text": t.texts[i], "status": "active"}
+            points.append(
+                models.PointStruct(id=len(points), vector={"e5": t.vectors[i].tolist()}, payload=payload)
+            )
+    client.upsert("cat", points=points)
+    return store_mod.CatalogStore(client, "cat", "e5")
+
+
+def test_loader_and_qdrant_candidates_agree_with_in_memory_run() -> None:
+    data = _catalog(seed=3)
+    store = _filled_store(data)
+    loaded = load_catalog(store)
+    assert sorted(loaded) == ["DE", "FR", "US"]
+    for region, table in data.items():
+        got = dict(zip(loaded[region].skus, loaded[region].vectors, strict=True))
+        for sku, vec in zip(table.skus, table.vectors, strict=True):
+            np.testing.assert_allclose(got[sku], vec, atol=1e-5)
+    via_store = match_catalog(store, k=5, threshold=0.5)
+    in_memory = match_catalog(data, k=5, threshold=0.5)
+    key = [*PAIR_KEY_COLUMNS, "decision"]
+    a = via_store.pairs[key].sort_values(key).reset_index(drop=True)
+    b = in_memory.pairs[key].sort_values(key).reset_index(drop=True)
+    assert a.equals(b)
+    assert via_store.summary["collection"] == "cat"
