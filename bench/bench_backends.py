@@ -1,0 +1,102 @@
+"""Encode backends side by side: speed ratio vs fp32 ``model.encode`` and the quality each one costs.
+
+Run: ``.venv/bin/python bench/bench_backends.py [--texts 256] [--tatoeba deu,fra] [--ikea 800]``.
+Same texts, same process, one after another: torch fp32 (reference), ONNX Runtime fp32, ONNX Runtime
+dynamic int8 (per channel). Quality: Tatoeba top-1 (both directions) and IKEA EN<->DE top-1 of the
+raw cosine nearest neighbour over the first N dev products that have both texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _common import SHARED_DATA, append_results
+from bench_model import read_pair, top1
+
+from polyglot_catalog.encoding import Encoder
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+def ikea_pairs(limit: int) -> tuple[list[str], list[str]]:
+    en, de = [], []
+    with (SHARED_DATA / "ikea" / "ikea_products_dev.csv").open(encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            if row["en"].strip() and row["de"].strip():
+                en.append(row["en"])
+                de.append(row["de"])
+            if len(en) >= limit:
+                break
+    return en, de
+
+
+def throughput(encoder: Encoder, texts: list[str], repeats: int = 2) -> float:
+    """Texts per second, best of ``repeats`` (the first call also warms caches)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encoder.encode(texts)
+        best = min(best, time.perf_counter() - start)
+    return len(texts) / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--texts", type=int, default=256, help="IKEA descriptions timed per backend")
+    parser.add_argument("--tatoeba", default="deu,fra", help="comma-separated Tatoeba languages")
+    parser.add_argument("--ikea", type=int, default=800, help="EN/DE dev products for the top-1 check")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args()
+
+    en, de = ikea_pairs(max(args.ikea, args.texts))
+    timed = (en + de)[: args.texts]
+    langs = [x for x in args.tatoeba.split(",") if x]
+    rows = {}
+    for backend in BACKENDS:
+        encoder = Encoder(backend=backend, batch_size=args.batch_size)
+        speed = throughput(encoder, timed)
+        quality = {
+            lang: top1(encoder.encode(read_pair(lang)[0]), encoder.encode(read_pair(lang)[1]))
+            for lang in langs
+        }
+        ikea = top1(encoder.encode(en[: args.ikea]), encoder.encode(de[: args.ikea]))
+        rows[backend] = (speed, quality, ikea)
+        del encoder
+
+    ref_speed, ref_quality, ref_ikea = rows["torch"]
+    lines = [
+        f"{args.texts} IKEA descriptions timed per backend (best of 2, batch {args.batch_size}); "
+        f"quality on Tatoeba {', '.join(langs)} (1000 pairs each) and IKEA EN<->DE "
+        f"(first {args.ikea} products).",
+        "",
+        "| backend | texts/s | speed vs torch fp32 | "
+        + " | ".join(f"{lang} top-1 (xx->en / en->xx)" for lang in langs)
+        + " | IKEA EN->DE / DE->EN | worst top-1 loss |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in langs) + " | --- | --- |",
+    ]
+    for backend, (speed, quality, ikea) in rows.items():
+        losses = [ref_quality[lang][d] - quality[lang][d] for lang in langs for d in (0, 1)]
+        losses += [ref_ikea[d] - ikea[d] for d in (0, 1)]
+        lines.append(
+            f"| {backend} | {speed:.1f} | {speed / ref_speed:.2f}x | "
+            + " | ".join(f"{quality[lang][0]:.3f} / {quality[lang][1]:.3f}" for lang in langs)
+            + f" | {ikea[0]:.3f} / {ikea[1]:.3f} | {max(losses):+.3f} |"
+        )
+    body = "\n".join(lines)
+    if args.no_append:
+        print(body)
+    else:
+        append_results("Encode backends: speed and quality", "python bench/bench_backends.py", body)
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    main()
