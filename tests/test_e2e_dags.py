@@ -1,0 +1,135 @@
+"""End to end: both DAGs with ``dag.test()`` on the shipped demo sample, real model, local Qdrant.
+
+Checks what a user would: every input row became a point, the embed run raised the collection
+asset event that schedules the match DAG, and the report finds the known cross-region duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "include" / "demo_catalog"
+COLLECTION = "e2e_catalog"
+OUT_NAME = "e2e"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (DEMO / "labels.parquet").exists(), reason="demo catalog not built"),
+]
+
+
+def _regions() -> list[Path]:
+    return sorted(p for p in DEMO.glob("*.parquet") if p.name != "labels.parquet")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Migrate the throwaway Airflow DB, then run catalog_embed and cross_region_match once."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    data_dir = tmp_path_factory.mktemp("e2e-data")
+    saved = {k: os.environ.get(k) for k in ("POLYGLOT_DATA_DIR", "AIRFLOW_CONN_QDRANT_DEFAULT")}
+    os.environ["POLYGLOT_DATA_DIR"] = str(data_dir)
+    os.environ.pop("AIRFLOW_CONN_QDRANT_DEFAULT", None)
+    try:
+        airflow = Path(sys.executable).with_name("airflow")
+        subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
+        assert not bag.import_errors
+        embed_run = bag.dags["catalog_embed"].test(
+            run_conf={"source": str(DEMO / "*.parquet"), "collection": COLLECTION}
+        )
+        match_run = bag.dags["cross_region_match"].test(
+            run_conf={"collection": COLLECTION, "labels": str(DEMO / "labels.parquet"), "out_name": OUT_NAME}
+        )
+        yield {"embed": embed_run, "match": match_run, "data_dir": data_dir}
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_both_runs_succeed(runs):
+    assert "success" in str(runs["embed"].state)
+    assert "success" in str(runs["match"].state)
+
+
+def test_point_counts_equal_the_input(runs):
+    from polyglot_catalog.provider.hooks import PolyglotQdrantHook
+    from polyglot_catalog.store import CatalogStore, vector_name_for
+
+    expected = {p.stem: len(pd.read_parquet(p)) for p in _regions()}
+    hook = PolyglotQdrantHook()
+    try:
+        stats = CatalogStore(hook.conn, COLLECTION, vector_name_for("multilingual-e5-small")).stats()
+    finally:
+        hook.close()
+    assert stats["regions"] == expected
+    assert stats["points"] == sum(expected.values())
+    assert stats["stale"] == 0
+
+
+def test_embed_success_raises_the_collection_asset_event(runs):
+    """The event (and the queued match run) is what asset-aware scheduling acts on."""
+    from airflow.models.asset import AssetDagRunQueue, AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from polyglot_catalog.provider.operators import collection_asset
+
+    uri = collection_asset().uri
+    with create_session() as session:
+        events = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.uri == uri, AssetEvent.source_dag_id == "catalog_embed")
+            .all()
+        )
+        assert events, "catalog_embed did not emit the collection asset event"
+        assert events[-1].extra.get("collection") == COLLECTION
+        queued = session.query(AssetDagRunQueue).filter(
+            AssetDagRunQueue.target_dag_id == "cross_region_match"
+        )
+        assert queued.count() >= 1
+
+
+def test_report_finds_known_duplicates_and_accounts_for_every_product(runs):
+    report = runs["data_dir"] / "reports" / OUT_NAME
+    for name in ("pairs.parquet", "groups.parquet", "unmatched.parquet", "summary.json", "report.html"):
+        assert (report / name).is_file(), name
+
+    pairs = pd.read_parquet(report / "pairs.parquet")
+    matches = pairs[pairs["decision"] == "match"]
+    found = {(r.region_a, r.sku_a, r.region_b, r.sku_b) for r in matches.itertuples()}
+    labels = pd.read_parquet(DEMO / "labels.parquet")
+    truth = set()
+    for _, group in labels.groupby("group_id"):
+        members = sorted(zip(group["region"], group["sku"], strict=True))
+        truth.update((a[0], a[1], b[0], b[1]) for a, b in combinations(members, 2) if a[0] != b[0])
+    hit = len(found & truth)
+    assert hit / len(truth) >= 0.6, f"found {hit} of {len(truth)} labelled cross-region duplicates"
+    assert hit / max(len(found), 1) >= 0.8, f"{len(found) - hit} of {len(found)} matches are wrong"
+
+    # Every input product is either in a cross-region group or listed as unmatched.
+    placed = pd.concat(
+        [
+            pd.read_parquet(report / "groups.parquet")[["region", "sku"]],
+            pd.read_parquet(report / "unmatched.parquet")[["region", "sku"]],
+        ]
+    )
+    expected = pd.concat([pd.read_parquet(p)[["region", "sku"]] for p in _regions()])
+    assert set(map(tuple, placed.to_numpy())) == set(map(tuple, expected.to_numpy()))
+
+    summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
+    assert summary["collection"] == COLLECTION
+    assert summary["metrics"]["overall"]["f1"] >= 0.6
