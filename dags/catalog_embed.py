@@ -22,6 +22,7 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
 from polyglot_catalog.models.registry import DEFAULT_MODEL
 from polyglot_catalog.provider.operators import DEFAULT_COLLECTION, EmbedCatalogOperator, collection_asset
 

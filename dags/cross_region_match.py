@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pendulum
 from airflow.sdk import Param, dag
+
 from polyglot_catalog.models.registry import DEFAULT_MODEL
 from polyglot_catalog.provider.operators import DEFAULT_COLLECTION, MatchCatalogOperator, collection_asset
 
