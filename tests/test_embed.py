@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from fakes import FakeEncoder, FlakyClient
 
-from polyglot_catalog.embed import embed_catalog
+from polyglot_catalog.embed import QUARANTINE_IN_SUMMARY, embed_catalog, merge_summaries, reconcile_vanished
 from polyglot_catalog.ids import point_id
 from polyglot_catalog.store import CatalogStore, UpsertError, open_client, vector_name_for
 
@@ -244,19 +244,120 @@ def test_progress_is_reported_and_logged(tmp_path: Path, store: CatalogStore, ca
     assert len(lines) == 4 and lines[-1].startswith("embed: 7/7 rows (100%)") and "ETA" in lines[-1]
 
 
-def test_sharded_runs_give_the_same_points_as_one_run(tmp_path: Path) -> None:
-    whole = write_catalog(tmp_path / "whole" / "c.parquet")
-    shards = [write_catalog(tmp_path / "shards" / f"{i}.parquet", ROWS[i::3]) for i in range(3)]
+def comparable(store: CatalogStore) -> dict[str, tuple[dict[str, Any], list[float]]]:
+    """Points without ``embedded_at`` (the one field that depends on when a run happened)."""
+    return {
+        pid: ({k: v for k, v in p.items() if k != "embedded_at"}, v)
+        for pid, (p, v) in snapshot(store).items()
+    }
+
+
+def shard_files(folder: Path, rows: list[tuple[str, str, str | None, str]]) -> list[Path]:
+    """Three files with regions spread over them, as a per-file mapped DAG would see them."""
+    return [write_catalog(folder / f"part-{i}.parquet", rows[i::3]) for i in range(3)]
+
+
+def mapped_run(shards: list[Path], store: CatalogStore, mode: str) -> dict[str, Any]:
+    """What the DAG does: one embed per shard with vanished="keep", then one reconcile and a reduce."""
+    summaries = [embed_catalog(shard, store, FakeEncoder(), vanished="keep") for shard in shards]
+    assert all(s["flagged"] == s["deleted"] == 0 for s in summaries)
+    return merge_summaries(summaries, reconcile_vanished(shards, store, mode))
+
+
+@pytest.mark.parametrize("mode", ["flag", "delete"])
+def test_mapped_shards_plus_reconcile_equal_one_run_over_the_union(tmp_path: Path, mode: str) -> None:
     one = CatalogStore(open_client(path=":memory:"), "c", "v")
     many = CatalogStore(open_client(path=":memory:"), "c", "v")
-    embed_catalog(whole, one, FakeEncoder())
-    for shard in shards:
-        embed_catalog(shard, many, FakeEncoder(), vanished="keep")
+    v2 = [r for r in ROWS if r[1] != "D2"] + [
+        ("US", "U3", "en", "Oak table , 120 cm"),
+        ("DE", "D4", "de", " "),
+    ]
+    v2 = [("FR", "F1", "fr", "Étagère en bouleau massif , 80 cm") if r[1] == "F1" else r for r in v2]
+    v3 = [*ROWS, ("US", "U3", "en", "Oak table , 120 cm")]  # D2 is back, D4 vanished (never valid)
+    unmatched = {"embedded_at", "source_file"}
+    for version, rows in enumerate((ROWS, v2, v3)):
+        shards = shard_files(tmp_path / f"v{version}", rows)
+        single = embed_catalog(shards, one, FakeEncoder(), vanished=mode)
+        merged = mapped_run(shards, many, mode)
 
-    def content(store: CatalogStore) -> dict[str, tuple[str, list[float]]]:
-        return {pid: (p["content_hash"], v) for pid, (p, v) in snapshot(store).items()}
+        assert comparable(one) == comparable(many)
+        assert one.stats() == many.stats()
+        for key in single.keys() - {"seconds", "quarantine"} - unmatched:
+            assert merged[key] == single[key], key
+        assert merged["shards"] == 3 and merged["files"] == 3 and merged["vanished"] == mode
+        assert sorted(q["sku"] for q in merged["quarantine"]) == sorted(
+            q["sku"] for q in single["quarantine"]
+        )
+        if version == 1:  # D2 vanished: flagged (or deleted) exactly once, by the reconcile step
+            assert merged[{"flag": "flagged", "delete": "deleted"}[mode]] == 1
+            again = reconcile_vanished(shards, many, mode)
+            assert again["flagged"] == again["deleted"] == 0
+    statuses = {p["sku"]: p["status"] for p, _ in snapshot(many).values()}
+    assert set(statuses.values()) == {"active"} and "D2" in statuses  # reactivated or re-added
 
-    assert content(one) == content(many)
+
+def test_reconcile_keep_reads_nothing_and_reports_cross_file_duplicates(
+    tmp_path: Path, store: CatalogStore
+) -> None:
+    embed_catalog(write_catalog(tmp_path / "full" / "c.parquet"), store, FakeEncoder())
+    a = write_catalog(tmp_path / "less" / "a.parquet", [r for r in ROWS if r[1] != "D2"])
+    b = write_catalog(tmp_path / "less" / "b.parquet", [("US", "U1", "en", "Birch bookcase v2")])
+
+    kept = reconcile_vanished([a, b], store, "keep")
+    assert kept == {"mode": "keep", "files": 2, "regions": [], "flagged": 0, "deleted": 0, "seconds": {}}
+    flagged = reconcile_vanished([a, b], store)
+    assert flagged["flagged"] == 1 and flagged["duplicates_across_files"] == 1
+    assert flagged["regions"] == ["DE", "FR", "US"] and flagged["source_keys"] == len(ROWS) - 1
+    assert store.count(status="stale") == 1
+    missing = CatalogStore(open_client(path=":memory:"), "nothing-here", "v")
+    assert reconcile_vanished([a], missing)["flagged"] == 0
+    with pytest.raises(ValueError, match="mode must be one of"):
+        reconcile_vanished([a], store, "drop")  # type: ignore[arg-type]
+
+
+def test_merge_summaries_sums_counts_seconds_reasons_and_caps_the_sample() -> None:
+    def shard(n: int, region: str) -> dict[str, Any]:
+        return {
+            "model": "m",
+            "collection": "c",
+            "vector_name": "v",
+            "files": 1,
+            "regions": [region],
+            "rows_read": n,
+            "embedded": n - 1,
+            "invalid": 15,
+            "invalid_by_reason": {"empty sku": 10, "empty description": 5},
+            "quarantine": [{"sku": f"{region}{i}"} for i in range(15)],
+            "seconds": {"read": 0.5, "encode": 1.25},
+        }
+
+    merged = merge_summaries(
+        [shard(10, "US"), None, shard(20, "DE")],
+        {
+            "mode": "flag",
+            "flagged": 2,
+            "deleted": 0,
+            "regions": ["DE", "US"],
+            "seconds": {"keys": 0.1, "vanished": 0.2},
+        },
+    )
+    assert merged["shards"] == 2 and merged["files"] == 2
+    assert merged["rows_read"] == 30 and merged["embedded"] == 28 and merged["invalid"] == 30
+    assert merged["flagged"] == 2 and merged["deleted"] == 0 and merged["vanished"] == "flag"
+    assert merged["regions"] == ["DE", "US"] and merged["model"] == "m"
+    assert merged["invalid_by_reason"] == {"empty sku": 20, "empty description": 10}
+    assert merged["seconds"] == {"encode": 2.5, "keys": 0.1, "read": 1.0, "vanished": 0.2}
+    assert len(merged["quarantine"]) == QUARANTINE_IN_SUMMARY and merged["quarantine"][-1] == {"sku": "DE4"}
+    assert json.loads(json.dumps(merged)) == merged
+    assert merge_summaries([]) == {
+        "shards": 0,
+        "regions": [],
+        "invalid_by_reason": {},
+        "quarantine": [],
+        "seconds": {},
+    }
+    with pytest.raises(ValueError, match="shards disagree on model"):
+        merge_summaries([shard(1, "US"), {**shard(1, "DE"), "model": "other"}])
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 Re-runs are cheap and safe: point ids come from (region, sku), and each point stores the hash of
 (model, template, text), so a batch only encodes rows whose hash is new or changed. Nothing is counted
 as upserted before Qdrant acknowledged it. SKUs that disappeared from the source are flagged stale (or
-deleted, or kept) once the whole source was embedded without error.
+deleted, or kept) once the whole source was embedded without error. A sharded run passes
+``vanished="keep"`` per shard, then calls :func:`reconcile_vanished` once and :func:`merge_summaries`.
 """
 
 from __future__ import annotations
@@ -204,36 +205,42 @@ class _EmbedRun:
         )
         return payload
 
-    def handle_vanished(self, keys: pa.Table, mode: str) -> None:
-        """Flag or delete points of the regions seen whose SKU is not in this run's source."""
-        if mode == "keep":
-            return
-        for region in sorted(pc.unique(keys["region"]).to_pylist()):
-            present = keys.filter(pc.equal(keys["region"], region))["sku"]
-            gone = self.timer.timed("vanished", lambda r=region, p=present: self._vanished_ids(r, p, mode))
-            if not gone:
-                continue
-            if mode == "delete":
-                self.timer.timed("vanished", lambda g=gone: self.store.delete(g))
-                self.counts["deleted"] += len(gone)
-            else:
-                self.timer.timed("vanished", lambda g=gone: self.store.set_payload(g, {"status": STALE}))
-                self.counts["flagged"] += len(gone)
-            log.info(
-                "%s %d vanished SKUs in region %s",
-                "deleted" if mode == "delete" else "flagged",
-                len(gone),
-                region,
-            )
 
-    def _vanished_ids(self, region: str, present: pa.ChunkedArray, mode: str) -> list[str]:
-        gone: list[str] = []
-        pages = self.store.scroll_region(region, with_vectors=False, include_stale=mode == "delete")
-        for payloads, _ in pages:
-            skus = pa.array([p.get("sku") for p in payloads], pa.string())
-            missing = pc.invert(pc.fill_null(pc.is_in(skus, value_set=present.combine_chunks()), True))
-            gone.extend(payloads[i]["id"] for i in np.flatnonzero(missing.to_numpy(zero_copy_only=False)))
-        return gone
+def _flag_or_delete_vanished(
+    store: CatalogStore, keys: pa.Table, mode: str, timer: _Timer, counts: Counter[str]
+) -> None:
+    """Flag or delete the points of the regions in ``keys`` whose SKU is not among them.
+
+    Points already stale are not flagged again, so a re-run (or a second reconcile) counts nothing.
+    """
+    if mode == "keep":
+        return
+    for region in sorted(pc.unique(keys["region"]).to_pylist()):
+        present = keys.filter(pc.equal(keys["region"], region))["sku"].combine_chunks()
+        gone = timer.timed("vanished", lambda r=region, p=present: _vanished_ids(store, r, p, mode))
+        if not gone:
+            continue
+        if mode == "delete":
+            timer.timed("vanished", lambda g=gone: store.delete(g))
+            counts["deleted"] += len(gone)
+        else:
+            timer.timed("vanished", lambda g=gone: store.set_payload(g, {"status": STALE}))
+            counts["flagged"] += len(gone)
+        verb = "deleted" if mode == "delete" else "flagged"
+        log.info("%s %d vanished SKUs in region %s", verb, len(gone), region)
+
+
+def _vanished_ids(store: CatalogStore, region: str, present: pa.Array, mode: str) -> list[str]:
+    """Ids of the region's stored points (stale ones too when deleting) whose SKU is not in ``present``."""
+    gone: list[str] = []
+    pages = store.scroll_region(
+        region, with_vectors=False, include_stale=mode == "delete", payload_fields=["sku"]
+    )
+    for payloads, _ in pages:
+        skus = pa.array([p.get("sku") for p in payloads], pa.string())
+        missing = pc.invert(pc.fill_null(pc.is_in(skus, value_set=present), True))
+        gone.extend(payloads[i]["id"] for i in np.flatnonzero(missing.to_numpy(zero_copy_only=False)))
+    return gone
 
 
 def embed_catalog(
@@ -294,7 +301,7 @@ def embed_catalog(
             meter.update(run.counts["rows_read"])
             if progress is not None:
                 progress(run.counts["rows_read"], total)
-    run.handle_vanished(reader.keys, vanished)
+    _flag_or_delete_vanished(store, reader.keys, vanished, run.timer, run.counts)
     return _summary(run, reader, store)
 
 
@@ -321,3 +328,101 @@ def _summary(run: _EmbedRun, reader: CatalogReader, store: CatalogStore) -> dict
         "truncated": counts["truncated"],
         "seconds": {stage: round(s, 3) for stage, s in sorted(run.timer.seconds.items())},
     }
+
+
+def reconcile_vanished(
+    source: SourceLike, store: CatalogStore, mode: Literal["flag", "keep", "delete"] = "flag"
+) -> dict[str, Any]:
+    """Flag or delete stored SKUs missing from the whole ``source``: the reduce step of a sharded run.
+
+    Why: each mapped shard sees only its own files, so it must run with ``vanished="keep"``; only a
+    step that sees every shard's keys can tell what vanished. This runs the reader's key-only pass
+    (``sku``, ``region`` and ``description``, the last to apply the same validity rules as the embed
+    stage, so a row that became invalid counts as vanished exactly as in one run over the union) and
+    then does what ``embed_catalog(source, vanished=mode)`` does at its end. Run it only after every
+    shard succeeded, over the same files the shards embedded.
+
+    Args:
+        source (SourceLike): the union of the shards' sources (paths, globs, URLs or a list).
+        store (CatalogStore): the collection the shards wrote.
+        mode (str): "flag" (payload ``status="stale"``), "delete", or "keep" (no-op). Defaults to "flag".
+
+    Returns:
+        JSON-safe counts: mode, files, regions, source_keys (distinct valid (region, sku)), flagged,
+        deleted, duplicates_across_files (keys a per-file sharding wrote more than once; a single run
+        keeps the last occurrence, shards race), seconds (keys, vanished).
+    """
+    if mode not in VANISHED_OPTIONS:
+        raise ValueError(f"mode must be one of {list(VANISHED_OPTIONS)}; got {mode!r}")
+    timer, counts = _Timer(), Counter[str]()
+    reader = CatalogReader(source)
+    result: dict[str, Any] = {"mode": mode, "files": len(reader.sources), "regions": []}
+    if mode != "keep":
+        keys = timer.timed("keys", lambda: reader.keys)
+        result["regions"] = sorted(pc.unique(keys["region"]).to_pylist())
+        result["source_keys"] = keys.num_rows
+        result["duplicates_across_files"] = reader.duplicates_across_files
+        if reader.duplicates_across_files:
+            log.warning(
+                "%d (region, sku) keys occur in more than one file: with one task per file the last "
+                "shard to finish wins, not the last occurrence; shard by region to avoid this",
+                reader.duplicates_across_files,
+            )
+        if store.exists():
+            _flag_or_delete_vanished(store, keys, mode, timer, counts)
+    result.update(
+        flagged=counts["flagged"],
+        deleted=counts["deleted"],
+        seconds={stage: round(s, 3) for stage, s in sorted(timer.seconds.items())},
+    )
+    return result
+
+
+_SAME_IN_EVERY_SHARD = ("model", "collection", "vector_name")
+_SPECIAL = {"regions", "seconds", "invalid_by_reason", "quarantine", *_SAME_IN_EVERY_SHARD}
+
+
+def merge_summaries(
+    summaries: Sequence[dict[str, Any] | None], reconciled: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Add up the summaries of mapped :func:`embed_catalog` shards (and a :func:`reconcile_vanished`).
+
+    Why here and not in the DAG: the summary's shape belongs to the embed stage, so the reduce step
+    stays right when a count is added. Every integer count and per-stage seconds are summed, regions
+    are unioned, ``invalid_by_reason`` summed, the quarantine sample concatenated and capped. ``None``
+    (a skipped shard) is ignored.
+
+    Raises:
+        ValueError: shards disagree on model, collection or vector name (they must write one place).
+    """
+    total: dict[str, Any] = {"shards": 0}
+    regions: set[str] = set()
+    seconds: Counter[str] = Counter()
+    by_reason: Counter[str] = Counter()
+    quarantine: list[dict[str, Any]] = []
+    for summary in (s for s in summaries if s is not None):
+        total["shards"] += 1
+        for key in _SAME_IN_EVERY_SHARD:
+            if key in summary and total.setdefault(key, summary[key]) != summary[key]:
+                raise ValueError(f"shards disagree on {key}: {total[key]!r} vs {summary[key]!r}")
+        for key, value in summary.items():
+            if key not in _SPECIAL and isinstance(value, int) and not isinstance(value, bool):
+                total[key] = total.get(key, 0) + value
+        regions.update(summary.get("regions", ()))
+        seconds.update(summary.get("seconds", {}))
+        by_reason.update(summary.get("invalid_by_reason", {}))
+        quarantine.extend(summary.get("quarantine", ())[: QUARANTINE_IN_SUMMARY - len(quarantine)])
+    if reconciled is not None:
+        for key in ("flagged", "deleted"):
+            total[key] = total.get(key, 0) + reconciled.get(key, 0)
+        total["vanished"] = reconciled.get("mode")
+        total["duplicates_across_files"] = reconciled.get("duplicates_across_files", 0)
+        regions.update(reconciled.get("regions", ()))
+        seconds.update(reconciled.get("seconds", {}))
+    total.update(
+        regions=sorted(regions),
+        invalid_by_reason=dict(by_reason),
+        quarantine=quarantine,
+        seconds={stage: round(s, 3) for stage, s in sorted(seconds.items())},
+    )
+    return total

@@ -212,6 +212,21 @@ class CatalogReader:
         return self._keys
 
     @property
+    def duplicates_across_files(self) -> int:
+        """Rows superseded by an occurrence of their key in another file (needs ``dedupe=True``).
+
+        One run keeps the last occurrence; shards of one file each would both write theirs.
+        """
+        if self._keys is None:
+            self._scan_keys()
+        return sum(
+            1
+            for index, rows in self._superseded.items()
+            for winner in rows.values()
+            if winner >> _POS_BITS != index
+        )
+
+    @property
     def invalid(self) -> int:
         return sum(self.invalid_by_reason.values())
 

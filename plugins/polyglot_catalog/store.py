@@ -276,10 +276,13 @@ class CatalogStore:
         batch_size: int = 1024,
         *,
         include_stale: bool = False,
+        payload_fields: Sequence[str] | None = None,
     ) -> Iterator[tuple[list[dict[str, Any]], np.ndarray]]:
         """Page through one region: payload dicts (with ``id`` added) and float32 vectors (n, d).
 
         Stale points are skipped unless ``include_stale``; without vectors the array has shape (n, 0).
+        ``payload_fields`` limits the payload to those keys (e.g. ``["sku"]`` for the vanished scan, so
+        texts do not cross the network); None returns it all.
         """
         offset = None
         while True:
@@ -288,7 +291,7 @@ class CatalogStore:
                 scroll_filter=_region_filter(region, include_stale),
                 limit=batch_size,
                 offset=offset,
-                with_payload=True,
+                with_payload=True if payload_fields is None else list(payload_fields),
                 with_vectors=[self.vector_name] if with_vectors else False,
             )
             if records:
