@@ -93,8 +93,11 @@ def test_identical_text_counts_as_a_tie_only_when_asked() -> None:
     assert text_ceiling(PairJudge(truth, text_a, text_b)) == {
         "true_pairs": 2,
         "ambiguous_pairs": 2,
-        "max_recall_strict": 0.0,
+        "distinguishable": 0.0,
     }
+    text_b2 = {"g1": "Pflege: 40 °C, Schonwaschgang", "g2": "Pflege: 40 °C, Schonwaschgang ."}
+    assert text_ceiling(PairJudge(truth, text_a, text_b2))["ambiguous_pairs"] == 0
+    assert text_ceiling(PairJudge(truth, text_a, text_b2), near=0.9)["ambiguous_pairs"] == 2
 
 
 def test_threshold_calibration_and_sweep() -> None:

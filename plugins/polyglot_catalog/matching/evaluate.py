@@ -173,16 +173,153 @@ def pr_curve(
     return [{k: round(float(v), 4) for k, v in row.items()} for row in cv.to_dict("records")]
 
 
-def text_ceiling(judge: PairJudge) -> dict[str, int | float]:
-    """How many true pairs are indistinguishable by text: the twin's text is shared with another
-    SKU of its region (a generic text), so even a perfect text matcher can only guess."""
-    amb = 0
-    if judge.text_a is None or judge.text_b is None:
-        return {"true_pairs": len(judge.truth), "ambiguous_pairs": 0, "max_recall_strict": 1.0}
-    count_a = pd.Series([_norm(t) for t in judge.text_a.values()]).value_counts()
-    count_b = pd.Series([_norm(t) for t in judge.text_b.values()]).value_counts()
-    for a, b in judge.truth:
-        if count_a.get(_norm(judge.text_a[a]), 0) > 1 or count_b.get(_norm(judge.text_b[b]), 0) > 1:
-            amb += 1
+def _has_twin_text(texts: list[str], near: float | None, chunk: int = 512) -> np.ndarray:
+    """Per text: does another text of the same region equal it (``near=None``) or reach char
+    3-5-gram TF-IDF cosine ``>= near`` (a near-duplicate: same copy, one word changed)?"""
+    normed = [_norm(t) for t in texts]
+    counts = pd.Series(normed).value_counts()
+    exact = np.array([counts[t] > 1 for t in normed], dtype=bool)
+    if near is None or len(texts) < 2:
+        return exact
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    x = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit_transform(normed)
+    out = exact.copy()
+    for s in range(0, x.shape[0], chunk):
+        sims = (x[s : s + chunk] @ x.T).toarray()
+        sims[np.arange(sims.shape[0]), np.arange(s, s + sims.shape[0])] = 0.0
+        out[s : s + chunk] |= sims.max(axis=1) >= near
+    return out
+
+
+def text_ceiling(judge: PairJudge, near: float | None = None) -> dict[str, int | float]:
+    """How many true pairs text alone cannot settle: one side's text is shared verbatim (or, with
+    ``near``, near-verbatim) by another SKU of its region, so a text matcher can only guess there.
+
+    Returns ``true_pairs``, ``ambiguous_pairs`` and ``distinguishable`` (their complement's share).
+    """
     n = len(judge.truth)
-    return {"true_pairs": n, "ambiguous_pairs": amb, "max_recall_strict": round(1 - amb / n, 4) if n else 1.0}
+    if judge.text_a is None or judge.text_b is None:
+        return {"true_pairs": n, "ambiguous_pairs": 0, "distinguishable": 1.0}
+    flags = {}
+    for side, texts in (("a", judge.text_a), ("b", judge.text_b)):
+        skus = list(texts)
+        flags[side] = dict(zip(skus, _has_twin_text([texts[s] for s in skus], near), strict=True))
+    amb = int(sum(bool(flags["a"][a] or flags["b"][b]) for a, b in judge.truth))
+    return {"true_pairs": n, "ambiguous_pairs": amb, "distinguishable": round(1 - amb / n, 4) if n else 1.0}
+
+
+def judges_for(
+    data: CatalogData, labels: Labels, region_pairs: Iterable[tuple[str, str]], *, text_ties: bool = False
+) -> dict[str, PairJudge]:
+    """One :class:`PairJudge` per ``"A|B"`` region pair, built from labels (and texts for ties)."""
+    out: dict[str, PairJudge] = {}
+    for ra, rb in region_pairs:
+        a, b = data[ra], data[rb]
+        truth = truth_pairs(labels, ra, a.skus, rb, b.skus)
+        if text_ties:
+            texts = (dict(zip(a.skus, a.texts, strict=True)), dict(zip(b.skus, b.texts, strict=True)))
+            out[f"{ra}|{rb}"] = PairJudge(truth, *texts)
+        else:
+            out[f"{ra}|{rb}"] = PairJudge(truth)
+    return out
+
+
+def _codes(values: pd.Series) -> np.ndarray:
+    return pd.factorize(values)[0]
+
+
+def assigned_at(pairs: pd.DataFrame, threshold: float, method: str = "hungarian") -> np.ndarray:
+    """Mask of ``pairs`` rows the one-to-one rule accepts at ``threshold``, per region pair."""
+    from .assign import assign_one_to_one
+
+    mask = np.zeros(len(pairs), dtype=bool)
+    for _, idx in pairs.groupby(["region_a", "region_b"], sort=False).indices.items():
+        sub = pairs.iloc[idx]
+        mask[idx] = assign_one_to_one(
+            _codes(sub["sku_a"]),
+            _codes(sub["sku_b"]),
+            sub["score"].to_numpy(float),
+            threshold,
+            method,  # type: ignore[arg-type]
+        )
+    return mask
+
+
+def correct_mask(pairs: pd.DataFrame, judges: Mapping[str, PairJudge]) -> np.ndarray:
+    """Per row of ``pairs``: is it a true pair (per its region pair's judge)?"""
+    out = np.zeros(len(pairs), dtype=bool)
+    for (ra, rb), idx in pairs.groupby(["region_a", "region_b"], sort=False).indices.items():
+        judge = judges.get(f"{ra}|{rb}")
+        if judge is None:
+            continue
+        sub = pairs.iloc[idx]
+        out[idx] = [judge(x, y) for x, y in zip(sub["sku_a"], sub["sku_b"], strict=True)]
+    return out
+
+
+def threshold_sweep(
+    pairs: pd.DataFrame,
+    judges: Mapping[str, PairJudge],
+    method: str = "hungarian",
+    grid: Iterable[float] = SWEEP_GRID,
+) -> list[dict[str, float]]:
+    """Overall metrics at each grid threshold, re-solving the one-to-one assignment at each one."""
+    correct = correct_mask(pairs, judges)
+    n_truth = sum(len(j.truth) for j in judges.values())
+    rows = []
+    for t in grid:
+        acc = assigned_at(pairs, t, method)
+        m = prf(int(correct[acc].sum()), int((~correct[acc]).sum()), n_truth)
+        rows.append({"threshold": float(t), **{key: m[key] for key in ("precision", "recall", "f1")}})
+    return rows
+
+
+def calibrate_threshold(rows: list[dict[str, float]], target_precision: float | None = None) -> float:
+    """From sweep rows: the F1-best threshold, or the lowest one reaching ``target_precision``."""
+    if target_precision is not None:
+        ok = [r for r in rows if r["precision"] >= target_precision]
+        return min(r["threshold"] for r in ok) if ok else max(r["threshold"] for r in rows)
+    return max(rows, key=lambda r: (r["f1"], -r["threshold"]))["threshold"]
+
+
+def evaluate_pairs(
+    pairs: pd.DataFrame,
+    judges: Mapping[str, PairJudge],
+    *,
+    method: str = "hungarian",
+    sweep_rows: list[dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """The ``metrics`` block of the summary for a scored ``pairs`` table (see :mod:`.result`).
+
+    Accepted pairs are rows with ``decision == "match"``; top-1 ranks every candidate by ``score``
+    in both directions; the PR curve is drawn over the pairs the one-to-one rule accepts at the
+    lowest sweep threshold.
+    """
+    correct = correct_mask(pairs, judges)
+    by_pair: dict[str, dict[str, Any]] = {}
+    tot = {"tp": 0, "fp": 0, "truth": 0, "hits": 0.0, "n": 0}
+    for key, judge in judges.items():
+        ra, rb = key.split("|")
+        sel = ((pairs["region_a"] == ra) & (pairs["region_b"] == rb)).to_numpy()
+        acc = sel & (pairs["decision"] == "match").to_numpy()
+        m: dict[str, Any] = prf(int(correct[acc].sum()), int((~correct[acc]).sum()), len(judge.truth))
+        sub = pairs[sel]
+        t_ab, t_ba = top1_accuracy(
+            sub["sku_a"].to_numpy(), sub["sku_b"].to_numpy(), sub["score"].to_numpy(), judge
+        )
+        n_ab, n_ba = len(judge.twins_a), len(judge.twins_b)
+        m["top1"] = round((t_ab * n_ab + t_ba * n_ba) / max(n_ab + n_ba, 1), 4)
+        by_pair[key] = m
+        tot["tp"] += m["tp"]
+        tot["fp"] += m["fp"]
+        tot["truth"] += len(judge.truth)
+        tot["hits"] += t_ab * n_ab + t_ba * n_ba
+        tot["n"] += n_ab + n_ba
+    overall: dict[str, Any] = prf(int(tot["tp"]), int(tot["fp"]), int(tot["truth"]))
+    overall["top1"] = round(tot["hits"] / tot["n"], 4) if tot["n"] else 0.0
+    if sweep_rows is None:
+        sweep_rows = threshold_sweep(pairs, judges, method)
+    floor = assigned_at(pairs, min(SWEEP_GRID), method)
+    curve_rows = pr_curve(pairs["score"].to_numpy(float)[floor], correct[floor], int(tot["truth"]))
+    return {"overall": overall, "by_pair": by_pair, "threshold_sweep": sweep_rows, "pr_curve": curve_rows}

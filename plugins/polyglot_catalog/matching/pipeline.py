@@ -20,20 +20,18 @@ from .assign import AssignMethod, assign_one_to_one
 from .candidates import DEFAULT_BLOCK_COLS, DEFAULT_BLOCK_ROWS, candidate_pairs
 from .data import OPTIONAL_FIELDS, CatalogData, RegionTable
 from .evaluate import (
-    SWEEP_GRID,
     Labels,
-    PairJudge,
+    calibrate_threshold,
+    evaluate_pairs,
+    judges_for,
     labels_from_gtin,
     load_labels,
-    pr_curve,
-    prf,
-    top1_accuracy,
-    truth_pairs,
+    threshold_sweep,
 )
 from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
 from .groups import build_groups
 from .result import MatchResult
-from .scoring import FEATURES, PairScorer, lexical_vectors, pair_features
+from .scoring import FEATURES, PairScorer, corroboration, lexical_vectors, pair_features
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +47,7 @@ PAIR_COLUMNS = [
     "csls",
     "lexical",
     *EVIDENCE_COLUMNS,
+    "ev_triangle",
     "explain",
     "text_a",
     "text_b",
@@ -119,6 +118,7 @@ def match_catalog(
     target_precision: float | None = None,
     allow_same_region: bool = False,
     fit_on_labels: bool = True,
+    corroborate: bool = True,
     text_ties: bool = False,
     candidates: CandidateSource = "auto",
     block_rows: int = DEFAULT_BLOCK_ROWS,
@@ -142,6 +142,8 @@ def match_catalog(
         allow_same_region (bool): allow two SKUs of one region in a group. Defaults to False.
         fit_on_labels (bool): fit the scorer on labels; False keeps it label-free (self-training)
             so labels only calibrate/evaluate. Defaults to True.
+        corroborate (bool): with 3+ regions, add a second scoring pass with the third-region
+            evidence ``ev_triangle``. Defaults to True.
         text_ties (bool): count a pair whose text is identical to the true twin's as correct.
         candidates ("auto" | "exact" | "qdrant"): candidate path; "auto" queries Qdrant when given a
             store, else runs the exact blocked path.
@@ -223,46 +225,32 @@ def match_catalog(
     lab: Labels | None = None
     if labels is not None:
         lab = labels_from_gtin(data) if isinstance(labels, str) and labels == "gtin" else load_labels(labels)
-    scorer = PairScorer()
-    all_feats = (
-        pd.concat([blk["feats"] for blk in blocks], ignore_index=True)
-        if blocks
-        else pd.DataFrame(columns=list(FEATURES))
-    )
-    fitted = False
-    if lab and fit_on_labels and blocks:
-        known, y = zip(
-            *(_labelled_targets(lab, b["ra"], b["rb"], b["sa"], b["sb"]) for b in blocks), strict=True
+    scorer = _fit_and_score(blocks, FEATURES, lab if fit_on_labels else None, seed=None)
+    if corroborate and len(region_names) > 2 and blocks:
+        # second pass: a pair both of whose products match the same SKU of a third region is
+        # corroborated (identity is transitive); refit with that evidence, seeded by pass one
+        first = [blk["score"] for blk in blocks]
+        for blk, tri in zip(blocks, corroboration(blocks), strict=True):
+            blk["feats"]["ev_triangle"] = tri
+        scorer = _fit_and_score(
+            blocks, (*FEATURES, "ev_triangle"), lab if fit_on_labels else None, seed=first
         )
-        known_all, y_all = np.concatenate(known), np.concatenate(y)
-        if y_all[known_all].any() and not y_all[known_all].all():
-            scorer.fit(all_feats[known_all], y_all[known_all], source="labels")
-            fitted = True
-    if not fitted and len(all_feats):
-        offset_b = 0
-        ia_all, ib_all = [], []
-        for blk in blocks:  # keep products of different region pairs apart in the self-training
-            ia_all.append(blk["ia"] + offset_b)
-            ib_all.append(blk["ib"] + offset_b)
-            offset_b += int(max(blk["ia"].max(initial=0), blk["ib"].max(initial=0))) + 1
-        scorer.fit_unsupervised(all_feats, np.concatenate(ia_all), np.concatenate(ib_all))
-    for blk in blocks:
-        blk["score"] = scorer.predict(blk["feats"]) if len(blk["feats"]) else np.zeros(0)
+        for blk in blocks:
+            blk["explain"] = [
+                f"{e}; corroborated via a third region ({t:.2f})" if t >= 0.5 else e
+                for e, t in zip(blk["explain"], blk["feats"]["ev_triangle"], strict=True)
+            ]
     timings["scoring"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    judges: dict[str, PairJudge] = {}
+    for blk in blocks:
+        blk["accepted"] = np.zeros(len(blk["ia"]), dtype=bool)
+    judges = judges_for(data, lab, [(b["ra"], b["rb"]) for b in blocks], text_ties=text_ties) if lab else {}
+    sweep_rows: list[dict[str, float]] | None = None
     if lab:
-        for blk in blocks:
-            a, b = data[blk["ra"]], data[blk["rb"]]
-            truth = truth_pairs(lab, a.region, a.skus, b.region, b.skus)
-            texts = (dict(zip(a.skus, a.texts, strict=True)), dict(zip(b.skus, b.texts, strict=True)))
-            judges[f"{a.region}|{b.region}"] = PairJudge(truth, *texts) if text_ties else PairJudge(truth)
-    sweep_rows: list[dict[str, float]] = []
-    if lab:
-        sweep_rows = _sweep(blocks, judges, method)
+        sweep_rows = threshold_sweep(_pairs_table(blocks, data, 1.0), judges, method)
         if threshold is None:
-            threshold = _calibrate(sweep_rows, target_precision)
+            threshold = calibrate_threshold(sweep_rows, target_precision)
     if threshold is None:
         threshold = DEFAULT_THRESHOLD
     for blk in blocks:
@@ -304,35 +292,43 @@ def match_catalog(
         "timings": {name: round(v, 3) for name, v in timings.items()},
     }
     if lab:
-        summary["metrics"] = _metrics(pairs, blocks, judges, sweep_rows, method)
+        summary["metrics"] = evaluate_pairs(pairs, judges, method=method, sweep_rows=sweep_rows)
     return MatchResult(pairs=pairs, groups=groups, unmatched=unmatched, summary=summary)
 
 
-def _sweep(
-    blocks: list[dict[str, Any]], judges: dict[str, PairJudge], method: AssignMethod
-) -> list[dict[str, float]]:
-    """Overall metrics at each grid threshold, re-solving the one-to-one assignment each time."""
-    rows = []
-    for t in SWEEP_GRID:
-        tp = fp = 0
-        n_truth = 0
-        for blk in blocks:
-            judge = judges[f"{blk['ra']}|{blk['rb']}"]
-            acc = assign_one_to_one(blk["ia"], blk["ib"], blk["score"], t, method)
-            ok = np.fromiter((judge(x, y) for x, y in zip(blk["sa"][acc], blk["sb"][acc], strict=True)), bool)
-            tp += int(ok.sum())
-            fp += int((~ok).sum())
-            n_truth += len(judge.truth)
-        m = prf(tp, fp, n_truth)
-        rows.append({"threshold": float(t), **{key: m[key] for key in ("precision", "recall", "f1")}})
-    return rows
-
-
-def _calibrate(rows: list[dict[str, float]], target_precision: float | None) -> float:
-    if target_precision is not None:
-        ok = [r for r in rows if r["precision"] >= target_precision]
-        return min(r["threshold"] for r in ok) if ok else max(r["threshold"] for r in rows)
-    return max(rows, key=lambda r: (r["f1"], -r["threshold"]))["threshold"]
+def _fit_and_score(
+    blocks: list[dict[str, Any]],
+    features: Sequence[str],
+    lab: Labels | None,
+    seed: list[np.ndarray] | None,
+) -> PairScorer:
+    """Fit one scorer over all region pairs (on labels when usable, else self-training) and
+    store each block's probabilities in ``blk["score"]``."""
+    scorer = PairScorer(features=tuple(features))
+    if not blocks:
+        return scorer
+    feats = pd.concat([blk["feats"] for blk in blocks], ignore_index=True)
+    fitted = False
+    if lab:
+        known, y = zip(
+            *(_labelled_targets(lab, b["ra"], b["rb"], b["sa"], b["sb"]) for b in blocks), strict=True
+        )
+        known_all, y_all = np.concatenate(known), np.concatenate(y)
+        if y_all[known_all].any() and not y_all[known_all].all():
+            scorer.fit(feats[known_all], y_all[known_all], source="labels")
+            fitted = True
+    if not fitted and len(feats):
+        offset = 0
+        ia_all, ib_all = [], []
+        for blk in blocks:  # keep products of different region pairs apart in the self-training
+            ia_all.append(blk["ia"] + offset)
+            ib_all.append(blk["ib"] + offset)
+            offset += int(max(blk["ia"].max(initial=0), blk["ib"].max(initial=0))) + 1
+        seed_score = np.concatenate(seed) if seed is not None else None
+        scorer.fit_unsupervised(feats, np.concatenate(ia_all), np.concatenate(ib_all), seed=seed_score)
+    for blk in blocks:
+        blk["score"] = scorer.predict(blk["feats"]) if len(blk["feats"]) else np.zeros(0)
+    return scorer
 
 
 def _pairs_table(blocks: list[dict[str, Any]], data: CatalogData, threshold: float) -> pd.DataFrame:
@@ -355,6 +351,7 @@ def _pairs_table(blocks: list[dict[str, Any]], data: CatalogData, threshold: flo
                 "csls": f["csls"].to_numpy(np.float64),
                 "lexical": f["lexical"].to_numpy(np.float64),
                 **{c: f[c].to_numpy(np.float64) for c in EVIDENCE_COLUMNS},
+                "ev_triangle": f["ev_triangle"].to_numpy(np.float64) if "ev_triangle" in f else 0.0,
                 "explain": blk["explain"],
                 "text_a": np.asarray(a.texts, dtype=object)[blk["ia"]],
                 "text_b": np.asarray(b.texts, dtype=object)[blk["ib"]],
@@ -404,49 +401,3 @@ def _unmatched(pairs: pd.DataFrame, data: CatalogData) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows, columns=["region", "sku", "text", "best_score", "best_region", "best_sku"])
-
-
-def _metrics(
-    pairs: pd.DataFrame,
-    blocks: list[dict[str, Any]],
-    judges: dict[str, PairJudge],
-    sweep_rows: list[dict[str, float]],
-    method: AssignMethod,
-) -> dict[str, Any]:
-    by_pair: dict[str, dict[str, Any]] = {}
-    tot_tp = tot_fp = tot_truth = 0
-    top_hits = top_n = 0.0
-    floor_scores, floor_ok, floor_truth = [], [], 0
-    for blk in blocks:
-        key = f"{blk['ra']}|{blk['rb']}"
-        judge = judges[key]
-        sel = (
-            (pairs["region_a"] == blk["ra"])
-            & (pairs["region_b"] == blk["rb"])
-            & (pairs["decision"] == "match")
-        )
-        ok = np.fromiter(
-            (judge(x, y) for x, y in zip(pairs.loc[sel, "sku_a"], pairs.loc[sel, "sku_b"], strict=True)), bool
-        )
-        m: dict[str, Any] = prf(int(ok.sum()), int((~ok).sum()), len(judge.truth))
-        t_ab, t_ba = top1_accuracy(blk["sa"], blk["sb"], blk["score"], judge)
-        n_ab, n_ba = len(judge.twins_a), len(judge.twins_b)
-        m["top1"] = round((t_ab * n_ab + t_ba * n_ba) / max(n_ab + n_ba, 1), 4)
-        by_pair[key] = m
-        tot_tp += m["tp"]
-        tot_fp += m["fp"]
-        tot_truth += len(judge.truth)
-        top_hits += t_ab * n_ab + t_ba * n_ba
-        top_n += n_ab + n_ba
-        floor = assign_one_to_one(blk["ia"], blk["ib"], blk["score"], min(SWEEP_GRID), method)
-        floor_scores.append(blk["score"][floor])
-        floor_ok.append(
-            np.fromiter((judge(x, y) for x, y in zip(blk["sa"][floor], blk["sb"][floor], strict=True)), bool)
-        )
-        floor_truth += len(judge.truth)
-    overall: dict[str, Any] = prf(tot_tp, tot_fp, tot_truth)
-    overall["top1"] = round(top_hits / top_n, 4) if top_n else 0.0
-    curve_rows = (
-        pr_curve(np.concatenate(floor_scores), np.concatenate(floor_ok), floor_truth) if blocks else []
-    )
-    return {"overall": overall, "by_pair": by_pair, "threshold_sweep": sweep_rows, "pr_curve": curve_rows}

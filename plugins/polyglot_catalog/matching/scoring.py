@@ -149,10 +149,13 @@ class PairScorer:
         logger.info("scorer fitted on %s: %s", source, self.describe())
         return self
 
-    def fit_unsupervised(self, feats: pd.DataFrame, ia: np.ndarray, ib: np.ndarray) -> PairScorer:
-        """Self-training: reciprocal-best pairs under ``csls + lexical`` (z-scored) are positives,
-        the other candidates of the same products negatives."""
-        seed = _z(feats["csls"].to_numpy()) + _z(feats["lexical"].to_numpy())
+    def fit_unsupervised(
+        self, feats: pd.DataFrame, ia: np.ndarray, ib: np.ndarray, seed: np.ndarray | None = None
+    ) -> PairScorer:
+        """Self-training: reciprocal-best pairs under ``seed`` (default ``csls + lexical``, z-scored)
+        are positives, the other candidates of the same products negatives."""
+        if seed is None:
+            seed = _z(feats["csls"].to_numpy()) + _z(feats["lexical"].to_numpy())
         pos = reciprocal_best(seed, ia, ib)
         touched_a = set(ia[pos].tolist())
         touched_b = set(ib[pos].tolist())
@@ -205,3 +208,35 @@ class PairScorer:
 def _z(x: np.ndarray) -> np.ndarray:
     sd = float(np.std(x))
     return (x - float(np.mean(x))) / (sd if sd > 1e-12 else 1.0)
+
+
+def corroboration(blocks: Sequence[dict]) -> list[np.ndarray]:
+    """Third-region support per candidate pair: ``max_c min(p(a, c), p(b, c))`` over SKUs ``c`` of
+    every other region that both ``a`` and ``b`` have as candidates (0 when none).
+
+    ``blocks`` carry ``ra, rb, ia, ib, score`` per region pair (``ra < rb``); the joins run on the
+    sparse candidate lists only, so cost grows with candidates, not with catalog size squared.
+    """
+    edges: dict[tuple[str, str], pd.DataFrame] = {}
+    for blk in blocks:
+        e = pd.DataFrame({"x": blk["ia"], "y": blk["ib"], "p": blk["score"]})
+        edges[(blk["ra"], blk["rb"])] = e
+        edges[(blk["rb"], blk["ra"])] = e.rename(columns={"x": "y", "y": "x"})
+    regions = {r for blk in blocks for r in (blk["ra"], blk["rb"])}
+    out = []
+    for blk in blocks:
+        ra, rb = blk["ra"], blk["rb"]
+        support = np.zeros(len(blk["ia"]))
+        pairs = pd.DataFrame({"row": np.arange(len(blk["ia"])), "i": blk["ia"], "j": blk["ib"]})
+        for rc in sorted(regions - {ra, rb}):
+            ac, bc = edges.get((ra, rc)), edges.get((rb, rc))
+            if ac is None or bc is None:
+                continue
+            m = pairs.merge(ac.rename(columns={"x": "i", "y": "c", "p": "p1"}), on="i")
+            m = m.merge(bc.rename(columns={"x": "j", "y": "c", "p": "p2"}), on=["j", "c"])
+            if len(m):
+                best = np.minimum(m["p1"].to_numpy(), m["p2"].to_numpy())
+                agg = pd.Series(best).groupby(m["row"].to_numpy()).max()
+                support[agg.index.to_numpy()] = np.maximum(support[agg.index.to_numpy()], agg.to_numpy())
+        out.append(support.astype(np.float32))
+    return out
