@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -159,3 +160,28 @@ def test_shipped_demo_catalog_is_valid_input_with_complete_labels() -> None:
     by_group = {(r["group_id"], r["region"]): r["sku"].split("-")[1] for r in labels}
     same_number = sum(by_group[(g, "US")] == by_group.get((g, "DE")) for g in groups)
     assert same_number < 5
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "\u200b",
+        "\u00a0\u2003",
+        "\x00\t\n\x0b\x85",
+        "\ufeff\u00ad",
+        "a",
+        "\u0301",
+        " x\u200b",
+        "é",
+        None,
+    ],
+)
+def test_description_check_agrees_with_clean_text(text: str | None) -> None:
+    from polyglot_catalog.reading import _has_text  # private: the rule is what is under test
+    from polyglot_catalog.text import clean_text
+
+    values = pa.array([text], pa.string())
+    expected = pc.fill_null(pc.greater(pc.utf8_length(clean_text(values)), 0), False)
+    assert _has_text(values).to_pylist() == expected.to_pylist()

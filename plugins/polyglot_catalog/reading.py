@@ -23,8 +23,6 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from fsspec.implementations.local import LocalFileSystem
 
-from polyglot_catalog.text import clean_text
-
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("sku", "region", "description")
@@ -132,6 +130,19 @@ def _key(values: pa.Array, source: str, name: str) -> pa.Array:
     return pc.utf8_trim_whitespace(values)
 
 
+# A character that survives clean_text: not whitespace/separator, control or format. Testing for one
+# directly gives the same answer as cleaning and measuring, without four full copies of the column.
+_VISIBLE = r"[^\s\p{Z}\p{Cc}\p{Cf}]"
+KEY_PASS_BATCH_ROWS = 65_536
+
+
+def _has_text(values: pa.Array) -> pa.Array:
+    """True where :func:`polyglot_catalog.text.clean_text` would leave a non-empty string."""
+    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+        values = pc.cast(values, pa.string())
+    return pc.fill_null(pc.match_substring_regex(values, _VISIBLE), False)
+
+
 def _non_empty(values: pa.Array) -> pa.Array:
     return pc.fill_null(pc.greater(pc.utf8_length(values), 0), False)
 
@@ -143,7 +154,7 @@ def _validate(batch: pa.RecordBatch, source: str) -> tuple[pa.Array, pa.Array, l
     checks = (
         ("empty sku", _non_empty(sku)),
         ("empty region", _non_empty(region)),
-        ("empty description", _non_empty(clean_text(batch.column("description")))),
+        ("empty description", _has_text(batch.column("description"))),
     )
     reasons: list[str | None] = [None] * batch.num_rows
     for reason, ok in reversed(checks):  # first failing check wins
@@ -235,7 +246,7 @@ class CatalogReader:
         parts, total = [], 0
         for index, source in enumerate(self.sources):
             dataset, offset = open_dataset(source), 0
-            for batch in dataset.to_batches(columns=list(REQUIRED_COLUMNS), batch_size=65_536):
+            for batch in dataset.to_batches(columns=list(REQUIRED_COLUMNS), batch_size=KEY_PASS_BATCH_ROWS):
                 sku, region, reasons = _validate(batch, source)
                 valid = pa.array([r is None for r in reasons])
                 pos = pa.array(np.arange(offset, offset + batch.num_rows) + (index << _POS_BITS))
