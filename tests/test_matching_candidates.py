@@ -100,3 +100,21 @@ def test_exact_and_qdrant_candidates_agree_at_k() -> None:
     np.testing.assert_allclose(n1["b"], n2["b"], atol=1e-5)
     # union of both directions: at least k per product, at most 2k
     assert 60 * 5 <= len(ia1) <= 60 * 5 + 45 * 5
+
+
+def test_qdrant_path_reranks_raw_neighbours_by_centred_vectors() -> None:
+    """With enough oversampling, re-ranked Qdrant neighbours equal the exact centred top-k."""
+    pytest.importorskip("qdrant_client")
+    from polyglot_catalog.matching.pipeline import center_region
+
+    rng = np.random.default_rng(5)
+    shift = rng.normal(size=12)  # a shared "language" offset that centring removes
+    a = RegionTable("DE", [f"d{i}" for i in range(40)], ["x"] * 40, _unit(rng, 40, 12) + shift)
+    b = RegionTable("US", [f"u{i}" for i in range(30)], ["y"] * 30, _unit(rng, 30, 12) - shift)
+    store = _FakeStore({"DE": a, "US": b})
+    ca, cb = center_region(a), center_region(b)
+    want = candidate_pairs(ca, cb, 4)
+    got = candidate_pairs(ca, cb, 4, store=store, raw=(a.vectors, b.vectors), oversample=10)
+    np.testing.assert_array_equal(want[0], got[0])
+    np.testing.assert_array_equal(want[1], got[1])
+    np.testing.assert_allclose(want[2]["a"], got[2]["a"], atol=1e-5)

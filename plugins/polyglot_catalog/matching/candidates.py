@@ -102,12 +102,24 @@ def qdrant_topk(
     return idx, sim
 
 
+def _rerank(q: np.ndarray, c: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score fetched neighbours with the vectors that define similarity and keep the top ``k``."""
+    valid = idx >= 0
+    sims = np.where(valid, np.einsum("nd,nkd->nk", q, c[np.where(valid, idx, 0)]), -np.inf).astype(np.float32)
+    order = np.lexsort((np.where(valid, idx, np.iinfo(np.int64).max), -sims), axis=1)[:, :k]
+    return np.take_along_axis(np.where(valid, idx, -1), order, axis=1), np.take_along_axis(
+        sims, order, axis=1
+    )
+
+
 def candidate_pairs(
     a: RegionTable,
     b: RegionTable,
     k: int,
     *,
     store: Any | None = None,
+    raw: tuple[np.ndarray, np.ndarray] | None = None,
+    oversample: int = 2,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     block_cols: int = DEFAULT_BLOCK_COLS,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -116,10 +128,19 @@ def candidate_pairs(
     Returns ``(ia, ib, neigh)``: unique pair row indices, sorted, plus each side's top-``k``
     similarity lists (``neigh["a"]`` is ``(len(a), k)`` sims of a's rows to b) for hubness
     correction. With ``store`` the Qdrant path is used, otherwise the exact blocked path.
+
+    ``a.vectors``/``b.vectors`` define the similarity. When they differ from what the store holds
+    (the matcher centres each region's vectors), pass the stored vectors as ``raw``: Qdrant is
+    asked for ``oversample * k`` raw neighbours, which are re-ranked by the table vectors.
     """
     if store is not None:
-        ab_idx, ab_sim = qdrant_topk(store, a.vectors, b.region, b, k)
-        ba_idx, ba_sim = qdrant_topk(store, b.vectors, a.region, a, k)
+        fetch = k if raw is None else oversample * k
+        qa, qb = (a.vectors, b.vectors) if raw is None else raw
+        ab_idx, ab_sim = qdrant_topk(store, qa, b.region, b, fetch)
+        ba_idx, ba_sim = qdrant_topk(store, qb, a.region, a, fetch)
+        if raw is not None:
+            ab_idx, ab_sim = _rerank(a.vectors, b.vectors, ab_idx, k)
+            ba_idx, ba_sim = _rerank(b.vectors, a.vectors, ba_idx, k)
     else:
         ab_idx, ab_sim = exact_topk(a.vectors, b.vectors, k, block_rows=block_rows, block_cols=block_cols)
         ba_idx, ba_sim = exact_topk(b.vectors, a.vectors, k, block_rows=block_rows, block_cols=block_cols)

@@ -94,6 +94,12 @@ def load_catalog(store: Any, regions: Sequence[str] | None = None, *, batch_size
     return out
 
 
+def center_region(table: RegionTable) -> RegionTable:
+    """A copy of ``table`` with its mean vector subtracted (re-normalised on construction)."""
+    vec = table.vectors - table.vectors.mean(axis=0, keepdims=True) if len(table) > 1 else table.vectors
+    return RegionTable(table.region, table.skus, table.texts, vec, table.fields)
+
+
 def _is_store(obj: Any) -> bool:
     return hasattr(obj, "scroll_region") and hasattr(obj, "query_region")
 
@@ -119,6 +125,7 @@ def match_catalog(
     allow_same_region: bool = False,
     fit_on_labels: bool = True,
     corroborate: bool = True,
+    center: bool = True,
     text_ties: bool = False,
     candidates: CandidateSource = "auto",
     block_rows: int = DEFAULT_BLOCK_ROWS,
@@ -144,6 +151,9 @@ def match_catalog(
             so labels only calibrate/evaluate. Defaults to True.
         corroborate (bool): with 3+ regions, add a second scoring pass with the third-region
             evidence ``ev_triangle``. Defaults to True.
+        center (bool): subtract each region's mean vector before comparing: removes the
+            language offset multilingual embeddings carry, so cosines compare content. With a
+            store, Qdrant's raw neighbours (2k) are re-ranked by the centred vectors. Defaults to True.
         text_ties (bool): count a pair whose text is identical to the true twin's as correct.
         candidates ("auto" | "exact" | "qdrant"): candidate path; "auto" queries Qdrant when given a
             store, else runs the exact blocked path.
@@ -179,6 +189,9 @@ def match_catalog(
         raise ValueError("candidates='qdrant' needs a CatalogStore; pass one or use candidates='exact'")
     query_store = store if candidates in ("auto", "qdrant") else None
     region_names = sorted(data)
+    raw_vectors = {r: t.vectors for r, t in data.items()}
+    if center:
+        data = {r: center_region(t) for r, t in data.items()}
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -198,7 +211,13 @@ def match_catalog(
         a, b = data[ra], data[rb]
         t1 = time.perf_counter()
         ia, ib, neigh = candidate_pairs(
-            a, b, k, store=query_store, block_rows=block_rows, block_cols=block_cols
+            a,
+            b,
+            k,
+            store=query_store,
+            raw=(raw_vectors[ra], raw_vectors[rb]) if center else None,
+            block_rows=block_rows,
+            block_cols=block_cols,
         )
         t2 = time.perf_counter()
         lex = lexical_vectors(a.texts, b.texts)
