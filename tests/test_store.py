@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from fakes import FlakyClient
@@ -61,6 +63,35 @@ def test_ensure_collection_is_idempotent(client: QdrantClient) -> None:
     assert store.ensure_collection(DIM) is False
     params = client.get_collection("c").config.params.vectors["v"]
     assert (params.size, params.distance.value) == (DIM, "Cosine")
+
+
+def test_cluster_options_reach_create_collection_and_local_mode_ignores_them(
+    client: QdrantClient,
+) -> None:
+    store = CatalogStore(client, "c", "v")
+    with mock.patch.object(client, "create_collection", wraps=client.create_collection) as create:
+        created = store.ensure_collection(
+            DIM, shard_number=3, replication_factor=2, write_consistency_factor=1
+        )
+    assert created is True
+    kwargs = create.call_args.kwargs
+    assert (kwargs["shard_number"], kwargs["replication_factor"], kwargs["write_consistency_factor"]) == (
+        3,
+        2,
+        1,
+    )
+    # Local mode has one shard and no replicas: the collection exists, the options left no trace.
+    assert client.get_collection("c").config.params.shard_number is None
+    assert store.ensure_collection(DIM, shard_number=6) is False  # only creation looks at them
+
+
+def test_default_creation_leaves_cluster_options_to_the_server(client: QdrantClient) -> None:
+    with mock.patch.object(client, "create_collection", wraps=client.create_collection) as create:
+        CatalogStore(client, "c", "v").ensure_collection(DIM)
+    kwargs = create.call_args.kwargs
+    assert (
+        kwargs["shard_number"] is kwargs["replication_factor"] is kwargs["write_consistency_factor"] is None
+    )
 
 
 def test_other_dimension_is_a_clear_error(store: CatalogStore) -> None:

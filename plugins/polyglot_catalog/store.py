@@ -118,13 +118,32 @@ class CatalogStore:
     def exists(self) -> bool:
         return self.client.collection_exists(self.collection)
 
-    def ensure_collection(self, dim: int, *, quantization: bool = False, on_disk: bool = False) -> bool:
+    def ensure_collection(
+        self,
+        dim: int,
+        *,
+        quantization: bool = False,
+        on_disk: bool = False,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        write_consistency_factor: int | None = None,
+    ) -> bool:
         """Create the collection if missing, else check it fits; returns True when it was created.
+
+        The cluster options only matter at creation (Qdrant cannot reshard an existing collection
+        this way), so on an existing collection they are ignored rather than checked. Local mode
+        ignores them too: it has a single shard and no replicas.
 
         Args:
             dim (int): vector size of the model.
             quantization (bool): int8 scalar quantisation (kept in RAM, originals on disk). Defaults to False.
             on_disk (bool): keep original vectors on disk. Defaults to False.
+            shard_number (int | None): shards to split the collection into across cluster nodes.
+                Defaults to None (the server's default).
+            replication_factor (int | None): copies of each shard, so a node can fail without losing
+                data. Defaults to None (the server's default, 1).
+            write_consistency_factor (int | None): replicas that must acknowledge a write before it
+                counts as done. Defaults to None (the server's default, 1).
 
         Raises:
             ValueError: the existing collection has another size or distance for this vector, or lacks
@@ -148,6 +167,9 @@ class CatalogStore:
                 )
             },
             quantization_config=quant,
+            shard_number=shard_number,
+            replication_factor=replication_factor,
+            write_consistency_factor=write_consistency_factor,
         )
         with warnings.catch_warnings():  # local mode warns that indexes do nothing there; harmless
             warnings.filterwarnings("ignore", message="Payload indexes have no effect")
