@@ -2,8 +2,10 @@
 ### Catalog embed
 
 Embeds multilingual product catalogs (Parquet) into a Qdrant collection with a sentence-transformers
-model, one mapped task per Parquet file (files sharing a region go together), then sums the
-summaries and marks the collection asset as updated, which schedules **cross_region_match**.
+model, one mapped task per Parquet file (parallel on Celery or Kubernetes workers). One final task
+then flags (or deletes) SKUs that vanished from the whole source, sums the file summaries and marks
+the collection asset as updated, naming the collection in the event, which schedules
+**cross_region_match**.
 
 * **Input**: Parquet with `sku`, `region`, `description` (optional `language`, `title`, `brand`,
   `gtin`, ...). Files named `labels.parquet` hold ground truth and are never embedded.
@@ -18,19 +20,23 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from polyglot_catalog.models.registry import DEFAULT_MODEL
-from polyglot_catalog.provider.operators import DEFAULT_COLLECTION, EmbedCatalogOperator, collection_asset
+from polyglot_catalog.provider.operators import (
+    COLLECTION_PATTERN,
+    DEFAULT_COLLECTION,
+    EmbedCatalogOperator,
+    ReconcileCatalogOperator,
+    collection_asset,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEMO_DIR = PROJECT_DIR / "include" / "demo_catalog"
 DEFAULT_SOURCE = str(DEMO_DIR / "*.parquet")
 LABELS_FILE_NAME = "labels.parquet"
-COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 
 SOURCE_ASSET = Asset(name="polyglot_catalog_source", uri=f"file://{DEMO_DIR}")
 COLLECTION_ASSET = collection_asset(DEFAULT_COLLECTION)
@@ -86,102 +92,40 @@ COLLECTION_ASSET = collection_asset(DEFAULT_COLLECTION)
     },
 )
 def catalog_embed() -> None:
-    """Embed every Parquet file of the source into the collection."""
+    """Embed every Parquet file of the source into the collection, then reconcile vanished SKUs once."""
 
     @task
-    def list_parquet_shards(source: str) -> list[str | list[str]]:
-        """Resolve the source at run time and group files that share a region into one shard.
-
-        Stale-SKU flagging works per region, so every file of a region must be embedded by the same
-        task; with one region per file (the usual layout) each shard is a single file.
-        """
+    def list_parquet_files(source: str) -> list[str]:
+        """Resolve the source at run time into the files to embed; ``labels.parquet`` is ground truth."""
         from polyglot_catalog.reading import list_sources
 
         files = [path for path in list_sources(source) if Path(path).name != LABELS_FILE_NAME]
         if not files:
             raise ValueError(f"source {source!r} holds only {LABELS_FILE_NAME}; nothing to embed")
-        return group_by_region(files)
+        return files
 
-    shards = list_parquet_shards(source="{{ params.source }}")
+    files = list_parquet_files(source="{{ params.source }}")
 
     # [START embed_fan_out]
-    summaries = EmbedCatalogOperator.partial(
-        task_id="embed_shard",
+    # One task per file; a shard sees only its own file, so vanished SKUs wait for the reduce step.
+    shards = EmbedCatalogOperator.partial(
+        task_id="embed_file",
         collection="{{ params.collection }}",
         model="{{ params.model }}",
         full_refresh="{{ params.full_refresh }}",
+        vanished="keep",
+    ).expand(source=files)
+
+    ReconcileCatalogOperator(
+        task_id="reconcile_vanished",
+        source=files,
+        shard_summaries=shards.output,
+        collection="{{ params.collection }}",
+        model="{{ params.model }}",
         vanished="{{ params.vanished }}",
-    ).expand(source=shards)
+        outlets=[COLLECTION_ASSET],
+    )
     # [END embed_fan_out]
-
-    @task(outlets=[COLLECTION_ASSET])
-    def summarize(summaries: list[dict[str, Any]], params: Any = None, outlet_events: Any = None) -> dict:
-        """Add up the shard summaries and tag the asset event with the collection actually written."""
-        total = merge_summaries(summaries)
-        total["collection"] = params["collection"] if params else DEFAULT_COLLECTION
-        if outlet_events is not None:
-            outlet_events[COLLECTION_ASSET].extra = {
-                "collection": total["collection"],
-                "files": total.get("files", 0),
-                "upserted": total.get("upserted", 0),
-            }
-        return total
-
-    summarize(summaries.output)
-
-
-def group_by_region(files: list[str]) -> list[str | list[str]]:
-    """Connected components of files linked by shared regions; a lone file stays a plain path.
-
-    Reads only the ``region`` column. A file that cannot be read stays alone, so the embed task
-    reports the real problem (missing column, bad file) with its own error message.
-    """
-    from polyglot_catalog.reading import open_dataset
-
-    parent = list(range(len(files)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    owner: dict[str, int] = {}
-    for index, path in enumerate(files):
-        try:
-            regions = set(open_dataset(path).to_table(columns=["region"])["region"].to_pylist())
-        except Exception:  # reported by the embed task itself
-            continue
-        for region in regions:
-            if region in owner:
-                parent[find(index)] = find(owner[region])
-            else:
-                owner[region] = index
-    groups: dict[int, list[str]] = {}
-    for index, path in enumerate(files):
-        groups.setdefault(find(index), []).append(path)
-    return [group[0] if len(group) == 1 else group for group in groups.values()]
-
-
-def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum counts and per-stage seconds, union regions; samples and nested details stay per shard."""
-    total: dict[str, Any] = {"shards": 0, "regions": set(), "seconds": {}}
-    for summary in summaries:
-        total["shards"] += 1
-        for key, value in (summary or {}).items():
-            if isinstance(value, bool):
-                continue
-            if isinstance(value, int | float):
-                total[key] = total.get(key, 0) + value
-            elif key == "regions":
-                total["regions"].update(value)
-            elif key == "seconds":
-                for stage, seconds in value.items():
-                    total["seconds"][stage] = round(total["seconds"].get(stage, 0.0) + seconds, 3)
-            elif key in ("model", "vector_name"):
-                total[key] = value
-    total["regions"] = sorted(total["regions"])
-    return total
 
 
 catalog_embed()

@@ -5,8 +5,9 @@ Finds the same product across regions (e.g. DE/FR/US) in the Qdrant collection t
 filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
 `unmatched.parquet`, `summary.json` and a self-contained `report.html`.
 
-* **Schedule**: runs whenever catalog_embed updates the collection asset (asset-aware scheduling),
-  or by hand with the trigger form.
+* **Schedule**: runs whenever catalog_embed updates the collection asset (asset-aware scheduling)
+  and then matches the collection named in the newest triggering event; or by hand with the
+  trigger form, which matches the `collection` param.
 * **Reports**: under `$POLYGLOT_DATA_DIR/reports/<out_name or run id>`.
 * **Labels**: a Parquet file with `region, sku, group_id`; when set, `summary.json` carries precision,
   recall and F1. Defaults to the demo labels when the demo catalog is present.
@@ -21,11 +22,16 @@ import pendulum
 from airflow.sdk import Param, dag
 
 from polyglot_catalog.models.registry import DEFAULT_MODEL
-from polyglot_catalog.provider.operators import DEFAULT_COLLECTION, MatchCatalogOperator, collection_asset
+from polyglot_catalog.provider.operators import (
+    COLLECTION_PATTERN,
+    DEFAULT_COLLECTION,
+    MatchCatalogOperator,
+    collection_asset,
+    triggered_collection,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEMO_LABELS = PROJECT_DIR / "include" / "demo_catalog" / "labels.parquet"
-COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 REGION_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
 
@@ -36,6 +42,7 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    user_defined_macros={"triggered_collection": triggered_collection},
     doc_md=__doc__,
     tags=["polyglot-catalog", "match", "qdrant"],
     default_args={"owner": "polyglot-catalog", "retries": 2, "retry_delay": timedelta(minutes=1)},
@@ -45,7 +52,8 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
             type="string",
             pattern=COLLECTION_PATTERN,
             title="Collection",
-            description="Qdrant collection to match (filled by catalog_embed).",
+            description="Qdrant collection to match (filled by catalog_embed); an asset-triggered run "
+            "matches the collection named in the triggering event instead.",
         ),
         "model": Param(
             DEFAULT_MODEL,
@@ -90,7 +98,7 @@ def cross_region_match() -> None:
     # [START match_operator]
     MatchCatalogOperator(
         task_id="match_regions",
-        collection="{{ params.collection }}",
+        collection="{{ triggered_collection(triggering_asset_events, params.collection) }}",
         model="{{ params.model }}",
         regions="{{ (params.regions or []) | join(',') }}",
         threshold="{{ params.threshold }}",

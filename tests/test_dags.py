@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,13 +16,6 @@ def bag():
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(ROOT / "dags"))
-
-
-def _dag_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"_dag_{name}", ROOT / "dags" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
@@ -49,16 +39,23 @@ def test_dag_header(bag, dag_id):
         assert task.retries >= 2, task.task_id
 
 
-def test_embed_fans_out_per_shard_and_updates_the_collection_asset(bag):
+def test_embed_maps_one_task_per_file_then_one_reduce_updates_the_collection_asset(bag):
     from polyglot_catalog.provider.operators import collection_asset
 
     dag = bag.dags["catalog_embed"]
-    embed = dag.get_task("embed_shard")
+    embed = dag.get_task("embed_file")
     assert type(embed).__name__ == "MappedOperator"
-    assert dag.get_task("list_parquet_shards").downstream_task_ids == {"embed_shard"}
-    summarize = dag.get_task("summarize")
-    assert "embed_shard" in summarize.upstream_task_ids
-    assert collection_asset() in summarize.outlets
+    assert set(embed.expand_input.value) == {"source"}  # mapped over the listed files, nothing else
+    assert embed.partial_kwargs["vanished"] == "keep"  # a shard cannot tell what vanished
+    assert dag.get_task("list_parquet_files").downstream_task_ids == {"embed_file", "reconcile_vanished"}
+    reduce = dag.get_task("reconcile_vanished")
+    assert type(reduce).__name__ == "ReconcileCatalogOperator"
+    assert reduce.upstream_task_ids == {"list_parquet_files", "embed_file"}
+    assert reduce.trigger_rule == "all_success"  # never reconcile after a failed shard
+    assert reduce.vanished == "{{ params.vanished }}"
+    assert reduce.outlets == [collection_asset()]
+    assert not embed.outlets  # only the reduce step announces the collection
+    assert len(dag.tasks) == 3
 
 
 def test_match_is_scheduled_on_the_collection_asset(bag):
@@ -67,6 +64,50 @@ def test_match_is_scheduled_on_the_collection_asset(bag):
     dag = bag.dags["cross_region_match"]
     assert collection_asset() in dag.timetable.asset_condition.objects
     assert [t.task_id for t in dag.tasks] == ["match_regions"]
+
+
+def _asset_event(collection: str, minute: int = 0):
+    from datetime import UTC, datetime
+
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+
+    from polyglot_catalog.provider.operators import collection_asset
+
+    asset = collection_asset()
+    return AssetEventDagRunReferenceResult(
+        asset={"name": asset.name, "uri": asset.uri, "extra": {}},
+        extra={"collection": collection, "files": 3, "upserted": 9, "flagged": 0},
+        source_task_id="reconcile_vanished",
+        source_dag_id="catalog_embed",
+        source_run_id=f"run-{minute}",
+        source_map_index=-1,
+        source_aliases=[],
+        timestamp=datetime(2025, 1, 1, 0, minute, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        pytest.param([], "from_param", id="manual-run-uses-the-param"),
+        pytest.param([("cat_v2", 0)], "cat_v2", id="asset-run-uses-the-event"),
+        pytest.param([("old", 1), ("newest", 5), ("older", 0)], "newest", id="newest-event-wins"),
+    ],
+)
+def test_match_renders_the_collection_of_the_triggering_event(bag, events, expected):
+    """What the worker does: render the match task with the Task SDK's triggering_asset_events."""
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    dag = bag.dags["cross_region_match"]
+    task = dag.get_task("match_regions").prepare_for_execution()
+    context = {
+        "params": {**dag.params.dump(), "collection": "from_param"},
+        "triggering_asset_events": TriggeringAssetEventsAccessor.build(
+            [_asset_event(name, minute) for name, minute in events]
+        ),
+    }
+    task.render_template_fields(context)
+    assert task.collection == expected
 
 
 def test_default_source_is_the_demo_catalog_and_labels_default_when_present(bag):
@@ -131,47 +172,6 @@ def test_params_are_described(bag):
     for dag_id in DAG_IDS:
         for name, param in bag.dags[dag_id].params.items():
             assert param.description, f"{dag_id}.{name}"
-
-
-def _write(path: Path, regions: list[str]) -> str:
-    skus = [f"s{i}" for i in range(len(regions))]
-    pq.write_table(pa.table({"sku": skus, "region": regions, "description": ["x"] * len(regions)}), path)
-    return str(path)
-
-
-def test_shards_keep_every_file_of_a_region_together(tmp_path):
-    group_by_region = _dag_module("catalog_embed").group_by_region
-    de1 = _write(tmp_path / "de1.parquet", ["DE"])
-    de2 = _write(tmp_path / "de2.parquet", ["DE", "AT"])
-    at = _write(tmp_path / "at.parquet", ["AT"])
-    us = _write(tmp_path / "us.parquet", ["US"])
-    broken = tmp_path / "broken.parquet"
-    broken.write_text("not parquet")
-    shards = group_by_region([de1, de2, at, us, str(broken)])
-    assert sorted(map(str, shards)) == sorted(map(str, [[de1, de2, at], us, str(broken)]))
-
-
-def test_merge_summaries_adds_counts_and_unions_regions():
-    merge = _dag_module("catalog_embed").merge_summaries
-    total = merge(
-        [
-            {
-                "files": 1,
-                "upserted": 3,
-                "regions": ["DE"],
-                "seconds": {"encode": 1.0},
-                "model": "m",
-                "x": True,
-            },
-            {"files": 2, "upserted": 4, "regions": ["FR", "DE"], "seconds": {"encode": 0.5}, "model": "m"},
-        ]
-    )
-    assert total["shards"] == 2
-    assert total["files"] == 3
-    assert total["upserted"] == 7
-    assert total["regions"] == ["DE", "FR"]
-    assert total["seconds"] == {"encode": 1.5}
-    assert "x" not in total
 
 
 def test_core_never_imports_airflow():

@@ -145,3 +145,28 @@ def test_locked_folder_fails_after_timeout_and_waits_when_released(tmp_path):
     patient.close()
     release.join()
     assert time.monotonic() - started < 5
+
+
+def test_cluster_options_come_from_the_connection_extra(monkeypatch):
+    extra = {"grpc_port": 6334, "shard_number": 3, "replication_factor": "2"}
+    _set_conn(monkeypatch, host="qdrant-node-1", port=6333, extra=extra)
+    hook = PolyglotQdrantHook()
+    assert hook.collection_options() == {"shard_number": 3, "replication_factor": 2}
+    with mock.patch("airflow.providers.qdrant.hooks.qdrant.QdrantClient") as client_cls:
+        hook.get_conn()  # the provider's client ignores the collection-shape keys
+    assert "shard_number" not in client_cls.call_args.kwargs
+
+
+def test_cluster_options_absent_mean_server_defaults(monkeypatch):
+    assert PolyglotQdrantHook().collection_options() == {}  # no connection at all
+    _set_conn(monkeypatch, host="qdrant", extra={"replication_factor": None})
+    assert PolyglotQdrantHook().collection_options() == {}
+
+
+@pytest.mark.parametrize("value", [0, -1, "two", True])
+def test_bad_cluster_option_names_the_connection_and_the_value(monkeypatch, value):
+    _set_conn(monkeypatch, host="qdrant", extra={"shard_number": value})
+    with pytest.raises(
+        ValueError, match=rf"qdrant_default extra shard_number must be a positive integer.*{value!r}"
+    ):
+        PolyglotQdrantHook().collection_options()

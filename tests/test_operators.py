@@ -16,11 +16,13 @@ from polyglot_catalog.provider.hooks import PolyglotQdrantHook
 from polyglot_catalog.provider.operators import (
     EmbedCatalogOperator,
     MatchCatalogOperator,
+    ReconcileCatalogOperator,
     collection_asset,
     default_reports_root,
+    triggered_collection,
 )
 
-OPERATORS = [EmbedCatalogOperator, MatchCatalogOperator]
+OPERATORS = [EmbedCatalogOperator, ReconcileCatalogOperator, MatchCatalogOperator]
 
 
 def _embed_op(**kwargs) -> EmbedCatalogOperator:
@@ -31,6 +33,18 @@ def _match_op(**kwargs) -> MatchCatalogOperator:
     return MatchCatalogOperator(task_id="match", **kwargs)
 
 
+def _reconcile_op(**kwargs) -> ReconcileCatalogOperator:
+    kwargs.setdefault("source", ["/data/DE.parquet", "/data/FR.parquet"])
+    kwargs.setdefault("shard_summaries", [])
+    return ReconcileCatalogOperator(task_id="reconcile", **kwargs)
+
+
+def _mock_hook(options: dict | None = None) -> mock.Mock:
+    hook = mock.Mock(spec=PolyglotQdrantHook)
+    hook.collection_options.return_value = options or {}
+    return hook
+
+
 @pytest.mark.parametrize("operator", OPERATORS)
 def test_template_fields_are_init_arguments(operator):
     params = inspect.signature(operator.__init__).parameters
@@ -39,7 +53,13 @@ def test_template_fields_are_init_arguments(operator):
 
 
 def test_template_fields_cover_the_trigger_form():
-    assert {"source", "collection", "model", "full_refresh"} <= set(EmbedCatalogOperator.template_fields)
+    assert {"source", "collection", "model", "full_refresh", "shard_number", "replication_factor"} <= set(
+        EmbedCatalogOperator.template_fields
+    )
+    # XComArgs (the file list, the mapped summaries) resolve only in template fields.
+    assert {"source", "shard_summaries", "collection", "model", "vanished"} <= set(
+        ReconcileCatalogOperator.template_fields
+    )
     assert {"collection", "model", "regions", "threshold", "labels", "out_name", "reports_root"} <= set(
         MatchCatalogOperator.template_fields
     )
@@ -52,7 +72,7 @@ def test_default_conn_id_matches_the_hook(operator):
     )
 
 
-@pytest.mark.parametrize("factory", [_embed_op, _match_op])
+@pytest.mark.parametrize("factory", [_embed_op, _reconcile_op, _match_op])
 def test_hook_is_cached_and_uses_conn_id(factory):
     op = factory(conn_id="qdrant_other")
     assert isinstance(op.hook, PolyglotQdrantHook)
@@ -71,7 +91,7 @@ def test_ui_color_and_docs(operator):
 
 def test_embed_execute_delegates_once_and_closes_the_client():
     op = _embed_op(collection="cat_v2", model="my-model", full_refresh="True", vanished="keep")
-    op.hook = mock.Mock(spec=PolyglotQdrantHook)
+    op.hook = _mock_hook()
     summary = {"files": 1, "upserted": 3, "regions": ["DE"], "model": "my-model"}
     with (
         mock.patch("polyglot_catalog.encoding.Encoder") as encoder_cls,
@@ -91,13 +111,130 @@ def test_embed_execute_delegates_once_and_closes_the_client():
         full_refresh=True,
         vanished="keep",
     )
+    # No cluster options: embed_catalog creates the collection itself (and uses bulk-load mode).
+    store_cls.return_value.ensure_collection.assert_not_called()
     op.hook.close.assert_called_once()
     assert result == summary
 
 
+@pytest.mark.parametrize(
+    ("args", "extra", "expected"),
+    [
+        pytest.param(
+            {},
+            {"shard_number": 3, "replication_factor": 2},
+            {"shard_number": 3, "replication_factor": 2},
+            id="from-connection",
+        ),
+        pytest.param(
+            {"shard_number": "6"},
+            {"shard_number": 3, "replication_factor": 2},
+            {"shard_number": 6, "replication_factor": 2},
+            id="rendered-argument-wins",
+        ),
+        pytest.param(
+            {"replication_factor": 2, "shard_number": "None"},
+            {},
+            {"replication_factor": 2},
+            id="argument-only",
+        ),
+    ],
+)
+def test_embed_creates_the_collection_with_cluster_options_first(args, extra, expected):
+    op = _embed_op(**args)
+    op.hook = _mock_hook(extra)
+    calls = mock.Mock()
+    with (
+        mock.patch("polyglot_catalog.encoding.Encoder") as encoder_cls,
+        mock.patch("polyglot_catalog.store.CatalogStore") as store_cls,
+        mock.patch("polyglot_catalog.embed.embed_catalog", return_value={}) as embed,
+    ):
+        encoder_cls.return_value.dim = 384
+        encoder_cls.return_value.model_name = "m"
+        calls.attach_mock(store_cls.return_value.ensure_collection, "ensure_collection")
+        calls.attach_mock(embed, "embed_catalog")
+        op.execute(context={})
+    assert [c[0] for c in calls.mock_calls] == ["ensure_collection", "embed_catalog"]
+    store_cls.return_value.ensure_collection.assert_called_once_with(384, **expected)
+
+
+def test_bad_cluster_option_is_a_clear_error():
+    op = _embed_op(shard_number="three")
+    op.hook = _mock_hook()
+    with pytest.raises(ValueError, match="shard_number must be a positive integer or empty; got 'three'"):
+        op.cluster_options()
+
+
+def test_reconcile_runs_once_over_every_file_and_sets_the_asset_event_extra():
+    asset = collection_asset()
+    op = _reconcile_op(
+        collection="cat_v2",
+        model="my-model",
+        vanished="delete",
+        shard_summaries=[{"files": 1, "upserted": 3}, {"files": 1, "upserted": 4}],
+        outlets=[asset],
+    )
+    op.hook = _mock_hook()
+    reconciled = {"mode": "delete", "flagged": 0, "deleted": 2}
+    merged = {"files": 2, "upserted": 7, "flagged": 0, "deleted": 2}
+    outlet_events = mock.MagicMock()
+    with (
+        mock.patch("polyglot_catalog.store.CatalogStore") as store_cls,
+        mock.patch("polyglot_catalog.embed.reconcile_vanished", return_value=reconciled) as reconcile,
+        mock.patch("polyglot_catalog.embed.merge_summaries", return_value=merged) as merge,
+    ):
+        result = op.execute(context={"outlet_events": outlet_events})
+    store_cls.assert_called_once_with(op.hook.conn, "cat_v2", "my-model")
+    reconcile.assert_called_once_with(
+        ["/data/DE.parquet", "/data/FR.parquet"], store_cls.return_value, mode="delete"
+    )
+    merge.assert_called_once_with([{"files": 1, "upserted": 3}, {"files": 1, "upserted": 4}], reconciled)
+    op.hook.close.assert_called_once()
+    outlet_events.__getitem__.assert_called_once_with(asset)
+    assert outlet_events[asset].extra == {"collection": "cat_v2", "files": 2, "upserted": 7, "flagged": 0}
+    assert result == merged
+
+
+def test_reconcile_closes_the_client_when_the_library_fails():
+    op = _reconcile_op(vanished="nuke")
+    op.hook = _mock_hook()
+    with (
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        pytest.raises(ValueError, match="mode must be one of"),
+    ):
+        op.execute(context={})
+    op.hook.close.assert_called_once()
+
+
+def _event(collection, minute: int = 0) -> mock.Mock:
+    from datetime import UTC, datetime
+
+    extra = {} if collection is None else {"collection": collection}
+    return mock.Mock(extra=extra, timestamp=datetime(2025, 1, 1, 0, minute, tzinfo=UTC), source_dag_id="d")
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        pytest.param(None, "param", id="no-context-key"),
+        pytest.param({}, "param", id="manual-run"),
+        pytest.param({collection_asset(): [_event(None)]}, "param", id="event-without-collection"),
+        pytest.param({collection_asset("other"): [_event("x")]}, "param", id="another-assets-event"),
+        pytest.param({collection_asset(): [_event("a", 2), _event("b", 1)]}, "a", id="newest-wins"),
+    ],
+)
+def test_triggered_collection_picks_the_newest_event_else_the_param(events, expected):
+    assert triggered_collection(events, "param") == expected
+
+
+def test_triggered_collection_refuses_a_bad_name_from_an_event():
+    with pytest.raises(ValueError, match=r"names collection '\.\./x'"):
+        triggered_collection({collection_asset(): [_event("../x")]}, "param")
+
+
 def test_embed_closes_the_client_when_the_library_fails():
     op = _embed_op()
-    op.hook = mock.Mock(spec=PolyglotQdrantHook)
+    op.hook = _mock_hook()
     with (
         mock.patch("polyglot_catalog.encoding.Encoder") as encoder_cls,
         mock.patch("polyglot_catalog.store.CatalogStore"),

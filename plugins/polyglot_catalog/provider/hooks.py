@@ -26,6 +26,8 @@ FALLBACK_MSG = "Connection %r is not defined: using embedded Qdrant (local mode)
 LOCAL_MODE_MSG = "Connection %r selects Qdrant local mode at %s"
 SERVER_MODE_MSG = "Connection %r selects a Qdrant server"
 LOCK_WAIT_MSG = "Embedded Qdrant at %s is held by another task; waiting up to %.0fs for it"
+# Connection extra keys that shape new collections on a Qdrant cluster.
+CLUSTER_EXTRAS = ("shard_number", "replication_factor")
 
 # Paths whose fallback was already announced in this process: "said once in the log".
 _ANNOUNCED: set[str] = set()
@@ -42,6 +44,19 @@ def data_dir() -> Path:
         return Path(configured).expanduser()
     airflow_home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
     return Path(airflow_home).expanduser() / "polyglot_data"
+
+
+def optional_positive_int(value: Any, name: str) -> int | None:
+    """``None`` for an empty value, else a positive int; templated and JSON values arrive as strings too."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None", "null")):
+        return None
+    try:
+        number = int(str(value).strip()) if not isinstance(value, bool) else 0
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer or empty; got {value!r}")
+    return number
 
 
 def default_local_path() -> Path:
@@ -117,6 +132,24 @@ class PolyglotQdrantHook(QdrantHook):
         self.log.info(SERVER_MODE_MSG, self.conn_id)
         self.mode = "server"
         return super().get_conn()
+
+    def collection_options(self) -> dict[str, int]:
+        """``shard_number`` / ``replication_factor`` for new collections, from the connection extra.
+
+        The cluster's shape is a deployment fact like its URL, so it lives in the connection (the
+        docker-compose cluster profile sets it in ``AIRFLOW_CONN_QDRANT_DEFAULT``) rather than in every
+        DAG. Keys that are absent are left out, so the server's defaults apply; no connection gives
+        ``{}``. Local mode ignores the options anyway.
+
+        :raises ValueError: an option is not a positive integer.
+        """
+        connection = self._connection_or_none()
+        extra = connection.extra_dejson if connection is not None else {}
+        options = {
+            key: optional_positive_int(extra.get(key), f"{self.conn_id} extra {key}")
+            for key in CLUSTER_EXTRAS
+        }
+        return {key: value for key, value in options.items() if value is not None}
 
     def _open_local(self, *, path: str | None = None, location: str | None = None) -> QdrantClient:
         """Open a local-mode client, waiting while another client in this machine holds the folder."""

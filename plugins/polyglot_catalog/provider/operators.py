@@ -8,7 +8,9 @@ parsing stays cheap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import re
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -16,25 +18,66 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from polyglot_catalog.provider.hooks import PolyglotQdrantHook, data_dir
+from polyglot_catalog.provider.hooks import PolyglotQdrantHook, data_dir, optional_positive_int
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+log = logging.getLogger(__name__)
+
 DEFAULT_COLLECTION = "catalog"
 REPORTS_DIR_NAME = "reports"
+# Collection names the trigger forms accept; also checked on names arriving in asset event extras.
+COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 
 
 class PolyglotUIColors(StrEnum):
     """Task colours in the Airflow UI, one per operator kind."""
 
     EMBED = "#cfe3ff"
+    RECONCILE = "#d9ecff"
     MATCH = "#e2d4ff"
 
 
 def collection_asset(collection: str = DEFAULT_COLLECTION) -> Asset:
     """The Airflow Asset standing for one Qdrant collection; the embed DAG updates it, match consumes it."""
     return Asset(name=f"qdrant_collection_{collection}", uri=f"qdrant://polyglot-catalog/{collection}")
+
+
+def triggered_collection(
+    events: Mapping[Any, Sequence[Any]] | None, fallback: str, asset: Asset | None = None
+) -> str:
+    """The collection named in the newest triggering event of ``asset``, else ``fallback``.
+
+    Why: the embed DAG's one collection asset stands for every collection it writes and names the one
+    actually written in the event extra, so an asset-triggered match must read it from there; a
+    manual run has no events and uses the trigger form's value. Used in templates as
+    ``{{ triggered_collection(triggering_asset_events, params.collection) }}``. Older events of the
+    same run naming other collections are logged, not matched (trigger those by hand).
+
+    :param events: ``triggering_asset_events`` from the task context (asset -> events).
+    :param fallback: the collection when no event names one (manual runs).
+    :param asset: the asset whose events count. Defaults to ``collection_asset()``.
+    :raises ValueError: the event names something that is not a collection name.
+    """
+    named = [
+        event
+        for event in ((events or {}).get(asset or collection_asset()) or ())
+        if (getattr(event, "extra", None) or {}).get("collection")
+    ]
+    if not named:
+        return fallback
+    newest = max(named, key=lambda event: event.timestamp)
+    collection = newest.extra["collection"]
+    if not isinstance(collection, str) or not re.fullmatch(COLLECTION_PATTERN, collection):
+        raise ValueError(
+            f"asset event from {newest.source_dag_id!r} names collection {collection!r}; "
+            f"expected {COLLECTION_PATTERN}"
+        )
+    skipped = sorted({str(event.extra["collection"]) for event in named} - {collection})
+    if skipped:
+        log.warning("matching %r, the newest event's collection; not matching %s", collection, skipped)
+    return collection
 
 
 def default_reports_root() -> Path:
@@ -88,7 +131,9 @@ class EmbedCatalogOperator(BaseOperator):
 
     Reads the rows, renders one text per product, skips rows whose content hash is unchanged, encodes
     the rest with the model (loaded once per task) and upserts them with deterministic point ids. Map it
-    per file with ``EmbedCatalogOperator.partial(...).expand(source=...)``.
+    per file with ``EmbedCatalogOperator.partial(...).expand(source=...)`` and ``vanished="keep"``, then
+    reduce with :class:`ReconcileCatalogOperator`. With cluster options (arguments or connection
+    extra) the task first creates a missing collection with them.
 
     :param source: Parquet file, folder or glob, or a list of them (one shard). (templated)
     :param collection: Qdrant collection name. Defaults to ``catalog``. (templated)
@@ -104,12 +149,27 @@ class EmbedCatalogOperator(BaseOperator):
     :param batch_size: rows per read/upsert batch. Defaults to 256.
     :param encode_batch_size: texts per model forward pass. Defaults to 32.
     :param device: torch device for the model; ``None`` lets the library choose. Defaults to None.
+    :param shard_number: shards of the collection when this task creates it on a Qdrant cluster;
+        ``None`` takes the connection extra ``shard_number``, else the server default. Ignored when
+        the collection exists and in local mode. Defaults to None. (templated)
+    :param replication_factor: copies of each shard when this task creates the collection; ``None``
+        takes the connection extra ``replication_factor``, else the server default. Defaults to None.
+        (templated)
     :param conn_id: Airflow connection for Qdrant; when it does not exist the hook uses embedded
         local mode. Defaults to ``qdrant_default``.
     :param kwargs: passed to ``BaseOperator``.
     """
 
-    template_fields: Sequence[str] = ("source", "collection", "model", "template", "full_refresh", "vanished")
+    template_fields: Sequence[str] = (
+        "source",
+        "collection",
+        "model",
+        "template",
+        "full_refresh",
+        "vanished",
+        "shard_number",
+        "replication_factor",
+    )
     ui_color = PolyglotUIColors.EMBED.value
 
     def __init__(
@@ -124,6 +184,8 @@ class EmbedCatalogOperator(BaseOperator):
         batch_size: int = 256,
         encode_batch_size: int = 32,
         device: str | None = None,
+        shard_number: int | str | None = None,
+        replication_factor: int | str | None = None,
         conn_id: str = PolyglotQdrantHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -137,6 +199,8 @@ class EmbedCatalogOperator(BaseOperator):
         self.batch_size = batch_size
         self.encode_batch_size = encode_batch_size
         self.device = device
+        self.shard_number = shard_number
+        self.replication_factor = replication_factor
         self.conn_id = conn_id
 
     @cached_property
@@ -153,8 +217,13 @@ class EmbedCatalogOperator(BaseOperator):
         encoder = Encoder(
             device=self.device, batch_size=self.encode_batch_size, **({"model": model} if model else {})
         )
+        cluster = self.cluster_options()
         store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(encoder.model_name))
         try:
+            # embed_catalog creates collections without cluster options, so create it first with them
+            # (idempotent); embed_catalog then finds it, and skips the bulk-load mode it uses on creation.
+            if cluster:
+                store.ensure_collection(encoder.dim, **cluster)
             summary = embed_catalog(
                 _as_source(self.source),
                 store,
@@ -168,6 +237,87 @@ class EmbedCatalogOperator(BaseOperator):
             self.hook.close()  # local mode: release the folder lock for the next mapped task
         self.log.info("Embedded %s into collection %r: %s", self.source, self.collection, summary)
         return summary
+
+    def cluster_options(self) -> dict[str, int]:
+        """Cluster options for a new collection: this task's arguments win over the connection extra."""
+        explicit = {"shard_number": self.shard_number, "replication_factor": self.replication_factor}
+        parsed = {key: optional_positive_int(value, key) for key, value in explicit.items()}
+        return {**self.hook.collection_options(), **{k: v for k, v in parsed.items() if v is not None}}
+
+
+class ReconcileCatalogOperator(BaseOperator):
+    """
+    Reduce step of a mapped embed: flag or delete vanished SKUs once, then add up the shard summaries.
+
+    Each mapped ``EmbedCatalogOperator`` sees only its own file, so it runs with ``vanished="keep"``;
+    only this task sees every file and can tell which stored SKUs vanished from the whole source. Put
+    the collection asset in ``outlets``: every outlet asset's event carries ``collection``, ``files``,
+    ``upserted`` and ``flagged`` in its extra, which the match DAG reads. Runs after every shard
+    succeeded (the default trigger rule), so a failed shard never flags SKUs it did not get to.
+
+    :param source: every file the shards embedded, e.g. the list the DAG expanded over. (templated)
+    :param shard_summaries: the mapped embed tasks' summaries, e.g. ``embed.output``. (templated)
+    :param collection: Qdrant collection the shards wrote. Defaults to ``catalog``. (templated)
+    :param model: model the shards used (names the store's vector); ``None`` means the library's
+        default model. Defaults to None. (templated)
+    :param vanished: stored SKUs of a source region missing from the source: ``flag`` (mark stale),
+        ``keep`` or ``delete``. Defaults to ``flag``. (templated)
+    :param conn_id: Airflow connection for Qdrant; when it does not exist the hook uses embedded
+        local mode. Defaults to ``qdrant_default``.
+    :param kwargs: passed to ``BaseOperator``.
+    """
+
+    template_fields: Sequence[str] = ("source", "shard_summaries", "collection", "model", "vanished")
+    ui_color = PolyglotUIColors.RECONCILE.value
+
+    def __init__(
+        self,
+        *,
+        source: str | list[str],
+        shard_summaries: Sequence[dict[str, Any] | None],
+        collection: str = DEFAULT_COLLECTION,
+        model: str | None = None,
+        vanished: str = "flag",
+        conn_id: str = PolyglotQdrantHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+        self.shard_summaries = shard_summaries
+        self.collection = collection
+        self.model = model
+        self.vanished = vanished
+        self.conn_id = conn_id
+
+    @cached_property
+    def hook(self) -> PolyglotQdrantHook:
+        """The Qdrant hook (server, local or embedded mode)."""
+        return PolyglotQdrantHook(conn_id=self.conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from polyglot_catalog.embed import merge_summaries, reconcile_vanished
+        from polyglot_catalog.models.registry import DEFAULT_MODEL
+        from polyglot_catalog.store import CatalogStore, vector_name_for
+
+        model = _as_optional_str(self.model) or DEFAULT_MODEL
+        store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(model))
+        try:
+            reconciled = reconcile_vanished(_as_source(self.source), store, mode=str(self.vanished))
+        finally:
+            self.hook.close()  # local mode: release the folder lock
+        total = merge_summaries(list(self.shard_summaries or ()), reconciled)
+        extra = {
+            "collection": str(self.collection),
+            "files": total.get("files", 0),
+            "upserted": total.get("upserted", 0),
+            "flagged": total.get("flagged", 0),
+        }
+        outlet_events = context.get("outlet_events")
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset) and outlet_events is not None:
+                outlet_events[outlet].extra = extra
+        self.log.info("Reconciled collection %r: %s", self.collection, total)
+        return total
 
 
 class MatchCatalogOperator(BaseOperator):
