@@ -26,15 +26,28 @@ AIRFLOW_SERVICES = {
 _VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
 
-def _interpolate(value):
-    """Compose's ${VAR:-default} substitution with defaults only (what `docker compose config` does)."""
+def _interpolate(value, env: dict[str, str] | None = None):
+    """Compose's ${VAR:-default} substitution (what `docker compose config` does) from ``env`` only."""
+    env = env or {}
     if isinstance(value, dict):
-        return {k: _interpolate(v) for k, v in value.items()}
+        return {k: _interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v) for v in value]
+        return [_interpolate(v, env) for v in value]
     if isinstance(value, str):
-        return _VAR.sub(lambda m: m.group(2) or "", value)
+        return _VAR.sub(lambda m: env.get(m.group(1)) or m.group(2) or "", value)
     return value
+
+
+def _cluster_command_env() -> dict[str, str]:
+    """The VAR=value pairs of the cluster command documented at the top of docker-compose.yml."""
+    header = (ROOT / "docker-compose.yml").read_text(encoding="utf-8").split("\nname:")[0]
+    line = next(line for line in header.splitlines() if "--profile cluster" in line)
+    return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+def _connection(compose: dict, env: dict[str, str] | None = None) -> dict:
+    worker_env = compose["services"]["airflow-worker"]["environment"]
+    return json.loads(_interpolate(worker_env["AIRFLOW_CONN_QDRANT_DEFAULT"], env))
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +106,7 @@ def test_qdrant_server_with_persistent_storage_and_default_connection(compose):
     qdrant = compose["services"]["qdrant"]
     assert _interpolate(qdrant["image"]).startswith("qdrant/qdrant:")
     assert "qdrant-storage:/qdrant/storage" in qdrant["volumes"]
-    conn = json.loads(
-        _interpolate(compose["services"]["airflow-worker"]["environment"]["AIRFLOW_CONN_QDRANT_DEFAULT"])
-    )
+    conn = _connection(compose)
     assert conn["conn_type"] == "qdrant"
     assert conn["host"] == "qdrant"
     assert conn["port"] == 6333
@@ -113,6 +124,23 @@ def test_cluster_profile_has_three_bootstrapped_nodes(compose):
             assert "http://qdrant-node-1:6335" in service["command"]
     # The default services carry no profile, so plain `docker compose up` needs no flag.
     assert all("profiles" not in compose["services"][name] for name in AIRFLOW_SERVICES)
+
+
+def test_cluster_command_sets_shards_and_replicas_in_the_connection_extra(compose, monkeypatch):
+    """The documented cluster command reaches the hook as collection options; plain `up` sets none."""
+    from polyglot_catalog.provider.hooks import PolyglotQdrantHook
+
+    env = _cluster_command_env()
+    assert env["QDRANT_HOST"] == "qdrant-node-1"
+    conn = _connection(compose, env)
+    assert conn["host"] == "qdrant-node-1"
+    assert (conn["extra"]["shard_number"], conn["extra"]["replication_factor"]) == (3, 2)
+    assert conn["extra"]["replication_factor"] <= 3  # no more copies than nodes
+
+    monkeypatch.setenv("AIRFLOW_CONN_QDRANT_DEFAULT", json.dumps(conn))
+    assert PolyglotQdrantHook().collection_options() == {"shard_number": 3, "replication_factor": 2}
+    monkeypatch.setenv("AIRFLOW_CONN_QDRANT_DEFAULT", json.dumps(_connection(compose)))
+    assert PolyglotQdrantHook().collection_options() == {}  # single node: the server's defaults
 
 
 def test_every_named_volume_is_declared(compose):
