@@ -5,6 +5,13 @@ Re-runs are cheap and safe: point ids come from (region, sku), and each point st
 as upserted before Qdrant acknowledged it. SKUs that disappeared from the source are flagged stale (or
 deleted, or kept) once the whole source was embedded without error. A sharded run passes
 ``vanished="keep"`` per shard, then calls :func:`reconcile_vanished` once and :func:`merge_summaries`.
+
+Bad days (see docs/RELIABILITY.md): input is read and checked (key pass) before the collection is
+created, so a broken export leaves nothing behind; rejected rows and files go to a quarantine
+Parquet; an unreadable file fails the run at its end, after every good file was embedded; an
+unreachable or stalling Qdrant is retried with bounded backoff and then fails with one message
+naming the endpoint and how many points were acknowledged. Whenever a run did not see the whole
+source cleanly, the vanished pass is skipped, so a bad day never marks products stale.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import datetime as dt
 import decimal
 import logging
 import math
+import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -25,8 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from polyglot_catalog.ids import content_hash, point_id
+from polyglot_catalog.quarantine import QuarantineWriter
 from polyglot_catalog.reading import CatalogReader, SourceBatch, SourceLike
-from polyglot_catalog.store import ACTIVE, STALE, CatalogStore
+from polyglot_catalog.store import ACTIVE, STALE, CatalogStore, UpsertError, _is_transient
 from polyglot_catalog.text import TextTemplate
 
 log = logging.getLogger(__name__)
@@ -35,6 +45,131 @@ VANISHED_OPTIONS = ("flag", "keep", "delete")
 PROGRESS_LOG_SECONDS = 30.0
 QUARANTINE_IN_SUMMARY = 20  # the summary goes to XCom: a sample, not the whole list
 PROGRESS_MSG = "embed: %d/%d rows (%.0f%%), %.0f rows/s, ETA %s"
+BAD_FILE_POLICIES = ("fail_at_end", "fail_fast")
+MAX_BACKOFF_SECONDS = 30.0  # one wait between retries never exceeds this, whatever max_retries is
+# Carried payload strings longer than this are cut: a 1 MB description column would otherwise ride
+# along in every upsert request (Qdrant's REST limit is 32 MB per request by default). ``text`` is
+# already cut to the model's token budget.
+MAX_PAYLOAD_CHARS = 32_768
+DUPLICATE_REASON = "duplicate (region, sku)"
+
+
+class StoreUnavailableError(UpsertError):
+    """Qdrant failed during the embed stage even after retries; the message names the endpoint.
+
+    A subclass of :class:`UpsertError` so callers that handle failed writes keep working. ``written``
+    counts points Qdrant acknowledged in this run before the failure; they are correct and a re-run
+    skips them (ids are deterministic and unchanged rows are not re-encoded).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        collection: str,
+        step: str,
+        attempts: int,
+        reason: str,
+        written: int,
+        ids: Sequence[str] = (),
+    ) -> None:
+        self.endpoint, self.step, self.attempts, self.written = endpoint, step, attempts, written
+        super().__init__(collection, ids, reason)
+        shown = (
+            f" for ids [{', '.join(self.ids[:5])}{', ...' if len(self.ids) > 5 else ''}]" if self.ids else ""
+        )
+        self.args = (
+            f"Qdrant at {endpoint} failed during {step} of collection {collection!r}{shown} after "
+            f"{attempts} attempt(s): {reason}. {written} point(s) were acknowledged before the failure; "
+            "re-running is safe (idempotent ids, unchanged rows are skipped).",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class EmbedInputError(ValueError):
+    """The run finished what it could but its input was not clean; ``summary`` has the counts.
+
+    Raised at the end of the run (after the quarantine file was written), for unreadable files with
+    ``on_bad_file="fail_at_end"`` and for more invalid rows than ``max_invalid`` allows.
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class TooManyInvalidRowsError(EmbedInputError):
+    """More rows were rejected than ``max_invalid`` allows."""
+
+
+def _is_qdrant_error(error: BaseException) -> bool:
+    """Transport or server errors (REST, gRPC, sockets), as opposed to our own bugs or bad arguments."""
+    from qdrant_client.http.exceptions import ApiException
+
+    if isinstance(error, ApiException | OSError | TimeoutError):
+        return True
+    try:
+        import grpc
+        import httpx
+    except ImportError:  # pragma: no cover - both ship with qdrant-client
+        return False
+    return isinstance(error, grpc.RpcError | httpx.HTTPError)
+
+
+def _reason(error: BaseException) -> str:
+    """First line of an error with its type; transport errors often wrap an empty-looking cause."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    if not text and error.__cause__ is not None:
+        text = str(error.__cause__).splitlines()[0] if str(error.__cause__) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def describe_endpoint(client: Any) -> str:
+    """Where a client points, for error messages: a URL without credentials or query, or a local path.
+
+    Never includes the API key: it is read from the transport's base URI, not the init options.
+    """
+    inner = getattr(client, "_client", None)
+    uri = getattr(inner, "rest_uri", None)
+    if isinstance(uri, str):
+        return uri
+    location = getattr(inner, "location", None)
+    if isinstance(location, str):
+        return "in-memory local mode" if location == ":memory:" else f"local mode at {location}"
+    return type(client).__name__
+
+
+def parse_max_invalid(value: int | str | None) -> tuple[float, bool] | None:
+    """``max_invalid`` as (limit, is_percentage): 100 -> (100, False), "5%" -> (5.0, True), None -> None.
+
+    Strings come from templated Airflow fields, so "100" is accepted as well as 100.
+    """
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None", "null")):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"max_invalid must be an int >= 0 or a percentage like '5%'; got {value!r}")
+    text = str(value).strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", text)
+    if match:
+        pct = float(match.group(1))
+        if pct > 100:
+            raise ValueError(f"max_invalid percentage must be within 0-100%; got {value!r}")
+        return pct, True
+    if re.fullmatch(r"\d+", text):
+        return float(int(text)), False
+    raise ValueError(f"max_invalid must be an int >= 0 or a percentage like '5%'; got {value!r}")
+
+
+def _limit_text(limit: tuple[float, bool]) -> str:
+    return f"{limit[0]:g}%" if limit[1] else f"{int(limit[0])}"
+
+
+def _over_limit(limit: tuple[float, bool] | None, invalid: int, rows: int) -> bool:
+    if limit is None:
+        return False
+    amount, is_pct = limit
+    return invalid > (amount / 100.0 * rows if is_pct else amount)
 
 
 class EncoderLike(Protocol):
@@ -141,6 +276,50 @@ class _EmbedRun:
         self.timer = _Timer()
         self.counts: Counter[str] = Counter()
         self.embedded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.endpoint = describe_endpoint(store.client)
+
+    def call(self, step: str, stage: str | None, fn: Callable[[], Any], *, retry: bool = True) -> Any:
+        """Run one store call; transient failures retried with bounded backoff, then one clear error.
+
+        Why here as well as in the store: the store retries upserts only, but the first thing a run
+        does with Qdrant is a lookup, and an outage usually shows there. Upserts pass ``retry=False``
+        (the store already retried them) and only get the endpoint added to the message. Errors that
+        are not Qdrant's (a dimension mismatch, a bug) pass through unchanged.
+        """
+        attempts = self.store.max_retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                return fn() if stage is None else self.timer.timed(stage, fn)
+            except StoreUnavailableError:
+                raise
+            except UpsertError as e:  # the store already retried this batch
+                cause = e.__cause__ or e
+                tries = self.store.max_retries + 1 if _is_transient(cause) else 1
+                raise self._unavailable(step, cause, tries, e.ids) from e
+            except Exception as e:
+                if not _is_qdrant_error(e):
+                    raise
+                if not _is_transient(e) or attempt == attempts - 1:
+                    raise self._unavailable(step, e, attempt + 1) from e
+                delay = min(self.store.backoff * 2**attempt, MAX_BACKOFF_SECONDS)
+                log.warning(
+                    "Qdrant at %s: %s failed (%s); retry %d/%d in %.1fs",
+                    self.endpoint,
+                    step,
+                    _reason(e),
+                    attempt + 1,
+                    attempts - 1,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt raises")
+
+    def _unavailable(
+        self, step: str, error: BaseException, attempts: int, ids: Sequence[str] = ()
+    ) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            self.endpoint, self.store.collection, step, attempts, _reason(error), self.counts["upserted"], ids
+        )
 
     def process(self, part: SourceBatch) -> None:
         self.counts["rows_read"] += part.rows_read
@@ -157,7 +336,7 @@ class _EmbedRun:
         hashes = [content_hash(model, spec, t) for t in rendered.texts]
         changed, stale = self._diff(ids, hashes)
         if stale:
-            self.timer.timed("upsert", lambda: self.store.set_payload(stale, {"status": ACTIVE}))
+            self.call("reactivation", "upsert", lambda: self.store.set_payload(stale, {"status": ACTIVE}))
             self.counts["reactivated"] += len(stale)
         self.counts["skipped_unchanged"] += len(ids) - len(changed)
         if not changed:
@@ -171,8 +350,11 @@ class _EmbedRun:
             self._payload(row, texts[j], hashes[i], part.source)
             for j, (i, row) in enumerate(zip(changed, rows, strict=True))
         ]
-        written = self.timer.timed(
-            "upsert", lambda: self.store.upsert([ids[i] for i in changed], vectors, payloads)
+        written = self.call(
+            "upsert",
+            "upsert",
+            lambda: self.store.upsert([ids[i] for i in changed], vectors, payloads),
+            retry=False,
         )
         self.counts["upserted"] += written
 
@@ -180,8 +362,10 @@ class _EmbedRun:
         """Rows needing a new vector, and unchanged points that were flagged stale and are back."""
         if self.full_refresh:
             return list(range(len(ids))), []
-        stored = self.timer.timed(
-            "lookup", lambda: self.store.fetch_payloads(ids, ["content_hash", "status"])
+        stored = self.call(
+            "lookup of stored hashes",
+            "lookup",
+            lambda: self.store.fetch_payloads(ids, ["content_hash", "status"]),
         )
         changed, stale = [], []
         for i, (pid, digest) in enumerate(zip(ids, hashes, strict=True)):
@@ -192,8 +376,15 @@ class _EmbedRun:
                 stale.append(pid)
         return changed, stale
 
+    def _clip(self, value: Any) -> Any:
+        """Cut an oversized carried string (counted as ``clipped``); see MAX_PAYLOAD_CHARS."""
+        if isinstance(value, str) and len(value) > MAX_PAYLOAD_CHARS:
+            self.counts["clipped"] += 1
+            return value[:MAX_PAYLOAD_CHARS]
+        return value
+
     def _payload(self, row: dict[str, Any], text: str, digest: str, source: str) -> dict[str, Any]:
-        payload = {k: json_safe(v) for k, v in row.items()}
+        payload = {k: self._clip(json_safe(v)) for k, v in row.items()}
         payload.setdefault("language", None)
         payload.update(
             text=text,
@@ -256,6 +447,10 @@ def embed_catalog(
     columns: Sequence[str] | None = None,
     quantization: bool = False,
     log_every: float = PROGRESS_LOG_SECONDS,
+    quarantine_path: str | os.PathLike[str] | None = None,
+    max_invalid: int | str | None = None,
+    on_bad_file: Literal["fail_at_end", "fail_fast"] = "fail_at_end",
+    allowed_regions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Embed a Parquet catalog into ``store``, encoding only new or changed rows.
 
@@ -269,55 +464,158 @@ def embed_catalog(
         full_refresh (bool): re-encode every row, ignoring stored hashes. Defaults to False.
         vanished (str): SKUs stored for a region seen in this run but absent from the source: "flag"
             (payload ``status="stale"``), "keep", or "delete". With sharded runs, pass "keep" per shard.
-            Defaults to "flag".
+            Skipped whenever the run did not read its whole source cleanly (bad file, too many
+            invalid rows, store failure). Defaults to "flag".
         progress (Callable | None): called with (rows done, rows total) after each batch (CLI bar).
         columns (Sequence[str] | None): carry only these extra columns. Defaults to None (all).
         quantization (bool): int8 scalar quantisation when the collection is created. Defaults to False.
         log_every (float): seconds between progress log lines. Defaults to 30.
+        quarantine_path (str | PathLike | None): local Parquet file that receives every rejected row
+            and file (columns ``source_file, row, reason, region, sku, description``); written on
+            every run, also one that fails. Defaults to None (only the summary's sample).
+        max_invalid (int | str | None): most rejected rows tolerated, as a count (``100``) or a share
+            of the rows read (``"5%"``); more fails the run after the quarantine file was written.
+            Duplicates are superseded rows, not invalid ones, and do not count. Defaults to None.
+        on_bad_file (str): a file that cannot be read (not Parquet, truncated, corrupt, required
+            column missing or mistyped, gone): "fail_at_end" embeds every other file and then raises
+            :class:`EmbedInputError` naming it; "fail_fast" raises :class:`BadFileError` at once.
+            Either way a bad file found before anything was written leaves no collection behind.
+            Defaults to "fail_at_end".
+        allowed_regions (Sequence[str] | None): quarantine rows of other regions ("unknown region").
+            Defaults to None (any non-empty region).
 
     Returns:
         A small JSON-safe summary: rows_read, valid, embedded, encoded_texts, skipped_unchanged,
-        reactivated, invalid (+ invalid_by_reason, a quarantine sample), upserted, flagged, deleted,
-        truncated, files, regions, seconds per stage, model, collection.
+        reactivated, invalid (+ invalid_by_reason, duplicates, a quarantine sample, quarantine_path,
+        quarantined), bad_files, upserted, flagged, deleted, vanished_skipped, truncated, clipped,
+        files, regions, seconds per stage, model, collection.
 
     Raises:
-        MissingColumnError: a file lacks sku, region or description.
-        UpsertError: a batch could not be written after retries (vanished SKUs are then left alone).
+        BadFileError: with ``on_bad_file="fail_fast"``, the first unusable file (MissingColumnError
+            when a required column is missing).
+        EmbedInputError: bad files with ``on_bad_file="fail_at_end"``, raised after the good files were
+            embedded; :class:`TooManyInvalidRowsError` when ``max_invalid`` is exceeded. Both carry
+            the run's ``summary``.
+        StoreUnavailableError: Qdrant failed after retries; the message names the endpoint.
     """
     if vanished not in VANISHED_OPTIONS:
         raise ValueError(f"vanished must be one of {list(VANISHED_OPTIONS)}; got {vanished!r}")
+    if on_bad_file not in BAD_FILE_POLICIES:
+        raise ValueError(f"on_bad_file must be one of {list(BAD_FILE_POLICIES)}; got {on_bad_file!r}")
+    limit = parse_max_invalid(max_invalid)
     tpl = _template(template, encoder)
     if columns is not None:
         columns = [*columns, *tpl.fields(["title"])]
-    reader = CatalogReader(source, batch_size, columns)
+    reader = CatalogReader(
+        source,
+        batch_size,
+        columns,
+        allowed_regions=allowed_regions,
+        bad_files="raise" if on_bad_file == "fail_fast" else "skip",
+    )
     run = _EmbedRun(store, encoder, tpl, full_refresh)
-    created = store.ensure_collection(encoder.dim, quantization=quantization)
-    total = run.timer.timed("read", lambda: reader.total_rows)
-    log.info("embedding %d rows from %d files into %s", total, len(reader.sources), store.collection)
-    meter = ProgressLog(total, every=log_every)
-    with store.bulk_load() if created else nullcontext():
-        for part in run.timer.iterate("read", iter(reader)):
-            run.process(part)
-            meter.update(run.counts["rows_read"])
-            if progress is not None:
-                progress(run.counts["rows_read"], total)
-    _flag_or_delete_vanished(store, reader.keys, vanished, run.timer, run.counts)
-    return _summary(run, reader, store)
+    out = QuarantineWriter(quarantine_path) if quarantine_path is not None else None
+    complete = too_many = False
+    try:
+        # Read and check the input before touching the store: a broken export creates nothing.
+        total = run.timer.timed("read", lambda: reader.total_rows)
+        if not reader.readable_sources:
+            raise EmbedInputError(
+                _bad_files_message(reader, "nothing was written"), _summary(run, reader, store, out)
+            )
+        created = run.call(
+            "collection check", None, lambda: store.ensure_collection(encoder.dim, quantization=quantization)
+        )
+        log.info("embedding %d rows from %d files into %s", total, len(reader.sources), store.collection)
+        meter = ProgressLog(total, every=log_every)
+        with _bulk_load(store, created):
+            for part in run.timer.iterate("read", iter(reader)):
+                if out is not None:
+                    out.write(part.quarantined)
+                run.process(part)
+                meter.update(run.counts["rows_read"])
+                if progress is not None:
+                    progress(run.counts["rows_read"], total)
+        invalid = reader.invalid - reader.invalid_by_reason.get(DUPLICATE_REASON, 0)
+        too_many = _over_limit(limit, invalid, run.counts["rows_read"])
+        skip_reason = "bad files" if reader.bad_files else "too many invalid rows" if too_many else None
+        if skip_reason is None:
+            run.call(
+                "vanished pass",
+                None,
+                lambda: _flag_or_delete_vanished(store, reader.keys, vanished, run.timer, run.counts),
+            )
+        elif vanished != "keep":
+            run.counts["vanished_skipped"] = 1
+            log.warning("not looking for vanished SKUs: this run had %s", skip_reason)
+        complete = True
+    finally:
+        if out is not None:
+            out.write(q for q in reader.quarantine if q.row is None)  # whole files; rows went per batch
+            out.close(complete=complete)
+    summary = _summary(run, reader, store, out)
+    if reader.bad_files:
+        raise EmbedInputError(_bad_files_message(reader, "every other file was embedded"), summary)
+    if too_many:
+        assert limit is not None
+        raise TooManyInvalidRowsError(
+            f"{invalid} of {run.counts['rows_read']} rows were invalid, more than max_invalid="
+            f"{_limit_text(limit)}; the valid rows were embedded, vanished SKUs were not flagged; "
+            f"by reason: {dict(reader.invalid_by_reason)}; rejected rows: "
+            f"{summary['quarantine_path'] or 'pass quarantine_path to keep them all'}",
+            summary,
+        )
+    return summary
 
 
-def _summary(run: _EmbedRun, reader: CatalogReader, store: CatalogStore) -> dict[str, Any]:
+def _bad_files_message(reader: CatalogReader, outcome: str) -> str:
+    listed = "; ".join(f"{src}: {why}" for src, why in reader.bad_files.items())
+    count = f"{len(reader.bad_files)} of {len(reader.sources)} source file(s)"
+    return f"{count} could not be used ({outcome}): {listed}"
+
+
+def _bulk_load(store: CatalogStore, created: bool) -> Any:
+    """Bulk-load mode for a new collection, and to finish one that a killed run left in it.
+
+    Why: ``bulk_load`` turns HNSW indexing off (m=0) and back on in a ``finally``, which a SIGKILL
+    skips; the collection would then stay unindexed for good. A run that finds m=0 resumes the bulk
+    load, so its ``finally`` restores the index. Local mode has no HNSW and never reports m=0.
+    """
+    if created:
+        return store.bulk_load()
+    try:
+        hnsw = store.client.get_collection(store.collection).config.hnsw_config
+    except Exception as e:  # only an optimisation: a failure here must not fail the run
+        log.debug("could not read the HNSW config of %s: %s", store.collection, e)
+        return nullcontext()
+    if getattr(hnsw, "m", None) == 0:
+        log.warning(
+            "collection %s has HNSW indexing off (an interrupted bulk load); resuming", store.collection
+        )
+        return store.bulk_load()
+    return nullcontext()
+
+
+def _summary(
+    run: _EmbedRun, reader: CatalogReader, store: CatalogStore, out: QuarantineWriter | None = None
+) -> dict[str, Any]:
     counts = run.counts
+    keys = reader._keys  # None when the key pass did not finish
     return {
         "model": run.encoder.model_name,
         "collection": store.collection,
         "vector_name": store.vector_name,
         "files": len(reader.sources),
-        "regions": sorted(pc.unique(reader.keys["region"]).to_pylist()),
+        "regions": sorted(pc.unique(keys["region"]).to_pylist()) if keys is not None else [],
         "rows_read": counts["rows_read"],
         "valid": counts["valid"],
         "invalid": reader.invalid,
         "invalid_by_reason": dict(reader.invalid_by_reason),
+        "duplicates": reader.invalid_by_reason.get(DUPLICATE_REASON, 0),
         "quarantine": [q.to_dict() for q in reader.quarantine[:QUARANTINE_IN_SUMMARY]],
+        "quarantine_path": str(out.path) if out is not None else None,
+        "quarantined": out.rows if out is not None else len(reader.quarantine),
+        "bad_files": dict(reader.bad_files),
         "embedded": counts["embedded"],
         "encoded_texts": counts["encoded_texts"],
         "skipped_unchanged": counts["skipped_unchanged"],
@@ -325,7 +623,9 @@ def _summary(run: _EmbedRun, reader: CatalogReader, store: CatalogStore) -> dict
         "upserted": counts["upserted"],
         "flagged": counts["flagged"],
         "deleted": counts["deleted"],
+        "vanished_skipped": bool(counts["vanished_skipped"]),
         "truncated": counts["truncated"],
+        "clipped": counts["clipped"],
         "seconds": {stage: round(s, 3) for stage, s in sorted(run.timer.seconds.items())},
     }
 
@@ -379,7 +679,16 @@ def reconcile_vanished(
 
 
 _SAME_IN_EVERY_SHARD = ("model", "collection", "vector_name")
-_SPECIAL = {"regions", "seconds", "invalid_by_reason", "quarantine", *_SAME_IN_EVERY_SHARD}
+_SPECIAL = {
+    "regions",
+    "seconds",
+    "invalid_by_reason",
+    "quarantine",
+    "bad_files",
+    "quarantine_path",
+    "vanished_skipped",
+    *_SAME_IN_EVERY_SHARD,
+}
 
 
 def merge_summaries(
@@ -389,8 +698,10 @@ def merge_summaries(
 
     Why here and not in the DAG: the summary's shape belongs to the embed stage, so the reduce step
     stays right when a count is added. Every integer count and per-stage seconds are summed, regions
-    are unioned, ``invalid_by_reason`` summed, the quarantine sample concatenated and capped. ``None``
-    (a skipped shard) is ignored.
+    are unioned, ``invalid_by_reason`` summed, the quarantine sample concatenated and capped, ``bad_files``
+    merged, ``vanished_skipped`` true if any shard skipped it; ``quarantine_path`` is the one path, or a
+    list when shards wrote several (give each mapped shard its own path). ``None`` (a skipped shard)
+    is ignored.
 
     Raises:
         ValueError: shards disagree on model, collection or vector name (they must write one place).
@@ -400,6 +711,9 @@ def merge_summaries(
     seconds: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
     quarantine: list[dict[str, Any]] = []
+    bad_files: dict[str, str] = {}
+    paths: dict[str, None] = {}
+    skipped = False
     for summary in (s for s in summaries if s is not None):
         total["shards"] += 1
         for key in _SAME_IN_EVERY_SHARD:
@@ -412,6 +726,10 @@ def merge_summaries(
         seconds.update(summary.get("seconds", {}))
         by_reason.update(summary.get("invalid_by_reason", {}))
         quarantine.extend(summary.get("quarantine", ())[: QUARANTINE_IN_SUMMARY - len(quarantine)])
+        bad_files.update(summary.get("bad_files") or {})
+        if summary.get("quarantine_path"):
+            paths.setdefault(summary["quarantine_path"], None)
+        skipped = skipped or bool(summary.get("vanished_skipped"))
     if reconciled is not None:
         for key in ("flagged", "deleted"):
             total[key] = total.get(key, 0) + reconciled.get(key, 0)
@@ -425,4 +743,10 @@ def merge_summaries(
         quarantine=quarantine,
         seconds={stage: round(s, 3) for stage, s in sorted(seconds.items())},
     )
+    if total["shards"]:
+        total.update(
+            bad_files=bad_files,
+            vanished_skipped=skipped,
+            quarantine_path=None if not paths else next(iter(paths)) if len(paths) == 1 else list(paths),
+        )
     return total

@@ -5,6 +5,12 @@ one record batch at a time, with only the needed columns. A first, cheap pass ov
 (``sku``, ``region``, ``description``) finds duplicate (region, sku) keys across the whole run, so the
 rule "keep the last occurrence" holds before anything is written, and gives the total row count for
 progress/ETA. Bad rows never stop a run: they go to a quarantine list with file, row and reason.
+
+Bad *files* (not Parquet, truncated, corrupt pages, a required column missing or of the wrong type,
+deleted after listing) either raise :class:`BadFileError` naming the file (``bad_files="raise"``) or
+are set aside in :attr:`CatalogReader.bad_files` while every other file is read (``"skip"``); the
+embed stage then fails at its end naming them. Rows the key pass saw from a file that later turned
+out bad are dropped with it, so a file is either read whole or not at all as far as keys go.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 import numpy as np
@@ -35,7 +41,23 @@ _POS_BITS = 40  # a key position is file_index << 40 | row: 1e12 rows per file, 
 SourceLike = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
-class MissingColumnError(ValueError):
+BAD_FILE_OPTIONS = ("raise", "skip")
+QUARANTINE_TEXT_CHARS = 1_000  # raw description kept per quarantined row: enough to recognise it
+# Key columns may be integers (cast to their decimal string); floats would turn 1e20 into "1e+20".
+_KEY_TYPES_MSG = "a string or integer type"
+_CONTROL_IN_KEY = r"\p{Cc}"  # NUL, newline, unit separator...: would make two keys share a point id
+
+
+class BadFileError(ValueError):
+    """A whole source file cannot be used; the message starts with the file's path."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"{source}: {reason}")
+
+
+class MissingColumnError(BadFileError):
     """A source file lacks a required column; the message names the file and what is there."""
 
 
@@ -44,10 +66,11 @@ class QuarantinedRow:
     """One rejected input row and why, with enough location to find it in the file."""
 
     source: str
-    row: int
+    row: int | None  # None: the whole file was rejected
     reason: str
     region: str | None = None
     sku: str | None = None
+    description: str | None = None  # raw, cut to QUARANTINE_TEXT_CHARS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,16 +133,118 @@ def list_sources(source: SourceLike) -> list[str]:
     return list(seen)
 
 
-def open_dataset(source: str) -> ds.Dataset:
-    """A pyarrow dataset over one file, checked for the required columns."""
-    fs, path = _split_url(source)
-    dataset = ds.dataset(path, format="parquet", filesystem=None if isinstance(fs, LocalFileSystem) else fs)
-    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.schema.names]
+def _readable_error(source: str, error: Exception) -> BadFileError:
+    """One wording per way a file can be unusable, so the quarantine reasons group well."""
+    if isinstance(error, BadFileError):
+        return error
+    if isinstance(error, FileNotFoundError):
+        return BadFileError(source, "file not found (deleted or moved after it was listed)")
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return BadFileError(source, f"unreadable Parquet file ({type(error).__name__}: {first})")
+
+
+def _read_batches(dataset: ds.Dataset, source: str, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+    """A file's record batches; a failure *reading* them becomes :class:`BadFileError` naming the file.
+
+    Why only around the read: an Arrow error in our own validation code is a bug and must surface as
+    one, not be filed as "corrupt file".
+    """
+    batches = iter(dataset.to_batches(**kwargs))
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as e:
+            raise _readable_error(source, e) from e
+        yield batch
+
+
+def _string_like(dtype: pa.DataType) -> bool:
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    return pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_null(dtype)
+
+
+def _binary(dtype: pa.DataType) -> bool:
+    return pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype)
+
+
+def check_schema(source: str, schema: pa.Schema) -> None:
+    """Required columns present and usable; raises :class:`BadFileError` naming the file.
+
+    Why a whole-file error and not per-row quarantine: a missing column or an integer description
+    is a broken export (every row is affected), and the fix is upstream.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
     if missing:
         raise MissingColumnError(
-            f"{source}: missing required column(s) {missing}; columns present: {dataset.schema.names}"
+            source, f"missing required column(s) {missing}; columns present: {schema.names}"
         )
+    for name in ("sku", "region"):
+        dtype = schema.field(name).type
+        base = dtype.value_type if pa.types.is_dictionary(dtype) else dtype
+        if not (_string_like(dtype) or _binary(base) or pa.types.is_integer(base)):
+            raise BadFileError(source, f"column {name!r} must be {_KEY_TYPES_MSG}; got {dtype}")
+    dtype = schema.field("description").type
+    base = dtype.value_type if pa.types.is_dictionary(dtype) else dtype
+    if not (_string_like(dtype) or _binary(base)):
+        raise BadFileError(
+            source, f"column 'description' must be a string (or UTF-8 binary) type; got {dtype}"
+        )
+
+
+def open_dataset(source: str) -> ds.Dataset:
+    """A pyarrow dataset over one file, checked for the required columns and their types.
+
+    Raises:
+        BadFileError: missing or unusable column, not Parquet, truncated, or the file is gone.
+    """
+    fs, path = _split_url(source)
+    try:
+        dataset = ds.dataset(
+            path, format="parquet", filesystem=None if isinstance(fs, LocalFileSystem) else fs
+        )
+    except (OSError, pa.ArrowException) as e:
+        raise _readable_error(source, e) from e
+    check_schema(source, dataset.schema)
     return dataset
+
+
+def _decode_utf8(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Binary -> string, invalid UTF-8 -> null; returns (strings, mask of rows that were invalid).
+
+    Per row in Python, which is fine: binary key/description columns are rare and this is the only
+    way to keep the valid rows of a column with some bad bytes (a cast fails the whole array).
+    """
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    out: list[str | None] = []
+    bad = np.zeros(len(values), dtype=bool)
+    for i, raw in enumerate(values.to_pylist()):
+        if raw is None:
+            out.append(None)
+            continue
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(None)
+            bad[i] = True
+    return pa.array(out, pa.string()), bad
+
+
+def _decode_batch(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[str, np.ndarray]]:
+    """Required binary columns decoded as UTF-8, plus per column the rows whose bytes were invalid."""
+    invalid: dict[str, np.ndarray] = {}
+    for name in REQUIRED_COLUMNS:
+        dtype = batch.schema.field(name).type
+        base = dtype.value_type if pa.types.is_dictionary(dtype) else dtype
+        if _binary(base):
+            decoded, bad = _decode_utf8(batch.column(name))
+            batch = batch.set_column(batch.schema.get_field_index(name), name, decoded)
+            if bad.any():
+                invalid[name] = bad
+    return batch, invalid
 
 
 def _key(values: pa.Array, source: str, name: str) -> pa.Array:
@@ -147,20 +272,39 @@ def _non_empty(values: pa.Array) -> pa.Array:
     return pc.fill_null(pc.greater(pc.utf8_length(values), 0), False)
 
 
-def _validate(batch: pa.RecordBatch, source: str) -> tuple[pa.Array, pa.Array, list[str | None]]:
-    """Trimmed sku/region and the rejection reason per row (None = valid)."""
+def _no_control(values: pa.Array) -> pa.Array:
+    return pc.invert(pc.fill_null(pc.match_substring_regex(values, _CONTROL_IN_KEY), False))
+
+
+def _validate(
+    batch: pa.RecordBatch, source: str, allowed_regions: frozenset[str] | None = None
+) -> tuple[pa.RecordBatch, pa.Array, pa.Array, list[str | None]]:
+    """Decoded batch, trimmed sku/region and the rejection reason per row (None = valid)."""
+    batch, bad_utf8 = _decode_batch(batch)
     sku = _key(batch.column("sku"), source, "sku")
     region = _key(batch.column("region"), source, "region")
-    checks = (
+    n = batch.num_rows
+    checks: list[tuple[str, Any]] = [
+        (f"invalid UTF-8 in {name}", pa.array(~bad_utf8.get(name, np.zeros(n, dtype=bool))))
+        for name in REQUIRED_COLUMNS
+    ]
+    checks += [
         ("empty sku", _non_empty(sku)),
+        ("control character in sku", _no_control(sku)),
         ("empty region", _non_empty(region)),
-        ("empty description", _has_text(batch.column("description"))),
-    )
-    reasons: list[str | None] = [None] * batch.num_rows
+        ("control character in region", _no_control(region)),
+    ]
+    if allowed_regions is not None:
+        known = pc.fill_null(
+            pc.is_in(region, value_set=pa.array(sorted(allowed_regions), pa.string())), False
+        )
+        checks.append(("unknown region", known))
+    checks.append(("empty description", _has_text(batch.column("description"))))
+    reasons: list[str | None] = [None] * n
     for reason, ok in reversed(checks):  # first failing check wins
         for i in np.flatnonzero(~ok.to_numpy(zero_copy_only=False)):
             reasons[i] = reason
-    return sku, region, reasons
+    return batch, sku, region, reasons
 
 
 class CatalogReader:
@@ -173,6 +317,10 @@ class CatalogReader:
             ``language``; missing ones are ignored. Defaults to None (every column).
         dedupe (bool): drop all but the last occurrence of a (region, sku) in the run, which needs a
             key-only first pass. Defaults to True.
+        allowed_regions (Iterable[str] | None): quarantine rows whose region is not one of these
+            (exact, case-sensitive match after trimming) as "unknown region". Defaults to None (any).
+        bad_files (str): a file that cannot be used: "raise" :class:`BadFileError` at once, or "skip"
+            it, record it in :attr:`bad_files` and read the others. Defaults to "raise".
 
     Examples:
         ```py
@@ -190,10 +338,17 @@ class CatalogReader:
         columns: Sequence[str] | None = None,
         *,
         dedupe: bool = True,
+        allowed_regions: Iterable[str] | None = None,
+        bad_files: Literal["raise", "skip"] = "raise",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if bad_files not in BAD_FILE_OPTIONS:
+            raise ValueError(f"bad_files must be one of {list(BAD_FILE_OPTIONS)}; got {bad_files!r}")
         self.sources = list_sources(source)
+        self.allowed_regions = None if allowed_regions is None else frozenset(allowed_regions)
+        self.on_bad_file = bad_files
+        self.bad_files: dict[str, str] = {}  # source -> reason, in the order they were found
         self.batch_size = batch_size
         self.columns = None if columns is None else list(columns)
         self.dedupe = dedupe
@@ -210,8 +365,30 @@ class CatalogReader:
             if self.dedupe:
                 self._scan_keys()
             else:
-                self._total_rows = sum(open_dataset(s).count_rows() for s in self.sources)
+                self._total_rows = sum(self._count_rows(s) for s in self.sources)
         return self._total_rows
+
+    def _count_rows(self, source: str) -> int:
+        try:
+            return open_dataset(source).count_rows()
+        except BadFileError as e:
+            self._bad(source, e)
+            return 0
+
+    @property
+    def readable_sources(self) -> list[str]:
+        """Sources not (yet) found bad."""
+        return [s for s in self.sources if s not in self.bad_files]
+
+    def _bad(self, source: str, error: Exception) -> None:
+        """Raise, or set the file aside with its reason, per ``bad_files``."""
+        bad = _readable_error(source, error)
+        if self.on_bad_file == "raise":
+            raise bad
+        if source not in self.bad_files:
+            self.bad_files[source] = bad.reason
+            self.quarantine.append(QuarantinedRow(source, None, f"bad file: {bad.reason}"))
+            log.warning("skipping %s", bad)
 
     @property
     def keys(self) -> pa.Table:
@@ -245,15 +422,21 @@ class CatalogReader:
         """Key-only pass: total rows and, per duplicated key, which occurrence survives."""
         parts, total = [], 0
         for index, source in enumerate(self.sources):
-            dataset, offset = open_dataset(source), 0
-            for batch in dataset.to_batches(columns=list(REQUIRED_COLUMNS), batch_size=KEY_PASS_BATCH_ROWS):
-                sku, region, reasons = _validate(batch, source)
-                valid = pa.array([r is None for r in reasons])
-                pos = pa.array(np.arange(offset, offset + batch.num_rows) + (index << _POS_BITS))
-                parts.append(pa.table({"region": region, "sku": sku, "pos": pos}).filter(valid))
-                offset += batch.num_rows
-            total += offset
-        keys = pa.concat_tables(parts) if parts else pa.table({"region": [], "sku": [], "pos": []})
+            try:
+                file_parts, rows = self._scan_file_keys(index, source)
+            except BadFileError as e:
+                self._bad(source, e)  # none of its keys count: a file is in the run whole or not at all
+                continue
+            parts.extend(file_parts)
+            total += rows
+        empty = pa.table(
+            {
+                "region": pa.array([], pa.string()),
+                "sku": pa.array([], pa.string()),
+                "pos": pa.array([], pa.int64()),
+            }
+        )
+        keys = pa.concat_tables(parts) if parts else empty
         grouped = keys.group_by(["region", "sku"]).aggregate([("pos", "max"), ("pos", "count")])
         dupes = grouped.filter(pc.greater(grouped["pos_count"], 1))
         if dupes.num_rows:
@@ -264,6 +447,18 @@ class CatalogReader:
                 self._superseded.setdefault(pos >> _POS_BITS, {})[pos & ((1 << _POS_BITS) - 1)] = winner
         self._total_rows = total
         self._keys = grouped.select(["region", "sku"])
+
+    def _scan_file_keys(self, index: int, source: str) -> tuple[list[pa.Table], int]:
+        dataset, offset, parts = open_dataset(source), 0, []
+        for batch in _read_batches(
+            dataset, source, columns=list(REQUIRED_COLUMNS), batch_size=KEY_PASS_BATCH_ROWS
+        ):
+            _, sku, region, reasons = _validate(batch, source, self.allowed_regions)
+            valid = pa.array([r is None for r in reasons], pa.bool_())
+            pos = pa.array(np.arange(offset, offset + batch.num_rows) + (index << _POS_BITS))
+            parts.append(pa.table({"region": region, "sku": sku, "pos": pos}).filter(valid))
+            offset += batch.num_rows
+        return parts, offset
 
     def _where(self, pos: int) -> str:
         return f"{self.sources[pos >> _POS_BITS]} row {pos & ((1 << _POS_BITS) - 1)}"
@@ -284,23 +479,38 @@ class CatalogReader:
         if self.dedupe and self._keys is None:
             self._scan_keys()
         for index, source in enumerate(self.sources):
-            yield from self._iter_file(index, source)
+            if source in self.bad_files:
+                continue
+            try:
+                yield from self._iter_file(index, source)
+            except BadFileError as e:  # only read errors land here: a consumer's errors stay outside
+                self._bad(source, e)
 
     def _iter_file(self, index: int, source: str) -> Iterator[SourceBatch]:
         dataset = open_dataset(source)
         superseded = self._superseded.get(index, {})
         offset = 0
-        for batch in dataset.to_batches(columns=self._projection(dataset), batch_size=self.batch_size):
-            sku, region, reasons = _validate(batch, source)
+        for raw in _read_batches(
+            dataset, source, columns=self._projection(dataset), batch_size=self.batch_size
+        ):
+            batch, sku, region, reasons = _validate(raw, source, self.allowed_regions)
             for row in superseded.keys() & range(offset, offset + batch.num_rows):
                 reason = f"duplicate (region, sku); kept {self._where(superseded[row])}"
                 reasons[row - offset] = reasons[row - offset] or reason
             batch = batch.set_column(batch.schema.get_field_index("sku"), "sku", sku)
             batch = batch.set_column(batch.schema.get_field_index("region"), "region", region)
             rejected = []
+            descriptions = raw.column("description")  # as read: bad bytes stay visible
             for i in (i for i, r in enumerate(reasons) if r is not None):
                 rejected.append(
-                    QuarantinedRow(source, offset + i, reasons[i], region[i].as_py(), sku[i].as_py())
+                    QuarantinedRow(
+                        source,
+                        offset + i,
+                        reasons[i],
+                        region[i].as_py(),
+                        sku[i].as_py(),
+                        _raw_text(descriptions[i].as_py()),
+                    )
                 )
                 self._reject(rejected[-1])
             keep = np.array([r is None for r in reasons], dtype=bool)
@@ -313,6 +523,17 @@ class CatalogReader:
                 quarantined=rejected,
             )
             offset += batch.num_rows
+
+
+def _raw_text(value: Any) -> str | None:
+    """A rejected row's description as it came in (cut short), so a person can recognise the row."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value[: QUARANTINE_TEXT_CHARS * 4].decode("utf-8", errors="backslashreplace")[
+            :QUARANTINE_TEXT_CHARS
+        ]
+    return str(value)[:QUARANTINE_TEXT_CHARS]
 
 
 def iter_batches(

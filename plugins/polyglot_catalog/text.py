@@ -43,7 +43,7 @@ def clean_text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
     Nulls stay null, so callers can tell "missing" from "empty after cleanup" if they care.
     """
-    if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+    if not pa.types.is_string(values.type):  # large_string too: texts are joined with plain strings
         values = pc.cast(values, pa.string())
     values = pc.utf8_normalize(values, form="NFC")
     values = pc.replace_substring_regex(values, _CONTROL, " ")
