@@ -65,6 +65,24 @@ def test_both_runs_succeed(runs):
     assert "success" in str(runs["match"].state)
 
 
+def test_embed_ran_one_mapped_task_per_file_then_one_reduce(runs):
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    with create_session() as session:
+        tis = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.dag_id == "catalog_embed", TaskInstance.run_id == runs["embed"].run_id)
+            .all()
+        )
+        by_task = {}
+        for ti in tis:
+            by_task.setdefault(ti.task_id, []).append((ti.map_index, ti.state == TaskInstanceState.SUCCESS))
+    assert sorted(by_task["embed_file"]) == [(i, True) for i in range(len(_regions()))]
+    assert by_task["reconcile_vanished"] == [(-1, True)]
+
+
 def test_point_counts_equal_the_input(runs):
     from polyglot_catalog.provider.hooks import PolyglotQdrantHook
     from polyglot_catalog.store import CatalogStore, vector_name_for
@@ -96,7 +114,10 @@ def test_embed_success_raises_the_collection_asset_event(runs):
             .all()
         )
         assert events, "catalog_embed did not emit the collection asset event"
-        assert events[-1].extra.get("collection") == COLLECTION
+        rows = sum(len(pd.read_parquet(p)) for p in _regions())
+        extra = events[-1].extra
+        assert extra == {"collection": COLLECTION, "files": len(_regions()), "upserted": rows, "flagged": 0}
+        assert events[-1].source_task_id == "reconcile_vanished"
         queued = session.query(AssetDagRunQueue).filter(
             AssetDagRunQueue.target_dag_id == "cross_region_match"
         )
