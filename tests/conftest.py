@@ -40,3 +40,28 @@ def encoder():
     from polyglot_catalog.encoding import Encoder
 
     return Encoder()
+
+
+@pytest.fixture(params=["local", pytest.param("server", marks=pytest.mark.qdrant_server)])
+def qdrant_client(request):
+    """The same test body against Qdrant's local mode and, when ``QDRANT_URL`` is set, a real server.
+
+    Server runs delete only the collections the test created, so a shared dev server is left as found.
+    """
+    from polyglot_catalog.store import open_client
+
+    if request.param == "local":
+        client = open_client(path=":memory:")
+        yield client
+        client.close()
+        return
+    url = os.environ.get("QDRANT_URL")
+    if not url:
+        pytest.skip("QDRANT_URL is not set: server-path variant skipped")
+    client = open_client(url=url, api_key=os.environ.get("QDRANT_API_KEY"))
+    before = {c.name for c in client.get_collections().collections}
+    yield client
+    for collection in client.get_collections().collections:
+        if collection.name not in before:
+            client.delete_collection(collection.name)
+    client.close()

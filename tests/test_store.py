@@ -16,8 +16,9 @@ DIM = 8
 
 
 @pytest.fixture
-def client() -> QdrantClient:
-    return open_client(path=":memory:")
+def client(qdrant_client: QdrantClient) -> QdrantClient:
+    """Local mode always; a real server too when QDRANT_URL is set (see conftest)."""
+    return qdrant_client
 
 
 @pytest.fixture
