@@ -343,3 +343,22 @@ def test_quarantine_file_is_rewritten_on_every_run_and_never_half_written(
     (tmp_path / ".q.parquet.tmp-999999999").write_bytes(b"left by a killed run")
     run(tmp_path, store, src)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.parquet", "q.parquet"]
+
+
+def test_cluster_options_reach_creation_and_bad_input_still_creates_nothing(
+    tmp_path: Path, store: CatalogStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+    real = store.ensure_collection
+
+    def spy(dim: int, **kwargs: Any) -> bool:
+        calls.append(kwargs)
+        return real(dim, **kwargs)
+
+    monkeypatch.setattr(store, "ensure_collection", spy)
+    bad = write(tmp_path / "bad.parquet", {"sku": ["a"], "region": ["DE"]})
+    with pytest.raises(EmbedInputError):
+        run(tmp_path, store, bad, collection_options={"shard_number": 2})
+    assert calls == [] and not store.exists()
+    run(tmp_path, store, write(tmp_path / "good.parquet", GOOD), collection_options={"shard_number": 2})
+    assert calls == [{"quantization": False, "shard_number": 2}]

@@ -25,7 +25,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any, Literal, Protocol
 
@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from polyglot_catalog.ids import content_hash, point_id
 from polyglot_catalog.quarantine import QuarantineWriter
-from polyglot_catalog.reading import CatalogReader, SourceBatch, SourceLike
+from polyglot_catalog.reading import CatalogReader, QuarantinedRow, SourceBatch, SourceLike
 from polyglot_catalog.store import ACTIVE, STALE, CatalogStore, UpsertError, _is_transient
 from polyglot_catalog.text import TextTemplate
 
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 VANISHED_OPTIONS = ("flag", "keep", "delete")
 PROGRESS_LOG_SECONDS = 30.0
 QUARANTINE_IN_SUMMARY = 20  # the summary goes to XCom: a sample, not the whole list
+SUMMARY_TEXT_CHARS = 120  # of a quarantined description, in that sample
 PROGRESS_MSG = "embed: %d/%d rows (%.0f%%), %.0f rows/s, ETA %s"
 BAD_FILE_POLICIES = ("fail_at_end", "fail_fast")
 MAX_BACKOFF_SECONDS = 30.0  # one wait between retries never exceeds this, whatever max_retries is
@@ -115,6 +116,18 @@ def _is_qdrant_error(error: BaseException) -> bool:
     except ImportError:  # pragma: no cover - both ship with qdrant-client
         return False
     return isinstance(error, grpc.RpcError | httpx.HTTPError)
+
+
+def _chain(cause: BaseException, error: BaseException) -> BaseException | None:
+    """What to chain our error to: nothing when the cause holds a server response body.
+
+    Why: ``UnexpectedResponse`` carries the raw body, which a proxy or a misconfigured server may fill
+    with the request's headers (the API key among them), and Airflow logs chained tracebacks whole.
+    The status line is kept in our message; transport errors (no server content) stay chained.
+    """
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    return None if isinstance(cause, UnexpectedResponse) else error
 
 
 def _reason(error: BaseException) -> str:
@@ -295,12 +308,12 @@ class _EmbedRun:
             except UpsertError as e:  # the store already retried this batch
                 cause = e.__cause__ or e
                 tries = self.store.max_retries + 1 if _is_transient(cause) else 1
-                raise self._unavailable(step, cause, tries, e.ids) from e
+                raise self._unavailable(step, cause, tries, e.ids) from _chain(cause, e)
             except Exception as e:
                 if not _is_qdrant_error(e):
                     raise
                 if not _is_transient(e) or attempt == attempts - 1:
-                    raise self._unavailable(step, e, attempt + 1) from e
+                    raise self._unavailable(step, e, attempt + 1) from _chain(e, e)
                 delay = min(self.store.backoff * 2**attempt, MAX_BACKOFF_SECONDS)
                 log.warning(
                     "Qdrant at %s: %s failed (%s); retry %d/%d in %.1fs",
@@ -451,6 +464,7 @@ def embed_catalog(
     max_invalid: int | str | None = None,
     on_bad_file: Literal["fail_at_end", "fail_fast"] = "fail_at_end",
     allowed_regions: Sequence[str] | None = None,
+    collection_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Embed a Parquet catalog into ``store``, encoding only new or changed rows.
 
@@ -483,6 +497,9 @@ def embed_catalog(
             Defaults to "fail_at_end".
         allowed_regions (Sequence[str] | None): quarantine rows of other regions ("unknown region").
             Defaults to None (any non-empty region).
+        collection_options (Mapping | None): more keyword arguments for
+            :meth:`CatalogStore.ensure_collection` (e.g. ``shard_number``), so a caller with cluster
+            options still gets the input checked before the collection is created. Defaults to None.
 
     Returns:
         A small JSON-safe summary: rows_read, valid, embedded, encoded_texts, skipped_unchanged,
@@ -524,7 +541,11 @@ def embed_catalog(
                 _bad_files_message(reader, "nothing was written"), _summary(run, reader, store, out)
             )
         created = run.call(
-            "collection check", None, lambda: store.ensure_collection(encoder.dim, quantization=quantization)
+            "collection check",
+            None,
+            lambda: store.ensure_collection(
+                encoder.dim, quantization=quantization, **(collection_options or {})
+            ),
         )
         log.info("embedding %d rows from %d files into %s", total, len(reader.sources), store.collection)
         meter = ProgressLog(total, every=log_every)
@@ -566,6 +587,14 @@ def embed_catalog(
             summary,
         )
     return summary
+
+
+def _sample(row: QuarantinedRow) -> dict[str, Any]:
+    """A quarantined row for the summary (XCom, task log): the description cut shorter than in the file."""
+    item = row.to_dict()
+    if item.get("description"):
+        item["description"] = item["description"][:SUMMARY_TEXT_CHARS]
+    return item
 
 
 def _bad_files_message(reader: CatalogReader, outcome: str) -> str:
@@ -612,7 +641,7 @@ def _summary(
         "invalid": reader.invalid,
         "invalid_by_reason": dict(reader.invalid_by_reason),
         "duplicates": reader.invalid_by_reason.get(DUPLICATE_REASON, 0),
-        "quarantine": [q.to_dict() for q in reader.quarantine[:QUARANTINE_IN_SUMMARY]],
+        "quarantine": [_sample(q) for q in reader.quarantine[:QUARANTINE_IN_SUMMARY]],
         "quarantine_path": str(out.path) if out is not None else None,
         "quarantined": out.rows if out is not None else len(reader.quarantine),
         "bad_files": dict(reader.bad_files),
