@@ -362,3 +362,18 @@ def test_cluster_options_reach_creation_and_bad_input_still_creates_nothing(
     assert calls == [] and not store.exists()
     run(tmp_path, store, write(tmp_path / "good.parquet", GOOD), collection_options={"shard_number": 2})
     assert calls == [{"quantization": False, "shard_number": 2}]
+
+
+@pytest.mark.slow
+def test_one_megabyte_description_with_the_real_model_is_cut_to_its_token_budget(
+    tmp_path: Path, encoder: Any
+) -> None:
+    from polyglot_catalog.store import vector_name_for
+
+    megabyte = "Massivholz-Esstisch aus geölter Eiche, 180 cm, ausziehbar. " * 17_500  # ~1 MB
+    src = write(tmp_path / "big.parquet", {**GOOD, "description": ["Tisch", megabyte, "Lampe"]})
+    store = CatalogStore(open_client(path=":memory:"), "c", vector_name_for(encoder.model_name))
+    summary = embed_catalog(src, store, encoder, quarantine_path=tmp_path / "q.parquet")
+    assert summary["upserted"] == 3 and summary["truncated"] == 1 and summary["clipped"] == 1
+    text = store.fetch_payloads([point_id("DE", "A2")], ["text"])[point_id("DE", "A2")]["text"]
+    assert encoder.max_seq_length - 40 < encoder.count_tokens([text])[0] <= encoder.max_seq_length
