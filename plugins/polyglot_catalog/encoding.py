@@ -8,6 +8,7 @@ an execution detail: the same texts give the same vectors up to numerical noise.
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,8 +42,8 @@ class _OnnxModel:
 
         ensure_onnx(folder)
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        # ORT's default counts physical cores, which a 2-vCPU VM reports as 1; use what we may run on.
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         name = ONNX_INT8 if quantized else ONNX_FP32
         self.session = ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])

@@ -59,7 +59,9 @@ _KNOWN: dict[str, ModelSpec] = {
             prompt="",
             max_seq_length=128,
         ),
-        ModelSpec("sentence-transformers/LaBSE", "sentence-transformers/LaBSE", prompt="", max_seq_length=256),
+        ModelSpec(
+            "sentence-transformers/LaBSE", "sentence-transformers/LaBSE", prompt="", max_seq_length=256
+        ),
     )
 }
 
