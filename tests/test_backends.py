@@ -41,9 +41,10 @@ def test_onnx_int8_stays_close_to_torch(texts, reference) -> None:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     cosines = np.sum(vectors * reference, axis=1)
     assert cosines.mean() >= 0.99 and cosines.min() >= 0.97
-    # order is preserved although batches are sorted by length internally
-    single = int8.encode([texts[7]])
-    assert float(single[0] @ vectors[7]) == pytest.approx(1.0, abs=1e-4)
+    # order is preserved although batches are sorted by length internally: each vector's nearest
+    # reference is its own text. (Dynamic int8 quantises activations per batch, so the same text in
+    # another batch differs slightly; exact batch invariance holds only for torch and onnx fp32.)
+    assert (vectors @ reference.T).argmax(axis=1).tolist() == list(range(len(texts)))
 
 
 @pytest.mark.slow
