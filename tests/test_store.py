@@ -1,16 +1,30 @@
-"""CatalogStore on a real in-memory Qdrant: lifecycle checks, retried upserts, region-scoped reads."""
+"""CatalogStore on a real in-memory Qdrant: lifecycle checks, retried server calls, region-scoped reads."""
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
 from unittest import mock
 
+import httpx
 import numpy as np
 import pytest
 from fakes import FlakyClient
 from qdrant_client import QdrantClient
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from polyglot_catalog.ids import point_id
-from polyglot_catalog.store import CatalogStore, UpsertError, open_client, vector_name_for
+from polyglot_catalog.store import (
+    INDEXED_FIELDS,
+    MAX_BACKOFF_SECONDS,
+    CatalogStore,
+    UpsertError,
+    is_transient,
+    open_client,
+    vector_name_for,
+)
 
 DIM = 8
 
@@ -198,3 +212,219 @@ def test_bulk_load_restores_indexing(store: CatalogStore) -> None:
     with store.bulk_load():
         load(store, "DE", 2)
     assert store.client.get_collection(store.collection).config.hnsw_config.m == before
+
+
+# -- retries on every server call, and what they show --------------------------------------------
+
+SERVER_BODY = "Authorization: api-key sk-never-print-me"
+
+
+def server_error(status: int) -> UnexpectedResponse:
+    """A Qdrant error response whose raw body echoes a header, as a misconfigured proxy might."""
+    return UnexpectedResponse(
+        status_code=status,
+        reason_phrase="Service Unavailable" if status == 503 else "Error",
+        content=f'{{"status": "error"}}\n{SERVER_BODY}'.encode(),
+        headers=httpx.Headers(),
+    )
+
+
+class FailFirst:
+    """Wraps a client: the first call of each method in ``methods`` raises ``error`` before reaching it."""
+
+    def __init__(self, client: QdrantClient, methods: set[str], error: Exception | None = None) -> None:
+        self._inner = client
+        self.pending = set(methods)
+        self.error = error or ConnectionError("connection reset by peer")
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            if name in self.pending:
+                self.pending.discard(name)
+                raise self.error
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def _ids(region: str, n: int) -> list[str]:
+    return [point_id(region, f"{region}-{i}") for i in range(n)]
+
+
+def _bulk(s: CatalogStore) -> int | None:
+    with s.bulk_load():
+        pass
+    return s.hnsw_m()
+
+
+def _alias(s: CatalogStore) -> list[str]:
+    s.switch_alias("catalog_alias")
+    return CatalogStore(s.client, "catalog_alias", "fake").regions()
+
+
+# client method -> (store operation that calls it, what the operation returns on the loaded store)
+OPERATIONS: dict[str, tuple[Callable[[CatalogStore], Any], Any]] = {
+    "collection_exists": (lambda s: s.exists(), True),
+    "get_collection": (lambda s: s.hnsw_m(), 16),
+    "create_collection": (lambda s: CatalogStore(s.client, "fresh", "fake").ensure_collection(DIM), True),
+    "create_payload_index": (lambda s: CatalogStore(s.client, "fresh", "fake").ensure_collection(DIM), True),
+    "retrieve": (
+        lambda s: s.fetch_hashes(_ids("DE", 2)),
+        dict(zip(_ids("DE", 2), ["h0", "h1"], strict=True)),
+    ),
+    "set_payload": (
+        lambda s: (s.set_payload(_ids("DE", 1), {"status": "stale"}), s.count(status="stale"))[1],
+        1,
+    ),
+    "delete": (lambda s: (s.delete(_ids("DE", 1)), s.count())[1], 3),
+    "scroll": (
+        lambda s: sorted(p["sku"] for page, _ in s.scroll_region("DE") for p in page),
+        ["DE-0", "DE-1"],
+    ),
+    "count": (lambda s: s.count("DE"), 2),
+    "facet": (lambda s: s.regions(), ["DE", "FR"]),
+    "query_batch_points": (
+        lambda s: [p["region"] for row in s.query_region(unit(np.ones((1, DIM))), "FR", k=5) for p, _ in row],
+        ["FR", "FR"],
+    ),
+    "upsert": (lambda s: s.upsert(_ids("US", 1), unit(np.ones((1, DIM))), [{"region": "US"}]), 1),
+    "update_collection": (_bulk, 16),
+    "get_aliases": (_alias, ["DE", "FR"]),
+    "update_collection_aliases": (_alias, ["DE", "FR"]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(OPERATIONS))
+def test_every_server_call_is_retried(store: CatalogStore, method: str) -> None:
+    load(store, "DE", 2)
+    load(store, "FR", 2, seed=1)
+    flaky = FailFirst(store.client, {method})
+    operation, expected = OPERATIONS[method]
+    assert operation(CatalogStore(flaky, store.collection, "fake", backoff=0.0)) == expected
+    assert not flaky.pending, f"{method} was never called"
+    assert flaky.calls[method] >= 2  # the failed call, then its retry
+
+
+def test_rejected_read_is_not_retried(client: QdrantClient) -> None:
+    flaky = FailFirst(client, set())
+    with pytest.raises((ValueError, UnexpectedResponse)):  # local mode / server: no such collection
+        CatalogStore(flaky, "missing", "v", backoff=0.0).count()
+    assert flaky.calls["count"] == 1
+
+
+def test_a_call_that_keeps_failing_raises_its_own_error_after_bounded_backoff() -> None:
+    class Down:
+        calls = 0
+
+        def collection_exists(self, name: str) -> bool:
+            Down.calls += 1
+            raise ConnectionError("connection refused")
+
+    store = CatalogStore(Down(), "c", "v", max_retries=8, backoff=10.0)  # type: ignore[arg-type]
+    with mock.patch("polyglot_catalog.store.time.sleep") as sleep, pytest.raises(ConnectionError):
+        store.exists()
+    assert Down.calls == 9
+    delays = [c.args[0] for c in sleep.call_args_list]
+    assert delays[:2] == [10.0, 20.0] and max(delays) == MAX_BACKOFF_SECONDS
+
+
+def test_errors_show_only_the_first_line_of_a_server_response(client: QdrantClient, caplog) -> None:
+    flaky = FlakyClient(client, failures=100, error=server_error(503))
+    store = CatalogStore(flaky, "c", "v", backoff=0.0, max_retries=1)
+    store.ensure_collection(DIM)
+    with caplog.at_level(logging.WARNING), pytest.raises(UpsertError) as caught:
+        store.upsert([point_id("DE", "a")], unit(np.ones((1, DIM))), [{}])
+    assert caught.value.reason == "UnexpectedResponse: Unexpected Response: 503 (Service Unavailable)"
+    assert SERVER_BODY not in str(caught.value)
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 1 and "503 (Service Unavailable)" in retries[0]
+    assert SERVER_BODY not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (server_error(503), True),
+        (server_error(429), True),
+        (server_error(404), False),
+        (server_error(403), False),
+        (ResponseHandlingException(httpx.ConnectError("refused")), True),
+        (httpx.ReadTimeout("slow"), True),
+        (ConnectionError("reset"), True),
+        (TimeoutError(), True),
+        (ValueError("Collection c not found"), False),  # local mode's "not found"
+        (RuntimeError("a bug"), False),
+        (AttributeError("a bug"), False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else str(v),
+)
+def test_is_transient(error: Exception, transient: bool) -> None:
+    assert is_transient(error) is transient
+
+
+# -- collection lifecycle on bad days ------------------------------------------------------------
+
+
+def _server(client: QdrantClient) -> bool:
+    from qdrant_client.local.qdrant_local import QdrantLocal
+
+    return not isinstance(client._client, QdrantLocal)
+
+
+def test_ensure_collection_adds_the_indexes_a_killed_creation_left_out(client: QdrantClient) -> None:
+    from qdrant_client import models
+
+    # What a kill between create_collection and create_payload_index leaves behind.
+    client.create_collection(
+        "c", vectors_config={"v": models.VectorParams(size=DIM, distance=models.Distance.COSINE)}
+    )
+    store = CatalogStore(client, "c", "v")
+    with mock.patch.object(client, "create_payload_index", wraps=client.create_payload_index) as index:
+        assert store.ensure_collection(DIM) is False
+    assert [c.args[1] for c in index.call_args_list] == list(INDEXED_FIELDS)
+    if _server(client):  # local mode keeps no payload indexes to look at
+        assert set(INDEXED_FIELDS) <= set(client.get_collection("c").payload_schema)
+        with mock.patch.object(client, "create_payload_index") as again:
+            store.ensure_collection(DIM)
+        again.assert_not_called()  # a healthy collection is left alone
+
+
+@pytest.mark.parametrize(
+    "error",
+    [server_error(409), ConnectionError("answer lost")],
+    ids=["another-writer-created-it", "our-retried-create-did"],
+)
+def test_collection_created_meanwhile_is_used_not_an_error(client: QdrantClient, error: Exception) -> None:
+    class CreatedMeanwhile(FailFirst):
+        def __getattr__(self, name: str) -> Any:
+            if name == "create_collection" and self.pending:
+                real = self._inner.create_collection
+
+                def create(*args: Any, **kwargs: Any) -> Any:
+                    self.pending.clear()
+                    real(*args, **kwargs)  # it reaches Qdrant ...
+                    raise error  # ... and the answer is an error
+
+                return create
+            return super().__getattr__(name)
+
+    flaky = CreatedMeanwhile(client, {"create_collection"})
+    store = CatalogStore(flaky, "c", "v", backoff=0.0)
+    assert store.ensure_collection(DIM) is False  # not ours: no bulk-load mode
+    assert store.exists() and store.count() == 0
+    with pytest.raises(ValueError, match="expected size 4"):
+        CatalogStore(flaky, "c", "v").ensure_collection(4)
+
+
+def test_hnsw_m_reads_the_index_setting(store: CatalogStore) -> None:
+    assert store.hnsw_m() == store.client.get_collection(store.collection).config.hnsw_config.m
+    with store.bulk_load():
+        # Local mode has no HNSW and keeps m; a server has indexing off while loading.
+        assert store.hnsw_m() == (0 if _server(store.client) else 16)
+    assert store.hnsw_m() == 16

@@ -36,7 +36,14 @@ import pyarrow.compute as pc
 from polyglot_catalog.ids import content_hash, point_id
 from polyglot_catalog.quarantine import QuarantineWriter
 from polyglot_catalog.reading import CatalogReader, QuarantinedRow, SourceBatch, SourceLike
-from polyglot_catalog.store import ACTIVE, STALE, CatalogStore, UpsertError, _is_transient
+from polyglot_catalog.store import (
+    ACTIVE,
+    STALE,
+    CatalogStore,
+    UpsertError,
+    describe_error,
+    is_transient,
+)
 from polyglot_catalog.text import TextTemplate
 
 log = logging.getLogger(__name__)
@@ -47,7 +54,6 @@ QUARANTINE_IN_SUMMARY = 20  # the summary goes to XCom: a sample, not the whole 
 SUMMARY_TEXT_CHARS = 120  # of a quarantined description, in that sample
 PROGRESS_MSG = "embed: %d/%d rows (%.0f%%), %.0f rows/s, ETA %s"
 BAD_FILE_POLICIES = ("fail_at_end", "fail_fast")
-MAX_BACKOFF_SECONDS = 30.0  # one wait between retries never exceeds this, whatever max_retries is
 # Carried payload strings longer than this are cut: a 1 MB description column would otherwise ride
 # along in every upsert request (Qdrant's REST limit is 32 MB per request by default). ``text`` is
 # already cut to the model's token budget.
@@ -128,14 +134,6 @@ def _chain(cause: BaseException, error: BaseException) -> BaseException | None:
     from qdrant_client.http.exceptions import UnexpectedResponse
 
     return None if isinstance(cause, UnexpectedResponse) else error
-
-
-def _reason(error: BaseException) -> str:
-    """First line of an error with its type; transport errors often wrap an empty-looking cause."""
-    text = str(error).splitlines()[0] if str(error) else ""
-    if not text and error.__cause__ is not None:
-        text = str(error.__cause__).splitlines()[0] if str(error.__cause__) else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def describe_endpoint(client: Any) -> str:
@@ -291,47 +289,41 @@ class _EmbedRun:
         self.embedded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.endpoint = describe_endpoint(store.client)
 
-    def call(self, step: str, stage: str | None, fn: Callable[[], Any], *, retry: bool = True) -> Any:
-        """Run one store call; transient failures retried with bounded backoff, then one clear error.
+    def call(self, step: str, stage: str | None, fn: Callable[[], Any]) -> Any:
+        """Run one store step; a Qdrant failure becomes one error naming the endpoint and what was written.
 
-        Why here as well as in the store: the store retries upserts only, but the first thing a run
-        does with Qdrant is a lookup, and an outage usually shows there. Upserts pass ``retry=False``
-        (the store already retried them) and only get the endpoint added to the message. Errors that
-        are not Qdrant's (a dimension mismatch, a bug) pass through unchanged.
+        The store already retried transient failures with bounded backoff (every server call, see
+        :meth:`CatalogStore._with_retries`), so this only adds context: which step, how many attempts,
+        how many points were acknowledged. Errors that are not Qdrant's (a dimension mismatch, a bug)
+        pass through unchanged.
         """
-        attempts = self.store.max_retries + 1 if retry else 1
-        for attempt in range(attempts):
-            try:
-                return fn() if stage is None else self.timer.timed(stage, fn)
-            except StoreUnavailableError:
+        try:
+            return fn() if stage is None else self.timer.timed(stage, fn)
+        except StoreUnavailableError:
+            raise
+        except UpsertError as e:  # the store names the batch; its cause is the Qdrant error
+            cause = e.__cause__ or e
+            raise self._unavailable(step, cause, self._attempts(cause), e.ids) from _chain(cause, e)
+        except Exception as e:
+            if not _is_qdrant_error(e):
                 raise
-            except UpsertError as e:  # the store already retried this batch
-                cause = e.__cause__ or e
-                tries = self.store.max_retries + 1 if _is_transient(cause) else 1
-                raise self._unavailable(step, cause, tries, e.ids) from _chain(cause, e)
-            except Exception as e:
-                if not _is_qdrant_error(e):
-                    raise
-                if not _is_transient(e) or attempt == attempts - 1:
-                    raise self._unavailable(step, e, attempt + 1) from _chain(e, e)
-                delay = min(self.store.backoff * 2**attempt, MAX_BACKOFF_SECONDS)
-                log.warning(
-                    "Qdrant at %s: %s failed (%s); retry %d/%d in %.1fs",
-                    self.endpoint,
-                    step,
-                    _reason(e),
-                    attempt + 1,
-                    attempts - 1,
-                    delay,
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable: the last attempt raises")
+            raise self._unavailable(step, e, self._attempts(e)) from _chain(e, e)
+
+    def _attempts(self, error: BaseException) -> int:
+        """Attempts the store made: all of them for a transient error, one for any other."""
+        return self.store.max_retries + 1 if is_transient(error) else 1
 
     def _unavailable(
         self, step: str, error: BaseException, attempts: int, ids: Sequence[str] = ()
     ) -> StoreUnavailableError:
         return StoreUnavailableError(
-            self.endpoint, self.store.collection, step, attempts, _reason(error), self.counts["upserted"], ids
+            self.endpoint,
+            self.store.collection,
+            step,
+            attempts,
+            describe_error(error),
+            self.counts["upserted"],
+            ids,
         )
 
     def process(self, part: SourceBatch) -> None:
@@ -367,7 +359,6 @@ class _EmbedRun:
             "upsert",
             "upsert",
             lambda: self.store.upsert([ids[i] for i in changed], vectors, payloads),
-            retry=False,
         )
         self.counts["upserted"] += written
 
@@ -613,11 +604,11 @@ def _bulk_load(store: CatalogStore, created: bool) -> Any:
     if created:
         return store.bulk_load()
     try:
-        hnsw = store.client.get_collection(store.collection).config.hnsw_config
+        m = store.hnsw_m()
     except Exception as e:  # only an optimisation: a failure here must not fail the run
-        log.debug("could not read the HNSW config of %s: %s", store.collection, e)
+        log.debug("could not read the HNSW config of %s: %s", store.collection, describe_error(e))
         return nullcontext()
-    if getattr(hnsw, "m", None) == 0:
+    if m == 0:
         log.warning(
             "collection %s has HNSW indexing off (an interrupted bulk load); resuming", store.collection
         )

@@ -7,21 +7,24 @@ collection being read is never half old model, half new. Works the same on a ser
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from qdrant_client import QdrantClient, models
-from qdrant_client.http.exceptions import UnexpectedResponse
+from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 DEFAULT_TIMEOUT = 60
+MAX_BACKOFF_SECONDS = 30.0  # one wait between retries never exceeds this, whatever max_retries is
 INDEXED_FIELDS = ("region", "language", "status")
 STALE = "stale"
 ACTIVE = "active"
@@ -47,16 +50,25 @@ def open_client(
     path: str | None = None,
     api_key: str | None = None,
     timeout: int = DEFAULT_TIMEOUT,
+    embedded: str | None = None,
 ) -> QdrantClient:
     """A client for a server (``url``) or local mode (``path``; ``":memory:"`` for a throwaway one).
 
+    ``embedded`` (or ``$POLYGLOT_EMBEDDED_STORE``) picks the engine behind ``path``: ``edge``
+    (qdrant-edge, Qdrant's Rust engine in-process, see :mod:`.edge_store`) or ``local``
+    (qdrant-client's local mode); a folder that already holds a store keeps its engine.
+
     Raises:
-        ValueError: unless exactly one of ``url`` and ``path`` is given.
+        ValueError: unless exactly one of ``url`` and ``path`` is given; an unknown ``embedded``.
     """
     if (url is None) == (path is None):
         raise ValueError(f"pass exactly one of url or path; got url={url!r}, path={path!r}")
     if url is not None:
         return QdrantClient(url=url, api_key=api_key, timeout=timeout)
+    from .edge_store import EdgeClient, embedded_backend
+
+    if embedded_backend(path, embedded) == "edge":
+        return EdgeClient(None if path == ":memory:" else path)  # type: ignore[return-value]
     if path == ":memory:":
         return QdrantClient(location=":memory:")
     return QdrantClient(path=path)
@@ -72,11 +84,54 @@ def _region_filter(region: str | None, include_stale: bool) -> models.Filter | N
     return models.Filter(must=must, must_not=must_not) if must or must_not else None
 
 
-def _is_transient(error: Exception) -> bool:
-    """Worth retrying: timeouts, connection trouble, 5xx/429. A rejected request (4xx, bad input) is not."""
+_TRANSIENT_GRPC_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth retrying: connection trouble, timeouts, 429 and 5xx answers.
+
+    A rejected request (4xx), bad input (ValueError: local mode's "not found", a wrong vector size)
+    and our own bugs are not: retrying them only delays the same error.
+    """
     if isinstance(error, UnexpectedResponse):
         return error.status_code is None or error.status_code == 429 or error.status_code >= 500
-    return not isinstance(error, ValueError | TypeError | KeyError)
+    if isinstance(error, ApiException | OSError | TimeoutError):  # REST transport errors wrap as ApiException
+        return True
+    try:
+        import grpc
+        import httpx
+    except ImportError:  # pragma: no cover - both ship with qdrant-client
+        return False
+    if isinstance(error, httpx.TransportError):
+        return True
+    if isinstance(error, grpc.RpcError):
+        code = getattr(error, "code", None)
+        return callable(code) and getattr(code(), "name", None) in _TRANSIENT_GRPC_CODES
+    return False
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: first line`` of an error, for messages and logs.
+
+    Why only the first line: a Qdrant error response carries the raw server body, which a proxy may
+    fill with the request's headers (the API key among them). Transport errors often have an empty
+    message and say what happened in their cause, so that is used when the error itself is blank.
+    """
+    text = str(error).splitlines()[0] if str(error) else ""
+    if not text and error.__cause__ is not None:
+        text = str(error.__cause__).splitlines()[0] if str(error.__cause__) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _is_local(client: Any) -> bool:
+    """Local mode (a path or ``:memory:``), which has no payload indexes and no HNSW."""
+    from qdrant_client.local.qdrant_local import QdrantLocal
+
+    return isinstance(getattr(client, "_client", None), QdrantLocal)
+
+
+def _hnsw(m: int) -> models.HnswConfigDiff:
+    return models.HnswConfigDiff(m=m)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -92,8 +147,10 @@ class CatalogStore:
         collection (str): collection or alias name.
         vector_name (str): named vector to write/read, see :func:`vector_name_for`.
         upsert_batch_size (int): points per upsert request. Defaults to 256.
-        max_retries (int): retries per failed upsert batch. Defaults to 3.
-        backoff (float): first retry delay in seconds, doubled each retry. Defaults to 0.5.
+        max_retries (int): retries of each server call (every read and write, one upsert batch at a
+            time) that failed transiently (see :func:`is_transient`). Defaults to 3.
+        backoff (float): first retry delay in seconds, doubled each retry and capped at
+            ``MAX_BACKOFF_SECONDS``. Defaults to 0.5.
     """
 
     def __init__(
@@ -116,7 +173,13 @@ class CatalogStore:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return self.client.collection_exists(self.collection)
+        """Whether the collection (or alias) exists."""
+        return self._call("collection check", self.client.collection_exists, self.collection)
+
+    def hnsw_m(self) -> int | None:
+        """The collection's HNSW ``m``: 0 while a bulk load runs (or after one was killed); None if unset."""
+        info = self._call("collection info", self.client.get_collection, self.collection)
+        return getattr(getattr(info.config, "hnsw_config", None), "m", None)
 
     def ensure_collection(
         self,
@@ -132,7 +195,9 @@ class CatalogStore:
 
         The cluster options only matter at creation (Qdrant cannot reshard an existing collection
         this way), so on an existing collection they are ignored rather than checked. Local mode
-        ignores them too: it has a single shard and no replicas.
+        ignores them too: it has a single shard and no replicas. Payload indexes missing from an
+        existing collection are created, because a run killed between creating the collection and
+        its indexes would otherwise leave region-filtered reads unindexed for good.
 
         Args:
             dim (int): vector size of the model.
@@ -150,7 +215,7 @@ class CatalogStore:
                 the vector (a new model needs its own collection; see :meth:`switch_alias`).
         """
         if self.exists():
-            self._check(dim)
+            self._check_existing(dim)
             return False
         quant = (
             models.ScalarQuantization(
@@ -159,27 +224,61 @@ class CatalogStore:
             if quantization
             else None
         )
-        self.client.create_collection(
-            self.collection,
-            vectors_config={
-                self.vector_name: models.VectorParams(
-                    size=dim, distance=models.Distance.COSINE, on_disk=on_disk
-                )
-            },
-            quantization_config=quant,
-            shard_number=shard_number,
-            replication_factor=replication_factor,
-            write_consistency_factor=write_consistency_factor,
-        )
-        with warnings.catch_warnings():  # local mode warns that indexes do nothing there; harmless
-            warnings.filterwarnings("ignore", message="Payload indexes have no effect")
-            for name in INDEXED_FIELDS:
-                self.client.create_payload_index(self.collection, name, models.PayloadSchemaType.KEYWORD)
+        try:
+            self._call(
+                "create collection",
+                self.client.create_collection,
+                self.collection,
+                vectors_config={
+                    self.vector_name: models.VectorParams(
+                        size=dim, distance=models.Distance.COSINE, on_disk=on_disk
+                    )
+                },
+                quantization_config=quant,
+                shard_number=shard_number,
+                replication_factor=replication_factor,
+                write_consistency_factor=write_consistency_factor,
+            )
+        except Exception:
+            # Another writer (a parallel mapped task) created it first, or our own retried request
+            # did and only its answer was lost: the collection is there, so check it as found.
+            if not self.exists():
+                raise
+            log.info("collection %s was created concurrently; using it", self.collection)
+            self._check_existing(dim)
+            return False
+        self._ensure_indexes({})
         log.info("created collection %s (%s: %d dims, cosine)", self.collection, self.vector_name, dim)
         return True
 
-    def _check(self, dim: int) -> None:
-        vectors = self.client.get_collection(self.collection).config.params.vectors
+    def _check_existing(self, dim: int) -> None:
+        """Check an existing collection fits, and add payload indexes a killed creation left out."""
+        info = self._call("collection info", self.client.get_collection, self.collection)
+        self._check(info.config.params.vectors, dim)
+        created = self._ensure_indexes(info.payload_schema or {})
+        if created and not _is_local(self.client):  # local mode keeps no indexes: nothing was missing
+            log.warning(
+                "collection %s lacked payload indexes %s (its creation was interrupted); created them",
+                self.collection,
+                created,
+            )
+
+    def _ensure_indexes(self, present: Mapping[str, Any]) -> list[str]:
+        """Create the keyword indexes of ``INDEXED_FIELDS`` missing from ``present``; returns them."""
+        missing = [name for name in INDEXED_FIELDS if name not in present]
+        with warnings.catch_warnings():  # local mode warns that indexes do nothing there; harmless
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+            for name in missing:
+                self._call(
+                    "payload index creation",
+                    self.client.create_payload_index,
+                    self.collection,
+                    name,
+                    models.PayloadSchemaType.KEYWORD,
+                )
+        return missing
+
+    def _check(self, vectors: Any, dim: int) -> None:
         named = vectors if isinstance(vectors, dict) else {"": vectors}
         if self.vector_name not in named:
             raise ValueError(
@@ -200,25 +299,27 @@ class CatalogStore:
 
         A no-op in local mode, which has no HNSW index.
         """
-        m = self.client.get_collection(self.collection).config.hnsw_config.m
-        self.client.update_collection(self.collection, hnsw_config=models.HnswConfigDiff(m=0))
+        m = self.hnsw_m()
+        self._call("index update", self.client.update_collection, self.collection, hnsw_config=_hnsw(0))
         try:
             yield
         finally:
-            self.client.update_collection(self.collection, hnsw_config=models.HnswConfigDiff(m=m or 16))
+            self._call(
+                "index update", self.client.update_collection, self.collection, hnsw_config=_hnsw(m or 16)
+            )
 
     def switch_alias(self, alias: str, collection: str | None = None) -> None:
         """Atomically point ``alias`` at ``collection`` (default: this store's collection)."""
         target = collection or self.collection
         ops: list[models.AliasOperations] = []
-        if any(a.alias_name == alias for a in self.client.get_aliases().aliases):
+        if any(a.alias_name == alias for a in self._call("alias lookup", self.client.get_aliases).aliases):
             ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
         ops.append(
             models.CreateAliasOperation(
                 create_alias=models.CreateAlias(collection_name=target, alias_name=alias)
             )
         )
-        self.client.update_collection_aliases(change_aliases_operations=ops)
+        self._call("alias update", self.client.update_collection_aliases, change_aliases_operations=ops)
         log.info("alias %s -> %s", alias, target)
 
     # -- writes ----------------------------------------------------------------------------------
@@ -241,34 +342,65 @@ class CatalogStore:
                 payloads=list(payloads[part]),
             )
             self._with_retries(
-                list(ids[part]), lambda b=batch: self.client.upsert(self.collection, b, wait=True)
+                "upsert",
+                functools.partial(self.client.upsert, self.collection, batch, wait=True),
+                ids=list(ids[part]),
             )
             written += part.stop - part.start
         return written
 
-    def _with_retries(self, ids: list[str], call: Any) -> None:
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, a server call, retried like every other (see :meth:`_with_retries`)."""
+        return self._with_retries(what, functools.partial(fn, *args, **kwargs))
+
+    def _with_retries(self, what: str, call: Callable[[], T], *, ids: Sequence[str] | None = None) -> T:
+        """Run one server call; retry transient failures with doubling, capped backoff.
+
+        Why every call and not just upserts: an outage shows first wherever the run happens to be
+        (usually the first lookup), and each call here is idempotent (deterministic ids, set payload,
+        delete, reads), so repeating it is safe. After the last attempt, or at once for an error that
+        is not transient, the error is raised as it is; an upsert (``ids`` given) raises
+        :class:`UpsertError` naming the batch instead. Logs show only the error's first line.
+        """
         for attempt in range(self.max_retries + 1):
             try:
-                call()
-                return
+                return call()
             except Exception as e:  # transport errors differ between REST, gRPC and local mode
-                if attempt == self.max_retries or not _is_transient(e):
-                    raise UpsertError(self.collection, ids, f"{type(e).__name__}: {e}") from e
-                delay = self.backoff * 2**attempt
+                if attempt == self.max_retries or not is_transient(e):
+                    if ids is not None:
+                        raise UpsertError(self.collection, ids, describe_error(e)) from e
+                    raise
+                delay = min(self.backoff * 2**attempt, MAX_BACKOFF_SECONDS)
                 log.warning(
-                    "upsert of %d points failed (%s); retry %d in %.1fs", len(ids), e, attempt + 1, delay
+                    "Qdrant %s on collection %s failed (%s); retry %d/%d in %.1fs",
+                    what if ids is None else f"{what} of {len(ids)} points",
+                    self.collection,
+                    describe_error(e),
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
                 )
                 time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
         """Merge ``payload`` into the given points (e.g. ``{"status": "stale"}``)."""
         for part in _chunks(len(ids), self.upsert_batch_size):
-            self.client.set_payload(self.collection, payload=payload, points=list(ids[part]), wait=True)
+            self._call(
+                "payload update",
+                self.client.set_payload,
+                self.collection,
+                payload=payload,
+                points=list(ids[part]),
+                wait=True,
+            )
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove the given points."""
         for part in _chunks(len(ids), self.upsert_batch_size):
-            self.client.delete(self.collection, points_selector=list(ids[part]), wait=True)
+            self._call(
+                "delete", self.client.delete, self.collection, points_selector=list(ids[part]), wait=True
+            )
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -276,8 +408,13 @@ class CatalogStore:
         """Selected payload fields of the points that exist, in one retrieve without vectors."""
         if not ids:
             return {}
-        records = self.client.retrieve(
-            self.collection, list(ids), with_payload=list(fields), with_vectors=False
+        records = self._call(
+            "retrieve",
+            self.client.retrieve,
+            self.collection,
+            list(ids),
+            with_payload=list(fields),
+            with_vectors=False,
         )
         return {str(r.id): r.payload or {} for r in records}
 
@@ -288,7 +425,9 @@ class CatalogStore:
 
     def regions(self) -> list[str]:
         """Distinct regions in the collection, sorted."""
-        hits = self.client.facet(self.collection, "region", limit=10_000, exact=True).hits
+        hits = self._call(
+            "facet", self.client.facet, self.collection, "region", limit=10_000, exact=True
+        ).hits
         return sorted(str(h.value) for h in hits)
 
     def scroll_region(
@@ -308,7 +447,9 @@ class CatalogStore:
         """
         offset = None
         while True:
-            records, offset = self.client.scroll(
+            records, offset = self._call(
+                "scroll",
+                self.client.scroll,
                 self.collection,
                 scroll_filter=_region_filter(region, include_stale),
                 limit=batch_size,
@@ -346,7 +487,10 @@ class CatalogStore:
                 )
                 for v in vectors[part]
             ]
-            for response in self.client.query_batch_points(self.collection, requests=requests):
+            responses = self._call(
+                "query", self.client.query_batch_points, self.collection, requests=requests
+            )
+            for response in responses:
                 results.append([({**(p.payload or {}), "id": str(p.id)}, p.score) for p in response.points])
         return results
 
@@ -354,7 +498,7 @@ class CatalogStore:
         """Exact number of points, optionally within one region and/or status."""
         must = [_match(k, v) for k, v in (("region", region), ("status", status)) if v is not None]
         flt = models.Filter(must=must) if must else None
-        return self.client.count(self.collection, count_filter=flt, exact=True).count
+        return self._call("count", self.client.count, self.collection, count_filter=flt, exact=True).count
 
     def stats(self) -> dict[str, Any]:
         """JSON-safe counts: ``{"points": n, "stale": s, "regions": {region: n}}``."""
