@@ -12,7 +12,11 @@ the collection asset as updated, naming the collection in the event, which sched
 * **Store**: the `qdrant_default` connection (server URL + API key, or `extra.path` for local mode);
   without that connection, embedded Qdrant under `$POLYGLOT_DATA_DIR/qdrant`.
 * **Trigger form**: backfill one file or one region folder by changing `source`; `full_refresh`
-  re-embeds rows whose content did not change.
+  re-embeds rows whose content did not change; `max_invalid`, `on_bad_file` and `allowed_regions`
+  set how strict the input check is.
+* **Bad input**: rejected rows and files land in `$POLYGLOT_DATA_DIR/quarantine/<run id>/<map
+  index>.parquet`, one file per task. A bad file or too many invalid rows fails the task without
+  retries (the input would not change); a Qdrant outage is retried.
 * **Schedule**: nightly, or as soon as the catalog source asset is updated by an upstream export.
 """
 
@@ -28,6 +32,8 @@ from polyglot_catalog.models.registry import DEFAULT_MODEL
 from polyglot_catalog.provider.operators import (
     COLLECTION_PATTERN,
     DEFAULT_COLLECTION,
+    MODEL_PATTERN,
+    REGION_PATTERN,
     EmbedCatalogOperator,
     ReconcileCatalogOperator,
     collection_asset,
@@ -37,6 +43,8 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEMO_DIR = PROJECT_DIR / "include" / "demo_catalog"
 DEFAULT_SOURCE = str(DEMO_DIR / "*.parquet")
 LABELS_FILE_NAME = "labels.parquet"
+# As a string: a count ("100", what a text field sends) or a percentage within 0-100% ("5%", "0.5%").
+MAX_INVALID_TEXT_PATTERN = r"^(\d+|(100(\.0+)?|\d{1,2}(\.\d+)?)%)$"
 
 SOURCE_ASSET = Asset(name="polyglot_catalog_source", uri=f"file://{DEMO_DIR}")
 COLLECTION_ASSET = collection_asset(DEFAULT_COLLECTION)
@@ -71,7 +79,7 @@ COLLECTION_ASSET = collection_asset(DEFAULT_COLLECTION)
         "model": Param(
             DEFAULT_MODEL,
             type="string",
-            minLength=1,
+            pattern=MODEL_PATTERN,
             title="Model",
             description="Model registry name, hub id or local folder; a new model means new vectors.",
         ),
@@ -88,6 +96,33 @@ COLLECTION_ASSET = collection_asset(DEFAULT_COLLECTION)
             title="Vanished SKUs",
             description="Stored SKUs of an embedded region that are missing from the source: "
             "flag them stale (skipped by matching), keep them, or delete them.",
+        ),
+        "max_invalid": Param(
+            None,
+            type=["null", "integer", "string"],
+            minimum=0,
+            pattern=MAX_INVALID_TEXT_PATTERN,
+            title="Most invalid rows",
+            description="Rejected rows a file may have before its task fails: a count (100) or a share "
+            'of the rows read ("5%"); empty means no limit. The valid rows are embedded either way.',
+        ),
+        "on_bad_file": Param(
+            "fail_at_end",
+            type="string",
+            enum=["fail_at_end", "fail_fast"],
+            title="On a bad file",
+            description="An unreadable file (not Parquet, corrupt, columns missing): fail_at_end "
+            "embeds the rest of the task's input first, fail_fast stops at once. Both fail the task "
+            "without retries.",
+        ),
+        "allowed_regions": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string", "pattern": REGION_PATTERN},
+            uniqueItems=True,
+            title="Allowed regions",
+            description="Regions to accept, one per line (exact, case-sensitive); rows of any other "
+            "region are quarantined. Empty accepts every region.",
         ),
     },
 )
@@ -114,6 +149,9 @@ def catalog_embed() -> None:
         model="{{ params.model }}",
         full_refresh="{{ params.full_refresh }}",
         vanished="keep",
+        max_invalid="{{ params.max_invalid }}",
+        on_bad_file="{{ params.on_bad_file }}",
+        allowed_regions="{{ (params.allowed_regions or []) | join(',') }}",
     ).expand(source=files)
 
     ReconcileCatalogOperator(

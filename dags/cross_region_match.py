@@ -6,11 +6,13 @@ filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
 `unmatched.parquet`, `summary.json` and a self-contained `report.html`.
 
 * **Schedule**: runs whenever catalog_embed updates the collection asset (asset-aware scheduling)
-  and then matches the collection named in the newest triggering event; or by hand with the
-  trigger form, which matches the `collection` param.
+  and then matches the collection and model named in the newest triggering event; or by hand with
+  the trigger form, which matches the `collection` and `model` params.
 * **Reports**: under `$POLYGLOT_DATA_DIR/reports/<out_name or run id>`.
 * **Labels**: a Parquet file with `region, sku, group_id`; when set, `summary.json` carries precision,
-  recall and F1. Defaults to the demo labels when the demo catalog is present.
+  recall and F1. Defaults to the demo labels when the demo catalog is present. The labels only
+  score the matches unless `calibrate_on_labels` is on, which also tunes the matcher on them and
+  makes those figures optimistic (`calibrated_on_labels` in the summary).
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from polyglot_catalog.models.registry import DEFAULT_MODEL
 from polyglot_catalog.provider.operators import (
     COLLECTION_PATTERN,
     DEFAULT_COLLECTION,
+    MODEL_PATTERN,
+    REGION_PATTERN,
     MatchCatalogOperator,
     collection_asset,
     triggered_collection,
+    triggered_model,
 )
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEMO_LABELS = PROJECT_DIR / "include" / "demo_catalog" / "labels.parquet"
-REGION_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
 
 
@@ -42,7 +46,7 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    user_defined_macros={"triggered_collection": triggered_collection},
+    user_defined_macros={"triggered_collection": triggered_collection, "triggered_model": triggered_model},
     doc_md=__doc__,
     tags=["polyglot-catalog", "match", "qdrant"],
     default_args={"owner": "polyglot-catalog", "retries": 2, "retry_delay": timedelta(minutes=1)},
@@ -58,9 +62,10 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
         "model": Param(
             DEFAULT_MODEL,
             type="string",
-            minLength=1,
+            pattern=MODEL_PATTERN,
             title="Model",
-            description="Model whose vectors were stored (selects the named vector).",
+            description="Model whose vectors were stored (selects the named vector); an "
+            "asset-triggered run uses the model named in the triggering event instead.",
         ),
         "regions": Param(
             None,
@@ -84,6 +89,14 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
             title="Labels",
             description="Optional Parquet with region, sku, group_id to score the matches against.",
         ),
+        "calibrate_on_labels": Param(
+            False,
+            type="boolean",
+            title="Calibrate on labels",
+            description="Also fit the scorer and pick the threshold on the labels. The reported "
+            "precision and recall are then measured on the data the matcher was tuned on "
+            "(optimistic); leave off for honest figures.",
+        ),
         "out_name": Param(
             "",
             type="string",
@@ -99,10 +112,11 @@ def cross_region_match() -> None:
     MatchCatalogOperator(
         task_id="match_regions",
         collection="{{ triggered_collection(triggering_asset_events, params.collection) }}",
-        model="{{ params.model }}",
+        model="{{ triggered_model(triggering_asset_events, params.model) }}",
         regions="{{ (params.regions or []) | join(',') }}",
         threshold="{{ params.threshold }}",
         labels="{{ params.labels or '' }}",
+        calibrate_on_labels="{{ params.calibrate_on_labels }}",
         out_name="{{ params.out_name }}",
     )
     # [END match_operator]

@@ -47,6 +47,9 @@ def test_embed_maps_one_task_per_file_then_one_reduce_updates_the_collection_ass
     assert type(embed).__name__ == "MappedOperator"
     assert set(embed.expand_input.value) == {"source"}  # mapped over the listed files, nothing else
     assert embed.partial_kwargs["vanished"] == "keep"  # a shard cannot tell what vanished
+    for name in ("max_invalid", "on_bad_file"):  # the trigger form's input policy reaches each shard
+        assert embed.partial_kwargs[name] == f"{{{{ params.{name} }}}}"
+    assert "params.allowed_regions" in embed.partial_kwargs["allowed_regions"]
     assert dag.get_task("list_parquet_files").downstream_task_ids == {"embed_file", "reconcile_vanished"}
     reduce = dag.get_task("reconcile_vanished")
     assert type(reduce).__name__ == "ReconcileCatalogOperator"
@@ -66,7 +69,7 @@ def test_match_is_scheduled_on_the_collection_asset(bag):
     assert [t.task_id for t in dag.tasks] == ["match_regions"]
 
 
-def _asset_event(collection: str, minute: int = 0):
+def _asset_event(collection: str, minute: int = 0, model: str | None = None):
     from datetime import UTC, datetime
 
     from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
@@ -76,7 +79,13 @@ def _asset_event(collection: str, minute: int = 0):
     asset = collection_asset()
     return AssetEventDagRunReferenceResult(
         asset={"name": asset.name, "uri": asset.uri, "extra": {}},
-        extra={"collection": collection, "files": 3, "upserted": 9, "flagged": 0},
+        extra={
+            "collection": collection,
+            **({"model": model} if model else {}),
+            "files": 3,
+            "upserted": 9,
+            "flagged": 0,
+        },
         source_task_id="reconcile_vanished",
         source_dag_id="catalog_embed",
         source_run_id=f"run-{minute}",
@@ -89,25 +98,54 @@ def _asset_event(collection: str, minute: int = 0):
 @pytest.mark.parametrize(
     ("events", "expected"),
     [
-        pytest.param([], "from_param", id="manual-run-uses-the-param"),
-        pytest.param([("cat_v2", 0)], "cat_v2", id="asset-run-uses-the-event"),
-        pytest.param([("old", 1), ("newest", 5), ("older", 0)], "newest", id="newest-event-wins"),
+        pytest.param([], ("from_param", "param-model"), id="manual-run-uses-the-params"),
+        pytest.param([("cat_v2", 0, None)], ("cat_v2", "param-model"), id="event-without-model"),
+        pytest.param([("cat_v2", 0, "m2")], ("cat_v2", "m2"), id="asset-run-uses-the-event"),
+        pytest.param(
+            [("old", 1, "m-old"), ("newest", 5, "m-new"), ("older", 0, "m-older")],
+            ("newest", "m-new"),
+            id="newest-event-wins",
+        ),
     ],
 )
-def test_match_renders_the_collection_of_the_triggering_event(bag, events, expected):
+def test_match_renders_the_collection_and_model_of_the_triggering_event(bag, events, expected):
     """What the worker does: render the match task with the Task SDK's triggering_asset_events."""
     from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
 
     dag = bag.dags["cross_region_match"]
     task = dag.get_task("match_regions").prepare_for_execution()
     context = {
-        "params": {**dag.params.dump(), "collection": "from_param"},
+        "params": {**dag.params.dump(), "collection": "from_param", "model": "param-model"},
         "triggering_asset_events": TriggeringAssetEventsAccessor.build(
-            [_asset_event(name, minute) for name, minute in events]
+            [_asset_event(*event) for event in events]
         ),
     }
     task.render_template_fields(context)
-    assert task.collection == expected
+    assert (task.collection, task.model) == expected
+
+
+def test_trigger_form_values_render_into_what_the_operators_parse(bag):
+    from polyglot_catalog.provider.operators import _as_bool, _as_regions
+
+    embed_dag = bag.dags["catalog_embed"]
+    embed = embed_dag.get_task("embed_file")
+    params = {**embed_dag.params.dump(), "max_invalid": "5%", "allowed_regions": ["DE", "FR"]}
+    rendered = {
+        name: embed.render_template(embed.partial_kwargs[name], {"params": params})
+        for name in ("max_invalid", "on_bad_file", "allowed_regions")
+    }
+    assert rendered == {"max_invalid": "5%", "on_bad_file": "fail_at_end", "allowed_regions": "DE,FR"}
+    assert _as_regions(rendered["allowed_regions"]) == ["DE", "FR"]
+    defaults = embed_dag.params.dump()
+    assert (
+        _as_regions(embed.render_template(embed.partial_kwargs["allowed_regions"], {"params": defaults}))
+        is None
+    )
+
+    match_dag = bag.dags["cross_region_match"]
+    task = match_dag.get_task("match_regions").prepare_for_execution()
+    task.render_template_fields({"params": match_dag.params.dump(), "triggering_asset_events": {}})
+    assert _as_bool(task.calibrate_on_labels) is False  # honest metrics unless asked
 
 
 def test_default_source_is_the_demo_catalog_and_labels_default_when_present(bag):
@@ -127,20 +165,44 @@ def _validate(dag, conf: dict) -> dict:
 
 
 GOOD = {
-    "catalog_embed": {"source": "/data/DE.parquet", "collection": "cat_v2", "full_refresh": True},
+    "catalog_embed": {
+        "source": "/data/DE.parquet",
+        "collection": "cat_v2",
+        "full_refresh": True,
+        "max_invalid": "5%",
+        "on_bad_file": "fail_fast",
+        "allowed_regions": ["DE", "FR"],
+    },
     "cross_region_match": {
         "regions": ["DE", "FR"],
         "threshold": 0.8,
         "out_name": "nightly-1",
         "labels": None,
+        "calibrate_on_labels": True,
     },
 }
+
+
+@pytest.mark.parametrize("value", [None, 0, 100, "100", "5%", "0.5%", "100%"])
+def test_max_invalid_accepts_counts_and_percentages(bag, value):
+    assert _validate(bag.dags["catalog_embed"], {"max_invalid": value})["max_invalid"] == value
+
+
 BAD = [
     ("catalog_embed", {"source": ""}),
     ("catalog_embed", {"collection": "bad name!"}),
     ("catalog_embed", {"full_refresh": "yes"}),
     ("catalog_embed", {"vanished": "nuke"}),
     ("catalog_embed", {"model": ""}),
+    ("catalog_embed", {"model": "m\nx"}),
+    ("catalog_embed", {"max_invalid": -1}),
+    ("catalog_embed", {"max_invalid": "lots"}),
+    ("catalog_embed", {"max_invalid": "150%"}),
+    ("catalog_embed", {"max_invalid": 0.5}),
+    ("catalog_embed", {"on_bad_file": "ignore"}),
+    ("catalog_embed", {"allowed_regions": "DE,FR"}),
+    ("catalog_embed", {"allowed_regions": ["D,E"]}),
+    ("cross_region_match", {"calibrate_on_labels": "yes"}),
     ("cross_region_match", {"threshold": 1.7}),
     ("cross_region_match", {"threshold": -0.1}),
     ("cross_region_match", {"threshold": "high"}),

@@ -83,6 +83,16 @@ def test_embed_ran_one_mapped_task_per_file_then_one_reduce(runs):
     assert by_task["reconcile_vanished"] == [(-1, True)]
 
 
+def test_each_mapped_embed_task_wrote_its_own_quarantine_file(runs):
+    from polyglot_catalog.provider.operators import quarantine_file
+
+    files = [quarantine_file(runs["embed"].run_id, i) for i in range(len(_regions()))]
+    assert len(set(files)) == len(files)
+    for path in files:
+        assert path.is_relative_to(runs["data_dir"] / "quarantine") and path.is_file()
+        assert list(pd.read_parquet(path).columns)[:3] == ["source_file", "row", "reason"]
+
+
 def test_point_counts_equal_the_input(runs):
     from polyglot_catalog.provider.hooks import PolyglotQdrantHook
     from polyglot_catalog.store import CatalogStore, vector_name_for
@@ -116,7 +126,13 @@ def test_embed_success_raises_the_collection_asset_event(runs):
         assert events, "catalog_embed did not emit the collection asset event"
         rows = sum(len(pd.read_parquet(p)) for p in _regions())
         extra = events[-1].extra
-        assert extra == {"collection": COLLECTION, "files": len(_regions()), "upserted": rows, "flagged": 0}
+        assert extra == {
+            "collection": COLLECTION,
+            "model": "multilingual-e5-small",  # the match DAG reads the model from here too
+            "files": len(_regions()),
+            "upserted": rows,
+            "flagged": 0,
+        }
         assert events[-1].source_task_id == "reconcile_vanished"
         queued = session.query(AssetDagRunQueue).filter(
             AssetDagRunQueue.target_dag_id == "cross_region_match"
@@ -153,4 +169,5 @@ def test_report_finds_known_duplicates_and_accounts_for_every_product(runs):
 
     summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
     assert summary["collection"] == COLLECTION
+    assert summary["calibrated_on_labels"] is False  # the labels only scored the matches
     assert summary["metrics"]["overall"]["f1"] >= 0.6

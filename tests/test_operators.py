@@ -11,15 +11,20 @@ import pytest
 
 pytest.importorskip("qdrant_client")
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from polyglot_catalog.matching.result import MatchResult
 from polyglot_catalog.provider.hooks import PolyglotQdrantHook
 from polyglot_catalog.provider.operators import (
     EmbedCatalogOperator,
     MatchCatalogOperator,
     ReconcileCatalogOperator,
+    calibrated_on_labels,
     collection_asset,
     default_reports_root,
+    quarantine_file,
     triggered_collection,
+    triggered_model,
 )
 
 OPERATORS = [EmbedCatalogOperator, ReconcileCatalogOperator, MatchCatalogOperator]
@@ -53,16 +58,31 @@ def test_template_fields_are_init_arguments(operator):
 
 
 def test_template_fields_cover_the_trigger_form():
-    assert {"source", "collection", "model", "full_refresh", "shard_number", "replication_factor"} <= set(
-        EmbedCatalogOperator.template_fields
-    )
+    assert {
+        "source",
+        "collection",
+        "model",
+        "full_refresh",
+        "shard_number",
+        "replication_factor",
+        "max_invalid",
+        "on_bad_file",
+        "allowed_regions",
+    } <= set(EmbedCatalogOperator.template_fields)
     # XComArgs (the file list, the mapped summaries) resolve only in template fields.
     assert {"source", "shard_summaries", "collection", "model", "vanished"} <= set(
         ReconcileCatalogOperator.template_fields
     )
-    assert {"collection", "model", "regions", "threshold", "labels", "out_name", "reports_root"} <= set(
-        MatchCatalogOperator.template_fields
-    )
+    assert {
+        "collection",
+        "model",
+        "regions",
+        "threshold",
+        "labels",
+        "calibrate_on_labels",
+        "out_name",
+        "reports_root",
+    } <= set(MatchCatalogOperator.template_fields)
 
 
 @pytest.mark.parametrize("operator", OPERATORS)
@@ -89,17 +109,31 @@ def test_ui_color_and_docs(operator):
             assert f":param {name}:" in doc, name
 
 
-def test_embed_execute_delegates_once_and_closes_the_client():
-    op = _embed_op(collection="cat_v2", model="my-model", full_refresh="True", vanished="keep")
+def _ti(map_index: int) -> mock.Mock:
+    return mock.Mock(map_index=map_index)
+
+
+def test_embed_execute_delegates_once_and_closes_the_client(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYGLOT_DATA_DIR", str(tmp_path))
+    op = _embed_op(
+        collection="cat_v2",
+        model="my-model",
+        full_refresh="True",
+        vanished="keep",
+        max_invalid="5%",
+        on_bad_file="fail_fast",
+        allowed_regions="DE,FR",
+    )
     op.hook = _mock_hook()
     summary = {"files": 1, "upserted": 3, "regions": ["DE"], "model": "my-model"}
+    run_id = "manual__2025-01-01T00:00:00+00:00"
     with (
         mock.patch("polyglot_catalog.encoding.Encoder") as encoder_cls,
         mock.patch("polyglot_catalog.store.CatalogStore") as store_cls,
         mock.patch("polyglot_catalog.embed.embed_catalog", return_value=summary) as embed,
     ):
         encoder_cls.return_value.model_name = "my-model"
-        result = op.execute(context={})
+        result = op.execute(context={"run_id": run_id, "ti": _ti(2)})
     encoder_cls.assert_called_once_with(device=None, batch_size=32, model="my-model")
     store_cls.assert_called_once_with(op.hook.conn, "cat_v2", "my-model")
     embed.assert_called_once_with(
@@ -110,11 +144,51 @@ def test_embed_execute_delegates_once_and_closes_the_client():
         batch_size=256,
         full_refresh=True,
         vanished="keep",
+        quarantine_path=quarantine_file(run_id, 2),
+        max_invalid="5%",
+        on_bad_file="fail_fast",
+        allowed_regions=["DE", "FR"],
+        collection_options={},
     )
-    # No cluster options: embed_catalog creates the collection itself (and uses bulk-load mode).
+    # The operator never creates the collection itself: embed_catalog does, after the input check.
     store_cls.return_value.ensure_collection.assert_not_called()
     op.hook.close.assert_called_once()
     assert result == summary
+
+
+def test_rendered_defaults_reach_embed_catalog_as_no_limit_and_any_region():
+    op = _embed_op(max_invalid="None", on_bad_file="fail_at_end", allowed_regions="")
+    op.hook = _mock_hook()
+    with (
+        mock.patch("polyglot_catalog.encoding.Encoder", return_value=mock.Mock(model_name="m")),
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        mock.patch("polyglot_catalog.embed.embed_catalog", return_value={}) as embed,
+    ):
+        op.execute(context={"run_id": "r1", "ti": _ti(-1)})
+    kwargs = embed.call_args.kwargs
+    assert (kwargs["max_invalid"], kwargs["on_bad_file"], kwargs["allowed_regions"]) == (
+        None,
+        "fail_at_end",
+        None,
+    )
+    assert kwargs["quarantine_path"].name == "all.parquet"  # not mapped
+
+
+def test_quarantine_files_are_one_per_shard_under_a_safe_run_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYGLOT_DATA_DIR", str(tmp_path))
+    run = "scheduled__2025-01-01T02:00:00+00:00"
+    paths = {quarantine_file(run, i) for i in range(3)} | {quarantine_file(run, -1), quarantine_file(run)}
+    assert len(paths) == 4  # three shards and one "all"
+    for path in paths:
+        assert path.parent.parent == tmp_path / "quarantine"
+        assert ":" not in path.parent.name and "+" not in path.parent.name
+        assert path.parent.name.startswith("scheduled__2025-01-01T02_00_00_00_00-")
+    # Odd run ids stay one folder inside the root, and distinct ids stay distinct.
+    odd = ["../../etc", "a/b", "", "..", "a:b", "a_b", "a+b"]
+    folders = [quarantine_file(r, 0).parent for r in odd]
+    assert all(f.parent == tmp_path / "quarantine" and f.name not in ("", ".", "..") for f in folders)
+    assert len(set(folders)) == len(odd)
+    assert quarantine_file("a_b", 0).parent.name == "a_b"  # an already safe id is kept as it is
 
 
 @pytest.mark.parametrize(
@@ -140,22 +214,82 @@ def test_embed_execute_delegates_once_and_closes_the_client():
         ),
     ],
 )
-def test_embed_creates_the_collection_with_cluster_options_first(args, extra, expected):
+def test_cluster_options_reach_embed_catalog_not_an_early_create(args, extra, expected):
+    """Creating the collection first would skip the input check and the bulk-load mode."""
     op = _embed_op(**args)
     op.hook = _mock_hook(extra)
-    calls = mock.Mock()
     with (
         mock.patch("polyglot_catalog.encoding.Encoder") as encoder_cls,
         mock.patch("polyglot_catalog.store.CatalogStore") as store_cls,
         mock.patch("polyglot_catalog.embed.embed_catalog", return_value={}) as embed,
     ):
-        encoder_cls.return_value.dim = 384
         encoder_cls.return_value.model_name = "m"
-        calls.attach_mock(store_cls.return_value.ensure_collection, "ensure_collection")
-        calls.attach_mock(embed, "embed_catalog")
         op.execute(context={})
-    assert [c[0] for c in calls.mock_calls] == ["ensure_collection", "embed_catalog"]
-    store_cls.return_value.ensure_collection.assert_called_once_with(384, **expected)
+    assert embed.call_args.kwargs["collection_options"] == expected
+    store_cls.return_value.ensure_collection.assert_not_called()
+
+
+def _input_error(kind: str) -> Exception:
+    from polyglot_catalog.embed import EmbedInputError, TooManyInvalidRowsError
+    from polyglot_catalog.reading import BadFileError
+
+    summary = {"invalid": 9, "quarantine_path": "/q/all.parquet"}
+    return {
+        "bad-files": lambda: EmbedInputError("1 of 2 source file(s) could not be used", summary),
+        "too-many-invalid": lambda: TooManyInvalidRowsError("9 of 10 rows were invalid", summary),
+        "fail-fast": lambda: BadFileError("/data/DE.parquet", "not a Parquet file"),
+    }[kind]()
+
+
+@pytest.mark.parametrize("kind", ["bad-files", "too-many-invalid", "fail-fast"])
+def test_unclean_input_fails_without_retries(kind):
+    op = _embed_op()
+    op.hook = _mock_hook()
+    error = _input_error(kind)
+    with (
+        mock.patch("polyglot_catalog.encoding.Encoder", return_value=mock.Mock(model_name="m")),
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        mock.patch("polyglot_catalog.embed.embed_catalog", side_effect=error),
+        pytest.raises(AirflowFailException, match="not retried") as caught,
+    ):
+        op.execute(context={})
+    assert str(error) in str(caught.value) and caught.value.__cause__ is error
+    op.hook.close.assert_called_once()
+
+
+def test_store_outage_stays_retryable():
+    from polyglot_catalog.embed import StoreUnavailableError
+
+    op = _embed_op()
+    op.hook = _mock_hook()
+    outage = StoreUnavailableError("http://q:6333", "catalog", "upsert", 4, "ConnectError: refused", 10)
+    with (
+        mock.patch("polyglot_catalog.encoding.Encoder", return_value=mock.Mock(model_name="m")),
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        mock.patch("polyglot_catalog.embed.embed_catalog", side_effect=outage),
+        pytest.raises(StoreUnavailableError),
+    ):
+        op.execute(context={})
+    op.hook.close.assert_called_once()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"max_invalid": "lots"}, "max_invalid must be an int"),
+        ({"max_invalid": "150%"}, "within 0-100%"),
+        ({"on_bad_file": "ignore"}, "on_bad_file must be one of"),
+    ],
+)
+def test_bad_input_policy_fails_before_the_model_loads(args, message):
+    op = _embed_op(**args)
+    op.hook = _mock_hook()
+    with (
+        mock.patch("polyglot_catalog.encoding.Encoder") as encoder_cls,
+        pytest.raises(AirflowFailException, match=message),
+    ):
+        op.execute(context={})
+    encoder_cls.assert_not_called()
 
 
 def test_bad_cluster_option_is_a_clear_error():
@@ -191,7 +325,13 @@ def test_reconcile_runs_once_over_every_file_and_sets_the_asset_event_extra():
     merge.assert_called_once_with([{"files": 1, "upserted": 3}, {"files": 1, "upserted": 4}], reconciled)
     op.hook.close.assert_called_once()
     outlet_events.__getitem__.assert_called_once_with(asset)
-    assert outlet_events[asset].extra == {"collection": "cat_v2", "files": 2, "upserted": 7, "flagged": 0}
+    assert outlet_events[asset].extra == {
+        "collection": "cat_v2",
+        "model": "my-model",
+        "files": 2,
+        "upserted": 7,
+        "flagged": 0,
+    }
     assert result == merged
 
 
@@ -206,10 +346,12 @@ def test_reconcile_closes_the_client_when_the_library_fails():
     op.hook.close.assert_called_once()
 
 
-def _event(collection, minute: int = 0) -> mock.Mock:
+def _event(collection, minute: int = 0, model=None) -> mock.Mock:
     from datetime import UTC, datetime
 
     extra = {} if collection is None else {"collection": collection}
+    if model is not None:
+        extra["model"] = model
     return mock.Mock(extra=extra, timestamp=datetime(2025, 1, 1, 0, minute, tzinfo=UTC), source_dag_id="d")
 
 
@@ -230,6 +372,34 @@ def test_triggered_collection_picks_the_newest_event_else_the_param(events, expe
 def test_triggered_collection_refuses_a_bad_name_from_an_event():
     with pytest.raises(ValueError, match=r"names collection '\.\./x'"):
         triggered_collection({collection_asset(): [_event("../x")]}, "param")
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        pytest.param({}, "param", id="manual-run"),
+        pytest.param({collection_asset(): [_event("a")]}, "param", id="event-without-model"),
+        pytest.param({collection_asset(): [_event("a", model="m-a")]}, "m-a", id="event-model"),
+        pytest.param(
+            {collection_asset(): [_event("a", 2, "m-new"), _event("b", 1, "m-old")]},
+            "m-new",
+            id="same-event-as-the-collection",
+        ),
+        pytest.param(
+            {collection_asset(): [_event(None, 3), _event("a", 2, "m-a")]},
+            "m-a",
+            id="events-without-collection-are-ignored",
+        ),
+    ],
+)
+def test_triggered_model_comes_from_the_event_that_names_the_collection(events, expected):
+    assert triggered_model(events, "param") == expected
+
+
+@pytest.mark.parametrize("model", ["", "m\nINFO fake log line", 42])
+def test_triggered_model_refuses_a_bad_name_from_an_event(model):
+    with pytest.raises(ValueError, match="names model"):
+        triggered_model({collection_asset(): [_event("a", model=model)]}, "param")
 
 
 def test_embed_closes_the_client_when_the_library_fails():
@@ -287,6 +457,7 @@ def test_match_execute_delegates_and_writes_under_the_reports_root(tmp_path):
         k=5,
         threshold=0.7,
         labels=None,
+        fit_on_labels=False,
         model="multilingual-e5-small",
         collection="catalog",
     )
@@ -298,6 +469,54 @@ def test_match_execute_delegates_and_writes_under_the_reports_root(tmp_path):
     assert summary["matches"] == 1
     assert summary["metrics"] == {"precision": 1.0, "recall": 0.5, "f1": 0.667}
     assert len(json.dumps(summary)) < 1000
+
+
+@pytest.mark.parametrize(
+    ("rendered", "fit"), [("False", False), ("True", True), (True, True), (False, False)]
+)
+def test_calibrate_on_labels_is_forwarded_and_reported(tmp_path, rendered, fit):
+    op = _match_op(labels="/l.parquet", calibrate_on_labels=rendered, reports_root=str(tmp_path))
+    op.hook = mock.Mock(spec=PolyglotQdrantHook)
+    result = _result()
+    result.summary["scorer"] = {"fitted_on": "labels" if fit else "self-training"}
+    result.summary["threshold_method"] = "labels: F1-best" if fit else "prior-shift EM"
+    with (
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", return_value=result) as match,
+        mock.patch("polyglot_catalog.reports.write_reports", side_effect=lambda d, r, run_id: d) as write,
+    ):
+        summary = op.execute(context={"run_id": "r1"})
+    assert match.call_args.kwargs["fit_on_labels"] is fit
+    assert match.call_args.kwargs["labels"] == "/l.parquet"
+    assert summary["calibrated_on_labels"] is fit
+    assert write.call_args.args[1].summary["calibrated_on_labels"] is fit  # summary.json says it too
+
+
+@pytest.mark.parametrize(
+    ("full", "labels", "threshold", "expected"),
+    [
+        pytest.param({"scorer": {"fitted_on": "labels"}}, True, True, True, id="scorer-fitted-on-labels"),
+        pytest.param(
+            {"scorer": {"fitted_on": "self-training"}, "threshold_method": "labels: F1-best"},
+            True,
+            False,
+            True,
+            id="threshold-from-labels",
+        ),
+        pytest.param(
+            {"scorer": {"fitted_on": "self-training"}, "threshold_method": "prior-shift EM"},
+            True,
+            False,
+            False,
+            id="label-free",
+        ),
+        pytest.param({"scorer": {"fitted_on": "self-training"}}, True, False, True, id="unrecorded-cut"),
+        pytest.param({"scorer": {"fitted_on": "self-training"}}, True, True, False, id="given-threshold"),
+        pytest.param({"scorer": {"fitted_on": "labels"}}, False, False, False, id="no-labels"),
+    ],
+)
+def test_calibrated_on_labels(full, labels, threshold, expected):
+    assert calibrated_on_labels(full, labels=labels, threshold=threshold) is expected
 
 
 def test_match_reports_root_defaults_to_data_dir(monkeypatch, tmp_path):
@@ -352,9 +571,12 @@ def test_embed_operator_runs_for_real_in_local_mode(tmp_path, monkeypatch):
     op = _embed_op(collection="t")
     op.source = str(source)
     with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
-        summary = op.execute(context={})
+        summary = op.execute(context={"run_id": "manual__2025-01-01T00:00:00+00:00", "ti": _ti(0)})
     assert summary["upserted"] == 2
     json.dumps(summary)
+    quarantine = quarantine_file("manual__2025-01-01T00:00:00+00:00", 0)
+    assert summary["quarantine_path"] == str(quarantine) and quarantine.is_file()
+    assert quarantine.is_relative_to(tmp_path / "data" / "quarantine")
     # The local folder lock was released: a second client can open it and sees the points.
     hook = PolyglotQdrantHook()
     assert hook.conn.count("t").count == 2

@@ -8,6 +8,7 @@ parsing stays cheap.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from polyglot_catalog.provider.hooks import PolyglotQdrantHook, data_dir, optional_positive_int
 
@@ -27,8 +29,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION = "catalog"
 REPORTS_DIR_NAME = "reports"
+QUARANTINE_DIR_NAME = "quarantine"
 # Collection names the trigger forms accept; also checked on names arriving in asset event extras.
 COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+# Model names (registry name, hub id or local folder): printable, one line; also checked in event extras.
+MODEL_PATTERN = r"^[^\x00-\x1f\x7f]{1,512}$"
+# Region names the trigger forms accept; the operators get them comma-joined, so no commas.
+REGION_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 
 
 class PolyglotUIColors(StrEnum):
@@ -42,6 +49,19 @@ class PolyglotUIColors(StrEnum):
 def collection_asset(collection: str = DEFAULT_COLLECTION) -> Asset:
     """The Airflow Asset standing for one Qdrant collection; the embed DAG updates it, match consumes it."""
     return Asset(name=f"qdrant_collection_{collection}", uri=f"qdrant://polyglot-catalog/{collection}")
+
+
+def _named_events(events: Mapping[Any, Sequence[Any]] | None, asset: Asset | None) -> list[Any]:
+    """The events of ``asset`` whose extra names a collection; none for a manual run."""
+    return [
+        event
+        for event in ((events or {}).get(asset or collection_asset()) or ())
+        if (getattr(event, "extra", None) or {}).get("collection")
+    ]
+
+
+def _newest(named: list[Any]) -> Any | None:
+    return max(named, key=lambda event: event.timestamp) if named else None
 
 
 def triggered_collection(
@@ -60,14 +80,10 @@ def triggered_collection(
     :param asset: the asset whose events count. Defaults to ``collection_asset()``.
     :raises ValueError: the event names something that is not a collection name.
     """
-    named = [
-        event
-        for event in ((events or {}).get(asset or collection_asset()) or ())
-        if (getattr(event, "extra", None) or {}).get("collection")
-    ]
-    if not named:
+    named = _named_events(events, asset)
+    newest = _newest(named)
+    if newest is None:
         return fallback
-    newest = max(named, key=lambda event: event.timestamp)
     collection = newest.extra["collection"]
     if not isinstance(collection, str) or not re.fullmatch(COLLECTION_PATTERN, collection):
         raise ValueError(
@@ -80,9 +96,57 @@ def triggered_collection(
     return collection
 
 
+def triggered_model(
+    events: Mapping[Any, Sequence[Any]] | None, fallback: str, asset: Asset | None = None
+) -> str:
+    """The model named in the event :func:`triggered_collection` picks, else ``fallback``.
+
+    Why: the collection's vectors are named after the model that wrote them, so matching it with the
+    trigger form's default model would look for a vector the collection lacks. Both values come
+    from the same (newest) event. Events without a model (written before it was recorded) and
+    manual runs use ``fallback``. Used in templates as
+    ``{{ triggered_model(triggering_asset_events, params.model) }}``.
+
+    :param events: ``triggering_asset_events`` from the task context (asset -> events).
+    :param fallback: the model when the event names none (manual runs).
+    :param asset: the asset whose events count. Defaults to ``collection_asset()``.
+    :raises ValueError: the event names something that is not a model name.
+    """
+    newest = _newest(_named_events(events, asset))
+    model = None if newest is None else newest.extra.get("model")
+    if model is None:
+        return fallback
+    if not isinstance(model, str) or not re.fullmatch(MODEL_PATTERN, model):
+        raise ValueError(
+            f"asset event from {newest.source_dag_id!r} names model {model!r}; expected one printable line"
+        )
+    return model
+
+
 def default_reports_root() -> Path:
     """``$POLYGLOT_DATA_DIR/reports``: one sub-folder per run."""
     return data_dir() / REPORTS_DIR_NAME
+
+
+def _path_part(text: str) -> str:
+    """``text`` as one safe path segment; a short hash keeps distinct inputs apart once changed.
+
+    Run ids hold ':' and '+' (``manual__2025-01-01T00:00:00+00:00``) and custom ones anything,
+    '/' and '..' included.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:100]
+    if safe and safe == text:
+        return safe
+    return f"{safe or 'run'}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def quarantine_file(run_id: str, map_index: int | None = None) -> Path:
+    """``$POLYGLOT_DATA_DIR/quarantine/<run id>/<map index or 'all'>.parquet``: one file per shard.
+
+    Why one per mapped task: shards run in parallel, and each rewrites its quarantine file whole.
+    """
+    shard = str(map_index) if map_index is not None and map_index >= 0 else "all"
+    return data_dir() / QUARANTINE_DIR_NAME / _path_part(run_id) / f"{shard}.parquet"
 
 
 # Templated values arrive as strings unless the DAG renders native objects; accept both forms.
@@ -133,7 +197,12 @@ class EmbedCatalogOperator(BaseOperator):
     the rest with the model (loaded once per task) and upserts them with deterministic point ids. Map it
     per file with ``EmbedCatalogOperator.partial(...).expand(source=...)`` and ``vanished="keep"``, then
     reduce with :class:`ReconcileCatalogOperator`. With cluster options (arguments or connection
-    extra) the task first creates a missing collection with them.
+    extra) a missing collection is created with them, after the input was checked.
+
+    Rejected rows and files go to ``$POLYGLOT_DATA_DIR/quarantine/<run id>/<map index>.parquet``
+    (``all.parquet`` when not mapped). Unclean input (bad files, more invalid rows than
+    ``max_invalid``) fails the task without retries, since a retry reads the same input; a Qdrant
+    outage fails it with retries.
 
     :param source: Parquet file, folder or glob, or a list of them (one shard). (templated)
     :param collection: Qdrant collection name. Defaults to ``catalog``. (templated)
@@ -155,6 +224,13 @@ class EmbedCatalogOperator(BaseOperator):
     :param replication_factor: copies of each shard when this task creates the collection; ``None``
         takes the connection extra ``replication_factor``, else the server default. Defaults to None.
         (templated)
+    :param max_invalid: most rejected rows tolerated, a count (``100``) or a share of the rows read
+        (``"5%"``); more fails the task after the valid rows were embedded. ``None`` means no limit.
+        Defaults to None. (templated)
+    :param on_bad_file: an unreadable file: ``fail_at_end`` embeds every other file, then fails;
+        ``fail_fast`` fails at once. Defaults to ``fail_at_end``. (templated)
+    :param allowed_regions: regions to accept, a list or a comma-separated string; rows of others are
+        quarantined as "unknown region". ``None`` accepts any region. Defaults to None. (templated)
     :param conn_id: Airflow connection for Qdrant; when it does not exist the hook uses embedded
         local mode. Defaults to ``qdrant_default``.
     :param kwargs: passed to ``BaseOperator``.
@@ -169,6 +245,9 @@ class EmbedCatalogOperator(BaseOperator):
         "vanished",
         "shard_number",
         "replication_factor",
+        "max_invalid",
+        "on_bad_file",
+        "allowed_regions",
     )
     ui_color = PolyglotUIColors.EMBED.value
 
@@ -186,6 +265,9 @@ class EmbedCatalogOperator(BaseOperator):
         device: str | None = None,
         shard_number: int | str | None = None,
         replication_factor: int | str | None = None,
+        max_invalid: int | str | None = None,
+        on_bad_file: str = "fail_at_end",
+        allowed_regions: list[str] | str | None = None,
         conn_id: str = PolyglotQdrantHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -201,6 +283,9 @@ class EmbedCatalogOperator(BaseOperator):
         self.device = device
         self.shard_number = shard_number
         self.replication_factor = replication_factor
+        self.max_invalid = max_invalid
+        self.on_bad_file = on_bad_file
+        self.allowed_regions = allowed_regions
         self.conn_id = conn_id
 
     @cached_property
@@ -209,10 +294,14 @@ class EmbedCatalogOperator(BaseOperator):
         return PolyglotQdrantHook(conn_id=self.conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from polyglot_catalog.embed import embed_catalog
+        from polyglot_catalog.embed import EmbedInputError, embed_catalog
         from polyglot_catalog.encoding import Encoder
+        from polyglot_catalog.reading import BadFileError
         from polyglot_catalog.store import CatalogStore, vector_name_for
 
+        max_invalid, on_bad_file = self.input_policy()  # before the model loads: fail fast on typos
+        ti = context.get("ti")
+        quarantine = quarantine_file(str(context.get("run_id") or ""), getattr(ti, "map_index", None))
         model = _as_optional_str(self.model)
         encoder = Encoder(
             device=self.device, batch_size=self.encode_batch_size, **({"model": model} if model else {})
@@ -220,10 +309,6 @@ class EmbedCatalogOperator(BaseOperator):
         cluster = self.cluster_options()
         store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(encoder.model_name))
         try:
-            # embed_catalog creates collections without cluster options, so create it first with them
-            # (idempotent); embed_catalog then finds it, and skips the bulk-load mode it uses on creation.
-            if cluster:
-                store.ensure_collection(encoder.dim, **cluster)
             summary = embed_catalog(
                 _as_source(self.source),
                 store,
@@ -232,11 +317,40 @@ class EmbedCatalogOperator(BaseOperator):
                 batch_size=self.batch_size,
                 full_refresh=_as_bool(self.full_refresh),
                 vanished=str(self.vanished),
+                quarantine_path=quarantine,
+                max_invalid=max_invalid,
+                on_bad_file=on_bad_file,
+                allowed_regions=_as_regions(self.allowed_regions),
+                collection_options=cluster,
             )
+        except (EmbedInputError, BadFileError) as e:
+            # A corrupt file or too many bad rows is still there on the retry: fail for good. Store
+            # outages (StoreUnavailableError) propagate as they are and are retried.
+            if isinstance(e, EmbedInputError):
+                self.log.error("Embed summary of %s before failing: %s", self.source, e.summary)
+            raise AirflowFailException(f"{e} (not retried: the input stays the same)") from e
         finally:
             self.hook.close()  # local mode: release the folder lock for the next mapped task
         self.log.info("Embedded %s into collection %r: %s", self.source, self.collection, summary)
         return summary
+
+    def input_policy(self) -> tuple[int | str | None, str]:
+        """Rendered ``max_invalid`` and ``on_bad_file``, checked; a bad value fails without retries."""
+        from polyglot_catalog.embed import BAD_FILE_POLICIES, parse_max_invalid
+
+        max_invalid = self.max_invalid
+        if isinstance(max_invalid, str):
+            max_invalid = _as_optional_str(max_invalid)
+        on_bad_file = str(self.on_bad_file).strip()
+        try:
+            parse_max_invalid(max_invalid)
+        except ValueError as e:
+            raise AirflowFailException(str(e)) from e
+        if on_bad_file not in BAD_FILE_POLICIES:
+            raise AirflowFailException(
+                f"on_bad_file must be one of {list(BAD_FILE_POLICIES)}; got {self.on_bad_file!r}"
+            )
+        return max_invalid, on_bad_file
 
     def cluster_options(self) -> dict[str, int]:
         """Cluster options for a new collection: this task's arguments win over the connection extra."""
@@ -251,9 +365,10 @@ class ReconcileCatalogOperator(BaseOperator):
 
     Each mapped ``EmbedCatalogOperator`` sees only its own file, so it runs with ``vanished="keep"``;
     only this task sees every file and can tell which stored SKUs vanished from the whole source. Put
-    the collection asset in ``outlets``: every outlet asset's event carries ``collection``, ``files``,
-    ``upserted`` and ``flagged`` in its extra, which the match DAG reads. Runs after every shard
-    succeeded (the default trigger rule), so a failed shard never flags SKUs it did not get to.
+    the collection asset in ``outlets``: every outlet asset's event carries ``collection``, ``model``,
+    ``files``, ``upserted`` and ``flagged`` in its extra; the match DAG reads the collection and the
+    model from it. Runs after every shard succeeded (the default trigger rule), so a failed shard
+    never flags SKUs it did not get to.
 
     :param source: every file the shards embedded, e.g. the list the DAG expanded over. (templated)
     :param shard_summaries: the mapped embed tasks' summaries, e.g. ``embed.output``. (templated)
@@ -308,6 +423,7 @@ class ReconcileCatalogOperator(BaseOperator):
         total = merge_summaries(list(self.shard_summaries or ()), reconciled)
         extra = {
             "collection": str(self.collection),
+            "model": model,
             "files": total.get("files", 0),
             "upserted": total.get("upserted", 0),
             "flagged": total.get("flagged", 0),
@@ -337,6 +453,10 @@ class MatchCatalogOperator(BaseOperator):
     :param k: neighbours fetched per product and region. Defaults to 10. (templated)
     :param labels: Parquet file with ``region, sku, group_id`` ground truth; when given the summary
         carries precision, recall and F1. Defaults to None. (templated)
+    :param calibrate_on_labels: also fit the scorer and pick the threshold on ``labels``. The
+        metrics are then measured on the data the matcher was tuned on, so they are optimistic;
+        the summary says so (``calibrated_on_labels``). Keep False to report honest figures.
+        Defaults to False. (templated)
     :param reports_root: folder holding one report folder per run. Defaults to
         ``$POLYGLOT_DATA_DIR/reports``. (templated)
     :param out_name: report folder name under ``reports_root``; empty means the run id.
@@ -353,6 +473,7 @@ class MatchCatalogOperator(BaseOperator):
         "threshold",
         "k",
         "labels",
+        "calibrate_on_labels",
         "reports_root",
         "out_name",
     )
@@ -367,6 +488,7 @@ class MatchCatalogOperator(BaseOperator):
         threshold: float | str | None = None,
         k: int | str = 10,
         labels: str | None = None,
+        calibrate_on_labels: bool | str = False,
         reports_root: str | None = None,
         out_name: str | None = None,
         conn_id: str = PolyglotQdrantHook.default_conn_name,
@@ -379,6 +501,7 @@ class MatchCatalogOperator(BaseOperator):
         self.threshold = threshold
         self.k = k
         self.labels = labels
+        self.calibrate_on_labels = calibrate_on_labels
         self.reports_root = reports_root
         self.out_name = out_name
         self.conn_id = conn_id
@@ -398,23 +521,47 @@ class MatchCatalogOperator(BaseOperator):
         root = _as_optional_str(self.reports_root) or str(default_reports_root())
         out_dir = safe_report_dir(root, _as_optional_str(self.out_name) or run_id)
         model = _as_optional_str(self.model) or DEFAULT_MODEL
+        threshold = _as_optional_float(self.threshold, "threshold")
+        labels = _as_optional_str(self.labels)
+        calibrate = _as_bool(self.calibrate_on_labels)
         store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(model))
         try:
             result = match_catalog(
                 store,
                 regions=_as_regions(self.regions),
                 k=int(self.k),
-                threshold=_as_optional_float(self.threshold, "threshold"),
-                labels=_as_optional_str(self.labels),
+                threshold=threshold,
+                labels=labels,
+                fit_on_labels=calibrate,
                 model=model,
                 collection=str(self.collection),
             )
         finally:
             self.hook.close()
+        # summary.json and XCom both say whether the metrics were measured on the tuning data.
+        result.summary["calibrated_on_labels"] = calibrated_on_labels(
+            result.summary, labels=labels is not None, threshold=threshold is not None
+        )
         report_dir = write_reports(out_dir, result, run_id=run_id)
         summary = match_summary(result.summary, result, report_dir)
         self.log.info("Wrote match report to %s: %s", report_dir, summary)
         return summary
+
+
+def calibrated_on_labels(full: dict[str, Any], *, labels: bool, threshold: bool) -> bool:
+    """Whether the labels that produced the metrics also fitted the scorer or picked the threshold.
+
+    Why: metrics measured on the data the matcher was tuned on are optimistic, and a reader of the
+    report must be able to tell. Uses what the matcher records (``scorer.fitted_on``,
+    ``threshold_method``); a matcher that does not record how it chose the threshold calibrated it
+    on the labels whenever they came without a threshold.
+    """
+    if not labels:
+        return False
+    scorer_fitted = (full.get("scorer") or {}).get("fitted_on") == "labels"
+    method = full.get("threshold_method")
+    threshold_fitted = str(method).startswith("labels") if method is not None else not threshold
+    return scorer_fitted or threshold_fitted
 
 
 def match_summary(full: dict[str, Any], result: Any, report_dir: Path | str) -> dict[str, Any]:
@@ -425,6 +572,8 @@ def match_summary(full: dict[str, Any], result: Any, report_dir: Path | str) -> 
         "collection": full.get("collection"),
         "model": full.get("model"),
         "threshold": full.get("threshold"),
+        "threshold_method": full.get("threshold_method"),
+        "calibrated_on_labels": bool(full.get("calibrated_on_labels")),
         "regions": full.get("regions"),
         "pairs": len(result.pairs),
         "matches": len(result.matches),
