@@ -108,3 +108,38 @@ def test_embed_then_stats_prints_points_per_region(capsys, tmp_path):
     stats = json.loads(capsys.readouterr().out)
     assert stats["points"] == 3
     assert stats["regions"] == {"DE": 2, "US": 1}
+
+
+class _Terminal:
+    """A stderr stand-in that says it is a terminal, so the live bar is drawn."""
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.chunks.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_embed_shows_a_live_bar_only_on_a_terminal(capsys, monkeypatch, tmp_path, tty):
+    source = tmp_path / "catalog.parquet"
+    rows = [f"s{i}" for i in range(40)]
+    pq.write_table(pa.table({"sku": rows, "region": ["DE"] * 40, "description": rows}), source)
+    terminal = _Terminal()
+    if tty:
+        monkeypatch.setattr("sys.stderr", terminal)
+    argv = ["embed", "--source", str(source), "--collection", "c", "--qdrant-path", str(tmp_path / "q")]
+    with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
+        assert main([*argv, "--model", "fake-model"]) == 0
+    drawn = "".join(terminal.chunks)
+    if tty:
+        assert "40/40" in drawn and "rows" in drawn
+    else:
+        assert "40/40" not in capsys.readouterr().err

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--threshold", type=_threshold, metavar="X", help="minimum match score in [0, 1]")
     match.add_argument("--labels", metavar="FILE", help="Parquet with region, sku, group_id for metrics")
     match.add_argument("--model", metavar="NAME", help="model whose stored vectors to use (default model)")
+    match.add_argument(
+        "--calibrate-on-labels",
+        action="store_true",
+        help="also fit the scorer and pick the threshold on --labels (metrics are then optimistic)",
+    )
 
     stats = sub.add_parser("stats", help="print point counts of a collection as JSON")
     _add_store_args(stats)
@@ -119,9 +124,29 @@ def _cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
     client = _client(args, must_exist=False)
     try:
         store = _store(client, args.collection, encoder.model_name, must_exist=False)
-        return embed_catalog(args.source, store, encoder)
+        with _progress_bar() as progress:
+            return embed_catalog(args.source, store, encoder, progress=progress)
     finally:
         client.close()
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Any]:
+    """A live bar on a terminal; on a pipe or a log file tqdm stays silent and the stage's own
+    periodic log lines (rows done, rows/s, ETA) are the progress report."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="rows", disable=None, file=sys.stderr, dynamic_ncols=True, desc="embed")
+
+    def update(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,6 +164,7 @@ def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
             regions=args.regions,
             threshold=args.threshold,
             labels=args.labels,
+            fit_on_labels=args.calibrate_on_labels,
             model=args.model or DEFAULT_MODEL,
             collection=args.collection,
         )
