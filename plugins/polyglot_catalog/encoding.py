@@ -177,6 +177,7 @@ class Encoder:
             add_special_tokens=True,
             truncation=False,
             return_attention_mask=False,
+            verbose=False,  # counting long texts is the point; no "longer than max length" warning
         )
         return [len(ids) for ids in encoded["input_ids"]]
 
