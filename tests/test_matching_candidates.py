@@ -37,14 +37,14 @@ def test_blocked_path_never_allocates_a_full_similarity_matrix(monkeypatch: pyte
     rng = np.random.default_rng(3)
     q, c = _unit(rng, 300, 8), _unit(rng, 500, 8)
     largest = 0
-    real_argpartition = np.argpartition
+    real_flatnonzero = np.flatnonzero
 
     def spy(a: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
         nonlocal largest
         largest = max(largest, a.size)
-        return real_argpartition(a, *args, **kwargs)
+        return real_flatnonzero(a, *args, **kwargs)
 
-    monkeypatch.setattr(cand.np, "argpartition", spy)
+    monkeypatch.setattr(cand.np, "flatnonzero", spy)  # every block's similarities pass through it
     exact_topk(q, c, 5, block_rows=32, block_cols=64)
     assert 0 < largest <= 32 * 64
 
@@ -118,3 +118,17 @@ def test_qdrant_path_reranks_raw_neighbours_by_centred_vectors() -> None:
     np.testing.assert_array_equal(want[0], got[0])
     np.testing.assert_array_equal(want[1], got[1])
     np.testing.assert_allclose(want[2]["a"], got[2]["a"], atol=1e-5)
+
+
+def test_exact_topk_both_equals_brute_force_both_ways_with_ties() -> None:
+    rng = np.random.default_rng(4)
+    a, b = _unit(rng, 61, 8), _unit(rng, 45, 8)
+    b[7] = b[3]  # exact ties: the lower index must come first
+    a[10] = a[2]
+    full = a @ b.T
+    for rows, cols in [(1, 1), (7, 5), (61, 45), (4096, 4096)]:
+        ab_idx, ab_sim, ba_idx, ba_sim = cand.exact_topk_both(a, b, 6, block_rows=rows, block_cols=cols)
+        for idx, sim, mat in ((ab_idx, ab_sim, full), (ba_idx, ba_sim, full.T)):
+            want = np.lexsort((np.broadcast_to(np.arange(mat.shape[1]), mat.shape), -mat), axis=1)[:, :6]
+            np.testing.assert_array_equal(idx, want)
+            np.testing.assert_allclose(sim, np.take_along_axis(mat, want, axis=1), rtol=1e-5)
