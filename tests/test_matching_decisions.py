@@ -9,6 +9,7 @@ from polyglot_catalog.matching.assign import assign_one_to_one, mutual_best
 from polyglot_catalog.matching.evaluate import (
     PairJudge,
     best_threshold,
+    link_pairs,
     load_labels,
     prf,
     sweep,
@@ -17,6 +18,7 @@ from polyglot_catalog.matching.evaluate import (
     truth_pairs,
 )
 from polyglot_catalog.matching.groups import build_groups
+from polyglot_catalog.matching.scoring import prior_shift_threshold
 
 
 def test_hungarian_prefers_the_better_total_over_a_greedy_first_pick() -> None:
@@ -117,3 +119,25 @@ def test_labels_file_needs_the_documented_columns(tmp_path) -> None:
     (tmp_path / "bad.csv").write_text("region,sku\nDE,1\n")
     with pytest.raises(ValueError, match="group_id"):
         load_labels(tmp_path / "bad.csv")
+
+
+def test_log_odds_linking_keeps_one_sure_pair_over_two_middling_ones() -> None:
+    # a0-b0 is near certain; the swap a0-b1 + a1-b0 has more summed margin over 0.5 in raw
+    # probability (0.70 > 0.50) but less summed log-odds (2 x 1.73 < 6.91)
+    ia, ib = np.array([0, 0, 1]), np.array([0, 1, 0])
+    s = np.array([0.999, 0.85, 0.85])
+    assert link_pairs(ia, ib, s, 0.5).tolist() == [True, False, False]
+    assert assign_one_to_one(ia, ib, s, 0.5).tolist() == [False, True, True]
+
+
+def test_prior_shift_recovers_the_share_of_matches_from_even_odds_scores() -> None:
+    # scores from a classifier trained on balanced classes: logit = log-likelihood ratio of two
+    # unit-variance Gaussians 3 apart; 80 % of the pairs are matches
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1.5, 1, 8000), rng.normal(-1.5, 1, 2000)
+    x = np.r_[pos, neg]
+    score = 1 / (1 + np.exp(-3 * x))
+    cut, share = prior_shift_threshold(score)
+    assert abs(share - 0.8) < 0.02
+    assert cut == pytest.approx(1 - share)
+    assert prior_shift_threshold(np.zeros(0)) == (0.5, 0.5)

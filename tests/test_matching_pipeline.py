@@ -78,9 +78,29 @@ def test_metrics_follow_the_documented_format_when_labels_are_given() -> None:
     assert metrics["overall"]["f1"] > 0.9 and metrics["overall"]["top1"] > 0.9
     for row in metrics["threshold_sweep"] + metrics["pr_curve"]:
         assert set(row) == {"threshold", "precision", "recall", "f1"}
-    # calibrated on labels: the chosen threshold is the sweep's F1 optimum
-    best = max(metrics["threshold_sweep"], key=lambda r: r["f1"])
+    # labels only evaluate: the threshold is the label-free one, as without labels
+    assert res.summary["labels_used_for"] == "evaluation"
+    assert res.summary["threshold_method"] == "prior-shift EM"
+    assert res.summary["threshold"] == match_catalog(data, k=5).summary["threshold"]
+
+
+def test_fit_on_labels_calibrates_the_threshold_to_the_sweep_optimum() -> None:
+    data = _catalog(seed=1)
+    res = match_catalog(data, k=5, labels=_labels(data), fit_on_labels=True)
+    best = max(res.summary["metrics"]["threshold_sweep"], key=lambda r: r["f1"])
     assert res.summary["threshold"] == best["threshold"]
+    assert res.summary["threshold_method"].startswith("labels")
+    assert res.summary["labels_used_for"] == "fitting and evaluation"
+
+
+def test_default_threshold_is_derived_from_the_scores_and_keeps_most_twins() -> None:
+    data = _catalog(seed=3)
+    res = match_catalog(data, k=5)
+    assert res.summary["threshold_method"] == "prior-shift EM"
+    assert 0.0 < res.summary["threshold"] < 1.0
+    assert 0.0 < res.summary["match_share"] <= 1.0
+    metrics = match_catalog(data, k=5, labels=_labels(data)).summary["metrics"]["overall"]
+    assert metrics["f1"] > 0.9
 
 
 def test_unmatched_lists_products_without_an_accepted_twin() -> None:

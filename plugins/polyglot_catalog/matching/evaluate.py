@@ -229,19 +229,33 @@ def _codes(values: pd.Series) -> np.ndarray:
     return pd.factorize(values)[0]
 
 
-def assigned_at(pairs: pd.DataFrame, threshold: float, method: str = "hungarian") -> np.ndarray:
-    """Mask of ``pairs`` rows the one-to-one rule accepts at ``threshold``, per region pair."""
+def link_pairs(
+    ia: np.ndarray, ib: np.ndarray, score: np.ndarray, threshold: float, method: str = "hungarian"
+) -> np.ndarray:
+    """One-to-one links among pairs with ``score >= threshold``, solved on log-odds.
+
+    The scores are match probabilities; the one-to-one rule maximises the summed weight, so with
+    ``score - threshold`` weights two middling pairs outweigh one sure pair (probabilities
+    saturate near 1). Summing ``logit(score) - logit(threshold)`` instead is the maximum-likelihood
+    assignment of a Fellegi-Sunter model (log-likelihood ratios add). ``mutual`` only ranks, so
+    the monotone transform leaves it unchanged.
+    """
     from .assign import assign_one_to_one
 
+    eps = 1e-12
+    s = np.clip(np.asarray(score, dtype=np.float64), eps, 1 - eps)
+    t = min(max(float(threshold), eps), 1 - eps)
+    mask = assign_one_to_one(ia, ib, np.log(s / (1 - s)), float(np.log(t / (1 - t))), method)  # type: ignore[arg-type]
+    return mask & (np.asarray(score, dtype=np.float64) >= threshold)
+
+
+def assigned_at(pairs: pd.DataFrame, threshold: float, method: str = "hungarian") -> np.ndarray:
+    """Mask of ``pairs`` rows the one-to-one rule accepts at ``threshold``, per region pair."""
     mask = np.zeros(len(pairs), dtype=bool)
     for _, idx in pairs.groupby(["region_a", "region_b"], sort=False).indices.items():
         sub = pairs.iloc[idx]
-        mask[idx] = assign_one_to_one(
-            _codes(sub["sku_a"]),
-            _codes(sub["sku_b"]),
-            sub["score"].to_numpy(float),
-            threshold,
-            method,  # type: ignore[arg-type]
+        mask[idx] = link_pairs(
+            _codes(sub["sku_a"]), _codes(sub["sku_b"]), sub["score"].to_numpy(float), threshold, method
         )
     return mask
 

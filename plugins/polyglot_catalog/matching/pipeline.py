@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from .assign import AssignMethod, assign_one_to_one
+from .assign import AssignMethod
 from .candidates import DEFAULT_BLOCK_COLS, DEFAULT_BLOCK_ROWS, candidate_pairs
 from .data import OPTIONAL_FIELDS, CatalogData, RegionTable
 from .evaluate import (
@@ -25,17 +25,25 @@ from .evaluate import (
     evaluate_pairs,
     judges_for,
     labels_from_gtin,
+    link_pairs,
     load_labels,
     threshold_sweep,
 )
 from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
 from .groups import build_groups
 from .result import MatchResult
-from .scoring import FEATURES, PairScorer, corroboration, lexical_vectors, pair_features
+from .scoring import (
+    FEATURES,
+    PairScorer,
+    corroboration,
+    lexical_vectors,
+    pair_features,
+    prior_shift_threshold,
+)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.5  # the scorer outputs probabilities: accept what is more likely a match
+DEFAULT_THRESHOLD = 0.5  # only when the scorer fell back to hand weights (too little data to fit)
 PAIR_COLUMNS = [
     "region_a",
     "sku_a",
@@ -123,7 +131,7 @@ def match_catalog(
     method: AssignMethod = "hungarian",
     target_precision: float | None = None,
     allow_same_region: bool = False,
-    fit_on_labels: bool = True,
+    fit_on_labels: bool = False,
     corroborate: bool = True,
     center: bool = True,
     text_ties: bool = False,
@@ -140,15 +148,19 @@ def match_catalog(
             :func:`load_catalog`) or in-memory tables keyed by region.
         regions (Sequence[str] | None): regions to match. Defaults to all.
         k (int): nearest neighbours per product and direction. Defaults to 10.
-        threshold (float | None): accept pairs with probability ``>= threshold``. Defaults to the
-            F1-best (or ``target_precision``) cut on ``labels`` when given, else 0.5.
+        threshold (float | None): accept pairs with probability ``>= threshold``. Defaults to a
+            label-free cut from the score distribution (:func:`.scoring.prior_shift_threshold`:
+            the Bayes cut once the scorer's even-odds probabilities are re-based on the estimated
+            share of matches among one-to-one pairs); with ``fit_on_labels=True`` (or
+            ``target_precision``) and labels, the F1-best (or target-precision) cut on them.
         labels: ``region, sku, group_id`` file/DataFrame/dict, or ``"gtin"`` to derive them.
-            Used to fit the scorer (unless ``fit_on_labels=False``), calibrate and report metrics.
+            Reported against (metrics); fit the scorer and threshold only with ``fit_on_labels``.
         method ("hungarian" | "mutual"): one-to-one rule per region pair. Defaults to "hungarian".
         target_precision (float | None): calibrate to this precision instead of max F1.
         allow_same_region (bool): allow two SKUs of one region in a group. Defaults to False.
-        fit_on_labels (bool): fit the scorer on labels; False keeps it label-free (self-training)
-            so labels only calibrate/evaluate. Defaults to True.
+        fit_on_labels (bool): fit the scorer and calibrate the threshold on labels. False (the
+            default) keeps the matcher label-free, so labels only evaluate and the metrics are
+            honest (not fitted on the data they score). Defaults to False.
         corroborate (bool): with 3+ regions, add a second scoring pass with the third-region
             evidence ``ev_triangle``. Defaults to True.
         center (bool): subtract each region's mean vector before comparing: removes the
@@ -244,16 +256,15 @@ def match_catalog(
     lab: Labels | None = None
     if labels is not None:
         lab = labels_from_gtin(data) if isinstance(labels, str) and labels == "gtin" else load_labels(labels)
-    scorer = _fit_and_score(blocks, FEATURES, lab if fit_on_labels else None, seed=None)
+    fit_lab = lab if fit_on_labels else None
+    scorer = _fit_and_score(blocks, FEATURES, fit_lab, seed=None)
     if corroborate and len(region_names) > 2 and blocks:
         # second pass: a pair both of whose products match the same SKU of a third region is
         # corroborated (identity is transitive); refit with that evidence, seeded by pass one
         first = [blk["score"] for blk in blocks]
         for blk, tri in zip(blocks, corroboration(blocks), strict=True):
             blk["feats"]["ev_triangle"] = tri
-        scorer = _fit_and_score(
-            blocks, (*FEATURES, "ev_triangle"), lab if fit_on_labels else None, seed=first
-        )
+        scorer = _fit_and_score(blocks, (*FEATURES, "ev_triangle"), fit_lab, seed=first)
         for blk in blocks:
             blk["explain"] = [
                 f"{e}; corroborated via a third region ({t:.2f})" if t >= 0.5 else e
@@ -266,14 +277,18 @@ def match_catalog(
         blk["accepted"] = np.zeros(len(blk["ia"]), dtype=bool)
     judges = judges_for(data, lab, [(b["ra"], b["rb"]) for b in blocks], text_ties=text_ties) if lab else {}
     sweep_rows: list[dict[str, float]] | None = None
+    threshold_method = "given"
+    match_share: float | None = None
     if lab:
         sweep_rows = threshold_sweep(_pairs_table(blocks, data, 1.0), judges, method)
-        if threshold is None:
+        if threshold is None and (fit_on_labels or target_precision is not None):
             threshold = calibrate_threshold(sweep_rows, target_precision)
+            threshold_method = "labels: " + ("target precision" if target_precision else "F1-best")
     if threshold is None:
-        threshold = DEFAULT_THRESHOLD
+        threshold, match_share = _auto_threshold(blocks, scorer, method)
+        threshold_method = "prior-shift EM" if match_share is not None else "default 0.5"
     for blk in blocks:
-        blk["accepted"] = assign_one_to_one(blk["ia"], blk["ib"], blk["score"], threshold, method)
+        blk["accepted"] = link_pairs(blk["ia"], blk["ib"], blk["score"], threshold, method)
     timings["assign"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -291,6 +306,15 @@ def match_catalog(
         "model": model,
         "collection": collection,
         "threshold": round(float(threshold), 4),
+        "threshold_method": threshold_method,
+        "match_share": round(match_share, 4) if match_share is not None else None,
+        "labels_used_for": (
+            "fitting and evaluation"
+            if fit_on_labels
+            else ("threshold and evaluation" if threshold_method.startswith("labels") else "evaluation")
+        )
+        if lab
+        else None,
         "regions": region_names,
         "k": k,
         "method": method,
@@ -313,6 +337,25 @@ def match_catalog(
     if lab:
         summary["metrics"] = evaluate_pairs(pairs, judges, method=method, sweep_rows=sweep_rows)
     return MatchResult(pairs=pairs, groups=groups, unmatched=unmatched, summary=summary)
+
+
+def _auto_threshold(
+    blocks: list[dict[str, Any]], scorer: PairScorer, method: AssignMethod
+) -> tuple[float, float | None]:
+    """Label-free cut over all region pairs: ``(threshold, match_share)``.
+
+    Runs the one-to-one rule with no threshold, then :func:`.prior_shift_threshold` on the scores
+    of the pairs it links. A hand-weighted fallback scorer has no even-odds calibration to
+    re-base, so it keeps :data:`DEFAULT_THRESHOLD` (``match_share`` None).
+    """
+    if scorer.fitted_on == "default" or not blocks:
+        return DEFAULT_THRESHOLD, None
+    linked = [b["score"][link_pairs(b["ia"], b["ib"], b["score"], 0.0, method)] for b in blocks]
+    scores = np.concatenate(linked) if linked else np.zeros(0)
+    if len(scores) == 0:
+        return DEFAULT_THRESHOLD, None
+    cut, share = prior_shift_threshold(scores)
+    return float(cut), float(share)
 
 
 def _fit_and_score(

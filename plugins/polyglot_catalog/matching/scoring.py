@@ -207,6 +207,34 @@ def _z(x: np.ndarray) -> np.ndarray:
     return (x - float(np.mean(x))) / (sd if sd > 1e-12 else 1.0)
 
 
+def prior_shift_threshold(
+    scores: np.ndarray, *, tol: float = 1e-7, max_iter: int = 500
+) -> tuple[float, float]:
+    """Label-free cut for one-to-one pairs: ``(threshold, match_share)``.
+
+    The scorer is fitted with balanced classes, so its log-odds assume even odds of a match. Among
+    pairs the one-to-one rule can accept, matches are far more common than that, and the
+    probability must be re-based on their share. That share is estimated by EM on the scores
+    alone (Saerens, Latinne & Decaestecker 2002, "Adjusting the outputs of a classifier to new a
+    priori probabilities"): ``pi <- mean(sigmoid(logit(s) + logit(pi)))``. A pair is then accepted
+    when its re-based probability is >= 0.5, i.e. when ``s >= 1 - pi``: the Bayes cut, with no
+    constant fitted to any data set.
+    """
+    s = np.clip(np.asarray(scores, dtype=np.float64), 1e-12, 1 - 1e-12)
+    if len(s) == 0:
+        return 0.5, 0.5
+    d = np.log(s / (1 - s))
+    pi = 0.5
+    for _ in range(max_iter):
+        new = float(np.mean(1.0 / (1.0 + np.exp(-(d + np.log(pi / (1 - pi)))))))
+        new = min(max(new, 1e-6), 1 - 1e-6)
+        if abs(new - pi) < tol:
+            pi = new
+            break
+        pi = new
+    return 1.0 - pi, pi
+
+
 def corroboration(blocks: Sequence[dict]) -> list[np.ndarray]:
     """Third-region support per candidate pair: ``max_c min(p(a, c), p(b, c))`` over SKUs ``c`` of
     every other region that both ``a`` and ``b`` have as candidates (0 when none).
