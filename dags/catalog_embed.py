@@ -97,6 +97,15 @@ COLLECTION_ASSET = collection_asset(DEFAULT_COLLECTION)
             description="Stored SKUs of an embedded region that are missing from the source: "
             "flag them stale (skipped by matching), keep them, or delete them.",
         ),
+        "alias": Param(
+            None,
+            type=["null", "string"],
+            pattern=COLLECTION_PATTERN,
+            title="Alias to switch",
+            description="After every file is embedded, point this alias at the collection (and match "
+            "through it): embed a new model into a new collection, and readers move over only once "
+            "it is complete. Empty: no alias.",
+        ),
         "max_invalid": Param(
             None,
             type=["null", "integer", "string"],
@@ -161,6 +170,7 @@ def catalog_embed() -> None:
         collection="{{ params.collection }}",
         model="{{ params.model }}",
         vanished="{{ params.vanished }}",
+        alias="{{ params.alias or '' }}",
         outlets=[COLLECTION_ASSET],
     )
     # [END embed_fan_out]

@@ -581,3 +581,37 @@ def test_embed_operator_runs_for_real_in_local_mode(tmp_path, monkeypatch):
     hook = PolyglotQdrantHook()
     assert hook.conn.count("t").count == 2
     hook.close()
+
+
+def test_reconcile_switches_the_alias_only_after_success(tmp_path):
+    """Zero-downtime model change: readers of the alias move to the new collection once it is whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from polyglot_catalog.store import CatalogStore, open_client
+
+    client = open_client(path=":memory:")
+    CatalogStore(client, "cat_v1", "old").ensure_collection(4)
+    CatalogStore(client, "cat_v1", "old").switch_alias("catalog")
+    CatalogStore(client, "cat_v2", "new").ensure_collection(4)
+    source = tmp_path / "DE.parquet"
+    pq.write_table(pa.table({"sku": ["a"], "region": ["DE"], "description": ["Tisch"]}), source)
+
+    failing = _reconcile_op(
+        source=[str(source)], collection="cat_v2", model="new", vanished="nuke", alias="catalog"
+    )
+    failing.hook = mock.Mock(conn=client)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        failing.execute(context={})
+    assert {a.alias_name: a.collection_name for a in client.get_aliases().aliases} == {"catalog": "cat_v1"}
+
+    asset = collection_asset()
+    op = _reconcile_op(
+        source=[str(source)], collection="cat_v2", model="new", alias="catalog", outlets=[asset]
+    )
+    op.hook = mock.Mock(conn=client)
+    outlet_events = mock.MagicMock()
+    result = op.execute(context={"outlet_events": outlet_events})
+    assert {a.alias_name: a.collection_name for a in client.get_aliases().aliases} == {"catalog": "cat_v2"}
+    assert result["alias"] == "catalog"
+    assert outlet_events[asset].extra["collection"] == "catalog"

@@ -377,12 +377,24 @@ class ReconcileCatalogOperator(BaseOperator):
         default model. Defaults to None. (templated)
     :param vanished: stored SKUs of a source region missing from the source: ``flag`` (mark stale),
         ``keep`` or ``delete``. Defaults to ``flag``. (templated)
+    :param alias: point this Qdrant alias at ``collection`` once every shard succeeded and the
+        vanished SKUs are reconciled, and name the alias in the asset event, so matching reads the
+        alias. This is the zero-downtime model change: embed the new model into a new collection,
+        and readers move over only when it is complete. Empty or ``None`` switches nothing.
+        Defaults to None. (templated)
     :param conn_id: Airflow connection for Qdrant; when it does not exist the hook uses embedded
         local mode. Defaults to ``qdrant_default``.
     :param kwargs: passed to ``BaseOperator``.
     """
 
-    template_fields: Sequence[str] = ("source", "shard_summaries", "collection", "model", "vanished")
+    template_fields: Sequence[str] = (
+        "source",
+        "shard_summaries",
+        "collection",
+        "model",
+        "vanished",
+        "alias",
+    )
     ui_color = PolyglotUIColors.RECONCILE.value
 
     def __init__(
@@ -393,6 +405,7 @@ class ReconcileCatalogOperator(BaseOperator):
         collection: str = DEFAULT_COLLECTION,
         model: str | None = None,
         vanished: str = "flag",
+        alias: str | None = None,
         conn_id: str = PolyglotQdrantHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -402,6 +415,7 @@ class ReconcileCatalogOperator(BaseOperator):
         self.collection = collection
         self.model = model
         self.vanished = vanished
+        self.alias = alias
         self.conn_id = conn_id
 
     @cached_property
@@ -415,14 +429,19 @@ class ReconcileCatalogOperator(BaseOperator):
         from polyglot_catalog.store import CatalogStore, vector_name_for
 
         model = _as_optional_str(self.model) or DEFAULT_MODEL
+        alias = _as_optional_str(self.alias)
         store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(model))
         try:
             reconciled = reconcile_vanished(_as_source(self.source), store, mode=str(self.vanished))
+            if alias:
+                store.switch_alias(alias)
         finally:
             self.hook.close()  # local mode: release the folder lock
         total = merge_summaries(list(self.shard_summaries or ()), reconciled)
+        if alias:
+            total["alias"] = alias
         extra = {
-            "collection": str(self.collection),
+            "collection": alias or str(self.collection),
             "model": model,
             "files": total.get("files", 0),
             "upserted": total.get("upserted", 0),
