@@ -222,7 +222,8 @@ def _write_json(path: Path, data: dict | list) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (model files are hundreds of MB)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -256,8 +257,8 @@ def write_manifest(folder: Path, source: Path) -> dict:
     manifest = {
         "converter_version": CONVERTER_VERSION,
         "source": source.name,
-        "source_sha256": _sha256(source),
-        "files": {str(p.relative_to(folder)): _sha256(p) for p in files},
+        "source_sha256": sha256_file(source),
+        "files": {str(p.relative_to(folder)): sha256_file(p) for p in files},
     }
     _write_json(folder / MANIFEST, manifest)
     return manifest
@@ -274,11 +275,11 @@ def verify_folder(folder: Path, source: Path | None = None) -> bool:
         return False
     if manifest.get("converter_version") != CONVERTER_VERSION:
         return False
-    if source is not None and manifest.get("source_sha256") != _sha256(source):
+    if source is not None and manifest.get("source_sha256") != sha256_file(source):
         return False
     for rel, digest in manifest.get("files", {}).items():
         path = folder / rel
-        if not path.is_file() or _sha256(path) != digest:
+        if not path.is_file() or sha256_file(path) != digest:
             return False
     return bool(manifest.get("files"))
 

