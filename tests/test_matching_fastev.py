@@ -110,3 +110,28 @@ def test_vectorised_reciprocal_best_equals_the_loop_with_ties() -> None:
         np.testing.assert_array_equal(
             reciprocal_best(score, ia, ib), _reciprocal_best_reference(score, ia, ib)
         )
+
+
+def _mutual_best_reference(ia: np.ndarray, ib: np.ndarray, score: np.ndarray) -> np.ndarray:
+    mask = np.zeros(len(score), dtype=bool)
+    order = np.lexsort((np.arange(len(score)), -score))
+    best_a: dict[int, int] = {}
+    best_b: dict[int, int] = {}
+    for p in order.tolist():
+        best_a.setdefault(int(ia[p]), p)
+        best_b.setdefault(int(ib[p]), p)
+    for p in best_a.values():
+        if best_b[int(ib[p])] == p:
+            mask[p] = True
+    return mask
+
+
+def test_vectorised_mutual_best_equals_the_loop_with_ties() -> None:
+    from polyglot_catalog.matching.assign import mutual_best
+
+    rng = np.random.default_rng(6)
+    for _ in range(20):
+        n = int(rng.integers(0, 300))
+        ia, ib = rng.integers(0, 40, n), rng.integers(0, 30, n)
+        score = rng.integers(0, 8, n).astype(float)
+        np.testing.assert_array_equal(mutual_best(ia, ib, score), _mutual_best_reference(ia, ib, score))

@@ -21,15 +21,12 @@ def mutual_best(ia: np.ndarray, ib: np.ndarray, score: np.ndarray) -> np.ndarray
     mask = np.zeros(len(score), dtype=bool)
     if len(score) == 0:
         return mask
+    ia, ib = np.asarray(ia), np.asarray(ib)
     order = np.lexsort((np.arange(len(score)), -score))
-    best_a: dict[int, int] = {}
-    best_b: dict[int, int] = {}
-    for p in order.tolist():
-        best_a.setdefault(int(ia[p]), p)
-        best_b.setdefault(int(ib[p]), p)
-    for p in best_a.values():
-        if best_b[int(ib[p])] == p:
-            mask[p] = True
+    _, first_a = np.unique(ia[order], return_index=True)  # first = best of each product
+    ub, first_b = np.unique(ib[order], return_index=True)
+    best_a, best_b = order[first_a], order[first_b]
+    mask[best_a[best_b[np.searchsorted(ub, ib[best_a])] == best_a]] = True
     return mask
 
 
@@ -57,11 +54,11 @@ def max_weight_matching(ia: np.ndarray, ib: np.ndarray, weight: np.ndarray) -> n
     graph = coo_matrix((vals, (rows, cols)), shape=(na + nb, nb + na)).tocsr()
     r, c = min_weight_full_bipartite_matching(graph, maximize=True)
     real = (r < na) & (c < nb)
-    chosen = {(int(x), int(y)) for x, y in zip(r[real], c[real], strict=True)}
-    for p, x, y in zip(keep.tolist(), ra.tolist(), rb.tolist(), strict=True):
-        if (x, y) in chosen:
-            mask[p] = True
-            chosen.discard((x, y))
+    chosen = r[real].astype(np.int64) * nb + c[real]
+    key = ra.astype(np.int64) * nb + rb
+    hit = np.flatnonzero(np.isin(key, chosen))
+    _, first = np.unique(key[hit], return_index=True)  # a repeated edge is taken once, first wins
+    mask[keep[hit[first]]] = True
     return mask
 
 
