@@ -134,11 +134,15 @@ def _filter(flt: models.Filter | None) -> qe.Filter | None:
 
 
 def _vector_list(vector: Any) -> list[float]:
+    """A dense vector as a list; lists pass through as they are (``Batch`` already validated them,
+    and converting 384 floats a point one by one cost more than the engine's write)."""
     if hasattr(vector, "tolist"):
         vector = vector.tolist()
-    if not isinstance(vector, list | tuple) or (vector and not isinstance(vector[0], int | float)):
+    elif isinstance(vector, tuple):
+        vector = list(vector)
+    if not isinstance(vector, list) or (vector and not isinstance(vector[0], int | float)):
         raise ValueError(f"edge store: only dense vectors are supported; got {type(vector).__name__}")
-    return [float(x) for x in vector]
+    return vector
 
 
 def _record(rec: Any) -> models.Record:
