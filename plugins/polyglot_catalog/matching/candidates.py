@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BLOCK_ROWS = 2048
 DEFAULT_BLOCK_COLS = 8192
 #: Columns of a block whose k-th best seeds a query's threshold on its first block.
-SEED_COLS = 512
+SEED_COLS = 2048
 
 
 class _RunningTopK:
