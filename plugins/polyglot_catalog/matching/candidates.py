@@ -171,10 +171,19 @@ def qdrant_topk(
     return idx, sim
 
 
-def _rerank(q: np.ndarray, c: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Re-score fetched neighbours with the vectors that define similarity and keep the top ``k``."""
+def _rerank(
+    q: np.ndarray, c: np.ndarray, idx: np.ndarray, k: int, chunk: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score fetched neighbours with the vectors that define similarity and keep the top ``k``.
+
+    In chunks of queries: gathering every fetched neighbour's vector at once would hold an
+    (n x 2k x dim) array, 3 GB for 100k queries at k=10."""
     valid = idx >= 0
-    sims = np.where(valid, np.einsum("nd,nkd->nk", q, c[np.where(valid, idx, 0)]), -np.inf).astype(np.float32)
+    safe = np.where(valid, idx, 0)
+    sims = np.empty(idx.shape, dtype=np.float32)
+    for s in range(0, len(idx), chunk):
+        sims[s : s + chunk] = np.einsum("nd,nkd->nk", q[s : s + chunk], c[safe[s : s + chunk]])
+    sims[~valid] = -np.inf
     order = np.lexsort((np.where(valid, idx, np.iinfo(np.int64).max), -sims), axis=1)[:, :k]
     return np.take_along_axis(np.where(valid, idx, -1), order, axis=1), np.take_along_axis(
         sims, order, axis=1
