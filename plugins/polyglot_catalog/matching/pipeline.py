@@ -251,6 +251,7 @@ def match_catalog(
             }
         )
     timings["candidates"], timings["features"] = t_cand, t_feat
+    del evid, idf, raw_vectors  # per-product evidence objects (~2 KB each): free them before scoring
 
     t0 = time.perf_counter()
     lab: Labels | None = None
@@ -394,72 +395,99 @@ def _fit_and_score(
 
 
 def _pairs_table(blocks: list[dict[str, Any]], data: CatalogData, threshold: float) -> pd.DataFrame:
-    frames = []
-    for blk in blocks:
-        a, b = data[blk["ra"]], data[blk["rb"]]
-        f = blk["feats"]
-        decision = np.where(
-            blk["accepted"], "match", np.where(blk["score"] >= threshold, "not_mutual", "below_threshold")
-        )
-        df = pd.DataFrame(
-            {
-                "region_a": a.region,
-                "sku_a": blk["sa"],
-                "region_b": b.region,
-                "sku_b": blk["sb"],
-                "score": blk["score"].astype(np.float64),
-                "cosine": f["cosine"].to_numpy(np.float64),
-                "decision": decision,
-                "csls": f["csls"].to_numpy(np.float64),
-                "lexical": f["lexical"].to_numpy(np.float64),
-                **{c: f[c].to_numpy(np.float64) for c in EVIDENCE_COLUMNS},
-                "ev_triangle": f["ev_triangle"].to_numpy(np.float64) if "ev_triangle" in f else 0.0,
-                "explain": blk["explain"],
-                "text_a": np.asarray(a.texts, dtype=object)[blk["ia"]],
-                "text_b": np.asarray(b.texts, dtype=object)[blk["ib"]],
-            }
-        )
-        frames.append(df)
-    if not frames:
+    """All candidate pairs, region pair by region pair, best score first.
+
+    Built column by column in its final order (each block sorted on its own, blocks in region
+    order) so the table exists once: per-block frames, their concat and a global sort held three
+    copies, the memory peak of a 100k-per-region run.
+    """
+    if not blocks:
         return pd.DataFrame(columns=PAIR_COLUMNS)
-    pairs = pd.concat(frames, ignore_index=True)[PAIR_COLUMNS]
-    return pairs.sort_values(
-        ["region_a", "region_b", "score"], ascending=[True, True, False], ignore_index=True
-    )
+    verdicts = np.array(["match", "not_mutual", "below_threshold"], dtype=object)
+    seq = sorted(range(len(blocks)), key=lambda n: (blocks[n]["ra"], blocks[n]["rb"]))
+    orders = {n: np.argsort(-blocks[n]["score"], kind="stable") for n in seq}
+
+    def column(get: Any, dtype: Any = None) -> np.ndarray:
+        return np.concatenate([np.asarray(get(blocks[n]), dtype=dtype)[orders[n]] for n in seq])
+
+    def feat(name: str) -> Any:
+        return lambda blk: (
+            blk["feats"][name].to_numpy(np.float64) if name in blk["feats"] else np.zeros(len(blk["ia"]))
+        )
+
+    columns: dict[str, np.ndarray] = {
+        "region_a": column(lambda blk: np.full(len(blk["ia"]), blk["ra"], dtype=object)),
+        "sku_a": column(lambda blk: blk["sa"], object),
+        "region_b": column(lambda blk: np.full(len(blk["ia"]), blk["rb"], dtype=object)),
+        "sku_b": column(lambda blk: blk["sb"], object),
+        "score": column(lambda blk: blk["score"], np.float64),
+        "cosine": column(feat("cosine")),
+        "decision": column(
+            lambda blk: verdicts[np.where(blk["accepted"], 0, np.where(blk["score"] >= threshold, 1, 2))]
+        ),
+        "csls": column(feat("csls")),
+        "lexical": column(feat("lexical")),
+        **{c: column(feat(c)) for c in EVIDENCE_COLUMNS},
+        "ev_triangle": column(feat("ev_triangle")),
+        "explain": column(lambda blk: blk["explain"], object),
+        "text_a": column(lambda blk: np.asarray(data[blk["ra"]].texts, dtype=object)[blk["ia"]]),
+        "text_b": column(lambda blk: np.asarray(data[blk["rb"]].texts, dtype=object)[blk["ib"]]),
+    }
+    return pd.DataFrame(columns, columns=PAIR_COLUMNS, copy=False)
 
 
 def _unmatched(pairs: pd.DataFrame, data: CatalogData) -> pd.DataFrame:
-    """Products without an accepted twin, with their best candidate anywhere for review."""
-    side_a = pairs[["region_a", "sku_a", "score", "region_b", "sku_b", "decision"]].set_axis(
-        ["region", "sku", "best_score", "best_region", "best_sku", "decision"], axis=1
+    """Products without an accepted twin, with their best candidate anywhere for review.
+
+    Array work on product numbers (region offset + row) instead of a concatenated, sorted and
+    de-duplicated copy of both sides of every pair (8 million rows at 100k per region).
+    """
+    cols = ["region", "sku", "text", "best_score", "best_region", "best_sku"]
+    regions = list(data)
+    offset = dict(zip(regions, np.cumsum([0] + [len(data[r]) for r in regions[:-1]]), strict=True))
+    total = sum(len(t) for t in data.values())
+
+    def product_ids(region_col: np.ndarray, sku_col: np.ndarray) -> np.ndarray:
+        ids = np.full(len(sku_col), -1, dtype=np.int64)
+        for r in regions:
+            at = np.flatnonzero(region_col == r)
+            if len(at):
+                rows = pd.Index(data[r].skus).get_indexer(sku_col[at])
+                ids[at] = np.where(rows >= 0, rows + offset[r], -1)
+        return ids
+
+    ra, rb = pairs["region_a"].to_numpy(object), pairs["region_b"].to_numpy(object)
+    sa, sb = pairs["sku_a"].to_numpy(object), pairs["sku_b"].to_numpy(object)
+    ids = np.concatenate([product_ids(ra, sa), product_ids(rb, sb)])
+    score = np.tile(pairs["score"].to_numpy(np.float64), 2)
+    other_region = np.concatenate([rb, ra])
+    other_sku = np.concatenate([sb, sa])
+    is_match = np.tile((pairs["decision"] == "match").to_numpy(), 2)
+    matched = np.zeros(total, dtype=bool)
+    matched[ids[is_match & (ids >= 0)]] = True
+    best_row = np.full(total, -1, dtype=np.int64)
+    order = np.argsort(-score, kind="stable")  # first per product = best score, earlier row on ties
+    order = order[ids[order] >= 0]
+    uniq, first = np.unique(ids[order], return_index=True)
+    best_row[uniq] = order[first]
+
+    out_region, out_sku, out_text = [], [], []
+    for r in regions:
+        out_region.append(np.full(len(data[r]), r, dtype=object))
+        out_sku.append(np.asarray(data[r].skus, dtype=object))
+        out_text.append(np.asarray(data[r].texts, dtype=object))
+    keep = ~matched
+    hit = best_row[keep]
+    has = hit >= 0
+    safe = np.where(has, hit, 0)
+    return pd.DataFrame(
+        {
+            "region": np.concatenate(out_region)[keep] if total else np.zeros(0, dtype=object),
+            "sku": np.concatenate(out_sku)[keep] if total else np.zeros(0, dtype=object),
+            "text": np.concatenate(out_text)[keep] if total else np.zeros(0, dtype=object),
+            "best_score": np.where(has, score[safe] if len(score) else np.nan, np.nan),
+            "best_region": np.where(has, other_region[safe] if len(score) else None, None),
+            "best_sku": np.where(has, other_sku[safe] if len(score) else None, None),
+        },
+        columns=cols,
     )
-    side_b = pairs[["region_b", "sku_b", "score", "region_a", "sku_a", "decision"]].set_axis(
-        ["region", "sku", "best_score", "best_region", "best_sku", "decision"], axis=1
-    )
-    both = pd.concat([side_a, side_b], ignore_index=True)
-    matched = set(
-        zip(
-            both.loc[both["decision"] == "match", "region"],
-            both.loc[both["decision"] == "match", "sku"],
-            strict=True,
-        )
-    )
-    best = both.sort_values("best_score", ascending=False, kind="stable").drop_duplicates(["region", "sku"])
-    best = best.set_index(["region", "sku"])
-    rows = []
-    for region, table in data.items():
-        for sku, text in zip(table.skus, table.texts, strict=True):
-            if (region, sku) in matched:
-                continue
-            hit = best.loc[(region, sku)] if (region, sku) in best.index else None
-            rows.append(
-                {
-                    "region": region,
-                    "sku": sku,
-                    "text": text,
-                    "best_score": float(hit["best_score"]) if hit is not None else float("nan"),
-                    "best_region": hit["best_region"] if hit is not None else None,
-                    "best_sku": hit["best_sku"] if hit is not None else None,
-                }
-            )
-    return pd.DataFrame(rows, columns=["region", "sku", "text", "best_score", "best_region", "best_sku"])
