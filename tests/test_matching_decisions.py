@@ -43,6 +43,52 @@ def test_one_to_one_holds_on_random_candidate_graphs(method: str) -> None:
         assert (s[got] >= 0.3).all()
 
 
+def test_hungarian_finishes_on_tied_scores_and_stays_optimal() -> None:
+    """Many exact ties (scores rounded to a few values, cut at 0 and at a tied value) used to send
+    scipy's LAPJVsp into an endless loop on float weights; the assignment must finish (the
+    subprocess timeout is a hang guard, generous by minutes, not a speed check) and stay one-to-one."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from polyglot_catalog.matching.assign import assign_one_to_one
+        rng = np.random.default_rng(1)
+        for trial in range(120):
+            n = int(rng.integers(5, 300)); k = int(rng.integers(1, 6))
+            ia = np.repeat(np.arange(n), k); ib = rng.integers(0, n, n * k)
+            score = rng.choice([0.0, 0.25, 0.5, 0.5, 0.9, 1.0, 1.0], n * k)
+            for cut in (0.0, 0.5):
+                m = assign_one_to_one(ia, ib, score, cut)
+                assert len(set(ia[m])) == m.sum() == len(set(ib[m])), trial
+                assert (score[m] >= cut).all()
+        print("done")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "done"
+
+
+def test_hungarian_total_matches_brute_force_on_small_tied_graphs() -> None:
+    import itertools
+
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n = 4
+        ia, ib = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        ia, ib = ia.ravel(), ib.ravel()
+        score = rng.choice([0.2, 0.5, 0.5, 0.8], n * n)
+        mask = assign_one_to_one(ia, ib, score, 0.5)
+        margin = np.where(score >= 0.5, score - 0.5, -1.0).reshape(n, n)
+        best = max(
+            sum(max(margin[a, perm[a]], 0.0) for a in range(n)) for perm in itertools.permutations(range(n))
+        )
+        assert np.isclose((score[mask] - 0.5).sum(), best)
+
+
 def test_nothing_above_threshold_means_no_matches() -> None:
     ia, ib, s = np.array([0, 1]), np.array([0, 1]), np.array([0.2, 0.1])
     assert not assign_one_to_one(ia, ib, s, 0.5).any()

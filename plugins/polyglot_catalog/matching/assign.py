@@ -13,7 +13,10 @@ from typing import Literal
 import numpy as np
 
 AssignMethod = Literal["hungarian", "mutual"]
-_EPS = 1e-9  # weights must be non-zero for scipy's sparse solver; the dummy edges weigh this much
+# LAPJVsp can loop forever on float weights whose sums round differently (ties at a threshold do
+# it); integer-valued weights are exact in float64, so margins are quantised to 1e-6 first.
+_SCALE = 1_000_000
+_EPS = 1e-9  # a pair exactly at the threshold still clears it
 
 
 def mutual_best(ia: np.ndarray, ib: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -33,9 +36,10 @@ def mutual_best(ia: np.ndarray, ib: np.ndarray, score: np.ndarray) -> np.ndarray
 def max_weight_matching(ia: np.ndarray, ib: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Mask of a maximum-weight one-to-one matching using only edges with positive ``weight``.
 
-    Builds the sparse (A + B') x (B + A') graph: real edges a->b, their mirror b'->a' (weight eps)
-    so both dummies can pair up, and a->a', b'->b (eps) for "unmatched". LAPJVsp then finds a
-    full matching in O(edges) memory.
+    Builds the sparse (A + B') x (B + A') graph: real edges a->b, their mirror b'->a' (weight 1)
+    so both dummies can pair up, and a->a', b'->b (weight 1) for "unmatched". LAPJVsp then finds a
+    full matching in O(edges) memory. Weights are quantised to integers (``weight * 1e6``, at least 2
+    on a real edge so any positive edge beats leaving both ends unmatched).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching
@@ -50,7 +54,8 @@ def max_weight_matching(ia: np.ndarray, ib: np.ndarray, weight: np.ndarray) -> n
     na, nb, e = len(ua), len(ub), len(keep)
     rows = np.concatenate([ra, na + rb, np.arange(na), na + np.arange(nb)])
     cols = np.concatenate([rb, nb + ra, nb + np.arange(na), np.arange(nb)])
-    vals = np.concatenate([weight[keep] + _EPS, np.full(e, _EPS), np.full(na, _EPS), np.full(nb, _EPS)])
+    real_w = np.rint(weight[keep] * _SCALE) + 2.0
+    vals = np.concatenate([real_w, np.ones(e), np.ones(na), np.ones(nb)])
     graph = coo_matrix((vals, (rows, cols)), shape=(na + nb, nb + na)).tocsr()
     r, c = min_weight_full_bipartite_matching(graph, maximize=True)
     real = (r < na) & (c < nb)
