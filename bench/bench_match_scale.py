@@ -6,7 +6,8 @@ Each (path, size) runs in a fresh subprocess, so peak RSS (VmHWM) is that run's 
 whole ``match_catalog`` call (candidates + evidence + scoring + one-to-one assignment + groups), with
 its per-stage timings; for the Qdrant path the store load (upsert + HNSW build) is timed apart.
 Recall of the Qdrant path: for 1,000 sampled products per direction and region pair, its candidate
-top-k (Qdrant's 2k raw neighbours re-ranked by the centred vectors, exactly as the matcher does)
+top-k (Qdrant's 2k neighbours of the centred query, re-ranked by the centred vectors, exactly as the
+matcher does)
 against the exact top-k of the same centred vectors.
 
     python bench/bench_match_scale.py [--sizes 10000,100000] [--qdrant-sizes 10000] [--k 10]
@@ -118,7 +119,8 @@ def worker(path: str, n: int, k: int, folder: str) -> dict:
 def qdrant_recall(store, result, k: int, sample: int = 1000) -> dict[str, float]:
     """Recall at k on sampled queries (see the module doc): ``engine`` = Qdrant's top-k of the stored
     (raw) vectors vs exact top-k of the same vectors (the HNSW approximation alone); ``candidates`` =
-    the matcher's Qdrant candidates (2k raw neighbours re-ranked by the centred vectors) vs the exact
+    the matcher's Qdrant candidates (2k neighbours of the centred query among the stored vectors,
+    re-ranked by the centred vectors) vs the exact
     top-k of the centred vectors (what the exact path would give)."""
     from polyglot_catalog.matching.candidates import _rerank, exact_topk, qdrant_topk
     from polyglot_catalog.matching.pipeline import center_region, load_catalog
@@ -134,11 +136,12 @@ def qdrant_recall(store, result, k: int, sample: int = 1000) -> dict[str, float]
             if a == b:
                 continue
             rows = rng.choice(len(data[a]), min(sample, len(data[a])), replace=False)
-            idx, _ = qdrant_topk(store, data[a].vectors[rows], b, data[b], 2 * k)
-            got, _ = _rerank(cent[a].vectors[rows], cent[b].vectors, idx, k)
+            idx, _ = qdrant_topk(store, data[a].vectors[rows], b, data[b], k)
+            fetched, _ = qdrant_topk(store, cent[a].vectors[rows], b, data[b], 2 * k)
+            got, _ = _rerank(cent[a].vectors[rows], cent[b].vectors, fetched, k)
             want, _ = exact_topk(cent[a].vectors[rows], cent[b].vectors, k)
             raw_want, _ = exact_topk(data[a].vectors[rows], data[b].vectors, k)
-            for g, w, r, rw in zip(got, want, idx[:, :k], raw_want, strict=True):
+            for g, w, r, rw in zip(got, want, idx, raw_want, strict=True):
                 hits["candidates"] += len(set(g.tolist()) & set(w.tolist()))
                 hits["engine"] += len(set(r.tolist()) & set(rw.tolist()))
                 total += len(w)

@@ -73,11 +73,14 @@ class _FakeStore:
                 )
         self.client.upsert("c", points=points)
 
-    def query_region(self, vectors: np.ndarray, region: str, k: int) -> list[list[tuple[dict, float]]]:
+    def query_region(
+        self, vectors: np.ndarray, region: str, k: int, fields: list[str] | None = None
+    ) -> list[list[tuple[dict, float]]]:
         m = self.models
         flt = m.Filter(must=[m.FieldCondition(key="region", match=m.MatchValue(value=region))])
+        payload = True if fields is None else fields
         reqs = [
-            m.QueryRequest(query=v.tolist(), using="v", filter=flt, limit=k, with_payload=True)
+            m.QueryRequest(query=v.tolist(), using="v", filter=flt, limit=k, with_payload=payload)
             for v in vectors
         ]
         return [

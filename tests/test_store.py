@@ -180,6 +180,8 @@ def test_query_region_filters_by_region_and_ranks(store: CatalogStore) -> None:
     assert all(row[0][1] == pytest.approx(1.0, abs=1e-5) for row in hits)
     assert all([s for _, s in row] == sorted((s for _, s in row), reverse=True) for row in hits)
     assert store.query_region(de[:1], "US", k=3) == [[]]
+    lean = store.query_region(fr[2:3], "FR", k=2, fields=["sku"])
+    assert [set(p) for p, _ in lean[0]] == [{"sku", "id"}] * 2 and lean[0][0][0]["sku"] == "FR-2"
 
 
 def test_stats_regions_and_delete(store: CatalogStore) -> None:

@@ -475,15 +475,24 @@ class CatalogStore:
         *,
         include_stale: bool = False,
         requests_per_call: int = 64,
+        fields: Sequence[str] | None = None,
     ) -> list[list[tuple[dict[str, Any], float]]]:
-        """Top-``k`` neighbours in ``region`` for each query vector: (payload with ``id``, score) lists."""
+        """Top-``k`` neighbours in ``region`` for each query vector: (payload with ``id``, score) lists.
+
+        ``fields`` limits the payload returned (the matcher needs only ``sku``; whole payloads carry
+        every description and dominate the cost of a query on a large catalog)."""
         query_filter = _region_filter(region, include_stale)
+        with_payload: bool | list[str] = True if fields is None else list(fields)
         results: list[list[tuple[dict[str, Any], float]]] = []
         vectors = np.asarray(vectors, dtype=np.float32)
         for part in _chunks(len(vectors), requests_per_call):
             requests = [
                 models.QueryRequest(
-                    query=v.tolist(), using=self.vector_name, filter=query_filter, limit=k, with_payload=True
+                    query=v.tolist(),
+                    using=self.vector_name,
+                    filter=query_filter,
+                    limit=k,
+                    with_payload=with_payload,
                 )
                 for v in vectors[part]
             ]

@@ -159,7 +159,7 @@ def qdrant_topk(
     sim = np.full((len(queries), kk), -np.inf, dtype=np.float32)
     if kk == 0 or len(queries) == 0:
         return idx, sim
-    hits = store.query_region(np.asarray(queries, dtype=np.float32), region, kk)
+    hits = store.query_region(np.asarray(queries, dtype=np.float32), region, kk, fields=["sku"])
     for r, row in enumerate(hits):
         col = 0
         for payload, score in row:
@@ -209,13 +209,18 @@ def candidate_pairs(
 
     ``a.vectors``/``b.vectors`` define the similarity. When they differ from what the store holds
     (the matcher centres each region's vectors), pass the stored vectors as ``raw``: Qdrant is
-    asked for ``oversample * k`` raw neighbours, which are re-ranked by the table vectors.
+    asked for ``oversample * k`` neighbours, which are re-ranked by the table vectors.
+
+    Why the query is the centred vector, not the raw one: with stored ``b`` and a centred query
+    ``qa = (a - mu_a) / |a - mu_a|``, ``qa . b = qa . (b - mu_b) + qa . mu_b``; the last term is the
+    same for every ``b``, so Qdrant ranks by the centred dot product and only the norm of ``b - mu_b``
+    differs from the centred cosine. Raw queries rank by the language offset as well, and their
+    neighbourhood missed ~30% of the exact centred top-k at 10k per region.
     """
     if store is not None:
         fetch = k if raw is None else oversample * k
-        qa, qb = (a.vectors, b.vectors) if raw is None else raw
-        ab_idx, ab_sim = qdrant_topk(store, qa, b.region, b, fetch)
-        ba_idx, ba_sim = qdrant_topk(store, qb, a.region, a, fetch)
+        ab_idx, ab_sim = qdrant_topk(store, a.vectors, b.region, b, fetch)
+        ba_idx, ba_sim = qdrant_topk(store, b.vectors, a.region, a, fetch)
         if raw is not None:
             ab_idx, ab_sim = _rerank(a.vectors, b.vectors, ab_idx, k)
             ba_idx, ba_sim = _rerank(b.vectors, a.vectors, ba_idx, k)

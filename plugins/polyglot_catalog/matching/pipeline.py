@@ -36,9 +36,11 @@ from .scoring import (
     FEATURES,
     PairScorer,
     corroboration,
+    default_seed,
     lexical_vectors,
     pair_features,
     prior_shift_threshold,
+    self_training_targets,
 )
 
 logger = logging.getLogger(__name__)
@@ -294,13 +296,18 @@ def match_catalog(
 
     t0 = time.perf_counter()
     pairs = _pairs_table(blocks, data, threshold)
+    pid_a, pid_b = _product_numbers(blocks, data)
+    for blk in blocks:  # the table holds them now; per-block copies would double the peak below
+        for key in ("feats", "explain", "sa", "sb"):
+            blk.pop(key, None)
     acc = pairs[pairs["decision"] == "match"]
     groups, kept = build_groups(
         list(zip(acc["region_a"], acc["sku_a"], acc["region_b"], acc["sku_b"], acc["score"], strict=True)),
         allow_same_region=allow_same_region,
     )
     pairs.loc[acc.index[~np.asarray(kept, dtype=bool)], "decision"] = "conflict"
-    unmatched = _unmatched(pairs, data)
+    unmatched = _unmatched(pairs, data, pid_a, pid_b)
+    del pid_a, pid_b
     timings["groups"] = time.perf_counter() - t0
 
     summary: dict[str, Any] = {
@@ -370,7 +377,16 @@ def _fit_and_score(
     scorer = PairScorer(features=tuple(features))
     if not blocks:
         return scorer
-    feats = pd.concat([blk["feats"] for blk in blocks], ignore_index=True)
+
+    def rows(mask: np.ndarray) -> pd.DataFrame:
+        """Only the fitted rows of every block, stacked (never a copy of all candidate pairs)."""
+        parts, start = [], 0
+        for blk in blocks:
+            n = len(blk["ia"])
+            parts.append(blk["feats"][mask[start : start + n]])
+            start += n
+        return pd.concat(parts, ignore_index=True)
+
     fitted = False
     if lab:
         known, y = zip(
@@ -378,17 +394,27 @@ def _fit_and_score(
         )
         known_all, y_all = np.concatenate(known), np.concatenate(y)
         if y_all[known_all].any() and not y_all[known_all].all():
-            scorer.fit(feats[known_all], y_all[known_all], source="labels")
+            scorer.fit(rows(known_all), y_all[known_all], source="labels")
             fitted = True
-    if not fitted and len(feats):
+    if not fitted and sum(len(blk["ia"]) for blk in blocks):
         offset = 0
         ia_all, ib_all = [], []
         for blk in blocks:  # keep products of different region pairs apart in the self-training
             ia_all.append(blk["ia"] + offset)
             ib_all.append(blk["ib"] + offset)
             offset += int(max(blk["ia"].max(initial=0), blk["ib"].max(initial=0))) + 1
-        seed_score = np.concatenate(seed) if seed is not None else None
-        scorer.fit_unsupervised(feats, np.concatenate(ia_all), np.concatenate(ib_all), seed=seed_score)
+        if seed is not None:
+            seed_score = np.concatenate(seed)
+        else:
+            seed_score = default_seed(
+                np.concatenate([blk["feats"]["csls"].to_numpy() for blk in blocks]),
+                np.concatenate([blk["feats"]["lexical"].to_numpy() for blk in blocks]),
+            )
+        targets = self_training_targets(seed_score, np.concatenate(ia_all), np.concatenate(ib_all))
+        if targets is None:
+            scorer.default()
+        else:
+            scorer.fit(rows(targets[0]), targets[1], source="self-training")
     for blk in blocks:
         blk["score"] = scorer.predict(blk["feats"]) if len(blk["feats"]) else np.zeros(0)
     return scorer
@@ -412,7 +438,9 @@ def _pairs_table(blocks: list[dict[str, Any]], data: CatalogData, threshold: flo
 
     def feat(name: str) -> Any:
         return lambda blk: (
-            blk["feats"][name].to_numpy(np.float64) if name in blk["feats"] else np.zeros(len(blk["ia"]))
+            blk["feats"][name].to_numpy(np.float32)
+            if name in blk["feats"]
+            else np.zeros(len(blk["ia"]), dtype=np.float32)
         )
 
     columns: dict[str, np.ndarray] = {
@@ -436,58 +464,78 @@ def _pairs_table(blocks: list[dict[str, Any]], data: CatalogData, threshold: flo
     return pd.DataFrame(columns, columns=PAIR_COLUMNS, copy=False)
 
 
-def _unmatched(pairs: pd.DataFrame, data: CatalogData) -> pd.DataFrame:
+def _product_numbers(blocks: list[dict[str, Any]], data: CatalogData) -> tuple[np.ndarray, np.ndarray]:
+    """Global product numbers (region offset + row) of both sides of every pair, in the order of
+    :func:`_pairs_table`: integers the unmatched pass can index with, instead of looking up
+    millions of SKU strings."""
+    offset = dict(zip(data, np.cumsum([0, *[len(t) for t in data.values()][:-1]]), strict=True))
+    seq = sorted(range(len(blocks)), key=lambda n: (blocks[n]["ra"], blocks[n]["rb"]))
+    if not seq:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    orders = [np.argsort(-blocks[n]["score"], kind="stable") for n in seq]
+    pid_a = np.concatenate(
+        [blocks[n]["ia"][o] + offset[blocks[n]["ra"]] for n, o in zip(seq, orders, strict=True)]
+    )
+    pid_b = np.concatenate(
+        [blocks[n]["ib"][o] + offset[blocks[n]["rb"]] for n, o in zip(seq, orders, strict=True)]
+    )
+    return pid_a.astype(np.int64, copy=False), pid_b.astype(np.int64, copy=False)
+
+
+def _unmatched(pairs: pd.DataFrame, data: CatalogData, pid_a: np.ndarray, pid_b: np.ndarray) -> pd.DataFrame:
     """Products without an accepted twin, with their best candidate anywhere for review.
 
-    Array work on product numbers (region offset + row) instead of a concatenated, sorted and
-    de-duplicated copy of both sides of every pair (8 million rows at 100k per region).
+    Array work on product numbers (``pid_a``/``pid_b``, see :func:`_product_numbers`): one sort of
+    the scores, then each side's first row per product. Ties: the earlier row wins, and a product's
+    pairs as side a before those as side b.
     """
     cols = ["region", "sku", "text", "best_score", "best_region", "best_sku"]
-    regions = list(data)
-    offset = dict(zip(regions, np.cumsum([0] + [len(data[r]) for r in regions[:-1]]), strict=True))
     total = sum(len(t) for t in data.values())
-
-    def product_ids(region_col: np.ndarray, sku_col: np.ndarray) -> np.ndarray:
-        ids = np.full(len(sku_col), -1, dtype=np.int64)
-        for r in regions:
-            at = np.flatnonzero(region_col == r)
-            if len(at):
-                rows = pd.Index(data[r].skus).get_indexer(sku_col[at])
-                ids[at] = np.where(rows >= 0, rows + offset[r], -1)
-        return ids
-
-    ra, rb = pairs["region_a"].to_numpy(object), pairs["region_b"].to_numpy(object)
-    sa, sb = pairs["sku_a"].to_numpy(object), pairs["sku_b"].to_numpy(object)
-    ids = np.concatenate([product_ids(ra, sa), product_ids(rb, sb)])
-    score = np.tile(pairs["score"].to_numpy(np.float64), 2)
-    other_region = np.concatenate([rb, ra])
-    other_sku = np.concatenate([sb, sa])
-    is_match = np.tile((pairs["decision"] == "match").to_numpy(), 2)
+    score = pairs["score"].to_numpy(np.float64)
+    is_match = (pairs["decision"] == "match").to_numpy()
     matched = np.zeros(total, dtype=bool)
-    matched[ids[is_match & (ids >= 0)]] = True
+    matched[pid_a[is_match]] = True
+    matched[pid_b[is_match]] = True
     best_row = np.full(total, -1, dtype=np.int64)
-    order = np.argsort(-score, kind="stable")  # first per product = best score, earlier row on ties
-    order = order[ids[order] >= 0]
-    uniq, first = np.unique(ids[order], return_index=True)
-    best_row[uniq] = order[first]
+    best_score = np.full(total, -np.inf)
+    from_a = np.zeros(total, dtype=bool)  # the best row has this product as side a
+    order = np.argsort(-score, kind="stable")
+    for side_is_a, pid in ((True, pid_a), (False, pid_b)):
+        uniq, first = np.unique(pid[order], return_index=True)
+        rows = order[first]
+        better = score[rows] > best_score[uniq]
+        best_row[uniq[better]] = rows[better]
+        best_score[uniq[better]] = score[rows[better]]
+        from_a[uniq[better]] = side_is_a
+    del order
 
-    out_region, out_sku, out_text = [], [], []
-    for r in regions:
-        out_region.append(np.full(len(data[r]), r, dtype=object))
-        out_sku.append(np.asarray(data[r].skus, dtype=object))
-        out_text.append(np.asarray(data[r].texts, dtype=object))
-    keep = ~matched
+    keep = np.flatnonzero(~matched)
     hit = best_row[keep]
     has = hit >= 0
     safe = np.where(has, hit, 0)
+    side_a = from_a[keep]
+    if len(pairs):
+        other_region = np.where(
+            side_a, pairs["region_b"].to_numpy(object)[safe], pairs["region_a"].to_numpy(object)[safe]
+        )
+        other_sku = np.where(
+            side_a, pairs["sku_b"].to_numpy(object)[safe], pairs["sku_a"].to_numpy(object)[safe]
+        )
+    else:
+        other_region = other_sku = np.full(len(keep), None, dtype=object)
+    regions = list(data)
+    region_col = np.concatenate([np.full(len(data[r]), r, dtype=object) for r in regions]) if total else None
+    sku_col = np.concatenate([np.asarray(data[r].skus, dtype=object) for r in regions]) if total else None
+    text_col = np.concatenate([np.asarray(data[r].texts, dtype=object) for r in regions]) if total else None
+    empty = np.zeros(0, dtype=object)
     return pd.DataFrame(
         {
-            "region": np.concatenate(out_region)[keep] if total else np.zeros(0, dtype=object),
-            "sku": np.concatenate(out_sku)[keep] if total else np.zeros(0, dtype=object),
-            "text": np.concatenate(out_text)[keep] if total else np.zeros(0, dtype=object),
-            "best_score": np.where(has, score[safe] if len(score) else np.nan, np.nan),
-            "best_region": np.where(has, other_region[safe] if len(score) else None, None),
-            "best_sku": np.where(has, other_sku[safe] if len(score) else None, None),
+            "region": region_col[keep] if total else empty,
+            "sku": sku_col[keep] if total else empty,
+            "text": text_col[keep] if total else empty,
+            "best_score": np.where(has, best_score[keep] if total else np.nan, np.nan),
+            "best_region": np.where(has, other_region, None),
+            "best_sku": np.where(has, other_sku, None),
         },
         columns=cols,
     )

@@ -29,6 +29,10 @@ from .fastev import compare_many
 logger = logging.getLogger(__name__)
 
 FEATURES = ("cosine", "csls", "lexical", *EVIDENCE_COLUMNS)
+#: Most pairs a scorer is fitted on (a seeded uniform sample beyond it); see :meth:`PairScorer.fit`.
+MAX_FIT_ROWS = 1_000_000
+#: Pairs scored per step, bounding the float64 copy of the feature columns.
+DECISION_CHUNK = 500_000
 
 
 def lexical_vectors(texts_a: Sequence[str], texts_b: Sequence[str]) -> tuple[object, object]:
@@ -99,8 +103,29 @@ def pair_features(
     lexical = rowwise_dot(lex[0], lex[1], ia, ib)
     # all pairs at once (values equal evidence.compare's; a per-pair loop took minutes at 100k)
     evidence, explain = compare_many(ev_a, ev_b, ia, ib, idf)
-    data = {"cosine": cos, "csls": csls.astype(np.float32), "lexical": lexical, **evidence}
-    return pd.DataFrame(data), explain
+    data = {"cosine": cos, "csls": csls, "lexical": lexical, **evidence}
+    # float32 throughout: ~15 columns x millions of pairs, and no feature needs more than 7 digits
+    return pd.DataFrame({name: np.asarray(col, dtype=np.float32) for name, col in data.items()}), explain
+
+
+def default_seed(csls: np.ndarray, lexical: np.ndarray) -> np.ndarray:
+    """The self-training seed score: z-scored CSLS plus z-scored lexical overlap."""
+    return _z(np.asarray(csls, dtype=np.float64)) + _z(np.asarray(lexical, dtype=np.float64))
+
+
+def self_training_targets(
+    seed: np.ndarray, ia: np.ndarray, ib: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(rows, y)`` to fit on: reciprocal-best pairs under ``seed`` are positives, the other
+    candidates of the same products negatives; ``None`` when either side has fewer than 2."""
+    pos = reciprocal_best(seed, ia, ib)
+    touched_a = np.unique(ia[pos])
+    touched_b = np.unique(ib[pos])
+    neg = ~pos & (np.isin(ia, touched_a) | np.isin(ib, touched_b))
+    if pos.sum() < 2 or neg.sum() < 2:
+        return None
+    keep = pos | neg
+    return keep, pos[keep].astype(int)
 
 
 def reciprocal_best(score: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
@@ -137,9 +162,16 @@ class PairScorer:
     def fit(
         self, feats: pd.DataFrame, y: np.ndarray, *, source: str = "labels", c: float = 1.0
     ) -> PairScorer:
-        """Fit on 0/1 targets; constant features get weight 0 (nothing to learn from them)."""
+        """Fit on 0/1 targets; constant features get weight 0 (nothing to learn from them).
+
+        More than :data:`MAX_FIT_ROWS` rows are subsampled (seeded, uniform): a dozen weights are
+        settled long before a million pairs, and the float64 design matrix of every candidate pair
+        at 100k products per region would be most of the matcher's memory."""
         from sklearn.linear_model import LogisticRegression
 
+        if len(feats) > MAX_FIT_ROWS:
+            rows = np.sort(np.random.default_rng(0).choice(len(feats), MAX_FIT_ROWS, replace=False))
+            feats, y = feats.iloc[rows], np.asarray(y)[rows]
         x = self._x(feats)
         self.mean = x.mean(axis=0)
         self.scale = x.std(axis=0)
@@ -163,15 +195,12 @@ class PairScorer:
         """Self-training: reciprocal-best pairs under ``seed`` (default ``csls + lexical``, z-scored)
         are positives, the other candidates of the same products negatives."""
         if seed is None:
-            seed = _z(feats["csls"].to_numpy()) + _z(feats["lexical"].to_numpy())
-        pos = reciprocal_best(seed, ia, ib)
-        touched_a = set(ia[pos].tolist())
-        touched_b = set(ib[pos].tolist())
-        neg = ~pos & (np.isin(ia, list(touched_a)) | np.isin(ib, list(touched_b)))
-        keep = pos | neg
-        if pos.sum() < 2 or neg.sum() < 2:
+            seed = default_seed(feats["csls"].to_numpy(), feats["lexical"].to_numpy())
+        targets = self_training_targets(seed, ia, ib)
+        if targets is None:
             return self.default()
-        return self.fit(feats[keep], pos[keep].astype(int), source="self-training")
+        keep, y = targets
+        return self.fit(feats[keep], y, source="self-training")
 
     def default(self) -> PairScorer:
         """Hand-set fallback (too little data to fit): cosine-centred, evidence as nudges."""
@@ -198,7 +227,11 @@ class PairScorer:
         if self.weights is None:
             self.default()
         assert self.mean is not None and self.scale is not None and self.weights is not None
-        return ((self._x(feats) - self.mean) / self.scale) @ self.weights + self.bias
+        out = np.empty(len(feats), dtype=np.float64)
+        for s in range(0, len(feats), DECISION_CHUNK):  # bounded float64 temporaries
+            x = self._x(feats.iloc[s : s + DECISION_CHUNK])
+            out[s : s + DECISION_CHUNK] = ((x - self.mean) / self.scale) @ self.weights + self.bias
+        return out
 
     def predict(self, feats: pd.DataFrame) -> np.ndarray:
         """Match probability per pair in [0, 1]."""
