@@ -42,16 +42,17 @@ def encoder():
     return Encoder()
 
 
-@pytest.fixture(params=["local", pytest.param("server", marks=pytest.mark.qdrant_server)])
+@pytest.fixture(params=["edge", "local", pytest.param("server", marks=pytest.mark.qdrant_server)])
 def qdrant_client(request):
-    """The same test body against Qdrant's local mode and, when ``QDRANT_URL`` is set, a real server.
+    """The same test body against both embedded engines (qdrant-edge, the default, and qdrant-client's
+    local mode) and, when ``QDRANT_URL`` is set, a real server.
 
     Server runs delete only the collections the test created, so a shared dev server is left as found.
     """
     from polyglot_catalog.store import open_client
 
-    if request.param == "local":
-        client = open_client(path=":memory:")
+    if request.param in ("edge", "local"):
+        client = open_client(path=":memory:", embedded=request.param)
         yield client
         client.close()
         return

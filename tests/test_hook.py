@@ -66,23 +66,37 @@ def test_explicit_local_path_wins_over_data_dir(tmp_path):
     assert not (tmp_path / "data" / "qdrant").exists()
 
 
-@pytest.mark.parametrize(
-    ("extra", "expected"),
-    [
-        ({"path": "/srv/qdrant"}, {"path": "/srv/qdrant"}),
-        ({"location": ":memory:"}, {"location": ":memory:"}),
-    ],
-)
-def test_extra_path_or_location_selects_local_mode(monkeypatch, extra, expected):
+@pytest.mark.parametrize("kind", ["path", "location"])
+def test_extra_path_or_location_selects_the_embedded_engine(monkeypatch, tmp_path, kind):
+    from polyglot_catalog.edge_store import EdgeClient
+
+    extra = {"path": str(tmp_path / "q")} if kind == "path" else {"location": ":memory:"}
     _set_conn(monkeypatch, extra=extra, password=SECRET)
-    with (
-        mock.patch("qdrant_client.QdrantClient") as client_cls,
-        mock.patch("pathlib.Path.mkdir"),
-    ):
-        hook = PolyglotQdrantHook()
-        assert hook.get_conn() is client_cls.return_value
-    client_cls.assert_called_once_with(**expected)  # no API key, host or url mixed in
-    assert hook.mode == "local"
+    hook = PolyglotQdrantHook()
+    client = hook.get_conn()
+    try:
+        assert isinstance(client, EdgeClient)  # qdrant-edge is the embedded default
+        if kind == "path":
+            assert client.location == tmp_path / "q"
+        assert hook.mode == "local"
+    finally:
+        client.close()
+
+
+def test_a_folder_written_by_qdrant_client_local_mode_stays_on_it(monkeypatch, tmp_path):
+    """Flipping the embedded default must not hide a store an older version wrote."""
+    from qdrant_client import QdrantClient, models
+
+    old = QdrantClient(path=str(tmp_path / "q"))
+    old.create_collection("c", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
+    old.close()
+    _set_conn(monkeypatch, extra={"path": str(tmp_path / "q")}, password=SECRET)
+    client = PolyglotQdrantHook().get_conn()
+    try:
+        assert isinstance(client, QdrantClient)
+        assert client.collection_exists("c")
+    finally:
+        client.close()
 
 
 def test_server_connection_builds_the_providers_client_without_logging_the_key(monkeypatch):

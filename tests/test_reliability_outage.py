@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fakes import FakeEncoder
-from qdrant_client import QdrantClient
+from qdrant_client import QdrantClient, models
 
 from polyglot_catalog.embed import StoreUnavailableError, describe_endpoint, embed_catalog
 from polyglot_catalog.store import CatalogStore, UpsertError, open_client
@@ -190,38 +190,16 @@ def test_store_failure_keeps_the_upsert_error_type(tmp_path: Path, black_hole: B
         embed_catalog(catalog(tmp_path / "c.parquet", n=3), store, FakeEncoder())
 
 
-class HnswTracking:
-    """Local mode has no HNSW; this remembers ``m`` the way a server would, to test resumption."""
-
-    def __init__(self, local: QdrantClient, m: int) -> None:
-        self._inner, self.m = local, m
-
-    def get_collection(self, name: str) -> Any:
-        info = self._inner.get_collection(name)
-        return info.model_copy(
-            update={
-                "config": info.config.model_copy(
-                    update={"hnsw_config": info.config.hnsw_config.model_copy(update={"m": self.m})}
-                )
-            }
-        )
-
-    def update_collection(self, name: str, **kwargs: Any) -> Any:
-        if kwargs.get("hnsw_config") is not None and kwargs["hnsw_config"].m is not None:
-            self.m = kwargs["hnsw_config"].m
-        return self._inner.update_collection(name, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 def test_rerun_restores_indexing_a_killed_bulk_load_left_off(tmp_path: Path) -> None:
-    local = open_client(path=":memory:")
-    CatalogStore(local, "c", "fake-model").ensure_collection(16)
-    client = HnswTracking(local, m=0)  # what a SIGKILL inside bulk_load() leaves on a server
-    summary = embed_catalog(
-        catalog(tmp_path / "c.parquet"), CatalogStore(client, "c", "fake-model"), FakeEncoder()
-    )
-    assert summary["upserted"] == N_ROWS and client.m == 16
-    embed_catalog(catalog(tmp_path / "c.parquet"), CatalogStore(client, "c", "fake-model"), FakeEncoder())
-    assert client.m == 16  # a healthy collection is left alone
+    """The embedded engine (qdrant-edge) records HNSW ``m`` like a server; a SIGKILL inside
+    ``bulk_load()`` leaves it at 0, and the next run must put it back."""
+    client = open_client(path=str(tmp_path / "q"))
+    store = CatalogStore(client, "c", "fake-model")
+    store.ensure_collection(16)
+    client.update_collection("c", hnsw_config=models.HnswConfigDiff(m=0))  # the killed run's leftover
+    assert store.hnsw_m() == 0
+    summary = embed_catalog(catalog(tmp_path / "c.parquet"), store, FakeEncoder())
+    assert summary["upserted"] == N_ROWS and store.hnsw_m() == 16
+    embed_catalog(catalog(tmp_path / "c.parquet"), store, FakeEncoder())
+    assert store.hnsw_m() == 16  # a healthy collection is left alone
+    client.close()

@@ -374,9 +374,12 @@ def test_is_transient(error: Exception, transient: bool) -> None:
 
 
 def _server(client: QdrantClient) -> bool:
+    """Whether the engine keeps payload indexes and HNSW settings (a server or qdrant-edge), unlike
+    qdrant-client's local mode."""
     from qdrant_client.local.qdrant_local import QdrantLocal
 
-    return not isinstance(client._client, QdrantLocal)
+    inner = getattr(client, "_client", None)
+    return inner is None or not isinstance(inner, QdrantLocal)
 
 
 def test_ensure_collection_adds_the_indexes_a_killed_creation_left_out(client: QdrantClient) -> None:
@@ -390,7 +393,7 @@ def test_ensure_collection_adds_the_indexes_a_killed_creation_left_out(client: Q
     with mock.patch.object(client, "create_payload_index", wraps=client.create_payload_index) as index:
         assert store.ensure_collection(DIM) is False
     assert [c.args[1] for c in index.call_args_list] == list(INDEXED_FIELDS)
-    if _server(client):  # local mode keeps no payload indexes to look at
+    if _server(client):  # qdrant-client's local mode keeps no payload indexes to look at
         assert set(INDEXED_FIELDS) <= set(client.get_collection("c").payload_schema)
         with mock.patch.object(client, "create_payload_index") as again:
             store.ensure_collection(DIM)
@@ -427,6 +430,6 @@ def test_collection_created_meanwhile_is_used_not_an_error(client: QdrantClient,
 def test_hnsw_m_reads_the_index_setting(store: CatalogStore) -> None:
     assert store.hnsw_m() == store.client.get_collection(store.collection).config.hnsw_config.m
     with store.bulk_load():
-        # Local mode has no HNSW and keeps m; a server has indexing off while loading.
+        # qdrant-client's local mode has no HNSW and keeps m; a server or edge has indexing off.
         assert store.hnsw_m() == (0 if _server(store.client) else 16)
     assert store.hnsw_m() == 16

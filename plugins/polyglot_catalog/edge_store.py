@@ -666,7 +666,7 @@ class EdgeClient:
 #: Environment switch for the embedded store: ``edge`` (qdrant-edge) or ``local`` (qdrant-client).
 EMBEDDED_STORE_ENV = "POLYGLOT_EMBEDDED_STORE"
 EMBEDDED_BACKENDS = ("edge", "local")
-DEFAULT_EMBEDDED = "local"
+DEFAULT_EMBEDDED = "edge"
 
 
 def embedded_backend(path: str | os.PathLike[str], requested: str | None = None) -> str:

@@ -152,9 +152,14 @@ class PolyglotQdrantHook(QdrantHook):
         return {key: value for key, value in options.items() if value is not None}
 
     def _open_local(self, *, path: str | None = None, location: str | None = None) -> QdrantClient:
-        """Open a local-mode client, waiting while another client in this machine holds the folder."""
+        """Open the embedded store (:func:`.open_client`: qdrant-edge by default, or the engine the
+        folder already holds), waiting while another client in this machine holds the folder."""
         from qdrant_client import QdrantClient
 
+        from polyglot_catalog.store import open_client
+
+        if location == ":memory:":
+            return open_client(path=location)
         if location is not None:
             return QdrantClient(location=location)
         assert path is not None
@@ -163,7 +168,7 @@ class PolyglotQdrantHook(QdrantHook):
         announced = False
         while True:
             try:
-                return QdrantClient(path=path)
+                return open_client(path=path)
             except RuntimeError as e:
                 if "already accessed" not in str(e) or time.monotonic() >= deadline:
                     raise
