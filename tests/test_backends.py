@@ -1,13 +1,17 @@
-"""ONNX Runtime backends of the bundled model: same vectors as the torch reference, exported once."""
+"""Backends and precisions of the bundled model: same vectors as the torch fp32 reference, up to noise."""
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from polyglot_catalog.encoding import Encoder
+from polyglot_catalog import encoding
+from polyglot_catalog.encoding import Encoder, resolve_precision
 from polyglot_catalog.models import onnx_export
 from polyglot_catalog.models.registry import bundled_model_dir
 
@@ -65,3 +69,156 @@ def test_unknown_backend_is_a_clear_error() -> None:
 def test_onnx_backend_needs_a_local_folder() -> None:
     with pytest.raises(ValueError, match="needs a local model folder"):
         Encoder("sentence-transformers/LaBSE", backend="onnx-int8")
+
+
+# Five product sentences and their translations: line i of every language says the same thing.
+TRANSLATED = {
+    "en": [
+        "The table top is made of solid oak.",
+        "Machine washable at 40 degrees, do not bleach.",
+        "This backpack has a padded laptop sleeve.",
+        "The shelf is 77 cm wide and 147 cm high.",
+        "Breathable running shoes with a cushioned sole.",
+    ],
+    "de": [
+        "Die Tischplatte besteht aus massiver Eiche.",
+        "Bei 40 Grad maschinenwaschbar, nicht bleichen.",
+        "Dieser Rucksack hat ein gepolstertes Laptopfach.",
+        "Das Regal ist 77 cm breit und 147 cm hoch.",
+        "Atmungsaktive Laufschuhe mit gedämpfter Sohle.",
+    ],
+    "fr": [
+        "Le plateau de la table est en chêne massif.",
+        "Lavable en machine à 40 degrés, ne pas javelliser.",
+        "Ce sac à dos possède une poche rembourrée pour ordinateur portable.",
+        "L'étagère mesure 77 cm de large et 147 cm de haut.",
+        "Chaussures de course respirantes avec semelle amortie.",
+    ],
+    "ja": [
+        "天板は無垢のオーク材です。",
+        "40度で洗濯機洗いできます。漂白剤は使用しないでください。",
+        "このリュックにはクッション付きのノートパソコン収納があります。",
+        "棚の幅は77cm、高さは147cmです。",
+        "クッション性のあるソールの通気性の良いランニングシューズ。",
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "backend", "expected"),
+    [
+        ("cpu", None, "torch", "fp32"),
+        (None, None, "torch", "fp32"),
+        ("cuda", None, "torch", "fp16"),
+        ("cuda:1", None, "torch", "fp16"),
+        ("mps", None, "torch", "fp32"),
+        ("cpu", "bf16", "torch", "bf16"),
+        ("cuda", "bf16", "torch", "bf16"),
+        ("cuda", "fp32", "torch", "fp32"),
+        ("cpu", None, "onnx", "fp32"),
+        ("cpu", "fp32", "onnx-int8", "fp32"),
+    ],
+)
+def test_resolve_precision(device, precision, backend, expected) -> None:
+    assert resolve_precision(device, precision, backend) == expected
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "backend", "message"),
+    [
+        ("cpu", "fp16", "torch", "not for CPU.*use 'bf16'"),
+        (None, "fp16", "torch", "not for CPU"),
+        ("cpu", "bf16", "onnx", "needs backend='torch'"),
+        ("cpu", "fp16", "onnx-int8", "needs backend='torch'"),
+        ("cuda", "int8", "torch", r"one of \['fp32', 'bf16', 'fp16'\]"),
+        ("cpu", "BF16", "torch", "one of"),
+    ],
+)
+def test_resolve_precision_rejects(device, precision, backend, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        resolve_precision(device, precision, backend)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"device": "cpu", "precision": "fp16"}, "not for CPU"),
+        ({"backend": "onnx", "precision": "bf16"}, "needs backend='torch'"),
+        ({"threads": 0}, "threads must be a positive integer"),
+        ({"processes": 2, "backend": "onnx"}, "processes needs backend='torch'"),
+    ],
+)
+def test_bad_settings_fail_before_the_model_loads(monkeypatch, kwargs, message) -> None:
+    def no_loading(*args, **kw):
+        raise AssertionError("the model should not load")
+
+    monkeypatch.setattr(encoding, "load_sentence_transformer", no_loading)
+    monkeypatch.setattr(encoding, "_OnnxModel", no_loading)
+    with pytest.raises(ValueError, match=message):
+        Encoder(**kwargs)
+
+
+def _copy_of(encoder: Encoder):
+    return lambda spec, device=None: copy.deepcopy(encoder.model)
+
+
+@pytest.fixture
+def reuse_model(monkeypatch, encoder) -> None:
+    """Encoders built through the real constructor on a copy of the session model (no 10 s load)."""
+    monkeypatch.setattr(encoding, "load_sentence_transformer", _copy_of(encoder))
+
+
+def test_session_encoder_is_fp32_on_cpu(encoder) -> None:
+    expected = "fp16" if torch.cuda.is_available() else "fp32"
+    assert encoder.precision == expected
+
+
+def test_threads_apply_to_torch(reuse_model) -> None:
+    before = torch.get_num_threads()
+    try:
+        Encoder(threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bf16_vectors(encoder) -> tuple[Encoder, dict[str, np.ndarray]]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(encoding, "load_sentence_transformer", _copy_of(encoder))
+        bf16 = Encoder(precision="bf16", device="cpu")
+    return bf16, {lang: bf16.encode(texts) for lang, texts in TRANSLATED.items()}
+
+
+@pytest.mark.slow
+def test_bf16_vectors_are_unit_float32_and_close_to_fp32(encoder, bf16_vectors, texts, reference) -> None:
+    bf16, _ = bf16_vectors
+    assert bf16.precision == "bf16"
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    vectors = bf16.encode(texts)
+    assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    assert np.sum(vectors * reference, axis=1).min() >= 0.99
+
+
+@pytest.mark.slow
+def test_bf16_keeps_the_nearest_translation(encoder, bf16_vectors) -> None:
+    _, bf16 = bf16_vectors
+    fp32 = {lang: encoder.encode(texts) for lang, texts in TRANSLATED.items()}
+    for lang in ("de", "fr", "ja"):
+        nearest = (bf16[lang] @ bf16["en"].T).argmax(axis=1)
+        assert nearest.tolist() == (fp32[lang] @ fp32["en"].T).argmax(axis=1).tolist()
+        assert nearest.tolist() == list(range(len(TRANSLATED["en"])))
+
+
+@pytest.mark.slow
+def test_pool_matches_one_process_and_stops_on_close(reuse_model, texts, reference) -> None:
+    with Encoder(processes=2, threads=1, batch_size=8) as pooled:
+        assert pooled.processes == 2
+        pids = [p.pid for p in pooled._pool["processes"]]
+        vectors = pooled.encode(texts)
+        assert pooled.encode([]).shape == (0, pooled.dim)
+    assert pooled.processes == 1
+    assert not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+    assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+    assert np.sum(vectors * reference, axis=1).min() >= 0.999
