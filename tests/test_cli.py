@@ -30,6 +30,11 @@ def _one_line_error(capsys) -> str:
         (["frobnicate"], "invalid choice"),
         (["embed", "--collection", "c", "--qdrant-path", "/tmp/q"], "--source"),
         (["embed", "--source", "x", "--collection", "c"], "--qdrant-path --qdrant-url"),
+        (
+            ["embed", "--source", "x", "--collection", "c", "--qdrant-path", "q", "--precision", "half"],
+            "bf16",
+        ),
+        (["embed", "--source", "x", "--collection", "c", "--qdrant-path", "q", "--threads", "0"], "positive"),
         (["stats", "--collection", "c", "--qdrant-path", "q", "--qdrant-url", "http://h"], "not allowed"),
         (["match", "--collection", "c", "--qdrant-path", "q"], "--out"),
         (["match", "--collection", "c", "--qdrant-path", "q", "--out", "o", "--threshold", "1.7"], "[0, 1]"),
@@ -64,6 +69,50 @@ def test_bad_parquet_is_one_line(capsys, tmp_path):
         )
     assert code == EXIT_INPUT
     assert "description" in _one_line_error(capsys)
+
+
+def _catalog(tmp_path) -> str:
+    source = tmp_path / "catalog.parquet"
+    pq.write_table(pa.table({"sku": ["d1"], "region": ["DE"], "description": ["Tisch aus Eiche"]}), source)
+    return str(source)
+
+
+def test_embed_passes_precision_and_threads_to_the_encoder(capsys, tmp_path):
+    argv = [
+        "embed",
+        "--source",
+        _catalog(tmp_path),
+        "--collection",
+        "c",
+        "--qdrant-path",
+        str(tmp_path / "q"),
+    ]
+    with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()) as encoder_cls:
+        assert main([*argv, "--precision", "bf16", "--threads", "1"]) == 0
+        assert main(argv) == 0
+    assert encoder_cls.call_args_list == [
+        mock.call(precision="bf16", threads=1),
+        mock.call(precision=None, threads=None),
+    ]
+
+
+def test_fp16_on_cpu_is_one_line_before_the_model_loads(capsys, tmp_path):
+    argv = [
+        "embed",
+        "--source",
+        _catalog(tmp_path),
+        "--collection",
+        "c",
+        "--qdrant-path",
+        str(tmp_path / "q"),
+    ]
+    with (
+        mock.patch("torch.cuda.is_available", return_value=False),
+        mock.patch("polyglot_catalog.encoding.load_sentence_transformer") as load,
+    ):
+        assert main([*argv, "--precision", "fp16"]) == EXIT_INPUT
+    load.assert_not_called()
+    assert "use 'bf16'" in _one_line_error(capsys)
 
 
 def test_stats_on_missing_store_or_collection_is_one_line(capsys, tmp_path):

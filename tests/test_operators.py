@@ -134,7 +134,9 @@ def test_embed_execute_delegates_once_and_closes_the_client(tmp_path, monkeypatc
     ):
         encoder_cls.return_value.model_name = "my-model"
         result = op.execute(context={"run_id": run_id, "ti": _ti(2)})
-    encoder_cls.assert_called_once_with(device=None, batch_size=32, model="my-model")
+    encoder_cls.assert_called_once_with(
+        device=None, batch_size=16, precision=None, threads=None, model="my-model"
+    )
     store_cls.assert_called_once_with(op.hook.conn, "cat_v2", "my-model")
     embed.assert_called_once_with(
         "/data/DE.parquet",
@@ -400,6 +402,36 @@ def test_triggered_model_comes_from_the_event_that_names_the_collection(events, 
 def test_triggered_model_refuses_a_bad_name_from_an_event(model):
     with pytest.raises(ValueError, match="names model"):
         triggered_model({collection_asset(): [_event("a", model=model)]}, "param")
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("bf16", "bf16"), (" fp32 ", "fp32"), ("", None)])
+def test_embed_passes_precision_and_threads_to_the_encoder(precision, expected):
+    op = _embed_op(device="cpu", precision=precision, threads=1, encode_batch_size=64)
+    op.hook = _mock_hook()
+    with (
+        mock.patch("polyglot_catalog.encoding.Encoder") as encoder_cls,
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        mock.patch("polyglot_catalog.embed.embed_catalog", return_value={}),
+    ):
+        encoder_cls.return_value.model_name = "m"
+        op.execute(context={})
+    encoder_cls.assert_called_once_with(device="cpu", batch_size=64, precision=expected, threads=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"device": "cpu", "precision": "fp16"}, "not for CPU"), ({"precision": "half"}, "must be one of")],
+)
+def test_embed_bad_precision_fails_without_retries_before_the_model_loads(kwargs, message):
+    op = _embed_op(**kwargs)
+    op.hook = _mock_hook()
+    with (
+        mock.patch("polyglot_catalog.encoding.load_sentence_transformer") as load,
+        pytest.raises(AirflowFailException, match=message),
+    ):
+        op.execute(context={})
+    load.assert_not_called()
+    op.hook.close.assert_not_called()
 
 
 def test_embed_closes_the_client_when_the_library_fails():

@@ -51,6 +51,16 @@ def _threshold(value: str) -> float:
     return number
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
+    return number
+
+
 def _add_store_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collection", required=True, help="Qdrant collection name")
     target = parser.add_mutually_exclusive_group(required=True)
@@ -62,6 +72,8 @@ def _add_store_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; its spellings are a stable interface (README, scripts, CI)."""
+    from polyglot_catalog.encoding import PRECISIONS  # numpy only; torch loads with the model
+
     parser = _Parser(
         prog=PROG, description="Embed multilingual catalogs into Qdrant and match across regions."
     )
@@ -72,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--source", required=True, metavar="PATH_OR_GLOB", help="Parquet file, folder or glob")
     _add_store_args(embed)
     embed.add_argument("--model", metavar="NAME", help="model registry name, hub id or folder")
+    embed.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="model weights: bf16 is ~2.5x faster on CPUs with AVX-512 bf16/AMX; fp16 is for CUDA "
+        "(default: fp16 on CUDA, else fp32)",
+    )
+    embed.add_argument(
+        "--threads", type=_positive_int, metavar="N", help="torch threads (default: one per CPU)"
+    )
 
     match = sub.add_parser("match", help="match products across regions and write reports")
     _add_store_args(match)
@@ -120,7 +141,8 @@ def _cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
     from polyglot_catalog.reading import list_sources
 
     list_sources(args.source)  # fail on a bad source before the model loads
-    encoder = Encoder(args.model) if args.model else Encoder()
+    model = {"model": args.model} if args.model else {}
+    encoder = Encoder(**model, precision=args.precision, threads=args.threads)  # ValueError: one line
     client = _client(args, must_exist=False)
     try:
         store = _store(client, args.collection, encoder.model_name, must_exist=False)

@@ -216,8 +216,15 @@ class EmbedCatalogOperator(BaseOperator):
         stale), ``keep`` or ``delete``. Only correct when ``source`` holds every file of its regions;
         the embed DAG maps over such shards. Defaults to ``flag``. (templated)
     :param batch_size: rows per read/upsert batch. Defaults to 256.
-    :param encode_batch_size: texts per model forward pass. Defaults to 32.
+    :param encode_batch_size: texts per model forward pass (16 measured fastest on CPU; see
+        :class:`~polyglot_catalog.encoding.Encoder`). Defaults to 16.
     :param device: torch device for the model; ``None`` lets the library choose. Defaults to None.
+    :param precision: model weights: ``fp32``, ``bf16`` (about 2.5x faster on CPUs with AVX-512 bf16 /
+        AMX, same top-1) or ``fp16`` (CUDA only); ``None`` means fp16 on CUDA, fp32 elsewhere. Vectors
+        are stored as unit-length float32 either way. A bad value fails without retries.
+        Defaults to None. (templated)
+    :param threads: torch intra-op threads for this task's process (``torch.set_num_threads``);
+        ``None`` keeps torch's default, one per CPU. Defaults to None.
     :param shard_number: shards of the collection when this task creates it on a Qdrant cluster;
         ``None`` takes the connection extra ``shard_number``, else the server default. Ignored when
         the collection exists and in local mode. Defaults to None. (templated)
@@ -243,6 +250,7 @@ class EmbedCatalogOperator(BaseOperator):
         "template",
         "full_refresh",
         "vanished",
+        "precision",
         "shard_number",
         "replication_factor",
         "max_invalid",
@@ -261,8 +269,10 @@ class EmbedCatalogOperator(BaseOperator):
         full_refresh: bool | str = False,
         vanished: str = "flag",
         batch_size: int = 256,
-        encode_batch_size: int = 32,
+        encode_batch_size: int = 16,
         device: str | None = None,
+        precision: str | None = None,
+        threads: int | None = None,
         shard_number: int | str | None = None,
         replication_factor: int | str | None = None,
         max_invalid: int | str | None = None,
@@ -281,6 +291,8 @@ class EmbedCatalogOperator(BaseOperator):
         self.batch_size = batch_size
         self.encode_batch_size = encode_batch_size
         self.device = device
+        self.precision = precision
+        self.threads = threads
         self.shard_number = shard_number
         self.replication_factor = replication_factor
         self.max_invalid = max_invalid
@@ -303,9 +315,16 @@ class EmbedCatalogOperator(BaseOperator):
         ti = context.get("ti")
         quarantine = quarantine_file(str(context.get("run_id") or ""), getattr(ti, "map_index", None))
         model = _as_optional_str(self.model)
-        encoder = Encoder(
-            device=self.device, batch_size=self.encode_batch_size, **({"model": model} if model else {})
-        )
+        try:
+            encoder = Encoder(
+                device=self.device,
+                batch_size=self.encode_batch_size,
+                precision=_as_optional_str(self.precision),
+                threads=self.threads,
+                **({"model": model} if model else {}),
+            )
+        except ValueError as e:  # a bad precision / backend / threads value: the retry would be the same
+            raise AirflowFailException(f"{e} (not retried: a configuration error)") from e
         cluster = self.cluster_options()
         store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(encoder.model_name))
         try:
