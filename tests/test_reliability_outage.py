@@ -169,7 +169,7 @@ def test_outage_mid_run_counts_only_acknowledged_points_and_the_rerun_converges(
     store = CatalogStore(client, "c", "v", upsert_batch_size=10, max_retries=1, backoff=0.01)
     source = catalog(tmp_path / "c.parquet")
     with pytest.raises(StoreUnavailableError) as caught:
-        embed_catalog(source, store, FakeEncoder(), batch_size=10, vanished="flag")
+        embed_catalog(source, store, FakeEncoder(), batch_size=10, vanished="flag", sentences=False)
     error = caught.value
     assert error.step == "upsert" and error.attempts == 2 and len(error.ids) == 10
     assert f"http://127.0.0.1:{black_hole.port}" in str(error) and "timed out" in str(error)
@@ -177,7 +177,9 @@ def test_outage_mid_run_counts_only_acknowledged_points_and_the_rerun_converges(
     assert error.written == healthy.count() == 20  # exactly the acknowledged batches
     assert healthy.count(status="stale") == 0  # the vanished pass never ran
 
-    again = embed_catalog(source, healthy, FakeEncoder(), batch_size=10)  # what Airflow's retry does
+    again = embed_catalog(
+        source, healthy, FakeEncoder(), batch_size=10, sentences=False
+    )  # what Airflow's retry does
     assert again["skipped_unchanged"] == 20 and again["embedded"] == N_ROWS - 20
     assert healthy.count() == N_ROWS
 

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from polyglot_catalog.ids import content_hash, point_id
 from polyglot_catalog.quarantine import QuarantineWriter
 from polyglot_catalog.reading import CatalogReader, QuarantinedRow, SourceBatch, SourceLike
+from polyglot_catalog.sentences import SentenceCache
 from polyglot_catalog.store import (
     ACTIVE,
     STALE,
@@ -282,8 +283,16 @@ def _encode_unique(encoder: EncoderLike, texts: list[str]) -> tuple[np.ndarray, 
 class _EmbedRun:
     """State of one embed_catalog call; one method per step keeps each step small and testable."""
 
-    def __init__(self, store: CatalogStore, encoder: EncoderLike, template: TextTemplate, full_refresh: bool):
+    def __init__(
+        self,
+        store: CatalogStore,
+        encoder: EncoderLike,
+        template: TextTemplate,
+        full_refresh: bool,
+        sentences: SentenceCache | None = None,
+    ):
         self.store, self.encoder, self.template, self.full_refresh = store, encoder, template, full_refresh
+        self.sentences = sentences
         self.timer = _Timer()
         self.counts: Counter[str] = Counter()
         self.embedded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -344,10 +353,25 @@ class _EmbedRun:
             self.call("reactivation", "upsert", lambda: self.store.set_payload(stale, {"status": ACTIVE}))
             self.counts["reactivated"] += len(stale)
         self.counts["skipped_unchanged"] += len(ids) - len(changed)
+        texts = [rendered.texts[i] for i in changed]
+        vectors, n_encoded = (
+            self.timer.timed("encode", lambda: _encode_unique(self.encoder, texts))
+            if changed
+            else (np.zeros((0, self.encoder.dim), dtype=np.float32), 0)
+        )
+        if self.sentences is not None:
+            # every row's sentences, unchanged ones too: a cache begun after the catalog (or one
+            # dropped) fills itself, and only sentences it lacks are encoded (a one-sentence text
+            # reuses the vector just made for it). Written before the catalog points, so a point
+            # never exists without its sentences.
+            cache, known = self.sentences, dict(zip(texts, vectors, strict=True))
+            self.counts["encoded_sentences"] += self.call(
+                "sentence cache",
+                "sentences",
+                lambda: cache.add_missing(rendered.texts, self.encoder, known=known),
+            )
         if not changed:
             return
-        texts = [rendered.texts[i] for i in changed]
-        vectors, n_encoded = self.timer.timed("encode", lambda: _encode_unique(self.encoder, texts))
         self.counts["embedded"] += len(changed)
         self.counts["encoded_texts"] += n_encoded
         rows = batch.take(pa.array(changed, pa.int64())).to_pylist()
@@ -456,6 +480,7 @@ def embed_catalog(
     on_bad_file: Literal["fail_at_end", "fail_fast"] = "fail_at_end",
     allowed_regions: Sequence[str] | None = None,
     collection_options: Mapping[str, Any] | None = None,
+    sentences: bool = True,
 ) -> dict[str, Any]:
     """Embed a Parquet catalog into ``store``, encoding only new or changed rows.
 
@@ -491,9 +516,13 @@ def embed_catalog(
         collection_options (Mapping | None): more keyword arguments for
             :meth:`CatalogStore.ensure_collection` (e.g. ``shard_number``), so a caller with cluster
             options still gets the input checked before the collection is created. Defaults to None.
+        sentences (bool): also keep the vectors of each text's sentences in the model's sentence
+            cache (:mod:`polyglot_catalog.sentences`), which the matcher aligns pair by pair; only
+            sentences the cache lacks are encoded. Defaults to True.
 
     Returns:
-        A small JSON-safe summary: rows_read, valid, embedded, encoded_texts, skipped_unchanged,
+        A small JSON-safe summary: rows_read, valid, embedded, encoded_texts, encoded_sentences,
+        skipped_unchanged,
         reactivated, invalid (+ invalid_by_reason, duplicates, a quarantine sample, quarantine_path,
         quarantined), bad_files, upserted, flagged, deleted, vanished_skipped, truncated, clipped,
         files, regions, seconds per stage, model, collection.
@@ -521,7 +550,12 @@ def embed_catalog(
         allowed_regions=allowed_regions,
         bad_files="raise" if on_bad_file == "fail_fast" else "skip",
     )
-    run = _EmbedRun(store, encoder, tpl, full_refresh)
+    cache = (
+        SentenceCache(store.client, store.vector_name, max_retries=store.max_retries, backoff=store.backoff)
+        if sentences
+        else None
+    )
+    run = _EmbedRun(store, encoder, tpl, full_refresh, cache)
     out = QuarantineWriter(quarantine_path) if quarantine_path is not None else None
     complete = too_many = False
     try:
@@ -538,6 +572,12 @@ def embed_catalog(
                 encoder.dim, quantization=quantization, **(collection_options or {})
             ),
         )
+        if cache is not None:
+            run.call(
+                "sentence cache check",
+                None,
+                lambda: cache.ensure(encoder.dim, quantization=quantization, **(collection_options or {})),
+            )
         log.info("embedding %d rows from %d files into %s", total, len(reader.sources), store.collection)
         meter = ProgressLog(total, every=log_every)
         with _bulk_load(store, created):
@@ -638,6 +678,7 @@ def _summary(
         "bad_files": dict(reader.bad_files),
         "embedded": counts["embedded"],
         "encoded_texts": counts["encoded_texts"],
+        "encoded_sentences": counts["encoded_sentences"],
         "skipped_unchanged": counts["skipped_unchanged"],
         "reactivated": counts["reactivated"],
         "upserted": counts["upserted"],

@@ -418,6 +418,39 @@ class CatalogStore:
         )
         return {str(r.id): r.payload or {} for r in records}
 
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that exist, in one retrieve without payload or vectors."""
+        if not ids:
+            return set()
+        records = self._call(
+            "retrieve",
+            self.client.retrieve,
+            self.collection,
+            list(ids),
+            with_payload=False,
+            with_vectors=False,
+        )
+        return {str(r.id) for r in records}
+
+    def fetch_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Float32 vectors of the points that exist (missing ids are simply absent)."""
+        if not ids:
+            return {}
+        records = self._call(
+            "retrieve",
+            self.client.retrieve,
+            self.collection,
+            list(ids),
+            with_payload=False,
+            with_vectors=[self.vector_name],
+        )
+        return {
+            str(r.id): np.asarray(
+                r.vector[self.vector_name] if isinstance(r.vector, dict) else r.vector, np.float32
+            )
+            for r in records
+        }
+
     def fetch_hashes(self, ids: Sequence[str]) -> dict[str, str]:
         """``content_hash`` of the points that exist (missing ids are simply absent)."""
         found = self.fetch_payloads(ids, ["content_hash"])

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ..sentences import SentenceCache, SentenceVectors
+from .alignment import center_sentences, sentence_alignment
 from .assign import AssignMethod
 from .candidates import DEFAULT_BLOCK_COLS, DEFAULT_BLOCK_ROWS, candidate_pairs
 from .data import OPTIONAL_FIELDS, CatalogData, RegionTable
@@ -56,6 +58,7 @@ PAIR_COLUMNS = [
     "decision",
     "csls",
     "lexical",
+    "sentences",
     *EVIDENCE_COLUMNS,
     "ev_triangle",
     "explain",
@@ -142,6 +145,7 @@ def match_catalog(
     block_cols: int = DEFAULT_BLOCK_COLS,
     model: str | None = None,
     collection: str | None = None,
+    sentences: Mapping[str, SentenceVectors] | Literal["auto"] | None = "auto",
 ) -> MatchResult:
     """Find the same product across regions.
 
@@ -173,6 +177,10 @@ def match_catalog(
             store, else runs the exact blocked path.
         block_rows (int), block_cols (int): block sizes of the exact path (memory bound).
         model (str | None), collection (str | None): recorded in the summary.
+        sentences: per-region sentence vectors (:class:`.SentenceVectors`, rows in table order) for
+            the ``sentences`` alignment feature. "auto" (the default) reads them from the store's
+            sentence cache (:mod:`polyglot_catalog.sentences`) when every product's sentences are
+            there; None, or in-memory tables without a mapping, match without it.
 
     Returns:
         MatchResult: pairs, groups, unmatched and a JSON-safe summary (see :mod:`.result`).
@@ -203,6 +211,7 @@ def match_catalog(
         raise ValueError("candidates='qdrant' needs a CatalogStore; pass one or use candidates='exact'")
     query_store = store if candidates in ("auto", "qdrant") else None
     region_names = sorted(data)
+    sent = _sentence_vectors(sentences, store, data)
     raw_vectors = {r: t.vectors for r, t in data.items()}
     if center:
         data = {r: center_region(t) for r, t in data.items()}
@@ -238,6 +247,8 @@ def match_catalog(
         feats, explain = pair_features(
             a.vectors, b.vectors, ia, ib, neigh["a"], neigh["b"], lex, evid[ra], evid[rb], idf
         )
+        if sent is not None:
+            feats["sentences"] = sentence_alignment(sent[ra], sent[rb], ia, ib)
         t_cand += t2 - t1
         t_feat += time.perf_counter() - t2
         blocks.append(
@@ -260,14 +271,16 @@ def match_catalog(
     if labels is not None:
         lab = labels_from_gtin(data) if isinstance(labels, str) and labels == "gtin" else load_labels(labels)
     fit_lab = lab if fit_on_labels else None
-    scorer = _fit_and_score(blocks, FEATURES, fit_lab, seed=None)
+    features = (*FEATURES, "sentences") if sent is not None else FEATURES
+    del sent
+    scorer = _fit_and_score(blocks, features, fit_lab, seed=None)
     if corroborate and len(region_names) > 2 and blocks:
         # second pass: a pair both of whose products match the same SKU of a third region is
         # corroborated (identity is transitive); refit with that evidence, seeded by pass one
         first = [blk["score"] for blk in blocks]
         for blk, tri in zip(blocks, corroboration(blocks), strict=True):
             blk["feats"]["ev_triangle"] = tri
-        scorer = _fit_and_score(blocks, (*FEATURES, "ev_triangle"), fit_lab, seed=first)
+        scorer = _fit_and_score(blocks, (*features, "ev_triangle"), fit_lab, seed=first)
         for blk in blocks:
             blk["explain"] = [
                 f"{e}; corroborated via a third region ({t:.2f})" if t >= 0.5 else e
@@ -366,6 +379,39 @@ def _auto_threshold(
     return float(cut), float(share)
 
 
+def _seed_columns(features: Sequence[str]) -> tuple[str, ...]:
+    """Features whose z-scores sum to the self-training seed: CSLS, lexical overlap and, when there,
+    sentence alignment (the label-free signals that do not need a fitted model)."""
+    return ("csls", "lexical", *(["sentences"] if "sentences" in features else []))
+
+
+def _sentence_vectors(
+    sentences: Mapping[str, SentenceVectors] | Literal["auto"] | None, store: Any, data: CatalogData
+) -> dict[str, SentenceVectors] | None:
+    """Centred sentence vectors per region, or None when the alignment feature is off."""
+    if sentences is None:
+        return None
+    if isinstance(sentences, str):
+        if sentences != "auto":
+            raise ValueError(f"sentences must be a mapping, 'auto' or None; got {sentences!r}")
+        if store is None or not hasattr(store, "vector_name"):
+            return None
+        cache = SentenceCache(store.client, store.vector_name)
+        found = {r: cache.vectors_for(t.texts) for r, t in data.items()}
+        if any(v is None for v in found.values()):
+            return None
+        sentences = {r: v for r, v in found.items() if v is not None}
+    missing = [r for r in data if r not in sentences]
+    if missing:
+        raise ValueError(f"sentences: no sentence vectors for regions {missing}")
+    for r, t in data.items():
+        if len(sentences[r]) != len(t):
+            raise ValueError(
+                f"sentences: region {r!r} has {len(sentences[r])} products' sentences, expected {len(t)}"
+            )
+    return {r: center_sentences(sentences[r]) for r in data}
+
+
 def _fit_and_score(
     blocks: list[dict[str, Any]],
     features: Sequence[str],
@@ -407,8 +453,10 @@ def _fit_and_score(
             seed_score = np.concatenate(seed)
         else:
             seed_score = default_seed(
-                np.concatenate([blk["feats"]["csls"].to_numpy() for blk in blocks]),
-                np.concatenate([blk["feats"]["lexical"].to_numpy() for blk in blocks]),
+                *(
+                    np.concatenate([blk["feats"][c].to_numpy() for blk in blocks])
+                    for c in _seed_columns(features)
+                )
             )
         targets = self_training_targets(seed_score, np.concatenate(ia_all), np.concatenate(ib_all))
         if targets is None:
@@ -436,11 +484,11 @@ def _pairs_table(blocks: list[dict[str, Any]], data: CatalogData, threshold: flo
     def column(get: Any, dtype: Any = None) -> np.ndarray:
         return np.concatenate([np.asarray(get(blocks[n]), dtype=dtype)[orders[n]] for n in seq])
 
-    def feat(name: str) -> Any:
+    def feat(name: str, missing: float = 0.0) -> Any:
         return lambda blk: (
             blk["feats"][name].to_numpy(np.float32)
             if name in blk["feats"]
-            else np.zeros(len(blk["ia"]), dtype=np.float32)
+            else np.full(len(blk["ia"]), missing, dtype=np.float32)
         )
 
     columns: dict[str, np.ndarray] = {
@@ -455,6 +503,7 @@ def _pairs_table(blocks: list[dict[str, Any]], data: CatalogData, threshold: flo
         ),
         "csls": column(feat("csls")),
         "lexical": column(feat("lexical")),
+        "sentences": column(feat("sentences", np.nan)),  # NaN: matched without sentence vectors
         **{c: column(feat(c)) for c in EVIDENCE_COLUMNS},
         "ev_triangle": column(feat("ev_triangle")),
         "explain": column(lambda blk: blk["explain"], object),

@@ -108,9 +108,10 @@ def pair_features(
     return pd.DataFrame({name: np.asarray(col, dtype=np.float32) for name, col in data.items()}), explain
 
 
-def default_seed(csls: np.ndarray, lexical: np.ndarray) -> np.ndarray:
-    """The self-training seed score: z-scored CSLS plus z-scored lexical overlap."""
-    return _z(np.asarray(csls, dtype=np.float64)) + _z(np.asarray(lexical, dtype=np.float64))
+def default_seed(*columns: np.ndarray) -> np.ndarray:
+    """The self-training seed score: the sum of z-scored label-free signals (CSLS, lexical overlap,
+    and sentence alignment when the matcher has it)."""
+    return np.sum([_z(np.asarray(c, dtype=np.float64)) for c in columns], axis=0)
 
 
 def self_training_targets(
