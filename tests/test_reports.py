@@ -704,6 +704,15 @@ def test_samples_show_evidence_and_explain(result: MatchResult) -> None:
     assert [e["name"] for e in samples["accepted"][0]["evidence"]] == EVIDENCE
 
 
+def test_pairs_show_their_sentence_alignment_only_when_the_matcher_had_it() -> None:
+    with_sentences = make_result()
+    with_sentences.pairs["sentences"] = 0.8125
+    assert "sentences aligned 0.81" in render_html(with_sentences)
+    without = make_result()
+    without.pairs["sentences"] = float("nan")  # matched without sentence vectors
+    assert "sentences aligned" not in render_html(without)
+
+
 def test_unlabelled_run_says_so_instead_of_empty_charts() -> None:
     page = render_html(make_result(labelled=False))
     assert "This run had no labels" in page

@@ -491,6 +491,7 @@ def _pair_view(row: Mapping[str, Any], evidence_cols: Sequence[str]) -> dict[str
         "sku_b": _as_text(row.get("sku_b")),
         "score": row.get("score"),
         "cosine": row.get("cosine"),
+        "sentences": _as_float(row.get("sentences")),  # None when matched without sentence vectors
         "decision": decision,
         "decision_label": DECISION_LABELS.get(decision, decision or "unknown"),
         # Only known decisions become CSS classes; anything else gets the neutral style.
