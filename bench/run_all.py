@@ -14,6 +14,7 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = [
     "bench_model.py",
     "bench_backends.py",
+    "bench_throughput.py",
     "bench_embed.py",
     "bench_store.py",
     "bench_matching.py",
