@@ -532,3 +532,30 @@ def test_real_model_twin_aligns_better_than_a_variant(encoder: Any) -> None:
     assert en is not None and de is not None
     twin, variant = sentence_alignment(en, de, [0, 0], [0, 1])
     assert twin > variant
+
+
+def test_sentence_idf_weighs_boilerplate_down_and_alignment_follows_it() -> None:
+    from polyglot_catalog.matching.alignment import sentence_alignment, sentence_idf
+
+    texts = ["Wipe clean. Red chair.", "Wipe clean. Blue chair.", "Wipe clean. Green lamp."]
+    idf = sentence_idf(texts)
+    assert idf.shape == (6,)
+    assert idf[0] == idf[2] == idf[4] < idf[1]  # "Wipe clean." is in every text
+    # product a shares only the boilerplate with b; with IDF weights that agreement counts for less
+    vec = {"Wipe clean.": [1.0, 0.0, 0.0], "Red chair.": [0.0, 1.0, 0.0], "Green lamp.": [0.0, 0.0, 1.0]}
+    a = SentenceVectors.from_texts([texts[0]], {k: np.asarray(v, np.float32) for k, v in vec.items()})
+    b = SentenceVectors.from_texts([texts[2]], {k: np.asarray(v, np.float32) for k, v in vec.items()})
+    plain = sentence_alignment(a, b, np.array([0]), np.array([0]))[0]
+    weighted = sentence_alignment(
+        SentenceVectors(a.offsets, a.vectors, idf[:2]),
+        SentenceVectors(b.offsets, b.vectors, idf[4:]),
+        np.array([0]),
+        np.array([0]),
+    )[0]
+    assert plain == pytest.approx(0.5)
+    assert weighted < plain
+
+
+def test_sentence_weights_must_match_the_rows() -> None:
+    with pytest.raises(ValueError, match="one value per sentence"):
+        SentenceVectors(np.array([0, 2]), np.zeros((2, 3)), np.ones(3))

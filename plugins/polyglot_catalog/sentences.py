@@ -72,10 +72,15 @@ class SentenceVectors:
 
     offsets: np.ndarray
     vectors: np.ndarray
+    weights: np.ndarray | None = None  # per sentence row; None = all equal
 
     def __post_init__(self) -> None:
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
         self.vectors = np.asarray(self.vectors, dtype=np.float32)
+        if self.weights is not None:
+            self.weights = np.asarray(self.weights, dtype=np.float32)
+            if self.weights.shape != (len(self.vectors),):
+                raise ValueError(f"weights must have one value per sentence ({len(self.vectors)})")
         if self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0:
             raise ValueError("offsets must be 1-D and start at 0")
         if np.any(np.diff(self.offsets) < 0) or self.offsets[-1] != len(self.vectors):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..sentences import SentenceCache, SentenceVectors
-from .alignment import center_sentences, sentence_alignment
+from .alignment import center_sentences, sentence_alignment, sentence_idf
 from .assign import AssignMethod
 from .candidates import DEFAULT_BLOCK_COLS, DEFAULT_BLOCK_ROWS, candidate_pairs
 from .data import OPTIONAL_FIELDS, CatalogData, RegionTable
@@ -47,6 +47,8 @@ from .scoring import (
 
 logger = logging.getLogger(__name__)
 
+#: Weight sentences by their IDF within the region in the alignment feature (see .alignment).
+IDF_SENTENCES = True
 DEFAULT_THRESHOLD = 0.5  # only when the scorer fell back to hand weights (too little data to fit)
 PAIR_COLUMNS = [
     "region_a",
@@ -276,11 +278,22 @@ def match_catalog(
     scorer = _fit_and_score(blocks, features, fit_lab, seed=None)
     if corroborate and len(region_names) > 2 and blocks:
         # second pass: a pair both of whose products match the same SKU of a third region is
-        # corroborated (identity is transitive); refit with that evidence, seeded by pass one
-        first = [blk["score"] for blk in blocks]
-        for blk, tri in zip(blocks, corroboration(blocks), strict=True):
+        # corroborated (identity is transitive); refit with that evidence. The seed adds the
+        # third-region support to pass one's log-odds (both z-scored, as in pass one): a target
+        # that is a function of the old features alone would teach the new one nothing.
+        triangles = corroboration(blocks)
+        for blk, tri in zip(blocks, triangles, strict=True):
             blk["feats"]["ev_triangle"] = tri
-        scorer = _fit_and_score(blocks, (*features, "ev_triangle"), fit_lab, seed=first)
+        seed = default_seed(
+            np.concatenate([_log_odds(blk["score"]) for blk in blocks]), np.concatenate(triangles)
+        )
+        bounds = np.cumsum([0, *(len(blk["ia"]) for blk in blocks)])
+        scorer = _fit_and_score(
+            blocks,
+            (*features, "ev_triangle"),
+            fit_lab,
+            seed=[seed[lo:hi] for lo, hi in itertools.pairwise(bounds)],
+        )
         for blk in blocks:
             blk["explain"] = [
                 f"{e}; corroborated via a third region ({t:.2f})" if t >= 0.5 else e
@@ -379,6 +392,11 @@ def _auto_threshold(
     return float(cut), float(share)
 
 
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
 def _seed_columns(features: Sequence[str]) -> tuple[str, ...]:
     """Features whose z-scores sum to the self-training seed: CSLS, lexical overlap and, when there,
     sentence alignment (the label-free signals that do not need a fitted model)."""
@@ -409,7 +427,14 @@ def _sentence_vectors(
             raise ValueError(
                 f"sentences: region {r!r} has {len(sentences[r])} products' sentences, expected {len(t)}"
             )
-    return {r: center_sentences(sentences[r]) for r in data}
+    out = {}
+    for r, sv in sentences.items():
+        if IDF_SENTENCES and sv.weights is None:
+            idf = sentence_idf(data[r].texts)
+            if len(idf) == len(sv.vectors):  # rows follow split_sentences (else: caller's own rows)
+                sv = SentenceVectors(sv.offsets, sv.vectors, idf)
+        out[r] = center_sentences(sv)
+    return out
 
 
 def _fit_and_score(
