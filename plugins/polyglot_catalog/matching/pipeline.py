@@ -532,10 +532,36 @@ def _pairs_table(blocks: list[dict[str, Any]], data: CatalogData, threshold: flo
         **{c: column(feat(c)) for c in EVIDENCE_COLUMNS},
         "ev_triangle": column(feat("ev_triangle")),
         "explain": column(lambda blk: blk["explain"], object),
-        "text_a": column(lambda blk: np.asarray(data[blk["ra"]].texts, dtype=object)[blk["ia"]]),
-        "text_b": column(lambda blk: np.asarray(data[blk["rb"]].texts, dtype=object)[blk["ib"]]),
+        "text_a": _side_column(blocks, seq, orders, data, "a", lambda t: t.texts),
+        "text_b": _side_column(blocks, seq, orders, data, "b", lambda t: t.texts),
     }
     return pd.DataFrame(columns, columns=PAIR_COLUMNS, copy=False)
+
+
+def _side_column(
+    blocks: list[dict[str, Any]],
+    seq: list[int],
+    orders: dict[int, np.ndarray],
+    data: CatalogData,
+    side: str,
+    values: Any,
+) -> pd.Categorical:
+    """One side's per-product values (``values(table)``: the texts) for every pair, as a categorical
+    over the distinct values (keys stay plain strings: they are sorted and compared).
+
+    Why: a string column holds its own copy of every value, and each product recurs in ~20 pairs;
+    at 100k products per region the two text columns alone were ~1 GB of repeated descriptions.
+    Codes into the catalog's distinct values keep the same values at 4 bytes a pair.
+    """
+    regions = list(data)
+    codes, uniques = pd.factorize(
+        np.concatenate([np.asarray(values(data[r]), dtype=object) for r in regions]) if regions else []
+    )
+    offset = dict(zip(regions, np.cumsum([0, *[len(data[r]) for r in regions[:-1]]]), strict=True))
+    region_key, row_key = ("ra", "ia") if side == "a" else ("rb", "ib")
+    parts = [codes[blocks[n][row_key][orders[n]] + offset[blocks[n][region_key]]] for n in seq]
+    pair_codes = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+    return pd.Categorical.from_codes(pair_codes, categories=pd.Index(uniques, dtype=object))
 
 
 def _product_numbers(blocks: list[dict[str, Any]], data: CatalogData) -> tuple[np.ndarray, np.ndarray]:
