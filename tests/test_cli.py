@@ -77,8 +77,8 @@ def _catalog(tmp_path) -> str:
     return str(source)
 
 
-def test_embed_passes_precision_and_threads_to_the_encoder(capsys, tmp_path):
-    argv = [
+def _embed_argv(tmp_path) -> list[str]:
+    return [
         "embed",
         "--source",
         _catalog(tmp_path),
@@ -87,6 +87,10 @@ def test_embed_passes_precision_and_threads_to_the_encoder(capsys, tmp_path):
         "--qdrant-path",
         str(tmp_path / "q"),
     ]
+
+
+def test_embed_passes_precision_and_threads_to_the_encoder(capsys, tmp_path):
+    argv = _embed_argv(tmp_path)
     with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()) as encoder_cls:
         assert main([*argv, "--precision", "bf16", "--threads", "1"]) == 0
         assert main(argv) == 0
@@ -97,15 +101,7 @@ def test_embed_passes_precision_and_threads_to_the_encoder(capsys, tmp_path):
 
 
 def test_fp16_on_cpu_is_one_line_before_the_model_loads(capsys, tmp_path):
-    argv = [
-        "embed",
-        "--source",
-        _catalog(tmp_path),
-        "--collection",
-        "c",
-        "--qdrant-path",
-        str(tmp_path / "q"),
-    ]
+    argv = _embed_argv(tmp_path)
     with (
         mock.patch("torch.cuda.is_available", return_value=False),
         mock.patch("polyglot_catalog.encoding.load_sentence_transformer") as load,

@@ -161,14 +161,12 @@ class SentenceCache:
             if not todo:
                 continue
             fresh = [i for i in todo if part[i] not in known]
-            vectors = np.empty((len(todo), 0), dtype=np.float32)
+            made: dict[int, np.ndarray] = {}
             if fresh:
                 made = dict(
                     zip(fresh, np.asarray(encoder.encode([part[i] for i in fresh]), np.float32), strict=True)
                 )
                 encoded += len(fresh)
-            else:
-                made = {}
             vectors = np.stack(
                 [made[i] if i in made else np.asarray(known[part[i]], np.float32) for i in todo]
             )

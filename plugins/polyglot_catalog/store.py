@@ -404,51 +404,34 @@ class CatalogStore:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def fetch_payloads(self, ids: Sequence[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Selected payload fields of the points that exist, in one retrieve without vectors."""
+    def _retrieve(self, ids: Sequence[str], with_payload: Any, with_vectors: Any) -> list[Any]:
+        """One retrieve of ``ids`` (missing ids are simply absent from the answer)."""
         if not ids:
-            return {}
-        records = self._call(
+            return []
+        return self._call(
             "retrieve",
             self.client.retrieve,
             self.collection,
             list(ids),
-            with_payload=list(fields),
-            with_vectors=False,
+            with_payload=with_payload,
+            with_vectors=with_vectors,
         )
-        return {str(r.id): r.payload or {} for r in records}
+
+    def fetch_payloads(self, ids: Sequence[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Selected payload fields of the points that exist, in one retrieve without vectors."""
+        return {str(r.id): r.payload or {} for r in self._retrieve(ids, list(fields), False)}
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` that exist, in one retrieve without payload or vectors."""
-        if not ids:
-            return set()
-        records = self._call(
-            "retrieve",
-            self.client.retrieve,
-            self.collection,
-            list(ids),
-            with_payload=False,
-            with_vectors=False,
-        )
-        return {str(r.id) for r in records}
+        return {str(r.id) for r in self._retrieve(ids, False, False)}
 
     def fetch_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Float32 vectors of the points that exist (missing ids are simply absent)."""
-        if not ids:
-            return {}
-        records = self._call(
-            "retrieve",
-            self.client.retrieve,
-            self.collection,
-            list(ids),
-            with_payload=False,
-            with_vectors=[self.vector_name],
-        )
         return {
             str(r.id): np.asarray(
                 r.vector[self.vector_name] if isinstance(r.vector, dict) else r.vector, np.float32
             )
-            for r in records
+            for r in self._retrieve(ids, False, [self.vector_name])
         }
 
     def fetch_hashes(self, ids: Sequence[str]) -> dict[str, str]:

@@ -309,7 +309,7 @@ def match_catalog(
     threshold_method = "given"
     match_share: float | None = None
     if lab:
-        sweep_rows = threshold_sweep(_pairs_table(blocks, data, 1.0), judges, method)
+        sweep_rows = threshold_sweep(_pairs_table(blocks, data, 1.0)[0], judges, method)
         if threshold is None and (fit_on_labels or target_precision is not None):
             threshold = calibrate_threshold(sweep_rows, target_precision)
             threshold_method = "labels: " + ("target precision" if target_precision else "F1-best")
@@ -321,8 +321,7 @@ def match_catalog(
     timings["assign"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    pairs = _pairs_table(blocks, data, threshold)
-    pid_a, pid_b = _product_numbers(blocks, data)
+    pairs, pid_a, pid_b = _pairs_table(blocks, data, threshold)
     for blk in blocks:  # the table holds them now; per-block copies would double the peak below
         for key in ("feats", "explain", "sa", "sb"):
             blk.pop(key, None)
@@ -493,18 +492,31 @@ def _fit_and_score(
     return scorer
 
 
-def _pairs_table(blocks: list[dict[str, Any]], data: CatalogData, threshold: float) -> pd.DataFrame:
-    """All candidate pairs, region pair by region pair, best score first.
+def _pairs_table(
+    blocks: list[dict[str, Any]], data: CatalogData, threshold: float
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """All candidate pairs, region pair by region pair, best score first, with the global product
+    numbers (region offset + row) of both sides in the same order.
 
     Built column by column in its final order (each block sorted on its own, blocks in region
     order) so the table exists once: per-block frames, their concat and a global sort held three
-    copies, the memory peak of a 100k-per-region run.
+    copies, the memory peak of a 100k-per-region run. The product numbers are what the unmatched
+    pass indexes with, instead of looking up millions of SKU strings.
     """
     if not blocks:
-        return pd.DataFrame(columns=PAIR_COLUMNS)
+        empty = np.zeros(0, dtype=np.int64)
+        return pd.DataFrame(columns=PAIR_COLUMNS), empty, empty
     verdicts = np.array(["match", "not_mutual", "below_threshold"], dtype=object)
     seq = sorted(range(len(blocks)), key=lambda n: (blocks[n]["ra"], blocks[n]["rb"]))
     orders = {n: np.argsort(-blocks[n]["score"], kind="stable") for n in seq}
+    offset = dict(zip(data, np.cumsum([0, *[len(t) for t in data.values()][:-1]]), strict=True))
+    pid_a = np.concatenate([blocks[n]["ia"][orders[n]] + offset[blocks[n]["ra"]] for n in seq]).astype(
+        np.int64
+    )
+    pid_b = np.concatenate([blocks[n]["ib"][orders[n]] + offset[blocks[n]["rb"]] for n in seq]).astype(
+        np.int64
+    )
+    text_a, text_b = _text_columns(data, pid_a, pid_b)
 
     def column(get: Any, dtype: Any = None) -> np.ndarray:
         return np.concatenate([np.asarray(get(blocks[n]), dtype=dtype)[orders[n]] for n in seq])
@@ -532,60 +544,34 @@ def _pairs_table(blocks: list[dict[str, Any]], data: CatalogData, threshold: flo
         **{c: column(feat(c)) for c in EVIDENCE_COLUMNS},
         "ev_triangle": column(feat("ev_triangle")),
         "explain": column(lambda blk: blk["explain"], object),
-        "text_a": _side_column(blocks, seq, orders, data, "a", lambda t: t.texts),
-        "text_b": _side_column(blocks, seq, orders, data, "b", lambda t: t.texts),
+        "text_a": text_a,
+        "text_b": text_b,
     }
-    return pd.DataFrame(columns, columns=PAIR_COLUMNS, copy=False)
+    return pd.DataFrame(columns, columns=PAIR_COLUMNS, copy=False), pid_a, pid_b
 
 
-def _side_column(
-    blocks: list[dict[str, Any]],
-    seq: list[int],
-    orders: dict[int, np.ndarray],
-    data: CatalogData,
-    side: str,
-    values: Any,
-) -> pd.Categorical:
-    """One side's per-product values (``values(table)``: the texts) for every pair, as a categorical
-    over the distinct values (keys stay plain strings: they are sorted and compared).
+def _text_columns(
+    data: CatalogData, pid_a: np.ndarray, pid_b: np.ndarray
+) -> tuple[pd.Categorical, pd.Categorical]:
+    """Both sides' product texts for every pair, as categoricals over the catalog's distinct texts.
 
     Why: a string column holds its own copy of every value, and each product recurs in ~20 pairs;
     at 100k products per region the two text columns alone were ~1 GB of repeated descriptions.
-    Codes into the catalog's distinct values keep the same values at 4 bytes a pair.
+    Codes into the distinct texts keep the same values at 4 bytes a pair.
     """
-    regions = list(data)
-    codes, uniques = pd.factorize(
-        np.concatenate([np.asarray(values(data[r]), dtype=object) for r in regions]) if regions else []
-    )
-    offset = dict(zip(regions, np.cumsum([0, *[len(data[r]) for r in regions[:-1]]]), strict=True))
-    region_key, row_key = ("ra", "ia") if side == "a" else ("rb", "ib")
-    parts = [codes[blocks[n][row_key][orders[n]] + offset[blocks[n][region_key]]] for n in seq]
-    pair_codes = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
-    return pd.Categorical.from_codes(pair_codes, categories=pd.Index(uniques, dtype=object))
+    codes, uniques = pd.factorize(np.concatenate([np.asarray(t.texts, dtype=object) for t in data.values()]))
+    categories = pd.Index(uniques, dtype=object)
 
+    def side(pid: np.ndarray) -> pd.Categorical:
+        return pd.Categorical.from_codes(codes[pid].astype(np.int32), categories=categories)
 
-def _product_numbers(blocks: list[dict[str, Any]], data: CatalogData) -> tuple[np.ndarray, np.ndarray]:
-    """Global product numbers (region offset + row) of both sides of every pair, in the order of
-    :func:`_pairs_table`: integers the unmatched pass can index with, instead of looking up
-    millions of SKU strings."""
-    offset = dict(zip(data, np.cumsum([0, *[len(t) for t in data.values()][:-1]]), strict=True))
-    seq = sorted(range(len(blocks)), key=lambda n: (blocks[n]["ra"], blocks[n]["rb"]))
-    if not seq:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    orders = [np.argsort(-blocks[n]["score"], kind="stable") for n in seq]
-    pid_a = np.concatenate(
-        [blocks[n]["ia"][o] + offset[blocks[n]["ra"]] for n, o in zip(seq, orders, strict=True)]
-    )
-    pid_b = np.concatenate(
-        [blocks[n]["ib"][o] + offset[blocks[n]["rb"]] for n, o in zip(seq, orders, strict=True)]
-    )
-    return pid_a.astype(np.int64, copy=False), pid_b.astype(np.int64, copy=False)
+    return side(pid_a), side(pid_b)
 
 
 def _unmatched(pairs: pd.DataFrame, data: CatalogData, pid_a: np.ndarray, pid_b: np.ndarray) -> pd.DataFrame:
     """Products without an accepted twin, with their best candidate anywhere for review.
 
-    Array work on product numbers (``pid_a``/``pid_b``, see :func:`_product_numbers`): one sort of
+    Array work on product numbers (``pid_a``/``pid_b``, see :func:`_pairs_table`): one sort of
     the scores, then each side's first row per product. Ties: the earlier row wins, and a product's
     pairs as side a before those as side b.
     """
