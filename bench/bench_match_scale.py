@@ -5,12 +5,14 @@ Vectors follow the bundled model's embedding statistics with one noisy twin per 
 Each (path, size) runs in a fresh subprocess, so peak RSS (VmHWM) is that run's own. Timed: the
 whole ``match_catalog`` call (candidates + evidence + scoring + one-to-one assignment + groups), with
 its per-stage timings; for the Qdrant path the store load (upsert + HNSW build) is timed apart.
-Recall of the Qdrant path: for 1,000 sampled products per direction and region pair, its candidate
-top-k (Qdrant's 2k neighbours of the centred query, re-ranked by the centred vectors, exactly as the
-matcher does)
-against the exact top-k of the same centred vectors.
+Recall of the Qdrant path, per HNSW search beam (``--ef``): for 1,000 sampled products per direction
+and region pair, its candidate top-k (Qdrant's 2k neighbours of the centred query, re-ranked by the
+centred vectors, exactly as the matcher does) against the exact top-k of the same centred vectors,
+with the wall time per query. ``--qdrant-sweep-only`` loads and sweeps without the full match (for
+sizes where the full Qdrant-path match would take hours here).
 
     python bench/bench_match_scale.py [--sizes 10000,100000] [--qdrant-sizes 10000] [--k 10]
+        [--ef default,128,256] [--hnsw-ef N] [--qdrant-sweep-only]
 """
 
 from __future__ import annotations
@@ -77,7 +79,9 @@ def _accuracy(result) -> dict[str, float]:
     }
 
 
-def worker(path: str, n: int, k: int, folder: str) -> dict:
+def worker(
+    path: str, n: int, k: int, folder: str, efs: list[int | None], hnsw_ef: int | None, full: bool
+) -> dict:
     from polyglot_catalog.matching import match_catalog
 
     tables = build_tables(n)
@@ -103,54 +107,82 @@ def worker(path: str, n: int, k: int, folder: str) -> dict:
                 )
         out["store_load_s"] = time.perf_counter() - t0
         out["indexed"] = client.get_collection("catalog").indexed_vectors_count
+        out["rss_after_load_mb"] = _rss_mb()
+        out["sweep"] = qdrant_recall(store, k, efs)
     out["rss_before_mb"] = _rss_mb()
-    t0 = time.perf_counter()
-    result = match_catalog(store if store is not None else tables, k=k, candidates=path)
-    out["match_s"] = time.perf_counter() - t0
+    if full:
+        t0 = time.perf_counter()
+        beam = {} if hnsw_ef is None else {"hnsw_ef": hnsw_ef}  # None: the library's default
+        result = match_catalog(store if store is not None else tables, k=k, candidates=path, **beam)
+        out["match_s"] = time.perf_counter() - t0
+        out["timings"] = result.summary["timings"]
+        out.update(_accuracy(result))
     out["peak_mb"] = _hwm_mb()
-    out["timings"] = result.summary["timings"]
-    out.update(_accuracy(result))
     if store is not None:
-        out["recall"] = qdrant_recall(store, result, k)
         store.client.close()
     return out
 
 
-def qdrant_recall(store, result, k: int, sample: int = 1000) -> dict[str, float]:
-    """Recall at k on sampled queries (see the module doc): ``engine`` = Qdrant's top-k of the stored
-    (raw) vectors vs exact top-k of the same vectors (the HNSW approximation alone); ``candidates`` =
-    the matcher's Qdrant candidates (2k neighbours of the centred query among the stored vectors,
-    re-ranked by the centred vectors) vs the exact
-    top-k of the centred vectors (what the exact path would give)."""
+def qdrant_recall(store, k: int, efs: list[int | None], sample: int = 1000) -> dict[str, dict[str, float]]:
+    """Recall at k on sampled queries (see the module doc), per HNSW search beam ``ef`` (``None``:
+    the engine's default): ``engine`` = Qdrant's top-k of the stored (raw) vectors vs exact top-k of
+    the same vectors (the HNSW approximation alone); ``candidates`` = the matcher's Qdrant
+    candidates (2k neighbours of the centred query among the stored vectors, re-ranked by the
+    centred vectors) vs the exact top-k of the centred vectors (what the exact path would give);
+    ``ms_per_query`` = wall time of the matcher's 2k queries over their number."""
     from polyglot_catalog.matching.candidates import _rerank, exact_topk, qdrant_topk
     from polyglot_catalog.matching.pipeline import center_region, load_catalog
 
     data = load_catalog(store)
     cent = {r: center_region(t) for r, t in data.items()}
     rng = np.random.default_rng(0)
-    hits = {"engine": 0, "candidates": 0}
-    total = 0
     regions = sorted(data)
+    cases = []
     for a in regions:
         for b in regions:
-            if a == b:
-                continue
-            rows = rng.choice(len(data[a]), min(sample, len(data[a])), replace=False)
-            idx, _ = qdrant_topk(store, data[a].vectors[rows], b, data[b], k)
-            fetched, _ = qdrant_topk(store, cent[a].vectors[rows], b, data[b], 2 * k)
+            if a != b:
+                rows = rng.choice(len(data[a]), min(sample, len(data[a])), replace=False)
+                want, _ = exact_topk(cent[a].vectors[rows], cent[b].vectors, k)
+                raw_want, _ = exact_topk(data[a].vectors[rows], data[b].vectors, k)
+                cases.append((a, b, rows, want, raw_want))
+    sweep = {}
+    for ef in efs:
+        hits = {"engine": 0, "candidates": 0}
+        total = 0
+        query_s = 0.0
+        for a, b, rows, want, raw_want in cases:
+            idx, _ = qdrant_topk(store, data[a].vectors[rows], b, data[b], k, hnsw_ef=ef)
+            t0 = time.perf_counter()
+            fetched, _ = qdrant_topk(store, cent[a].vectors[rows], b, data[b], 2 * k, hnsw_ef=ef)
+            query_s += time.perf_counter() - t0
             got, _ = _rerank(cent[a].vectors[rows], cent[b].vectors, fetched, k)
-            want, _ = exact_topk(cent[a].vectors[rows], cent[b].vectors, k)
-            raw_want, _ = exact_topk(data[a].vectors[rows], data[b].vectors, k)
             for g, w, r, rw in zip(got, want, idx, raw_want, strict=True):
                 hits["candidates"] += len(set(g.tolist()) & set(w.tolist()))
                 hits["engine"] += len(set(r.tolist()) & set(rw.tolist()))
                 total += len(w)
-    return {name: h / total for name, h in hits.items()}
+        n_queries = sum(len(c[2]) for c in cases)
+        sweep[str(ef)] = {
+            **{name: h / total for name, h in hits.items()},
+            "ms_per_query": 1000 * query_s / n_queries,
+        }
+    return sweep
 
 
-def run(path: str, n: int, k: int, timeout: int) -> dict:
+def run(path: str, n: int, k: int, timeout: int, extra: list[str]) -> dict:
     folder = tempfile.mkdtemp(prefix="bench-match-", dir=os.environ.get("BENCH_DISK", "/var/tmp"))
-    cmd = [sys.executable, __file__, "--worker", path, "--n", str(n), "--k", str(k), "--folder", folder]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        path,
+        "--n",
+        str(n),
+        "--k",
+        str(k),
+        "--folder",
+        folder,
+        *extra,
+    ]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -172,17 +204,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int)
     ap.add_argument("--folder")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument(
+        "--ef",
+        default="default,128,256",
+        help="HNSW search beams to sweep on the Qdrant path ('default': the engine's)",
+    )
+    ap.add_argument(
+        "--hnsw-ef", type=int, help="search beam of the full Qdrant-path match (default: the library's)"
+    )
+    ap.add_argument(
+        "--qdrant-sweep-only", action="store_true", help="Qdrant path: load and sweep, skip the full match"
+    )
     args = ap.parse_args(argv)
+    efs = [None if e == "default" else int(e) for e in args.ef.split(",") if e]
     if args.worker:
-        print(json.dumps(worker(args.worker, args.n, args.k, args.folder)))
+        full = not (args.worker == "qdrant" and args.qdrant_sweep_only)
+        print(json.dumps(worker(args.worker, args.n, args.k, args.folder, efs, args.hnsw_ef, full)))
         return 0
+    extra = ["--ef", args.ef] + (["--hnsw-ef", str(args.hnsw_ef)] if args.hnsw_ef else [])
+    extra += ["--qdrant-sweep-only"] if args.qdrant_sweep_only else []
 
     runs = [("exact", int(s)) for s in args.sizes.split(",") if s] + [
         ("qdrant", int(s)) for s in args.qdrant_sizes.split(",") if s
     ]
     results = []
     for path, n in runs:
-        r = run(path, n, args.k, args.timeout)
+        r = run(path, n, args.k, args.timeout, extra)
         print(json.dumps(r), flush=True)
         results.append(r)
 
@@ -199,21 +246,44 @@ def main(argv: list[str] | None = None) -> int:
         "(`POLYGLOT_EMBEDDED_STORE=edge`), loaded with `bulk_load` (HNSW built at its end), load time apart.",
         "",
         "| path | N per region | match s | peak RSS MB | candidates | matches | precision | twins found "
-        "| store load s | Qdrant engine recall@k | Qdrant candidate recall@k | stage seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| store load s | stage seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['path']} | {r['n']:,} | {r['error']} | | | | | | | | | |")
-            continue
-        found = r["correct"] / (3 * r["n"])
-        lines.append(
-            f"| {r['path']} | {r['n']:,} | {r['match_s']:.0f} | {r['peak_mb']:.0f} | {r['candidates']:,} | "
-            f"{r['matches']:,} | {r['precision']:.3f} | {found:.3f} | "
-            f"{r.get('store_load_s', 0):.0f} | {r.get('recall', {}).get('engine', float('nan')):.3f} | "
-            f"{r.get('recall', {}).get('candidates', float('nan')):.3f} | "
-            f"`{json.dumps(r['timings'])}` |"
-        )
+            lines.append(f"| {r['path']} | {r['n']:,} | {r['error']} | | | | | | | |")
+        elif "match_s" not in r:
+            lines.append(
+                f"| {r['path']} | {r['n']:,} | not run (sweep only) | {r['peak_mb']:.0f} | | | | | "
+                f"{r.get('store_load_s', 0):.0f} | |"
+            )
+        else:
+            found = r["correct"] / (3 * r["n"])
+            lines.append(
+                f"| {r['path']} | {r['n']:,} | {r['match_s']:.0f} | {r['peak_mb']:.0f} | "
+                f"{r['candidates']:,} | {r['matches']:,} | {r['precision']:.3f} | {found:.3f} | "
+                f"{r.get('store_load_s', 0):.0f} | `{json.dumps(r['timings'])}` |"
+            )
+    sweeps = [r for r in results if r.get("sweep")]
+    if sweeps:
+        lines += [
+            "",
+            "Qdrant path per HNSW search beam `hnsw_ef` (`None`: the engine's default, `ef_construct` = "
+            "100), on 1,000 sampled products per direction and region pair: engine recall@k (raw query, "
+            "raw vectors, vs exact), candidate recall@k (the matcher's 2k centred query re-ranked, vs the "
+            "exact path's top-k), wall ms per 2k query, and the candidate stage that rate gives for the "
+            "matcher's 6 x N queries.",
+            "",
+            "| N per region | hnsw_ef | engine recall@k | candidate recall@k | ms per query "
+            "| candidate stage s (6N queries) |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in sweeps:
+            for ef, v in r["sweep"].items():
+                lines.append(
+                    f"| {r['n']:,} | {ef} | {v['engine']:.3f} | {v['candidates']:.3f} | "
+                    f"{v['ms_per_query']:.2f} | {v['ms_per_query'] * 6 * r['n'] / 1000:.0f} |"
+                )
     for r in results:
         if r.get("n") == 100_000 and r.get("path") == "exact" and "error" not in r:
             ok_t, ok_m = r["match_s"] <= TARGET_S, r["peak_mb"] <= TARGET_MB
@@ -222,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"exact path: {r['match_s']:.0f} s ({'met' if ok_t else 'missed'}), {r['peak_mb']:.0f} MB "
                 f"({'met' if ok_m else 'missed'})."
             )
-    ex = {r["n"]: r for r in results if r.get("path") == "exact" and "error" not in r}
+    ex = {r["n"]: r for r in results if r.get("path") == "exact" and "match_s" in r}
     for r in results:
-        if r.get("path") == "qdrant" and "error" not in r and r["n"] in ex:
+        if r.get("path") == "qdrant" and "match_s" in r and r["n"] in ex:
             e = ex[r["n"]]
             lines.append(
                 f"\nQdrant path / exact path at {r['n']:,}: match time {r['match_s'] / e['match_s']:.2f}x "

@@ -40,6 +40,11 @@ def _one_line_error(capsys) -> str:
         (["match", "--collection", "c", "--qdrant-path", "q", "--out", "o", "--threshold", "1.7"], "[0, 1]"),
         (["match", "--collection", "c", "--qdrant-path", "q", "--out", "o", "--threshold", "hi"], "number"),
         (["match", "--collection", "c", "--qdrant-path", "q", "--out", "o", "--regions", ","], "regions"),
+        (
+            ["match", "--collection", "c", "--qdrant-path", "q", "--out", "o", "--candidates", "hnsw"],
+            "choice",
+        ),
+        (["match", "--collection", "c", "--qdrant-path", "q", "--out", "o", "--hnsw-ef", "0"], "positive"),
     ],
 )
 def test_bad_arguments_exit_non_zero_with_one_line(capsys, argv, expected):
@@ -128,6 +133,22 @@ def test_match_with_missing_labels_is_one_line(capsys, tmp_path):
 def test_unreachable_server_is_one_line(capsys):
     assert main(["stats", "--collection", "c", "--qdrant-url", "http://127.0.0.1:9"]) == EXIT_INPUT
     _one_line_error(capsys)
+
+
+def test_match_passes_the_candidate_path_and_search_beam(capsys, tmp_path):
+    argv = ["match", "--collection", "c", "--qdrant-path", str(tmp_path / "q"), "--out", str(tmp_path / "o")]
+    with (
+        mock.patch("polyglot_catalog.cli._client"),
+        mock.patch("polyglot_catalog.cli._store"),
+        mock.patch("polyglot_catalog.matching.pipeline.match_catalog") as match,
+        mock.patch("polyglot_catalog.reports.write_reports", return_value=tmp_path / "o"),
+    ):
+        match.return_value.summary = {}
+        assert main([*argv, "--candidates", "qdrant", "--hnsw-ef", "256"]) == 0
+        assert main(argv) == 0
+    first, second = (c.kwargs for c in match.call_args_list)
+    assert (first["candidates"], first["hnsw_ef"]) == ("qdrant", 256)
+    assert second["candidates"] == "auto" and "hnsw_ef" not in second  # the library default stands
 
 
 def test_embed_then_stats_prints_points_per_region(capsys, tmp_path):

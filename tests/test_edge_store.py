@@ -126,8 +126,10 @@ def test_engine_choice_new_folder_env_and_existing_folders(
         embedded_backend(tmp_path / "x", "sqlite")
 
 
-def test_matcher_qdrant_path_on_edge_finds_the_twins(client: EdgeClient) -> None:
-    from polyglot_catalog.matching import match_catalog
+def test_matcher_qdrant_path_on_edge_finds_the_twins(
+    client: EdgeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from polyglot_catalog.matching import match_catalog, pipeline
 
     rng = np.random.default_rng(3)
     base = unit(rng.standard_normal((40, DIM)))
@@ -140,6 +142,14 @@ def test_matcher_qdrant_path_on_edge_finds_the_twins(client: EdgeClient) -> None
             vecs,
             [{"sku": f"P{i}", "region": region, "text": f"item {i}"} for i in range(40)],
         )
-    result = match_catalog(s, k=3, candidates="qdrant")
-    matched = result.pairs[result.pairs["decision"] == "match"]
-    assert len(matched) >= 36 and (matched["sku_a"] == matched["sku_b"]).all()
+    # "auto" on a small catalog runs the exact path; above EXACT_MAX_PAIRS it queries the store
+    monkeypatch.setattr(pipeline, "EXACT_MAX_PAIRS", 40 * 40)
+    small = match_catalog(s, k=3)
+    monkeypatch.setattr(pipeline, "EXACT_MAX_PAIRS", 40 * 40 - 1)
+    large = match_catalog(s, k=3)
+    forced = match_catalog(s, k=3, candidates="qdrant", hnsw_ef=64)
+    paths = [r.summary["candidates_path"] for r in (small, large, forced)]
+    assert paths == ["exact", "qdrant", "qdrant"]
+    for result in (small, large, forced):
+        matched = result.pairs[result.pairs["decision"] == "match"]
+        assert len(matched) >= 36 and (matched["sku_a"] == matched["sku_b"]).all()

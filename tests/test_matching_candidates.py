@@ -74,9 +74,15 @@ class _FakeStore:
         self.client.upsert("c", points=points)
 
     def query_region(
-        self, vectors: np.ndarray, region: str, k: int, fields: list[str] | None = None
+        self,
+        vectors: np.ndarray,
+        region: str,
+        k: int,
+        fields: list[str] | None = None,
+        hnsw_ef: int | None = None,
     ) -> list[list[tuple[dict, float]]]:
         m = self.models
+        self.hnsw_ef = hnsw_ef
         flt = m.Filter(must=[m.FieldCondition(key="region", match=m.MatchValue(value=region))])
         payload = True if fields is None else fields
         reqs = [
@@ -96,7 +102,8 @@ def test_exact_and_qdrant_candidates_agree_at_k() -> None:
     b = RegionTable("US", [f"u{i}" for i in range(45)], ["y"] * 45, _unit(rng, 45, 12))
     store = _FakeStore({"DE": a, "US": b})
     ia1, ib1, n1 = candidate_pairs(a, b, 5)
-    ia2, ib2, n2 = candidate_pairs(a, b, 5, store=store)
+    ia2, ib2, n2 = candidate_pairs(a, b, 5, store=store, hnsw_ef=77)
+    assert store.hnsw_ef == 77  # the search beam reaches every query
     np.testing.assert_array_equal(ia1, ia2)
     np.testing.assert_array_equal(ib1, ib2)
     np.testing.assert_allclose(n1["a"], n2["a"], atol=1e-5)

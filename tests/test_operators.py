@@ -551,6 +551,39 @@ def test_calibrated_on_labels(full, labels, threshold, expected):
     assert calibrated_on_labels(full, labels=labels, threshold=threshold) is expected
 
 
+@pytest.mark.parametrize(
+    ("candidates", "hnsw_ef", "forwarded"),
+    [
+        ("auto", None, {}),
+        ("qdrant", "256", {"candidates": "qdrant", "hnsw_ef": 256}),
+        ("exact", "", {"candidates": "exact"}),
+    ],
+)
+def test_match_forwards_the_candidate_path_and_search_beam(tmp_path, candidates, hnsw_ef, forwarded):
+    op = _match_op(candidates=candidates, hnsw_ef=hnsw_ef, reports_root=str(tmp_path))
+    op.hook = mock.Mock(spec=PolyglotQdrantHook)
+    with (
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", return_value=_result()) as match,
+        mock.patch("polyglot_catalog.reports.write_reports", side_effect=lambda d, r, run_id: d),
+    ):
+        op.execute(context={"run_id": "r1"})
+    got = {k: v for k, v in match.call_args.kwargs.items() if k in ("candidates", "hnsw_ef")}
+    assert got == forwarded
+
+
+@pytest.mark.parametrize("hnsw_ef", ["wide", "0", "12.5"])
+def test_match_rejects_a_bad_search_beam_before_matching(tmp_path, hnsw_ef):
+    op = _match_op(hnsw_ef=hnsw_ef, reports_root=str(tmp_path))
+    op.hook = mock.Mock(spec=PolyglotQdrantHook)
+    with (
+        mock.patch("polyglot_catalog.matching.pipeline.match_catalog") as match,
+        pytest.raises(ValueError, match="hnsw_ef"),
+    ):
+        op.execute(context={"run_id": "r1"})
+    match.assert_not_called()
+
+
 def test_match_reports_root_defaults_to_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("POLYGLOT_DATA_DIR", str(tmp_path))
     assert default_reports_root() == tmp_path / "reports"

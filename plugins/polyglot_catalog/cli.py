@@ -106,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also fit the scorer and pick the threshold on --labels (metrics are then optimistic)",
     )
+    match.add_argument(
+        "--candidates",
+        choices=("auto", "exact", "qdrant"),
+        default="auto",
+        help="candidate path: exact blocked top-k, Qdrant queries, or auto (exact up to 500k per region)",
+    )
+    match.add_argument(
+        "--hnsw-ef", type=_positive_int, metavar="N", help="HNSW search beam of Qdrant queries"
+    )
 
     stats = sub.add_parser("stats", help="print point counts of a collection as JSON")
     _add_store_args(stats)
@@ -189,6 +198,8 @@ def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
             fit_on_labels=args.calibrate_on_labels,
             model=args.model or DEFAULT_MODEL,
             collection=args.collection,
+            candidates=args.candidates,
+            **({} if args.hnsw_ef is None else {"hnsw_ef": args.hnsw_ef}),
         )
     finally:
         client.close()

@@ -21,6 +21,8 @@ DEFAULT_BLOCK_ROWS = 2048
 DEFAULT_BLOCK_COLS = 8192
 #: Columns of a block whose k-th best seeds a query's threshold on its first block.
 SEED_COLS = 2048
+#: HNSW search beam of the Qdrant path (see bench/RESULTS.md, "hnsw_ef sweep").
+DEFAULT_HNSW_EF: int | None = None
 
 
 class _RunningTopK:
@@ -146,9 +148,16 @@ def _blocked(
 
 
 def qdrant_topk(
-    store: Any, queries: np.ndarray, region: str, target: RegionTable, k: int
+    store: Any,
+    queries: np.ndarray,
+    region: str,
+    target: RegionTable,
+    k: int,
+    *,
+    hnsw_ef: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` via ``store.query_region``, mapped back to row indices of ``target`` by sku.
+    ``hnsw_ef`` is the search beam (``None``: the collection's default).
 
     Rows Qdrant returns that are not in ``target`` (e.g. stale points filtered out locally) are
     dropped; missing slots get index ``-1`` and score ``-inf``.
@@ -159,7 +168,9 @@ def qdrant_topk(
     sim = np.full((len(queries), kk), -np.inf, dtype=np.float32)
     if kk == 0 or len(queries) == 0:
         return idx, sim
-    hits = store.query_region(np.asarray(queries, dtype=np.float32), region, kk, fields=["sku"])
+    hits = store.query_region(
+        np.asarray(queries, dtype=np.float32), region, kk, fields=["sku"], hnsw_ef=hnsw_ef
+    )
     for r, row in enumerate(hits):
         col = 0
         for payload, score in row:
@@ -198,6 +209,7 @@ def candidate_pairs(
     store: Any | None = None,
     raw: tuple[np.ndarray, np.ndarray] | None = None,
     oversample: int = 2,
+    hnsw_ef: int | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     block_cols: int = DEFAULT_BLOCK_COLS,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -209,7 +221,8 @@ def candidate_pairs(
 
     ``a.vectors``/``b.vectors`` define the similarity. When they differ from what the store holds
     (the matcher centres each region's vectors), pass the stored vectors as ``raw``: Qdrant is
-    asked for ``oversample * k`` neighbours, which are re-ranked by the table vectors.
+    asked for ``oversample * k`` neighbours, which are re-ranked by the table vectors. ``hnsw_ef``
+    is passed to every Qdrant query (see :meth:`CatalogStore.query_region`).
 
     Why the query is the centred vector, not the raw one: with stored ``b`` and a centred query
     ``qa = (a - mu_a) / |a - mu_a|``, ``qa . b = qa . (b - mu_b) + qa . mu_b``; the last term is the
@@ -219,8 +232,8 @@ def candidate_pairs(
     """
     if store is not None:
         fetch = k if raw is None else oversample * k
-        ab_idx, ab_sim = qdrant_topk(store, a.vectors, b.region, b, fetch)
-        ba_idx, ba_sim = qdrant_topk(store, b.vectors, a.region, a, fetch)
+        ab_idx, ab_sim = qdrant_topk(store, a.vectors, b.region, b, fetch, hnsw_ef=hnsw_ef)
+        ba_idx, ba_sim = qdrant_topk(store, b.vectors, a.region, a, fetch, hnsw_ef=hnsw_ef)
         if raw is not None:
             ab_idx, ab_sim = _rerank(a.vectors, b.vectors, ab_idx, k)
             ba_idx, ba_sim = _rerank(b.vectors, a.vectors, ba_idx, k)

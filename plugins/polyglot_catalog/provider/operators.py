@@ -170,6 +170,13 @@ def _as_optional_float(value: Any, name: str) -> float | None:
         raise ValueError(f"{name} must be a number; got {value!r}") from None
 
 
+def _as_optional_int(value: Any, name: str) -> int | None:
+    number = _as_optional_float(value, name)
+    if number is not None and (number != int(number) or number < 1):
+        raise ValueError(f"{name} must be a positive whole number; got {value!r}")
+    return None if number is None else int(number)
+
+
 def _as_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
@@ -495,6 +502,10 @@ class MatchCatalogOperator(BaseOperator):
         metrics are then measured on the data the matcher was tuned on, so they are optimistic;
         the summary says so (``calibrated_on_labels``). Keep False to report honest figures.
         Defaults to False. (templated)
+    :param candidates: candidate path: ``auto`` (exact blocked top-k up to 500k products per
+        region, Qdrant queries above), ``exact`` or ``qdrant``. Defaults to ``auto``. (templated)
+    :param hnsw_ef: HNSW search beam of Qdrant candidate queries; ``None`` means the library
+        default. Defaults to None. (templated)
     :param reports_root: folder holding one report folder per run. Defaults to
         ``$POLYGLOT_DATA_DIR/reports``. (templated)
     :param out_name: report folder name under ``reports_root``; empty means the run id.
@@ -512,6 +523,8 @@ class MatchCatalogOperator(BaseOperator):
         "k",
         "labels",
         "calibrate_on_labels",
+        "candidates",
+        "hnsw_ef",
         "reports_root",
         "out_name",
     )
@@ -527,6 +540,8 @@ class MatchCatalogOperator(BaseOperator):
         k: int | str = 10,
         labels: str | None = None,
         calibrate_on_labels: bool | str = False,
+        candidates: str = "auto",
+        hnsw_ef: int | str | None = None,
         reports_root: str | None = None,
         out_name: str | None = None,
         conn_id: str = PolyglotQdrantHook.default_conn_name,
@@ -540,6 +555,8 @@ class MatchCatalogOperator(BaseOperator):
         self.k = k
         self.labels = labels
         self.calibrate_on_labels = calibrate_on_labels
+        self.candidates = candidates
+        self.hnsw_ef = hnsw_ef
         self.reports_root = reports_root
         self.out_name = out_name
         self.conn_id = conn_id
@@ -562,6 +579,12 @@ class MatchCatalogOperator(BaseOperator):
         threshold = _as_optional_float(self.threshold, "threshold")
         labels = _as_optional_str(self.labels)
         calibrate = _as_bool(self.calibrate_on_labels)
+        extra: dict[str, Any] = {}  # only what the user set, so library defaults stay in one place
+        if str(self.candidates or "auto") != "auto":
+            extra["candidates"] = str(self.candidates)
+        hnsw_ef = _as_optional_int(self.hnsw_ef, "hnsw_ef")
+        if hnsw_ef is not None:
+            extra["hnsw_ef"] = hnsw_ef
         store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(model))
         try:
             result = match_catalog(
@@ -573,6 +596,7 @@ class MatchCatalogOperator(BaseOperator):
                 fit_on_labels=calibrate,
                 model=model,
                 collection=str(self.collection),
+                **extra,
             )
         finally:
             self.hook.close()
