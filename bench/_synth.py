@@ -14,6 +14,16 @@ the empirical residual covariance. So every product has one noisy twin per other
 truth is the shared index), with real language offsets, content spread and translation noise.
 Texts are synthetic: a name token, a category word in the region's language, a size with units
 (inches in US), a colour and an article code, so every evidence feature has something to parse.
+
+Multi-sentence descriptions (:func:`synth_descriptions`, for the sentence-alignment feature): that
+line is the first sentence (its vector: the product's vector), then 2-5 more. One or two are
+product-specific: each draws its own content ``c`` the same way a product does (without a family)
+and its region versions are the same noisy translations ``normalise(mu_L + c + noise_L)``. The rest
+are boilerplate drawn uniformly from a pool of :data:`BOILERPLATE` sentences per region, each pool
+sentence one content draw translated the same way. So the sentence vectors reuse the fitted
+statistics above; nothing new is modelled. The sentence texts carry no digits, units or capitalised
+codes, so they add no evidence; product-specific ones name a coined lower-case word that differs per
+region (no shared n-grams across regions beyond chance).
 """
 
 from __future__ import annotations
@@ -119,6 +129,21 @@ def _families(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed + 1).integers(0, max(1, n // FAMILY), n)
 
 
+def _content_scale(model: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    """Centred content rows and the isotropic scale that fills the rank the anchors lack."""
+    c_rows = model["content"]
+    return c_rows, float(np.sqrt(np.mean(c_rows.var(axis=0)))) * 0.3
+
+
+def _translate(
+    c: np.ndarray, lang: str, rng: np.random.Generator, model: dict[str, np.ndarray]
+) -> np.ndarray:
+    """Unit rows ``normalise(mu_L + c + noise)`` with the fitted translation-noise covariance of ``lang``."""
+    res = model[f"res_{lang}"]
+    v = model[f"mu_{lang}"] + c + rng.standard_normal((len(c), len(res))) @ res / np.sqrt(len(res))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
 def synth_vectors(n: int, seed: int = 0, chunk: int = 20_000) -> dict[str, np.ndarray]:
     """``{region: (n, 384) float32}`` for DE/FR/US; row ``i`` of each region is the same product.
 
@@ -126,8 +151,8 @@ def synth_vectors(n: int, seed: int = 0, chunk: int = 20_000) -> dict[str, np.nd
     content variance, so near duplicates exist the way size variants do in a real catalog.
     """
     model = vector_model(anchor_vectors())
-    c_rows, m = model["content"], len(model["content"])
-    iso = float(np.sqrt(np.mean(c_rows.var(axis=0)))) * 0.3  # fills the rank the anchors lack
+    c_rows, iso = _content_scale(model)
+    m = len(c_rows)
     rng = np.random.default_rng(seed)
     fam = _families(n, seed)
     base = (rng.standard_normal((int(fam.max()) + 1, m)) @ c_rows / np.sqrt(m)).astype(np.float32)
@@ -138,9 +163,7 @@ def synth_vectors(n: int, seed: int = 0, chunk: int = 20_000) -> dict[str, np.nd
         c = np.sqrt(1 - VARIANT_SHARE) * base[fam[s:e]] + np.sqrt(VARIANT_SHARE) * own
         c += iso * rng.standard_normal(c.shape)
         for region, lang in LANGS.items():
-            noise = rng.standard_normal((e - s, m)) @ model[f"res_{lang}"] / np.sqrt(m)
-            v = model[f"mu_{lang}"] + c + noise
-            out[region][s:e] = v / np.linalg.norm(v, axis=1, keepdims=True)
+            out[region][s:e] = _translate(c, lang, rng, model)
     return out
 
 
@@ -165,6 +188,144 @@ def synth_texts(n: int, region: str, seed: int = 0) -> list[str]:
             f"{name} {_CATEGORY[lang][cat[int(fam[i]) % len(cat)]]} {size}, {_COLOUR[lang][col[i]]}{code}"
         )
     return texts
+
+
+BOILERPLATE = 200  # shared sentences per region (care, assembly, material claims)
+EXTRA_SENTENCES = (2, 5)  # sentences after the product line, inclusive range
+SECOND_SPECIFIC = 0.3  # share of products with two product-specific sentences (else one)
+
+_BOILER = {  # 8 subjects x 5 claims x 5 endings = 200 sentences per language, same order everywhere
+    "en": (
+        [
+            "The frame",
+            "The cover",
+            "The surface",
+            "The fabric",
+            "The handle",
+            "The drawer",
+            "The base",
+            "The panel",
+        ],
+        [
+            "can be wiped clean",
+            "is easy to assemble",
+            "is made of recycled material",
+            "has been tested for durability",
+            "is sold separately",
+        ],
+        ["at home", "with care", "over time", "in most rooms", "for everyday use"],
+    ),
+    "de": (
+        [
+            "Das Gestell",
+            "Der Bezug",
+            "Die Oberfläche",
+            "Der Stoff",
+            "Der Griff",
+            "Die Schublade",
+            "Der Sockel",
+            "Die Platte",
+        ],
+        [
+            "lässt sich abwischen",
+            "ist leicht zu montieren",
+            "besteht aus recyceltem Material",
+            "wurde auf Haltbarkeit geprüft",
+            "ist separat erhältlich",
+        ],
+        ["zu Hause", "mit Sorgfalt", "mit der Zeit", "in den meisten Räumen", "für den täglichen Gebrauch"],
+    ),
+    "fr": (
+        [
+            "Le cadre",
+            "La housse",
+            "La surface",
+            "Le tissu",
+            "La poignée",
+            "Le tiroir",
+            "La base",
+            "Le panneau",
+        ],
+        [
+            "se nettoie facilement",
+            "est facile à monter",
+            "est en matériau recyclé",
+            "a été testé pour sa durabilité",
+            "est vendu séparément",
+        ],
+        ["à la maison", "avec soin", "avec le temps", "dans la plupart des pièces", "au quotidien"],
+    ),
+}
+_SPECIFIC = {  # what a product-specific sentence says, around a coined word
+    "en": ["Includes the {} insert.", "Comes with a {} cover.", "Fits the {} holder.", "Has a {} edge."],
+    "de": ["Mit dem Einsatz {}.", "Mit einem Bezug {}.", "Passt zum Halter {}.", "Mit der Kante {}."],
+    "fr": ["Avec l'insert {}.", "Livré avec une housse {}.", "S'adapte au support {}.", "Avec le bord {}."],
+}
+#: (odd multiplier, offset) per region: ``k -> k * a + b mod 2**24`` is a bijection, different per region
+_CODE_MAP = {"DE": (2_654_435_761, 12_345), "FR": (40_503, 5_550_001), "US": (2_246_822_519, 9_876_543)}
+
+
+def _boilerplate(lang: str, p: int) -> str:
+    subj, claim, end = _BOILER[lang]
+    return f"{subj[p % 8]} {claim[p // 8 % 5]} {end[p // 40 % 5]}."
+
+
+def _coined(region: str, k: int) -> str:
+    """A word unique to occurrence ``k`` in ``region`` (6 syllables, lower case: no name, no code)."""
+    a, b = _CODE_MAP[region]
+    code = (k * a + b) % 2**24
+    return "".join(_SYL[(code >> (4 * j)) % 16] for j in range(6)).lower().capitalize()
+
+
+def _plan(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per product (the same in every region): product-specific sentence count, boilerplate offsets
+    and the pool sentences they pick."""
+    rng = np.random.default_rng(seed + 3)
+    extra = rng.integers(EXTRA_SENTENCES[0], EXTRA_SENTENCES[1] + 1, n)
+    specific = 1 + (rng.random(n) < SECOND_SPECIFIC)
+    boiler = extra - specific
+    b_off = np.concatenate([[0], np.cumsum(boiler)])
+    return specific, b_off, rng.integers(0, BOILERPLATE, int(b_off[-1]))
+
+
+def synth_descriptions(
+    n: int, region: str, product_vectors: np.ndarray, seed: int = 0, chunk: int = 20_000
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Multi-sentence descriptions of one region's ``n`` products and their ``sentence -> vector``
+    lookup (see the module doc). Sentence ``j`` of product ``i`` is a translation of the same content
+    in every region, so calling this per region (to bound memory) gives consistent twins."""
+    lang = LANGS[region]
+    model = vector_model(anchor_vectors())
+    c_rows, iso = _content_scale(model)
+    m = len(c_rows)
+    specific, b_off, picks = _plan(n, seed)
+    s_off = np.concatenate([[0], np.cumsum(specific)])
+    noise_rng = np.random.default_rng([seed, 4, list(LANGS).index(region)])
+    content_rng = np.random.default_rng(seed + 5)  # the same draws in every region
+    pool_c = content_rng.standard_normal((BOILERPLATE, m)) @ c_rows / np.sqrt(m)
+    pool_c += iso * content_rng.standard_normal(pool_c.shape)
+    pool_v = _translate(pool_c, lang, noise_rng, model).astype(np.float32)
+    spec_v = np.empty((int(s_off[-1]), c_rows.shape[1]), dtype=np.float32)
+    for s in range(0, len(spec_v), chunk):
+        e = min(len(spec_v), s + chunk)
+        c = content_rng.standard_normal((e - s, m)) @ c_rows / np.sqrt(m)
+        c += iso * content_rng.standard_normal(c.shape)
+        spec_v[s:e] = _translate(c, lang, noise_rng, model)
+    lookup: dict[str, np.ndarray] = {}
+    for p in range(BOILERPLATE):
+        lookup[_boilerplate(lang, p)] = pool_v[p]
+    texts = []
+    for i, line in enumerate(synth_texts(n, region, seed=seed)):
+        first = f"{line}."
+        lookup[first] = product_vectors[i]
+        sents = [first]
+        for k in range(int(s_off[i]), int(s_off[i + 1])):
+            sent = _SPECIFIC[lang][k % 4].format(_coined(region, k))
+            lookup[sent] = spec_v[k]
+            sents.append(sent)
+        sents += [_boilerplate(lang, int(p)) for p in picks[b_off[i] : b_off[i + 1]]]
+        texts.append(" ".join(sents))
+    return texts, lookup
 
 
 def payload(region: str, sku: str, text: str, model: str = "bundled") -> dict[str, object]:

@@ -9,10 +9,13 @@ Recall of the Qdrant path, per HNSW search beam (``--ef``): for 1,000 sampled pr
 and region pair, its candidate top-k (Qdrant's 2k neighbours of the centred query, re-ranked by the
 centred vectors, exactly as the matcher does) against the exact top-k of the same centred vectors,
 with the wall time per query. ``--qdrant-sweep-only`` loads and sweeps without the full match (for
-sizes where the full Qdrant-path match would take hours here).
+sizes where the full Qdrant-path match would take hours here). ``--sentences`` gives every product a
+multi-sentence description (bench/_synth.py ``synth_descriptions``) and the exact path the
+sentence-alignment feature (``SentenceVectors.from_texts`` per region, passed to ``match_catalog``);
+the Qdrant path gets the same texts but no sentence vectors (its store has no sentence cache).
 
     python bench/bench_match_scale.py [--sizes 10000,100000] [--qdrant-sizes 10000] [--k 10]
-        [--ef default,128,256] [--hnsw-ef N] [--qdrant-sweep-only]
+        [--ef default,128,256] [--hnsw-ef N] [--qdrant-sweep-only] [--sentences]
 """
 
 from __future__ import annotations
@@ -65,6 +68,38 @@ def build_tables(n: int) -> dict:
     }
 
 
+def build_sentences(tables: dict) -> tuple[dict, dict]:
+    """Swap each table's one-line texts for multi-sentence descriptions and build the sentence
+    vectors the way a caller would (``sentence -> vector`` lookup, ``SentenceVectors.from_texts``),
+    one region at a time so only one region's lookup is alive. Returns the vectors and their sizes."""
+    import _synth
+
+    from polyglot_catalog.matching.data import RegionTable
+    from polyglot_catalog.sentences import SentenceVectors
+
+    t0, rss0 = time.perf_counter(), _rss_mb()
+    sentences, occurrences, distinct, nbytes = {}, 0, 0, 0
+    for r, t in list(tables.items()):
+        texts, lookup = _synth.synth_descriptions(len(t), r, t.vectors, seed=11)
+        sv = SentenceVectors.from_texts(texts, lookup)
+        del lookup
+        tables[r] = RegionTable(r, t.skus, texts, t.vectors)
+        sentences[r] = sv
+        occurrences += sv.n_occurrences
+        distinct += len(sv.vectors)
+        nbytes += sv.vectors.nbytes + (sv.index.nbytes if sv.index is not None else 0)
+    dim = next(iter(sentences.values())).vectors.shape[1]
+    info = {
+        "occurrences": occurrences,
+        "distinct": distinct,
+        "mb": nbytes / 2**20,
+        "mb_per_occurrence_rows": occurrences * dim * 4 / 2**20,
+        "build_s": time.perf_counter() - t0,
+        "rss_delta_mb": _rss_mb() - rss0,
+    }
+    return sentences, info
+
+
 def _accuracy(result) -> dict[str, float]:
     """Against the known twins: share of products matched to their twin, and precision of matches."""
     pairs = result.pairs
@@ -80,12 +115,24 @@ def _accuracy(result) -> dict[str, float]:
 
 
 def worker(
-    path: str, n: int, k: int, folder: str, efs: list[int | None], hnsw_ef: int | None, full: bool
+    path: str,
+    n: int,
+    k: int,
+    folder: str,
+    efs: list[int | None],
+    hnsw_ef: int | None,
+    full: bool,
+    sentences: bool = False,
 ) -> dict:
     from polyglot_catalog.matching import match_catalog
 
     tables = build_tables(n)
     out: dict = {"path": path, "n": n, "k": k}
+    sent = None
+    if sentences:
+        sent, out["sentences"] = build_sentences(tables)
+        if path != "exact":
+            sent = None  # same texts, no sentence vectors (see the module doc)
     store = None
     if path == "qdrant":
         from polyglot_catalog.ids import point_id
@@ -113,6 +160,8 @@ def worker(
     if full:
         t0 = time.perf_counter()
         beam = {} if hnsw_ef is None else {"hnsw_ef": hnsw_ef}  # None: the library's default
+        if sent is not None:
+            beam["sentences"] = sent
         result = match_catalog(store if store is not None else tables, k=k, candidates=path, **beam)
         out["match_s"] = time.perf_counter() - t0
         out["timings"] = result.summary["timings"]
@@ -194,6 +243,34 @@ def run(path: str, n: int, k: int, timeout: int, extra: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _sentences_text(results: list[dict]) -> str:
+    """What ``--sentences`` adds, with the counts of distinct sentence rows vs occurrences per run."""
+    text = (
+        "With `--sentences`: each product's text is a multi-sentence description: the line above "
+        "as first sentence (its vector: the product's vector), then 2-5 more (bench/_synth.py "
+        "`synth_descriptions`): one, or for 30% two, product-specific sentences naming a coined word, "
+        "each an own content draw from the same fitted content covariance translated per region with "
+        "the fitted translation noise (like the product vectors, without families), and the rest "
+        "boilerplate drawn uniformly from a pool of 200 shared sentences per region (one content draw "
+        "each, translated the same way). No digits, units or codes in the added sentences, so the "
+        "evidence features see what they saw before. The exact path gets `sentences={region: "
+        "SentenceVectors.from_texts(texts, lookup)}` (each distinct sentence of a region stored once "
+        "plus an int32 index per occurrence; the matcher centres a copy of the distinct rows); the "
+        "Qdrant path keeps `sentences=None` (same texts, no sentence cache in its store). "
+        "Sentence data generation is inside the peak RSS."
+    )
+    for r in results:
+        s = r.get("sentences")
+        if s:
+            text += (
+                f" {r['path']} at {r['n']:,}: {s['occurrences']:,} sentence occurrences, "
+                f"{s['distinct']:,} distinct rows ({s['mb']:.0f} MB as distinct rows + index vs "
+                f"{s['mb_per_occurrence_rows']:.0f} MB one row per occurrence), built in "
+                f"{s['build_s']:.0f} s (RSS +{s['rss_delta_mb']:.0f} MB)."
+            )
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000", help="products per region, exact path")
@@ -215,14 +292,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--qdrant-sweep-only", action="store_true", help="Qdrant path: load and sweep, skip the full match"
     )
+    ap.add_argument(
+        "--sentences",
+        action="store_true",
+        help="multi-sentence descriptions; the exact path also gets the sentence-alignment feature",
+    )
     args = ap.parse_args(argv)
     efs = [None if e == "default" else int(e) for e in args.ef.split(",") if e]
     if args.worker:
         full = not (args.worker == "qdrant" and args.qdrant_sweep_only)
-        print(json.dumps(worker(args.worker, args.n, args.k, args.folder, efs, args.hnsw_ef, full)))
+        print(
+            json.dumps(
+                worker(args.worker, args.n, args.k, args.folder, efs, args.hnsw_ef, full, args.sentences)
+            )
+        )
         return 0
     extra = ["--ef", args.ef] + (["--hnsw-ef", str(args.hnsw_ef)] if args.hnsw_ef else [])
     extra += ["--qdrant-sweep-only"] if args.qdrant_sweep_only else []
+    extra += ["--sentences"] if args.sentences else []
 
     runs = [("exact", int(s)) for s in args.sizes.split(",") if s] + [
         ("qdrant", int(s)) for s in args.qdrant_sizes.split(",") if s
@@ -244,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "Each row a fresh process: time of the whole `match_catalog` call and peak RSS (VmHWM) of the "
         "process (data generation included in the RSS). Qdrant path: qdrant-edge store "
         "(`POLYGLOT_EMBEDDED_STORE=edge`), loaded with `bulk_load` (HNSW built at its end), load time apart.",
+        *(["", _sentences_text(results)] if args.sentences else []),
         "",
         "| path | N per region | match s | peak RSS MB | candidates | matches | precision | twins found "
         "| store load s | stage seconds |",

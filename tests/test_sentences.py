@@ -15,7 +15,7 @@ import pytest
 from fakes import FakeEncoder
 
 from polyglot_catalog.embed import embed_catalog
-from polyglot_catalog.matching.alignment import center_sentences, sentence_alignment
+from polyglot_catalog.matching.alignment import center_sentences, row_idf, sentence_alignment, sentence_idf
 from polyglot_catalog.matching.data import RegionTable
 from polyglot_catalog.matching.pipeline import match_catalog
 from polyglot_catalog.sentences import (
@@ -124,8 +124,42 @@ def test_from_texts_maps_each_texts_sentences_in_order() -> None:
     sv = SentenceVectors.from_texts(texts, lookup)
     assert len(sv) == 4
     assert sv.counts().tolist() == [2, 1, 0, 2]
+    assert sv.n_occurrences == 5
     expected = ["Birch shelf.", "Wipe clean please.", "Oak table", "Wipe clean please.", "Oak table"]
-    np.testing.assert_array_equal(sv.vectors, np.stack([lookup[s] for s in expected]))
+    np.testing.assert_array_equal(sv.occurrence_vectors(), np.stack([lookup[s] for s in expected]))
+    # each distinct sentence stored once, in order of first use; occurrences index them
+    np.testing.assert_array_equal(sv.vectors, np.stack([lookup[s] for s in expected[:3]]))
+    assert sv.index is not None and sv.index.dtype == np.int32
+    assert sv.index.tolist() == [0, 1, 2, 1, 2]
+
+
+def test_from_sentences_takes_already_split_texts() -> None:
+    lookup = {"a b c.": np.ones(2, np.float32), "d e f.": np.zeros(2, np.float32)}
+    sv = SentenceVectors.from_sentences([["a b c.", "d e f."], [], ["d e f."]], lookup)
+    assert sv.counts().tolist() == [2, 0, 1]
+    assert sv.index is not None and sv.index.tolist() == [0, 1, 1] and len(sv.vectors) == 2
+
+
+def test_identity_index_is_the_default() -> None:
+    sv = SentenceVectors(np.array([0, 2, 3]), np.arange(9, dtype=np.float32).reshape(3, 3))
+    assert sv.index is None and sv.n_occurrences == 3
+    assert sv.rows().tolist() == [0, 1, 2]
+    assert sv.occurrence_vectors() is sv.vectors
+
+
+@pytest.mark.parametrize(
+    ("offsets", "index", "match"),
+    [
+        ([0, 1, 3], [0, 1], "offsets"),  # offsets end past the index
+        ([0, 2], [0, 2], "index must point"),  # row 2 of 2 rows
+        ([0, 2], [0, -1], "index must point"),
+        ([0, 2], [[0, 1]], "1-D integer"),
+        ([0, 2], [0.0, 1.0], "1-D integer"),
+    ],
+)
+def test_sentence_vectors_reject_an_inconsistent_index(offsets: list[int], index: list, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SentenceVectors(np.array(offsets), np.ones((2, 4)), index=np.array(index))
 
 
 def test_from_texts_names_a_sentence_without_vector() -> None:
@@ -230,7 +264,8 @@ def test_vectors_for_aligns_with_the_texts(cache: SentenceCache) -> None:
         "Birch shelf unit.",
         "Wipe clean with a damp cloth.",
     ]
-    np.testing.assert_allclose(sv.vectors, FakeEncoder().encode(order), atol=1e-5)
+    np.testing.assert_allclose(sv.occurrence_vectors(), FakeEncoder().encode(order), atol=1e-5)
+    assert len(sv.vectors) == 3  # distinct sentences once
 
 
 # --------------------------------------------------------------------------------------------------
@@ -402,6 +437,59 @@ def test_center_sentences_keeps_rows_unit_length_and_offsets() -> None:
     assert np.linalg.norm(centred.vectors.mean(axis=0)) < np.linalg.norm(sv.vectors.mean(axis=0))
 
 
+def _both_forms(seed: int, n_products: int, n_distinct: int, dim: int = 32) -> tuple[SentenceVectors, ...]:
+    """The same sentences twice: distinct rows + index, and one (duplicated) row per occurrence."""
+    rng = np.random.default_rng(seed)
+    shifted = _unit(rng, n_distinct, dim) + 0.5  # a shared offset for centring to remove
+    distinct = shifted / np.linalg.norm(shifted, axis=1, keepdims=True)
+    counts = rng.integers(0, 7, size=n_products)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    # boilerplate: a few rows used often, the rest rarely
+    index = np.where(rng.random(offsets[-1]) < 0.5, rng.integers(0, 3, offsets[-1]), 0)
+    index = np.where(index == 0, rng.integers(0, n_distinct, offsets[-1]), index)
+    weights = rng.uniform(0.5, 3.0, n_distinct).astype(np.float32)
+    return (
+        SentenceVectors(offsets, distinct, weights, index),
+        SentenceVectors(offsets, distinct[index], weights[index]),
+    )
+
+
+def test_distinct_rows_with_an_index_give_the_same_features_as_one_row_per_occurrence() -> None:
+    a_idx, a_occ = _both_forms(5, 40, 25)
+    b_idx, b_occ = _both_forms(6, 30, 20)
+    assert len(a_idx.vectors) < len(a_occ.vectors)
+    ca_idx, ca_occ = center_sentences(a_idx), center_sentences(a_occ)
+    # centred per occurrence alike: the mean counts every occurrence, not every distinct row
+    np.testing.assert_allclose(ca_idx.occurrence_vectors(), ca_occ.vectors, atol=1e-6)
+    assert len(ca_idx.vectors) == len(a_idx.vectors) and ca_idx.index is a_idx.index
+    cb_idx, cb_occ = center_sentences(b_idx), center_sentences(b_occ)
+    rng = np.random.default_rng(7)
+    ia, ib = rng.integers(0, 40, size=200), rng.integers(0, 30, size=200)
+    for chunk in (1, 13, 2048):
+        np.testing.assert_allclose(
+            sentence_alignment(ca_idx, cb_idx, ia, ib, chunk=chunk),
+            sentence_alignment(ca_occ, cb_occ, ia, ib, chunk=chunk),
+            atol=1e-6,
+        )
+    np.testing.assert_allclose(
+        sentence_alignment(a_idx, b_idx, ia, ib), sentence_alignment(a_occ, b_occ, ia, ib), atol=1e-6
+    )
+
+
+def test_row_idf_equals_sentence_idf_of_the_texts() -> None:
+    texts = ["Wipe clean. Red chair.", "Wipe clean. Blue chair. Wipe clean.", "", "Green lamp. Red chair."]
+    lookup = {s: np.ones(3, np.float32) for t in texts for s in split_sentences(t)}
+    sv = SentenceVectors.from_texts(texts, lookup)
+    np.testing.assert_allclose(row_idf(sv)[sv.rows()], sentence_idf(texts), rtol=1e-6)
+
+
+def test_indexed_vectors_without_sentences_align_to_zero() -> None:
+    empty = SentenceVectors(np.zeros(3, np.int64), np.zeros((0, 4)), index=np.zeros(0, np.int64))
+    other = SentenceVectors.from_texts(["Oak table."], {"Oak table.": np.ones(4, np.float32)})
+    assert sentence_alignment(empty, other, [0, 1], [0, 0]).tolist() == [0.0, 0.0]
+    assert center_sentences(empty) is empty
+
+
 # --------------------------------------------------------------------------------------------------
 # match_catalog with sentence alignment
 
@@ -450,6 +538,20 @@ def test_match_catalog_without_sentences_leaves_the_column_nan() -> None:
     assert auto.pairs["sentences"].isna().all()
 
 
+def test_match_catalog_gives_the_same_sentence_feature_for_distinct_rows_and_per_occurrence_rows() -> None:
+    encoder = FakeEncoder()
+    data = _tables(encoder)
+    distinct = _sentence_map(data, encoder)
+    per_occurrence = {r: SentenceVectors(sv.offsets, sv.occurrence_vectors()) for r, sv in distinct.items()}
+    assert all(len(distinct[r].vectors) < len(per_occurrence[r].vectors) for r in data)
+    got = match_catalog(data, k=3, sentences=distinct).pairs
+    want = match_catalog(data, k=3, sentences=per_occurrence).pairs
+    key = ["sku_a", "sku_b"]
+    got, want = got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True)
+    assert got[key].equals(want[key])
+    np.testing.assert_allclose(got["sentences"].to_numpy(float), want["sentences"].to_numpy(float), atol=1e-6)
+
+
 def test_sentence_mapping_missing_a_region_is_rejected() -> None:
     encoder = FakeEncoder()
     data = _tables(encoder)
@@ -464,7 +566,10 @@ def test_sentence_mapping_of_the_wrong_length_is_rejected() -> None:
     data = _tables(encoder)
     mapping = _sentence_map(data, encoder)
     de = mapping["DE"]
-    mapping["DE"] = SentenceVectors(de.offsets[:-1], de.vectors[: de.offsets[-2]])  # one product short
+    assert de.index is not None
+    mapping["DE"] = SentenceVectors(
+        de.offsets[:-1], de.vectors, index=de.index[: de.offsets[-2]]
+    )  # one short
     with pytest.raises(ValueError, match="'DE'"):
         match_catalog(data, k=3, sentences=mapping)
 

@@ -67,12 +67,21 @@ def sentence_collection(vector_name: str) -> str:
 
 @dataclass
 class SentenceVectors:
-    """Ragged sentence vectors of one region's products: rows ``offsets[i]:offsets[i + 1]`` of
-    ``vectors`` are product ``i``'s sentences (float32, unit length)."""
+    """Ragged sentence vectors of one region's products: sentence occurrences
+    ``offsets[i]:offsets[i + 1]`` are product ``i``'s sentences, and occurrence ``j`` is row
+    ``index[j]`` of ``vectors`` (float32, unit length).
+
+    Why an index: catalogs repeat sentences heavily (care text, warranty), so :meth:`from_texts`
+    stores each distinct sentence of the region once and one int32 per occurrence, instead of one
+    384-d row per occurrence (768 MB per 100k-product region at ~5 sentences each). ``index=None``
+    means one row per occurrence (row ``j`` is occurrence ``j``). ``weights`` are per row of
+    ``vectors`` (so equal rows weigh the same wherever they occur).
+    """
 
     offsets: np.ndarray
     vectors: np.ndarray
-    weights: np.ndarray | None = None  # per sentence row; None = all equal
+    weights: np.ndarray | None = None  # per row of ``vectors``; None = all equal
+    index: np.ndarray | None = None  # per occurrence -> row of ``vectors``; None = identity
 
     def __post_init__(self) -> None:
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
@@ -81,11 +90,20 @@ class SentenceVectors:
             self.weights = np.asarray(self.weights, dtype=np.float32)
             if self.weights.shape != (len(self.vectors),):
                 raise ValueError(f"weights must have one value per sentence ({len(self.vectors)})")
+        if self.index is not None:
+            index = np.asarray(self.index)
+            if index.ndim != 1 or (len(index) and not np.issubdtype(index.dtype, np.integer)):
+                raise ValueError("index must be a 1-D integer array")
+            if len(index) and (index.min() < 0 or index.max() >= len(self.vectors)):
+                raise ValueError(f"index must point at rows of vectors (0..{len(self.vectors) - 1})")
+            self.index = index.astype(np.int32 if len(self.vectors) < 2**31 else np.int64, copy=False)
         if self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0:
             raise ValueError("offsets must be 1-D and start at 0")
-        if np.any(np.diff(self.offsets) < 0) or self.offsets[-1] != len(self.vectors):
+        occurrences = len(self.vectors) if self.index is None else len(self.index)
+        if np.any(np.diff(self.offsets) < 0) or self.offsets[-1] != occurrences:
+            what = "vectors" if self.index is None else "index entries"
             raise ValueError(
-                f"offsets must be non-decreasing and end at the number of vectors ({len(self.vectors)})"
+                f"offsets must be non-decreasing and end at the number of {what} ({occurrences})"
             )
 
     def __len__(self) -> int:
@@ -95,26 +113,51 @@ class SentenceVectors:
         """Sentences per product."""
         return np.diff(self.offsets)
 
+    @property
+    def n_occurrences(self) -> int:
+        """Sentence occurrences over all products (rows of the per-occurrence view)."""
+        return int(self.offsets[-1])
+
+    def rows(self) -> np.ndarray:
+        """Row of ``vectors`` for every sentence occurrence (the identity when ``index`` is None)."""
+        return self.index if self.index is not None else np.arange(len(self.vectors), dtype=np.int64)
+
+    def occurrence_vectors(self) -> np.ndarray:
+        """One row per occurrence (a copy when indexed: for tests and small data, not at scale)."""
+        return self.vectors if self.index is None else self.vectors[self.index]
+
     @classmethod
-    def from_texts(cls, texts: Sequence[str], lookup: dict[str, np.ndarray]) -> SentenceVectors:
-        """Assemble from each text's sentences and a ``sentence -> vector`` map.
+    def from_texts(cls, texts: Sequence[str], lookup: Mapping[str, Any]) -> SentenceVectors:
+        """Assemble from each text's sentences and a ``sentence -> vector`` map (see :meth:`from_sentences`).
 
         Raises:
             KeyError: a sentence has no vector (names the first one missing).
         """
-        sentences = [split_sentences(t) for t in texts]
-        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        return cls.from_sentences([split_sentences(t) for t in texts], lookup)
+
+    @classmethod
+    def from_sentences(cls, sentences: Sequence[Sequence[str]], lookup: Mapping[str, Any]) -> SentenceVectors:
+        """Assemble from already split texts: each distinct sentence once (in order of first use),
+        each occurrence an index into them, so callers that split anyway need not split again.
+
+        Raises:
+            KeyError: a sentence has no vector (names the first one missing).
+        """
+        offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(s) for s in sentences])
+        row_of: dict[str, int] = {}
+        index = np.fromiter(
+            (row_of.setdefault(s, len(row_of)) for sents in sentences for s in sents),
+            dtype=np.int64,
+            count=int(offsets[-1]),
+        )
         dim = len(next(iter(lookup.values()))) if lookup else 0
-        vectors = np.zeros((int(offsets[-1]), dim), dtype=np.float32)
-        row = 0
-        for sents in sentences:
-            for s in sents:
-                if s not in lookup:
-                    raise KeyError(f"no vector for sentence {s[:80]!r}")
-                vectors[row] = lookup[s]
-                row += 1
-        return cls(offsets, vectors)
+        vectors = np.zeros((len(row_of), dim), dtype=np.float32)
+        for s, row in row_of.items():
+            if s not in lookup:
+                raise KeyError(f"no vector for sentence {s[:80]!r}")
+            vectors[row] = lookup[s]
+        return cls(offsets, vectors, index=index)
 
 
 class SentenceCache:
@@ -189,16 +232,17 @@ class SentenceCache:
         if not self.exists():
             logger.info("no sentence cache %s: sentence alignment is off", self.store.collection)
             return None
-        wanted = [s for t in texts for s in split_sentences(t)]
+        sentences = [split_sentences(t) for t in texts]
+        wanted = list(dict.fromkeys(s for sents in sentences for s in sents))
         lookup = self.lookup(wanted)
-        missing = len(set(wanted) - set(lookup))
+        missing = len(wanted) - len(lookup)
         if missing:
             logger.warning(
                 "sentence cache %s lacks %d of %d sentences (embedded before sentence vectors existed?); "
                 "sentence alignment is off until the next embed run fills it",
                 self.store.collection,
                 missing,
-                len(set(wanted)),
+                len(wanted),
             )
             return None
-        return SentenceVectors.from_texts(texts, lookup)
+        return SentenceVectors.from_sentences(sentences, lookup)

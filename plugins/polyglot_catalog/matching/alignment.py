@@ -19,13 +19,23 @@ from ..sentences import SentenceVectors, split_sentences
 CHUNK = 2048
 
 
-def center_sentences(sv: SentenceVectors) -> SentenceVectors:
-    """A copy with the region's mean sentence vector removed and rows re-normalised."""
-    if len(sv.vectors) < 2:
+def center_sentences(sv: SentenceVectors, chunk: int = 65_536) -> SentenceVectors:
+    """A copy with the region's mean sentence vector removed and rows re-normalised.
+
+    The mean is over sentence occurrences (a care text on 500 products pulls it 500 times, as with
+    one row per occurrence), but it is subtracted from the distinct rows only: the copy is the size
+    of ``sv.vectors``, and offsets, index and weights are shared.
+    """
+    if sv.n_occurrences < 2:
         return sv
-    centred = sv.vectors - sv.vectors.mean(axis=0, keepdims=True)
+    uses = None if sv.index is None else np.bincount(sv.index, minlength=len(sv.vectors))
+    total = np.zeros(sv.vectors.shape[1], dtype=np.float64)
+    for start in range(0, len(sv.vectors), chunk):  # float64 sums without a float64 copy of the rows
+        part = sv.vectors[start : start + chunk].astype(np.float64)
+        total += part.sum(axis=0) if uses is None else uses[start : start + chunk] @ part
+    centred = sv.vectors - (total / sv.n_occurrences).astype(np.float32)
     centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
-    return SentenceVectors(sv.offsets, centred, sv.weights)
+    return SentenceVectors(sv.offsets, centred, sv.weights, sv.index)
 
 
 def sentence_idf(texts: list[str]) -> np.ndarray:
@@ -42,16 +52,32 @@ def sentence_idf(texts: list[str]) -> np.ndarray:
     )
 
 
+def row_idf(sv: SentenceVectors) -> np.ndarray:
+    """The same smoothed IDF per row of ``sv.vectors``, from how many products use that row.
+
+    Equal to :func:`sentence_idf` when each row is one distinct sentence (as
+    :meth:`.SentenceVectors.from_texts` builds them), without splitting the texts again.
+    """
+    n = len(sv)
+    product = np.repeat(np.arange(n, dtype=np.int64), sv.counts())
+    used = np.unique(product * len(sv.vectors) + sv.rows())  # each (product, row) once
+    df = np.bincount(used % max(len(sv.vectors), 1), minlength=len(sv.vectors))
+    return (np.log((1 + n) / (1 + df)) + 1).astype(np.float32)
+
+
 def _gather(sv: SentenceVectors, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Padded ``(n, width, dim)`` sentence vectors of ``rows`` and their weights (0 on padding)."""
     counts = sv.counts()[rows]
     width = max(int(counts.max(initial=0)), 1)
     mask = np.arange(width)[None, :] < counts[:, None]
+    if not sv.n_occurrences:  # nothing to gather; keep the dim so the other side's rows still multiply
+        dim = sv.vectors.shape[1] if sv.vectors.ndim == 2 else 1
+        return np.zeros((*mask.shape, dim), np.float32), np.zeros(mask.shape, np.float32)
     index = np.where(mask, sv.offsets[rows][:, None] + np.arange(width)[None, :], 0)
-    vectors = sv.vectors[index] if len(sv.vectors) else np.zeros((*index.shape, 1), np.float32)
-    weights = (
-        sv.weights[index] if sv.weights is not None and len(sv.vectors) else np.ones(index.shape, np.float32)
-    )
+    if sv.index is not None:
+        index = sv.index[index]  # occurrence -> distinct row
+    vectors = sv.vectors[index]
+    weights = sv.weights[index] if sv.weights is not None else np.ones(index.shape, np.float32)
     return vectors, np.where(mask, weights, 0.0)
 
 
@@ -68,7 +94,7 @@ def sentence_alignment(
         xa, wa = _gather(a, ia[start : start + chunk])
         xb, wb = _gather(b, ib[start : start + chunk])
         ma, mb = wa > 0, wb > 0
-        sims = np.einsum("nsd,ntd->nst", xa, xb)
+        sims = np.matmul(xa, xb.transpose(0, 2, 1))  # batched BLAS: ~3x einsum's loop
         sims = np.where(ma[:, :, None] & mb[:, None, :], sims, -np.inf)
         # each a sentence's best counterpart in b (precision) and each b sentence's in a (recall)
         best_a = (np.where(ma, sims.max(axis=2), 0.0) * wa).sum(axis=1)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..sentences import SentenceCache, SentenceVectors
-from .alignment import center_sentences, sentence_alignment, sentence_idf
+from .alignment import center_sentences, row_idf, sentence_alignment, sentence_idf
 from .assign import AssignMethod
 from .candidates import DEFAULT_BLOCK_COLS, DEFAULT_BLOCK_ROWS, DEFAULT_HNSW_EF, candidate_pairs
 from .data import OPTIONAL_FIELDS, CatalogData, RegionTable
@@ -429,7 +429,11 @@ def _seed_columns(features: Sequence[str]) -> tuple[str, ...]:
 def _sentence_vectors(
     sentences: Mapping[str, SentenceVectors] | Literal["auto"] | None, store: Any, data: CatalogData
 ) -> dict[str, SentenceVectors] | None:
-    """Centred sentence vectors per region, or None when the alignment feature is off."""
+    """Centred sentence vectors per region, or None when the alignment feature is off.
+
+    IDF weights of indexed (distinct-row) vectors come from the index itself, so the texts are not
+    split again; vectors with one row per occurrence take :func:`.sentence_idf` of the texts as before.
+    """
     if sentences is None:
         return None
     if isinstance(sentences, str):
@@ -442,6 +446,7 @@ def _sentence_vectors(
         if any(v is None for v in found.values()):
             return None
         sentences = {r: v for r, v in found.items() if v is not None}
+        del found
     missing = [r for r in data if r not in sentences]
     if missing:
         raise ValueError(f"sentences: no sentence vectors for regions {missing}")
@@ -450,12 +455,18 @@ def _sentence_vectors(
             raise ValueError(
                 f"sentences: region {r!r} has {len(sentences[r])} products' sentences, expected {len(t)}"
             )
+    pending = dict(sentences)  # popped as centred: uncentred rows we own are freed region by region
+    del sentences
     out = {}
-    for r, sv in sentences.items():
+    for r in list(pending):
+        sv = pending.pop(r)
         if IDF_SENTENCES and sv.weights is None:
-            idf = sentence_idf(data[r].texts)
-            if len(idf) == len(sv.vectors):  # rows follow split_sentences (else: caller's own rows)
-                sv = SentenceVectors(sv.offsets, sv.vectors, idf)
+            if sv.index is not None:
+                sv = SentenceVectors(sv.offsets, sv.vectors, row_idf(sv), sv.index)
+            else:
+                idf = sentence_idf(data[r].texts)
+                if len(idf) == len(sv.vectors):  # rows follow split_sentences (else: caller's own rows)
+                    sv = SentenceVectors(sv.offsets, sv.vectors, idf)
         out[r] = center_sentences(sv)
     return out
 
