@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -145,6 +146,7 @@ def test_resolve_precision_rejects(device, precision, backend, message) -> None:
         ({"device": "cpu", "precision": "fp16"}, "not for CPU"),
         ({"backend": "onnx", "precision": "bf16"}, "needs backend='torch'"),
         ({"threads": 0}, "threads must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"processes": 2, "backend": "onnx"}, "processes needs backend='torch'"),
     ],
 )
@@ -156,6 +158,14 @@ def test_bad_settings_fail_before_the_model_loads(monkeypatch, kwargs, message) 
     monkeypatch.setattr(encoding, "_OnnxModel", no_loading)
     with pytest.raises(ValueError, match=message):
         Encoder(**kwargs)
+
+
+@pytest.mark.parametrize(("device", "batch"), [("cpu", 16), ("cuda", 256), ("cuda:1", 256)])
+def test_batch_size_defaults_by_device(monkeypatch, device, batch) -> None:
+    """16 on CPU, 256 on CUDA (both measured, see Encoder); an explicit batch size always wins."""
+    monkeypatch.setattr(encoding, "load_sentence_transformer", lambda spec, device=None: mock.MagicMock())
+    assert Encoder(device=device).batch_size == batch
+    assert Encoder(device=device, batch_size=8).batch_size == 8
 
 
 def _copy_of(encoder: Encoder):
