@@ -160,9 +160,13 @@ def worker(
     if full:
         t0 = time.perf_counter()
         beam = {} if hnsw_ef is None else {"hnsw_ef": hnsw_ef}  # None: the library's default
-        if sent is not None:
-            beam["sentences"] = sent
-        result = match_catalog(store if store is not None else tables, k=k, candidates=path, **beam)
+        # popped as the argument is passed, so the matcher holds the only reference (as with the
+        # store's sentence cache) and can free the uncentred rows once it has centred them
+        holder = [sent]
+        del sent
+        result = match_catalog(
+            store if store is not None else tables, k=k, candidates=path, sentences=holder.pop(), **beam
+        )
         out["match_s"] = time.perf_counter() - t0
         out["timings"] = result.summary["timings"]
         out.update(_accuracy(result))

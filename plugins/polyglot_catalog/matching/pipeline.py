@@ -236,6 +236,7 @@ def match_catalog(
     query_store = store if path == "qdrant" else None
     region_names = sorted(data)
     sent = _sentence_vectors(sentences, store, data)
+    sentences = None  # centred copies made: the caller's rows are freed unless it keeps them
     raw_vectors = {r: t.vectors for r, t in data.items()}
     if center:
         data = {r: center_region(t) for r, t in data.items()}
