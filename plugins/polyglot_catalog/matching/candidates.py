@@ -21,8 +21,9 @@ DEFAULT_BLOCK_ROWS = 2048
 DEFAULT_BLOCK_COLS = 8192
 #: Columns of a block whose k-th best seeds a query's threshold on its first block.
 SEED_COLS = 2048
-#: HNSW search beam of the Qdrant path (see bench/RESULTS.md, "hnsw_ef sweep").
-DEFAULT_HNSW_EF: int | None = None
+#: HNSW search beam of the Qdrant path. Qdrant's default (``ef_construct``, 100) found 0.888 of the
+#: true top-10 at 100k points per region under the region filter; bench_match_scale.py sweeps it.
+DEFAULT_HNSW_EF: int | None = 256
 
 
 class _RunningTopK:
