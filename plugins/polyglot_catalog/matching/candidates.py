@@ -21,8 +21,9 @@ DEFAULT_BLOCK_ROWS = 2048
 DEFAULT_BLOCK_COLS = 8192
 #: Columns of a block whose k-th best seeds a query's threshold on its first block.
 SEED_COLS = 2048
-#: HNSW search beam of the Qdrant path. Qdrant's default (``ef_construct``, 100) found 0.888 of the
-#: true top-10 at 100k points per region under the region filter; bench_match_scale.py sweeps it.
+#: HNSW search beam of the Qdrant path. Under the region filter at 100k points per region, Qdrant's
+#: default (``ef_construct``, 100) found 0.890 of the true top-10, 256 finds 0.960 for 2.5x the query
+#: time, 512 0.983 for 4x (bench_match_scale.py --ef; bench/RESULTS.md).
 DEFAULT_HNSW_EF: int | None = 256
 
 
