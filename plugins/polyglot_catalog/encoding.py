@@ -185,10 +185,11 @@ class Encoder:
             from sentence_transformers.util import get_device_name
 
             # Resolved against the device sentence-transformers will pick, before the model loads.
-            self.precision = resolve_precision(device or get_device_name(), precision, backend)
-            if batch_size is None and str(device or get_device_name()).startswith("cuda"):
+            device_type = str(device or get_device_name()).split(":", 1)[0]
+            self.precision = resolve_precision(device_type, precision, backend)
+            if batch_size is None and device_type == "cuda":
                 self.batch_size = CUDA_BATCH
-            if workers > 1 and str(device or get_device_name()).split(":")[0] != "cpu":
+            if workers > 1 and device_type != "cpu":
                 raise ValueError("processes is for CPU encoding; on an accelerator use one process")
             if threads is not None and workers == 1:
                 import torch

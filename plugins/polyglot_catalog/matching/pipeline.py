@@ -237,7 +237,8 @@ def match_catalog(
     region_names = sorted(data)
     sent = _sentence_vectors(sentences, store, data)
     sentences = None  # centred copies made: the caller's rows are freed unless it keeps them
-    raw_vectors = {r: t.vectors for r, t in data.items()}
+    # the stored (uncentred) vectors serve only the Qdrant path's re-rank; the exact path lets them go
+    raw_vectors = {r: t.vectors for r, t in data.items()} if center and query_store is not None else None
     if center:
         data = {r: center_region(t) for r, t in data.items()}
     timings["load"] = time.perf_counter() - t0
@@ -263,7 +264,7 @@ def match_catalog(
             b,
             k,
             store=query_store,
-            raw=(raw_vectors[ra], raw_vectors[rb]) if center else None,
+            raw=None if raw_vectors is None else (raw_vectors[ra], raw_vectors[rb]),
             hnsw_ef=hnsw_ef,
             block_rows=block_rows,
             block_cols=block_cols,
