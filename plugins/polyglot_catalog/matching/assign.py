@@ -36,10 +36,15 @@ def mutual_best(ia: np.ndarray, ib: np.ndarray, score: np.ndarray) -> np.ndarray
 def max_weight_matching(ia: np.ndarray, ib: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Mask of a maximum-weight one-to-one matching using only edges with positive ``weight``.
 
-    Builds the sparse (A + B') x (B + A') graph: real edges a->b, their mirror b'->a' (weight 1)
+    Builds the sparse (B' + A) x (A' + B) graph: real edges a->b, their mirror b'->a' (weight 1)
     so both dummies can pair up, and a->a', b'->b (weight 1) for "unmatched". LAPJVsp then finds a
     full matching in O(edges) memory. Weights are quantised to integers (``weight * 1e6``, at least 2
     on a real edge so any positive edge beats leaving both ends unmatched).
+
+    Why this node order: scipy's LAPJVsp reduces columns from the last one down, then spends O(nodes)
+    per row left free. With the real B columns last, each first takes its best real row; with them
+    first, the dummy columns took every A row and left most rows free: the same optimum took 3.7x
+    as long at 30k products per region, and the gap grows with the catalog.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching
@@ -52,14 +57,15 @@ def max_weight_matching(ia: np.ndarray, ib: np.ndarray, weight: np.ndarray) -> n
     ua, ra = np.unique(ia[keep], return_inverse=True)
     ub, rb = np.unique(ib[keep], return_inverse=True)
     na, nb, e = len(ua), len(ub), len(keep)
-    rows = np.concatenate([ra, na + rb, np.arange(na), na + np.arange(nb)])
-    cols = np.concatenate([rb, nb + ra, nb + np.arange(na), np.arange(nb)])
+    # rows: b' = 0..nb-1, a = nb..; columns: a' = 0..na-1, b = na..
+    rows = np.concatenate([nb + ra, rb, nb + np.arange(na), np.arange(nb)])
+    cols = np.concatenate([na + rb, ra, np.arange(na), na + np.arange(nb)])
     real_w = np.rint(weight[keep] * _SCALE) + 2.0
     vals = np.concatenate([real_w, np.ones(e), np.ones(na), np.ones(nb)])
-    graph = coo_matrix((vals, (rows, cols)), shape=(na + nb, nb + na)).tocsr()
+    graph = coo_matrix((vals, (rows, cols)), shape=(na + nb, na + nb)).tocsr()
     r, c = min_weight_full_bipartite_matching(graph, maximize=True)
-    real = (r < na) & (c < nb)
-    chosen = r[real].astype(np.int64) * nb + c[real]
+    real = (r >= nb) & (c >= na)
+    chosen = (r[real].astype(np.int64) - nb) * nb + (c[real] - na)
     key = ra.astype(np.int64) * nb + rb
     hit = np.flatnonzero(np.isin(key, chosen))
     _, first = np.unique(key[hit], return_index=True)  # a repeated edge is taken once, first wins
