@@ -33,13 +33,13 @@ from .evaluate import (
 )
 from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
 from .groups import build_groups
+from .lexical import NgramCounts, ngram_counts
 from .result import MatchResult
 from .scoring import (
     FEATURES,
     PairScorer,
     corroboration,
     default_seed,
-    lexical_vectors,
     pair_features,
     prior_shift_threshold,
     self_training_targets,
@@ -256,7 +256,9 @@ def match_catalog(
 
     blocks: list[dict[str, Any]] = []
     t_cand = t_feat = 0.0
-    for ra, rb in itertools.combinations(region_names, 2):
+    region_pairs = list(itertools.combinations(region_names, 2))
+    ngrams: dict[str, NgramCounts] = {}  # each region hashed once, freed after its last pair
+    for step, (ra, rb) in enumerate(region_pairs):
         a, b = data[ra], data[rb]
         t1 = time.perf_counter()
         ia, ib, neigh = candidate_pairs(
@@ -270,10 +272,24 @@ def match_catalog(
             block_cols=block_cols,
         )
         t2 = time.perf_counter()
-        lex = lexical_vectors(a.texts, b.texts)
+        for r in (ra, rb):
+            if r not in ngrams:
+                ngrams[r] = ngram_counts(data[r].texts)
         feats, explain = pair_features(
-            a.vectors, b.vectors, ia, ib, neigh["a"], neigh["b"], lex, evid[ra], evid[rb], idf
+            a.vectors,
+            b.vectors,
+            ia,
+            ib,
+            neigh["a"],
+            neigh["b"],
+            (ngrams[ra], ngrams[rb]),
+            evid[ra],
+            evid[rb],
+            idf,
         )
+        for r in (ra, rb):
+            if not any(r in later for later in region_pairs[step + 1 :]):
+                del ngrams[r]
         if sent is not None:
             feats["sentences"] = sentence_alignment(sent[ra], sent[rb], ia, ib)
         t_cand += t2 - t1

@@ -6,7 +6,8 @@ Features are few and each has a reason:
 * ``csls`` - cosine minus the mean similarity of both sides to their k nearest neighbours
   (cross-domain similarity local scaling, Lample et al. 2018): removes hubness, the reason raw
   nearest neighbour keeps picking the same generic texts.
-* ``lexical`` - character n-gram TF-IDF cosine: names, numbers and cognates shared across languages.
+* ``lexical`` - character n-gram TF-IDF cosine (:mod:`.lexical`): names, numbers and cognates
+  shared across languages.
 * evidence from :mod:`.evidence` (quantities, codes, names, GTIN, conflicts).
 
 Without labels the model is fitted by self-training: reciprocal-best pairs under ``csls + lexical``
@@ -25,6 +26,7 @@ import pandas as pd
 
 from .evidence import EVIDENCE_COLUMNS, TextEvidence
 from .fastev import compare_many
+from .lexical import NgramCounts, lexical_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -33,35 +35,6 @@ FEATURES = ("cosine", "csls", "lexical", *EVIDENCE_COLUMNS)
 MAX_FIT_ROWS = 1_000_000
 #: Pairs scored per step, bounding the float64 copy of the feature columns.
 DECISION_CHUNK = 500_000
-
-
-def lexical_vectors(texts_a: Sequence[str], texts_b: Sequence[str]) -> tuple[object, object]:
-    """Char 3-5-gram TF-IDF rows for both sides, IDF fitted on both so shared names weigh most."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    vec = TfidfVectorizer(
-        analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=2, dtype=np.float32
-    )
-    texts = [t.lower() for t in (*texts_a, *texts_b)]
-    if sum(bool(t.strip()) for t in texts) < 2:
-        vec.set_params(min_df=1)
-    try:
-        mat = vec.fit_transform(texts)
-    except ValueError:  # empty vocabulary: no text worth comparing
-        from scipy.sparse import csr_matrix
-
-        mat = csr_matrix((len(texts), 1), dtype=np.float32)
-    return mat[: len(texts_a)], mat[len(texts_a) :]
-
-
-def rowwise_dot(x: object, y: object, ia: np.ndarray, ib: np.ndarray, chunk: int = 50_000) -> np.ndarray:
-    """Dot products of sparse rows ``x[ia[i]]`` and ``y[ib[i]]`` in chunks (bounded memory)."""
-    out = np.zeros(len(ia), dtype=np.float32)
-    for s in range(0, len(ia), chunk):
-        xa = x[ia[s : s + chunk]]
-        yb = y[ib[s : s + chunk]]
-        out[s : s + chunk] = np.asarray(xa.multiply(yb).sum(axis=1)).ravel()
-    return out
 
 
 def rowwise_cosine(
@@ -82,7 +55,7 @@ def pair_features(
     ib: np.ndarray,
     neigh_a: np.ndarray,
     neigh_b: np.ndarray,
-    lex: tuple[object, object],
+    lex: tuple[NgramCounts, NgramCounts],
     ev_a: Sequence[TextEvidence],
     ev_b: Sequence[TextEvidence],
     idf: dict[str, float],
@@ -100,7 +73,7 @@ def pair_features(
         else np.zeros(len(vec_b))
     )
     csls = cos - 0.5 * (np.nan_to_num(r_a)[ia] + np.nan_to_num(r_b)[ib])
-    lexical = rowwise_dot(lex[0], lex[1], ia, ib)
+    lexical = lexical_cosine(lex[0], lex[1], ia, ib)
     # all pairs at once (values equal evidence.compare's; a per-pair loop took minutes at 100k)
     evidence, explain = compare_many(ev_a, ev_b, ia, ib, idf)
     data = {"cosine": cos, "csls": csls, "lexical": lexical, **evidence}
