@@ -437,6 +437,26 @@ def test_center_sentences_keeps_rows_unit_length_and_offsets() -> None:
     assert np.linalg.norm(centred.vectors.mean(axis=0)) < np.linalg.norm(sv.vectors.mean(axis=0))
 
 
+def test_centred_copy_is_half_size_and_scores_as_float32_centring_does() -> None:
+    rng = np.random.default_rng(8)
+    raw = [_unit(rng, n, 384) + 0.3 for n in (60, 50)]
+    raw = [r / np.linalg.norm(r, axis=1, keepdims=True) for r in raw]
+    svs = [SentenceVectors(np.linspace(0, len(r), 11).astype(int), r) for r in raw]
+    centred = [center_sentences(sv) for sv in svs]
+    assert all(
+        c.vectors.dtype == np.float16 and c.vectors.nbytes * 2 == sv.vectors.nbytes
+        for c, sv in zip(centred, svs, strict=True)
+    )
+    reference = []
+    for r, sv in zip(raw, svs, strict=True):  # float32 centring, as before the float16 copy
+        c = r - r.mean(axis=0)
+        reference.append(SentenceVectors(sv.offsets, c / np.linalg.norm(c, axis=1, keepdims=True)))
+    ia, ib = np.repeat(np.arange(10), 10), np.tile(np.arange(10), 10)
+    np.testing.assert_allclose(
+        sentence_alignment(*centred, ia, ib), sentence_alignment(*reference, ia, ib), atol=2e-3
+    )
+
+
 def _both_forms(seed: int, n_products: int, n_distinct: int, dim: int = 32) -> tuple[SentenceVectors, ...]:
     """The same sentences twice: distinct rows + index, and one (duplicated) row per occurrence."""
     rng = np.random.default_rng(seed)

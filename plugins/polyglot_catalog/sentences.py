@@ -69,7 +69,8 @@ def sentence_collection(vector_name: str) -> str:
 class SentenceVectors:
     """Ragged sentence vectors of one region's products: sentence occurrences
     ``offsets[i]:offsets[i + 1]`` are product ``i``'s sentences, and occurrence ``j`` is row
-    ``index[j]`` of ``vectors`` (float32, unit length).
+    ``index[j]`` of ``vectors`` (unit length; float32, or float16 where the matcher stores its
+    centred copy at half the memory).
 
     Why an index: catalogs repeat sentences heavily (care text, warranty), so :meth:`from_texts`
     stores each distinct sentence of the region once and one int32 per occurrence, instead of one
@@ -85,7 +86,8 @@ class SentenceVectors:
 
     def __post_init__(self) -> None:
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
-        self.vectors = np.asarray(self.vectors, dtype=np.float32)
+        vectors = np.asarray(self.vectors)
+        self.vectors = vectors if vectors.dtype == np.float16 else vectors.astype(np.float32, copy=False)
         if self.weights is not None:
             self.weights = np.asarray(self.weights, dtype=np.float32)
             if self.weights.shape != (len(self.vectors),):

@@ -20,11 +20,14 @@ CHUNK = 2048
 
 
 def center_sentences(sv: SentenceVectors, chunk: int = 65_536) -> SentenceVectors:
-    """A copy with the region's mean sentence vector removed and rows re-normalised.
+    """A float16 copy with the region's mean sentence vector removed and rows re-normalised.
 
     The mean is over sentence occurrences (a care text on 500 products pulls it 500 times, as with
-    one row per occurrence), but it is subtracted from the distinct rows only: the copy is the size
-    of ``sv.vectors``, and offsets, index and weights are shared.
+    one row per occurrence), but it is subtracted from the distinct rows only: the copy has one row
+    per row of ``sv.vectors``, and offsets, index and weights are shared. Why float16: the copy is
+    the matcher's largest array with long descriptions (1.0 GB as float32 at 100k products per
+    region), and a unit vector's cosines move by ~1e-3 at most, which left the dev set's top-1
+    and F1 unchanged (bench/RESULTS.md); the alignment computes in float32.
     """
     if sv.n_occurrences < 2:
         return sv
@@ -33,8 +36,12 @@ def center_sentences(sv: SentenceVectors, chunk: int = 65_536) -> SentenceVector
     for start in range(0, len(sv.vectors), chunk):  # float64 sums without a float64 copy of the rows
         part = sv.vectors[start : start + chunk].astype(np.float64)
         total += part.sum(axis=0) if uses is None else uses[start : start + chunk] @ part
-    centred = sv.vectors - (total / sv.n_occurrences).astype(np.float32)
-    centred /= np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    mean = (total / sv.n_occurrences).astype(np.float32)
+    centred = np.empty(sv.vectors.shape, dtype=np.float16)
+    for start in range(0, len(sv.vectors), chunk):  # float32 work one chunk at a time
+        part = sv.vectors[start : start + chunk].astype(np.float32) - mean
+        part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+        centred[start : start + chunk] = part
     return SentenceVectors(sv.offsets, centred, sv.weights, sv.index)
 
 
@@ -76,7 +83,7 @@ def _gather(sv: SentenceVectors, rows: np.ndarray) -> tuple[np.ndarray, np.ndarr
     index = np.where(mask, sv.offsets[rows][:, None] + np.arange(width)[None, :], 0)
     if sv.index is not None:
         index = sv.index[index]  # occurrence -> distinct row
-    vectors = sv.vectors[index]
+    vectors = sv.vectors[index].astype(np.float32, copy=False)  # float16 when centred: BLAS wants float32
     weights = sv.weights[index] if sv.weights is not None else np.ones(index.shape, np.float32)
     return vectors, np.where(mask, weights, 0.0)
 

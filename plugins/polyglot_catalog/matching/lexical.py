@@ -46,8 +46,12 @@ class NgramCounts:
 
 
 def ngram_counts(texts: Sequence[str], *, chunk: int = 10_000) -> NgramCounts:
-    """Hash ``texts`` (lower-cased, char 3-5-grams within word boundaries) ``chunk`` texts at a
-    time, so the vectorizer's transients stay those of one chunk."""
+    """Hash ``texts`` (lower-cased, char 3-5-grams within word boundaries) ``chunk`` texts at a time.
+
+    Memory stays that of the result plus one chunk: the chunks' buckets are collected as sorted
+    key sets, then each chunk is renumbered onto the final keys and written into preallocated
+    arrays (a global ``np.unique`` over all n-gram entries peaked at ~3x the result).
+    """
     from scipy.sparse import csr_matrix
     from sklearn.feature_extraction.text import HashingVectorizer
 
@@ -60,33 +64,37 @@ def ngram_counts(texts: Sequence[str], *, chunk: int = 10_000) -> NgramCounts:
         dtype=np.float32,
     )
     texts = list(texts)
-    data, buckets, row_nnz = [], [], []
+    parts = []
+    keys = np.zeros(0, dtype=np.int32)
     for start in range(0, len(texts), chunk):
         part = hasher.transform(texts[start : start + chunk])  # duplicates summed, columns sorted
-        np.log(part.data, out=part.data)
-        part.data += 1.0
-        data.append(part.data)
-        buckets.append(part.indices.astype(np.int32, copy=False))
-        row_nnz.append(np.diff(part.indptr))
-    if not texts:
-        empty = np.zeros(0, dtype=np.int32)
-        return NgramCounts(csr_matrix((0, 0), dtype=np.float32), empty, empty)
-    indptr = np.concatenate([[0], np.cumsum(np.concatenate(row_nnz))])
-    flat = np.concatenate(buckets)
-    del buckets
-    keys, local = np.unique(flat, return_inverse=True)  # sorted, so each row stays sorted
-    del flat
-    local = local.astype(np.int32)
+        part.indices = part.indices.astype(np.int32, copy=False)
+        keys = np.union1d(keys, part.indices)
+        parts.append(part)
+    indptr = np.zeros(len(texts) + 1, dtype=np.int64)
+    nnz = sum(p.nnz for p in parts)
+    data = np.empty(nnz, dtype=np.float32)
+    local = np.empty(nnz, dtype=np.int32)
+    row = at = 0
+    while parts:
+        part = parts.pop(0)  # each chunk freed once copied
+        n = part.shape[0]
+        indptr[row + 1 : row + n + 1] = at + part.indptr[1:]
+        np.log(part.data, out=data[at : at + part.nnz])
+        local[at : at + part.nnz] = np.searchsorted(keys, part.indices)  # increasing: rows stay sorted
+        row, at = row + n, at + part.nnz
+    data += 1.0  # sublinear tf: 1 + ln(count)
     df = np.bincount(local, minlength=len(keys)).astype(np.int32)  # one entry per (text, bucket)
-    tf = csr_matrix((np.concatenate(data), local, indptr), shape=(len(texts), len(keys)))
+    tf = csr_matrix((data, local, indptr), shape=(len(texts), len(keys)))
     return NgramCounts(tf, keys.astype(np.int32), df)
 
 
 def lexical_cosine(
-    a: NgramCounts, b: NgramCounts, ia: np.ndarray, ib: np.ndarray, chunk: int = 50_000
+    a: NgramCounts, b: NgramCounts, ia: np.ndarray, ib: np.ndarray, chunk: int = 8192
 ) -> np.ndarray:
     """TF-IDF cosine of ``a``'s text ``ia[i]`` and ``b``'s text ``ib[i]`` per pair, float32
-    (0 where either text has no n-gram that two texts of the pair share).
+    (0 where either text has no n-gram that two texts of the pair share). Pairs go ``chunk`` at a
+    time: each gathers both sides' rows (~400 n-grams per long description).
 
     IDF is smoothed over both regions' texts, ``ln((1 + n) / (1 + df)) + 1``, and 0 for n-grams in
     fewer than :data:`MIN_DF` texts (they would only lengthen one text's vector).
