@@ -69,8 +69,8 @@ def sentence_collection(vector_name: str) -> str:
 class SentenceVectors:
     """Ragged sentence vectors of one region's products: sentence occurrences
     ``offsets[i]:offsets[i + 1]`` are product ``i``'s sentences, and occurrence ``j`` is row
-    ``index[j]`` of ``vectors`` (unit length; float32, or float16 where the matcher stores its
-    centred copy at half the memory).
+    ``index[j]`` of ``vectors`` (unit length; float32, or int8 with one float32 scale per row in
+    ``scales``, as the matcher stores its centred copy: a quarter of the memory).
 
     Why an index: catalogs repeat sentences heavily (care text, warranty), so :meth:`from_texts`
     stores each distinct sentence of the region once and one int32 per occurrence, instead of one
@@ -83,11 +83,18 @@ class SentenceVectors:
     vectors: np.ndarray
     weights: np.ndarray | None = None  # per row of ``vectors``; None = all equal
     index: np.ndarray | None = None  # per occurrence -> row of ``vectors``; None = identity
+    scales: np.ndarray | None = None  # int8 ``vectors`` only: row i is ``vectors[i] * scales[i]``
 
     def __post_init__(self) -> None:
         self.offsets = np.asarray(self.offsets, dtype=np.int64)
         vectors = np.asarray(self.vectors)
-        self.vectors = vectors if vectors.dtype == np.float16 else vectors.astype(np.float32, copy=False)
+        if vectors.dtype == np.int8:
+            if self.scales is None or np.shape(self.scales) != (len(vectors),):
+                raise ValueError(f"int8 vectors need one scale per row ({len(vectors)})")
+            self.scales = np.asarray(self.scales, dtype=np.float32)
+        elif self.scales is not None:
+            raise ValueError("scales go with int8 vectors only")
+        self.vectors = vectors if vectors.dtype == np.int8 else vectors.astype(np.float32, copy=False)
         if self.weights is not None:
             self.weights = np.asarray(self.weights, dtype=np.float32)
             if self.weights.shape != (len(self.vectors),):
@@ -124,9 +131,17 @@ class SentenceVectors:
         """Row of ``vectors`` for every sentence occurrence (the identity when ``index`` is None)."""
         return self.index if self.index is not None else np.arange(len(self.vectors), dtype=np.int64)
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Float32 rows of ``vectors`` at ``rows`` (any shape), dequantised when stored as int8."""
+        if self.scales is None:
+            return self.vectors[rows]
+        return self.vectors[rows].astype(np.float32) * self.scales[rows][..., None]
+
     def occurrence_vectors(self) -> np.ndarray:
-        """One row per occurrence (a copy when indexed: for tests and small data, not at scale)."""
-        return self.vectors if self.index is None else self.vectors[self.index]
+        """One row per occurrence, float32 (a copy when indexed or int8: for tests and small data)."""
+        if self.index is None and self.scales is None:
+            return self.vectors
+        return self.take(self.rows())
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], lookup: Mapping[str, Any]) -> SentenceVectors:

@@ -20,29 +20,35 @@ CHUNK = 2048
 
 
 def center_sentences(sv: SentenceVectors, chunk: int = 65_536) -> SentenceVectors:
-    """A float16 copy with the region's mean sentence vector removed and rows re-normalised.
+    """An int8 copy with the region's mean sentence vector removed and rows re-normalised.
 
     The mean is over sentence occurrences (a care text on 500 products pulls it 500 times, as with
     one row per occurrence), but it is subtracted from the distinct rows only: the copy has one row
-    per row of ``sv.vectors``, and offsets, index and weights are shared. Why float16: the copy is
-    the matcher's largest array with long descriptions (1.0 GB as float32 at 100k products per
-    region), and a unit vector's cosines move by ~1e-3 at most, which left the dev set's top-1
-    and F1 unchanged (bench/RESULTS.md); the alignment computes in float32.
+    per row of ``sv.vectors``, and offsets, index and weights are shared.
+
+    Why int8 (one scale per row, symmetric): the copy is the matcher's largest array with long
+    descriptions (1.0 GB as float32 at 100k products per region; 0.26 GB as int8). A cosine moves
+    by ~2e-3 at most, which left the dev set's top-1 unchanged (bench/RESULTS.md). float16 halved
+    it only, and numpy's float16 -> float32 cast made the alignment 2x slower; int8 casts at the
+    speed of a float32 gather.
     """
     if sv.n_occurrences < 2:
         return sv
     uses = None if sv.index is None else np.bincount(sv.index, minlength=len(sv.vectors))
     total = np.zeros(sv.vectors.shape[1], dtype=np.float64)
     for start in range(0, len(sv.vectors), chunk):  # float64 sums without a float64 copy of the rows
-        part = sv.vectors[start : start + chunk].astype(np.float64)
+        part = sv.take(np.arange(start, min(start + chunk, len(sv.vectors)))).astype(np.float64)
         total += part.sum(axis=0) if uses is None else uses[start : start + chunk] @ part
     mean = (total / sv.n_occurrences).astype(np.float32)
-    centred = np.empty(sv.vectors.shape, dtype=np.float16)
+    quantised = np.empty(sv.vectors.shape, dtype=np.int8)
+    scales = np.empty(len(sv.vectors), dtype=np.float32)
     for start in range(0, len(sv.vectors), chunk):  # float32 work one chunk at a time
-        part = sv.vectors[start : start + chunk].astype(np.float32) - mean
+        part = sv.take(np.arange(start, min(start + chunk, len(sv.vectors)))) - mean
         part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
-        centred[start : start + chunk] = part
-    return SentenceVectors(sv.offsets, centred, sv.weights, sv.index)
+        scale = np.maximum(np.abs(part).max(axis=1), 1e-12) / 127.0
+        quantised[start : start + chunk] = np.rint(part / scale[:, None])
+        scales[start : start + chunk] = scale
+    return SentenceVectors(sv.offsets, quantised, sv.weights, sv.index, scales)
 
 
 def sentence_idf(texts: list[str]) -> np.ndarray:
@@ -72,20 +78,22 @@ def row_idf(sv: SentenceVectors) -> np.ndarray:
     return (np.log((1 + n) / (1 + df)) + 1).astype(np.float32)
 
 
-def _gather(sv: SentenceVectors, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Padded ``(n, width, dim)`` sentence vectors of ``rows`` and their weights (0 on padding)."""
+def _gather(sv: SentenceVectors, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Padded ``(n, width, dim)`` sentence vectors of ``rows``, their weights (0 on padding), and
+    for int8 vectors their scales (``(n, width)``; the vectors come unscaled, the caller scales the
+    far smaller similarity matrix instead)."""
     counts = sv.counts()[rows]
     width = max(int(counts.max(initial=0)), 1)
     mask = np.arange(width)[None, :] < counts[:, None]
     if not sv.n_occurrences:  # nothing to gather; keep the dim so the other side's rows still multiply
         dim = sv.vectors.shape[1] if sv.vectors.ndim == 2 else 1
-        return np.zeros((*mask.shape, dim), np.float32), np.zeros(mask.shape, np.float32)
+        return np.zeros((*mask.shape, dim), np.float32), np.zeros(mask.shape, np.float32), None
     index = np.where(mask, sv.offsets[rows][:, None] + np.arange(width)[None, :], 0)
     if sv.index is not None:
         index = sv.index[index]  # occurrence -> distinct row
-    vectors = sv.vectors[index].astype(np.float32, copy=False)  # float16 when centred: BLAS wants float32
+    vectors = sv.vectors[index].astype(np.float32, copy=False)
     weights = sv.weights[index] if sv.weights is not None else np.ones(index.shape, np.float32)
-    return vectors, np.where(mask, weights, 0.0)
+    return vectors, np.where(mask, weights, 0.0), None if sv.scales is None else sv.scales[index]
 
 
 def sentence_alignment(
@@ -98,10 +106,14 @@ def sentence_alignment(
     ia, ib = np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
     out = np.zeros(len(ia), dtype=np.float32)
     for start in range(0, len(ia), chunk):
-        xa, wa = _gather(a, ia[start : start + chunk])
-        xb, wb = _gather(b, ib[start : start + chunk])
+        xa, wa, sa = _gather(a, ia[start : start + chunk])
+        xb, wb, sb = _gather(b, ib[start : start + chunk])
         ma, mb = wa > 0, wb > 0
         sims = np.matmul(xa, xb.transpose(0, 2, 1))  # batched BLAS: ~3x einsum's loop
+        if sa is not None:
+            sims *= sa[:, :, None]
+        if sb is not None:
+            sims *= sb[:, None, :]
         sims = np.where(ma[:, :, None] & mb[:, None, :], sims, -np.inf)
         # each a sentence's best counterpart in b (precision) and each b sentence's in a (recall)
         best_a = (np.where(ma, sims.max(axis=2), 0.0) * wa).sum(axis=1)
