@@ -18,7 +18,7 @@ from polyglot_catalog.matching.evaluate import (
     truth_pairs,
 )
 from polyglot_catalog.matching.groups import build_groups
-from polyglot_catalog.matching.scoring import prior_shift_threshold
+from polyglot_catalog.matching.scoring import corroboration, prior_shift_threshold
 
 
 def test_hungarian_prefers_the_better_total_over_a_greedy_first_pick() -> None:
@@ -187,3 +187,51 @@ def test_prior_shift_recovers_the_share_of_matches_from_even_odds_scores() -> No
     assert abs(share - 0.8) < 0.02
     assert cut == pytest.approx(1 - share)
     assert prior_shift_threshold(np.zeros(0)) == (0.5, 0.5)
+
+
+def test_corroboration_takes_the_best_third_region_path_whatever_the_chunk() -> None:
+    # DE-FR pair (0, 0) is supported through US 0 (min(0.9, 0.8) = 0.8) and US 1 (min(0.3, 0.95))
+    rng = np.random.default_rng(3)
+    blocks = [
+        {
+            "ra": "DE",
+            "rb": "FR",
+            "ia": np.array([0, 0, 1]),
+            "ib": np.array([0, 1, 1]),
+            "score": np.array([0.5, 0.2, 0.7]),
+        },
+        {
+            "ra": "DE",
+            "rb": "US",
+            "ia": np.array([0, 0, 1]),
+            "ib": np.array([0, 1, 2]),
+            "score": np.array([0.9, 0.3, 0.6]),
+        },
+        {
+            "ra": "FR",
+            "rb": "US",
+            "ia": np.array([0, 0, 1]),
+            "ib": np.array([0, 1, 1]),
+            "score": np.array([0.8, 0.95, 0.4]),
+        },
+    ]
+    de_fr, de_us, fr_us = corroboration(blocks)
+    np.testing.assert_allclose(de_fr, [0.8, 0.3, 0.0])  # (1, 1): DE 1 -> US 2 only, FR 1 -> US 1 only
+    np.testing.assert_allclose(de_us, [0.5, 0.5, 0.0])  # DE 0 - US 1: FR 0 (0.5, 0.95) beats FR 1 (0.2, 0.4)
+    np.testing.assert_allclose(fr_us, [0.5, 0.3, 0.2])
+    big = []
+    for ra, rb in (("DE", "FR"), ("DE", "US"), ("FR", "US")):
+        n = 300
+        big.append(
+            {
+                "ra": ra,
+                "rb": rb,
+                "ia": rng.integers(0, 40, n),
+                "ib": rng.integers(0, 40, n),
+                "score": rng.random(n),
+            }
+        )
+    whole = corroboration(big)
+    for chunk in (1, 7, 1000):
+        for got, want in zip(corroboration(big, chunk=chunk), whole, strict=True):
+            np.testing.assert_array_equal(got, want)

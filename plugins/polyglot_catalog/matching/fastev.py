@@ -130,6 +130,7 @@ def compare_many(
     p = len(ia)
     out = {c: np.zeros(p, dtype=np.float32) for c in EVIDENCE_COLUMNS}
     explain: list[str] = [""] * p
+    said: dict[str, str] = {}  # one object per distinct explain string (most pairs repeat a few)
     for s in range(0, p, CHUNK):
         x, y = ia[s : s + CHUNK], ib[s : s + CHUNK]
         matched, comparable, shared_dims, conflicts = _quantities(a, b, x, y, dims["temperature"])
@@ -167,7 +168,8 @@ def compare_many(
                 why.append("names " + ", ".join(sorted(shared, key=lambda w: -idf.get(w, 1.0))[:3]))
             if both_g[t]:
                 why.append("same GTIN" if same_g[t] else "GTINs differ")
-            explain[s + t] = "; ".join(why)
+            text = "; ".join(why)
+            explain[s + t] = said.setdefault(text, text)
     # the few products with very many quantities: the reference implementation, pair by pair
     slow = np.flatnonzero(a.too_many[ia] | b.too_many[ib])
     for t in slow.tolist():
