@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..memory import release_freed_memory
+
 #: Hash buckets: as many as a 32-bit index allows, so distinct n-grams practically never merge.
 #: Only the buckets a region uses are stored (``NgramCounts.keys``), never a vector this long.
 N_FEATURES = 2**31 - 1
@@ -48,9 +50,9 @@ class NgramCounts:
 def ngram_counts(texts: Sequence[str], *, chunk: int = 10_000) -> NgramCounts:
     """Hash ``texts`` (lower-cased, char 3-5-grams within word boundaries) ``chunk`` texts at a time.
 
-    Memory stays that of the result plus one chunk: the chunks' buckets are collected as sorted
-    key sets, then each chunk is renumbered onto the final keys and written into preallocated
-    arrays (a global ``np.unique`` over all n-gram entries peaked at ~3x the result).
+    The chunks' buckets are collected as sorted key sets, then each chunk is renumbered onto the
+    final keys and written into preallocated arrays, its own memory released as it goes (a global
+    ``np.unique`` over all n-gram entries peaked at ~3x the result; see :mod:`..memory`).
     """
     from scipy.sparse import csr_matrix
     from sklearn.feature_extraction.text import HashingVectorizer
@@ -71,22 +73,27 @@ def ngram_counts(texts: Sequence[str], *, chunk: int = 10_000) -> NgramCounts:
         part.indices = part.indices.astype(np.int32, copy=False)
         keys = np.union1d(keys, part.indices)
         parts.append(part)
-    indptr = np.zeros(len(texts) + 1, dtype=np.int64)
     nnz = sum(p.nnz for p in parts)
+    # one index dtype for both, or scipy copies the indices to match (int32 while it fits)
+    indptr = np.zeros(len(texts) + 1, dtype=np.int32 if nnz < 2**31 else np.int64)
     data = np.empty(nnz, dtype=np.float32)
     local = np.empty(nnz, dtype=np.int32)
+    df = np.zeros(len(keys), dtype=np.int64)
     row = at = 0
     while parts:
-        part = parts.pop(0)  # each chunk freed once copied
+        part = parts.pop(0)
         n = part.shape[0]
         indptr[row + 1 : row + n + 1] = at + part.indptr[1:]
         np.log(part.data, out=data[at : at + part.nnz])
         local[at : at + part.nnz] = np.searchsorted(keys, part.indices)  # increasing: rows stay sorted
+        # one entry per (text, bucket); per chunk, as bincount casts its input to int64
+        df += np.bincount(local[at : at + part.nnz], minlength=len(keys))
         row, at = row + n, at + part.nnz
+        del part
+        release_freed_memory()  # the chunk's pages go back as the result's are written
     data += 1.0  # sublinear tf: 1 + ln(count)
-    df = np.bincount(local, minlength=len(keys)).astype(np.int32)  # one entry per (text, bucket)
     tf = csr_matrix((data, local, indptr), shape=(len(texts), len(keys)))
-    return NgramCounts(tf, keys.astype(np.int32), df)
+    return NgramCounts(tf, keys.astype(np.int32), df.astype(np.int32))
 
 
 def lexical_cosine(
