@@ -34,7 +34,7 @@ from .evaluate import (
 from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
 from .groups import build_groups
 from .lexical import NgramCounts, ngram_counts
-from .result import MatchResult
+from .result import DECISIONS, MatchResult
 from .scoring import (
     FEATURES,
     PairScorer,
@@ -67,8 +67,6 @@ PAIR_COLUMNS = [
     "text_a",
     "text_b",
 ]
-#: Values of the pairs table's ``decision`` column (``conflict``: dropped by the region-safe groups).
-DECISIONS = ["match", "not_mutual", "below_threshold", "conflict"]
 CandidateSource = Literal["auto", "exact", "qdrant"]
 #: ``candidates="auto"`` with a store runs the exact path while the largest region pair has at most
 #: this many product pairs (500k x 500k). Why: the matcher holds every vector in memory anyway, and
@@ -593,8 +591,13 @@ def _pairs_table(
             else np.full(len(blk["ia"]), missing, dtype=np.float32)
         )
 
+    code = {d: i for i, d in enumerate(DECISIONS)}
     verdict = column(
-        lambda blk: np.where(blk["accepted"], 0, np.where(blk["score"] >= threshold, 1, 2)).astype(np.int8)
+        lambda blk: np.where(
+            blk["accepted"],
+            code["match"],
+            np.where(blk["score"] >= threshold, code["not_mutual"], code["below_threshold"]),
+        ).astype(np.int8)
     )
     columns: dict[str, Any] = {
         "region_a": region("ra"),
@@ -603,7 +606,7 @@ def _pairs_table(
         "sku_b": sku_b,
         "score": column(lambda blk: blk["score"], np.float64),
         "cosine": column(feat("cosine")),
-        "decision": pd.Categorical.from_codes(verdict, categories=pd.Index(DECISIONS, dtype=object)),
+        "decision": pd.Categorical.from_codes(verdict, categories=pd.Index(list(DECISIONS), dtype=object)),
         "csls": column(feat("csls")),
         "lexical": column(feat("lexical")),
         "sentences": column(feat("sentences", np.nan)),  # NaN: matched without sentence vectors

@@ -17,14 +17,16 @@ class MatchResult:
 
     ``pairs`` holds every scored candidate pair (``region_a < region_b``) with ``score``, ``cosine``,
     ``decision`` (one of :data:`DECISIONS`), evidence columns (``ev_*`` / ``conflict_*`` floats and a
-    human ``explain`` string) and ``text_a``/``text_b``. ``groups`` has ``group_id, region, sku`` for
-    every product placed in a cross-region group; ``unmatched`` has ``region, sku, text, best_score,
-    best_region, best_sku`` for products with no accepted twin. ``summary`` is JSON-safe: ``model``,
-    ``collection``, ``threshold``, ``regions``, ``counts`` (per ``"A|B"`` region pair: candidates,
-    matches), ``timings`` (seconds per stage) and, when labels were given, ``metrics``:
-    ``{"overall": {...}, "by_pair": {"A|B": {...}}, "threshold_sweep": [...], "pr_curve": [...]}``
-    where each metrics dict has ``precision, recall, f1, top1, tp, fp, fn`` and each sweep/curve
-    row has ``threshold, precision, recall, f1``.
+    human ``explain`` string) and ``text_a``/``text_b``. Columns whose values repeat (regions, SKUs,
+    ``decision``, ``explain``, texts) are pandas categoricals, regions ordered by name; compare them with
+    ``==``/``isin`` as strings, or ``.astype(str)`` for plain strings. ``groups`` has ``group_id, region,
+    sku`` for every product placed in a cross-region group; ``unmatched`` has ``region, sku, text,
+    best_score, best_region, best_sku`` for products with no accepted twin. ``summary`` is JSON-safe:
+    ``model``, ``collection``, ``threshold``, ``regions``, ``counts`` (per ``"A|B"`` region pair:
+    candidates, matches), ``timings`` (seconds per stage) and, when labels were given, ``metrics``:
+    ``{"overall": {...}, "by_pair": {"A|B": {...}}, "threshold_sweep": [...], "pr_curve": [...]}`` where
+    each metrics dict has ``precision, recall, f1, top1, tp, fp, fn`` and each sweep/curve row has
+    ``threshold, precision, recall, f1``.
     """
 
     pairs: pd.DataFrame
