@@ -124,6 +124,23 @@ def _accuracy(result) -> dict[str, float]:
     }
 
 
+def load_store(store, tables: dict) -> None:
+    """Upsert every region's products, as the embed stage does: in bulk-load mode, so the HNSW
+    index is built once at the end."""
+    from polyglot_catalog.ids import point_id
+
+    with store.bulk_load():
+        for r, t in tables.items():
+            store.upsert(
+                [point_id(r, s) for s in t.skus],
+                t.vectors,
+                [
+                    {"sku": s, "region": r, "text": x, "status": "active"}
+                    for s, x in zip(t.skus, t.texts, strict=True)
+                ],
+            )
+
+
 def worker(
     path: str,
     n: int,
@@ -145,23 +162,13 @@ def worker(
             sent = None  # same texts, no sentence vectors (see the module doc)
     store = None
     if path == "qdrant":
-        from polyglot_catalog.ids import point_id
         from polyglot_catalog.store import CatalogStore, open_client
 
         client = open_client(path=folder, embedded="edge")
         store = CatalogStore(client, "catalog", "bundled", upsert_batch_size=1024)
         t0 = time.perf_counter()
         store.ensure_collection(384)
-        with store.bulk_load():  # as the embed stage does: index once at the end
-            for r, t in tables.items():
-                store.upsert(
-                    [point_id(r, s) for s in t.skus],
-                    t.vectors,
-                    [
-                        {"sku": s, "region": r, "text": x, "status": "active"}
-                        for s, x in zip(t.skus, t.texts, strict=True)
-                    ],
-                )
+        load_store(store, tables)
         out["store_load_s"] = time.perf_counter() - t0
         out["indexed"] = client.get_collection("catalog").indexed_vectors_count
         out["rss_after_load_mb"] = _rss_mb()

@@ -23,7 +23,7 @@ from fakes import FakeEncoder
 from qdrant_client import QdrantClient, models
 
 from polyglot_catalog.embed import StoreUnavailableError, describe_endpoint, embed_catalog
-from polyglot_catalog.store import CatalogStore, UpsertError, open_client
+from polyglot_catalog.store import REGION_GRAPH_M, CatalogStore, UpsertError, open_client
 
 N_ROWS = 60
 
@@ -193,15 +193,16 @@ def test_store_failure_keeps_the_upsert_error_type(tmp_path: Path, black_hole: B
 
 
 def test_rerun_restores_indexing_a_killed_bulk_load_left_off(tmp_path: Path) -> None:
-    """The embedded engine (qdrant-edge) records HNSW ``m`` like a server; a SIGKILL inside
-    ``bulk_load()`` leaves it at 0, and the next run must put it back."""
+    """The embedded engine (qdrant-edge) records HNSW ``m``/``payload_m`` like a server; a SIGKILL
+    inside ``bulk_load()`` leaves both at 0, and the next run must put the region graphs back."""
     client = open_client(path=str(tmp_path / "q"))
     store = CatalogStore(client, "c", "fake-model")
     store.ensure_collection(16)
-    client.update_collection("c", hnsw_config=models.HnswConfigDiff(m=0))  # the killed run's leftover
-    assert store.hnsw_m() == 0
+    graphs = store.hnsw_graphs()
+    client.update_collection("c", hnsw_config=models.HnswConfigDiff(m=0, payload_m=0))  # the leftover
+    assert store.indexing_off()
     summary = embed_catalog(catalog(tmp_path / "c.parquet"), store, FakeEncoder())
-    assert summary["upserted"] == N_ROWS and store.hnsw_m() == 16
+    assert summary["upserted"] == N_ROWS and store.hnsw_graphs() == graphs == (0, REGION_GRAPH_M)
     embed_catalog(catalog(tmp_path / "c.parquet"), store, FakeEncoder())
-    assert store.hnsw_m() == 16  # a healthy collection is left alone
+    assert store.hnsw_graphs() == graphs  # a healthy collection is left alone
     client.close()

@@ -19,6 +19,7 @@ from polyglot_catalog.ids import point_id
 from polyglot_catalog.store import (
     INDEXED_FIELDS,
     MAX_BACKOFF_SECONDS,
+    REGION_GRAPH_M,
     CatalogStore,
     UpsertError,
     is_transient,
@@ -212,10 +213,10 @@ def test_switch_alias_repoints_readers(client: QdrantClient) -> None:
 
 
 def test_bulk_load_restores_indexing(store: CatalogStore) -> None:
-    before = store.client.get_collection(store.collection).config.hnsw_config.m
+    before = store.hnsw_graphs()
     with store.bulk_load():
         load(store, "DE", 2)
-    assert store.client.get_collection(store.collection).config.hnsw_config.m == before
+    assert store.hnsw_graphs() == before and not store.indexing_off()
 
 
 # -- retries on every server call, and what they show --------------------------------------------
@@ -261,10 +262,10 @@ def _ids(region: str, n: int) -> list[str]:
     return [point_id(region, f"{region}-{i}") for i in range(n)]
 
 
-def _bulk(s: CatalogStore) -> int | None:
+def _bulk(s: CatalogStore) -> bool:
     with s.bulk_load():
         pass
-    return s.hnsw_m()
+    return s.indexing_off()
 
 
 def _alias(s: CatalogStore) -> list[str]:
@@ -275,7 +276,7 @@ def _alias(s: CatalogStore) -> list[str]:
 # client method -> (store operation that calls it, what the operation returns on the loaded store)
 OPERATIONS: dict[str, tuple[Callable[[CatalogStore], Any], Any]] = {
     "collection_exists": (lambda s: s.exists(), True),
-    "get_collection": (lambda s: s.hnsw_m(), 16),
+    "get_collection": (lambda s: s.indexing_off(), False),
     "create_collection": (lambda s: CatalogStore(s.client, "fresh", "fake").ensure_collection(DIM), True),
     "create_payload_index": (lambda s: CatalogStore(s.client, "fresh", "fake").ensure_collection(DIM), True),
     "retrieve": (
@@ -298,7 +299,7 @@ OPERATIONS: dict[str, tuple[Callable[[CatalogStore], Any], Any]] = {
         ["FR", "FR"],
     ),
     "upsert": (lambda s: s.upsert(_ids("US", 1), unit(np.ones((1, DIM))), [{"region": "US"}]), 1),
-    "update_collection": (_bulk, 16),
+    "update_collection": (_bulk, False),
     "get_aliases": (_alias, ["DE", "FR"]),
     "update_collection_aliases": (_alias, ["DE", "FR"]),
 }
@@ -431,9 +432,41 @@ def test_collection_created_meanwhile_is_used_not_an_error(client: QdrantClient,
         CatalogStore(flaky, "c", "v").ensure_collection(4)
 
 
-def test_hnsw_m_reads_the_index_setting(store: CatalogStore) -> None:
-    assert store.hnsw_m() == store.client.get_collection(store.collection).config.hnsw_config.m
+def test_new_collections_get_one_graph_per_region_and_bulk_load_pauses_it(store: CatalogStore) -> None:
+    """Every catalog search is filtered to one region, so a new collection builds one HNSW graph per
+    region (``payload_m``) and none over the whole collection (``m=0``)."""
+    config = store.client.get_collection(store.collection).config.hnsw_config
+    assert store.hnsw_graphs() == (config.m, config.payload_m)
+    if not _server(store.client):  # qdrant-client's local mode has no HNSW and ignores the setting
+        assert store.hnsw_graphs() == (16, None)
+        with store.bulk_load():
+            assert not store.indexing_off()
+        return
+    assert store.hnsw_graphs() == (0, REGION_GRAPH_M)
     with store.bulk_load():
-        # qdrant-client's local mode has no HNSW and keeps m; a server or edge has indexing off.
-        assert store.hnsw_m() == (0 if _server(store.client) else 16)
-    assert store.hnsw_m() == 16
+        assert store.indexing_off() and store.hnsw_graphs() == (0, 0)
+    assert store.hnsw_graphs() == (0, REGION_GRAPH_M) and not store.indexing_off()
+
+
+def test_collections_made_before_region_graphs_keep_their_global_graph(client: QdrantClient) -> None:
+    """A collection created with only ``m`` (before region graphs): a bulk load pauses and restores
+    ``m`` and leaves ``payload_m`` alone, also when it finishes a killed load's leftover ``m=0``."""
+    from qdrant_client import models
+
+    if not _server(client):
+        pytest.skip("local mode keeps no HNSW settings")
+    client.create_collection(
+        "legacy", vectors_config={"fake": models.VectorParams(size=DIM, distance=models.Distance.COSINE)}
+    )
+    store = CatalogStore(client, "legacy", "fake", backoff=0.0)
+    m, payload_m = store.hnsw_graphs()
+    assert m == 16
+    with store.bulk_load():
+        assert store.indexing_off() and store.hnsw_graphs() == (0, payload_m)
+    assert store.hnsw_graphs() == (16, payload_m)
+    client.update_collection("legacy", hnsw_config=models.HnswConfigDiff(m=0))  # a killed load
+    if payload_m is None:  # edge records it as unset; a server reports its own default
+        assert store.indexing_off()
+        with store.bulk_load():
+            pass
+        assert store.hnsw_graphs() == (16, None)

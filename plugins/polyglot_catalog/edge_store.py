@@ -145,6 +145,37 @@ def _vector_list(vector: Any) -> list[float]:
     return vector
 
 
+def _builds_graphs(meta: dict[str, Any]) -> bool:
+    """Whether a collection's recorded HNSW settings build any graph (``payload_m`` unset means ``m``)."""
+    m = meta.get("hnsw_m", 16)
+    payload_m = meta.get("payload_m")
+    return m > 0 or (payload_m if payload_m is not None else m) > 0
+
+
+def _hnsw_config(config: models.HnswConfigDiff | None) -> qe.HnswIndexConfig | None:
+    """The engine's HNSW settings from the client's (unset values: Qdrant's defaults)."""
+    if config is None:
+        return None
+    return qe.HnswIndexConfig(
+        m=16 if config.m is None else config.m,
+        ef_construct=config.ef_construct or 100,
+        full_scan_threshold=config.full_scan_threshold or 10_000,
+        payload_m=config.payload_m,
+    )
+
+
+def _index_params(schema: Any) -> Any:
+    """The engine's payload index schema from the client's type name or keyword parameters."""
+    if isinstance(schema, models.KeywordIndexParams):
+        return qe.KeywordIndexParams(
+            is_tenant=schema.is_tenant, on_disk=schema.on_disk, enable_hnsw=schema.enable_hnsw
+        )
+    found = _SCHEMA.get(schema) if schema is not None else qe.PayloadSchemaType.Keyword
+    if found is None:
+        raise ValueError(f"edge store: unsupported payload index schema {schema!r}")
+    return found
+
+
 def _record(rec: Any) -> models.Record:
     # model_construct: the engine's output is already valid, and validating 384 floats a point
     # would cost more than the search itself
@@ -261,7 +292,7 @@ class EdgeClient:
         if name in self._checked:
             return
         info = shard.info()
-        if self._meta(name).get("hnsw_m", 16) > 0 and (
+        if _builds_graphs(self._meta(name)) and (
             info.points_count - info.indexed_vectors_count >= AUTO_OPTIMIZE_UNINDEXED
         ):
             log.info("building the HNSW index of %s (%d points)", name, info.points_count)
@@ -318,11 +349,14 @@ class EdgeClient:
                 for n, p in named.items()
             },
             quantization_config=quant,
+            hnsw_config=_hnsw_config(hnsw_config),
         )
-        meta = {
+        meta: dict[str, Any] = {
             "vectors": {n: {"size": p.size, "distance": p.distance.value} for n, p in named.items()},
             "hnsw_m": (hnsw_config.m if hnsw_config is not None and hnsw_config.m is not None else 16),
         }
+        if hnsw_config is not None and hnsw_config.payload_m is not None:
+            meta["payload_m"] = hnsw_config.payload_m
         self._write_json(self._root / "meta" / f"{collection_name}.json", meta)
         self._shards[collection_name] = qe.EdgeShard.create(
             str(self._root / "collections" / collection_name), config
@@ -364,22 +398,28 @@ class EdgeClient:
                     replication_factor=None,
                     write_consistency_factor=None,
                 ),
-                hnsw_config=SimpleNamespace(m=meta.get("hnsw_m", 16)),
+                hnsw_config=SimpleNamespace(m=meta.get("hnsw_m", 16), payload_m=meta.get("payload_m")),
             ),
         )
 
     def update_collection(
         self, collection_name: str, *, hnsw_config: models.HnswConfigDiff | None = None, **_: Any
     ) -> bool:
-        """Records HNSW ``m`` (``bulk_load`` sets 0, then restores it); restoring it builds the index now,
-        as a server would start indexing when ``m`` comes back."""
+        """Records HNSW ``m`` and ``payload_m`` (``bulk_load`` sets 0, then restores them); restoring a
+        graph builds the index now, as a server would start indexing when the setting comes back.
+
+        The engine builds the graphs its shard was created with: the recorded values only say
+        whether it should build them (edge never indexes on its own)."""
         name, shard = self._shard(collection_name)
-        if hnsw_config is not None and hnsw_config.m is not None:
+        if hnsw_config is not None and (hnsw_config.m is not None or hnsw_config.payload_m is not None):
             meta = self._meta(name)
-            meta["hnsw_m"] = hnsw_config.m
+            if hnsw_config.m is not None:
+                meta["hnsw_m"] = hnsw_config.m
+            if hnsw_config.payload_m is not None:
+                meta["payload_m"] = hnsw_config.payload_m
             self._write_json(self._root / "meta" / f"{name}.json", meta)
             self._checked.discard(name)
-            if hnsw_config.m > 0:
+            if _builds_graphs(meta):
                 shard.optimize()
                 self._checked.add(name)
         return True
@@ -420,9 +460,7 @@ class EdgeClient:
     def create_payload_index(
         self, collection_name: str, field_name: str, field_schema: Any = None, **_: Any
     ) -> models.UpdateResult:
-        schema = _SCHEMA.get(field_schema) if field_schema is not None else qe.PayloadSchemaType.Keyword
-        if schema is None:
-            raise ValueError(f"edge store: unsupported payload index schema {field_schema!r}")
+        schema = _index_params(field_schema)
         self._update(collection_name, qe.UpdateOperation.create_field_index(field_name, schema))
         return _DONE
 

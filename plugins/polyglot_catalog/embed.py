@@ -637,18 +637,19 @@ def _bad_files_message(reader: CatalogReader, outcome: str) -> str:
 def _bulk_load(store: CatalogStore, created: bool) -> Any:
     """Bulk-load mode for a new collection, and to finish one that a killed run left in it.
 
-    Why: ``bulk_load`` turns HNSW indexing off (m=0) and back on in a ``finally``, which a SIGKILL
-    skips; the collection would then stay unindexed for good. A run that finds m=0 resumes the bulk
-    load, so its ``finally`` restores the index. Local mode has no HNSW and never reports m=0.
+    Why: ``bulk_load`` turns HNSW indexing off (``m`` and ``payload_m`` 0) and back on in a
+    ``finally``, which a SIGKILL skips; the collection would then stay unindexed for good. A run that
+    finds indexing off resumes the bulk load, so its ``finally`` restores the graphs. Local mode has no
+    HNSW and never reports indexing off.
     """
     if created:
         return store.bulk_load()
     try:
-        m = store.hnsw_m()
+        off = store.indexing_off()
     except Exception as e:  # only an optimisation: a failure here must not fail the run
         log.debug("could not read the HNSW config of %s: %s", store.collection, describe_error(e))
         return nullcontext()
-    if m == 0:
+    if off:
         log.warning(
             "collection %s has HNSW indexing off (an interrupted bulk load); resuming", store.collection
         )

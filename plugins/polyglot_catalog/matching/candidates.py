@@ -25,6 +25,9 @@ SEED_COLS = 2048
 #: default (``ef_construct``, 100) found 0.890 of the true top-10, 256 finds 0.960 for 2.5x the query
 #: time, 512 0.983 for 4x (bench_match_scale.py --ef; bench/RESULTS.md).
 DEFAULT_HNSW_EF: int | None = 256
+#: Queries sent to the store per call of the Qdrant path: its hits are Python dicts (~1 KB a query at
+#: 20 hits), so all 300k queries of a region at once would hold ~0.3 GB of them.
+QUERY_CHUNK = 4096
 
 
 class _RunningTopK:
@@ -170,17 +173,19 @@ def qdrant_topk(
     sim = np.full((len(queries), kk), -np.inf, dtype=np.float32)
     if kk == 0 or len(queries) == 0:
         return idx, sim
-    hits = store.query_region(
-        np.asarray(queries, dtype=np.float32), region, kk, fields=["sku"], hnsw_ef=hnsw_ef
-    )
-    for r, row in enumerate(hits):
-        col = 0
-        for payload, score in row:
-            j = pos.get(str(payload.get("sku")))
-            if j is None or col >= kk:
-                continue
-            idx[r, col], sim[r, col] = j, score
-            col += 1
+    queries = np.asarray(queries, dtype=np.float32)
+    for start in range(0, len(queries), QUERY_CHUNK):  # the hits of one chunk alive at a time
+        hits = store.query_region(
+            queries[start : start + QUERY_CHUNK], region, kk, fields=["sku"], hnsw_ef=hnsw_ef
+        )
+        for r, row in enumerate(hits, start):
+            col = 0
+            for payload, score in row:
+                j = pos.get(str(payload.get("sku")))
+                if j is None or col >= kk:
+                    continue
+                idx[r, col], sim[r, col] = j, score
+                col += 1
     return idx, sim
 
 
