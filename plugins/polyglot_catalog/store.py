@@ -227,8 +227,8 @@ class CatalogStore:
         Layout: one HNSW graph per region and none over the whole collection (Qdrant's multitenancy
         recipe: ``m=0``, ``payload_m=16``, the ``region`` keyword index marked ``is_tenant``). Every
         search of the catalog is filtered to one region, and at 100k points per region x 3 a
-        filtered search on the global graph took 1.7x as long per query for the same recall, while
-        loading built that graph as well (bench/RESULTS.md). A search without a region filter scans
+        filtered search on the global graph took 1.36x as long per query at ``hnsw_ef`` 256 for the
+        same recall, and loading 1.17x as long (``bench/bench_store_layout.py``, bench/RESULTS.md). A search without a region filter scans
         the collection. Collections created before keep their global graph and still work.
 
         The cluster options only matter at creation (Qdrant cannot reshard an existing collection

@@ -23,7 +23,8 @@ DEFAULT_BLOCK_COLS = 8192
 SEED_COLS = 2048
 #: HNSW search beam of the Qdrant path. Under the region filter at 100k points per region, Qdrant's
 #: default (``ef_construct``, 100) found 0.890 of the true top-10, 256 finds 0.960 for 2.5x the query
-#: time, 512 0.983 for 4x (bench_match_scale.py --ef; bench/RESULTS.md).
+#: time, 512 0.983 for 4x (bench_match_scale.py --ef; bench/RESULTS.md). The region graphs of new
+#: collections give the same recall per beam, 1.2-1.4x faster (bench_store_layout.py).
 DEFAULT_HNSW_EF: int | None = 256
 #: Queries sent to the store per call of the Qdrant path: its hits are Python dicts (~1 KB a query at
 #: 20 hits), so all 300k queries of a region at once would hold ~0.3 GB of them.
