@@ -17,6 +17,7 @@ SCRIPTS = [
     "bench_throughput.py",
     "bench_embed.py",
     "bench_store.py",
+    "bench_store_layout.py",
     "bench_matching.py",
     "bench_match_scale.py",
 ]
