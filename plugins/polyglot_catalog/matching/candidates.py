@@ -26,8 +26,9 @@ SEED_COLS = 2048
 #: time, 512 0.983 for 4x (bench_match_scale.py --ef; bench/RESULTS.md). The region graphs of new
 #: collections give the same recall per beam, 1.2-1.4x faster (bench_store_layout.py).
 DEFAULT_HNSW_EF: int | None = 256
-#: Queries sent to the store per call of the Qdrant path: its hits are Python dicts (~1 KB a query at
-#: 20 hits), so all 300k queries of a region at once would hold ~0.3 GB of them.
+#: Queries sent to the store per call of the Qdrant path: its hits are Python dicts with id and sku
+#: strings, ~8 KB a query at 20 hits (tracemalloc), so a region's 300k queries at once would hold
+#: ~2.3 GB of them; 4,096 hold ~33 MB.
 QUERY_CHUNK = 4096
 
 
