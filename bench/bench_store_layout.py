@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(
         f"Global graph / region graphs: load {g['load_s'] / r['load_s']:.2f}x; "
         + "; ".join(
-            f"ms per query at hnsw_ef {ef} {g['sweep'][ef]['ms_per_query'] / r['sweep'][ef]['ms_per_query']:.2f}x"
-            for ef in (str(e) for e in efs)
+            f"ms per query at hnsw_ef {ef} {g['sweep'][ef]['ms_per_query'] / v['ms_per_query']:.2f}x"
+            for ef, v in r["sweep"].items()
         )
         + "."
     )

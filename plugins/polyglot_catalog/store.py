@@ -228,8 +228,9 @@ class CatalogStore:
         recipe: ``m=0``, ``payload_m=16``, the ``region`` keyword index marked ``is_tenant``). Every
         search of the catalog is filtered to one region, and at 100k points per region x 3 a
         filtered search on the global graph took 1.36x as long per query at ``hnsw_ef`` 256 for the
-        same recall, and loading 1.17x as long (``bench/bench_store_layout.py``, bench/RESULTS.md). A search without a region filter scans
-        the collection. Collections created before keep their global graph and still work.
+        same recall, and loading 1.17x as long (``bench/bench_store_layout.py``, bench/RESULTS.md).
+        A search without a region filter scans the collection. Collections created before keep their
+        global graph and still work.
 
         The cluster options only matter at creation (Qdrant cannot reshard an existing collection
         this way), so on an existing collection they are ignored rather than checked. Local mode
