@@ -39,3 +39,11 @@ def append_results(title: str, command: str, body: str) -> None:
     with RESULTS.open("a", encoding="utf-8") as fh:
         fh.write(block)
     print(block)
+
+
+def publish(title: str, script: str, argv: list[str] | None, body: str, append: bool = True) -> None:
+    """Print a benchmark's block and, unless ``append`` is False, append it with the command line
+    that produced it (``script`` plus ``argv`` as given)."""
+    print(body)
+    if append:
+        append_results(title, f"python bench/{script}" + (" " + " ".join(argv) if argv else ""), body)

@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from _common import append_results
+from _common import publish
 
 TARGET_S = 600
 TARGET_MB = 4096
@@ -415,11 +415,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"\nQdrant path / exact path at {r['n']:,}: match time {r['match_s'] / e['match_s']:.2f}x "
                 f"(+ {r['store_load_s']:.0f} s store load), peak RSS {r['peak_mb'] / e['peak_mb']:.2f}x."
             )
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_append:
-        cmd = "python bench/bench_match_scale.py" + ("" if argv is None else " " + " ".join(argv))
-        append_results("Matching at scale: exact blocked path vs Qdrant (edge) path", cmd, body)
+    publish(
+        "Matching at scale: exact blocked path vs Qdrant (edge) path",
+        "bench_match_scale.py",
+        argv,
+        "\n".join(lines),
+        append=not args.no_append,
+    )
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from _common import append_results
+from _common import publish
 from bench_match_scale import build_tables, load_store, qdrant_recall
 
 LAYOUTS = ("global graph", "region graphs")
@@ -96,11 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         + "."
     )
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_append:
-        cmd = "python bench/bench_store_layout.py" + ("" if argv is None else " " + " ".join(argv))
-        append_results("Store layout: region graphs vs one global graph", cmd, body)
+    publish(
+        "Store layout: region graphs vs one global graph",
+        "bench_store_layout.py",
+        argv,
+        "\n".join(lines),
+        append=not args.no_append,
+    )
     return 0
 
 
