@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "| hnsw_ef | layout | engine recall@k | candidate recall@k | ms per query | load s |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for ef in (str(e) for e in efs):
+    for ef in r["sweep"]:  # qdrant_recall's keys: str(ef), in the order of --ef
         for res in (g, r):
             v = res["sweep"][ef]
             lines.append(
