@@ -157,15 +157,25 @@ def test_loader_and_qdrant_candidates_agree_with_in_memory_run() -> None:
         got = dict(zip(loaded[region].skus, loaded[region].vectors, strict=True))
         for sku, vec in zip(table.skus, table.vectors, strict=True):
             np.testing.assert_allclose(got[sku], vec, atol=1e-5)
+    assert loaded["DE"].point_ids == [str(p["id"]) for b, _ in store.scroll_region("DE") for p in b]
     key = [*PAIR_KEY_COLUMNS, "decision"]
+    asked: list[object] = []
+    query_region = store.query_region
+
+    def spy(*args: object, **kwargs: object) -> object:
+        asked.append(kwargs.get("fields"))
+        return query_region(*args, **kwargs)
+
+    store.query_region = spy  # type: ignore[method-assign]
     # raw vectors: Qdrant's candidates are exactly the blocked path's, so every decision agrees
-    via_store = match_catalog(store, k=5, threshold=0.5, center=False)
+    via_store = match_catalog(store, k=5, threshold=0.5, center=False, candidates="qdrant")
+    assert asked and all(f == [] for f in asked)  # hits map to rows by point id: no payload fetched
     in_memory = match_catalog(data, k=5, threshold=0.5, center=False)
     a = via_store.pairs[key].sort_values(key).reset_index(drop=True)
     b = in_memory.pairs[key].sort_values(key).reset_index(drop=True)
     assert a.equals(b)
     assert via_store.summary["collection"] == "cat"
     # centred (default): Qdrant's oversampled raw neighbours are re-ranked; the matches agree
-    m_store = match_catalog(store, k=5, threshold=0.5).matches[PAIR_KEY_COLUMNS]
+    m_store = match_catalog(store, k=5, threshold=0.5, candidates="qdrant").matches[PAIR_KEY_COLUMNS]
     m_memory = match_catalog(data, k=5, threshold=0.5).matches[PAIR_KEY_COLUMNS]
     assert set(map(tuple, m_store.to_numpy())) == set(map(tuple, m_memory.to_numpy()))

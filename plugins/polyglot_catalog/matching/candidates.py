@@ -163,13 +163,17 @@ def qdrant_topk(
     *,
     hnsw_ef: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` via ``store.query_region``, mapped back to row indices of ``target`` by sku.
+    """Top-``k`` via ``store.query_region``, mapped back to row indices of ``target``.
     ``hnsw_ef`` is the search beam (``None``: the collection's default).
 
-    Rows Qdrant returns that are not in ``target`` (e.g. stale points filtered out locally) are
-    dropped; missing slots get index ``-1`` and score ``-inf``.
+    Hits map to rows by point id when ``target`` was read from the store (``point_ids``), so no
+    payload is fetched; otherwise by the ``sku`` payload. Rows Qdrant returns that are not in
+    ``target`` (e.g. stale points filtered out locally) are dropped; missing slots get index ``-1``
+    and score ``-inf``.
     """
-    pos = {sku: i for i, sku in enumerate(target.skus)}
+    by_id = target.point_ids is not None
+    pos = {key: i for i, key in enumerate(target.point_ids if by_id else target.skus)}
+    key_field = "id" if by_id else "sku"
     kk = min(k, len(target))
     idx = np.full((len(queries), kk), -1, dtype=np.int64)
     sim = np.full((len(queries), kk), -np.inf, dtype=np.float32)
@@ -178,12 +182,12 @@ def qdrant_topk(
     queries = np.asarray(queries, dtype=np.float32)
     for start in range(0, len(queries), QUERY_CHUNK):  # the hits of one chunk alive at a time
         hits = store.query_region(
-            queries[start : start + QUERY_CHUNK], region, kk, fields=["sku"], hnsw_ef=hnsw_ef
+            queries[start : start + QUERY_CHUNK], region, kk, fields=[] if by_id else ["sku"], hnsw_ef=hnsw_ef
         )
         for r, row in enumerate(hits, start):
             col = 0
             for payload, score in row:
-                j = pos.get(str(payload.get("sku")))
+                j = pos.get(str(payload.get(key_field)))
                 if j is None or col >= kk:
                     continue
                 idx[r, col], sim[r, col] = j, score

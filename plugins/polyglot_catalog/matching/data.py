@@ -17,7 +17,9 @@ class RegionTable:
     """One region's products: parallel ``skus``/``texts`` lists and an ``(n, d)`` float32 matrix.
 
     ``fields`` holds optional parallel columns (``title``, ``brand``, ``gtin``, ...; ``None`` where
-    missing). Vectors are L2-normalised on construction so dot products are cosines.
+    missing). Vectors are L2-normalised on construction so dot products are cosines. ``point_ids``
+    are the rows' Qdrant point ids when they were read from a store: a search can then map its
+    hits back to rows by id and skip fetching payloads.
     """
 
     region: str
@@ -25,6 +27,7 @@ class RegionTable:
     texts: list[str]
     vectors: np.ndarray
     fields: dict[str, list[Any]] = field(default_factory=dict)
+    point_ids: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.skus = [str(s) for s in self.skus]
@@ -42,6 +45,8 @@ class RegionTable:
                 raise ValueError(
                     f"region {self.region!r}: field {name!r} has {len(col)} values, expected {n}"
                 )
+        if self.point_ids is not None and len(self.point_ids) != n:
+            raise ValueError(f"region {self.region!r}: {len(self.point_ids)} point ids, expected {n}")
         vec = np.asarray(self.vectors, dtype=np.float32)
         if vec.ndim != 2:
             raise ValueError(f"region {self.region!r}: vectors must be 2-D, got shape {vec.shape}")

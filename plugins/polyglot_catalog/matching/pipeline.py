@@ -110,6 +110,7 @@ def load_catalog(store: Any, regions: Sequence[str] | None = None, *, batch_size
             [p.get("text") or "" for p in payloads],
             np.concatenate(blocks),
             fields,
+            point_ids=[str(p["id"]) for p in payloads],
         )
         logger.info("loaded %d points of region %s", len(payloads), region)
     return out
@@ -118,7 +119,7 @@ def load_catalog(store: Any, regions: Sequence[str] | None = None, *, batch_size
 def center_region(table: RegionTable) -> RegionTable:
     """A copy of ``table`` with its mean vector subtracted (re-normalised on construction)."""
     vec = table.vectors - table.vectors.mean(axis=0, keepdims=True) if len(table) > 1 else table.vectors
-    return RegionTable(table.region, table.skus, table.texts, vec, table.fields)
+    return RegionTable(table.region, table.skus, table.texts, vec, table.fields, table.point_ids)
 
 
 def _candidate_path(candidates: str, store: Any, data: CatalogData) -> str:
