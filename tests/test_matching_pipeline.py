@@ -124,6 +124,9 @@ def test_bad_arguments_name_the_value_and_options() -> None:
         match_catalog(data, regions=["DE", "JP"])
     with pytest.raises(ValueError, match="needs a CatalogStore"):
         match_catalog(data, candidates="qdrant")
+    de = data["DE"]
+    with pytest.raises(ValueError, match=r"region 'DE': 1 point ids, expected \d+"):
+        RegionTable("DE", de.skus, de.texts, de.vectors, point_ids=["only-one"])
 
 
 def _filled_store(data: dict[str, RegionTable]):
