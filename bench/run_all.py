@@ -18,6 +18,7 @@ SCRIPTS = [
     "bench_embed.py",
     "bench_store.py",
     "bench_store_layout.py",
+    "bench_query_hits.py",
     "bench_matching.py",
     "bench_match_scale.py",
 ]
