@@ -16,6 +16,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,10 @@ MAPPINGS = ("sku payload", "point id")
 def measure(store, queries: int, efs: list[int], repeats: int, k: int) -> dict[int, dict[str, float]]:
     """ms per query of each mapping per beam (best of ``repeats``), after checking they agree."""
     from polyglot_catalog.matching.candidates import qdrant_topk
-    from polyglot_catalog.matching.data import RegionTable
     from polyglot_catalog.matching.pipeline import load_catalog
 
     data = load_catalog(store)
-    no_ids = {r: RegionTable(t.region, t.skus, t.texts, t.vectors, t.fields) for r, t in data.items()}
+    no_ids = {r: replace(t, point_ids=None) for r, t in data.items()}
     tables = {"point id": data, "sku payload": no_ids}
     rng = np.random.default_rng(0)
     cases = [

@@ -538,10 +538,10 @@ class CatalogStore:
 
         ``fields`` limits the payload returned (whole payloads carry every description and dominate
         the cost of a query on a large catalog); an empty ``fields`` returns ids and scores only
-        (the matcher maps ids to rows: fetching even ``sku`` cost a third of each search). ``hnsw_ef`` is the
-        HNSW search beam (Qdrant's default is the collection's ``ef_construct``, 100): a region
-        filter keeps a third of the graph's nodes, and recall@10 at 300k points fell to 0.89 with
-        the default (bench/RESULTS.md)."""
+        (the matcher maps ids to rows: fetching even ``sku`` cost 10-19% of a search,
+        bench_query_hits.py). ``hnsw_ef`` is the HNSW search beam (Qdrant's default is the
+        collection's ``ef_construct``, 100): a region filter keeps a third of the graph's nodes, and
+        recall@10 at 300k points fell to 0.89 with the default (bench/RESULTS.md)."""
         query_filter = _region_filter(region, include_stale)
         with_payload: bool | list[str] = True if fields is None else (list(fields) or False)
         params = None if hnsw_ef is None else models.SearchParams(hnsw_ef=int(hnsw_ef))

@@ -10,6 +10,7 @@ import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -119,7 +120,7 @@ def load_catalog(store: Any, regions: Sequence[str] | None = None, *, batch_size
 def center_region(table: RegionTable) -> RegionTable:
     """A copy of ``table`` with its mean vector subtracted (re-normalised on construction)."""
     vec = table.vectors - table.vectors.mean(axis=0, keepdims=True) if len(table) > 1 else table.vectors
-    return RegionTable(table.region, table.skus, table.texts, vec, table.fields, table.point_ids)
+    return replace(table, vectors=vec)  # every other column carried over as it is
 
 
 def _candidate_path(candidates: str, store: Any, data: CatalogData) -> str:
