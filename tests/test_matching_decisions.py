@@ -89,6 +89,59 @@ def test_hungarian_total_matches_brute_force_on_small_tied_graphs() -> None:
         assert np.isclose((score[mask] - 0.5).sum(), best)
 
 
+# 0: every priced-in edge sends the graph to HiGHS; inf: LAPJVsp re-solves until none is left
+BOTH_SOLVERS = pytest.mark.parametrize("reprice_share", [0.0, float("inf")], ids=["highs", "lapjvsp"])
+
+
+@BOTH_SOLVERS
+def test_a_pair_outside_every_product_s_best_candidates_is_still_linked_when_it_pays(
+    reprice_share: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a0-b2 is third choice at both ends, yet the optimum needs it: a0's better partners and b2's
+    better partners are all taken by surer pairs. The first solve leaves both unmatched; the
+    pricing step must bring the pair in."""
+    from polyglot_catalog.matching import assign
+    from polyglot_catalog.matching.assign import max_weight_matching
+
+    monkeypatch.setattr(assign, "REPRICE_SHARE", reprice_share)
+
+    edges = [(1, 0, 100), (2, 1, 100), (3, 3, 1000), (4, 4, 1000), (0, 0, 10), (0, 1, 9), (0, 2, 1)]
+    edges += [(3, 2, 50), (4, 2, 40)]
+    ia, ib, w = (np.array(col, dtype=float) for col in zip(*edges, strict=True))
+    got = max_weight_matching(ia.astype(int), ib.astype(int), w / 1000)
+    linked = set(zip(ia[got].astype(int).tolist(), ib[got].astype(int).tolist(), strict=True))
+    assert linked == {(1, 0), (2, 1), (3, 3), (4, 4), (0, 2)}
+
+
+@BOTH_SOLVERS
+def test_hungarian_total_equals_a_dense_assignment_on_graphs_full_of_weak_pairs(
+    reprice_share: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every candidate passing (the label-free cut's zero-threshold pass), the sparse solve
+    must reach the same total as scipy's dense assignment of the whole weight matrix."""
+    from scipy.optimize import linear_sum_assignment
+
+    from polyglot_catalog.matching import assign
+    from polyglot_catalog.matching.assign import max_weight_matching
+
+    monkeypatch.setattr(assign, "REPRICE_SHARE", reprice_share)
+
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        n, m, k = int(rng.integers(5, 80)), int(rng.integers(5, 80)), int(rng.integers(1, 8))
+        ia, ib = np.repeat(np.arange(n), k), rng.integers(0, m, n * k)
+        keep = np.unique(ia * 1000 + ib, return_index=True)[1]
+        ia, ib = ia[keep], ib[keep]
+        w = rng.random(len(ia)) ** rng.choice([1, 8])  # many near-zero weights, some strong pairs
+        got = max_weight_matching(ia, ib, w)
+        assert len(set(ia[got].tolist())) == got.sum() == len(set(ib[got].tolist()))
+        q = np.rint(w * 1e6) + 1  # the solver's own integer weights
+        dense = np.zeros((n, m))
+        dense[ia, ib] = q
+        rows, cols = linear_sum_assignment(dense, maximize=True)
+        assert q[got].sum() == dense[rows, cols].sum()
+
+
 def test_nothing_above_threshold_means_no_matches() -> None:
     ia, ib, s = np.array([0, 1]), np.array([0, 1]), np.array([0.2, 0.1])
     assert not assign_one_to_one(ia, ib, s, 0.5).any()
