@@ -20,6 +20,7 @@ SCRIPTS = [
     "bench_store_layout.py",
     "bench_query_hits.py",
     "bench_matching.py",
+    "bench_assign.py",
     "bench_match_scale.py",
 ]
 
