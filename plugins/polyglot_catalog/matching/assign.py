@@ -17,8 +17,9 @@ AssignMethod = Literal["hungarian", "mutual"]
 # it); integer-valued weights are exact in float64, so margins are quantised to 1e-6 first.
 _SCALE = 1_000_000
 _EPS = 1e-9  # a pair exactly at the threshold still clears it
-# Priced-in edges beyond this share of the nodes send the whole graph to HiGHS: at 30k products per
-# region with 30% of the twins missing (39k priced in) LAPJVsp took 51 s, HiGHS 6.5 s.
+# Priced-in edges beyond this share of the nodes send the whole graph to HiGHS. At 100k products per
+# region a first pass priced in 12 edges and one more LAPJVsp round took 0.04 s; with 30% of the pairs
+# dropped, LAPJVsp rounds took 523 s in all where HiGHS solved the whole graph in 53 s.
 REPRICE_SHARE = 0.01
 # Bellman-Ford rounds for the duals before giving up on the core and solving all pairs at once.
 _MAX_DUAL_ROUNDS = 10_000
@@ -46,8 +47,8 @@ def max_weight_matching(ia: np.ndarray, ib: np.ndarray, weight: np.ndarray) -> n
 
     Why not one LAPJVsp call on every edge: a pass with a low threshold hands it every candidate
     pair, and it spends O(nodes) per product it has to re-route; the label-free cut's zero-threshold
-    pass took 16 s a region pair at 100k products and about an hour at 300k. So the solve starts from
-    each product's best edge (its two best made the first solve 20x slower at 100k) and checks every
+    pass took 14-17 s a region pair at 100k products and about an hour at 300k. So the solve starts from
+    each product's best edge (its two best made the first solve 17x slower at 100k) and checks every
     other edge against the LP duals of that solution (complementary slackness: an edge with
     ``w <= u_a + v_b`` cannot improve it). Edges that fail are added and LAPJVsp runs again while
     they are few; when many products need an edge outside the core, the whole graph goes to HiGHS's
