@@ -45,14 +45,12 @@ def region_pairs(pairs: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray,
     return out
 
 
-def total(ia: np.ndarray, ib: np.ndarray, score: np.ndarray, mask: np.ndarray, threshold: float) -> float:
+def total(score: np.ndarray, mask: np.ndarray, threshold: float) -> float:
     """The solver's own objective (quantised log-odds margins) of the linked pairs."""
-    from polyglot_catalog.matching.assign import _EPS, _SCALE
+    from polyglot_catalog.matching.assign import hungarian_weight, integer_gain
+    from polyglot_catalog.matching.evaluate import link_log_odds
 
-    eps = 1e-12
-    s = np.clip(score[mask], eps, 1 - eps)
-    t = min(max(threshold, eps), 1 - eps)
-    return float((np.rint((np.log(s / (1 - s)) - np.log(t / (1 - t)) + _EPS) * _SCALE) + 1).sum())
+    return float(integer_gain(hungarian_weight(*link_log_odds(score[mask], threshold))).sum())
 
 
 def time_both(ia: np.ndarray, ib: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
@@ -81,7 +79,7 @@ def time_both(ia: np.ndarray, ib: np.ndarray, score: np.ndarray, threshold: floa
         finally:
             assign._best_edges, assign._highs = shipped_core, shipped_highs
     out["highs"] = float(bool(highs_calls))
-    out["same"] = float(len({total(ia, ib, score, m, threshold) for m in masks.values()}) == 1)
+    out["same"] = float(len({total(score, m, threshold) for m in masks.values()}) == 1)
     out["links"] = float(masks["core + prices"].sum())
     return out
 

@@ -122,7 +122,7 @@ def test_hungarian_total_equals_a_dense_assignment_on_graphs_full_of_weak_pairs(
     from scipy.optimize import linear_sum_assignment
 
     from polyglot_catalog.matching import assign
-    from polyglot_catalog.matching.assign import max_weight_matching
+    from polyglot_catalog.matching.assign import integer_gain, max_weight_matching
 
     monkeypatch.setattr(assign, "REPRICE_SHARE", reprice_share)
 
@@ -135,7 +135,7 @@ def test_hungarian_total_equals_a_dense_assignment_on_graphs_full_of_weak_pairs(
         w = rng.random(len(ia)) ** rng.choice([1, 8])  # many near-zero weights, some strong pairs
         got = max_weight_matching(ia, ib, w)
         assert len(set(ia[got].tolist())) == got.sum() == len(set(ib[got].tolist()))
-        q = np.rint(w * 1e6) + 1  # the solver's own integer weights
+        q = integer_gain(w)  # the solver's own integer weights
         dense = np.zeros((n, m))
         dense[ia, ib] = q
         rows, cols = linear_sum_assignment(dense, maximize=True)

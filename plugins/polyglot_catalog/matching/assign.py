@@ -39,11 +39,24 @@ def mutual_best(ia: np.ndarray, ib: np.ndarray, score: np.ndarray) -> np.ndarray
     return mask
 
 
+def integer_gain(weight: np.ndarray) -> np.ndarray:
+    """The integer weights the solvers maximise: ``weight * 1e6`` rounded, plus 1 so any positive
+    edge beats leaving both ends unmatched (exact in float64, so sums and duals compare exactly)."""
+    return np.rint(np.asarray(weight, dtype=np.float64) * _SCALE) + 1.0
+
+
+def hungarian_weight(score: np.ndarray, threshold: float) -> np.ndarray:
+    """Per pair, the margin ``hungarian`` maximises: ``score - threshold`` (nudged so a pair exactly
+    at the threshold counts), 0 for pairs below it."""
+    score = np.asarray(score, dtype=np.float64)
+    return np.where(score >= threshold, score - threshold + _EPS, 0.0)
+
+
 def max_weight_matching(ia: np.ndarray, ib: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Mask of a maximum-weight one-to-one matching using only edges with positive ``weight``.
 
-    Weights are quantised to integers (``weight * 1e6``, plus 1 so any positive edge beats leaving
-    both ends unmatched); a repeated ``(a, b)`` edge counts once, with its largest weight.
+    Weights are quantised by :func:`integer_gain`; a repeated ``(a, b)`` edge counts once, with its
+    largest weight.
 
     Why not one LAPJVsp call on every edge: a pass with a low threshold hands it every candidate
     pair, and it spends O(nodes) per product it has to re-route; the label-free cut's zero-threshold
@@ -64,7 +77,7 @@ def max_weight_matching(ia: np.ndarray, ib: np.ndarray, weight: np.ndarray) -> n
     ub, rb = np.unique(ib[keep], return_inverse=True)
     na, nb = len(ua), len(ub)
     key = ra.astype(np.int64) * nb + rb
-    gain = np.rint(weight[keep] * _SCALE) + 1.0
+    gain = integer_gain(weight[keep])
     order = np.lexsort((np.arange(len(keep)), -gain, key))
     first = np.ones(len(order), dtype=bool)
     first[1:] = key[order][1:] != key[order][:-1]
@@ -165,9 +178,9 @@ def _duals(
     free_edge[at] = False
     ea, eb, ew = a[free_edge], b[free_edge], w[free_edge]
     via = mate[ea]
-    base = np.where(via >= 0, ew - w_mate[ea], ew)
+    has_mate = via >= 0
+    base = np.where(has_mate, ew - w_mate[ea], ew)
     via = np.maximum(via, 0)
-    has_mate = mate[ea] >= 0
     v = np.zeros(nb)
     for _ in range(_MAX_DUAL_ROUNDS):
         reach = base + np.where(has_mate, v[via], 0.0)
@@ -195,10 +208,9 @@ def assign_one_to_one(
         ValueError: on an unknown method.
     """
     ia, ib, score = np.asarray(ia), np.asarray(ib), np.asarray(score, dtype=np.float64)
-    above = score >= threshold
     if method == "mutual":
-        return mutual_best(ia, ib, score) & above
+        return mutual_best(ia, ib, score) & (score >= threshold)
     if method == "hungarian":
         # maximise the total margin over the threshold: a pair only helps if it clears it
-        return max_weight_matching(ia, ib, np.where(above, score - threshold + _EPS, 0.0))
+        return max_weight_matching(ia, ib, hungarian_weight(score, threshold))
     raise ValueError(f"method must be one of ('hungarian', 'mutual'); got {method!r}")

@@ -242,11 +242,17 @@ def link_pairs(
     """
     from .assign import assign_one_to_one
 
+    s, t = link_log_odds(score, threshold)
+    mask = assign_one_to_one(ia, ib, s, t, method)  # type: ignore[arg-type]
+    return mask & (np.asarray(score, dtype=np.float64) >= threshold)
+
+
+def link_log_odds(score: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
+    """Scores and threshold on the log-odds scale :func:`link_pairs` solves on (clipped at 1e-12)."""
     eps = 1e-12
     s = np.clip(np.asarray(score, dtype=np.float64), eps, 1 - eps)
     t = min(max(float(threshold), eps), 1 - eps)
-    mask = assign_one_to_one(ia, ib, np.log(s / (1 - s)), float(np.log(t / (1 - t))), method)  # type: ignore[arg-type]
-    return mask & (np.asarray(score, dtype=np.float64) >= threshold)
+    return np.log(s / (1 - s)), float(np.log(t / (1 - t)))
 
 
 def assigned_at(pairs: pd.DataFrame, threshold: float, method: str = "hungarian") -> np.ndarray:
