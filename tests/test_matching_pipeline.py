@@ -182,3 +182,33 @@ def test_loader_and_qdrant_candidates_agree_with_in_memory_run() -> None:
     m_store = match_catalog(store, k=5, threshold=0.5, candidates="qdrant").matches[PAIR_KEY_COLUMNS]
     m_memory = match_catalog(data, k=5, threshold=0.5).matches[PAIR_KEY_COLUMNS]
     assert set(map(tuple, m_store.to_numpy())) == set(map(tuple, m_memory.to_numpy()))
+
+
+def test_summary_records_what_a_person_needs_to_compare_two_reports() -> None:
+    """Model, library versions, every parameter and an input fingerprint that follows the catalog's
+    content, not the order its rows arrived in."""
+    import json
+    from importlib import metadata
+
+    data = _catalog(seed=4)
+    us = data["US"]
+    x = us.vectors
+    data["US"] = RegionTable("US", us.skus, us.texts, x)  # normalised as often as the shuffled copy
+    rec = match_catalog(data, k=5, block_rows=64, model="m", model_fingerprint="sha256:abc").summary[
+        "reproducibility"
+    ]
+    json.dumps(rec, allow_nan=False)  # goes into summary.json as it is
+    assert rec["model"] == "m" and rec["model_fingerprint"] == "sha256:abc"
+    assert rec["libraries"]["numpy"] == metadata.version("numpy")
+    assert rec["parameters"]["block_rows"] == 64 and rec["parameters"]["k"] == 5
+    assert rec["input"]["points"] == {r: len(t) for r, t in data.items()}
+
+    order = np.random.default_rng(1).permutation(len(us))
+    shuffled = dict(data)
+    shuffled["US"] = RegionTable("US", [us.skus[i] for i in order], [us.texts[i] for i in order], x[order])
+    again = match_catalog(shuffled, k=5, block_rows=64).summary["reproducibility"]["input"]
+    assert again == rec["input"]
+    edited = dict(data)
+    edited["US"] = RegionTable("US", us.skus, [*us.texts[:-1], us.texts[-1] + " (new)"], us.vectors)
+    changed = match_catalog(edited, k=5).summary["reproducibility"]["input"]
+    assert changed["content_sha256"] != rec["input"]["content_sha256"]

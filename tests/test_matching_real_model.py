@@ -36,3 +36,32 @@ def test_real_encoder_pairs_translations(encoder) -> None:
     res = match_catalog(data, k=5, labels=labels, fit_on_labels=False)
     assert set(zip(res.matches["sku_a"], res.matches["sku_b"], strict=True)) == TRUTH
     assert res.summary["metrics"]["overall"]["top1"] == 1.0
+
+
+LONERS = {
+    "DE": "Kaffeemühle mit Kegelmahlwerk aus Edelstahl , 15 Mahlstufen , 150 W .",
+    "ES": "Manguera de jardín de 20 m con pistola de riego de 7 funciones .",
+    "US": "Bookcase with 5 adjustable shelves , oak veneer , 31 1/2x79 1/2 \" .",
+}
+
+
+@pytest.mark.slow
+def test_small_catalog_leaves_products_without_a_twin_unmatched(encoder) -> None:
+    """A small catalog gives the label-free cut little to calibrate on: the twins still pair up, and
+    a product with no twin anywhere stays unmatched instead of being forced onto another leftover."""
+    de, us = [*DE, LONERS["DE"]], [*US, LONERS["US"]]
+    data = {
+        "DE": RegionTable("DE", [f"de{i}" for i in range(6)], de, encoder.encode(de)),
+        "ES": RegionTable("ES", ["es0"], [LONERS["ES"]], encoder.encode([LONERS["ES"]])),
+        "US": RegionTable("US", [f"us{i}" for i in range(6)], us, encoder.encode(us)),
+    }
+    res = match_catalog(data, k=5)
+    got = set(zip(res.matches["sku_a"], res.matches["sku_b"], strict=True))
+    assert got == TRUTH
+    assert set(zip(res.unmatched["region"], res.unmatched["sku"], strict=True)) == {
+        ("DE", "de5"),
+        ("ES", "es0"),
+        ("US", "us5"),
+    }
+    assert res.summary["threshold"] >= 0.5
+    assert res.unmatched["reason"].str.len().gt(0).all()

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .canonical import TextSets, canonical_topk
+
 if TYPE_CHECKING:
     from .data import RegionTable
 
@@ -30,6 +32,13 @@ DEFAULT_HNSW_EF: int | None = 256
 #: strings, ~8 KB a query at 20 hits (tracemalloc), so a region's 300k queries at once would hold
 #: ~2.3 GB of them; 4,096 hold ~33 MB.
 QUERY_CHUNK = 4096
+#: Neighbours the exact path proposes beyond ``k`` before the per-pair re-rank picks the top ``k``:
+#: room for block/thread rounding to reorder near-equal similarities without losing one.
+CANDIDATE_SLACK = 5
+#: Rows of one text that get its candidate pairs (lowest SKUs first). Bounds the pairs a text
+#: shared by hundreds of listings (a generic care text) can produce; the others stay unmatched
+#: and are reported as duplicate listings.
+MEMBERS_CAP = 20
 
 
 class _RunningTopK:
@@ -195,25 +204,6 @@ def qdrant_topk(
     return idx, sim
 
 
-def _rerank(
-    q: np.ndarray, c: np.ndarray, idx: np.ndarray, k: int, chunk: int = 8192
-) -> tuple[np.ndarray, np.ndarray]:
-    """Re-score fetched neighbours with the vectors that define similarity and keep the top ``k``.
-
-    In chunks of queries: gathering every fetched neighbour's vector at once would hold an
-    (n x 2k x dim) array, 3 GB for 100k queries at k=10."""
-    valid = idx >= 0
-    safe = np.where(valid, idx, 0)
-    sims = np.empty(idx.shape, dtype=np.float32)
-    for s in range(0, len(idx), chunk):
-        sims[s : s + chunk] = np.einsum("nd,nkd->nk", q[s : s + chunk], c[safe[s : s + chunk]])
-    sims[~valid] = -np.inf
-    order = np.lexsort((np.where(valid, idx, np.iinfo(np.int64).max), -sims), axis=1)[:, :k]
-    return np.take_along_axis(np.where(valid, idx, -1), order, axis=1), np.take_along_axis(
-        sims, order, axis=1
-    )
-
-
 def candidate_pairs(
     a: RegionTable,
     b: RegionTable,
@@ -229,13 +219,20 @@ def candidate_pairs(
     """Union of top-``k`` in both directions between regions ``a`` and ``b``.
 
     Returns ``(ia, ib, neigh)``: unique pair row indices, sorted, plus each side's top-``k``
-    similarity lists (``neigh["a"]`` is ``(len(a), k)`` sims of a's rows to b) for hubness
-    correction. With ``store`` the Qdrant path is used, otherwise the exact blocked path.
+    similarity lists (``neigh["a"]`` is ``(len(a), k)`` sims of a's rows to b, on the grid) for
+    hubness correction. With ``store`` the Qdrant path is used, otherwise the exact blocked path.
 
-    ``a.vectors``/``b.vectors`` define the similarity. When they differ from what the store holds
-    (the matcher centres each region's vectors), pass the stored vectors as ``raw``: Qdrant is
-    asked for ``oversample * k`` neighbours, which are re-ranked by the table vectors. ``hnsw_ef``
-    is passed to every Qdrant query (see :meth:`CatalogStore.query_region`).
+    Both paths follow the rule of :mod:`.canonical`: neighbours are searched among the distinct
+    texts of each side (rows with identical text share one vector), proposed with slack
+    (:data:`CANDIDATE_SLACK` more than ``k``; the Qdrant path ``oversample * k``), re-ranked by
+    :func:`.canonical.pair_cosine` with ties to the lower row, and each distinct text's pairs are
+    then handed to its rows (at most :data:`MEMBERS_CAP` rows of one text, lowest SKUs first). So
+    the same neighbours come out whatever the block size, thread count, row order or path, as long
+    as the search proposed them.
+
+    ``a.vectors``/``b.vectors`` define the similarity. ``raw`` (the stored vectors when the table's
+    differ, e.g. centred) only marks that the Qdrant path must oversample; ``hnsw_ef`` is passed to
+    every Qdrant query (see :meth:`CatalogStore.query_region`).
 
     Why the query is the centred vector, not the raw one: with stored ``b`` and a centred query
     ``qa = (a - mu_a) / |a - mu_a|``, ``qa . b = qa . (b - mu_b) + qa . mu_b``; the last term is the
@@ -243,23 +240,57 @@ def candidate_pairs(
     differs from the centred cosine. Raw queries rank by the language offset as well, and their
     neighbourhood missed ~30% of the exact centred top-k at 10k per region.
     """
+    sa, sb = TextSets.of(a.texts), TextSets.of(b.texts)
+    va, vb = a.vectors[sa.rep], b.vectors[sb.rep]
     if store is not None:
-        fetch = k if raw is None else oversample * k
-        ab_idx, ab_sim = qdrant_topk(store, a.vectors, b.region, b, fetch, hnsw_ef=hnsw_ef)
-        ba_idx, ba_sim = qdrant_topk(store, b.vectors, a.region, a, fetch, hnsw_ef=hnsw_ef)
-        if raw is not None:
-            ab_idx, ab_sim = _rerank(a.vectors, b.vectors, ab_idx, k)
-            ba_idx, ba_sim = _rerank(b.vectors, a.vectors, ba_idx, k)
+        fetch = (oversample if raw is not None else 1) * k + CANDIDATE_SLACK
+        ab_hits, _ = qdrant_topk(store, va, b.region, b, fetch + _extra(sb), hnsw_ef=hnsw_ef)
+        ba_hits, _ = qdrant_topk(store, vb, a.region, a, fetch + _extra(sa), hnsw_ef=hnsw_ef)
+        ab_idx, ba_idx = _distinct_hits(ab_hits, sb), _distinct_hits(ba_hits, sa)
     else:
-        ab_idx, ab_sim, ba_idx, ba_sim = exact_topk_both(
-            a.vectors, b.vectors, k, block_rows=block_rows, block_cols=block_cols
+        ab_idx, _, ba_idx, _ = exact_topk_both(
+            va, vb, k + CANDIDATE_SLACK, block_rows=block_rows, block_cols=block_cols
         )
-    rows_a = np.repeat(np.arange(len(a)), ab_idx.shape[1])
-    rows_b = np.repeat(np.arange(len(b)), ba_idx.shape[1])
-    ia = np.concatenate([rows_a, ba_idx.ravel()])
-    ib = np.concatenate([ab_idx.ravel(), rows_b])
-    ok = (ia >= 0) & (ib >= 0)
-    key = np.unique(ia[ok] * max(len(b), 1) + ib[ok])
+    ab_idx, ab_sim = canonical_topk(va, vb, ab_idx, k)
+    ba_idx, ba_sim = canonical_topk(vb, va, ba_idx, k)
+    ua = np.concatenate([np.repeat(np.arange(len(sa)), ab_idx.shape[1]), ba_idx.ravel()])
+    ub = np.concatenate([ab_idx.ravel(), np.repeat(np.arange(len(sb)), ba_idx.shape[1])])
+    ok = (ua >= 0) & (ub >= 0)
+    key = np.unique(ua[ok] * max(len(sb), 1) + ub[ok])
+    ia, ib = _expand(key // max(len(sb), 1), key % max(len(sb), 1), sa, sb)
+    key = np.unique(ia * max(len(b), 1) + ib)
     ia_u, ib_u = key // max(len(b), 1), key % max(len(b), 1)
     logger.debug("%s|%s: %d candidate pairs at k=%d", a.region, b.region, len(key), k)
-    return ia_u, ib_u, {"a": ab_sim, "b": ba_sim}
+    return ia_u, ib_u, {"a": ab_sim[sa.inverse], "b": ba_sim[sb.inverse]}
+
+
+def _extra(sets: TextSets) -> int:
+    """Hits a query needs beyond its distinct texts: a text's other rows come back as well."""
+    return min(int(np.bincount(sets.inverse).max(initial=1)) - 1, MEMBERS_CAP) if len(sets) else 0
+
+
+def _distinct_hits(idx: np.ndarray, sets: TextSets) -> np.ndarray:
+    """Row hits ``(n, w)`` mapped to distinct-text indices, repeats removed, ``-1`` padded."""
+    out = np.full(idx.shape, -1, dtype=np.int64)
+    rows, cols = np.nonzero(idx >= 0)
+    if len(rows) == 0:
+        return out
+    width = max(len(sets), 1)
+    key = np.unique(rows.astype(np.int64) * width + sets.inverse[idx[rows, cols]])
+    r, u = key // width, key % width
+    rank = np.arange(len(r)) - np.searchsorted(r, r, side="left")
+    out[r, rank] = u
+    return out
+
+
+def _expand(pu: np.ndarray, pv: np.ndarray, sa: TextSets, sb: TextSets) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct-text pairs ``(pu, pv)`` as row pairs: every row of one text with every row of the other."""
+    ptr_a, rows_a = sa.members(MEMBERS_CAP)
+    ptr_b, rows_b = sb.members(MEMBERS_CAP)
+    na, nb = np.diff(ptr_a)[pu], np.diff(ptr_b)[pv]
+    total = na * nb
+    which = np.repeat(np.arange(len(pu)), total)
+    within = np.arange(int(total.sum())) - np.repeat(np.cumsum(total) - total, total)
+    ia = rows_a[ptr_a[pu][which] + within // nb[which]]
+    ib = rows_b[ptr_b[pv][which] + within % nb[which]]
+    return ia, ib

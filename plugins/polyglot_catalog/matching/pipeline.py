@@ -20,7 +20,23 @@ import pandas as pd
 from ..sentences import SentenceCache, SentenceVectors
 from .alignment import center_sentences, row_idf, sentence_alignment, sentence_idf
 from .assign import AssignMethod
-from .candidates import DEFAULT_BLOCK_COLS, DEFAULT_BLOCK_ROWS, DEFAULT_HNSW_EF, candidate_pairs
+from .candidates import (
+    CANDIDATE_SLACK,
+    DEFAULT_BLOCK_COLS,
+    DEFAULT_BLOCK_ROWS,
+    DEFAULT_HNSW_EF,
+    MEMBERS_CAP,
+    candidate_pairs,
+)
+from .canonical import (
+    TextSets,
+    canonical_order,
+    canonical_table,
+    permute_sentences,
+    prefer_lower_rows,
+    snap,
+    tied_rivals,
+)
 from .data import OPTIONAL_FIELDS, CatalogData, RegionTable
 from .evaluate import (
     Labels,
@@ -35,9 +51,11 @@ from .evaluate import (
 from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
 from .groups import build_groups
 from .lexical import NgramCounts, ngram_counts
-from .result import DECISIONS, MatchResult
+from .provenance import reproducibility_record
+from .result import DECISIONS, DUPLICATE_COLUMNS, MatchResult
 from .scoring import (
     FEATURES,
+    MIN_SELF_TRAINING,
     PairScorer,
     corroboration,
     default_seed,
@@ -51,6 +69,10 @@ logger = logging.getLogger(__name__)
 #: Weight sentences by their IDF within the region in the alignment feature (see .alignment).
 IDF_SENTENCES = True
 DEFAULT_THRESHOLD = 0.5  # only when the scorer fell back to hand weights (too little data to fit)
+#: Lowest label-free cut. The prior-shift cut is ``1 - pi`` for the estimated share ``pi`` of matches
+#: among one-to-one pairs; when every linked pair looks alike, ``pi`` runs to 1 and the cut to 0, so
+#: every leftover product would be matched. The floor assumes at least 1 in 20 linked pairs is wrong.
+THRESHOLD_FLOOR = 0.05
 PAIR_COLUMNS = [
     "region_a",
     "sku_a",
@@ -59,6 +81,7 @@ PAIR_COLUMNS = [
     "score",
     "cosine",
     "decision",
+    "ambiguous",
     "csls",
     "lexical",
     "sentences",
@@ -168,6 +191,7 @@ def match_catalog(
     model: str | None = None,
     collection: str | None = None,
     sentences: Mapping[str, SentenceVectors] | Literal["auto"] | None = "auto",
+    model_fingerprint: str | None = None,
 ) -> MatchResult:
     """Find the same product across regions.
 
@@ -201,7 +225,9 @@ def match_catalog(
         hnsw_ef (int | None): HNSW search beam of the Qdrant path (``None``: the collection's
             default). Defaults to ``DEFAULT_HNSW_EF``.
         block_rows (int), block_cols (int): block sizes of the exact path (memory bound).
-        model (str | None), collection (str | None): recorded in the summary.
+        model (str | None), collection (str | None), model_fingerprint (str | None): recorded in
+            the summary; with the library versions, every parameter and a fingerprint of the input
+            they make ``summary["reproducibility"]``, so two reports can be compared.
         sentences: per-region sentence vectors (:class:`.SentenceVectors`, rows in table order) for
             the ``sentences`` alignment feature. "auto" (the default) reads them from the store's
             sentence cache (:mod:`polyglot_catalog.sentences`) when every product's sentences are
@@ -213,6 +239,30 @@ def match_catalog(
     Raises:
         ValueError: on bad arguments (the message names the value and the options).
     """
+    parameters = {
+        "regions": regions,
+        "k": k,
+        "threshold": threshold,
+        "labels": None
+        if labels is None
+        else (labels if isinstance(labels, str) else str(type(labels).__name__)),
+        "method": method,
+        "target_precision": target_precision,
+        "allow_same_region": allow_same_region,
+        "fit_on_labels": fit_on_labels,
+        "corroborate": corroborate,
+        "center": center,
+        "text_ties": text_ties,
+        "candidates": candidates,
+        "hnsw_ef": hnsw_ef,
+        "block_rows": block_rows,
+        "block_cols": block_cols,
+        "sentences": sentences if sentences is None or isinstance(sentences, str) else "in-memory",
+        "candidate_slack": CANDIDATE_SLACK,
+        "members_cap": MEMBERS_CAP,
+        "min_self_training": MIN_SELF_TRAINING,
+        "threshold_floor": THRESHOLD_FLOOR,
+    }
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -234,6 +284,18 @@ def match_catalog(
             data = {r: data[r] for r in regions}
     if candidates == "qdrant" and store is None:
         raise ValueError("candidates='qdrant' needs a CatalogStore; pass one or use candidates='exact'")
+    # the canonical row order and one vector per text (see .canonical): no decision below may
+    # depend on file order, shard split or last-bit differences between identical listings
+    if isinstance(sentences, Mapping):
+        sentences = {
+            r: permute_sentences(sv, canonical_order(data[r].skus)) if r in data else sv
+            for r, sv in sentences.items()
+        }
+    data = {r: canonical_table(t) for r, t in data.items()}
+    text_sets = {r: TextSets.of(t.texts) for r, t in data.items()}
+    record = reproducibility_record(
+        data, parameters, model=model, model_fingerprint=model_fingerprint, collection=collection
+    )
     path = _candidate_path(candidates, store, data)
     query_store = store if path == "qdrant" else None
     region_names = sorted(data)
@@ -358,9 +420,16 @@ def match_catalog(
             threshold_method = "labels: " + ("target precision" if target_precision else "F1-best")
     if threshold is None:
         threshold, match_share = _auto_threshold(blocks, scorer, method)
-        threshold_method = "prior-shift EM" if match_share is not None else "default 0.5"
+        threshold_method = (
+            "prior-shift EM"
+            if match_share is not None
+            else f"default 0.5 (fewer than {MIN_SELF_TRAINING} reciprocal-best pairs to self-train on)"
+        )
     for blk in blocks:
-        blk["accepted"] = link_pairs(blk["ia"], blk["ib"], blk["score"], threshold, method)
+        accepted = link_pairs(blk["ia"], blk["ib"], blk["score"], threshold, method)
+        ts_a, ts_b = text_sets[blk["ra"]], text_sets[blk["rb"]]
+        blk["accepted"] = prefer_lower_rows(blk["ia"], blk["ib"], blk["score"], accepted, ts_a, ts_b)
+        _mark_ties(blk, data)
     timings["assign"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -374,7 +443,8 @@ def match_catalog(
         allow_same_region=allow_same_region,
     )
     pairs.loc[acc.index[~np.asarray(kept, dtype=bool)], "decision"] = "conflict"
-    unmatched = _unmatched(pairs, data, pid_a, pid_b)
+    unmatched = _unmatched(pairs, data, pid_a, pid_b, threshold)
+    duplicates = _duplicates(data, text_sets)
     del pid_a, pid_b
     timings["groups"] = time.perf_counter() - t0
 
@@ -410,10 +480,47 @@ def match_catalog(
             for blk in blocks
         },
         "timings": {name: round(v, 3) for name, v in timings.items()},
+        "counts_duplicates": len(duplicates),
+        "reproducibility": record,
+        "counts_ambiguous": int(pairs["ambiguous"][pairs["decision"] == "match"].sum()),
     }
     if lab:
         summary["metrics"] = evaluate_pairs(pairs, judges, method=method, sweep_rows=sweep_rows)
-    return MatchResult(pairs=pairs, groups=groups, unmatched=unmatched, summary=summary)
+    return MatchResult(
+        pairs=pairs, groups=groups, unmatched=unmatched, summary=summary, duplicates=duplicates
+    )
+
+
+def _mark_ties(blk: dict[str, Any], data: CatalogData) -> None:
+    """Flag accepted pairs that a tie alone decided (``blk["ambiguous"]``) and name the rival."""
+    rival = tied_rivals(blk["ia"], blk["ib"], blk["score"], blk["accepted"])
+    blk["ambiguous"] = rival >= 0
+    if not blk["ambiguous"].any():
+        return
+    a, b = data[blk["ra"]], data[blk["rb"]]
+    explain = list(blk["explain"])
+    for i in np.flatnonzero(blk["ambiguous"]):
+        j = rival[i]
+        other = (
+            f"{b.region}/{b.skus[blk['ib'][j]]}"
+            if blk["ia"][j] == blk["ia"][i]
+            else (f"{a.region}/{a.skus[blk['ia'][j]]}")
+        )
+        note = f"ambiguous: tie with {other} (same score)"
+        explain[i] = f"{note}; {explain[i]}" if explain[i] else note
+    blk["explain"] = explain
+
+
+def _duplicates(data: CatalogData, text_sets: Mapping[str, TextSets]) -> pd.DataFrame:
+    """SKUs whose text equals another SKU's in the same region (possible duplicate listings)."""
+    rows = []
+    for r in sorted(data):
+        t, sets = data[r], text_sets[r]
+        shared = np.bincount(sets.inverse, minlength=len(sets))[sets.inverse] > 1
+        rows += [
+            (r, t.skus[sets.rep[sets.inverse[i]]], t.skus[i], t.texts[i]) for i in np.flatnonzero(shared)
+        ]
+    return pd.DataFrame(rows, columns=DUPLICATE_COLUMNS)
 
 
 def _auto_threshold(
@@ -432,7 +539,7 @@ def _auto_threshold(
     if len(scores) == 0:
         return DEFAULT_THRESHOLD, None
     cut, share = prior_shift_threshold(scores)
-    return float(cut), float(share)
+    return float(snap(max(cut, THRESHOLD_FLOOR))), float(share)
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:
@@ -609,6 +716,7 @@ def _pairs_table(
         "score": column(lambda blk: blk["score"], np.float64),
         "cosine": column(feat("cosine")),
         "decision": pd.Categorical.from_codes(verdict, categories=pd.Index(list(DECISIONS), dtype=object)),
+        "ambiguous": column(lambda blk: blk.get("ambiguous", np.zeros(len(blk["ia"]), dtype=bool)), bool),
         "csls": column(feat("csls")),
         "lexical": column(feat("lexical")),
         "sentences": column(feat("sentences", np.nan)),  # NaN: matched without sentence vectors
@@ -642,14 +750,16 @@ def _product_columns(
     return side(pid_a), side(pid_b)
 
 
-def _unmatched(pairs: pd.DataFrame, data: CatalogData, pid_a: np.ndarray, pid_b: np.ndarray) -> pd.DataFrame:
+def _unmatched(
+    pairs: pd.DataFrame, data: CatalogData, pid_a: np.ndarray, pid_b: np.ndarray, threshold: float
+) -> pd.DataFrame:
     """Products without an accepted twin, with their best candidate anywhere for review.
 
     Array work on product numbers (``pid_a``/``pid_b``, see :func:`_pairs_table`): one sort of
     the scores, then each side's first row per product. Ties: the earlier row wins, and a product's
     pairs as side a before those as side b.
     """
-    cols = ["region", "sku", "text", "best_score", "best_region", "best_sku"]
+    cols = ["region", "sku", "text", "best_score", "best_region", "best_sku", "reason"]
     total = sum(len(t) for t in data.values())
     score = pairs["score"].to_numpy(np.float64)
     is_match = (pairs["decision"] == "match").to_numpy()
@@ -688,6 +798,7 @@ def _unmatched(pairs: pd.DataFrame, data: CatalogData, pid_a: np.ndarray, pid_b:
     sku_col = np.concatenate([np.asarray(data[r].skus, dtype=object) for r in regions]) if total else None
     text_col = np.concatenate([np.asarray(data[r].texts, dtype=object) for r in regions]) if total else None
     empty = np.zeros(0, dtype=object)
+    reason = _unmatched_reasons(pairs, pid_a, pid_b, keep, hit, has, side_a, region_col, sku_col, threshold)
     return pd.DataFrame(
         {
             "region": region_col[keep] if total else empty,
@@ -696,6 +807,52 @@ def _unmatched(pairs: pd.DataFrame, data: CatalogData, pid_a: np.ndarray, pid_b:
             "best_score": np.where(has, best_score[keep] if total else np.nan, np.nan),
             "best_region": np.where(has, other_region, None),
             "best_sku": np.where(has, other_sku, None),
+            "reason": reason,
         },
         columns=cols,
     )
+
+
+def _unmatched_reasons(
+    pairs: pd.DataFrame,
+    pid_a: np.ndarray,
+    pid_b: np.ndarray,
+    keep: np.ndarray,
+    hit: np.ndarray,
+    has: np.ndarray,
+    side_a: np.ndarray,
+    region_col: np.ndarray | None,
+    sku_col: np.ndarray | None,
+    threshold: float,
+) -> list[str]:
+    """Why each unmatched product (``keep``, best pair row ``hit``) has no twin, in words."""
+    decision = pairs["decision"].to_numpy(object)
+    score = pairs["score"].to_numpy(np.float64)
+    match_rows = np.flatnonzero(decision == "match")
+    taken: dict[tuple[int, str], int] = {}  # (product, region of the other side) -> accepted row
+    reg_a, reg_b = pairs["region_a"].to_numpy(object), pairs["region_b"].to_numpy(object)
+    for j in match_rows:
+        taken[(int(pid_a[j]), str(reg_b[j]))] = int(j)
+        taken[(int(pid_b[j]), str(reg_a[j]))] = int(j)
+    out = []
+    for n, x in enumerate(keep):
+        if not has[n]:
+            out.append("no candidate in another region")
+            continue
+        j = int(hit[n])
+        partner = int(pid_b[j] if side_a[n] else pid_a[j])
+        where = f"{region_col[partner]}/{sku_col[partner]}"  # type: ignore[index]
+        if decision[j] == "conflict":
+            out.append(f"its match {where} was dropped: a group may hold one SKU per region")
+        elif score[j] < threshold:
+            out.append(f"best candidate {where} scores {score[j]:.3f}, below the threshold {threshold:.3f}")
+        elif (partner, str(region_col[x])) in taken:  # type: ignore[index]
+            t = taken[(partner, str(region_col[x]))]  # type: ignore[index]
+            holder = int(pid_a[t] if pid_b[t] == partner else pid_b[t])
+            out.append(
+                f"twin {where} taken by {region_col[holder]}/{sku_col[holder]} "  # type: ignore[index]
+                f"(score {score[t]:.3f} vs {score[j]:.3f})"
+            )
+        else:
+            out.append(f"best candidate {where} went unassigned in the one-to-one optimum")
+    return out

@@ -9,6 +9,8 @@ import pandas as pd
 
 PAIR_KEY_COLUMNS = ["region_a", "sku_a", "region_b", "sku_b"]
 DECISIONS = ("match", "below_threshold", "not_mutual", "conflict")
+#: Possible duplicate listings: SKUs of one region with identical text (``listing`` = lowest SKU).
+DUPLICATE_COLUMNS = ["region", "listing", "sku", "text"]
 
 
 @dataclass
@@ -21,7 +23,11 @@ class MatchResult:
     ``decision``, ``explain``, texts) are pandas categoricals, regions ordered by name; compare them with
     ``==``/``isin`` as strings, or ``.astype(str)`` for plain strings. ``groups`` has ``group_id, region,
     sku`` for every product placed in a cross-region group; ``unmatched`` has ``region, sku, text,
-    best_score, best_region, best_sku`` for products with no accepted twin. ``summary`` is JSON-safe:
+    best_score, best_region, best_sku, reason`` for products with no accepted twin (``reason``: why, in
+    words: no candidate, below the threshold, twin taken by another SKU, group conflict); ``duplicates``
+    (:data:`DUPLICATE_COLUMNS`) lists SKUs whose text equals another SKU's in the same region, which
+    tie exactly in matching (the lowest SKU holds the match); a pair decided by such a tie alone has
+    ``ambiguous`` True and says so in ``explain``. ``summary`` is JSON-safe:
     ``model``, ``collection``, ``threshold``, ``regions``, ``counts`` (per ``"A|B"`` region pair:
     candidates, matches), ``timings`` (seconds per stage) and, when labels were given, ``metrics``:
     ``{"overall": {...}, "by_pair": {"A|B": {...}}, "threshold_sweep": [...], "pr_curve": [...]}`` where
@@ -33,6 +39,7 @@ class MatchResult:
     groups: pd.DataFrame
     unmatched: pd.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
+    duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DUPLICATE_COLUMNS))
 
     @property
     def matches(self) -> pd.DataFrame:

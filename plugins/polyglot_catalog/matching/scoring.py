@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .canonical import pair_cosine, snap
 from .evidence import EVIDENCE_COLUMNS, TextEvidence
 from .fastev import compare_many
 from .lexical import NgramCounts, lexical_cosine
@@ -33,21 +34,16 @@ logger = logging.getLogger(__name__)
 FEATURES = ("cosine", "csls", "lexical", *EVIDENCE_COLUMNS)
 #: Most pairs a scorer is fitted on (a seeded uniform sample beyond it); see :meth:`PairScorer.fit`.
 MAX_FIT_ROWS = 1_000_000
+#: Fewest reciprocal-best pairs (and negatives) self-training fits on. Why: on a small catalog the
+#: reciprocal-best pairs include products that simply have no twin (two leftovers are each other's
+#: best), a fit on a handful of them learns that anything goes, and the label-free cut then accepts
+#: every leftover (a coffee grinder matched to a garden hose at 0.82). Below this the hand-set
+#: weights and their even-odds cut decide.
+MIN_SELF_TRAINING = 50
 #: Pairs scored per step, bounding the float64 copy of the feature columns.
 DECISION_CHUNK = 500_000
 #: Pairs joined per step in :func:`corroboration` (each fans out to ~k^2 third-region paths).
 CORROBORATION_CHUNK = 100_000
-
-
-def rowwise_cosine(
-    vec_a: np.ndarray, vec_b: np.ndarray, ia: np.ndarray, ib: np.ndarray, chunk: int = 65_536
-) -> np.ndarray:
-    """``vec_a[ia[i]] . vec_b[ib[i]]`` in chunks: gathering all pairs' rows at once would hold
-    two (pairs x dim) float32 copies, 4.3 GB for 1.4 million pairs of 384-d vectors."""
-    out = np.empty(len(ia), dtype=np.float32)
-    for s in range(0, len(ia), chunk):
-        out[s : s + chunk] = np.einsum("ij,ij->i", vec_a[ia[s : s + chunk]], vec_b[ib[s : s + chunk]])
-    return out
 
 
 def pair_features(
@@ -63,7 +59,7 @@ def pair_features(
     idf: dict[str, float],
 ) -> tuple[pd.DataFrame, list[str]]:
     """Feature table (one row per candidate pair, columns :data:`FEATURES`) and explain strings."""
-    cos = rowwise_cosine(vec_a, vec_b, ia, ib)
+    cos = pair_cosine(vec_a, vec_b, ia, ib)  # float64 on the grid: see .canonical
     r_a = (
         np.nanmean(np.where(np.isfinite(neigh_a), neigh_a, np.nan), axis=1)
         if neigh_a.size
@@ -74,7 +70,7 @@ def pair_features(
         if neigh_b.size
         else np.zeros(len(vec_b))
     )
-    csls = cos - 0.5 * (np.nan_to_num(r_a)[ia] + np.nan_to_num(r_b)[ib])
+    csls = snap(cos - 0.5 * (np.nan_to_num(r_a)[ia] + np.nan_to_num(r_b)[ib]))
     lexical = lexical_cosine(lex[0], lex[1], ia, ib)
     # all pairs at once (values equal evidence.compare's; a per-pair loop took minutes at 100k)
     evidence, explain = compare_many(ev_a, ev_b, ia, ib, idf)
@@ -93,12 +89,13 @@ def self_training_targets(
     seed: np.ndarray, ia: np.ndarray, ib: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """``(rows, y)`` to fit on: reciprocal-best pairs under ``seed`` are positives, the other
-    candidates of the same products negatives; ``None`` when either side has fewer than 2."""
+    candidates of the same products negatives; ``None`` when either has fewer than
+    :data:`MIN_SELF_TRAINING` (too little to fit on: the hand-set :meth:`PairScorer.default` is used)."""
     pos = reciprocal_best(seed, ia, ib)
     touched_a = np.unique(ia[pos])
     touched_b = np.unique(ib[pos])
     neg = ~pos & (np.isin(ia, touched_a) | np.isin(ib, touched_b))
-    if pos.sum() < 2 or neg.sum() < 2:
+    if pos.sum() < MIN_SELF_TRAINING or neg.sum() < MIN_SELF_TRAINING:
         return None
     keep = pos | neg
     return keep, pos[keep].astype(int)
@@ -144,6 +141,7 @@ class PairScorer:
         settled long before a million pairs, and the float64 design matrix of every candidate pair
         at 100k products per region would be most of the matcher's memory."""
         from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
 
         if len(feats) > MAX_FIT_ROWS:
             rows = np.sort(np.random.default_rng(0).choice(len(feats), MAX_FIT_ROWS, replace=False))
@@ -158,7 +156,8 @@ class PairScorer:
                 f"need positive and negative pairs to fit; got only class {np.unique(y).tolist()}"
             )
         model = LogisticRegression(C=c, class_weight="balanced", max_iter=1000)
-        model.fit((x - self.mean) / self.scale, y)
+        with threadpool_limits(1):  # the same weights whatever the BLAS thread count
+            model.fit((x - self.mean) / self.scale, y)
         self.weights = model.coef_[0]
         self.bias = float(model.intercept_[0])
         self.fitted_on = source
@@ -194,7 +193,7 @@ class PairScorer:
             "conflict_gtin": -5.0,
         }
         self.weights = np.array([w.get(f, 0.0) for f in self.features])
-        self.bias = -9.0
+        self.bias = -8.0  # even odds at cosine + csls = 0.8 with no other evidence
         self.fitted_on = "default"
         return self
 
@@ -206,12 +205,13 @@ class PairScorer:
         out = np.empty(len(feats), dtype=np.float64)
         for s in range(0, len(feats), DECISION_CHUNK):  # bounded float64 temporaries
             x = self._x(feats.iloc[s : s + DECISION_CHUNK])
-            out[s : s + DECISION_CHUNK] = ((x - self.mean) / self.scale) @ self.weights + self.bias
-        return out
+            # a row-local sum, not a BLAS product: a row's value must not depend on its place
+            out[s : s + DECISION_CHUNK] = (((x - self.mean) / self.scale) * self.weights).sum(axis=1)
+        return out + self.bias
 
     def predict(self, feats: pd.DataFrame) -> np.ndarray:
-        """Match probability per pair in [0, 1]."""
-        return 1.0 / (1.0 + np.exp(-self.decision(feats)))
+        """Match probability per pair in [0, 1], on the grid of :mod:`.canonical`."""
+        return snap(1.0 / (1.0 + np.exp(-self.decision(feats))))
 
     def describe(self) -> dict[str, float]:
         """Per-feature weights in standardised units (JSON-safe), for the summary and logs."""

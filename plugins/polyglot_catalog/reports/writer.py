@@ -32,7 +32,14 @@ from polyglot_catalog.reports.html import render_html
 
 log = logging.getLogger(__name__)
 
-REPORT_FILES = ("pairs.parquet", "groups.parquet", "unmatched.parquet", "summary.json", "report.html")
+REPORT_FILES = (
+    "pairs.parquet",
+    "groups.parquet",
+    "unmatched.parquet",
+    "duplicates.parquet",
+    "summary.json",
+    "report.html",
+)
 TMP_MARKER = ".tmp-"
 BACKUP_MARKER = ".old-"
 
@@ -194,7 +201,13 @@ def _glob_escape(text: str) -> str:
 
 def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
     """Write every report file into ``folder`` and fsync each, Parquet first and the page last."""
-    for name, frame in (("pairs", result.pairs), ("groups", result.groups), ("unmatched", result.unmatched)):
+    frames = (
+        ("pairs", result.pairs),
+        ("groups", result.groups),
+        ("unmatched", result.unmatched),
+        ("duplicates", result.duplicates),
+    )
+    for name, frame in frames:
         path = folder / f"{name}.parquet"
         frame.reset_index(drop=True).to_parquet(path, index=False, engine="pyarrow")
         _fsync_file(path)
