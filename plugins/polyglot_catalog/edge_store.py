@@ -21,7 +21,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -34,6 +33,8 @@ import qdrant_edge as qe
 from qdrant_client import models
 from qdrant_client.http import models as rest
 
+from .names import check_collection_name
+
 log = logging.getLogger(__name__)
 
 EDGE_DIR = "edge"
@@ -41,7 +42,6 @@ EDGE_DIR = "edge"
 #: Why 10,000: brute force over n points costs ~n * 80 ns a query here and the matcher sends ~2 queries
 #: per stored point, while building costs ~1 ms a point, so indexing pays from roughly 10-20k points.
 AUTO_OPTIMIZE_UNINDEXED = 10_000
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 _DISTANCE = {
     models.Distance.COSINE: qe.Distance.Cosine,
     models.Distance.DOT: qe.Distance.Dot,
@@ -225,9 +225,17 @@ class EdgeClient:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self._temporary = path is None
         self.location = Path(tempfile.mkdtemp(prefix="polyglot-edge-")) if path is None else Path(path)
-        self.location.mkdir(parents=True, exist_ok=True)
         self._root = self.location / EDGE_DIR
-        self._lock = open(self.location / ".lock", "a+")  # noqa: SIM115 - held for the client's life
+        try:
+            self.location.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.location / ".lock", "a+")  # noqa: SIM115 - held for the client's life
+        except PermissionError:
+            raise PermissionError(
+                f"embedded Qdrant folder {self.location} is write-protected: the store (qdrant-edge) "
+                "opens its write-ahead log and lock file even to read, so stats and match need write "
+                "access too. Copy the folder somewhere writable (cp -a) and point --qdrant-path there, "
+                "or serve it with a Qdrant server"
+            ) from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -236,8 +244,15 @@ class EdgeClient:
                 f"Storage folder {self.location} is already accessed by another instance of Qdrant client."
                 " If you require concurrent access, use Qdrant server instead."
             ) from None
-        (self._root / "collections").mkdir(parents=True, exist_ok=True)
-        (self._root / "meta").mkdir(parents=True, exist_ok=True)
+        try:
+            (self._root / "collections").mkdir(parents=True, exist_ok=True)
+            (self._root / "meta").mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            self._lock.close()
+            raise PermissionError(
+                f"embedded Qdrant folder {self.location} is write-protected (cannot create {EDGE_DIR}/); "
+                "copy it somewhere writable or serve it with a Qdrant server"
+            ) from None
         self._shards: dict[str, qe.EdgeShard] = {}
         self._checked: set[str] = set()  # collections whose index state is known good since last write
         self.closed = False
@@ -259,6 +274,7 @@ class EdgeClient:
 
     def _resolve(self, name: str) -> str:
         self._alive()
+        check_collection_name(name)  # '..' or 'a/b' would name a folder outside the collections
         if (self._root / "collections" / name).is_dir():
             return name
         target = self._aliases().get(name)
@@ -328,10 +344,7 @@ class EdgeClient:
             ValueError: the name exists or is not a safe folder name, or a vector config is unsupported.
         """
         self._alive()
-        if not _NAME_RE.match(collection_name):
-            raise ValueError(
-                f"edge store: collection name must match {_NAME_RE.pattern}; got {collection_name!r}"
-            )
+        check_collection_name(collection_name)
         if self.collection_exists(collection_name):
             raise ValueError(f"Collection {collection_name} already exists")
         named = vectors_config if isinstance(vectors_config, dict) else {"": vectors_config}

@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+# Collection and region names: one pattern everywhere (CLI, store, forms), re-exported for the DAGs.
+from polyglot_catalog.names import COLLECTION_PATTERN as COLLECTION_PATTERN
+from polyglot_catalog.names import REGION_PATTERN as REGION_PATTERN
 from polyglot_catalog.provider.hooks import PolyglotQdrantHook, data_dir, optional_positive_int
 
 if TYPE_CHECKING:
@@ -30,12 +33,8 @@ log = logging.getLogger(__name__)
 DEFAULT_COLLECTION = "catalog"
 REPORTS_DIR_NAME = "reports"
 QUARANTINE_DIR_NAME = "quarantine"
-# Collection names the trigger forms accept; also checked on names arriving in asset event extras.
-COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 # Model names (registry name, hub id or local folder): printable, one line; also checked in event extras.
 MODEL_PATTERN = r"^[^\x00-\x1f\x7f]{1,512}$"
-# Region names the trigger forms accept; the operators get them comma-joined, so no commas.
-REGION_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 
 
 class PolyglotUIColors(StrEnum):
