@@ -30,7 +30,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import qdrant_edge as qe
-from qdrant_client import models
+from qdrant_client import QdrantClient, models
 from qdrant_client.http import models as rest
 
 from .names import check_collection_name
@@ -212,6 +212,11 @@ _DONE = models.UpdateResult.model_construct(operation_id=None, status=models.Upd
 
 class EdgeClient:
     """The ``QdrantClient`` methods the catalog uses, over one qdrant-edge shard per collection.
+
+    Not a ``QdrantClient`` subclass: it serves :data:`SUPPORTED_METHODS` (collections, aliases,
+    upsert/upload, retrieve, scroll, count, facet, query, payload updates, delete, optimize, close);
+    any other ``QdrantClient`` method raises :class:`UnsupportedCall` (a ``NotImplementedError``)
+    naming it. It is a context manager and closes on ``__exit__``.
 
     Args:
         path (str | None): folder of the store; None gives a throwaway one in a temporary folder
@@ -515,6 +520,52 @@ class EdgeClient:
             self._update(name, qe.UpdateOperation.upsert_points(out))
         return _DONE
 
+    def upload_points(
+        self, collection_name: str, points: Iterable[Any], batch_size: int = 64, **_: Any
+    ) -> None:
+        """``PointStruct`` objects in batches of ``batch_size`` (the client's bulk call, without workers)."""
+        batch: list[Any] = []
+        for point in points:
+            batch.append(point)
+            if len(batch) >= batch_size:
+                self.upsert(collection_name, batch)
+                batch = []
+        if batch:
+            self.upsert(collection_name, batch)
+
+    def upload_collection(
+        self,
+        collection_name: str,
+        vectors: Any,
+        payload: Iterable[dict[str, Any]] | None = None,
+        ids: Iterable[Any] | None = None,
+        batch_size: int = 64,
+        **_: Any,
+    ) -> None:
+        """Vectors (a list, array, or dict of named lists) with payloads and ids, in batches.
+
+        Raises:
+            ValueError: ``ids`` are missing (the client would invent random UUIDs; the catalog never
+                wants that, so they are required here).
+        """
+        if ids is None:
+            raise ValueError("edge store: upload_collection needs ids")
+        if isinstance(vectors, dict):
+            names = list(vectors)
+            rows: Iterable[Any] = (
+                {n: v for n, v in zip(names, vs, strict=True)} for vs in zip(*vectors.values(), strict=True)
+            )
+        else:
+            rows = vectors
+        payloads = payload if payload is not None else iter(lambda: None, 0)
+        points = (
+            models.PointStruct(
+                id=i, vector=_vector_list(v) if not isinstance(v, dict) else v, payload=p or {}
+            )
+            for i, v, p in zip(ids, rows, payloads, strict=False)  # payloads may be endless Nones
+        )
+        self.upload_points(collection_name, points, batch_size=batch_size)
+
     def set_payload(
         self, collection_name: str, payload: dict[str, Any], points: Any, key: str | None = None, **_: Any
     ) -> models.UpdateResult:
@@ -727,6 +778,32 @@ class EdgeClient:
     def __del__(self) -> None:  # a client dropped without close() must not keep the folder locked
         with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to report to
             self.close()
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        """A ``QdrantClient`` method this engine lacks: say so by name instead of a bare AttributeError."""
+        if not name.startswith("_") and callable(getattr(QdrantClient, name, None)):
+            raise UnsupportedCall(
+                f"EdgeClient (embedded qdrant-edge store) does not implement QdrantClient.{name}; it "
+                f"supports {', '.join(SUPPORTED_METHODS)}. Use a Qdrant server, or a new folder "
+                f"with POLYGLOT_EMBEDDED_STORE=local (qdrant-client local mode)"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+class UnsupportedCall(NotImplementedError, AttributeError):
+    """A client call the embedded engine lacks; an AttributeError too, so ``hasattr`` stays False."""
+
+
+#: The QdrantClient calls :class:`EdgeClient` serves (same arguments and ``qdrant_client.models``).
+SUPPORTED_METHODS = tuple(
+    sorted(n for n, v in vars(EdgeClient).items() if not n.startswith("_") and callable(v))
+)
 
 
 #: Environment switch for the embedded store: ``edge`` (qdrant-edge) or ``local`` (qdrant-client).
