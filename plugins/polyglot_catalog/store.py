@@ -214,6 +214,17 @@ def _graph_restore(m: int | None, payload_m: int | None) -> models.HnswConfigDif
     return models.HnswConfigDiff(m=0, payload_m=REGION_GRAPH_M)
 
 
+def single_region_warning(collection: str, regions: Sequence[str]) -> str | None:
+    """A warning when a match run has fewer than two regions to compare (it can only find 0 pairs)."""
+    if len(regions) >= 2:
+        return None
+    return (
+        f"collection {collection!r} has {len(regions)} region(s) to match {sorted(regions)}: cross-region "
+        "matching needs at least two, so the report will have no pairs (embed the other regions, or "
+        "check --regions / the collection name)"
+    )
+
+
 def _chunks(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
