@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -434,7 +435,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 @contextmanager
 def _progress_logging(verbose: bool, secrets: Sequence[str | None]) -> Iterator[None]:
     """Package log lines on stderr while one command runs, secrets scrubbed; root logger untouched."""
-    from polyglot_catalog.errors import ScrubbingFilter
+    from polyglot_catalog.errors import ScrubbingFilter, scrub
 
     package_log = logging.getLogger("polyglot_catalog")
     handler = logging.StreamHandler(sys.stderr)
@@ -444,8 +445,15 @@ def _progress_logging(verbose: bool, secrets: Sequence[str | None]) -> Iterator[
     package_log.addHandler(handler)
     package_log.setLevel(logging.DEBUG if verbose else logging.INFO)
     package_log.propagate = False
+
+    def one_line_warning(message: Any, category: type[Warning], *_: Any, **__: Any) -> None:
+        """Library warnings (e.g. an API key over plain http) as one line, without a source excerpt."""
+        print(scrub(f"{PROG}: warning: {message}", secrets), file=sys.stderr)
+
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            yield
     finally:
         package_log.removeHandler(handler)
         package_log.level, package_log.propagate = saved

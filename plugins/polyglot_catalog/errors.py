@@ -65,11 +65,22 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+class StoreError(RuntimeError):
+    """A store call failed; the message (from :func:`store_failure`) names endpoint and operation.
+
+    Raised without its cause chained, because the cause may hold a server's response body.
+    """
+
+
 def is_store_error(error: BaseException) -> bool:
-    """Transport or server errors (REST, gRPC, sockets), as opposed to our own bugs or bad arguments."""
+    """A failed store call: one the store gave up on, or a client/transport error (REST, gRPC).
+
+    A bare ``OSError`` counts only when the store labelled it: a missing labels file or a full disk
+    while writing a report is not a Qdrant failure.
+    """
     from qdrant_client.http.exceptions import ApiException
 
-    if isinstance(error, ApiException | OSError | TimeoutError) or hasattr(error, OPERATION_ATTR):
+    if isinstance(error, ApiException | TimeoutError | StoreError) or hasattr(error, OPERATION_ATTR):
         return True
     try:
         import grpc

@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 #: Seconds to wait for a server to accept a connection, and for an answer to one request. Short, so a
-#: dead or stalling server fails in well under a minute with its retries (4 tries x 20 s at worst);
+#: dead or stalling server fails in well under a minute with its retries (4 tries x 10 s at worst);
 #: raise the read timeout for very large batches on a busy server.
 DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_READ_TIMEOUT = 20.0
+DEFAULT_READ_TIMEOUT = 10.0
 DEFAULT_TIMEOUT = DEFAULT_READ_TIMEOUT
 MAX_BACKOFF_SECONDS = 30.0  # one wait between retries never exceeds this, whatever max_retries is
 INDEXED_FIELDS = ("region", "language", "status")

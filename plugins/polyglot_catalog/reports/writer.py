@@ -48,6 +48,10 @@ class ReportPathError(ValueError):
     """A report path that would overwrite or remove something that is not a report of ours."""
 
 
+class ReportPathNotAFolderError(ReportPathError, NotADirectoryError):
+    """The report path exists and is a file (also a ``NotADirectoryError``, as before)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # paths
 
@@ -251,7 +255,7 @@ def check_report_path(out_dir: Path | str, protected: Sequence[Path | str] = ())
                 "write reports elsewhere"
             )
     if final.exists() and not final.is_dir():
-        raise ReportPathError(f"report path {text!r} exists and is not a folder")
+        raise ReportPathNotAFolderError(f"report path {text!r} exists and is not a folder")
     if final.is_dir() and not _ours(final):
         raise ReportPathError(
             f"report folder {text!r} exists and was not written by polyglot-catalog (no {REPORT_MARKER} "
