@@ -19,7 +19,14 @@ from polyglot_catalog.reports import html as report_html
 from polyglot_catalog.reports import render_html, safe_report_dir, write_reports
 from polyglot_catalog.reports import writer as report_writer
 
-REPORT_FILES = {"pairs.parquet", "groups.parquet", "unmatched.parquet", "summary.json", "report.html", ".polyglot-report"}
+REPORT_FILES = {
+    "pairs.parquet",
+    "groups.parquet",
+    "unmatched.parquet",
+    "summary.json",
+    "report.html",
+    ".polyglot-report",
+}
 THRESHOLD = 0.74
 
 # Product text is hostile input; every string here must reach the page as text.
