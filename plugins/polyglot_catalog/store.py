@@ -172,6 +172,15 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def _scrub_body(error: BaseException) -> None:
+    """Remove secrets from a server response kept on the error (a proxy may echo the request's
+    headers into it), so no traceback of it, wherever it is printed, shows the API key."""
+    if isinstance(error, UnexpectedResponse) and isinstance(error.content, bytes | bytearray):
+        from .errors import scrub
+
+        error.content = scrub(bytes(error.content).decode("utf-8", "replace")).encode()
+
+
 def _label(error: BaseException, what: str, attempts: int, collection: str) -> None:
     """Record on the error which call failed after how many attempts, for :func:`.errors.store_failure`
     (the error itself is raised unchanged: callers keep catching the client's own types)."""
@@ -474,22 +483,26 @@ class CatalogStore:
             try:
                 return call()
             except Exception as e:  # transport errors differ between REST, gRPC and local mode
+                _scrub_body(e)
                 if attempt == self.max_retries or not is_transient(e):
                     _label(e, what, attempt + 1, self.collection)
                     if ids is not None:
                         raise UpsertError(self.collection, ids, describe_error(e)) from e
                     raise
-                delay = min(self.backoff * 2**attempt, MAX_BACKOFF_SECONDS)
-                log.warning(
-                    "Qdrant %s on collection %s failed (%s); retry %d/%d in %.1fs",
-                    what if ids is None else f"{what} of {len(ids)} points",
-                    self.collection,
-                    describe_error(e),
-                    attempt + 1,
-                    self.max_retries,
-                    delay,
-                )
-                time.sleep(delay)
+                reason = describe_error(e)
+            # Logged outside the except block: a failing log handler prints the exception being
+            # handled, and that one may hold a server's response body.
+            delay = min(self.backoff * 2**attempt, MAX_BACKOFF_SECONDS)
+            log.warning(
+                "Qdrant %s on collection %s failed (%s); retry %d/%d in %.1fs",
+                what if ids is None else f"{what} of {len(ids)} points",
+                self.collection,
+                reason,
+                attempt + 1,
+                self.max_retries,
+                delay,
+            )
+            time.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:
