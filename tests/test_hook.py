@@ -242,3 +242,17 @@ def test_embedded_client_states_its_subset_of_the_client_api(tmp_path):
         with pytest.raises(UnsupportedCall, match=r"does not implement QdrantClient\.create_snapshot"):
             client.create_snapshot("c")
         assert not hasattr(client, "create_snapshot")  # still an AttributeError for feature checks
+
+
+def test_a_second_hook_on_a_folder_this_process_holds_fails_at_once_instead_of_waiting(tmp_path):
+    first = PolyglotQdrantHook(local_path=tmp_path / "q", lock_timeout=600)
+    first.conn.get_collections()
+    second = PolyglotQdrantHook(local_path=tmp_path / "q", lock_timeout=600)
+    with (
+        mock.patch.object(time, "sleep", side_effect=AssertionError("must not wait")),
+        pytest.raises(RuntimeError, match="held by another hook in this process"),
+    ):
+        second.get_conn()
+    first.close()
+    with second:
+        second.conn.get_collections()  # free once the first was closed

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,13 @@ CLUSTER_EXTRAS = ("shard_number", "replication_factor")
 
 # Paths whose fallback was already announced in this process: "said once in the log".
 _ANNOUNCED: set[str] = set()
+# Embedded folders a hook of this process holds open: waiting on one of them would only time out.
+# Weak: a hook dropped without close() lets its client go (and close) with it.
+_HELD: weakref.WeakValueDictionary[str, PolyglotQdrantHook] = weakref.WeakValueDictionary()
+HELD_MSG = (
+    "embedded Qdrant at {path} is held by another hook in this process ({holder!r}), which was not "
+    "closed: use `with PolyglotQdrantHook(...) as hook:` or call hook.close() when done"
+)
 
 
 def data_dir() -> Path:
@@ -224,6 +232,19 @@ class PolyglotQdrantHook(QdrantHook):
             return QdrantClient(location=location)
         assert path is not None
         Path(path).mkdir(parents=True, exist_ok=True)
+        key = str(Path(path).resolve())
+        holder = _HELD.get(key)
+        if holder is not None and holder is not self and "conn" in holder.__dict__:
+            raise RuntimeError(HELD_MSG.format(path=path, holder=holder.conn_id))
+        client = self._wait_for_folder(path)
+        _HELD[key] = self
+        self._held = key
+        return client
+
+    def _wait_for_folder(self, path: str) -> QdrantClient:
+        """Open ``path``, waiting while another process holds it (up to ``lock_timeout``)."""
+        from polyglot_catalog.store import open_client
+
         deadline = time.monotonic() + self.lock_timeout
         announced = False
         while True:
@@ -245,6 +266,9 @@ class PolyglotQdrantHook(QdrantHook):
     def close(self) -> None:
         """Close the client if one was built; releases the local-mode folder lock for the next task."""
         client = self.__dict__.pop("conn", None)
+        held = getattr(self, "_held", None)
+        if held is not None and _HELD.get(held) is self:
+            del _HELD[held]
         if client is not None:
             client.close()
 
