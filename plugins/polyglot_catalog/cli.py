@@ -471,7 +471,7 @@ def _failure_message(error: BaseException, args: argparse.Namespace) -> tuple[st
     if isinstance(error, PermissionError) and endpoint and args.qdrant_path:
         return (
             f"cannot use the Qdrant store at {args.qdrant_path!r}: {first_line(error)}; the embedded store "
-            "needs write access to its folder even to read (lock file, write-ahead log): copy it to a "
+            "needs write access to its folder even to read (it takes a lock file there): copy it to a "
             "writable folder (cp -a) or serve it with a Qdrant server",
             EXIT_INPUT,
         )

@@ -237,7 +237,7 @@ class EdgeClient:
         except PermissionError:
             raise PermissionError(
                 f"embedded Qdrant folder {self.location} is write-protected: the store (qdrant-edge) "
-                "opens its write-ahead log and lock file even to read, so stats and match need write "
+                "takes a lock file in its folder even to read, so stats and match need write "
                 "access too. Copy the folder somewhere writable (cp -a) and point --qdrant-path there, "
                 "or serve it with a Qdrant server"
             ) from None
