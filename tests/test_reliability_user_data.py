@@ -214,3 +214,16 @@ def test_edge_store_refuses_unsafe_names_itself(tmp_path: Path) -> None:
             with pytest.raises(ValueError, match="not allowed"):
                 client.create_collection(name, models.VectorParams(size=2, distance=models.Distance.COSINE))
     assert sorted(os.listdir(tmp_path / "e" / "edge")) == ["collections", "meta"]
+
+
+def test_write_protected_local_mode_folder_names_the_store_and_the_way_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """qdrant-client's local mode fails on its own ``.lock``; the message says what that means."""
+    folder = tmp_path / "local"
+    folder.mkdir()
+    denied = PermissionError(13, "Permission denied", str(folder / ".lock"))
+    with mock.patch("polyglot_catalog.store.open_client", side_effect=denied):
+        assert main(["stats", "--collection", "cat", "--qdrant-path", str(folder)]) == EXIT_INPUT
+    message = _error(capsys)
+    assert "needs write access to its folder" in message and "Permission denied" in message

@@ -459,23 +459,31 @@ def _progress_logging(verbose: bool, secrets: Sequence[str | None]) -> Iterator[
         package_log.level, package_log.propagate = saved
 
 
+def _inside_store(filename: Any, qdrant_path: str | None) -> bool:
+    """Whether a failed file operation was on the store folder (not a report or quarantine file)."""
+    if not filename or not qdrant_path or qdrant_path == ":memory:":
+        return False
+    return Path(str(filename)).resolve().is_relative_to(Path(qdrant_path).expanduser().resolve())
+
+
 def _failure_message(error: BaseException, args: argparse.Namespace) -> tuple[str, int]:
     """The one line for a failed command, and the exit code. Never a raw response body."""
     from polyglot_catalog.errors import first_line, is_store_error, store_failure
 
     endpoint = getattr(args, "endpoint", None)
+    qdrant_path, qdrant_url = getattr(args, "qdrant_path", None), getattr(args, "qdrant_url", None)
     if isinstance(error, StoreFailure | UserError):
         return str(error), EXIT_INPUT
     if type(error).__name__ == "StoreUnavailableError":  # embed already named endpoint, step, writes
         return str(error), EXIT_INPUT
-    if isinstance(error, PermissionError) and endpoint and args.qdrant_path:
+    if isinstance(error, PermissionError) and _inside_store(error.filename, qdrant_path):
         return (
-            f"cannot use the Qdrant store at {args.qdrant_path!r}: {first_line(error)}; the embedded store "
+            f"cannot use the Qdrant store at {qdrant_path!r}: {first_line(error)}; the embedded store "
             "needs write access to its folder even to read (it takes a lock file there): copy it to a "
             "writable folder (cp -a) or serve it with a Qdrant server",
             EXIT_INPUT,
         )
-    if endpoint and args.qdrant_url and is_store_error(error):
+    if endpoint and qdrant_url and is_store_error(error):
         return store_failure(error, endpoint), EXIT_INPUT
     if isinstance(error, _input_errors()):
         text = " ".join(str(error).split()) if not is_store_error(error) else first_line(error)
