@@ -33,7 +33,7 @@ import qdrant_edge as qe
 from qdrant_client import QdrantClient, models
 from qdrant_client.http import models as rest
 
-from .names import check_collection_name
+from .names import check_store_name
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class EdgeClient:
 
     def _resolve(self, name: str) -> str:
         self._alive()
-        check_collection_name(name)  # '..' or 'a/b' would name a folder outside the collections
+        check_store_name(name)  # '..' or 'a/b' would name a folder outside the collections
         if (self._root / "collections" / name).is_dir():
             return name
         target = self._aliases().get(name)
@@ -349,7 +349,7 @@ class EdgeClient:
             ValueError: the name exists or is not a safe folder name, or a vector config is unsupported.
         """
         self._alive()
-        check_collection_name(collection_name)
+        check_store_name(collection_name)
         if self.collection_exists(collection_name):
             raise ValueError(f"Collection {collection_name} already exists")
         named = vectors_config if isinstance(vectors_config, dict) else {"": vectors_config}

@@ -11,6 +11,10 @@ import re
 
 #: Collection and alias names: one safe path segment and URL segment on every engine.
 COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+#: What a store engine accepts as a folder name: wider than the user pattern (internal names such as a
+#: sentence cache derived from a long model name, and collections made before the pattern), but never
+#: a path (no '/', no leading dot, so no '.' or '..').
+STORE_NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}$"
 #: Region names; the operators get them comma-joined, so no commas.
 REGION_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 
@@ -22,6 +26,13 @@ def check_collection_name(name: object, what: str = "collection") -> str:
             f"{what} name {name!r} is not allowed: use 1-128 letters, digits, '_' or '-' "
             f"(pattern {COLLECTION_PATTERN})"
         )
+    return name
+
+
+def check_store_name(name: object) -> str:
+    """``name`` when it is safe as one folder name inside a store, else a ValueError."""
+    if not isinstance(name, str) or not re.fullmatch(STORE_NAME_PATTERN, name):
+        raise ValueError(f"collection name {name!r} is not allowed in a store (pattern {STORE_NAME_PATTERN})")
     return name
 
 
