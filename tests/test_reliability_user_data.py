@@ -227,3 +227,26 @@ def test_write_protected_local_mode_folder_names_the_store_and_the_way_out(
         assert main(["stats", "--collection", "cat", "--qdrant-path", str(folder)]) == EXIT_INPUT
     message = _error(capsys)
     assert "needs write access to its folder" in message and "Permission denied" in message
+
+
+def test_store_on_a_read_only_mount_fails_with_a_message_that_says_so(
+    tmp_path: Path, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real thing where the test may mount (root with CAP_SYS_ADMIN): a read-only bind mount."""
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "--bind", str(store), str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here (needs root and CAP_SYS_ADMIN)")
+    try:
+        remount = ["mount", "-o", "remount,bind,ro", str(mount)]
+        if subprocess.run(remount, capture_output=True).returncode:
+            pytest.skip("cannot remount read-only here")
+        before = _snapshot(mount)
+        assert main(["stats", "--collection", "cat", "--qdrant-path", str(mount)]) == EXIT_INPUT
+        message = _error(capsys)
+        assert "write-protected" in message and "Read-only file system" in message
+        assert _snapshot(mount) == before
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

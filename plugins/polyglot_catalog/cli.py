@@ -10,6 +10,7 @@ are checked before any heavy work (model load). No Airflow import here.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -476,7 +477,11 @@ def _failure_message(error: BaseException, args: argparse.Namespace) -> tuple[st
         return str(error), EXIT_INPUT
     if type(error).__name__ == "StoreUnavailableError":  # embed already named endpoint, step, writes
         return str(error), EXIT_INPUT
-    if isinstance(error, PermissionError) and _inside_store(error.filename, qdrant_path):
+    if (
+        isinstance(error, OSError)
+        and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        and _inside_store(error.filename, qdrant_path)
+    ):
         return (
             f"cannot use the Qdrant store at {qdrant_path!r}: {first_line(error)}; the embedded store "
             "needs write access to its folder even to read (it takes a lock file there): copy it to a "

@@ -17,6 +17,7 @@ per folder, with the same "already accessed" error as local mode so the hook's w
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -207,6 +208,20 @@ def _selector_ids(selector: Any) -> tuple[list[Any] | None, qe.Filter | None]:
     return [_edge_id(i) for i in selector], None
 
 
+_WRITE_PROTECTED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _write_protected(location: Path, error: BaseException) -> PermissionError:
+    """Why a write-protected folder cannot be opened (checked on a read-only mount: qdrant-edge maps
+    its segment files for writing when it loads them, and the folder lock needs a writable file)."""
+    return PermissionError(
+        f"embedded Qdrant folder {location} is write-protected ({str(error).splitlines()[0]}): the "
+        "embedded store (qdrant-edge) opens its lock and segment files for writing even to read, so "
+        "stats and match need write access too. Copy the folder somewhere writable (cp -a) and point "
+        "--qdrant-path there, or serve it with a Qdrant server"
+    )
+
+
 _DONE = models.UpdateResult.model_construct(operation_id=None, status=models.UpdateStatus.COMPLETED)
 
 
@@ -234,13 +249,10 @@ class EdgeClient:
         try:
             self.location.mkdir(parents=True, exist_ok=True)
             self._lock = open(self.location / ".lock", "a+")  # noqa: SIM115 - held for the client's life
-        except PermissionError:
-            raise PermissionError(
-                f"embedded Qdrant folder {self.location} is write-protected: the store (qdrant-edge) "
-                "takes a lock file in its folder even to read, so stats and match need write "
-                "access too. Copy the folder somewhere writable (cp -a) and point --qdrant-path there, "
-                "or serve it with a Qdrant server"
-            ) from None
+        except OSError as e:
+            if e.errno not in _WRITE_PROTECTED:
+                raise
+            raise _write_protected(self.location, e) from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -252,12 +264,11 @@ class EdgeClient:
         try:
             (self._root / "collections").mkdir(parents=True, exist_ok=True)
             (self._root / "meta").mkdir(parents=True, exist_ok=True)
-        except PermissionError:
+        except OSError as e:
             self._lock.close()
-            raise PermissionError(
-                f"embedded Qdrant folder {self.location} is write-protected (cannot create {EDGE_DIR}/); "
-                "copy it somewhere writable or serve it with a Qdrant server"
-            ) from None
+            if e.errno not in _WRITE_PROTECTED:
+                raise
+            raise _write_protected(self.location, e) from None
         self._shards: dict[str, qe.EdgeShard] = {}
         self._checked: set[str] = set()  # collections whose index state is known good since last write
         self.closed = False
@@ -294,7 +305,12 @@ class EdgeClient:
         name = self._resolve(collection_name)
         shard = self._shards.get(name)
         if shard is None:
-            shard = self._shards[name] = qe.EdgeShard.load(str(self._root / "collections" / name))
+            try:
+                shard = self._shards[name] = qe.EdgeShard.load(str(self._root / "collections" / name))
+            except Exception as e:  # the engine raises plain Exception; a read-only folder is not a bug
+                if not any(w in str(e) for w in ("Read-only file system", "Permission denied")):
+                    raise
+                raise _write_protected(self.location, e) from None
         return name, shard
 
     def _update(self, collection_name: str, op: Any) -> None:
