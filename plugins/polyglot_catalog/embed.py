@@ -146,16 +146,12 @@ def _chain(cause: BaseException, error: BaseException) -> BaseException | None:
 def describe_endpoint(client: Any) -> str:
     """Where a client points, for error messages: a URL without credentials or query, or a local path.
 
-    Never includes the API key: it is read from the transport's base URI, not the init options.
+    Never includes the API key: it is read from the transport's base URI, not the init options. One
+    wording for every command and operator: :func:`polyglot_catalog.errors.describe_endpoint`.
     """
-    inner = getattr(client, "_client", None)
-    uri = getattr(inner, "rest_uri", None)
-    if isinstance(uri, str):
-        return uri
-    location = getattr(inner, "location", None)
-    if isinstance(location, str):
-        return "in-memory local mode" if location == ":memory:" else f"local mode at {location}"
-    return type(client).__name__
+    from polyglot_catalog.errors import describe_endpoint as describe
+
+    return describe(client)
 
 
 def parse_max_invalid(value: int | str | None) -> tuple[float, bool] | None:
