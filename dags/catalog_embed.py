@@ -8,7 +8,8 @@ the collection asset as updated, naming the collection in the event, which sched
 **cross_region_match**.
 
 * **Input**: Parquet with `sku`, `region`, `description` (optional `language`, `title`, `brand`,
-  `gtin`, ...). Files named `labels.parquet` hold ground truth and are never embedded.
+  `gtin`, ...); other column names are mapped with `columns` (`description=product_text,...`).
+  Files named `labels.parquet` hold ground truth and are never embedded (the CLI skips them too).
 * **Store**: the `qdrant_default` connection (server URL + API key, or `extra.path` for local mode);
   without that connection, embedded Qdrant under `$POLYGLOT_DATA_DIR/qdrant`.
 * **Trigger form**: backfill one file or one region folder by changing `source`; `full_refresh`
@@ -42,7 +43,8 @@ from polyglot_catalog.provider.operators import (
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEMO_DIR = PROJECT_DIR / "include" / "demo_catalog"
 DEFAULT_SOURCE = str(DEMO_DIR / "*.parquet")
-LABELS_FILE_NAME = "labels.parquet"
+# catalog_column=file_column pairs, comma-separated (empty: no mapping); parse_column_map checks the rest.
+COLUMNS_PATTERN = r"^\s*([^=,\s]+\s*=\s*[^=,]+?\s*(,\s*[^=,\s]+\s*=\s*[^=,]+?\s*)*)?$"
 # As a string: a count ("100", what a text field sends) or a percentage within 0-100% ("5%", "0.5%").
 MAX_INVALID_TEXT_PATTERN = r"^(\d+|(100(\.0+)?|\d{1,2}(\.\d+)?)%)$"
 
@@ -124,6 +126,15 @@ COLLECTION_ASSET = collection_asset(DEFAULT_COLLECTION)
             "embeds the rest of the task's input first, fail_fast stops at once. Both fail the task "
             "without retries.",
         ),
+        "columns": Param(
+            "",
+            type="string",
+            pattern=COLUMNS_PATTERN,
+            title="Column mapping",
+            description="For catalogs with other column names: catalog column=column in the files, "
+            "comma-separated, e.g. description=product_text,sku=item_id. Empty: the names are "
+            "sku, region, description.",
+        ),
         "allowed_regions": Param(
             None,
             type=["null", "array"],
@@ -140,13 +151,11 @@ def catalog_embed() -> None:
 
     @task
     def list_parquet_files(source: str) -> list[str]:
-        """Resolve the source at run time into the files to embed; ``labels.parquet`` is ground truth."""
-        from polyglot_catalog.reading import list_sources
+        """Resolve the source at run time into the files to embed; ``labels.parquet`` is ground truth
+        (the same rule as the CLI: ``reading.catalog_files``)."""
+        from polyglot_catalog.reading import catalog_files
 
-        files = [path for path in list_sources(source) if Path(path).name != LABELS_FILE_NAME]
-        if not files:
-            raise ValueError(f"source {source!r} holds only {LABELS_FILE_NAME}; nothing to embed")
-        return files
+        return catalog_files(source)
 
     files = list_parquet_files(source="{{ params.source }}")
 
@@ -161,6 +170,7 @@ def catalog_embed() -> None:
         max_invalid="{{ params.max_invalid }}",
         on_bad_file="{{ params.on_bad_file }}",
         allowed_regions="{{ (params.allowed_regions or []) | join(',') }}",
+        columns="{{ params.columns or '' }}",
     ).expand(source=files)
 
     ReconcileCatalogOperator(
@@ -171,6 +181,7 @@ def catalog_embed() -> None:
         model="{{ params.model }}",
         vanished="{{ params.vanished }}",
         alias="{{ params.alias or '' }}",
+        columns="{{ params.columns or '' }}",
         outlets=[COLLECTION_ASSET],
     )
     # [END embed_fan_out]

@@ -155,3 +155,26 @@ def test_matcher_qdrant_path_on_edge_finds_the_twins(
     for result in (small, large, forced):
         matched = result.pairs[result.pairs["decision"] == "match"]
         assert len(matched) >= 36 and (matched["sku_a"] == matched["sku_b"]).all()
+
+
+def test_bulk_upload_calls_and_unsupported_calls_named(tmp_path: Path) -> None:
+    from qdrant_client import models
+
+    from polyglot_catalog.edge_store import SUPPORTED_METHODS, UnsupportedCall
+
+    with EdgeClient(tmp_path / "e") as client:
+        client.create_collection("c", {"v": models.VectorParams(size=2, distance=models.Distance.COSINE)})
+        client.upload_collection(
+            "c", {"v": [[1.0, 0.0], [0.0, 1.0]]}, payload=[{"a": 1}, {"a": 2}], ids=[1, 2]
+        )
+        client.upload_points(
+            "c", [models.PointStruct(id=3, vector={"v": [1.0, 1.0]}, payload={"a": 3})], batch_size=1
+        )
+        assert client.count("c").count == 3
+        assert client.retrieve("c", [2])[0].payload == {"a": 2}
+        with pytest.raises(ValueError, match="needs ids"):
+            client.upload_collection("c", {"v": [[1.0, 0.0]]})
+        with pytest.raises(UnsupportedCall, match="recover_snapshot"):
+            client.recover_snapshot("c", "file:///x")
+        assert "upload_collection" in SUPPORTED_METHODS and "recover_snapshot" not in SUPPORTED_METHODS
+    assert client.closed

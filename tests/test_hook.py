@@ -184,3 +184,75 @@ def test_bad_cluster_option_names_the_connection_and_the_value(monkeypatch, valu
         ValueError, match=rf"qdrant_default extra shard_number must be a positive integer.*{value!r}"
     ):
         PolyglotQdrantHook().collection_options()
+
+
+def test_a_named_connection_that_does_not_exist_is_an_error_not_the_embedded_store(tmp_path):
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    hook = PolyglotQdrantHook(conn_id="qdrant_prod_typo")
+    with pytest.raises(AirflowNotFoundException, match="'qdrant_prod_typo' is not defined"):
+        hook.get_conn()
+    assert hook.mode is None
+    assert not (tmp_path / "data" / "qdrant").exists()  # no folder nobody reads was created
+
+
+def test_no_connection_at_all_uses_the_embedded_store_and_names_its_engine(tmp_path):
+    with (
+        mock.patch.object(PolyglotQdrantHook, "log", new_callable=mock.PropertyMock) as log_prop,
+        PolyglotQdrantHook() as hook,
+    ):
+        hook.conn.get_collections()
+    said = _logged_text(log_prop.return_value)
+    assert "No Qdrant connection configured" in said and "qdrant-edge" in said
+    assert "local mode" not in said  # the edge engine is not qdrant-client's local mode
+
+
+def test_the_hook_is_a_context_manager_that_releases_the_folder(tmp_path):
+    with PolyglotQdrantHook(local_path=tmp_path / "q", lock_timeout=0) as first:
+        first.conn.get_collections()
+    assert "conn" not in first.__dict__
+    with PolyglotQdrantHook(local_path=tmp_path / "q", lock_timeout=0) as second:  # not blocked
+        second.conn.get_collections()
+
+
+def test_timeouts_come_from_the_connection_extra_with_short_defaults(monkeypatch):
+    from polyglot_catalog.store import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
+
+    _set_conn(monkeypatch, host="127.0.0.1", port=9)
+    hook = PolyglotQdrantHook()
+    assert hook.timeouts() == (DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT) and DEFAULT_READ_TIMEOUT <= 10
+    _set_conn(monkeypatch, host="127.0.0.1", port=9, extra={"connect_timeout": 2, "read_timeout": "30"})
+    client = PolyglotQdrantHook().get_conn()
+    timeout = client._client.openapi_client.client._client.timeout
+    assert (timeout.connect, timeout.read) == (2, 30)
+    _set_conn(monkeypatch, host="127.0.0.1", port=9, extra={"timeout": "soon"})
+    with pytest.raises(ValueError, match="qdrant_default extra connect_timeout"):
+        PolyglotQdrantHook().get_conn()
+
+
+def test_embedded_client_states_its_subset_of_the_client_api(tmp_path):
+    from polyglot_catalog.edge_store import SUPPORTED_METHODS, EdgeClient, UnsupportedCall
+
+    with PolyglotQdrantHook(local_path=tmp_path / "q") as hook:
+        client = hook.conn
+        assert isinstance(client, EdgeClient)
+        assert {"upsert", "upload_points", "upload_collection", "query_points", "scroll"} <= set(
+            SUPPORTED_METHODS
+        )
+        with pytest.raises(UnsupportedCall, match=r"does not implement QdrantClient\.create_snapshot"):
+            client.create_snapshot("c")
+        assert not hasattr(client, "create_snapshot")  # still an AttributeError for feature checks
+
+
+def test_a_second_hook_on_a_folder_this_process_holds_fails_at_once_instead_of_waiting(tmp_path):
+    first = PolyglotQdrantHook(local_path=tmp_path / "q", lock_timeout=600)
+    first.conn.get_collections()
+    second = PolyglotQdrantHook(local_path=tmp_path / "q", lock_timeout=600)
+    with (
+        mock.patch.object(time, "sleep", side_effect=AssertionError("must not wait")),
+        pytest.raises(RuntimeError, match="held by another hook in this process"),
+    ):
+        second.get_conn()
+    first.close()
+    with second:
+        second.conn.get_collections()  # free once the first was closed

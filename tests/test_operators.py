@@ -123,6 +123,7 @@ def test_embed_execute_delegates_once_and_closes_the_client(tmp_path, monkeypatc
         max_invalid="5%",
         on_bad_file="fail_fast",
         allowed_regions="DE,FR",
+        columns="description=product_text, sku=item_id",
     )
     op.hook = _mock_hook()
     summary = {"files": 1, "upserted": 3, "regions": ["DE"], "model": "my-model"}
@@ -151,6 +152,7 @@ def test_embed_execute_delegates_once_and_closes_the_client(tmp_path, monkeypatc
         on_bad_file="fail_fast",
         allowed_regions=["DE", "FR"],
         collection_options={},
+        column_map={"description": "product_text", "sku": "item_id"},
     )
     # The operator never creates the collection itself: embed_catalog does, after the input check.
     store_cls.return_value.ensure_collection.assert_not_called()
@@ -322,7 +324,7 @@ def test_reconcile_runs_once_over_every_file_and_sets_the_asset_event_extra():
         result = op.execute(context={"outlet_events": outlet_events})
     store_cls.assert_called_once_with(op.hook.conn, "cat_v2", "my-model")
     reconcile.assert_called_once_with(
-        ["/data/DE.parquet", "/data/FR.parquet"], store_cls.return_value, mode="delete"
+        ["/data/DE.parquet", "/data/FR.parquet"], store_cls.return_value, mode="delete", column_map={}
     )
     merge.assert_called_once_with([{"files": 1, "upserted": 3}, {"files": 1, "upserted": 4}], reconciled)
     op.hook.close.assert_called_once()

@@ -185,3 +185,69 @@ def test_description_check_agrees_with_clean_text(text: str | None) -> None:
     values = pa.array([text], pa.string())
     expected = pc.fill_null(pc.greater(pc.utf8_length(clean_text(values)), 0), False)
     assert _has_text(values).to_pylist() == expected.to_pylist()
+
+
+def test_column_mapping_parses_text_and_mappings_and_refuses_nonsense() -> None:
+    from polyglot_catalog.reading import parse_column_map
+
+    assert parse_column_map(" description = product_text , sku=item_id ") == {
+        "description": "product_text",
+        "sku": "item_id",
+    }
+    assert parse_column_map({"description": "desc", "sku": "sku"}) == {
+        "description": "desc"
+    }  # identity dropped
+    assert parse_column_map(None) == parse_column_map("") == parse_column_map("None") == {}
+    for bad, why in (
+        ("description", "catalog_column=file_column"),
+        ("description=", "both sides"),
+        ("sku=a,sku=b", "twice"),
+        ("sku=a,region=a", "two catalog columns"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            parse_column_map(bad)
+
+
+def test_mapped_columns_are_read_under_catalog_names_and_a_shadowed_column_is_ignored(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "shop.parquet",
+        item_id=["a", "b"],
+        market=["DE", "FR"],
+        product_text=["Tisch", "Table"],
+        description=[1, 2],  # the file's own 'description' (wrong type) is not read under the mapping
+        title=["T1", "T2"],
+    )
+    reader = CatalogReader(path, column_map="description=product_text,sku=item_id,region=market")
+    (part,) = list(reader)
+    assert part.batch.column("sku").to_pylist() == ["a", "b"]
+    assert part.batch.column("region").to_pylist() == ["DE", "FR"]
+    assert part.batch.column("description").to_pylist() == ["Tisch", "Table"]
+    assert part.batch.column("title").to_pylist() == ["T1", "T2"]
+    assert "product_text" not in part.batch.schema.names
+    assert reader.keys.num_rows == 2
+    projected = CatalogReader(
+        path,
+        columns=["title"],
+        column_map={"description": "product_text", "sku": "item_id", "region": "market"},
+    )
+    (part,) = list(projected)
+    assert sorted(part.batch.schema.names) == ["description", "region", "sku", "title"]
+
+
+def test_a_missing_mapped_column_names_the_file_and_the_mapping(tmp_path: Path) -> None:
+    path = catalog(tmp_path / "c.parquet", 2)
+    with pytest.raises(
+        MissingColumnError, match=r"c\.parquet: missing column 'desc' \(mapped to 'description'\)"
+    ):
+        list(CatalogReader(path, column_map={"description": "desc"}))
+
+
+def test_catalog_files_skip_labels_parquet_and_refuse_a_source_of_only_labels(tmp_path: Path) -> None:
+    from polyglot_catalog.reading import catalog_files
+
+    a = catalog(tmp_path / "x" / "DE.parquet", 2)
+    labels = write(tmp_path / "x" / "labels.parquet", region=["DE"], sku=["S0"], group_id=["g"])
+    assert catalog_files(tmp_path / "x") == [str(a)]
+    assert CatalogReader(tmp_path / "x").sources == [str(a)]
+    with pytest.raises(ValueError, match=r"holds only labels\.parquet"):
+        catalog_files(labels)

@@ -26,6 +26,7 @@ REPORT_FILES = {
     "duplicates.parquet",
     "summary.json",
     "report.html",
+    ".polyglot-report",
 }
 THRESHOLD = 0.74
 
@@ -331,9 +332,9 @@ def test_summary_json_is_strict_json_with_run_id_and_row_counts(tmp_path: Path, 
     assert "run_id" not in result.summary, "the caller's summary must not be mutated"
 
 
-def test_success_leaves_nothing_but_the_folder_and_its_lock(tmp_path: Path, result: MatchResult) -> None:
+def test_success_leaves_nothing_but_the_folder(tmp_path: Path, result: MatchResult) -> None:
     write_reports(tmp_path / "run", result)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_empty_result_still_writes_a_readable_report(tmp_path: Path) -> None:
@@ -367,7 +368,7 @@ def test_failure_mid_write_leaves_no_final_folder_and_no_temp(
     with pytest.raises(RuntimeError, match="renderer crashed"):
         write_reports(tmp_path / "run", result)
     assert not (tmp_path / "run").exists()
-    assert [p.name for p in tmp_path.iterdir()] == [".run.lock"]
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_failure_while_replacing_keeps_the_old_report_intact(
@@ -384,7 +385,7 @@ def test_failure_while_replacing_keeps_the_old_report_intact(
     with pytest.raises(OSError, match="disk full"):
         write_reports(folder, result, run_id="new")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_existing_folder_is_replaced_as_a_whole(tmp_path: Path, result: MatchResult) -> None:
@@ -395,7 +396,7 @@ def test_existing_folder_is_replaced_as_a_whole(tmp_path: Path, result: MatchRes
     assert {p.name for p in folder.iterdir()} == REPORT_FILES
     assert json.loads((folder / "summary.json").read_text())["run_id"] == "second"
     assert "metrics" not in json.loads((folder / "summary.json").read_text())
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_overwrite_false_refuses_and_touches_nothing(tmp_path: Path, result: MatchResult) -> None:
@@ -451,7 +452,7 @@ def test_killed_writer_leaves_only_a_hidden_temp_folder_that_the_next_run_remove
 
     folder = write_reports(target, result, run_id="rerun")
     assert {p.name for p in folder.iterdir()} == REPORT_FILES
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_run_killed_between_renames_gets_its_old_report_back(
@@ -472,7 +473,7 @@ def test_run_killed_between_renames_gets_its_old_report_back(
         write_reports(tmp_path / "run", result, run_id="new")
 
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_concurrent_writers_of_one_folder_never_mix_files(tmp_path: Path) -> None:
@@ -498,7 +499,7 @@ def test_concurrent_writers_of_one_folder_never_mix_files(tmp_path: Path) -> Non
     winner = json.loads((folder / "summary.json").read_text())["run_id"]
     assert f"run <b>{winner}</b>" in (folder / "report.html").read_text()
     assert ("metrics" in json.loads((folder / "summary.json").read_text())) == (int(winner[-1]) % 2 == 0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".shared.lock", "shared"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,11 +17,11 @@ per folder, with the same "already accessed" error as local mode so the hook's w
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -31,8 +31,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import qdrant_edge as qe
-from qdrant_client import models
+from qdrant_client import QdrantClient, models
 from qdrant_client.http import models as rest
+
+from .names import check_store_name
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,6 @@ EDGE_DIR = "edge"
 #: Why 10,000: brute force over n points costs ~n * 80 ns a query here and the matcher sends ~2 queries
 #: per stored point, while building costs ~1 ms a point, so indexing pays from roughly 10-20k points.
 AUTO_OPTIMIZE_UNINDEXED = 10_000
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 _DISTANCE = {
     models.Distance.COSINE: qe.Distance.Cosine,
     models.Distance.DOT: qe.Distance.Dot,
@@ -207,11 +208,30 @@ def _selector_ids(selector: Any) -> tuple[list[Any] | None, qe.Filter | None]:
     return [_edge_id(i) for i in selector], None
 
 
+_WRITE_PROTECTED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _write_protected(location: Path, error: BaseException) -> PermissionError:
+    """Why a write-protected folder cannot be opened (checked on a read-only mount: qdrant-edge maps
+    its segment files for writing when it loads them, and the folder lock needs a writable file)."""
+    return PermissionError(
+        f"embedded Qdrant folder {location} is write-protected ({str(error).splitlines()[0]}): the "
+        "embedded store (qdrant-edge) opens its lock and segment files for writing even to read, so "
+        "stats and match need write access too. Copy the folder somewhere writable (cp -a) and point "
+        "--qdrant-path there, or serve it with a Qdrant server"
+    )
+
+
 _DONE = models.UpdateResult.model_construct(operation_id=None, status=models.UpdateStatus.COMPLETED)
 
 
 class EdgeClient:
     """The ``QdrantClient`` methods the catalog uses, over one qdrant-edge shard per collection.
+
+    Not a ``QdrantClient`` subclass: it serves :data:`SUPPORTED_METHODS` (collections, aliases,
+    upsert/upload, retrieve, scroll, count, facet, query, payload updates, delete, optimize, close);
+    any other ``QdrantClient`` method raises :class:`UnsupportedCall` (a ``NotImplementedError``)
+    naming it. It is a context manager and closes on ``__exit__``.
 
     Args:
         path (str | None): folder of the store; None gives a throwaway one in a temporary folder
@@ -225,9 +245,14 @@ class EdgeClient:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self._temporary = path is None
         self.location = Path(tempfile.mkdtemp(prefix="polyglot-edge-")) if path is None else Path(path)
-        self.location.mkdir(parents=True, exist_ok=True)
         self._root = self.location / EDGE_DIR
-        self._lock = open(self.location / ".lock", "a+")  # noqa: SIM115 - held for the client's life
+        try:
+            self.location.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.location / ".lock", "a+")  # noqa: SIM115 - held for the client's life
+        except OSError as e:
+            if e.errno not in _WRITE_PROTECTED:
+                raise
+            raise _write_protected(self.location, e) from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -236,8 +261,14 @@ class EdgeClient:
                 f"Storage folder {self.location} is already accessed by another instance of Qdrant client."
                 " If you require concurrent access, use Qdrant server instead."
             ) from None
-        (self._root / "collections").mkdir(parents=True, exist_ok=True)
-        (self._root / "meta").mkdir(parents=True, exist_ok=True)
+        try:
+            (self._root / "collections").mkdir(parents=True, exist_ok=True)
+            (self._root / "meta").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self._lock.close()
+            if e.errno not in _WRITE_PROTECTED:
+                raise
+            raise _write_protected(self.location, e) from None
         self._shards: dict[str, qe.EdgeShard] = {}
         self._checked: set[str] = set()  # collections whose index state is known good since last write
         self.closed = False
@@ -259,6 +290,7 @@ class EdgeClient:
 
     def _resolve(self, name: str) -> str:
         self._alive()
+        check_store_name(name)  # '..' or 'a/b' would name a folder outside the collections
         if (self._root / "collections" / name).is_dir():
             return name
         target = self._aliases().get(name)
@@ -273,7 +305,12 @@ class EdgeClient:
         name = self._resolve(collection_name)
         shard = self._shards.get(name)
         if shard is None:
-            shard = self._shards[name] = qe.EdgeShard.load(str(self._root / "collections" / name))
+            try:
+                shard = self._shards[name] = qe.EdgeShard.load(str(self._root / "collections" / name))
+            except Exception as e:  # the engine raises plain Exception; a read-only folder is not a bug
+                if not any(w in str(e) for w in ("Read-only file system", "Permission denied")):
+                    raise
+                raise _write_protected(self.location, e) from None
         return name, shard
 
     def _update(self, collection_name: str, op: Any) -> None:
@@ -328,10 +365,7 @@ class EdgeClient:
             ValueError: the name exists or is not a safe folder name, or a vector config is unsupported.
         """
         self._alive()
-        if not _NAME_RE.match(collection_name):
-            raise ValueError(
-                f"edge store: collection name must match {_NAME_RE.pattern}; got {collection_name!r}"
-            )
+        check_store_name(collection_name)
         if self.collection_exists(collection_name):
             raise ValueError(f"Collection {collection_name} already exists")
         named = vectors_config if isinstance(vectors_config, dict) else {"": vectors_config}
@@ -501,6 +535,52 @@ class EdgeClient:
         if out:
             self._update(name, qe.UpdateOperation.upsert_points(out))
         return _DONE
+
+    def upload_points(
+        self, collection_name: str, points: Iterable[Any], batch_size: int = 64, **_: Any
+    ) -> None:
+        """``PointStruct`` objects in batches of ``batch_size`` (the client's bulk call, without workers)."""
+        batch: list[Any] = []
+        for point in points:
+            batch.append(point)
+            if len(batch) >= batch_size:
+                self.upsert(collection_name, batch)
+                batch = []
+        if batch:
+            self.upsert(collection_name, batch)
+
+    def upload_collection(
+        self,
+        collection_name: str,
+        vectors: Any,
+        payload: Iterable[dict[str, Any]] | None = None,
+        ids: Iterable[Any] | None = None,
+        batch_size: int = 64,
+        **_: Any,
+    ) -> None:
+        """Vectors (a list, array, or dict of named lists) with payloads and ids, in batches.
+
+        Raises:
+            ValueError: ``ids`` are missing (the client would invent random UUIDs; the catalog never
+                wants that, so they are required here).
+        """
+        if ids is None:
+            raise ValueError("edge store: upload_collection needs ids")
+        if isinstance(vectors, dict):
+            names = list(vectors)
+            rows: Iterable[Any] = (
+                {n: v for n, v in zip(names, vs, strict=True)} for vs in zip(*vectors.values(), strict=True)
+            )
+        else:
+            rows = vectors
+        payloads = payload if payload is not None else iter(lambda: None, 0)
+        points = (
+            models.PointStruct(
+                id=i, vector=_vector_list(v) if not isinstance(v, dict) else v, payload=p or {}
+            )
+            for i, v, p in zip(ids, rows, payloads, strict=False)  # payloads may be endless Nones
+        )
+        self.upload_points(collection_name, points, batch_size=batch_size)
 
     def set_payload(
         self, collection_name: str, payload: dict[str, Any], points: Any, key: str | None = None, **_: Any
@@ -714,6 +794,32 @@ class EdgeClient:
     def __del__(self) -> None:  # a client dropped without close() must not keep the folder locked
         with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to report to
             self.close()
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        """A ``QdrantClient`` method this engine lacks: say so by name instead of a bare AttributeError."""
+        if not name.startswith("_") and callable(getattr(QdrantClient, name, None)):
+            raise UnsupportedCall(
+                f"EdgeClient (embedded qdrant-edge store) does not implement QdrantClient.{name}; it "
+                f"supports {', '.join(SUPPORTED_METHODS)}. Use a Qdrant server, or a new folder "
+                f"with POLYGLOT_EMBEDDED_STORE=local (qdrant-client local mode)"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+class UnsupportedCall(NotImplementedError, AttributeError):
+    """A client call the embedded engine lacks; an AttributeError too, so ``hasattr`` stays False."""
+
+
+#: The QdrantClient calls :class:`EdgeClient` serves (same arguments and ``qdrant_client.models``).
+SUPPORTED_METHODS = tuple(
+    sorted(n for n, v in vars(EdgeClient).items() if not n.startswith("_") and callable(v))
+)
 
 
 #: Environment switch for the embedded store: ``edge`` (qdrant-edge) or ``local`` (qdrant-client).

@@ -35,7 +35,13 @@ import pyarrow.compute as pc
 
 from polyglot_catalog.ids import content_hash, point_id
 from polyglot_catalog.quarantine import QuarantineWriter
-from polyglot_catalog.reading import CatalogReader, QuarantinedRow, SourceBatch, SourceLike
+from polyglot_catalog.reading import (
+    CatalogReader,
+    ColumnMapLike,
+    QuarantinedRow,
+    SourceBatch,
+    SourceLike,
+)
 from polyglot_catalog.sentences import SentenceCache
 from polyglot_catalog.store import (
     ACTIVE,
@@ -140,16 +146,12 @@ def _chain(cause: BaseException, error: BaseException) -> BaseException | None:
 def describe_endpoint(client: Any) -> str:
     """Where a client points, for error messages: a URL without credentials or query, or a local path.
 
-    Never includes the API key: it is read from the transport's base URI, not the init options.
+    Never includes the API key: it is read from the transport's base URI, not the init options. One
+    wording for every command and operator: :func:`polyglot_catalog.errors.describe_endpoint`.
     """
-    inner = getattr(client, "_client", None)
-    uri = getattr(inner, "rest_uri", None)
-    if isinstance(uri, str):
-        return uri
-    location = getattr(inner, "location", None)
-    if isinstance(location, str):
-        return "in-memory local mode" if location == ":memory:" else f"local mode at {location}"
-    return type(client).__name__
+    from polyglot_catalog.errors import describe_endpoint as describe
+
+    return describe(client)
 
 
 def parse_max_invalid(value: int | str | None) -> tuple[float, bool] | None:
@@ -481,6 +483,7 @@ def embed_catalog(
     allowed_regions: Sequence[str] | None = None,
     collection_options: Mapping[str, Any] | None = None,
     sentences: bool = True,
+    column_map: ColumnMapLike = None,
 ) -> dict[str, Any]:
     """Embed a Parquet catalog into ``store``, encoding only new or changed rows.
 
@@ -519,6 +522,9 @@ def embed_catalog(
         sentences (bool): also keep the vectors of each text's sentences in the model's sentence
             cache (:mod:`polyglot_catalog.sentences`), which the matcher aligns pair by pair; only
             sentences the cache lacks are encoded. Defaults to True.
+        column_map (str | Mapping | None): catalog column -> column in the files, for catalogs with
+            other names (``"description=product_text,sku=item_id"``); see
+            :func:`~polyglot_catalog.reading.parse_column_map`. Defaults to None.
 
     Returns:
         A small JSON-safe summary: rows_read, valid, embedded, encoded_texts, encoded_sentences,
@@ -549,6 +555,7 @@ def embed_catalog(
         columns,
         allowed_regions=allowed_regions,
         bad_files="raise" if on_bad_file == "fail_fast" else "skip",
+        column_map=column_map,
     )
     cache = (
         SentenceCache(store.client, store.vector_name, max_retries=store.max_retries, backoff=store.backoff)
@@ -693,7 +700,10 @@ def _summary(
 
 
 def reconcile_vanished(
-    source: SourceLike, store: CatalogStore, mode: Literal["flag", "keep", "delete"] = "flag"
+    source: SourceLike,
+    store: CatalogStore,
+    mode: Literal["flag", "keep", "delete"] = "flag",
+    column_map: ColumnMapLike = None,
 ) -> dict[str, Any]:
     """Flag or delete stored SKUs missing from the whole ``source``: the reduce step of a sharded run.
 
@@ -708,6 +718,7 @@ def reconcile_vanished(
         source (SourceLike): the union of the shards' sources (paths, globs, URLs or a list).
         store (CatalogStore): the collection the shards wrote.
         mode (str): "flag" (payload ``status="stale"``), "delete", or "keep" (no-op). Defaults to "flag".
+        column_map (str | Mapping | None): the shards' column mapping. Defaults to None.
 
     Returns:
         JSON-safe counts: mode, files, regions, source_keys (distinct valid (region, sku)), flagged,
@@ -717,7 +728,7 @@ def reconcile_vanished(
     if mode not in VANISHED_OPTIONS:
         raise ValueError(f"mode must be one of {list(VANISHED_OPTIONS)}; got {mode!r}")
     timer, counts = _Timer(), Counter[str]()
-    reader = CatalogReader(source)
+    reader = CatalogReader(source, column_map=column_map)
     result: dict[str, Any] = {"mode": mode, "files": len(reader.sources), "regions": []}
     if mode != "keep":
         keys = timer.timed("keys", lambda: reader.keys)

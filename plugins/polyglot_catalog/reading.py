@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("sku", "region", "description")
 OPTIONAL_COLUMNS = ("language", "title", "brand", "gtin")
+#: Ground truth for evaluation, never a catalog: skipped wherever a source is listed (CLI and DAG).
+LABELS_FILE_NAME = "labels.parquet"
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 MAX_QUARANTINE_KEPT = 10_000  # rows kept with details; counts by reason are always complete
 _GLOB_CHARS = set("*?[")
@@ -133,6 +135,76 @@ def list_sources(source: SourceLike) -> list[str]:
     return list(seen)
 
 
+def catalog_files(source: SourceLike) -> list[str]:
+    """:func:`list_sources` without ``labels.parquet`` files (ground truth that often sits beside
+    the catalog): the one rule the CLI, the operators and the embed DAG share.
+
+    Raises:
+        FileNotFoundError: an entry does not exist or matches no Parquet file.
+        ValueError: every file listed is a labels file.
+    """
+    files = list_sources(source)
+    kept = [path for path in files if os.path.basename(path) != LABELS_FILE_NAME]
+    if not kept:
+        raise ValueError(f"source {source!r} holds only {LABELS_FILE_NAME}; nothing to embed")
+    if len(kept) < len(files):
+        log.info(
+            "not embedding %d %s file(s) (ground truth, not a catalog)",
+            len(files) - len(kept),
+            LABELS_FILE_NAME,
+        )
+    return kept
+
+
+ColumnMapLike = str | Mapping[str, str] | None
+
+
+def parse_column_map(value: ColumnMapLike) -> dict[str, str]:
+    """A column mapping as ``{catalog column: column in the files}``.
+
+    Accepts ``"description=product_text,sku=item_id"`` (CLI, a templated operator field, a trigger
+    form) or a mapping; empty means no mapping. A file's own column of a mapped name is ignored.
+
+    Raises:
+        ValueError: a malformed item, an empty name, a catalog column given twice, or one file column
+            mapped to two catalog columns.
+    """
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None", "null", "{}")):
+        return {}
+    if isinstance(value, str):
+        pairs = []
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            target, sep, column = item.partition("=")
+            if not sep:
+                raise ValueError(f"column mapping item {item!r} must look like catalog_column=file_column")
+            pairs.append((target.strip(), column.strip()))
+    elif isinstance(value, Mapping):
+        pairs = [(str(k).strip(), str(v).strip()) for k, v in value.items()]
+    else:
+        raise ValueError(f"column mapping must be 'a=b,c=d' or a mapping; got {type(value).__name__}")
+    mapping: dict[str, str] = {}
+    for target, column in pairs:
+        if not target or not column:
+            raise ValueError(f"column mapping {target}={column} needs a name on both sides")
+        if target in mapping:
+            raise ValueError(f"column mapping names catalog column {target!r} twice")
+        mapping[target] = column
+    sources = [c for c in mapping.values()]
+    doubled = sorted({c for c in sources if sources.count(c) > 1})
+    if doubled:
+        raise ValueError(f"column mapping uses file column(s) {doubled} for two catalog columns")
+    return {t: c for t, c in mapping.items() if t != c}
+
+
+def _visible_columns(names: Sequence[str], mapping: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(catalog name, file name) of each usable column of a file under ``mapping``."""
+    renamed = {column: target for target, column in mapping.items()}
+    shadowed = set(mapping) - set(renamed)  # a file's own column of a mapped name: not read
+    return [(renamed.get(name, name), name) for name in names if name not in shadowed]
+
+
 def _readable_error(source: str, error: Exception) -> BadFileError:
     """One wording per way a file can be unusable, so the quarantine reasons group well."""
     if isinstance(error, BadFileError):
@@ -194,8 +266,9 @@ def check_schema(source: str, schema: pa.Schema) -> None:
         )
 
 
-def open_dataset(source: str) -> ds.Dataset:
-    """A pyarrow dataset over one file, checked for the required columns and their types.
+def open_dataset(source: str, column_map: Mapping[str, str] | None = None) -> ds.Dataset:
+    """A pyarrow dataset over one file, checked for the required columns (after ``column_map``) and
+    their types.
 
     Raises:
         BadFileError: missing or unusable column, not Parquet, truncated, or the file is gone.
@@ -207,7 +280,15 @@ def open_dataset(source: str) -> ds.Dataset:
         )
     except (OSError, pa.ArrowException) as e:
         raise _readable_error(source, e) from e
-    check_schema(source, dataset.schema)
+    mapping = column_map or {}
+    names = dataset.schema.names
+    for target, column in mapping.items():
+        if target in REQUIRED_COLUMNS and column not in names:
+            raise MissingColumnError(
+                source, f"missing column {column!r} (mapped to {target!r}); columns present: {names}"
+            )
+    visible = _visible_columns(names, mapping)
+    check_schema(source, pa.schema([dataset.schema.field(c).with_name(t) for t, c in visible]))
     return dataset
 
 
@@ -321,6 +402,9 @@ class CatalogReader:
             (exact, case-sensitive match after trimming) as "unknown region". Defaults to None (any).
         bad_files (str): a file that cannot be used: "raise" :class:`BadFileError` at once, or "skip"
             it, record it in :attr:`bad_files` and read the others. Defaults to "raise".
+        column_map (str | Mapping | None): catalog column -> column in the files, e.g.
+            ``{"description": "product_text"}`` or ``"description=product_text,sku=item_id"``; see
+            :func:`parse_column_map`. Batches carry the catalog names. Defaults to None.
 
     Examples:
         ```py
@@ -340,12 +424,14 @@ class CatalogReader:
         dedupe: bool = True,
         allowed_regions: Iterable[str] | None = None,
         bad_files: Literal["raise", "skip"] = "raise",
+        column_map: ColumnMapLike = None,
     ) -> None:
+        self.column_map = parse_column_map(column_map)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         if bad_files not in BAD_FILE_OPTIONS:
             raise ValueError(f"bad_files must be one of {list(BAD_FILE_OPTIONS)}; got {bad_files!r}")
-        self.sources = list_sources(source)
+        self.sources = catalog_files(source)
         self.allowed_regions = None if allowed_regions is None else frozenset(allowed_regions)
         self.on_bad_file = bad_files
         self.bad_files: dict[str, str] = {}  # source -> reason, in the order they were found
@@ -370,7 +456,7 @@ class CatalogReader:
 
     def _count_rows(self, source: str) -> int:
         try:
-            return open_dataset(source).count_rows()
+            return open_dataset(source, self.column_map).count_rows()
         except BadFileError as e:
             self._bad(source, e)
             return 0
@@ -449,10 +535,8 @@ class CatalogReader:
         self._keys = grouped.select(["region", "sku"])
 
     def _scan_file_keys(self, index: int, source: str) -> tuple[list[pa.Table], int]:
-        dataset, offset, parts = open_dataset(source), 0, []
-        for batch in _read_batches(
-            dataset, source, columns=list(REQUIRED_COLUMNS), batch_size=KEY_PASS_BATCH_ROWS
-        ):
+        dataset, offset, parts = open_dataset(source, self.column_map), 0, []
+        for batch in self._batches(dataset, source, list(REQUIRED_COLUMNS), KEY_PASS_BATCH_ROWS):
             _, sku, region, reasons = _validate(batch, source, self.allowed_regions)
             valid = pa.array([r is None for r in reasons], pa.bool_())
             pos = pa.array(np.arange(offset, offset + batch.num_rows) + (index << _POS_BITS))
@@ -469,11 +553,26 @@ class CatalogReader:
             self.quarantine.append(row)
 
     def _projection(self, dataset: ds.Dataset) -> list[str] | None:
+        """Catalog names of the columns to read (None: all of them)."""
         if self.columns is None:
             return None
-        names = dataset.schema.names
+        names = {t for t, _ in _visible_columns(dataset.schema.names, self.column_map)}
         wanted = [*REQUIRED_COLUMNS, "language", *self.columns]
         return [c for c in dict.fromkeys(wanted) if c in names]
+
+    def _batches(
+        self, dataset: ds.Dataset, source: str, wanted: list[str] | None, batch_size: int
+    ) -> Iterator[pa.RecordBatch]:
+        """Record batches of the ``wanted`` catalog columns (None: all), under their catalog names."""
+        if not self.column_map:
+            yield from _read_batches(dataset, source, columns=wanted, batch_size=batch_size)
+            return
+        visible = dict(_visible_columns(dataset.schema.names, self.column_map))
+        targets = list(visible) if wanted is None else [t for t in wanted if t in visible]
+        for batch in _read_batches(
+            dataset, source, columns=[visible[t] for t in targets], batch_size=batch_size
+        ):
+            yield batch.rename_columns(targets)
 
     def __iter__(self) -> Iterator[SourceBatch]:
         if self.dedupe and self._keys is None:
@@ -487,12 +586,10 @@ class CatalogReader:
                 self._bad(source, e)
 
     def _iter_file(self, index: int, source: str) -> Iterator[SourceBatch]:
-        dataset = open_dataset(source)
+        dataset = open_dataset(source, self.column_map)
         superseded = self._superseded.get(index, {})
         offset = 0
-        for raw in _read_batches(
-            dataset, source, columns=self._projection(dataset), batch_size=self.batch_size
-        ):
+        for raw in self._batches(dataset, source, self._projection(dataset), self.batch_size):
             batch, sku, region, reasons = _validate(raw, source, self.allowed_regions)
             for row in superseded.keys() & range(offset, offset + batch.num_rows):
                 reason = f"duplicate (region, sku); kept {self._where(superseded[row])}"

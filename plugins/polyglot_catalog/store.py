@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import time
 import warnings
@@ -23,7 +24,12 @@ from qdrant_client.http.exceptions import ApiException, UnexpectedResponse
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DEFAULT_TIMEOUT = 60
+#: Seconds to wait for a server to accept a connection, and for an answer to one request. Short, so a
+#: dead or stalling server fails in well under a minute with its retries (4 tries x 10 s at worst);
+#: raise the read timeout for very large batches on a busy server.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = DEFAULT_READ_TIMEOUT
 MAX_BACKOFF_SECONDS = 30.0  # one wait between retries never exceeds this, whatever max_retries is
 INDEXED_FIELDS = ("region", "language", "status")
 #: The field every vector search filters on: each of its values gets its own HNSW graph.
@@ -53,10 +59,15 @@ def open_client(
     url: str | None = None,
     path: str | None = None,
     api_key: str | None = None,
-    timeout: int = DEFAULT_TIMEOUT,
+    timeout: float = DEFAULT_READ_TIMEOUT,
     embedded: str | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> QdrantClient:
     """A client for a server (``url``) or local mode (``path``; ``":memory:"`` for a throwaway one).
+
+    ``timeout`` is the read timeout of each request and ``connect_timeout`` the time to connect (see
+    :func:`set_timeouts`); the API key is registered with :func:`.errors.register_secret`, so no message
+    of this process shows it.
 
     ``embedded`` (or ``$POLYGLOT_EMBEDDED_STORE``) picks the engine behind ``path``: ``edge``
     (qdrant-edge, Qdrant's Rust engine in-process, see :mod:`.edge_store`) or ``local``
@@ -68,7 +79,12 @@ def open_client(
     if (url is None) == (path is None):
         raise ValueError(f"pass exactly one of url or path; got url={url!r}, path={path!r}")
     if url is not None:
-        return QdrantClient(url=url, api_key=api_key, timeout=timeout)
+        from .errors import register_secret
+
+        register_secret(api_key)
+        client = QdrantClient(url=url, api_key=api_key, timeout=math.ceil(timeout), check_compatibility=False)
+        set_timeouts(client, connect=connect_timeout, read=timeout)
+        return client
     from .edge_store import EdgeClient, embedded_backend
 
     if embedded_backend(path, embedded) == "edge":
@@ -76,6 +92,35 @@ def open_client(
     if path == ":memory:":
         return QdrantClient(location=":memory:")
     return QdrantClient(path=path)
+
+
+def check_timeout(value: Any, name: str) -> float:
+    """A timeout in seconds: a positive, finite number (strings from templates and extras too)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of seconds; got {value!r}") from None
+    if not (0 < number <= 3600):
+        raise ValueError(f"{name} must be in (0, 3600] seconds; got {value!r}")
+    return number
+
+
+def set_timeouts(client: Any, *, connect: float, read: float) -> None:
+    """Give a server client separate connect and read timeouts.
+
+    Why: ``QdrantClient`` takes one ``timeout`` for both, so a refused or unroutable host waits as
+    long as a slow answer. The REST transport is an ``httpx.Client`` whose timeout can be set; gRPC
+    calls keep the single (read) timeout. Local and embedded clients have no network: nothing to do.
+    """
+    import httpx
+
+    connect, read = check_timeout(connect, "connect timeout"), check_timeout(read, "read timeout")
+    inner = getattr(client, "_client", None)
+    transport = getattr(getattr(getattr(inner, "openapi_client", None), "client", None), "_client", None)
+    if isinstance(transport, httpx.Client):
+        transport.timeout = httpx.Timeout(read, connect=connect)
+    elif inner is not None and hasattr(inner, "rest_uri"):
+        log.debug("qdrant-client's transport changed; connect timeout left at the read timeout")
 
 
 def _match(key: str, value: str) -> models.FieldCondition:
@@ -127,6 +172,27 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def _scrub_body(error: BaseException) -> None:
+    """Remove secrets from a server response kept on the error (a proxy may echo the request's
+    headers into it), so no traceback of it, wherever it is printed, shows the API key."""
+    if isinstance(error, UnexpectedResponse) and isinstance(error.content, bytes | bytearray):
+        from .errors import scrub
+
+        error.content = scrub(bytes(error.content).decode("utf-8", "replace")).encode()
+
+
+def _label(error: BaseException, what: str, attempts: int, collection: str) -> None:
+    """Record on the error which call failed after how many attempts, for :func:`.errors.store_failure`
+    (the error itself is raised unchanged: callers keep catching the client's own types)."""
+    from .errors import ATTEMPTS_ATTR, COLLECTION_ATTR, OPERATION_ATTR
+
+    for name, value in ((OPERATION_ATTR, what), (ATTEMPTS_ATTR, attempts), (COLLECTION_ATTR, collection)):
+        try:
+            setattr(error, name, value)
+        except (AttributeError, TypeError):  # an exception type with __slots__: the message stays generic
+            return
+
+
 def _is_local(client: Any) -> bool:
     """Local mode (a path or ``:memory:``), which has no payload indexes and no HNSW."""
     from qdrant_client.local.qdrant_local import QdrantLocal
@@ -155,6 +221,17 @@ def _graph_restore(m: int | None, payload_m: int | None) -> models.HnswConfigDif
     if payload_m is None:
         return models.HnswConfigDiff(m=REGION_GRAPH_M)
     return models.HnswConfigDiff(m=0, payload_m=REGION_GRAPH_M)
+
+
+def single_region_warning(collection: str, regions: Sequence[str]) -> str | None:
+    """A warning when a match run has fewer than two regions to compare (it can only find 0 pairs)."""
+    if len(regions) >= 2:
+        return None
+    return (
+        f"collection {collection!r} has {len(regions)} region(s) to match {sorted(regions)}: cross-region "
+        "matching needs at least two, so the report will have no pairs (embed the other regions, or "
+        "check --regions / the collection name)"
+    )
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -406,21 +483,26 @@ class CatalogStore:
             try:
                 return call()
             except Exception as e:  # transport errors differ between REST, gRPC and local mode
+                _scrub_body(e)
                 if attempt == self.max_retries or not is_transient(e):
+                    _label(e, what, attempt + 1, self.collection)
                     if ids is not None:
                         raise UpsertError(self.collection, ids, describe_error(e)) from e
                     raise
-                delay = min(self.backoff * 2**attempt, MAX_BACKOFF_SECONDS)
-                log.warning(
-                    "Qdrant %s on collection %s failed (%s); retry %d/%d in %.1fs",
-                    what if ids is None else f"{what} of {len(ids)} points",
-                    self.collection,
-                    describe_error(e),
-                    attempt + 1,
-                    self.max_retries,
-                    delay,
-                )
-                time.sleep(delay)
+                reason = describe_error(e)
+            # Logged outside the except block: a failing log handler prints the exception being
+            # handled, and that one may hold a server's response body.
+            delay = min(self.backoff * 2**attempt, MAX_BACKOFF_SECONDS)
+            log.warning(
+                "Qdrant %s on collection %s failed (%s); retry %d/%d in %.1fs",
+                what if ids is None else f"{what} of {len(ids)} points",
+                self.collection,
+                reason,
+                attempt + 1,
+                self.max_retries,
+                delay,
+            )
+            time.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def set_payload(self, ids: Sequence[str], payload: dict[str, Any]) -> None:

@@ -2,15 +2,19 @@
 
 ``QdrantHook`` 1.6.1 only builds server clients (it never passes ``path``/``location``), and it fails
 when ``qdrant_default`` does not exist. This subclass keeps the provider's connection type and form,
-and adds two things: ``extra.path`` / ``extra.location`` select local mode, and a missing connection
-falls back to an embedded store under ``$POLYGLOT_DATA_DIR/qdrant`` so the demo and single-machine
-installs need no Qdrant server.
+and adds: ``extra.path`` / ``extra.location`` select local mode; when no Qdrant connection is
+configured at all (``qdrant_default`` absent, a fresh machine) an embedded store under
+``$POLYGLOT_DATA_DIR/qdrant`` is used and said once, so the demo and single-machine installs need no
+server. A *named* connection that does not exist is an error (``AirflowNotFoundException``), as in
+the provider: a typo in ``conn_id`` must never send rows to a disk nobody reads. Server clients get
+short connect/read timeouts (extra ``connect_timeout`` / ``read_timeout``, or ``timeout`` for both).
 """
 
 from __future__ import annotations
 
 import os
 import time
+import weakref
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +26,13 @@ if TYPE_CHECKING:
     from qdrant_client import QdrantClient
 
 DATA_DIR_ENV = "POLYGLOT_DATA_DIR"
-FALLBACK_MSG = "Connection %r is not defined: using embedded Qdrant (local mode) at %s"
-LOCAL_MODE_MSG = "Connection %r selects Qdrant local mode at %s"
+FALLBACK_MSG = "No Qdrant connection configured (%r is not defined): using embedded Qdrant (%s) at %s"
+LOCAL_MODE_MSG = "Connection %r selects embedded Qdrant (%s) at %s"
+NOT_FOUND_MSG = (
+    "Qdrant connection {conn_id!r} is not defined. Define it (Admin > Connections, or "
+    "AIRFLOW_CONN_{env}), fix the name, or leave conn_id at {default!r} to use the embedded store "
+    "when no connection is configured"
+)
 SERVER_MODE_MSG = "Connection %r selects a Qdrant server"
 LOCK_WAIT_MSG = "Embedded Qdrant at %s is held by another task; waiting up to %.0fs for it"
 # Connection extra keys that shape new collections on a Qdrant cluster.
@@ -31,6 +40,13 @@ CLUSTER_EXTRAS = ("shard_number", "replication_factor")
 
 # Paths whose fallback was already announced in this process: "said once in the log".
 _ANNOUNCED: set[str] = set()
+# Embedded folders a hook of this process holds open: waiting on one of them would only time out.
+# Weak: a hook dropped without close() lets its client go (and close) with it.
+_HELD: weakref.WeakValueDictionary[str, PolyglotQdrantHook] = weakref.WeakValueDictionary()
+HELD_MSG = (
+    "embedded Qdrant at {path} is held by another hook in this process ({holder!r}), which was not "
+    "closed: use `with PolyglotQdrantHook(...) as hook:` or call hook.close() when done"
+)
 
 
 def data_dir() -> Path:
@@ -59,6 +75,11 @@ def optional_positive_int(value: Any, name: str) -> int | None:
     return number
 
 
+def _engine(backend: str) -> str:
+    """How the banner names an embedded engine (``edge`` is Qdrant's own engine in-process)."""
+    return "qdrant-edge" if backend == "edge" else "qdrant-client local mode"
+
+
 def default_local_path() -> Path:
     """Where the embedded store lives when no connection is configured."""
     return data_dir() / "qdrant"
@@ -73,12 +94,19 @@ class PolyglotQdrantHook(QdrantHook):
     1. connection ``conn_id`` with ``extra.location`` (e.g. ``":memory:"``) -> ``QdrantClient(location=...)``;
     2. connection with ``extra.path`` -> ``QdrantClient(path=...)`` (local mode on disk);
     3. any other connection -> the provider's server client (host/port/url, API key from ``password``);
-    4. no such connection -> local mode at ``local_path`` (default ``$POLYGLOT_DATA_DIR/qdrant``),
-       logged once per process.
+    4. ``qdrant_default`` not defined (no connection configured) -> the embedded store at
+       ``local_path`` (default ``$POLYGLOT_DATA_DIR/qdrant``), logged once per process;
+    5. any other connection id that is not defined -> ``AirflowNotFoundException``.
 
-    Local mode holds a file lock, so one client per folder and process: call :meth:`close` when done.
-    A locked folder is waited for (up to ``lock_timeout`` seconds) so mapped tasks on one machine queue
-    instead of failing.
+    ``conn`` is a ``QdrantClient`` in server mode and for a qdrant-client local folder; the embedded
+    qdrant-edge engine gives an :class:`~polyglot_catalog.edge_store.EdgeClient`, which serves the
+    subset of the client API listed in ``EdgeClient.SUPPORTED_METHODS`` (other calls raise
+    ``NotImplementedError`` naming the method).
+
+    Local mode holds a file lock, so one client per folder and process: use the hook as a context
+    manager (``with PolyglotQdrantHook() as hook:``) or call :meth:`close` when done. A locked folder
+    is waited for (up to ``lock_timeout`` seconds) so mapped tasks on one machine queue instead of
+    failing.
 
     :param conn_id: Airflow connection id. Defaults to ``qdrant_default``.
     :param local_path: folder for the embedded fallback. Defaults to ``$POLYGLOT_DATA_DIR/qdrant``.
@@ -103,26 +131,42 @@ class PolyglotQdrantHook(QdrantHook):
         self.mode: str | None = None  # "server", "local" or "embedded" once get_conn() ran
 
     def _connection_or_none(self) -> Any | None:
+        """The connection; None only for the default id (no connection configured at all).
+
+        :raises AirflowNotFoundException: a named connection (not ``qdrant_default``) is not defined.
+        """
         try:
-            return self.get_connection(self.conn_id)
+            connection = self.get_connection(self.conn_id)
         except AirflowNotFoundException:
+            if self.conn_id != self.default_conn_name:
+                raise AirflowNotFoundException(
+                    NOT_FOUND_MSG.format(
+                        conn_id=self.conn_id, env=self.conn_id.upper(), default=self.default_conn_name
+                    )
+                ) from None
             return None
+        from polyglot_catalog.errors import register_secret
+
+        register_secret(getattr(connection, "password", None))  # scrubbed from every message we build
+        return connection
 
     def get_conn(self) -> QdrantClient:
         """Build the client for the resolved mode (see the class docstring)."""
+        from polyglot_catalog.edge_store import embedded_backend
+
         connection = self._connection_or_none()
         if connection is None:
             path = Path(self.local_path) if self.local_path else default_local_path()
             if str(path) not in _ANNOUNCED:
                 _ANNOUNCED.add(str(path))
-                self.log.info(FALLBACK_MSG, self.conn_id, path)
+                self.log.info(FALLBACK_MSG, self.conn_id, _engine(embedded_backend(path)), path)
             self.mode = "embedded"
             return self._open_local(path=str(path))
 
         extra = connection.extra_dejson
         if extra.get("location") or extra.get("path"):
-            target = extra.get("location") or extra.get("path")
-            self.log.info(LOCAL_MODE_MSG, self.conn_id, target)
+            target = str(extra.get("location") or extra.get("path"))
+            self.log.info(LOCAL_MODE_MSG, self.conn_id, _engine(embedded_backend(target)), target)
             self.mode = "local"
             if extra.get("location"):
                 return self._open_local(location=str(extra["location"]))
@@ -131,7 +175,31 @@ class PolyglotQdrantHook(QdrantHook):
         # Server mode: the provider's client. Only the conn id is logged, never URL or API key.
         self.log.info(SERVER_MODE_MSG, self.conn_id)
         self.mode = "server"
-        return super().get_conn()
+        connect, read = self.timeouts(extra)
+        client = super().get_conn()
+        from polyglot_catalog.store import set_timeouts
+
+        set_timeouts(client, connect=connect, read=read)
+        return client
+
+    def timeouts(self, extra: dict[str, Any] | None = None) -> tuple[float, float]:
+        """(connect, read) seconds from the connection extra: ``connect_timeout`` and ``read_timeout``,
+        or ``timeout`` for both; short defaults (store.DEFAULT_CONNECT_TIMEOUT / DEFAULT_READ_TIMEOUT).
+
+        :raises ValueError: a timeout that is not a positive number of seconds.
+        """
+        from polyglot_catalog.store import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, check_timeout
+
+        if extra is None:
+            connection = self._connection_or_none()
+            extra = connection.extra_dejson if connection is not None else {}
+        both = extra.get("timeout")
+        connect = extra.get("connect_timeout", both if both is not None else DEFAULT_CONNECT_TIMEOUT)
+        read = extra.get("read_timeout", both if both is not None else DEFAULT_READ_TIMEOUT)
+        return (
+            check_timeout(connect, f"{self.conn_id} extra connect_timeout"),
+            check_timeout(read, f"{self.conn_id} extra read_timeout"),
+        )
 
     def collection_options(self) -> dict[str, int]:
         """``shard_number`` / ``replication_factor`` for new collections, from the connection extra.
@@ -164,6 +232,19 @@ class PolyglotQdrantHook(QdrantHook):
             return QdrantClient(location=location)
         assert path is not None
         Path(path).mkdir(parents=True, exist_ok=True)
+        key = str(Path(path).resolve())
+        holder = _HELD.get(key)
+        if holder is not None and holder is not self and "conn" in holder.__dict__:
+            raise RuntimeError(HELD_MSG.format(path=path, holder=holder.conn_id))
+        client = self._wait_for_folder(path)
+        _HELD[key] = self
+        self._held = key
+        return client
+
+    def _wait_for_folder(self, path: str) -> QdrantClient:
+        """Open ``path``, waiting while another process holds it (up to ``lock_timeout``)."""
+        from polyglot_catalog.store import open_client
+
         deadline = time.monotonic() + self.lock_timeout
         announced = False
         while True:
@@ -185,14 +266,27 @@ class PolyglotQdrantHook(QdrantHook):
     def close(self) -> None:
         """Close the client if one was built; releases the local-mode folder lock for the next task."""
         client = self.__dict__.pop("conn", None)
+        held = getattr(self, "_held", None)
+        if held is not None and _HELD.get(held) is self:
+            del _HELD[held]
         if client is not None:
             client.close()
 
+    def __enter__(self) -> PolyglotQdrantHook:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def _redact(self, message: str) -> str:
-        """Remove the connection's API key from a message (client errors may echo request details)."""
-        connection = self._connection_or_none()
-        secret = getattr(connection, "password", None) if connection is not None else None
-        return message.replace(secret, "***") if secret else message
+        """Remove secrets from a message (client errors may echo request headers)."""
+        from polyglot_catalog.errors import scrub
+
+        try:
+            connection = self._connection_or_none()
+        except AirflowNotFoundException:
+            connection = None
+        return scrub(message, [getattr(connection, "password", None)])
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the store with one cheap call (``get_collections``); the message never holds secrets."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+# Collection and region names: one pattern everywhere (CLI, store, forms), re-exported for the DAGs.
+from polyglot_catalog.names import COLLECTION_PATTERN as COLLECTION_PATTERN
+from polyglot_catalog.names import REGION_PATTERN as REGION_PATTERN
 from polyglot_catalog.provider.hooks import PolyglotQdrantHook, data_dir, optional_positive_int
 
 if TYPE_CHECKING:
@@ -30,12 +34,8 @@ log = logging.getLogger(__name__)
 DEFAULT_COLLECTION = "catalog"
 REPORTS_DIR_NAME = "reports"
 QUARANTINE_DIR_NAME = "quarantine"
-# Collection names the trigger forms accept; also checked on names arriving in asset event extras.
-COLLECTION_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 # Model names (registry name, hub id or local folder): printable, one line; also checked in event extras.
 MODEL_PATTERN = r"^[^\x00-\x1f\x7f]{1,512}$"
-# Region names the trigger forms accept; the operators get them comma-joined, so no commas.
-REGION_PATTERN = r"^[A-Za-z0-9_-]{1,32}$"
 
 
 class PolyglotUIColors(StrEnum):
@@ -196,6 +196,20 @@ def _as_optional_str(value: Any) -> str | None:
     return None if text in ("", "None", "null") else text
 
 
+@contextmanager
+def _store_errors_worded(endpoint: str) -> Iterator[None]:
+    """Re-raise a failed store call as one message naming the endpoint and the operation, without the
+    client's error chained (its response body may echo the API key); still retried by Airflow."""
+    from polyglot_catalog.errors import StoreError, is_store_error, store_failure
+
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, StoreError) or not is_store_error(e):
+            raise
+        raise StoreError(store_failure(e, endpoint)) from None
+
+
 class EmbedCatalogOperator(BaseOperator):
     """
     Embed one Parquet source (file, folder or glob) into a Qdrant collection.
@@ -246,8 +260,12 @@ class EmbedCatalogOperator(BaseOperator):
         ``fail_fast`` fails at once. Defaults to ``fail_at_end``. (templated)
     :param allowed_regions: regions to accept, a list or a comma-separated string; rows of others are
         quarantined as "unknown region". ``None`` accepts any region. Defaults to None. (templated)
-    :param conn_id: Airflow connection for Qdrant; when it does not exist the hook uses embedded
-        local mode. Defaults to ``qdrant_default``.
+    :param columns: column mapping for catalogs with other column names, catalog column -> column in
+        the files: a dict or ``"description=product_text,sku=item_id"``. A bad mapping fails before
+        the model loads, without retries. ``None`` means no mapping. Defaults to None. (templated)
+    :param conn_id: Airflow connection for Qdrant; when the default ``qdrant_default`` is not
+        defined the hook uses the embedded store; any other undefined id is an error.
+        Defaults to ``qdrant_default``.
     :param kwargs: passed to ``BaseOperator``.
     """
 
@@ -264,6 +282,7 @@ class EmbedCatalogOperator(BaseOperator):
         "max_invalid",
         "on_bad_file",
         "allowed_regions",
+        "columns",
     )
     ui_color = PolyglotUIColors.EMBED.value
 
@@ -286,10 +305,12 @@ class EmbedCatalogOperator(BaseOperator):
         max_invalid: int | str | None = None,
         on_bad_file: str = "fail_at_end",
         allowed_regions: list[str] | str | None = None,
+        columns: dict[str, str] | str | None = None,
         conn_id: str = PolyglotQdrantHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.columns = columns
         self.source = source
         self.collection = collection
         self.model = model
@@ -316,10 +337,14 @@ class EmbedCatalogOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.embed import EmbedInputError, embed_catalog
         from polyglot_catalog.encoding import Encoder
-        from polyglot_catalog.reading import BadFileError
+        from polyglot_catalog.reading import BadFileError, parse_column_map
         from polyglot_catalog.store import CatalogStore, vector_name_for
 
         max_invalid, on_bad_file = self.input_policy()  # before the model loads: fail fast on typos
+        try:
+            column_map = parse_column_map(self.columns)
+        except ValueError as e:
+            raise AirflowFailException(f"columns: {e} (not retried: a configuration error)") from e
         ti = context.get("ti")
         quarantine = quarantine_file(str(context.get("run_id") or ""), getattr(ti, "map_index", None))
         model = _as_optional_str(self.model)
@@ -349,6 +374,7 @@ class EmbedCatalogOperator(BaseOperator):
                 on_bad_file=on_bad_file,
                 allowed_regions=_as_regions(self.allowed_regions),
                 collection_options=cluster,
+                column_map=column_map,
             )
         except (EmbedInputError, BadFileError) as e:
             # A corrupt file or too many bad rows is still there on the retry: fail for good. Store
@@ -409,8 +435,11 @@ class ReconcileCatalogOperator(BaseOperator):
         alias. This is the zero-downtime model change: embed the new model into a new collection,
         and readers move over only when it is complete. Empty or ``None`` switches nothing.
         Defaults to None. (templated)
-    :param conn_id: Airflow connection for Qdrant; when it does not exist the hook uses embedded
-        local mode. Defaults to ``qdrant_default``.
+    :param columns: the shards' column mapping (see :class:`EmbedCatalogOperator`). Defaults to None.
+        (templated)
+    :param conn_id: Airflow connection for Qdrant; when the default ``qdrant_default`` is not
+        defined the hook uses the embedded store; any other undefined id is an error.
+        Defaults to ``qdrant_default``.
     :param kwargs: passed to ``BaseOperator``.
     """
 
@@ -421,6 +450,7 @@ class ReconcileCatalogOperator(BaseOperator):
         "model",
         "vanished",
         "alias",
+        "columns",
     )
     ui_color = PolyglotUIColors.RECONCILE.value
 
@@ -433,10 +463,12 @@ class ReconcileCatalogOperator(BaseOperator):
         model: str | None = None,
         vanished: str = "flag",
         alias: str | None = None,
+        columns: dict[str, str] | str | None = None,
         conn_id: str = PolyglotQdrantHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.columns = columns
         self.source = source
         self.shard_summaries = shard_summaries
         self.collection = collection
@@ -457,11 +489,20 @@ class ReconcileCatalogOperator(BaseOperator):
 
         model = _as_optional_str(self.model) or DEFAULT_MODEL
         alias = _as_optional_str(self.alias)
+        from polyglot_catalog.errors import describe_endpoint
+        from polyglot_catalog.reading import parse_column_map
+
         store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(model))
         try:
-            reconciled = reconcile_vanished(_as_source(self.source), store, mode=str(self.vanished))
-            if alias:
-                store.switch_alias(alias)
+            with _store_errors_worded(describe_endpoint(store.client)):
+                reconciled = reconcile_vanished(
+                    _as_source(self.source),
+                    store,
+                    mode=str(self.vanished),
+                    column_map=parse_column_map(self.columns),
+                )
+                if alias:
+                    store.switch_alias(alias)
         finally:
             self.hook.close()  # local mode: release the folder lock
         total = merge_summaries(list(self.shard_summaries or ()), reconciled)
@@ -586,19 +627,27 @@ class MatchCatalogOperator(BaseOperator):
         hnsw_ef = _as_optional_int(self.hnsw_ef, "hnsw_ef")
         if hnsw_ef is not None:
             extra["hnsw_ef"] = hnsw_ef
+        from polyglot_catalog.errors import describe_endpoint
+        from polyglot_catalog.store import single_region_warning
+
         store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(model))
+        regions = _as_regions(self.regions)
         try:
-            result = match_catalog(
-                store,
-                regions=_as_regions(self.regions),
-                k=int(self.k),
-                threshold=threshold,
-                labels=labels,
-                fit_on_labels=calibrate,
-                model=model,
-                collection=str(self.collection),
-                **extra,
-            )
+            with _store_errors_worded(describe_endpoint(store.client)):
+                warning = single_region_warning(str(self.collection), regions or store.regions())
+                if warning:
+                    self.log.warning(warning)
+                result = match_catalog(
+                    store,
+                    regions=regions,
+                    k=int(self.k),
+                    threshold=threshold,
+                    labels=labels,
+                    fit_on_labels=calibrate,
+                    model=model,
+                    collection=str(self.collection),
+                    **extra,
+                )
         finally:
             self.hook.close()
         # summary.json and XCom both say whether the metrics were measured on the tuning data.

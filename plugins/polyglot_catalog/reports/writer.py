@@ -3,10 +3,15 @@
 A report folder is either complete or absent. Files go into a hidden temp sibling
 (``.<name>.tmp-<token>``), are fsynced, and the folder is renamed into place; rename within one
 directory is atomic on POSIX, so a killed run leaves at most a hidden temp folder, never a folder
-under the final name that looks complete. Writers of the same folder take an exclusive ``flock`` on
-``.<name>.lock``, so concurrent runs serialise instead of interleaving, and the lock holder may sweep
-temp and backup debris of killed runs (the kernel drops a dead process's lock). The lock file stays;
-it is empty and hidden.
+under the final name that looks complete. Writers take an exclusive ``flock`` on the parent folder
+itself, so concurrent runs serialise instead of interleaving and no lock file is left beside the
+report; the lock holder may sweep temp and backup debris of killed runs (the kernel drops a dead
+process's lock).
+
+Nothing a user points at is destroyed: every report folder holds a marker file (``REPORT_MARKER``),
+and only a folder with that marker (our own earlier report) or an empty one is replaced. Any other
+existing folder, and a path that is or holds a store folder, the current folder or the home folder,
+is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +47,16 @@ REPORT_FILES = (
 )
 TMP_MARKER = ".tmp-"
 BACKUP_MARKER = ".old-"
+#: The file that makes a folder "ours": written into every report, required before one is replaced.
+REPORT_MARKER = ".polyglot-report"
+
+
+class ReportPathError(ValueError):
+    """A report path that would overwrite or remove something that is not a report of ours."""
+
+
+class ReportPathNotAFolderError(ReportPathError, NotADirectoryError):
+    """The report path exists and is a file (also a ``NotADirectoryError``, as before)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,9 +178,9 @@ def _remove(path: Path) -> None:
 
 @contextlib.contextmanager
 def _locked(final: Path) -> Iterator[None]:
-    """Hold an exclusive lock for one report folder; the kernel releases it if the process dies."""
-    lock_path = final.parent / f".{final.name}.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold an exclusive lock for report writes into ``final``'s parent; the kernel releases it if the
+    process dies. The parent folder itself is locked, so no lock file is left beside the report."""
+    fd = os.open(final.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -199,8 +214,70 @@ def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or path.is_relative_to(folder)
+
+
+def _ours(folder: Path) -> bool:
+    """An empty folder, a report of ours (marker), or one written before the marker existed (only
+    report files in it)."""
+    names = {p.name for p in folder.iterdir()}
+    return not names or REPORT_MARKER in names or names <= set(REPORT_FILES)
+
+
+def check_report_path(out_dir: Path | str, protected: Sequence[Path | str] = ()) -> Path:
+    """The absolute report folder for ``out_dir``, refused when writing it could destroy user data.
+
+    Refused: the current folder, the home folder, the filesystem root, any folder that holds one of
+    them; a path inside or equal to a ``protected`` folder (a store) or holding one; an existing
+    file; an existing folder that is not empty and lacks :data:`REPORT_MARKER`. Nothing is written.
+
+    Args:
+        out_dir (Path | str): the report folder.
+        protected (Sequence[Path | str]): folders a report must never be in or replace (e.g. the
+            Qdrant store folder). Defaults to ().
+
+    Returns:
+        Path: the resolved report folder.
+
+    Raises:
+        ReportPathError: with the path and why it is refused.
+    """
+    text = os.fspath(out_dir)
+    if not text.strip():
+        raise ReportPathError("report folder must not be empty")
+    final = Path(text).expanduser().resolve()
+    named = {"the current folder": Path.cwd().resolve(), "the home folder": Path.home().resolve()}
+    for label, folder in named.items():
+        if folder.is_relative_to(final):
+            raise ReportPathError(
+                f"report folder {text!r} is {label} or holds it ({str(folder)!r}); "
+                "a report folder is replaced as a whole: choose a new folder, e.g. reports/run-1"
+            )
+    for store in protected:
+        store_path = Path(store).expanduser().resolve()
+        if _inside(final, store_path) or store_path.is_relative_to(final):
+            raise ReportPathError(
+                f"report folder {text!r} is inside or holds the Qdrant store folder {str(store_path)!r}; "
+                "write reports elsewhere"
+            )
+    if final.exists() and not final.is_dir():
+        raise ReportPathNotAFolderError(f"report path {text!r} exists and is not a folder")
+    if final.is_dir() and not _ours(final):
+        raise ReportPathError(
+            f"report folder {text!r} exists and was not written by polyglot-catalog (no {REPORT_MARKER} "
+            "file): refusing to replace it; choose a new folder or empty this one"
+        )
+    return final
+
+
 def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
     """Write every report file into ``folder`` and fsync each, Parquet first and the page last."""
+    marker = folder / REPORT_MARKER
+    marker.write_text(
+        json.dumps({"written_by": "polyglot-catalog", "run_id": run_id}) + "\n", encoding="utf-8"
+    )
+    _fsync_file(marker)
     frames = (
         ("pairs", result.pairs),
         ("groups", result.groups),
@@ -233,42 +310,43 @@ def write_reports(
     *,
     run_id: str | None = None,
     overwrite: bool = True,
+    protected: Sequence[Path | str] = (),
 ) -> Path:
     """Write ``pairs.parquet``, ``groups.parquet``, ``unmatched.parquet``, ``summary.json`` and
     ``report.html`` into ``out_dir``, all or nothing.
 
     ``out_dir`` is the report folder itself; pass it through :func:`safe_report_dir` when any part of
-    it comes from a user. An existing folder is replaced as a whole (re-runs of a task must converge):
-    it is renamed to a hidden backup, the new folder renamed into place, then the backup deleted, so
-    at no point does a mix of old and new files exist under the final name.
+    it comes from a user. Only an earlier report of ours (it holds :data:`REPORT_MARKER`) or an empty
+    folder is replaced, as a whole (re-runs of a task must converge): it is renamed to a hidden
+    backup, the new folder renamed into place, then the backup deleted, so at no point does a mix of
+    old and new files exist under the final name. See :func:`check_report_path` for what is refused.
 
     Args:
         out_dir (Path | str): the report folder to create; its parent is created if missing.
         result (MatchResult): the match run to write.
         run_id (str | None): recorded in ``summary.json`` and shown in the page. Defaults to None.
-        overwrite (bool): replace an existing folder. If False, an existing folder raises
+        overwrite (bool): replace an earlier report in the folder. If False, an existing folder raises
             FileExistsError and is left untouched. Defaults to True.
+        protected (Sequence[Path | str]): store folders a report must never be in, replace or hold.
+            Defaults to ().
 
     Returns:
         Path: the final report folder (absolute).
 
     Raises:
         FileExistsError: if the folder exists and ``overwrite`` is False.
-        NotADirectoryError: if ``out_dir`` exists and is not a folder.
+        ReportPathError: the path is refused (see :func:`check_report_path`).
 
     Examples:
         ```py
         folder = write_reports(safe_report_dir("/data/reports", run_name), result, run_id=run_id)
         ```
     """
-    final = Path(out_dir).expanduser().absolute()
-    if not final.name or final.name in (".", ".."):
-        raise ValueError(f"report folder needs a name; got {str(out_dir)!r}")
+    final = check_report_path(out_dir, protected)
     final.parent.mkdir(parents=True, exist_ok=True)
     with _locked(final):
         _recover_and_sweep(final)
-        if final.exists() and not final.is_dir():
-            raise NotADirectoryError(f"report path {str(final)!r} exists and is not a folder")
+        check_report_path(final, protected)  # again under the lock: the folder may have changed
         if final.exists() and not overwrite:
             raise FileExistsError(f"report folder {str(final)!r} exists; pass overwrite=True to replace it")
         token = uuid.uuid4().hex[:12]
