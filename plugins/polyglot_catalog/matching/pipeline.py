@@ -27,9 +27,11 @@ from .evaluate import (
     calibrate_threshold,
     evaluate_pairs,
     judges_for,
+    labels_for,
     labels_from_gtin,
     link_pairs,
     load_labels,
+    pair_verdicts,
     threshold_sweep,
 )
 from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
@@ -313,8 +315,13 @@ def match_catalog(
 
     t0 = time.perf_counter()
     lab: Labels | None = None
+    labels_note: str | None = None
     if labels is not None:
         lab = labels_from_gtin(data) if isinstance(labels, str) and labels == "gtin" else load_labels(labels)
+        lab, labels_dropped = labels_for(lab, data)
+        if not lab:  # e.g. the demo's labels on another collection: no figures rather than wrong ones
+            logger.warning("labels name none of the matched SKUs (%d dropped): not scored", labels_dropped)
+            labels_note = f"labels name none of the matched SKUs ({labels_dropped} labels); run not scored"
     fit_lab = lab if fit_on_labels else None
     features = (*FEATURES, "sentences") if sent is not None else FEATURES
     del sent
@@ -352,7 +359,9 @@ def match_catalog(
     threshold_method = "given"
     match_share: float | None = None
     if lab:
-        sweep_rows = threshold_sweep(_pairs_table(blocks, data, 1.0)[0], judges, method)
+        sweep_rows = threshold_sweep(
+            _pairs_table(blocks, data, 1.0)[0], judges, method, allow_same_region=allow_same_region
+        )
         if threshold is None and (fit_on_labels or target_precision is not None):
             threshold = calibrate_threshold(sweep_rows, target_precision)
             threshold_method = "labels: " + ("target precision" if target_precision else "F1-best")
@@ -412,7 +421,17 @@ def match_catalog(
         "timings": {name: round(v, 3) for name, v in timings.items()},
     }
     if lab:
-        summary["metrics"] = evaluate_pairs(pairs, judges, method=method, sweep_rows=sweep_rows)
+        summary["metrics"] = evaluate_pairs(
+            pairs,
+            judges,
+            method=method,
+            sweep_rows=sweep_rows,
+            threshold=float(threshold),
+            allow_same_region=allow_same_region,
+        )
+        pairs["correct"] = pair_verdicts(pairs, judges)  # right / wrong / <NA> (unlabelled), per pair
+    if labels_note:
+        summary["labels_note"] = labels_note
     return MatchResult(pairs=pairs, groups=groups, unmatched=unmatched, summary=summary)
 
 
