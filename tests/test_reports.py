@@ -960,7 +960,7 @@ def _with_matcher_outputs() -> MatchResult:
     """The matcher outputs of issue 21, added by hand: ambiguous ties, duplicates, reasons, provenance."""
     result = make_result()
     result.pairs["ambiguous"] = False
-    first = result.pairs.index[result.pairs["decision"] == "match"][0]
+    first = result.matches["score"].idxmin()  # the borderline match, shown as a sample card
     result.pairs.loc[first, "ambiguous"] = True
     result.pairs.loc[first, "explain"] = "cosine 0.90; ambiguous: tie with D999999"
     result.unmatched["reason"] = ["twin taken by DE/D100200 (score 0.97)", "no candidate"][
@@ -988,7 +988,7 @@ def test_matcher_outputs_render_when_present() -> None:
     result = _with_matcher_outputs()
     page = render_html(result)
     assert "ambiguous: decided by a tie" in page
-    ambiguous = _table_rows(page[page.index('id="ambiguous"') :], "")
+    ambiguous = _table_rows(page, "ambiguous")
     assert any("ambiguous: tie with D999999" in " ".join(row) for row in ambiguous)
     assert "Why unmatched" in page and "twin taken by DE/D100200 (score 0.97)" in page
     assert "Possible duplicate listings" in page and "3 SKUs in 1 sets" in page
@@ -1002,3 +1002,13 @@ def test_older_reports_without_the_new_outputs_render_without_those_sections() -
     page = render_html(make_result())
     assert "Possible duplicate listings" not in page and ">Reproducibility</h2>" not in page
     assert "Why unmatched" not in page and "decided by a tie" not in page
+
+
+def test_log_counts_groups_not_group_rows(
+    tmp_path: Path, result: MatchResult, caplog: pytest.LogCaptureFixture
+) -> None:
+    n_groups = result.groups["group_id"].nunique()
+    assert n_groups < len(result.groups)
+    with caplog.at_level("INFO", logger="polyglot_catalog.reports.writer"):
+        write_reports(tmp_path / "run", result)
+    assert f"{len(result.pairs)} pairs, {n_groups} groups, {len(result.unmatched)} unmatched" in caplog.text
