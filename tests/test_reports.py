@@ -21,6 +21,7 @@ from polyglot_catalog.reports import render_html, safe_report_dir, write_reports
 from polyglot_catalog.reports import writer as report_writer
 
 REPORT_FILES = {"pairs.parquet", "groups.parquet", "unmatched.parquet", "summary.json", "report.html"}
+DATA_FILES = REPORT_FILES - {"report.html"} | {"duplicates.parquet"}
 THRESHOLD = 0.74
 
 # Product text is hostile input; every string here must reach the page as text.
@@ -605,7 +606,8 @@ def test_hostile_product_text_renders_only_as_text(result: MatchResult) -> None:
         assert not [k for k in attrs if k.startswith("on")], f"event handler on <{tag}>"
         assert "src" not in attrs
         if "href" in attrs:
-            assert attrs["href"].startswith("#") or attrs["href"] == "data:,", attrs
+            # in-page anchors, the empty icon, or a data file of the folder by its fixed name
+            assert attrs["href"].startswith("#") or attrs["href"] in ({"data:,"} | DATA_FILES), attrs
         assert "javascript:" not in " ".join(str(v) for v in attrs.values())
     assert "<script" not in page.lower()
     assert "&lt;script&gt;document.title=&#39;PWNED&#39;" in page
@@ -1012,3 +1014,18 @@ def test_log_counts_groups_not_group_rows(
     with caplog.at_level("INFO", logger="polyglot_catalog.reports.writer"):
         write_reports(tmp_path / "run", result)
     assert f"{len(result.pairs)} pairs, {n_groups} groups, {len(result.unmatched)} unmatched" in caplog.text
+
+
+def test_report_links_its_data_files_for_download() -> None:
+    page = render_html(make_result())
+    links = [a for t, a in parse_tags(page) if t == "a" and "download" in a]
+    assert [a["href"] for a in links] == [
+        "pairs.parquet",
+        "groups.parquet",
+        "unmatched.parquet",
+        "summary.json",
+    ]
+    with_duplicates = [
+        a["href"] for t, a in parse_tags(render_html(_with_matcher_outputs())) if t == "a" and "download" in a
+    ]
+    assert "duplicates.parquet" in with_duplicates

@@ -788,6 +788,18 @@ def build_context(
         if isinstance(summary.get("reproducibility"), Mapping)
         else [],
         "labels_note": _as_text(summary.get("labels_note")),
+        # Fixed names the writer uses (no data in hrefs); duplicates.parquet only where the run has it.
+        "data_files": [
+            "pairs.parquet",
+            "groups.parquet",
+            "unmatched.parquet",
+            *(
+                ["duplicates.parquet"]
+                if isinstance(getattr(result, "duplicates", None), pd.DataFrame)
+                else []
+            ),
+            "summary.json",
+        ],
         "evidence_columns": _evidence_columns(pairs),
         "unmatched": _unmatched(result.unmatched, regions),
         "timings": _timings(summary),
