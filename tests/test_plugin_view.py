@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import html
 import importlib.util
+import io
 import json
 import os
 import re
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import markupsafe
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from test_reports import SCRIPT_TEXT, hostile_strings, make_result, parse_tags
@@ -184,7 +186,7 @@ def test_list_shows_runs_newest_first_with_their_figures(client: TestClient, rep
     assert n_matches == [f"{matches:,}", "of", f"{candidates:,}", "pairs"]
     assert threshold == ["0.740"]
     assert (precision, recall, f1) == (["0.910"], ["0.860"], ["0.884"])
-    assert link == ["Report", "→"]
+    assert link[:2] == ["Report", "→"]
     assert f'href="runs/{LATEST}/report.html"' in rows[0]
 
     # An unlabelled run has no quality figures: dashes, not zeros.
@@ -308,6 +310,47 @@ def test_bad_run_names_are_refused(client: TestClient, reports: Path, name: str,
     assert str(reports.parent) not in response.text, "error messages must not reveal server paths"
 
 
+@pytest.mark.parametrize("filename", ["pairs.parquet", "groups.parquet", "unmatched.parquet", "summary.json"])
+def test_report_files_download_as_attachments(client: TestClient, reports: Path, filename: str) -> None:
+    response = client.get(f"/runs/{LATEST}/{filename}")
+
+    assert response.status_code == 200
+    assert response.content == (reports / LATEST / filename).read_bytes()
+    assert response.headers["content-disposition"].startswith("attachment;")
+    assert f"{LATEST}-{filename}" in response.headers["content-disposition"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    if filename.endswith(".parquet"):
+        assert pd.read_parquet(io.BytesIO(response.content)).shape[0] > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "filename", "expected"),
+    [
+        pytest.param(LATEST, ".lock", 404, id="lock-file"),
+        pytest.param(LATEST, "report.html.bak", 404, id="not-a-report-file"),
+        pytest.param(LATEST, "duplicates.parquet", 404, id="absent-in-this-run"),
+        pytest.param("escape", "summary.json", 400, id="symlinked-folder-leaving-root"),
+        pytest.param("no-such-run", "pairs.parquet", 404, id="unknown-run"),
+        pytest.param(f".{LATEST}.tmp-0123456789ab", "summary.json", 404, id="in-progress-temp-folder"),
+    ],
+)
+def test_only_the_report_files_of_a_run_download(
+    client: TestClient, reports: Path, name: str, filename: str, expected: int
+) -> None:
+    response = client.get(f"/runs/{name}/{filename}")
+
+    assert response.status_code == expected, response.text
+    assert "outside-model" not in response.text
+
+
+def test_the_list_links_each_runs_downloads(client: TestClient) -> None:
+    row = next(r for r in _rows(client.get("/").text) if _run_name(r) == LATEST)
+    links = re.findall(r'<a class="download" href="([^"]+)" download>', row)
+    assert links == [
+        f"runs/{LATEST}/{f}" for f in ("pairs.parquet", "groups.parquet", "unmatched.parquet", "summary.json")
+    ]
+
+
 def test_dot_segments_are_normalised_before_they_reach_the_app(client: TestClient) -> None:
     # Clients collapse "/runs/../x" themselves; what arrives is another path, never a traversal.
     assert client.get("/runs/../../outside/report.html").status_code == 404
@@ -364,9 +407,12 @@ def test_a_forged_token_is_refused(anonymous: TestClient) -> None:
 def test_every_route_requires_authentication(anonymous: TestClient) -> None:
     paths = {route.path for route in anonymous.app.routes}  # type: ignore[attr-defined]
 
-    assert paths == {"/", "/runs/{name}/report.html"}, "no docs, no openapi, no unguarded extras"
+    assert paths == {"/", "/runs/{name}/report.html", "/runs/{name}/{filename}"}, (
+        "no docs, no openapi, no unguarded extras"
+    )
     for path in paths:
-        response = anonymous.get(path.replace("{name}", LATEST), headers={"accept": "application/json"})
+        url = path.replace("{name}", LATEST).replace("{filename}", "pairs.parquet")
+        response = anonymous.get(url, headers={"accept": "application/json"})
         assert response.status_code == 401, path
 
 

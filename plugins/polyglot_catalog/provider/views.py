@@ -269,13 +269,14 @@ def read_run(root: Path, name: str) -> RunSummary | None:
     if report is None:
         problem = problem or "report.html missing"
     run = summarize_run(name, summary, mtime, report is not None)
+    if problem is not None:  # a flagged run links nothing
+        return replace(run, problem=problem)
     files = [
         (filename, f"runs/{quote(name, safe='')}/{filename}")
         for filename in DOWNLOADS
         if _run_file(root, name, filename) is not None
     ]
-    run = replace(run, files=files)
-    return run if problem is None else replace(run, problem=problem)
+    return replace(run, files=files)
 
 
 def list_runs(root: Path, limit: int = MAX_RUNS) -> tuple[list[RunSummary], int]:
