@@ -506,6 +506,7 @@ class LiveServer:
     password: str
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     def request(
         self, path: str, *, headers: dict[str, str] | None = None, data: bytes | None = None
@@ -590,6 +591,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     make_reports_root(reports_root, port=port)
 
     env = _server_env(home, reports_root, passwords, port)
+    server.env = env
     airflow = str(Path(sys.executable).parent / "airflow")
     migrate = subprocess.run(
         [airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300, check=False
@@ -941,3 +943,106 @@ def test_view_in_headless_chromium(live_server: LiveServer, tmp_path: Path) -> N
         if keep := os.environ.get("POLYGLOT_PLUGIN_SCREENSHOT"):
             time.sleep(1)
             browser.screenshot(Path(keep))
+
+
+# ---------------------------------------------------------------------------------------------
+# from the match task to its report and its data (issue 21)
+
+LINK_RUN_ID = "manual__link-test"
+
+#: Run in the server's environment: parse the DAGs into the metadata DB, create a match run whose
+#: task succeeded, and store the task's "Match report" link as the worker does when a task ends
+#: (``finalize`` pushes ``get_link()`` under the link's XCom key).
+SEED_MATCH_RUN = """
+import sys
+from unittest import mock
+
+import pendulum
+from airflow.models.serialized_dag import SerializedDagModel
+from airflow.models.taskinstance import TaskInstance
+from airflow.models.xcom import XComModel
+from airflow.utils.session import create_session
+from airflow.utils.state import DagRunState, TaskInstanceState
+from airflow.utils.types import DagRunTriggeredByType, DagRunType
+
+from polyglot_catalog.provider.operators import MatchReportLink
+
+run_id, report_name = sys.argv[1], sys.argv[2]
+with create_session() as session:
+    dag = SerializedDagModel.get_dag("cross_region_match", session=session)
+    dag.create_dagrun(
+        run_id=run_id, run_after=pendulum.now("UTC"), run_type=DagRunType.MANUAL,
+        triggered_by=DagRunTriggeredByType.TEST, state=DagRunState.SUCCESS, session=session,
+    )
+    session.flush()
+    ti = session.query(TaskInstance).filter_by(dag_id="cross_region_match", run_id=run_id).one()
+    ti.state = TaskInstanceState.SUCCESS
+    link = MatchReportLink()
+    url = link.get_link(mock.Mock(report_name=report_name), ti_key=ti.key)
+    XComModel.set(link.xcom_key, url, dag_id=ti.dag_id, task_id=ti.task_id, run_id=run_id, session=session)
+print(url)
+"""
+
+
+@pytest.fixture(scope="module")
+def match_run(live_server: LiveServer) -> str:
+    """A succeeded cross_region_match run whose task wrote a report folder under the view's root."""
+    airflow = str(Path(sys.executable).parent / "airflow")
+    parsed = subprocess.run(
+        [airflow, "dags", "reserialize"], env=live_server.env, capture_output=True, text=True, timeout=300
+    )
+    assert parsed.returncode == 0, parsed.stderr[-3000:]
+    folder = write_reports(live_server.reports_root / LINK_RUN_ID, make_result(), run_id=LINK_RUN_ID)
+    _set_written_at(folder, "2024-01-01T00:00:00+00:00")  # oldest: the other live tests keep their order
+    seeded = subprocess.run(
+        [sys.executable, "-c", SEED_MATCH_RUN, LINK_RUN_ID, folder.name],
+        env=live_server.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    assert seeded.stdout.strip().endswith(f"/polyglot/runs/{LINK_RUN_ID}/report.html")
+    return LINK_RUN_ID
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@needs_chromium
+def test_match_task_link_opens_its_report_and_downloads_its_parquet(
+    live_server: LiveServer, match_run: str, tmp_path: Path
+) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with chromium_page(tmp_path) as browser:
+        log_in_through_form(
+            browser, live_server, f"/dags/cross_region_match/runs/{match_run}/tasks/match_regions"
+        )
+        find_link = "[...document.querySelectorAll('a')].find(a => a.textContent.includes('Match report'))"
+        browser.wait_for(f"!!{find_link}", 120, "the task's Match report button")
+        href = browser.evaluate(f"{find_link}.getAttribute('href')")
+        assert href == f"/polyglot/runs/{match_run}/report.html"
+        # The UI opens extra links in a new tab; open it in this one and click it as a user would.
+        browser.evaluate(f"(() => {{ const a = {find_link}; a.removeAttribute('target'); a.click(); }})()")
+        browser.wait_for(
+            f"location.pathname === '/polyglot/runs/{match_run}/report.html'"
+            " && document.readyState === 'complete'",
+            60,
+            "the report page",
+        )
+        assert browser.evaluate("document.title") == f"Cross-region match report · {match_run}"
+
+        browser.send(
+            "Browser.setDownloadBehavior",
+            {"behavior": "allow", "downloadPath": str(downloads), "eventsEnabled": True},
+            session=False,
+        )
+        browser.evaluate("document.querySelector('a.download[href=\"pairs.parquet\"]').click()")
+        deadline = time.monotonic() + 60
+        while not (done := [p for p in downloads.iterdir() if p.suffix == ".parquet"]):
+            assert time.monotonic() < deadline, f"no download; files: {list(downloads.iterdir())}"
+            time.sleep(0.5)
+    expected = pd.read_parquet(live_server.reports_root / match_run / "pairs.parquet")
+    got = pd.read_parquet(done[0])
+    assert done[0].name == f"{match_run}-pairs.parquet"
+    pd.testing.assert_frame_equal(got, expected)

@@ -846,8 +846,16 @@ def test_report_shows_one_threshold_and_one_set_of_figures(threshold: float | No
     assert _figure(page, "F1") == f"{overall['f1']:.3f}"
     assert _figure(page, "Threshold") == f"{run_threshold:.3f}"
     # the sweep's best F1 cannot be below the run's own F1
-    f1s = [r["f1"] for r in result.summary["metrics"]["threshold_sweep"]]
-    assert max(f1s) >= overall["f1"]
+    sweep = result.summary["metrics"]["threshold_sweep"]
+    assert max(r["f1"] for r in sweep) >= overall["f1"]
+    # summary.json carries the run's row itself, at the threshold exactly as the summary states it
+    (row,) = [r for r in sweep if r["threshold"] == run_threshold]
+    assert (row["precision"], row["recall"], row["f1"]) == (
+        overall["precision"],
+        overall["recall"],
+        overall["f1"],
+    )
+    assert result.summary["metrics"]["pr_curve"] == sweep
 
 
 def test_sweep_decides_each_threshold_as_the_run_does() -> None:

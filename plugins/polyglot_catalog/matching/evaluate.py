@@ -447,7 +447,11 @@ def evaluate_pairs(
         sweep_rows = threshold_sweep(pairs, judges, method, allow_same_region=allow_same_region)
     rows = list(sweep_rows)
     if threshold is not None:
-        run_row = {"threshold": float(threshold), **{k: overall[k] for k in ("precision", "recall", "f1")}}
+        # rounded as summary["threshold"] is, so the report finds the run's row by equality
+        run_row = {
+            "threshold": round(float(threshold), 4),
+            **{k: overall[k] for k in ("precision", "recall", "f1")},
+        }
         rows = [r for r in rows if not math.isclose(r["threshold"], run_row["threshold"], abs_tol=1e-9)]
         rows.append(run_row)
     rows.sort(key=lambda r: r["threshold"])
