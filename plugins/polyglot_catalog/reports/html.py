@@ -347,7 +347,7 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] |
                 "bars": bars,
             }
         )
-    height = top + 2 * panel_h + gap + 34
+    height = top + 2 * panel_h + gap + 48  # tick labels, then the threshold's label under the axis
     return {
         "width": width,
         "height": height,
@@ -358,6 +358,8 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] |
         "axis_y": panels[-1]["base"],
         "threshold_x": x_of(threshold) if threshold is not None else None,
         "threshold": threshold,
+        # the label sits under the axis, beside the line, on the side with room
+        "threshold_anchor": "end" if threshold is not None and x_of(threshold) > width * 0.85 else "middle",
         "top": top,
     }
 
