@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
 
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    # Ctrl-C (even when started in the background) and `kill` both stop every component.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         for component in COMPONENTS:
             with open(logs / f"{component}.log", "ab") as log:
