@@ -1015,8 +1015,9 @@ def test_match_task_link_opens_its_report_and_downloads_its_parquet(
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     with chromium_page(tmp_path) as browser:
+        # The task instance's Details tab, where Airflow 3 lists a task's extra links.
         log_in_through_form(
-            browser, live_server, f"/dags/cross_region_match/runs/{match_run}/tasks/match_regions"
+            browser, live_server, f"/dags/cross_region_match/runs/{match_run}/tasks/match_regions/details"
         )
         find_link = "[...document.querySelectorAll('a')].find(a => a.textContent.includes('Match report'))"
         browser.wait_for(f"!!{find_link}", 120, "the task's Match report button")
