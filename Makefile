@@ -17,7 +17,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__PARALLELISM ?= 2
 export AIRFLOW__API__HOST := 127.0.0.1
 
-.PHONY: setup model demo test lint bench clean
+.PHONY: setup model demo airflow test lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
@@ -35,6 +35,12 @@ model: $(STAMP)
 
 demo: setup
 	$(PY) scripts/run_demo.py
+
+# The Airflow UI on the embedded defaults (127.0.0.1:$(AIRFLOW_PORT)), both DAGs unpaused; prints
+# the URL and the login. Ctrl-C stops it.
+AIRFLOW_PORT ?= 8080
+airflow: setup
+	$(PY) scripts/run_airflow.py --port $(AIRFLOW_PORT)
 
 test: setup
 	$(VENV)/bin/ruff check .

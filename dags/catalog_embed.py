@@ -18,7 +18,9 @@ the collection asset as updated, naming the collection in the event, which sched
 * **Bad input**: rejected rows and files land in `$POLYGLOT_DATA_DIR/quarantine/<run id>/<map
   index>.parquet`, one file per task. A bad file or too many invalid rows fails the task without
   retries (the input would not change); a Qdrant outage is retried.
-* **Schedule**: nightly, or as soon as the catalog source asset is updated by an upstream export.
+* **Schedule**: nightly at 02:00 UTC, or as soon as the catalog source asset is updated by an upstream
+  export. Unpausing it starts no run of its own; the first one is the next 02:00 (or trigger it).
+* **Wrong source**: a path or glob that matches no Parquet file fails at once, without retries.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from polyglot_catalog.models.registry import DEFAULT_MODEL
@@ -54,10 +55,12 @@ COLLECTION_ASSET = collection_asset(DEFAULT_COLLECTION)
 
 @dag(
     dag_id="catalog_embed",
+    # No start_date and run_immediately=False: unpausing the DAG waits for the next 02:00 UTC instead
+    # of starting a run for the last one (with a past start_date, catchup=False still runs that).
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"), assets=SOURCE_ASSET
+        timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
+        assets=SOURCE_ASSET,
     ),
-    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
@@ -75,6 +78,8 @@ COLLECTION_ASSET = collection_asset(DEFAULT_COLLECTION)
             DEFAULT_COLLECTION,
             type="string",
             pattern=COLLECTION_PATTERN,
+            minLength=1,
+            maxLength=128,
             title="Collection",
             description="Qdrant collection to upsert into (letters, digits, '_' and '-').",
         ),
@@ -153,9 +158,14 @@ def catalog_embed() -> None:
     def list_parquet_files(source: str) -> list[str]:
         """Resolve the source at run time into the files to embed; ``labels.parquet`` is ground truth
         (the same rule as the CLI: ``reading.catalog_files``)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
         from polyglot_catalog.reading import catalog_files
 
-        return catalog_files(source)
+        try:
+            return catalog_files(source)
+        except (FileNotFoundError, ValueError) as e:  # a wrong path or glob: a retry finds the same
+            raise AirflowFailException(f"{e} (not retried: the input stays the same)") from e
 
     files = list_parquet_files(source="{{ params.source }}")
 

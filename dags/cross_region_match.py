@@ -9,16 +9,19 @@ filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
   and then matches the collection and model named in the newest triggering event; or by hand with
   the trigger form, which matches the `collection` and `model` params.
 * **Reports**: under `$POLYGLOT_DATA_DIR/reports/<out_name or run id>`.
-* **Labels**: a Parquet file with `region, sku, group_id`; when set, `summary.json` carries precision,
-  recall and F1. Defaults to the demo labels when the demo catalog is present. The labels only
-  score the matches unless `calibrate_on_labels` is on, which also tunes the matcher on them and
-  makes those figures optimistic (`calibrated_on_labels` in the summary).
+* **Labels**: none by default. A Parquet file with `region, sku, group_id`, or `gtin` to group SKUs
+  by GTIN; when set, `summary.json` and the report carry precision, recall and F1 over the SKUs the
+  labels name (labels naming none of the collection's SKUs score nothing, and the report says so).
+  The labels only score the matches unless `calibrate_on_labels` is on, which also tunes the matcher
+  on them and makes those figures optimistic (`calibrated_on_labels` in the summary).
+* **Starts unpaused**: so that no collection event of **catalog_embed** is missed while it is paused;
+  it runs only on such an event or when triggered.
+* **Report link**: the `match_regions` task's **Match report** button opens the run's report.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import Param, dag
@@ -35,8 +38,6 @@ from polyglot_catalog.provider.operators import (
     triggered_model,
 )
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
-DEMO_LABELS = PROJECT_DIR / "include" / "demo_catalog" / "labels.parquet"
 OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
 
 
@@ -45,6 +46,9 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
     schedule=[collection_asset(DEFAULT_COLLECTION)],
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
+    # Asset events that arrive while a consumer is paused are not queued for it: start active, so the
+    # first embed run triggers a match. It only ever runs on such an event or by hand.
+    is_paused_upon_creation=False,
     max_active_runs=1,
     user_defined_macros={"triggered_collection": triggered_collection, "triggered_model": triggered_model},
     doc_md=__doc__,
@@ -55,6 +59,8 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
             DEFAULT_COLLECTION,
             type="string",
             pattern=COLLECTION_PATTERN,
+            minLength=1,
+            maxLength=128,
             title="Collection",
             description="Qdrant collection to match (filled by catalog_embed); an asset-triggered run "
             "matches the collection named in the triggering event instead.",
@@ -84,10 +90,12 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
             description="Minimum score in [0, 1] for a match; empty uses the matcher's default.",
         ),
         "labels": Param(
-            str(DEMO_LABELS) if DEMO_LABELS.exists() else None,
+            None,
             type=["null", "string"],
+            minLength=1,
             title="Labels",
-            description="Optional Parquet with region, sku, group_id to score the matches against.",
+            description="Optional: a Parquet file with region, sku, group_id to score the matches "
+            'against, or "gtin" to group SKUs by their GTIN. Empty: the run is not scored.',
         ),
         "calibrate_on_labels": Param(
             False,

@@ -23,18 +23,33 @@ AIRFLOW_SERVICES = {
     "airflow-triggerer": "triggerer",
     "airflow-worker": "celery worker",
 }
-_VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+_VAR = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+API_KEY_ENV = {"QDRANT_API_KEY": "test-key"}
+
+
+class MissingVariable(ValueError):
+    """A ``${VAR:?message}`` whose variable is unset: `docker compose` stops with the message."""
+
+
+def _substitute(match: re.Match, env: dict[str, str]) -> str:
+    name, kind, rest = match.group(1), match.group(2), match.group(3)
+    if env.get(name):
+        return env[name]
+    if kind == "?":
+        raise MissingVariable(f"{name}: {rest}")
+    return rest or ""
 
 
 def _interpolate(value, env: dict[str, str] | None = None):
-    """Compose's ${VAR:-default} substitution (what `docker compose config` does) from ``env`` only."""
-    env = env or {}
+    """Compose's ${VAR:-default} / ${VAR:?error} substitution (what `docker compose config` does) from
+    ``env`` only; the Qdrant API key, which the file requires, is set unless ``env`` says otherwise."""
+    env = {**API_KEY_ENV, **(env or {})}
     if isinstance(value, dict):
         return {k: _interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
         return [_interpolate(v, env) for v in value]
     if isinstance(value, str):
-        return _VAR.sub(lambda m: env.get(m.group(1)) or m.group(2) or "", value)
+        return _VAR.sub(lambda m: _substitute(m, env), value)
     return value
 
 
@@ -113,17 +128,31 @@ def test_qdrant_server_with_persistent_storage_and_default_connection(compose):
     assert "path" not in conn.get("extra", {})  # server mode, never embedded, with several workers
 
 
-def test_cluster_profile_has_three_bootstrapped_nodes(compose):
-    nodes = {n: s for n, s in compose["services"].items() if "cluster" in s.get("profiles", [])}
-    assert sorted(nodes) == ["qdrant-node-1", "qdrant-node-2", "qdrant-node-3"]
-    for name, service in nodes.items():
+def _started(compose: dict, profiles: set[str]) -> set[str]:
+    """The services `docker compose [--profile P] up` starts: no profile, or an active one."""
+    return {
+        name
+        for name, service in compose["services"].items()
+        if not service.get("profiles") or set(service["profiles"]) & profiles
+    }
+
+
+def test_cluster_profile_has_three_bootstrapped_nodes_and_no_stray_single_node(compose):
+    qdrants = {
+        n for n, s in compose["services"].items() if "qdrant/qdrant" in _interpolate(s.get("image", ""))
+    }
+    assert _started(compose, set()) & qdrants == {"qdrant"}
+    cluster = _started(compose, {"cluster"}) & qdrants
+    assert cluster == {"qdrant", "qdrant-node-2", "qdrant-node-3"}, "the cluster profile runs 3 nodes, no 4th"
+    for name in cluster:
+        service = compose["services"][name]
         assert service["environment"]["QDRANT__CLUSTER__ENABLED"] == "true"
         assert f"http://{name}:6335" in service["command"]
-        if name != "qdrant-node-1":
-            assert "--bootstrap" in service["command"]
-            assert "http://qdrant-node-1:6335" in service["command"]
-    # The default services carry no profile, so plain `docker compose up` needs no flag.
+        if name != "qdrant":
+            assert service["command"][service["command"].index("--bootstrap") + 1] == "http://qdrant:6335"
+    # The Airflow services carry no profile, so plain `docker compose up` needs no flag.
     assert all("profiles" not in compose["services"][name] for name in AIRFLOW_SERVICES)
+    assert _connection(compose, _cluster_command_env())["host"] == "qdrant"
 
 
 def test_cluster_command_sets_shards_and_replicas_in_the_connection_extra(compose, monkeypatch):
@@ -131,9 +160,7 @@ def test_cluster_command_sets_shards_and_replicas_in_the_connection_extra(compos
     from polyglot_catalog.provider.hooks import PolyglotQdrantHook
 
     env = _cluster_command_env()
-    assert env["QDRANT_HOST"] == "qdrant-node-1"
     conn = _connection(compose, env)
-    assert conn["host"] == "qdrant-node-1"
     assert (conn["extra"]["shard_number"], conn["extra"]["replication_factor"]) == (3, 2)
     assert conn["extra"]["replication_factor"] <= 3  # no more copies than nodes
 
@@ -141,6 +168,61 @@ def test_cluster_command_sets_shards_and_replicas_in_the_connection_extra(compos
     assert PolyglotQdrantHook().collection_options() == {"shard_number": 3, "replication_factor": 2}
     monkeypatch.setenv("AIRFLOW_CONN_QDRANT_DEFAULT", json.dumps(_connection(compose)))
     assert PolyglotQdrantHook().collection_options() == {}  # single node: the server's defaults
+
+
+def test_published_ports_listen_on_loopback_only(compose):
+    published = [
+        (name, str(port))
+        for name, service in compose["services"].items()
+        for port in service.get("ports", [])
+    ]
+    assert ("qdrant", "127.0.0.1:6333:6333") in published and (
+        "airflow-apiserver",
+        "127.0.0.1:8080:8080",
+    ) in published
+    assert all(port.startswith("127.0.0.1:") for _, port in published), published
+
+
+def test_qdrant_requires_an_api_key_and_the_connection_sends_it(compose):
+    for name in ("qdrant", "qdrant-node-2", "qdrant-node-3"):
+        env = compose["services"][name]["environment"]
+        assert _interpolate(env["QDRANT__SERVICE__API_KEY"], {"QDRANT_API_KEY": "k1"}) == "k1", name
+        with pytest.raises(MissingVariable, match="QDRANT_API_KEY"):
+            _interpolate(env["QDRANT__SERVICE__API_KEY"], {"QDRANT_API_KEY": ""})
+    assert _connection(compose, {"QDRANT_API_KEY": "k1"})["password"] == "k1"
+    with pytest.raises(MissingVariable):
+        _connection(compose, {"QDRANT_API_KEY": ""})
+
+
+def test_named_volumes_are_made_writable_for_the_container_user_first(compose):
+    services = compose["services"]
+    worker_mounts = {m.split(":")[1]: m.split(":")[0] for m in services["airflow-worker"]["volumes"]}
+    named = {target for target, source in worker_mounts.items() if not source.startswith((".", "/"))}
+    assert named == {"/opt/polyglot/cache", "/opt/polyglot/data", "/opt/airflow/logs"}
+
+    fix = services["polyglot-volumes"]
+    assert fix["user"] == "0:0" and fix.get("restart") == "no"
+    assert {m.split(":")[1] for m in fix["volumes"]} == named
+    script = _interpolate(" ".join(fix["command"]))
+    assert 'chown -R "50000:0"' in script and all(target in script for target in named)
+    assert _interpolate(services["airflow-worker"]["user"]) == "50000:0"  # the owner it sets
+    for name in (*AIRFLOW_SERVICES, "airflow-init"):
+        assert services[name]["depends_on"]["polyglot-volumes"] == {
+            "condition": "service_completed_successfully"
+        }, name
+    # the image creates the mount points owned by that user, so fresh volumes start writable too
+    build = services["airflow-worker"]["build"]["dockerfile_inline"]
+    assert "chown -R 50000:0 /opt/polyglot" in build and "USER airflow" in build
+
+
+def test_image_installs_the_cpu_build_of_torch(compose):
+    build = _interpolate(compose["services"]["airflow-worker"]["build"]["dockerfile_inline"])
+    torch_line = next(line for line in build.splitlines() if "pip install" in line and "torch==" in line)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_line
+    pinned = (ROOT / "requirements.txt").read_text(encoding="utf-8")
+    version = re.search(r"^torch==(\S+)$", pinned, re.MULTILINE).group(1)
+    assert f"torch=={version}" in torch_line, "the image's torch matches requirements.txt's pin"
+    assert build.index("download.pytorch.org") < build.index("-r /tmp/polyglot-requirements.txt")
 
 
 def test_every_named_volume_is_declared(compose):

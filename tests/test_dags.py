@@ -148,12 +148,47 @@ def test_trigger_form_values_render_into_what_the_operators_parse(bag):
     assert _as_bool(task.calibrate_on_labels) is False  # honest metrics unless asked
 
 
-def test_default_source_is_the_demo_catalog_and_labels_default_when_present(bag):
+def test_default_source_is_the_demo_catalog_and_no_labels_unless_given(bag):
     embed = bag.dags["catalog_embed"].params
     assert embed["source"] == str(ROOT / "include" / "demo_catalog" / "*.parquet")
-    labels = ROOT / "include" / "demo_catalog" / "labels.parquet"
-    match = bag.dags["cross_region_match"].params
-    assert match["labels"] == (str(labels) if labels.exists() else None)
+    # the demo's labels would score a user's own collection as all wrong (issue 21)
+    assert bag.dags["cross_region_match"].params["labels"] is None
+    match_dag = bag.dags["cross_region_match"]
+    task = match_dag.get_task("match_regions").prepare_for_execution()
+    task.render_template_fields({"params": match_dag.params.dump(), "triggering_asset_events": {}})
+    from polyglot_catalog.provider.operators import _as_optional_str
+
+    assert _as_optional_str(task.labels) is None
+    gtin = _validate(match_dag, {"labels": "gtin"})
+    assert gtin["labels"] == "gtin"
+
+
+def test_unpausing_embed_starts_no_run_until_its_next_schedule(bag):
+    """Unpausing catalog_embed must not start a run for a 02:00 that has already passed."""
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import TimeRestriction
+
+    # the scheduler's view: the serialized DAG's timetable and time restriction
+    dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(bag.dags["catalog_embed"]))
+    restriction = TimeRestriction(earliest=dag.start_date, latest=None, catchup=dag.catchup)
+    info = dag.timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
+    assert info is not None and info.run_after > pendulum.now("UTC")
+
+
+def test_match_starts_unpaused_so_no_collection_event_is_missed(bag):
+    assert bag.dags["cross_region_match"].is_paused_upon_creation is False
+
+
+def test_a_source_that_matches_nothing_fails_without_retries(bag, tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    task = bag.dags["catalog_embed"].get_task("list_parquet_files")
+    with pytest.raises(AirflowFailException, match="matched no Parquet files"):
+        task.python_callable(source=str(tmp_path / "*.parquet"))
+    (tmp_path / "labels.parquet").write_bytes(b"")
+    with pytest.raises(AirflowFailException, match=r"holds only labels\.parquet"):
+        task.python_callable(source=str(tmp_path / "*.parquet"))
 
 
 def _validate(dag, conf: dict) -> dict:
@@ -212,6 +247,10 @@ BAD = [
     ("cross_region_match", {"out_name": "../etc"}),
     ("cross_region_match", {"out_name": "a/b"}),
     ("cross_region_match", {"collection": ""}),
+    ("cross_region_match", {"collection": "bad name!"}),
+    ("cross_region_match", {"collection": "x" * 129}),
+    ("cross_region_match", {"labels": ""}),
+    ("catalog_embed", {"alias": "bad alias"}),
 ]
 
 

@@ -580,7 +580,7 @@ def test_match_rejects_a_bad_search_beam_before_matching(tmp_path, hnsw_ef):
     op.hook = mock.Mock(spec=PolyglotQdrantHook)
     with (
         mock.patch("polyglot_catalog.matching.pipeline.match_catalog") as match,
-        pytest.raises(ValueError, match="hnsw_ef"),
+        pytest.raises(AirflowFailException, match=r"hnsw_ef.*not retried"),
     ):
         op.execute(context={"run_id": "r1"})
     match.assert_not_called()
@@ -595,7 +595,7 @@ def test_match_reports_root_defaults_to_data_dir(monkeypatch, tmp_path):
 def test_match_refuses_report_names_outside_the_root(tmp_path, out_name):
     op = _match_op(reports_root=str(tmp_path), out_name=out_name)
     op.hook = mock.Mock(spec=PolyglotQdrantHook)
-    with pytest.raises(ValueError, match="report folder name"):
+    with pytest.raises(AirflowFailException, match="report folder name"):
         op.execute(context={"run_id": "r1"})
     op.hook.conn.assert_not_called()
 
@@ -682,3 +682,110 @@ def test_reconcile_switches_the_alias_only_after_success(tmp_path):
     assert {a.alias_name: a.collection_name for a in client.get_aliases().aliases} == {"catalog": "cat_v2"}
     assert result["alias"] == "catalog"
     assert outlet_events[asset].extra["collection"] == "catalog"
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 21: input errors fail at once, the report link, reconcile reads the shards in one slice
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (FileNotFoundError("labels file /l.parquet does not exist"), "does not exist"),
+        (ValueError("labels need columns region, sku, group_id; missing ['group_id']"), "missing"),
+        (ValueError("regions ['XX'] not in the data; available: ['DE', 'US']"), "not in the data"),
+    ],
+)
+def test_match_input_errors_fail_without_retries(tmp_path, error, message):
+    op = _match_op(labels="/l.parquet", reports_root=str(tmp_path))
+    op.hook = mock.Mock(spec=PolyglotQdrantHook)
+    with (
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", side_effect=error),
+        pytest.raises(AirflowFailException, match=f"{message}.*not retried") as caught,
+    ):
+        op.execute(context={"run_id": "r1"})
+    assert caught.value.__cause__ is error
+    op.hook.close.assert_called_once()
+
+
+def test_match_store_outage_stays_retryable(tmp_path):
+    from polyglot_catalog.embed import StoreUnavailableError
+
+    op = _match_op(reports_root=str(tmp_path))
+    op.hook = mock.Mock(spec=PolyglotQdrantHook)
+    outage = StoreUnavailableError("http://q:6333", "catalog", "scroll", 4, "ConnectError: refused", 10)
+    with (
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", side_effect=outage),
+        pytest.raises(StoreUnavailableError),
+    ):
+        op.execute(context={"run_id": "r1"})
+    outage_http = ConnectionError("qdrant unreachable")
+    with (
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", side_effect=outage_http),
+        pytest.raises(ConnectionError),
+    ):
+        op.execute(context={"run_id": "r1"})
+
+
+def test_a_bad_collection_from_an_event_fails_without_retries():
+    op = _match_op(collection="{{ triggered_collection(events, 'catalog') }}")
+    context = {
+        "events": {collection_asset(): [_event("bad name!")]},
+        "triggered_collection": triggered_collection,
+    }
+    with pytest.raises(AirflowFailException, match=r"names collection 'bad name!'.*not retried"):
+        op.render_template_fields(context)
+
+
+def test_match_task_links_to_the_report_it_wrote(tmp_path, monkeypatch):
+    from polyglot_catalog.provider.operators import MatchReportLink, report_link
+
+    op = _match_op(reports_root=str(tmp_path), out_name="")
+    op.hook = mock.Mock(spec=PolyglotQdrantHook)
+    link = MatchReportLink()
+    assert link.get_link(op, ti_key=mock.Mock()) == ""  # nothing written yet (or the run failed)
+    with (
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", return_value=_result()),
+        mock.patch("polyglot_catalog.reports.write_reports", side_effect=lambda d, r, run_id: d),
+    ):
+        op.execute(context={"run_id": "manual__2025-01-01T00:00:00+00:00"})
+    assert MatchCatalogOperator.operator_extra_links[0].name == "Match report"
+    assert (
+        link.get_link(op, ti_key=mock.Mock())
+        == "/polyglot/runs/manual__2025-01-01T00%3A00%3A00%2B00%3A00/report.html"
+    )
+    # behind a reverse proxy that serves Airflow under a sub-path, the link keeps that path
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com/tools/airflow/")
+    assert report_link("r1") == "/tools/airflow/polyglot/runs/r1/report.html"
+
+
+class _LazySequence:
+    """Like the Task SDK's lazy XCom sequence: iterating it reads past its end (an error log line)."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __iter__(self):
+        raise AssertionError("iterated: the SDK would log '[error] XCom not found' at the end")
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, key):
+        return self.items[key]
+
+
+def test_reconcile_reads_the_shard_summaries_in_one_slice():
+    op = _reconcile_op(shard_summaries=_LazySequence([{"files": 1, "upserted": 3}, {"files": 1}]))
+    op.hook = _mock_hook()
+    with (
+        mock.patch("polyglot_catalog.store.CatalogStore"),
+        mock.patch("polyglot_catalog.embed.reconcile_vanished", return_value={"flagged": 0}),
+        mock.patch("polyglot_catalog.embed.merge_summaries", return_value={}) as merge,
+    ):
+        op.execute(context={})
+    assert merge.call_args.args[0] == [{"files": 1, "upserted": 3}, {"files": 1}]

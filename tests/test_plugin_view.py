@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import html
 import importlib.util
+import io
 import json
 import os
 import re
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import markupsafe
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from test_reports import SCRIPT_TEXT, hostile_strings, make_result, parse_tags
@@ -184,7 +186,7 @@ def test_list_shows_runs_newest_first_with_their_figures(client: TestClient, rep
     assert n_matches == [f"{matches:,}", "of", f"{candidates:,}", "pairs"]
     assert threshold == ["0.740"]
     assert (precision, recall, f1) == (["0.910"], ["0.860"], ["0.884"])
-    assert link == ["Report", "→"]
+    assert link[:2] == ["Report", "→"]
     assert f'href="runs/{LATEST}/report.html"' in rows[0]
 
     # An unlabelled run has no quality figures: dashes, not zeros.
@@ -308,6 +310,47 @@ def test_bad_run_names_are_refused(client: TestClient, reports: Path, name: str,
     assert str(reports.parent) not in response.text, "error messages must not reveal server paths"
 
 
+@pytest.mark.parametrize("filename", ["pairs.parquet", "groups.parquet", "unmatched.parquet", "summary.json"])
+def test_report_files_download_as_attachments(client: TestClient, reports: Path, filename: str) -> None:
+    response = client.get(f"/runs/{LATEST}/{filename}")
+
+    assert response.status_code == 200
+    assert response.content == (reports / LATEST / filename).read_bytes()
+    assert response.headers["content-disposition"].startswith("attachment;")
+    assert f"{LATEST}-{filename}" in response.headers["content-disposition"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    if filename.endswith(".parquet"):
+        assert pd.read_parquet(io.BytesIO(response.content)).shape[0] > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "filename", "expected"),
+    [
+        pytest.param(LATEST, ".lock", 404, id="lock-file"),
+        pytest.param(LATEST, "report.html.bak", 404, id="not-a-report-file"),
+        pytest.param(LATEST, "duplicates.parquet", 404, id="absent-in-this-run"),
+        pytest.param("escape", "summary.json", 400, id="symlinked-folder-leaving-root"),
+        pytest.param("no-such-run", "pairs.parquet", 404, id="unknown-run"),
+        pytest.param(f".{LATEST}.tmp-0123456789ab", "summary.json", 404, id="in-progress-temp-folder"),
+    ],
+)
+def test_only_the_report_files_of_a_run_download(
+    client: TestClient, reports: Path, name: str, filename: str, expected: int
+) -> None:
+    response = client.get(f"/runs/{name}/{filename}")
+
+    assert response.status_code == expected, response.text
+    assert "outside-model" not in response.text
+
+
+def test_the_list_links_each_runs_downloads(client: TestClient) -> None:
+    row = next(r for r in _rows(client.get("/").text) if _run_name(r) == LATEST)
+    links = re.findall(r'<a class="download" href="([^"]+)" download>', row)
+    assert links == [
+        f"runs/{LATEST}/{f}" for f in ("pairs.parquet", "groups.parquet", "unmatched.parquet", "summary.json")
+    ]
+
+
 def test_dot_segments_are_normalised_before_they_reach_the_app(client: TestClient) -> None:
     # Clients collapse "/runs/../x" themselves; what arrives is another path, never a traversal.
     assert client.get("/runs/../../outside/report.html").status_code == 404
@@ -364,9 +407,12 @@ def test_a_forged_token_is_refused(anonymous: TestClient) -> None:
 def test_every_route_requires_authentication(anonymous: TestClient) -> None:
     paths = {route.path for route in anonymous.app.routes}  # type: ignore[attr-defined]
 
-    assert paths == {"/", "/runs/{name}/report.html"}, "no docs, no openapi, no unguarded extras"
+    assert paths == {"/", "/runs/{name}/report.html", "/runs/{name}/{filename}"}, (
+        "no docs, no openapi, no unguarded extras"
+    )
     for path in paths:
-        response = anonymous.get(path.replace("{name}", LATEST), headers={"accept": "application/json"})
+        url = path.replace("{name}", LATEST).replace("{filename}", "pairs.parquet")
+        response = anonymous.get(url, headers={"accept": "application/json"})
         assert response.status_code == 401, path
 
 
@@ -460,6 +506,7 @@ class LiveServer:
     password: str
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     def request(
         self, path: str, *, headers: dict[str, str] | None = None, data: bytes | None = None
@@ -544,6 +591,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     make_reports_root(reports_root, port=port)
 
     env = _server_env(home, reports_root, passwords, port)
+    server.env = env
     airflow = str(Path(sys.executable).parent / "airflow")
     migrate = subprocess.run(
         [airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300, check=False
@@ -895,3 +943,107 @@ def test_view_in_headless_chromium(live_server: LiveServer, tmp_path: Path) -> N
         if keep := os.environ.get("POLYGLOT_PLUGIN_SCREENSHOT"):
             time.sleep(1)
             browser.screenshot(Path(keep))
+
+
+# ---------------------------------------------------------------------------------------------
+# from the match task to its report and its data (issue 21)
+
+LINK_RUN_ID = "manual__link-test"
+
+#: Run in the server's environment: parse the DAGs into the metadata DB, create a match run whose
+#: task succeeded, and store the task's "Match report" link as the worker does when a task ends
+#: (``finalize`` pushes ``get_link()`` under the link's XCom key).
+SEED_MATCH_RUN = """
+import sys
+from unittest import mock
+
+import pendulum
+from airflow.models.serialized_dag import SerializedDagModel
+from airflow.models.taskinstance import TaskInstance
+from airflow.models.xcom import XComModel
+from airflow.utils.session import create_session
+from airflow.utils.state import DagRunState, TaskInstanceState
+from airflow.utils.types import DagRunTriggeredByType, DagRunType
+
+from polyglot_catalog.provider.operators import MatchReportLink
+
+run_id, report_name = sys.argv[1], sys.argv[2]
+with create_session() as session:
+    dag = SerializedDagModel.get_dag("cross_region_match", session=session)
+    dag.create_dagrun(
+        run_id=run_id, run_after=pendulum.now("UTC"), run_type=DagRunType.MANUAL,
+        triggered_by=DagRunTriggeredByType.TEST, state=DagRunState.SUCCESS, session=session,
+    )
+    session.flush()
+    ti = session.query(TaskInstance).filter_by(dag_id="cross_region_match", run_id=run_id).one()
+    ti.state = TaskInstanceState.SUCCESS
+    link = MatchReportLink()
+    url = link.get_link(mock.Mock(report_name=report_name), ti_key=ti.key)
+    XComModel.set(link.xcom_key, url, dag_id=ti.dag_id, task_id=ti.task_id, run_id=run_id, session=session)
+print(url)
+"""
+
+
+@pytest.fixture(scope="module")
+def match_run(live_server: LiveServer) -> str:
+    """A succeeded cross_region_match run whose task wrote a report folder under the view's root."""
+    airflow = str(Path(sys.executable).parent / "airflow")
+    parsed = subprocess.run(
+        [airflow, "dags", "reserialize"], env=live_server.env, capture_output=True, text=True, timeout=300
+    )
+    assert parsed.returncode == 0, parsed.stderr[-3000:]
+    folder = write_reports(live_server.reports_root / LINK_RUN_ID, make_result(), run_id=LINK_RUN_ID)
+    _set_written_at(folder, "2024-01-01T00:00:00+00:00")  # oldest: the other live tests keep their order
+    seeded = subprocess.run(
+        [sys.executable, "-c", SEED_MATCH_RUN, LINK_RUN_ID, folder.name],
+        env=live_server.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    assert seeded.stdout.strip().endswith(f"/polyglot/runs/{LINK_RUN_ID}/report.html")
+    return LINK_RUN_ID
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@needs_chromium
+def test_match_task_link_opens_its_report_and_downloads_its_parquet(
+    live_server: LiveServer, match_run: str, tmp_path: Path
+) -> None:
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with chromium_page(tmp_path) as browser:
+        # The task instance's Details tab, where Airflow 3 lists a task's extra links.
+        log_in_through_form(
+            browser, live_server, f"/dags/cross_region_match/runs/{match_run}/tasks/match_regions/details"
+        )
+        find_link = "[...document.querySelectorAll('a')].find(a => a.textContent.includes('Match report'))"
+        browser.wait_for(f"!!{find_link}", 120, "the task's Match report button")
+        href = browser.evaluate(f"{find_link}.getAttribute('href')")
+        assert href == f"/polyglot/runs/{match_run}/report.html"
+        # The UI opens extra links in a new tab; open it in this one and click it as a user would.
+        browser.evaluate(f"(() => {{ const a = {find_link}; a.removeAttribute('target'); a.click(); }})()")
+        browser.wait_for(
+            f"location.pathname === '/polyglot/runs/{match_run}/report.html'"
+            " && document.readyState === 'complete'",
+            60,
+            "the report page",
+        )
+        assert browser.evaluate("document.title") == f"Cross-region match report · {match_run}"
+
+        browser.send(
+            "Browser.setDownloadBehavior",
+            {"behavior": "allow", "downloadPath": str(downloads), "eventsEnabled": True},
+            session=False,
+        )
+        browser.evaluate("document.querySelector('a.download[href=\"pairs.parquet\"]').click()")
+        deadline = time.monotonic() + 60
+        while not (done := [p for p in downloads.iterdir() if p.suffix == ".parquet"]):
+            assert time.monotonic() < deadline, f"no download; files: {list(downloads.iterdir())}"
+            time.sleep(0.5)
+    expected = pd.read_parquet(live_server.reports_root / match_run / "pairs.parquet")
+    got = pd.read_parquet(done[0])
+    assert done[0].name == f"{match_run}-pairs.parquet"
+    pd.testing.assert_frame_equal(got, expected)

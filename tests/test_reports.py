@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,7 @@ REPORT_FILES = {
     "report.html",
     ".polyglot-report",
 }
+DATA_FILES = REPORT_FILES - {"report.html", ".polyglot-report"}
 THRESHOLD = 0.74
 
 # Product text is hostile input; every string here must reach the page as text.
@@ -612,7 +614,8 @@ def test_hostile_product_text_renders_only_as_text(result: MatchResult) -> None:
         assert not [k for k in attrs if k.startswith("on")], f"event handler on <{tag}>"
         assert "src" not in attrs
         if "href" in attrs:
-            assert attrs["href"].startswith("#") or attrs["href"] == "data:,", attrs
+            # in-page anchors, the empty icon, or a data file of the folder by its fixed name
+            assert attrs["href"].startswith("#") or attrs["href"] in ({"data:,"} | DATA_FILES), attrs
         assert "javascript:" not in " ".join(str(v) for v in attrs.values())
     assert "<script" not in page.lower()
     assert "&lt;script&gt;document.title=&#39;PWNED&#39;" in page
@@ -692,8 +695,11 @@ def test_page_shows_headline_figures_charts_and_tables(result: MatchResult) -> N
     assert 'aria-label="Precision-recall curve' in page and 'class="marker"' in page
     assert '<tr class="chosen ' in page and "best" in page
     assert "3.42 s" in page  # timings
-    for sku in result.unmatched["sku"].head(3):
-        assert str(sku) in page or "&#34;" in page
+    # every unmatched SKU is a cell of the unmatched table, hostile ones included (as text)
+    shown = _unmatched_cells(page)
+    assert {
+        (str(r), str(s)) for r, s in zip(result.unmatched["region"], result.unmatched["sku"], strict=True)
+    } <= (shown)
 
 
 def test_samples_show_evidence_and_explain(result: MatchResult) -> None:
@@ -708,7 +714,9 @@ def test_samples_show_evidence_and_explain(result: MatchResult) -> None:
     assert rejected_scores == sorted(rejected_scores, reverse=True)
     conflict = samples["conflicts"][0]
     assert "sizes differ" in conflict["explain"]
-    assert {"name": "conflict_numbers", "value": 1.0, "kind": "conflict"} in conflict["evidence"]
+    assert {"name": "conflict_numbers", "value": 1.0, "kind": "conflict", "show": True} in conflict[
+        "evidence"
+    ]
     assert [e["name"] for e in samples["accepted"][0]["evidence"]] == EVIDENCE
 
 
@@ -745,3 +753,295 @@ def test_diff_treats_decimal_comma_and_case_as_equal() -> None:
     seg_a, seg_b = report_html.diff_segments("Lampe 1,5 m LED", "lamp 1.5 m led")
     assert {s.text: s.kind for s in seg_a if s.kind} == {"1,5": "shared", "LED": "shared"}
     assert not [s for s in seg_b if s.kind == "only"]
+
+
+class _TextCells(HTMLParser):
+    """Rows of one table (by class) as lists of cell texts, entities decoded as a browser shows them."""
+
+    def __init__(self, table_class: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.table_class = table_class
+        self.depth = 0
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table" and self.table_class in (dict(attrs).get("class") or "").split():
+            self.depth = 1
+        elif self.depth and tag == "tr":
+            self.rows.append([])
+        elif self.depth and tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.depth and tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif self.depth and tag == "table":
+            self.depth = 0
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _table_rows(page: str, table_class: str) -> list[list[str]]:
+    parser = _TextCells(table_class)
+    parser.feed(page)
+    return [row for row in parser.rows if row]
+
+
+def _unmatched_cells(page: str) -> set[tuple[str, str]]:
+    """(region, sku) of every row of the unmatched table as the browser shows them."""
+    body = page[page.index('<section id="unmatched">') :]
+    return {(row[0], row[1]) for row in _table_rows(body, "unmatched")[1:]}
+
+
+# ---------------------------------------------------------------------------------------------
+# one threshold and one set of figures (issue 21)
+
+
+def _real_run(**kwargs: object) -> MatchResult:
+    """A real match_catalog run on synthetic vectors with labels for every SKU."""
+    from polyglot_catalog.matching.pipeline import match_catalog
+
+    data, labels = _real_catalog()
+    return match_catalog(data, k=5, labels=kwargs.pop("labels", labels), **kwargs)  # type: ignore[arg-type]
+
+
+def _real_catalog() -> tuple[dict, dict]:
+    from polyglot_catalog.matching.data import RegionTable
+
+    rng = np.random.default_rng(5)
+    n = 40
+    base = rng.normal(size=(n, 24))
+    words = {"DE": "Regal", "FR": "étagère", "US": "shelf"}
+    data = {}
+    for r, region in enumerate(REGIONS):
+        keep = [i for i in range(n) if i % 7 != r]
+        vec = base[keep] + 0.7 * rng.normal(size=(len(keep), 24))
+        texts = [f"{FAMILIES[i % len(FAMILIES)][0]} {words[region]} {40 + i} cm" for i in keep]
+        data[region] = RegionTable(region, [f"{region.lower()}{i}" for i in keep], texts, vec)
+    labels = {(r, s): s[2:] for r, t in data.items() for s in t.skus}
+    return data, labels
+
+
+def _figure(page: str, label: str) -> str:
+    """The value of the overview card with this label."""
+    start = page.index(f'<div class="label">{label}</div>')
+    return page[start:].split('<div class="value">', 1)[1].split("<", 1)[0]
+
+
+@pytest.mark.parametrize("threshold", [None, 0.333])
+def test_report_shows_one_threshold_and_one_set_of_figures(threshold: float | None) -> None:
+    result = _real_run(threshold=threshold)
+    page = render_html(result)
+    run_threshold = result.summary["threshold"]
+    overall = result.summary["metrics"]["overall"]
+
+    # the sweep row marked as this run's is at the run's threshold, with the run's P/R/F1
+    chosen = page[page.index('<tr class="chosen ') :].split("</tr>", 1)[0]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", chosen)
+    assert cells == [f"{run_threshold:.4f}", *(f"{overall[k]:.3f}" for k in ("precision", "recall", "f1"))]
+    # the PR-curve dot says the same
+    dot = page[page.index('<circle class="marker"') :].split("</title>", 1)[0]
+    assert (
+        f"threshold {run_threshold:.3f}: precision {overall['precision']:.3f}, recall {overall['recall']:.3f}"
+        in dot
+    )
+    # the headline cards say the same
+    assert _figure(page, "Precision") == f"{overall['precision']:.3f}"
+    assert _figure(page, "F1") == f"{overall['f1']:.3f}"
+    assert _figure(page, "Threshold") == f"{run_threshold:.3f}"
+    # the sweep's best F1 cannot be below the run's own F1
+    sweep = result.summary["metrics"]["threshold_sweep"]
+    assert max(r["f1"] for r in sweep) >= overall["f1"]
+    # summary.json carries the run's row itself, at the threshold exactly as the summary states it
+    (row,) = [r for r in sweep if r["threshold"] == run_threshold]
+    assert (row["precision"], row["recall"], row["f1"]) == (
+        overall["precision"],
+        overall["recall"],
+        overall["f1"],
+    )
+    assert result.summary["metrics"]["pr_curve"] == sweep
+
+
+def test_sweep_decides_each_threshold_as_the_run_does() -> None:
+    """At the run's threshold, the sweep recomputed from scratch equals the run's own decisions."""
+    from polyglot_catalog.matching.evaluate import judges_for, threshold_sweep
+
+    result = _real_run(threshold=0.3)
+    data, labels = _real_catalog()
+    judges = judges_for(data, labels, [("DE", "FR"), ("DE", "US"), ("FR", "US")])
+    row = threshold_sweep(result.pairs, judges, grid=[0.3])[0]
+    overall = result.summary["metrics"]["overall"]
+    assert (row["precision"], row["recall"], row["f1"]) == (
+        overall["precision"],
+        overall["recall"],
+        overall["f1"],
+    )
+
+
+def test_labels_of_another_catalog_score_nothing() -> None:
+    """The demo labels on a user's own collection: no figures, and the report says why."""
+    result = _real_run(labels={("DE", "DE-00001"): "276", ("FR", "FR-00009"): "276"})
+    assert "metrics" not in result.summary
+    assert "correct" not in result.pairs.columns
+    page = render_html(result)
+    assert "labels name none of the matched SKUs (2 labels); run not scored" in page
+    assert "This run had no labels" in page and "Precision</div>" not in page
+
+
+def test_pairs_only_some_labels_speak_about_are_not_counted_as_wrong() -> None:
+    result = _real_run()
+    full = result.summary["metrics"]["overall"]
+    labels = {
+        (r, s): s[2:]
+        for r, s in pd.concat([result.unmatched[["region", "sku"]], result.groups[["region", "sku"]]])
+        .astype(str)
+        .itertuples(index=False)
+        if r != "US"
+    }
+    partial = _real_run(labels=labels)
+    assert partial.summary["metrics"]["by_pair"]["DE|US"]["fp"] == 0
+    assert partial.summary["metrics"]["by_pair"]["DE|US"]["tp"] == 0
+    assert partial.summary["metrics"]["by_pair"]["DE|FR"] == result.summary["metrics"]["by_pair"]["DE|FR"]
+    assert full["tp"] > 0
+    us = (partial.pairs["region_b"] == "US").to_numpy()
+    assert partial.pairs.loc[us, "correct"].isna().all()
+
+
+def test_sample_pairs_say_right_or_wrong_when_labels_exist() -> None:
+    result = _real_run(threshold=0.2)
+    page = render_html(result)
+    assert "right per labels" in page and "wrong per labels" in page
+    assert set(result.pairs["correct"].dropna().unique()) == {True, False}
+    unlabelled = make_result(labelled=False)
+    assert "per labels" not in render_html(unlabelled)
+
+
+def test_tiny_run_gets_a_note_instead_of_a_flat_curve() -> None:
+    result = make_result()
+    flat = [{"threshold": t, "precision": 1.0, "recall": 1.0, "f1": 1.0} for t in (0.1, 0.5, THRESHOLD, 0.9)]
+    result.summary["metrics"]["threshold_sweep"] = flat
+    result.summary["metrics"]["pr_curve"] = flat
+    page = render_html(result)
+    assert 'aria-label="Precision-recall curve' not in page
+    assert "Too few labelled pairs for a curve: every threshold from 0.100 to 0.900 gives" in page
+    assert "precision 1.000 and recall 1.000" in page
+    assert '<tr class="chosen ' in page
+
+
+def test_report_from_before_the_run_row_marks_no_threshold_it_did_not_use() -> None:
+    result = make_result()
+    for key in ("threshold_sweep", "pr_curve"):
+        result.summary["metrics"][key] = [
+            r for r in result.summary["metrics"][key] if abs(r["threshold"] - THRESHOLD) > 1e-6
+        ]
+    page = render_html(result)
+    assert 'class="marker"' not in page and '<tr class="chosen ' not in page
+    assert "this run's threshold is not in the sweep" in page
+
+
+def test_group_conflict_cards_say_what_clashed_and_hide_zero_conflicts() -> None:
+    result = make_result()
+    context = report_html.build_context(result, sample_size=30)
+    conflict = next(
+        c for c in context["samples"]["conflicts"] if c["sku_a"] == "D100200" or c["sku_b"] == "F909001"
+    )
+    assert conflict["conflict"].startswith("refused by the group rule")
+    assert "F100200 vs F909001" in conflict["conflict"]
+    result.pairs.loc[result.pairs["decision"] == "conflict", "conflict_numbers"] = 0.0
+    page = render_html(result)
+    assert "conflict_numbers <b>0.00</b>" not in page
+    assert "Rejected by the group rule" in page and "conflicting evidence" not in page
+
+
+def test_explain_never_starts_with_a_separator() -> None:
+    result = make_result()
+    result.pairs["explain"] = "; corroborated via a third region (0.91)"
+    page = render_html(result)
+    assert '<p class="explain">corroborated via a third region (0.91)</p>' in page
+    assert '<p class="explain">;' not in page
+
+
+def test_histogram_titles_sit_above_their_bars() -> None:
+    hist = report_html._histogram(make_result().pairs, THRESHOLD)
+    assert hist is not None
+    for panel in hist["panels"]:
+        assert panel["label_y"] < panel["y0"]
+        assert all(bar["y"] >= panel["y0"] for bar in panel["bars"])
+    assert hist["panels"][1]["label_y"] > hist["panels"][0]["base"]
+
+
+def _with_matcher_outputs() -> MatchResult:
+    """The matcher outputs of issue 21, added by hand: ambiguous ties, duplicates, reasons, provenance."""
+    result = make_result()
+    result.pairs["ambiguous"] = False
+    first = result.matches["score"].idxmin()  # the borderline match, shown as a sample card
+    result.pairs.loc[first, "ambiguous"] = True
+    result.pairs.loc[first, "explain"] = "cosine 0.90; ambiguous: tie with D999999"
+    result.unmatched["reason"] = ["twin taken by DE/D100200 (score 0.97)", "no candidate"][
+        : len(result.unmatched)
+    ]
+    result.duplicates = pd.DataFrame(  # type: ignore[attr-defined]
+        {
+            "region": ["DE", "DE", "DE"],
+            "listing": ["D1", "D1", "D1"],
+            "sku": ["D1", "D2", "D3"],
+            "text": ["Pflegehinweis: feucht abwischen <b>x</b>"] * 3,
+        }
+    )
+    result.summary["counts_duplicates"] = 3
+    result.summary["reproducibility"] = {
+        "model": "multilingual-e5-small",
+        "model_hash": "sha256:abc123",
+        "versions": {"torch": "2.13.0", "polyglot_catalog": "0.1"},
+        "matcher": {"k": 10, "threshold": None},
+    }
+    return result
+
+
+def test_matcher_outputs_render_when_present() -> None:
+    result = _with_matcher_outputs()
+    page = render_html(result)
+    assert "ambiguous: decided by a tie" in page
+    ambiguous = _table_rows(page, "ambiguous")
+    assert any("ambiguous: tie with D999999" in " ".join(row) for row in ambiguous)
+    assert "Why unmatched" in page and "twin taken by DE/D100200 (score 0.97)" in page
+    assert "Possible duplicate listings" in page and "3 SKUs in 1 sets" in page
+    assert "<code>D1</code>, <code>D2</code>, <code>D3</code>" in page
+    assert "feucht abwischen &lt;b&gt;x&lt;/b&gt;" in page
+    assert '<code>model_hash</code></td><td class="text">sha256:abc123' in page
+    assert '<code>versions.torch</code></td><td class="text">2.13.0' in page
+
+
+def test_older_reports_without_the_new_outputs_render_without_those_sections() -> None:
+    page = render_html(make_result())
+    assert "Possible duplicate listings" not in page and ">Reproducibility</h2>" not in page
+    assert "Why unmatched" not in page and "decided by a tie" not in page
+
+
+def test_log_counts_groups_not_group_rows(
+    tmp_path: Path, result: MatchResult, caplog: pytest.LogCaptureFixture
+) -> None:
+    n_groups = result.groups["group_id"].nunique()
+    assert n_groups < len(result.groups)
+    with caplog.at_level("INFO", logger="polyglot_catalog.reports.writer"):
+        write_reports(tmp_path / "run", result)
+    assert f"{len(result.pairs)} pairs, {n_groups} groups, {len(result.unmatched)} unmatched" in caplog.text
+
+
+def test_report_links_its_data_files_for_download() -> None:
+    page = render_html(make_result())
+    links = [a for t, a in parse_tags(page) if t == "a" and "download" in a]
+    assert [a["href"] for a in links] == [
+        "pairs.parquet",
+        "groups.parquet",
+        "unmatched.parquet",
+        "summary.json",
+    ]
+    with_duplicates = [
+        a["href"] for t, a in parse_tags(render_html(_with_matcher_outputs())) if t == "a" and "download" in a
+    ]
+    assert "duplicates.parquet" in with_duplicates

@@ -4,10 +4,17 @@ Labels map ``(region, sku) -> group_id`` (from a ``region, sku, group_id`` file 
 GTINs). A true pair is two SKUs of different regions in one group. With ``text_ties`` a predicted
 pair also counts as correct when the proposed SKU's text is identical to the true twin's: no
 text-based matcher can tell such SKUs apart, so the data's ceiling is reported separately.
+
+Only what the labels speak about is scored: a pair is counted (right or wrong) when both of its
+SKUs carry a label, and labels of SKUs the collection does not hold are dropped
+(:func:`labels_for`). The threshold sweep decides each threshold the way the run does (one-to-one
+assignment, then the group rule), and its row at the run's own threshold is the run's decisions, so
+the sweep, the PR curve and the headline figures of one report agree.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +59,18 @@ def labels_from_gtin(data: CatalogData) -> Labels:
     return out
 
 
+def labels_for(labels: Labels, data: CatalogData) -> tuple[Labels, int]:
+    """The labels of SKUs ``data`` holds, and how many labels were dropped for naming other SKUs.
+
+    Why: a labels file of another catalog (the demo's, say) shares no SKU with the user's collection;
+    scored against it every accepted pair would count as wrong. Callers treat an empty result as
+    "no labels" and say so instead of printing figures.
+    """
+    present = {(region, sku) for region, table in data.items() for sku in table.skus}
+    kept = {key: group for key, group in labels.items() if key in present}
+    return kept, len(labels) - len(kept)
+
+
 def truth_pairs(
     labels: Labels, region_a: str, skus_a: Iterable[str], region_b: str, skus_b: Iterable[str]
 ) -> set[tuple[str, str]]:
@@ -74,8 +93,14 @@ class PairJudge:
         truth: set[tuple[str, str]],
         text_a: Mapping[str, str] | None = None,
         text_b: Mapping[str, str] | None = None,
+        *,
+        labelled_a: set[str] | None = None,
+        labelled_b: set[str] | None = None,
     ) -> None:
         self.truth = truth
+        # SKUs with a label on each side; None = every SKU counts as labelled (the truth is complete).
+        self.labelled_a = labelled_a
+        self.labelled_b = labelled_b
         self.text_a = text_a
         self.text_b = text_b
         self.twins_a: dict[str, set[str]] = {}
@@ -95,6 +120,12 @@ class PairJudge:
         return _norm(self.text_b.get(b, "\0")) in self._texts_b.get(a, ()) or _norm(
             self.text_a.get(a, "\0")
         ) in self._texts_a.get(b, ())
+
+    def scored(self, a: str, b: str) -> bool:
+        """Whether the labels can judge the pair: both SKUs carry a label."""
+        return (self.labelled_a is None or a in self.labelled_a) and (
+            self.labelled_b is None or b in self.labelled_b
+        )
 
 
 def _norm(text: str) -> str:
@@ -217,11 +248,15 @@ def judges_for(
     for ra, rb in region_pairs:
         a, b = data[ra], data[rb]
         truth = truth_pairs(labels, ra, a.skus, rb, b.skus)
+        known = {
+            "labelled_a": {s for s in a.skus if (ra, s) in labels},
+            "labelled_b": {s for s in b.skus if (rb, s) in labels},
+        }
         if text_ties:
             texts = (dict(zip(a.skus, a.texts, strict=True)), dict(zip(b.skus, b.texts, strict=True)))
-            out[f"{ra}|{rb}"] = PairJudge(truth, *texts)
+            out[f"{ra}|{rb}"] = PairJudge(truth, *texts, **known)
         else:
-            out[f"{ra}|{rb}"] = PairJudge(truth)
+            out[f"{ra}|{rb}"] = PairJudge(truth, **known)
     return out
 
 
@@ -266,10 +301,41 @@ def assigned_at(pairs: pd.DataFrame, threshold: float, method: str = "hungarian"
     return mask
 
 
+def decided_at(
+    pairs: pd.DataFrame, threshold: float, method: str = "hungarian", *, allow_same_region: bool = False
+) -> np.ndarray:
+    """Mask of ``pairs`` rows the run would accept at ``threshold``: the one-to-one rule per region
+    pair, then the group rule (a link that would put two SKUs of one region in a group is refused).
+
+    Why both: the run's ``decision`` column goes through both steps, so a sweep that stopped after the
+    first would count links the run refused, and its F1 could differ from the run's at the same cut.
+    """
+    from .groups import build_groups
+
+    acc = assigned_at(pairs, threshold, method)
+    idx = np.flatnonzero(acc)
+    if not len(idx):
+        return acc
+    sub = pairs.iloc[idx]
+    edges = list(
+        zip(
+            sub["region_a"].astype(str),
+            sub["sku_a"].astype(str),
+            sub["region_b"].astype(str),
+            sub["sku_b"].astype(str),
+            sub["score"].astype(float),
+            strict=True,
+        )
+    )
+    _, kept = build_groups(edges, allow_same_region=allow_same_region)
+    acc[idx[~np.asarray(kept, dtype=bool)]] = False
+    return acc
+
+
 def correct_mask(pairs: pd.DataFrame, judges: Mapping[str, PairJudge]) -> np.ndarray:
     """Per row of ``pairs``: is it a true pair (per its region pair's judge)?"""
     out = np.zeros(len(pairs), dtype=bool)
-    for (ra, rb), idx in pairs.groupby(["region_a", "region_b"], sort=False).indices.items():
+    for (ra, rb), idx in pairs.groupby(["region_a", "region_b"], sort=False, observed=True).indices.items():
         judge = judges.get(f"{ra}|{rb}")
         if judge is None:
             continue
@@ -278,21 +344,55 @@ def correct_mask(pairs: pd.DataFrame, judges: Mapping[str, PairJudge]) -> np.nda
     return out
 
 
+def scored_mask(pairs: pd.DataFrame, judges: Mapping[str, PairJudge]) -> np.ndarray:
+    """Per row of ``pairs``: can the labels judge it (both SKUs labelled, region pair judged)?"""
+    out = np.zeros(len(pairs), dtype=bool)
+    for (ra, rb), idx in pairs.groupby(["region_a", "region_b"], sort=False, observed=True).indices.items():
+        judge = judges.get(f"{ra}|{rb}")
+        if judge is None:
+            continue
+        sub = pairs.iloc[idx]
+        out[idx] = [judge.scored(x, y) for x, y in zip(sub["sku_a"], sub["sku_b"], strict=True)]
+    return out
+
+
+def pair_verdicts(pairs: pd.DataFrame, judges: Mapping[str, PairJudge]) -> pd.Series:
+    """Per row: True (right), False (wrong) or <NA> (the labels cannot judge it), for the report."""
+    correct = correct_mask(pairs, judges)
+    scored = scored_mask(pairs, judges)
+    out = pd.Series(pd.array(correct, dtype="boolean"), index=pairs.index)
+    out[~scored] = pd.NA
+    return out
+
+
+def _metrics_row(
+    threshold: float, accepted: np.ndarray, correct: np.ndarray, n_truth: int
+) -> dict[str, float]:
+    m = prf(int(correct[accepted].sum()), int((~correct[accepted]).sum()), n_truth)
+    return {"threshold": float(threshold), **{key: m[key] for key in ("precision", "recall", "f1")}}
+
+
 def threshold_sweep(
     pairs: pd.DataFrame,
     judges: Mapping[str, PairJudge],
     method: str = "hungarian",
     grid: Iterable[float] = SWEEP_GRID,
+    *,
+    allow_same_region: bool = False,
 ) -> list[dict[str, float]]:
-    """Overall metrics at each grid threshold, re-solving the one-to-one assignment at each one."""
+    """Overall metrics at each grid threshold, deciding each one as the run does (:func:`decided_at`).
+
+    Only pairs the labels can judge count (:meth:`PairJudge.scored`).
+    """
     correct = correct_mask(pairs, judges)
+    scored = scored_mask(pairs, judges)
     n_truth = sum(len(j.truth) for j in judges.values())
-    rows = []
-    for t in grid:
-        acc = assigned_at(pairs, t, method)
-        m = prf(int(correct[acc].sum()), int((~correct[acc]).sum()), n_truth)
-        rows.append({"threshold": float(t), **{key: m[key] for key in ("precision", "recall", "f1")}})
-    return rows
+    return [
+        _metrics_row(
+            t, decided_at(pairs, t, method, allow_same_region=allow_same_region) & scored, correct, n_truth
+        )
+        for t in grid
+    ]
 
 
 def calibrate_threshold(rows: list[dict[str, float]], target_precision: float | None = None) -> float:
@@ -309,20 +409,25 @@ def evaluate_pairs(
     *,
     method: str = "hungarian",
     sweep_rows: list[dict[str, float]] | None = None,
+    threshold: float | None = None,
+    allow_same_region: bool = False,
 ) -> dict[str, Any]:
     """The ``metrics`` block of the summary for a scored ``pairs`` table (see :mod:`.result`).
 
-    Accepted pairs are rows with ``decision == "match"``; top-1 ranks every candidate by ``score``
-    in both directions; the PR curve is drawn over the pairs the one-to-one rule accepts at the
-    lowest sweep threshold.
+    Accepted pairs are rows with ``decision == "match"``; only pairs the labels can judge count.
+    Top-1 ranks every candidate by ``score`` in both directions. With ``threshold`` (the run's), the
+    sweep gets a row at exactly that threshold computed from the run's own decisions, so the sweep,
+    the PR curve (the sweep's rows by threshold) and ``overall`` show one set of figures.
     """
     correct = correct_mask(pairs, judges)
+    scored = scored_mask(pairs, judges)
+    accepted = (pairs["decision"] == "match").to_numpy() & scored
     by_pair: dict[str, dict[str, Any]] = {}
     tot = {"tp": 0, "fp": 0, "truth": 0, "hits": 0.0, "n": 0}
     for key, judge in judges.items():
         ra, rb = key.split("|")
         sel = ((pairs["region_a"] == ra) & (pairs["region_b"] == rb)).to_numpy()
-        acc = sel & (pairs["decision"] == "match").to_numpy()
+        acc = sel & accepted
         m: dict[str, Any] = prf(int(correct[acc].sum()), int((~correct[acc]).sum()), len(judge.truth))
         sub = pairs[sel]
         t_ab, t_ba = top1_accuracy(
@@ -339,7 +444,20 @@ def evaluate_pairs(
     overall: dict[str, Any] = prf(int(tot["tp"]), int(tot["fp"]), int(tot["truth"]))
     overall["top1"] = round(tot["hits"] / tot["n"], 4) if tot["n"] else 0.0
     if sweep_rows is None:
-        sweep_rows = threshold_sweep(pairs, judges, method)
-    floor = assigned_at(pairs, min(SWEEP_GRID), method)
-    curve_rows = pr_curve(pairs["score"].to_numpy(float)[floor], correct[floor], int(tot["truth"]))
-    return {"overall": overall, "by_pair": by_pair, "threshold_sweep": sweep_rows, "pr_curve": curve_rows}
+        sweep_rows = threshold_sweep(pairs, judges, method, allow_same_region=allow_same_region)
+    rows = list(sweep_rows)
+    if threshold is not None:
+        # rounded as summary["threshold"] is, so the report finds the run's row by equality
+        run_row = {
+            "threshold": round(float(threshold), 4),
+            **{k: overall[k] for k in ("precision", "recall", "f1")},
+        }
+        rows = [r for r in rows if not math.isclose(r["threshold"], run_row["threshold"], abs_tol=1e-9)]
+        rows.append(run_row)
+    rows.sort(key=lambda r: r["threshold"])
+    return {
+        "overall": overall,
+        "by_pair": by_pair,
+        "threshold_sweep": rows,
+        "pr_curve": [dict(r) for r in rows],
+    }

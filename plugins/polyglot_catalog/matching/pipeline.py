@@ -43,9 +43,11 @@ from .evaluate import (
     calibrate_threshold,
     evaluate_pairs,
     judges_for,
+    labels_for,
     labels_from_gtin,
     link_pairs,
     load_labels,
+    pair_verdicts,
     threshold_sweep,
 )
 from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
@@ -375,8 +377,13 @@ def match_catalog(
 
     t0 = time.perf_counter()
     lab: Labels | None = None
+    labels_note: str | None = None
     if labels is not None:
         lab = labels_from_gtin(data) if isinstance(labels, str) and labels == "gtin" else load_labels(labels)
+        lab, labels_dropped = labels_for(lab, data)
+        if not lab:  # e.g. the demo's labels on another collection: no figures rather than wrong ones
+            logger.warning("labels name none of the matched SKUs (%d dropped): not scored", labels_dropped)
+            labels_note = f"labels name none of the matched SKUs ({labels_dropped} labels); run not scored"
     fit_lab = lab if fit_on_labels else None
     features = (*FEATURES, "sentences") if sent is not None else FEATURES
     del sent
@@ -401,7 +408,11 @@ def match_catalog(
         )
         for blk in blocks:
             blk["explain"] = [
-                f"{e}; corroborated via a third region ({t:.2f})" if t >= 0.5 else e
+                (
+                    "; ".join(filter(None, (e, f"corroborated via a third region ({t:.2f})")))
+                    if t >= 0.5
+                    else e
+                )
                 for e, t in zip(blk["explain"], blk["feats"]["ev_triangle"], strict=True)
             ]
     timings["scoring"] = time.perf_counter() - t0
@@ -414,7 +425,9 @@ def match_catalog(
     threshold_method = "given"
     match_share: float | None = None
     if lab:
-        sweep_rows = threshold_sweep(_pairs_table(blocks, data, 1.0)[0], judges, method)
+        sweep_rows = threshold_sweep(
+            _pairs_table(blocks, data, 1.0)[0], judges, method, allow_same_region=allow_same_region
+        )
         if threshold is None and (fit_on_labels or target_precision is not None):
             threshold = calibrate_threshold(sweep_rows, target_precision)
             threshold_method = "labels: " + ("target precision" if target_precision else "F1-best")
@@ -485,7 +498,17 @@ def match_catalog(
         "counts_ambiguous": int(pairs["ambiguous"][pairs["decision"] == "match"].sum()),
     }
     if lab:
-        summary["metrics"] = evaluate_pairs(pairs, judges, method=method, sweep_rows=sweep_rows)
+        summary["metrics"] = evaluate_pairs(
+            pairs,
+            judges,
+            method=method,
+            sweep_rows=sweep_rows,
+            threshold=float(threshold),
+            allow_same_region=allow_same_region,
+        )
+        pairs["correct"] = pair_verdicts(pairs, judges)  # right / wrong / <NA> (unlabelled), per pair
+    if labels_note:
+        summary["labels_note"] = labels_note
     return MatchResult(
         pairs=pairs, groups=groups, unmatched=unmatched, summary=summary, duplicates=duplicates
     )

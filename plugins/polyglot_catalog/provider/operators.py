@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, BaseOperator
+from airflow.sdk import Asset, BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException
 
 # Collection and region names: one pattern everywhere (CLI, store, forms), re-exported for the DAGs.
@@ -27,11 +27,18 @@ from polyglot_catalog.names import REGION_PATTERN as REGION_PATTERN
 from polyglot_catalog.provider.hooks import PolyglotQdrantHook, data_dir, optional_positive_int
 
 if TYPE_CHECKING:
+    from airflow.models.taskinstancekey import TaskInstanceKey
     from airflow.sdk import Context
 
 log = logging.getLogger(__name__)
 
 DEFAULT_COLLECTION = "catalog"
+#: Where the API server mounts the report view (``polyglot_catalog.provider.views.URL_PREFIX``).
+REPORT_VIEW_PREFIX = "/polyglot"
+#: Errors of the input or of the arguments: the retry would read the same input, so it would fail the
+#: same way (docs/RELIABILITY.md). Store and network errors are none of these and stay retried.
+INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+NOT_RETRIED = " (not retried: the input stays the same)"
 REPORTS_DIR_NAME = "reports"
 QUARANTINE_DIR_NAME = "quarantine"
 # Model names (registry name, hub id or local folder): printable, one line; also checked in event extras.
@@ -505,7 +512,7 @@ class ReconcileCatalogOperator(BaseOperator):
                     store.switch_alias(alias)
         finally:
             self.hook.close()  # local mode: release the folder lock
-        total = merge_summaries(list(self.shard_summaries or ()), reconciled)
+        total = merge_summaries(shard_list(self.shard_summaries), reconciled)
         if alias:
             total["alias"] = alias
         extra = {
@@ -523,12 +530,51 @@ class ReconcileCatalogOperator(BaseOperator):
         return total
 
 
+def shard_list(summaries: Sequence[Any] | None) -> list[Any]:
+    """The mapped tasks' summaries as a list, read with one slice.
+
+    Why: iterating the lazy XCom sequence Airflow hands a reduce task reads item after item until one
+    is missing, and the Task SDK logs that expected miss as ``[error] XCom not found``; a slice asks
+    for all items at once.
+    """
+    if not summaries:
+        return []
+    return list(summaries[:])
+
+
+def report_link(report_name: str | None) -> str:
+    """The report view's URL of one report folder, under the API server's base path (no host, so
+    the UI's own origin and login apply); ``""`` when there is no report."""
+    if not report_name:
+        return ""
+    from urllib.parse import quote, urlsplit
+
+    from airflow.configuration import conf
+
+    base = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+    return f"{base}{REPORT_VIEW_PREFIX}/runs/{quote(report_name, safe='')}/report.html"
+
+
+class MatchReportLink(BaseOperatorLink):
+    """The "Match report" button on a match task: opens the report this task instance wrote.
+
+    Airflow 3 computes the link on the worker when the task ends and stores it with the task
+    instance; a failed run wrote no report and gets no link.
+    """
+
+    name = "Match report"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return report_link(getattr(operator, "report_name", None))
+
+
 class MatchCatalogOperator(BaseOperator):
     """
     Match products across regions in a Qdrant collection and write the report folder.
 
     Reports go to ``reports_root/out_name`` (checked by ``safe_report_dir``); the task returns the
-    folder and headline figures only.
+    folder and headline figures only, and its "Match report" extra link opens the report in the
+    Airflow UI. Bad arguments or labels fail without retries; a Qdrant outage is retried.
 
     :param collection: Qdrant collection name. Defaults to ``catalog``. (templated)
     :param model: model whose vectors are matched (selects the named vector); ``None`` means the
@@ -538,8 +584,10 @@ class MatchCatalogOperator(BaseOperator):
     :param threshold: minimum score for a match; ``None`` means the library default. Defaults to None.
         (templated)
     :param k: neighbours fetched per product and region. Defaults to 10. (templated)
-    :param labels: Parquet file with ``region, sku, group_id`` ground truth; when given the summary
-        carries precision, recall and F1. Defaults to None. (templated)
+    :param labels: Parquet file with ``region, sku, group_id`` ground truth, or ``"gtin"`` to group
+        SKUs by their GTIN; when given, the summary carries precision, recall and F1 over the SKUs
+        the labels name (labels naming none of the collection's SKUs score nothing). ``None``: no
+        scoring. Defaults to None. (templated)
     :param calibrate_on_labels: also fit the scorer and pick the threshold on ``labels``. The
         metrics are then measured on the data the matcher was tuned on, so they are optimistic;
         the summary says so (``calibrated_on_labels``). Keep False to report honest figures.
@@ -571,6 +619,7 @@ class MatchCatalogOperator(BaseOperator):
         "out_name",
     )
     ui_color = PolyglotUIColors.MATCH.value
+    operator_extra_links = (MatchReportLink(),)
 
     def __init__(
         self,
@@ -602,13 +651,29 @@ class MatchCatalogOperator(BaseOperator):
         self.reports_root = reports_root
         self.out_name = out_name
         self.conn_id = conn_id
+        self.report_name: str | None = None  # set by execute(); read by MatchReportLink
 
     @cached_property
     def hook(self) -> PolyglotQdrantHook:
         """The Qdrant hook (server, local or embedded mode)."""
         return PolyglotQdrantHook(conn_id=self.conn_id)
 
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        """Render as usual; an asset event naming an invalid collection or model fails for good."""
+        try:
+            super().render_template_fields(context, jinja_env)
+        except ValueError as e:
+            raise AirflowFailException(f"{e}{NOT_RETRIED}") from e
+
     def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            return self._match(context)
+        except INPUT_ERRORS as e:
+            # Bad arguments, a labels file that is missing or malformed, regions not in the
+            # collection: the retry would fail the same way. Store outages raise other errors.
+            raise AirflowFailException(f"{e}{NOT_RETRIED}") from e
+
+    def _match(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.matching.pipeline import match_catalog
         from polyglot_catalog.models.registry import DEFAULT_MODEL
         from polyglot_catalog.reports import safe_report_dir, write_reports
@@ -655,6 +720,7 @@ class MatchCatalogOperator(BaseOperator):
             result.summary, labels=labels is not None, threshold=threshold is not None
         )
         report_dir = write_reports(out_dir, result, run_id=run_id)
+        self.report_name = Path(report_dir).name
         summary = match_summary(result.summary, result, report_dir)
         self.log.info("Wrote match report to %s: %s", report_dir, summary)
         return summary

@@ -53,6 +53,15 @@ MAX_SUMMARY_BYTES = 5 * 1024 * 1024
 
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
+#: The files of a report folder the view serves for download, with their media types; nothing else
+#: in a folder (temp files, locks) is reachable.
+DOWNLOADS = {
+    "pairs.parquet": "application/vnd.apache.parquet",
+    "groups.parquet": "application/vnd.apache.parquet",
+    "unmatched.parquet": "application/vnd.apache.parquet",
+    "duplicates.parquet": "application/vnd.apache.parquet",
+    SUMMARY_FILE: "application/json",
+}
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
 #: No scripts, fonts, frames or network loads; inline styles and data: images (the report's SVG
@@ -136,6 +145,7 @@ class RunSummary:
     recall: float | None = None
     f1: float | None = None
     problem: str | None = None
+    files: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _number(value: Any) -> float | None:
@@ -259,7 +269,14 @@ def read_run(root: Path, name: str) -> RunSummary | None:
     if report is None:
         problem = problem or "report.html missing"
     run = summarize_run(name, summary, mtime, report is not None)
-    return run if problem is None else replace(run, problem=problem)
+    if problem is not None:  # a flagged run links nothing
+        return replace(run, problem=problem)
+    files = [
+        (filename, f"runs/{quote(name, safe='')}/{filename}")
+        for filename in DOWNLOADS
+        if _run_file(root, name, filename) is not None
+    ]
+    return replace(run, files=files)
 
 
 def list_runs(root: Path, limit: int = MAX_RUNS) -> tuple[list[RunSummary], int]:
@@ -425,5 +442,14 @@ def create_app(reports_root: Path | Callable[[], Path] | None = None) -> FastAPI
         """One run's self-contained report page, as the writer produced it."""
         path = resolve_run_file(root_of(), name, REPORT_FILE)
         return FileResponse(path, media_type="text/html; charset=utf-8")
+
+    @app.get("/runs/{name}/{filename}", response_class=FileResponse)
+    def report_file(name: str, filename: str) -> FileResponse:
+        """One of the run's data files (:data:`DOWNLOADS`), as an attachment."""
+        media_type = DOWNLOADS.get(filename)
+        if media_type is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report file")
+        path = resolve_run_file(root_of(), name, filename)
+        return FileResponse(path, media_type=media_type, filename=f"{name}-{filename}")
 
     return app

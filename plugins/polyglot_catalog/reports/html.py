@@ -40,8 +40,11 @@ DECISION_LABELS = {
     "match": "accepted",
     "below_threshold": "below threshold",
     "not_mutual": "not mutual best",
-    "conflict": "conflicting evidence",
+    "conflict": "group conflict",
 }
+#: Duplicate-listing sets and ambiguous matches listed in the report (all are in the Parquet files).
+DUPLICATE_SETS_LIMIT = 100
+AMBIGUOUS_LIMIT = 100
 EVIDENCE_PREFIXES = ("ev_", "conflict_")
 
 _TOKEN_RE = re.compile(r"\d+(?:[.,]\d+)*|[^\W\d_]+|\s+|.", re.UNICODE)
@@ -301,7 +304,9 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] |
     bins = min(40, max(10, round((hi - lo) / 0.025)))
     edges = np.linspace(lo, hi, bins + 1)
 
-    width, left, right, panel_h, gap, top = 1000, 56, 16, 120, 34, 12
+    # Each panel's title sits in the band above it (top / gap), never under its bars: a tall first
+    # bar drawn over a title inside the panel clipped it ("jected pairs").
+    width, left, right, panel_h, gap, top = 1000, 56, 16, 120, 40, 24
     plot_w = width - left - right
 
     def x_of(value: float) -> float:
@@ -337,11 +342,12 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] |
                 "total": int(mask.sum()),
                 "peak": peak,
                 "y0": y0,
+                "label_y": y0 - 8,
                 "base": y0 + panel_h,
                 "bars": bars,
             }
         )
-    height = top + 2 * panel_h + gap + 34
+    height = top + 2 * panel_h + gap + 48  # tick labels, then the threshold's label under the axis
     return {
         "width": width,
         "height": height,
@@ -352,6 +358,8 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] |
         "axis_y": panels[-1]["base"],
         "threshold_x": x_of(threshold) if threshold is not None else None,
         "threshold": threshold,
+        # the label sits under the axis, beside the line, on the side with room
+        "threshold_anchor": "end" if threshold is not None and x_of(threshold) > width * 0.85 else "middle",
         "top": top,
     }
 
@@ -374,28 +382,49 @@ def _curve_rows(rows: Any) -> list[dict[str, float | None]]:
     return out
 
 
-def _closest(rows: Sequence[Mapping[str, Any]], threshold: float | None) -> int | None:
-    candidates = [i for i, r in enumerate(rows) if r["threshold"] is not None]
-    if threshold is None or not candidates:
+def _run_row(rows: Sequence[Mapping[str, Any]], threshold: float | None) -> int | None:
+    """Index of the row at exactly the run's threshold (the matcher adds one), else None.
+
+    Nearest-row matching put the PR-curve dot and the sweep's "used" row at thresholds the run
+    never used; a report without that row marks nothing rather than something else.
+    """
+    if threshold is None:
         return None
-    return min(candidates, key=lambda i: abs(rows[i]["threshold"] - threshold))
+    for i, row in enumerate(rows):
+        if row["threshold"] is not None and math.isclose(row["threshold"], threshold, abs_tol=5e-5):
+            return i
+    return None
+
+
+#: A PR curve with fewer distinct (recall, precision) points than this says nothing; a note replaces it.
+MIN_CURVE_POINTS = 3
 
 
 def _pr_chart(metrics: Mapping[str, Any], threshold: float | None) -> dict[str, Any] | None:
-    """Precision-recall curve with the chosen threshold marked, in a fixed 0-1 box."""
+    """Precision-recall curve over the threshold sweep, the run's own threshold marked.
+
+    Drawn from the sweep rows (the matcher's ``pr_curve`` holds the same rows), so each point is a
+    threshold decided as the run decides and the dot is the run's own figures. When every threshold
+    gives (nearly) the same precision and recall, as in a tiny run, the chart is replaced by a note.
+    """
     curve = [
         r
-        for r in _curve_rows(metrics.get("pr_curve"))
-        if r["precision"] is not None and r["recall"] is not None
+        for r in _curve_rows(metrics.get("threshold_sweep"))
+        if r["precision"] is not None and r["recall"] is not None and r["threshold"] is not None
     ]
     if not curve:
-        curve = [
-            r
-            for r in _curve_rows(metrics.get("threshold_sweep"))
-            if r["precision"] is not None and r["recall"] is not None
-        ]
-    if not curve:
         return None
+    distinct = {(round(r["recall"], 3), round(r["precision"], 3)) for r in curve}
+    if len(distinct) < MIN_CURVE_POINTS:
+        lo = min(r["threshold"] for r in curve)
+        hi = max(r["threshold"] for r in curve)
+        return {
+            "flat": True,
+            "points_distinct": len(distinct),
+            "lo": lo,
+            "hi": hi,
+            "levels": [{"recall": rc, "precision": pr} for rc, pr in sorted(distinct)],
+        }
     size, left, top = 300, 52, 14
     width, height = left + size + 20, top + size + 46
 
@@ -405,7 +434,7 @@ def _pr_chart(metrics: Mapping[str, Any], threshold: float | None) -> dict[str, 
     ordered = sorted(curve, key=lambda r: (r["recall"], -r["precision"]))
     points = " ".join(f"{x},{y}" for x, y in (xy(r["recall"], r["precision"]) for r in ordered))
     marker = None
-    index = _closest(curve, threshold)
+    index = _run_row(curve, threshold)
     if index is not None:
         row = curve[index]
         x, y = xy(row["recall"], row["precision"])
@@ -414,6 +443,7 @@ def _pr_chart(metrics: Mapping[str, Any], threshold: float | None) -> dict[str, 
         {"v": t, "x": xy(t, 0)[0], "y": xy(0, t)[1], "label": f"{t:g}"} for t in (0, 0.2, 0.4, 0.6, 0.8, 1)
     ]
     return {
+        "flat": False,
         "width": width,
         "height": height,
         "left": left,
@@ -428,13 +458,13 @@ def _pr_chart(metrics: Mapping[str, Any], threshold: float | None) -> dict[str, 
 
 
 def _sweep_rows(metrics: Mapping[str, Any], threshold: float | None) -> list[dict[str, Any]]:
-    """The sweep table, thinned to about SWEEP_ROWS but always keeping the chosen and best-F1 rows."""
+    """The sweep table, thinned to about SWEEP_ROWS but always keeping the run's and best-F1 rows."""
     rows = _curve_rows(metrics.get("threshold_sweep"))
     if not rows:
         return []
-    chosen = _closest(rows, threshold)
+    chosen = _run_row(rows, threshold)
     scored = [i for i, r in enumerate(rows) if r["f1"] is not None]
-    best = max(scored, key=lambda i: rows[i]["f1"]) if scored else None
+    best = max(scored, key=lambda i: (rows[i]["f1"], i == chosen)) if scored else None
     step = max(1, math.ceil(len(rows) / SWEEP_ROWS))
     keep = (
         {i for i in range(0, len(rows), step)}
@@ -465,7 +495,60 @@ def _evidence_columns(pairs: pd.DataFrame) -> list[str]:
     return [c for c in pairs.columns if str(c).startswith(EVIDENCE_PREFIXES)]
 
 
-def _pair_view(row: Mapping[str, Any], evidence_cols: Sequence[str]) -> dict[str, Any]:
+def _clean_explain(value: Any) -> str:
+    """The matcher's ``"; "``-joined reasons without empty parts (an empty first reason left a
+    leading ``"; "``)."""
+    return "; ".join(part.strip() for part in _as_text(value).split(";") if part.strip())
+
+
+def _verdict(value: Any) -> bool | None:
+    """The pair's ``correct`` cell: True/False when the labels judged it, None when they cannot."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return bool(value)
+
+
+def _flag(value: Any) -> bool:
+    """A boolean column cell that may be missing, NA or NaN (older reports lack the column)."""
+    return _verdict(value) is True
+
+
+class _GroupIndex:
+    """Which group each (region, sku) joined, to say why a pair was refused by the group rule."""
+
+    def __init__(self, groups: pd.DataFrame) -> None:
+        self.group_of: dict[tuple[str, str], str] = {}
+        self.members: dict[str, list[tuple[str, str]]] = {}
+        if {"group_id", "region", "sku"} <= set(groups.columns):
+            for gid, region, sku in groups[["group_id", "region", "sku"]].astype(str).itertuples(index=False):
+                self.group_of[(region, sku)] = gid
+                self.members.setdefault(gid, []).append((region, sku))
+
+    def _side(self, node: tuple[str, str]) -> list[tuple[str, str]]:
+        gid = self.group_of.get(node)
+        return self.members.get(gid, [node]) if gid is not None else [node]
+
+    def clash(self, ra: str, sa: str, rb: str, sb: str) -> str | None:
+        """Why linking the two would break "one SKU per region in a group", or None if it would not."""
+        left, right = self._side((ra, sa)), self._side((rb, sb))
+        if set(left) & set(right):
+            return None
+        by_region = dict(left)
+        parts = [
+            f"{region} {by_region[region]} vs {sku}"
+            for region, sku in right
+            if region in by_region and by_region[region] != sku
+        ]
+        if not parts:
+            return None
+        return "refused by the group rule: linking them would put two SKUs of one region in a group (" + (
+            "; ".join(parts) + ")"
+        )
+
+
+def _pair_view(
+    row: Mapping[str, Any], evidence_cols: Sequence[str], groups: _GroupIndex | None = None
+) -> dict[str, Any]:
     text_a, cut_a = _truncate(row.get("text_a"), TEXT_LIMIT)
     text_b, cut_b = _truncate(row.get("text_b"), TEXT_LIMIT)
     seg_a, seg_b = diff_segments(text_a, text_b)
@@ -475,14 +558,23 @@ def _pair_view(row: Mapping[str, Any], evidence_cols: Sequence[str]) -> dict[str
         value = _as_float(row.get(col))
         if value is None:
             continue
+        is_conflict = str(col).startswith("conflict_")
         evidence.append(
             {
                 "name": str(col),
                 "value": value,
-                "kind": "conflict"
-                if str(col).startswith("conflict_") and value
-                else ("pos" if value else "zero"),
+                "kind": "conflict" if is_conflict and value else ("pos" if value else "zero"),
+                # A conflict column at 0 is no evidence at all; showing it as "conflict 0.00" misled.
+                "show": bool(value) or not is_conflict,
             }
+        )
+    conflict = None
+    if decision == "conflict" and groups is not None:
+        conflict = groups.clash(
+            _as_text(row.get("region_a")),
+            _as_text(row.get("sku_a")),
+            _as_text(row.get("region_b")),
+            _as_text(row.get("sku_b")),
         )
     return {
         "region_a": _as_text(row.get("region_a")),
@@ -496,7 +588,10 @@ def _pair_view(row: Mapping[str, Any], evidence_cols: Sequence[str]) -> dict[str
         "decision_label": DECISION_LABELS.get(decision, decision or "unknown"),
         # Only known decisions become CSS classes; anything else gets the neutral style.
         "decision_css": decision if decision in DECISIONS else "other",
-        "explain": _as_text(row.get("explain")),
+        "explain": _clean_explain(row.get("explain")),
+        "conflict": conflict,
+        "correct": _verdict(row.get("correct")),
+        "ambiguous": _flag(row.get("ambiguous")),
         "segments_a": seg_a,
         "segments_b": seg_b,
         "cut_a": cut_a,
@@ -505,7 +600,7 @@ def _pair_view(row: Mapping[str, Any], evidence_cols: Sequence[str]) -> dict[str
     }
 
 
-def _sample_pairs(pairs: pd.DataFrame, size: int) -> dict[str, Any]:
+def _sample_pairs(pairs: pd.DataFrame, size: int, groups: pd.DataFrame | None = None) -> dict[str, Any]:
     """The pairs a reviewer learns most from: accepted and rejected pairs nearest the threshold.
 
     Borderline decisions are where the matcher is most likely wrong, so they beat a random sample.
@@ -526,17 +621,70 @@ def _sample_pairs(pairs: pd.DataFrame, size: int) -> dict[str, Any]:
         size - len(accepted) - len(conflicts)
     )
 
+    index = _GroupIndex(groups if groups is not None else pd.DataFrame())
+
     def views(df: pd.DataFrame) -> list[dict[str, Any]]:
-        return [_pair_view(row, evidence_cols) for row in df.to_dict("records")]
+        return [_pair_view(row, evidence_cols, index) for row in df.to_dict("records")]
 
     return {"accepted": views(accepted), "rejected": views(rejected), "conflicts": views(conflicts)}
+
+
+def _ambiguous(pairs: pd.DataFrame) -> dict[str, Any]:
+    """Accepted matches that only a tie decided (``ambiguous`` column, when the matcher wrote it)."""
+    if "ambiguous" not in pairs.columns or "decision" not in pairs.columns:
+        return {"rows": [], "total": 0}
+    flags = pairs["ambiguous"].map(_flag).astype(bool)
+    chosen = pairs[flags.to_numpy() & (pairs["decision"] == "match").to_numpy()]
+    rows = [
+        {
+            "region_a": _as_text(r.get("region_a")),
+            "sku_a": _as_text(r.get("sku_a")),
+            "region_b": _as_text(r.get("region_b")),
+            "sku_b": _as_text(r.get("sku_b")),
+            "score": r.get("score"),
+            "explain": _clean_explain(r.get("explain")),
+        }
+        for r in chosen.head(AMBIGUOUS_LIMIT).to_dict("records")
+    ]
+    return {"rows": rows, "total": len(chosen)}
+
+
+def _duplicates(result: MatchResult, summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Sets of SKUs of one region with identical text (``MatchResult.duplicates``), or None when the
+    run did not look for them (older reports)."""
+    frame = getattr(result, "duplicates", None)
+    if not isinstance(frame, pd.DataFrame) or not {"region", "listing", "sku"} <= set(frame.columns):
+        return None
+    sets = []
+    for (region, listing), grp in frame.groupby(["region", "listing"], sort=True, observed=True):
+        skus = sorted(grp["sku"].astype(str))
+        text, cut = _truncate(grp["text"].iloc[0] if "text" in grp.columns else "", UNMATCHED_TEXT_LIMIT)
+        sets.append({"region": str(region), "listing": str(listing), "skus": skus, "text": text, "cut": cut})
+    total_skus = _as_float(summary.get("counts_duplicates"))
+    return {
+        "sets": sets[:DUPLICATE_SETS_LIMIT],
+        "n_sets": len(sets),
+        "n_skus": int(total_skus) if total_skus is not None else len(frame),
+    }
+
+
+def _flatten(value: Any, prefix: str = "") -> list[dict[str, str]]:
+    """Nested dict -> ``[{"key": "a.b", "value": "..."}]`` rows, values as display text."""
+    if isinstance(value, Mapping):
+        rows: list[dict[str, str]] = []
+        for key, inner in value.items():
+            rows.extend(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return rows
+    if isinstance(value, list | tuple):
+        return [{"key": prefix, "value": ", ".join(_as_text(v) for v in value)}]
+    return [{"key": prefix, "value": _as_text(value)}]
 
 
 def _unmatched(unmatched: pd.DataFrame, regions: Sequence[str]) -> dict[str, Any]:
     """Unmatched products by region, nearest misses first, capped at UNMATCHED_LIMIT rows."""
     total = len(unmatched)
     if not total or not {"region", "sku"} <= set(unmatched.columns):
-        return {"rows": [], "total": total, "by_region": []}
+        return {"rows": [], "total": total, "by_region": [], "reasons": False}
     position = {r: i for i, r in enumerate(regions)}
     frame = unmatched.assign(
         _pos=unmatched["region"].astype(str).map(lambda r: position.get(r, len(position))),
@@ -556,11 +704,12 @@ def _unmatched(unmatched: pd.DataFrame, regions: Sequence[str]) -> dict[str, Any
                 "best_score": row.get("best_score"),
                 "best_region": _as_text(row.get("best_region")),
                 "best_sku": _as_text(row.get("best_sku")),
+                "reason": _as_text(row.get("reason")),
             }
         )
     counts = unmatched["region"].astype(str).value_counts()
     by_region = [{"region": r, "count": int(counts.get(r, 0))} for r in regions if counts.get(r, 0)]
-    return {"rows": rows, "total": total, "by_region": by_region}
+    return {"rows": rows, "total": total, "by_region": by_region, "reasons": "reason" in unmatched.columns}
 
 
 def _group_sizes(groups: pd.DataFrame) -> list[dict[str, int]]:
@@ -634,7 +783,25 @@ def build_context(
         "metric_rows": _metric_rows(metrics),
         "pr": _pr_chart(metrics, threshold),
         "sweep": _sweep_rows(metrics, threshold),
-        "samples": _sample_pairs(pairs, sample_size),
+        "samples": _sample_pairs(pairs, sample_size, result.groups),
+        "ambiguous": _ambiguous(pairs),
+        "duplicates": _duplicates(result, summary),
+        "reproducibility": _flatten(summary["reproducibility"])
+        if isinstance(summary.get("reproducibility"), Mapping)
+        else [],
+        "labels_note": _as_text(summary.get("labels_note")),
+        # Fixed names the writer uses (no data in hrefs); duplicates.parquet only where the run has it.
+        "data_files": [
+            "pairs.parquet",
+            "groups.parquet",
+            "unmatched.parquet",
+            *(
+                ["duplicates.parquet"]
+                if isinstance(getattr(result, "duplicates", None), pd.DataFrame)
+                else []
+            ),
+            "summary.json",
+        ],
         "evidence_columns": _evidence_columns(pairs),
         "unmatched": _unmatched(result.unmatched, regions),
         "timings": _timings(summary),

@@ -131,6 +131,11 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def count_groups(groups: pd.DataFrame) -> int:
+    """Product groups in a ``group_id, region, sku`` table (it has one row per member SKU)."""
+    return int(groups["group_id"].nunique()) if "group_id" in groups.columns else 0
+
+
 def report_summary(result: MatchResult, *, run_id: str | None = None) -> dict[str, Any]:
     """The ``summary.json`` content: the run's summary plus the run id and row counts of the files."""
     summary = _jsonable(dict(result.summary or {}))
@@ -374,7 +379,7 @@ def write_reports(
         "wrote report %s: %d pairs, %d groups, %d unmatched",
         final,
         len(result.pairs),
-        len(result.groups),
+        count_groups(result.groups),  # groups, not group rows (one row per SKU)
         len(result.unmatched),
     )
     return final
