@@ -24,12 +24,11 @@ REPORT_FILES = {
     "pairs.parquet",
     "groups.parquet",
     "unmatched.parquet",
-    "duplicates.parquet",
     "summary.json",
     "report.html",
     ".polyglot-report",
-}
-DATA_FILES = REPORT_FILES - {"report.html", ".polyglot-report"}
+}  # make_result() has no duplicates table (a result from before duplicate detection)
+DATA_FILES = REPORT_FILES - {"report.html", ".polyglot-report"} | {"duplicates.parquet"}
 THRESHOLD = 0.74
 
 # Product text is hostile input; every string here must reach the page as text.
@@ -1045,3 +1044,11 @@ def test_report_links_its_data_files_for_download() -> None:
         a["href"] for t, a in parse_tags(render_html(_with_matcher_outputs())) if t == "a" and "download" in a
     ]
     assert "duplicates.parquet" in with_duplicates
+
+
+def test_duplicate_listings_are_written_beside_the_pairs(tmp_path: Path) -> None:
+    result = _with_matcher_outputs()
+    folder = write_reports(tmp_path / "run", result)
+    assert {p.name for p in folder.iterdir()} == REPORT_FILES | {"duplicates.parquet"}
+    got = pd.read_parquet(folder / "duplicates.parquet")
+    assert got.astype(str).equals(result.duplicates.reset_index(drop=True).astype(str))

@@ -39,7 +39,7 @@ class MatchResult:
     groups: pd.DataFrame
     unmatched: pd.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
-    duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DUPLICATE_COLUMNS))
+    duplicates: pd.DataFrame | None = None  # None: a result from before duplicate detection
 
     @property
     def matches(self) -> pd.DataFrame:

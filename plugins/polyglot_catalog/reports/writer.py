@@ -290,6 +290,8 @@ def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
         ("duplicates", result.duplicates),
     )
     for name, frame in frames:
+        if frame is None:
+            continue
         path = folder / f"{name}.parquet"
         frame.reset_index(drop=True).to_parquet(path, index=False, engine="pyarrow")
         _fsync_file(path)
