@@ -235,6 +235,11 @@ class Encoder:
         if self._workers > 1 and device is not None and not str(device).startswith("cpu"):
             raise ValueError("processes is for CPU encoding; on an accelerator use one process")
         self.spec = resolve_model(model)
+        if backend != "torch" and not self.spec.bundled and not Path(self.spec.source).is_dir():
+            raise ValueError(
+                f"backend {backend!r} needs a local model folder; {self.spec.name!r} is a hub id "
+                "(download it to a folder first, or use backend='torch')"
+            )
         self.backend = backend
         self.threads = threads
         self._device = device
@@ -701,6 +706,11 @@ def _folder_max_seq_length(folder: Path) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _no_prompt_notice(record: logging.LogRecord) -> bool:
+    """Drop sentence-transformers' "Default prompt name is set" warning: we pass the prompt ourselves."""
+    return "Default prompt name is set" not in record.getMessage()
+
+
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
     """No "Loading weights" progress bar while the model loads: in a task log it is noise, written to
@@ -712,9 +722,12 @@ def _quiet_loading() -> Iterator[None]:
     hub_was_off = hub_utils.are_progress_bars_disabled()
     hf_logging.disable_progress_bar()
     hub_utils.disable_progress_bars()
+    st_log = logging.getLogger("sentence_transformers")
+    st_log.addFilter(_no_prompt_notice)
     try:
         yield
     finally:
+        st_log.removeFilter(_no_prompt_notice)
         if bar_was_on:
             hf_logging.enable_progress_bar()
         if not hub_was_off:
