@@ -218,7 +218,8 @@ def test_batch_size_defaults_by_device(monkeypatch, device, batch) -> None:
 
 
 def _copy_of(encoder: Encoder):
-    return lambda spec, device=None: copy.deepcopy(encoder.model)
+    model = encoder.model  # load the (lazy) session model before the loader is replaced
+    return lambda spec, device=None: copy.deepcopy(model)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from polyglot_catalog.ids import content_hash, point_id
-from polyglot_catalog.models.identity import check_model
+from polyglot_catalog.models.identity import check_model, record_model
 from polyglot_catalog.quarantine import QuarantineWriter
 from polyglot_catalog.reading import CatalogReader, QuarantinedRow, SourceBatch, SourceLike
 from polyglot_catalog.sentences import SentenceCache, split_sentences
@@ -51,6 +51,7 @@ from polyglot_catalog.text import TextTemplate
 log = logging.getLogger(__name__)
 
 VANISHED_OPTIONS = ("flag", "keep", "delete")
+SENTENCE_VECTORS = ("separate", "late")
 PROGRESS_LOG_SECONDS = 30.0
 QUARANTINE_IN_SUMMARY = 20  # the summary goes to XCom: a sample, not the whole list
 SUMMARY_TEXT_CHARS = 120  # of a quarantined description, in that sample
@@ -360,7 +361,7 @@ class _EmbedRun:
         self.counts["truncated"] += sum(1 for i in changed if text_of[i] != full[i])
         # late chunking: a row lacking sentences is passed through the model anyway (its sentences
         # come from that pass); else only its sentences the cache lacks are encoded
-        late = self.sentences is not None and getattr(self.encoder, "late_chunking", False)
+        late = self.sentences is not None and self.sentences.late
         encode = todo if late else changed
         vectors, n_encoded = self._encode(
             [text_of[i] for i in encode], [] if late else [text_of[i] for i in lacking]
@@ -398,7 +399,7 @@ class _EmbedRun:
         encoded = pa.array(texts, pa.string()).dictionary_encode()
         unique = encoded.dictionary.to_pylist()
         fan_out = encoded.indices.to_numpy()
-        late = self.sentences is not None and getattr(self.encoder, "late_chunking", False)
+        late = self.sentences is not None and self.sentences.late
         if late:
             split = [split_sentences(t) for t in unique]
             vectors, per_text = self.timer.timed(
@@ -537,6 +538,7 @@ def embed_catalog(
     allowed_regions: Sequence[str] | None = None,
     collection_options: Mapping[str, Any] | None = None,
     sentences: bool = True,
+    sentence_vectors: Literal["separate", "late"] = "separate",
 ) -> dict[str, Any]:
     """Embed a Parquet catalog into ``store``, encoding only new or changed rows.
 
@@ -575,6 +577,13 @@ def embed_catalog(
         sentences (bool): also keep the vectors of each text's sentences in the model's sentence
             cache (:mod:`polyglot_catalog.sentences`), which the matcher aligns pair by pair; only
             sentences the cache lacks are encoded. Defaults to True.
+        sentence_vectors (str): how sentence vectors are made: "separate" encodes each distinct
+            sentence the cache lacks as a text of its own; "late" pools them from the token spans of
+            each description's own forward pass (no second encode: the embed stage runs at raw
+            ``model.encode`` speed, see bench/RESULTS.md), for models with mean pooling (others fall
+            back to "separate"). Each kind has its own cache; the collection records which one its
+            last run wrote, and the matcher reads that one. Defaults to "separate": on the IKEA dev
+            catalog late-chunked sentences cost the matcher 0.01-0.02 top-1 (bench_matching.py).
 
     Returns:
         A small JSON-safe summary: rows_read, valid, embedded, encoded_texts, encoded_sentences,
@@ -593,6 +602,10 @@ def embed_catalog(
     """
     if vanished not in VANISHED_OPTIONS:
         raise ValueError(f"vanished must be one of {list(VANISHED_OPTIONS)}; got {vanished!r}")
+    if sentence_vectors not in SENTENCE_VECTORS:
+        raise ValueError(
+            f"sentence_vectors must be one of {list(SENTENCE_VECTORS)}; got {sentence_vectors!r}"
+        )
     if on_bad_file not in BAD_FILE_POLICIES:
         raise ValueError(f"on_bad_file must be one of {list(BAD_FILE_POLICIES)}; got {on_bad_file!r}")
     limit = parse_max_invalid(max_invalid)
@@ -633,13 +646,22 @@ def embed_catalog(
                 lambda: check_model(store, encoder.model_name, fingerprint, full_refresh=full_refresh),
             )
         if sentences:
+            late = sentence_vectors == "late" and bool(getattr(encoder, "late_chunking", False))
             cache = SentenceCache(
                 store.client,
                 store.vector_name,
                 fingerprint,
+                late=late,
                 max_retries=store.max_retries,
                 backoff=store.backoff,
             )
+            if fingerprint is not None:  # the matcher reads the cache this run fills
+                kind = "late" if late else "separate"
+                run.call(
+                    "model check",
+                    None,
+                    lambda: record_model(store, encoder.model_name, fingerprint, sentence_vectors=kind),
+                )
             found = run.call("sentence cache check", None, cache.exists)
             run.call(
                 "sentence cache check",

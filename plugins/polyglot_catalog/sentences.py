@@ -60,12 +60,13 @@ def sentence_id(vector_name: str, sentence: str) -> str:
     return str(uuid.uuid5(PROJECT_NAMESPACE, f"sentence{_SEP}{vector_name}{_SEP}{sentence}"))
 
 
-def sentence_collection(vector_name: str, fingerprint: str | None = None) -> str:
+def sentence_collection(vector_name: str, fingerprint: str | None = None, late: bool = False) -> str:
     """The cache collection for one model: its vector name and, when known, its content fingerprint
-    (two models under one name never share sentence vectors). Without a fingerprint: the name used
-    before fingerprints were recorded."""
+    (two models under one name never share sentence vectors), with ``__late`` for late-chunked vectors
+    (another kind of vector than a sentence encoded alone). Without a fingerprint: the name used before
+    fingerprints were recorded."""
     suffix = f"__{fingerprint}" if fingerprint else ""
-    return f"{SENTENCE_COLLECTION_PREFIX}{vector_name}{suffix}"
+    return f"{SENTENCE_COLLECTION_PREFIX}{vector_name}{suffix}{'__late' if late else ''}"
 
 
 @dataclass
@@ -192,22 +193,30 @@ class SentenceCache:
     """
 
     def __init__(
-        self, client: Any, vector_name: str, fingerprint: str | None = None, **store_options: Any
+        self,
+        client: Any,
+        vector_name: str,
+        fingerprint: str | None = None,
+        *,
+        late: bool = False,
+        **store_options: Any,
     ) -> None:
         self.vector_name = vector_name
         self.fingerprint = fingerprint
+        self.late = late
         self.store = CatalogStore(
-            client, sentence_collection(vector_name, fingerprint), vector_name, **store_options
+            client, sentence_collection(vector_name, fingerprint, late), vector_name, **store_options
         )
 
     @classmethod
     def for_store(cls, store: CatalogStore, **store_options: Any) -> SentenceCache:
-        """The cache of the model whose vectors ``store`` holds (its recorded fingerprint)."""
+        """The cache the last embed run of ``store`` wrote: its model's fingerprint and sentence kind,
+        as recorded with the collection (the pre-fingerprint cache when nothing is recorded)."""
         from .models.identity import recorded_model
 
-        record = recorded_model(store)
-        fingerprint = record.get("fingerprint") if record else None
-        return cls(store.client, store.vector_name, fingerprint, **store_options)
+        record = recorded_model(store) or {}
+        late = record.get("sentence_vectors") == "late"
+        return cls(store.client, store.vector_name, record.get("fingerprint"), late=late, **store_options)
 
     def add_vectors(self, lookup: Mapping[str, np.ndarray], batch_size: int = 256) -> int:
         """Store the ``sentence -> vector`` pairs the cache lacks (vectors made by the caller, e.g.

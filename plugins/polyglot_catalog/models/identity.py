@@ -34,11 +34,13 @@ def recorded_model(store: Any) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def record_model(store: Any, model: str, fingerprint: str) -> None:
-    """Record ``model`` and its fingerprint for the store's vector (merged into the metadata)."""
+def record_model(store: Any, model: str, fingerprint: str, **extra: Any) -> None:
+    """Record ``model`` and its fingerprint (and ``extra``, e.g. the sentence-vector kind) for the
+    store's vector (merged into the metadata)."""
     info = store._call("collection info", store.client.get_collection, store.collection)
     models = dict((getattr(info.config, "metadata", None) or {}).get(METADATA_KEY) or {})
-    models[store.vector_name] = {"model": model, "fingerprint": fingerprint}
+    models[store.vector_name] = {**(models.get(store.vector_name) or {}), **extra}
+    models[store.vector_name].update(model=model, fingerprint=fingerprint)
     store._call(
         "collection metadata update",
         store.client.update_collection,
