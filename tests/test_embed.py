@@ -477,7 +477,7 @@ def test_unchanged_rerun_loads_no_model_and_no_tokenizer(
     assert again["skipped_unchanged"] == len(ROWS) and again["embedded"] == 0
     assert not again["model_loaded"] and again["precision"] is None
     assert session_copy == ["multilingual-e5-small"]  # loaded once, by the first run only
-    assert lazy._tokenizer is None  # hashes cover the untruncated text: no token counting either
+    assert not lazy.loaded  # hashes cover the untruncated text: no token counting either
 
 
 def test_embed_stage_takes_sentence_vectors_from_the_description_pass(

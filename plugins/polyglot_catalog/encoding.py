@@ -248,7 +248,6 @@ class Encoder:
         self._onnx: _OnnxModel | None = None
         self._pool: dict[str, Any] | None = None
         self._model: Any = None
-        self._tokenizer: Any = None
         self._fingerprint: str | None = None
         self._precision: tuple[str, str] | None = None
         if device is not None or backend != "torch":
@@ -354,19 +353,12 @@ class Encoder:
 
     @property
     def tokenizer(self) -> Any:
-        """The model's tokenizer; loaded on its own (about 1 s) when the weights are not needed yet."""
-        if self._model is not None:
-            return self._model.tokenizer
+        """The model's tokenizer. Loads the model: tokens are counted only for texts about to be
+        encoded (unchanged rows are skipped on their hash first), so loading the tokenizer alone
+        would only parse it twice."""
         if self._onnx is not None:
             return self._onnx.tokenizer
-        if self._tokenizer is None:
-            folder = self._folder()
-            if folder is None:
-                return self.model.tokenizer
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        return self._tokenizer
+        return self.model.tokenizer
 
     # -- loading -----------------------------------------------------------------------------------
 
