@@ -535,3 +535,11 @@ def test_input_and_store_are_checked_before_the_model_loads(tmp_path: Path, monk
     with pytest.raises(StoreUnavailableError, match=r"127\.0\.0\.1:9"):
         embed_catalog(source, down, lazy)
     assert not lazy.loaded
+
+
+def test_an_unknown_sentence_vector_kind_is_refused_before_anything_runs(
+    tmp_path: Path, store: CatalogStore
+) -> None:
+    with pytest.raises(ValueError, match=r"sentence_vectors must be one of \['separate', 'late'\]"):
+        embed_catalog(write_catalog(tmp_path / "c.parquet"), store, FakeEncoder(), sentence_vectors="both")
+    assert not store.exists()
