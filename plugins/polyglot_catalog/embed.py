@@ -1,7 +1,8 @@
 """The embed stage: read -> text -> hash check -> encode -> upsert, incremental and idempotent.
 
 Re-runs are cheap and safe: point ids come from (region, sku), and each point stores the hash of
-(model, template, text), so a batch only encodes rows whose hash is new or changed. Nothing is counted
+(model name and content fingerprint, template and token budget, untruncated text), so a batch only
+encodes rows whose hash is new or changed, and the model loads only when some row needs it. Nothing is counted
 as upserted before Qdrant acknowledged it. SKUs that disappeared from the source are flagged stale (or
 deleted, or kept) once the whole source was embedded without error. A sharded run passes
 ``vanished="keep"`` per shard, then calls :func:`reconcile_vanished` once and :func:`merge_summaries`.
