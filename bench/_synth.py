@@ -102,7 +102,7 @@ def anchor_vectors() -> dict[str, np.ndarray]:
     with (SHARED_DATA / "ikea" / "ikea_products_dev.csv").open(encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if all(r[lang].strip() for lang in ("en", "de", "fr"))]
     rows = rows[:ANCHORS]
-    enc = Encoder()
+    enc = Encoder(precision="fp32")  # the reference the synthetic catalogs were built with
     out = {lang: enc.encode([r[lang][:300] for r in rows]) for lang in ("en", "de", "fr")}
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     np.savez(CACHE, **out)

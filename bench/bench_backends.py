@@ -26,7 +26,7 @@ from polyglot_catalog.encoding import Encoder
 
 # Row name -> Encoder arguments; the first row is the reference.
 BACKENDS: dict[str, dict[str, str]] = {
-    "torch": {"backend": "torch"},
+    "torch": {"backend": "torch", "precision": "fp32"},
     "torch-bf16": {"backend": "torch", "precision": "bf16"},
     "onnx": {"backend": "onnx"},
     "onnx-int8": {"backend": "onnx-int8"},

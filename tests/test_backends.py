@@ -105,11 +105,19 @@ TRANSLATED = {
 }
 
 
+@pytest.fixture
+def plain_cpu(monkeypatch) -> None:
+    """A CPU without native bf16, whatever this machine has."""
+    monkeypatch.setattr(encoding, "cpu_bf16", lambda: None)
+
+
+@pytest.mark.usefixtures("plain_cpu")
 @pytest.mark.parametrize(
     ("device", "precision", "backend", "expected"),
     [
         ("cpu", None, "torch", "fp32"),
         (None, None, "torch", "fp32"),
+        ("cpu", "auto", "torch", "fp32"),
         ("cuda", None, "torch", "fp16"),
         ("cuda:1", None, "torch", "fp16"),
         ("mps", None, "torch", "fp32"),
@@ -125,13 +133,54 @@ def test_resolve_precision(device, precision, backend, expected) -> None:
 
 
 @pytest.mark.parametrize(
+    ("native", "device", "expected", "why"),
+    [
+        ("AMX", "cpu", "bf16", "AMX"),
+        ("AVX-512 bf16", None, "bf16", "AVX-512 bf16"),
+        (None, "cpu", "fp32", "no AMX or AVX-512 bf16"),
+        ("AMX", "cuda", "fp16", "CUDA"),
+        ("AMX", "mps", "fp32", "mps"),
+    ],
+)
+def test_auto_precision_follows_the_hardware_and_says_why(monkeypatch, native, device, expected, why) -> None:
+    monkeypatch.setattr(encoding, "cpu_bf16", lambda: native)
+    for asked in ("auto", None):
+        precision, reason = encoding.explain_precision(device, asked)
+        assert precision == expected
+        assert reason.startswith("auto") and why in reason
+    assert encoding.explain_precision(device, "fp32") == ("fp32", "asked for")
+
+
+def test_cpu_bf16_reads_the_cpu_flags_without_torch(monkeypatch, tmp_path) -> None:
+    import builtins
+    import sys
+
+    real_open = builtins.open
+    cpuinfo = tmp_path / "cpuinfo"
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(cpuinfo if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(builtins, "open", fake_open)
+    for flags, expected in [
+        ("fpu avx512f amx_bf16 amx_tile", "AMX"),
+        ("avx512f avx512_bf16", "AVX-512 bf16"),
+    ]:
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert encoding.cpu_bf16() == expected
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f\n")
+    assert encoding.cpu_bf16() is None
+
+
+@pytest.mark.parametrize(
     ("device", "precision", "backend", "message"),
     [
         ("cpu", "fp16", "torch", "not for CPU.*use 'bf16'"),
         (None, "fp16", "torch", "not for CPU"),
         ("cpu", "bf16", "onnx", "needs backend='torch'"),
         ("cpu", "fp16", "onnx-int8", "needs backend='torch'"),
-        ("cuda", "int8", "torch", r"one of \['fp32', 'bf16', 'fp16'\]"),
+        ("cuda", "int8", "torch", r"one of \['auto', 'fp32', 'bf16', 'fp16'\]"),
         ("cpu", "BF16", "torch", "one of"),
     ],
 )
@@ -169,7 +218,8 @@ def test_batch_size_defaults_by_device(monkeypatch, device, batch) -> None:
 
 
 def _copy_of(encoder: Encoder):
-    return lambda spec, device=None: copy.deepcopy(encoder.model)
+    model = encoder.model  # load the (lazy) session model before the loader is replaced
+    return lambda spec, device=None: copy.deepcopy(model)
 
 
 @pytest.fixture
@@ -178,15 +228,17 @@ def reuse_model(monkeypatch, encoder) -> None:
     monkeypatch.setattr(encoding, "load_sentence_transformer", _copy_of(encoder))
 
 
-def test_session_encoder_is_fp32_on_cpu(encoder) -> None:
-    expected = "fp16" if torch.cuda.is_available() else "fp32"
-    assert encoder.precision == expected
+def test_session_encoder_is_the_fp32_reference(encoder) -> None:
+    assert encoder.precision == "fp32"
+    assert next(encoder.model.parameters()).dtype == torch.float32
 
 
 def test_threads_apply_to_torch(reuse_model) -> None:
     before = torch.get_num_threads()
     try:
-        Encoder(threads=1)
+        lazy = Encoder(threads=1)
+        assert not lazy.loaded  # threads apply when the model loads
+        lazy.encode(["one"])
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
@@ -197,6 +249,7 @@ def bf16_vectors(encoder) -> tuple[Encoder, dict[str, np.ndarray]]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(encoding, "load_sentence_transformer", _copy_of(encoder))
         bf16 = Encoder(precision="bf16", device="cpu")
+        bf16.model  # noqa: B018 - load (a copy of the session model) while the loader is patched
     return bf16, {lang: bf16.encode(texts) for lang, texts in TRANSLATED.items()}
 
 
@@ -224,6 +277,7 @@ def test_bf16_keeps_the_nearest_translation(encoder, bf16_vectors) -> None:
 @pytest.mark.slow
 def test_pool_matches_one_process_and_stops_on_close(reuse_model, texts, reference) -> None:
     with Encoder(processes=2, threads=1, batch_size=8) as pooled:
+        pooled.model  # noqa: B018 - the pool starts with the model
         assert pooled.processes == 2
         pids = [p.pid for p in pooled._pool["processes"]]
         vectors = pooled.encode(texts)

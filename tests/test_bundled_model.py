@@ -153,3 +153,103 @@ def test_registry_resolves_names_and_folders(model_dir: Path) -> None:
     assert folder_spec.source == str(model_dir.resolve()) and not folder_spec.bundled
     with pytest.raises(registry.ModelNotAvailableError):
         registry.resolve_model("./no/such/folder")
+
+
+# -- late chunking, lazy loading, model identity (#23, #20.3) --------------------------------------
+
+LATE_TEXTS = [
+    "Solid pine shelf with four levels. Holds up to 20 kg per shelf. Wipe clean with a damp cloth.",
+    "Ein Regal aus massiver Kiefer. Trägt bis zu 20 kg pro Fach. Mit einem feuchten Tuch abwischen.",
+    "Glass table lamp",
+]
+
+
+def test_late_chunking_gives_the_encode_vectors_and_one_vector_per_sentence(encoder) -> None:
+    from polyglot_catalog.sentences import split_sentences
+
+    sentences = [split_sentences(t) for t in LATE_TEXTS]
+    vectors, per_text = encoder.encode_with_sentences(LATE_TEXTS, sentences)
+    assert encoder.late_chunking and encoder.separately == 0
+    assert np.sum(vectors * encoder.encode(LATE_TEXTS), axis=1).min() > 0.9999
+    assert [len(v) for v in per_text] == [3, 3, 1]
+    for rows in per_text:
+        assert rows.dtype == np.float32 and np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(per_text[2][0], vectors[2], atol=1e-6)  # a one-sentence text: its own vector
+    # each sentence's vector is nearest to the same sentence encoded alone, and its translation's
+    alone = encoder.encode(sentences[0])
+    assert ((per_text[0] @ alone.T).argmax(axis=1) == np.arange(3)).all()
+    assert ((per_text[0] @ per_text[1].T).argmax(axis=1) == np.arange(3)).all()
+
+
+def test_sentences_beyond_the_window_are_encoded_alone_not_lost(encoder) -> None:
+    from polyglot_catalog.sentences import split_sentences
+
+    text = " ".join(f"Sentence number {i} talks about shelf {i * 7} cm." for i in range(12))
+    sentences = split_sentences(text)
+    before = encoder.model.max_seq_length
+    encoder.model.max_seq_length = 24  # the window covers the first few sentences only
+    try:
+        _, (rows,) = encoder.encode_with_sentences([text], [sentences])
+        late_count = encoder.separately
+        alone = encoder.encode(sentences[-3:])
+    finally:
+        encoder.model.max_seq_length = before
+    assert 0 < late_count < len(sentences) and len(rows) == len(sentences)
+    assert np.allclose(rows[-3:], alone, atol=1e-5)  # past the window: the sentence's own encoding
+
+
+def test_lazy_encoder_reads_its_facts_without_loading(monkeypatch, encoder) -> None:
+    from polyglot_catalog import encoding
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model should not load")
+
+    monkeypatch.setattr(encoding, "load_sentence_transformer", no_loading)
+    lazy = encoding.Encoder(precision="fp32")
+    assert (lazy.dim, lazy.max_seq_length, lazy.prompt) == (
+        encoder.dim,
+        encoder.max_seq_length,
+        encoder.prompt,
+    )
+    assert lazy.fingerprint == registry.model_fingerprint()
+    assert lazy.late_chunking and not lazy.loaded
+
+
+def test_loading_prints_no_progress_bar(capfd) -> None:
+    from polyglot_catalog.encoding import Encoder
+
+    Encoder(precision="fp32").model  # noqa: B018 - a real load, as a task does
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err and "it/s" not in out + err
+    assert "Default prompt name" not in out + err
+
+
+def _model_folder(root: Path, weights: bytes) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "modules.json").write_text("[]")
+    (root / "tokenizer.json").write_text('{"model": "unigram"}')
+    (root / "model.safetensors").write_bytes(weights)
+    return root
+
+
+def test_fingerprint_tells_folders_apart_and_sees_a_retrain_in_place(tmp_path: Path, monkeypatch) -> None:
+    a = _model_folder(tmp_path / "a", b"weights-one")
+    b = _model_folder(tmp_path / "b", b"weights-two")
+    same = _model_folder(tmp_path / "c", b"weights-one")
+    assert registry.model_fingerprint(str(a)) == registry.model_fingerprint(str(same))  # content, not path
+    assert registry.model_fingerprint(str(a)) != registry.model_fingerprint(str(b))
+    before = registry.model_fingerprint(str(a))
+    hashed: list[Path] = []
+    real = registry._file_digest
+    monkeypatch.setattr(registry, "_file_digest", lambda p: hashed.append(p) or real(p))
+    assert registry.model_fingerprint(str(a)) == before and hashed == []  # cached by size + mtime
+    (a / "model.safetensors").write_bytes(b"weights-1ne")  # retrained in place, same size
+    os.utime(a / "model.safetensors", ns=(1, 1))
+    assert registry.model_fingerprint(str(a)) != before
+    assert [p.name for p in hashed] == ["model.safetensors"]
+
+
+def test_fingerprint_of_a_model_with_no_local_files_says_so(monkeypatch) -> None:
+    monkeypatch.setattr(registry, "model_folder", lambda spec: None)
+    with pytest.raises(registry.ModelNotAvailableError, match="no local files"):
+        registry.model_fingerprint("some-org/not-downloaded")

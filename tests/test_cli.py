@@ -101,7 +101,7 @@ def test_embed_passes_precision_and_threads_to_the_encoder(capsys, tmp_path):
         assert main(argv) == 0
     assert encoder_cls.call_args_list == [
         mock.call(precision="bf16", threads=1),
-        mock.call(precision=None, threads=None),
+        mock.call(precision="auto", threads=None),
     ]
 
 

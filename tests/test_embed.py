@@ -385,3 +385,161 @@ def test_real_encoder_on_the_demo_sample(tmp_path: Path, encoder) -> None:
     assert vectors.shape[1] == encoder.dim
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     assert embed_catalog(tmp_path / "de.parquet", store, encoder)["skipped_unchanged"] == 16
+
+
+# -- model identity, lazy model load, late-chunked sentences (#20.3, #20.6, #23) ------------------
+
+
+class FolderEncoder(FakeEncoder):
+    """A fake encoder whose identity is a model folder's fingerprint, as the real Encoder's is."""
+
+    def __init__(self, folder: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.folder = folder
+
+    @property
+    def fingerprint(self) -> str:
+        from polyglot_catalog.models.registry import model_fingerprint
+
+        return model_fingerprint(str(self.folder))
+
+
+def model_folder(root: Path, weights: bytes) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "modules.json").write_text("[]")
+    (root / "model.safetensors").write_bytes(weights)
+    return root
+
+
+@pytest.fixture
+def any_store(qdrant_client) -> CatalogStore:
+    return CatalogStore(qdrant_client, "catalog", "fake-model", backoff=0.0)
+
+
+def test_a_different_model_under_the_same_name_is_refused(tmp_path: Path, any_store: CatalogStore) -> None:
+    source = write_catalog(tmp_path / "c.parquet")
+    first = embed_catalog(source, any_store, FolderEncoder(model_folder(tmp_path / "a", b"one")))
+    before = snapshot(any_store)
+    more = write_catalog(tmp_path / "more.parquet", [*ROWS, ("US", "U9", "en", "Oak table , 120 cm")])
+    other = FolderEncoder(model_folder(tmp_path / "b", b"two"))
+    with pytest.raises(ValueError, match="fake-model") as refused:
+        embed_catalog(more, any_store, other)
+    assert "new collection" in str(refused.value) and "full_refresh" in str(refused.value)
+    assert other.encoded == [] and snapshot(any_store) == before  # nothing written
+    assert first["model_fingerprint"] == snapshot(any_store)[point_id("DE", "D1")][0]["model_fingerprint"]
+
+
+def test_a_model_retrained_in_place_is_refused_until_full_refresh(
+    tmp_path: Path, any_store: CatalogStore
+) -> None:
+    folder = model_folder(tmp_path / "m", b"weights-one")
+    source = write_catalog(tmp_path / "c.parquet")
+    embed_catalog(source, any_store, FolderEncoder(folder))
+    (folder / "model.safetensors").write_bytes(b"weights-two")  # retrained, same path and name
+    with pytest.raises(ValueError, match="different weights"):
+        embed_catalog(source, any_store, FolderEncoder(folder))
+    again = embed_catalog(source, any_store, FolderEncoder(folder), full_refresh=True)
+    assert again["embedded"] == len(ROWS)
+    assert embed_catalog(source, any_store, FolderEncoder(folder))["skipped_unchanged"] == len(ROWS)
+
+
+@pytest.fixture
+def session_copy(monkeypatch, encoder):
+    """Encoders built through the real constructor load a copy of the session model (no 10 s load)."""
+    import copy
+
+    from polyglot_catalog import encoding
+
+    loads: list[str] = []
+    model = encoder.model  # the session's (lazy) model, loaded before the loader is replaced
+
+    def load(spec, device=None):
+        loads.append(spec.name)
+        return copy.deepcopy(model)
+
+    monkeypatch.setattr(encoding, "load_sentence_transformer", load)
+    return loads
+
+
+def test_unchanged_rerun_loads_no_model_and_no_tokenizer(
+    tmp_path: Path, store: CatalogStore, session_copy: list[str], caplog
+) -> None:
+    from polyglot_catalog.encoding import Encoder
+
+    source = write_catalog(tmp_path / "c.parquet")
+    store.vector_name = vector_name_for("multilingual-e5-small")
+    with caplog.at_level(logging.INFO, logger="polyglot_catalog.encoding"):
+        first = embed_catalog(source, store, Encoder(precision="fp32"))
+    assert first["model_loaded"] and first["precision"] == "fp32" and first["precision_reason"]
+    assert "loaded model multilingual-e5-small (torch, fp32" in caplog.text
+    lazy = Encoder()
+    again = embed_catalog(source, store, lazy)
+    assert again["skipped_unchanged"] == len(ROWS) and again["embedded"] == 0
+    assert not again["model_loaded"] and again["precision"] is None
+    assert session_copy == ["multilingual-e5-small"]  # loaded once, by the first run only
+    assert not lazy.loaded  # hashes cover the untruncated text: no token counting either
+
+
+def test_embed_stage_takes_sentence_vectors_from_the_description_pass(
+    tmp_path: Path, store: CatalogStore, session_copy: list[str]
+) -> None:
+    from polyglot_catalog.encoding import Encoder
+    from polyglot_catalog.sentences import SentenceCache, split_sentences
+
+    rows = [
+        ("DE", "D1", "de", "Regal aus Birke. Trägt 20 kg. Mit feuchtem Tuch abwischen."),
+        ("US", "U1", "en", "Birch shelf. Holds 20 kg. Wipe with a damp cloth."),
+        ("US", "U2", "en", "Oak table. Wipe with a damp cloth."),  # a sentence shared with U1
+    ]
+    source = write_catalog(tmp_path / "c.parquet", rows)
+    store.vector_name = vector_name_for("multilingual-e5-small")
+    enc = Encoder(precision="fp32")
+    calls: list[list[str]] = []
+    real = enc.encode
+    enc.encode = lambda texts: calls.append(list(texts)) or real(texts)  # type: ignore[method-assign]
+    summary = embed_catalog(source, store, enc, sentence_vectors="late")
+    assert calls == [] and summary["encoded_sentences"] == 0  # no second encode of any sentence
+    distinct = {s for r in rows for s in split_sentences(r[3])}
+    assert summary["sentences_written"] == len(distinct) == 7  # the shared sentence stored once
+    cache = SentenceCache.for_store(store)
+    vectors = cache.vectors_for([r[3] for r in rows])
+    assert vectors is not None and vectors.n_occurrences == 8
+    assert cache.late and cache.store.collection.endswith("__late")
+    store.client.delete_collection(cache.store.collection)  # a dropped cache refills on the next run
+    refill = embed_catalog(source, store, enc, sentence_vectors="late")
+    assert refill["skipped_unchanged"] == 3 and refill["sentences_written"] == 7
+    assert SentenceCache.for_store(store).vectors_for([r[3] for r in rows]) is not None
+    # back to separately encoded sentences: their own cache, filled for the unchanged rows too
+    separate = embed_catalog(source, store, enc)
+    assert separate["skipped_unchanged"] == 3 and separate["encoded_sentences"] == 7
+    assert not SentenceCache.for_store(store).late
+
+
+def test_input_and_store_are_checked_before_the_model_loads(tmp_path: Path, monkeypatch) -> None:
+    from polyglot_catalog import encoding
+    from polyglot_catalog.embed import EmbedInputError, StoreUnavailableError
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model should not load")
+
+    monkeypatch.setattr(encoding, "load_sentence_transformer", no_loading)
+    lazy = encoding.Encoder()
+    vector = vector_name_for(lazy.model_name)
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"sku": ["A"], "region": ["DE"], "desc": ["x"]}), bad)
+    local = CatalogStore(open_client(path=":memory:"), "catalog", vector, backoff=0.0)
+    with pytest.raises(EmbedInputError, match="description"):
+        embed_catalog(bad, local, lazy)
+    source = write_catalog(tmp_path / "c.parquet")
+    down = CatalogStore(open_client(url="http://127.0.0.1:9", timeout=1), "catalog", vector, max_retries=0)
+    with pytest.raises(StoreUnavailableError, match=r"127\.0\.0\.1:9"):
+        embed_catalog(source, down, lazy)
+    assert not lazy.loaded
+
+
+def test_an_unknown_sentence_vector_kind_is_refused_before_anything_runs(
+    tmp_path: Path, store: CatalogStore
+) -> None:
+    with pytest.raises(ValueError, match=r"sentence_vectors must be one of \['separate', 'late'\]"):
+        embed_catalog(write_catalog(tmp_path / "c.parquet"), store, FakeEncoder(), sentence_vectors="both")
+    assert not store.exists()

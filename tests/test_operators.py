@@ -136,7 +136,7 @@ def test_embed_execute_delegates_once_and_closes_the_client(tmp_path, monkeypatc
         encoder_cls.return_value.model_name = "my-model"
         result = op.execute(context={"run_id": run_id, "ti": _ti(2)})
     encoder_cls.assert_called_once_with(
-        device=None, batch_size=None, precision=None, threads=None, model="my-model"
+        device=None, batch_size=None, precision="auto", threads=None, model="my-model"
     )
     store_cls.assert_called_once_with(op.hook.conn, "cat_v2", "my-model")
     embed.assert_called_once_with(

@@ -691,3 +691,13 @@ def test_sentence_idf_weighs_boilerplate_down_and_alignment_follows_it() -> None
 def test_sentence_weights_must_match_the_rows() -> None:
     with pytest.raises(ValueError, match="one value per sentence"):
         SentenceVectors(np.array([0, 2]), np.zeros((2, 3)), np.ones(3))
+
+
+def test_each_model_and_kind_of_sentence_vector_has_its_own_cache() -> None:
+    from polyglot_catalog.sentences import sentence_collection
+
+    legacy = sentence_collection("m")
+    assert legacy == "polyglot_sentences__m"  # caches from before fingerprints keep their name
+    names = {legacy, sentence_collection("m", "aa11"), sentence_collection("m", "bb22")}
+    names |= {sentence_collection("m", "aa11", late=True)}
+    assert len(names) == 4

@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--precision",
         choices=PRECISIONS,
-        help="model weights: bf16 is ~2.5x faster on CPUs with AVX-512 bf16/AMX; fp16 is for CUDA "
-        "(default: fp16 on CUDA, else fp32)",
+        default="auto",
+        help="model weights (default auto: bf16 on CPUs with AMX/AVX-512 bf16, ~2.7x fp32; fp16 on "
+        "CUDA; else fp32); vectors are float32 either way",
     )
     embed.add_argument(
         "--threads", type=_positive_int, metavar="N", help="torch threads (default: one per CPU)"

@@ -391,6 +391,8 @@ class EdgeClient:
         }
         if hnsw_config is not None and hnsw_config.payload_m is not None:
             meta["payload_m"] = hnsw_config.payload_m
+        if _cluster_options.get("metadata"):
+            meta["metadata"] = dict(_cluster_options["metadata"])
         self._write_json(self._root / "meta" / f"{collection_name}.json", meta)
         self._shards[collection_name] = qe.EdgeShard.create(
             str(self._root / "collections" / collection_name), config
@@ -433,11 +435,17 @@ class EdgeClient:
                     write_consistency_factor=None,
                 ),
                 hnsw_config=SimpleNamespace(m=meta.get("hnsw_m", 16), payload_m=meta.get("payload_m")),
+                metadata=meta.get("metadata"),
             ),
         )
 
     def update_collection(
-        self, collection_name: str, *, hnsw_config: models.HnswConfigDiff | None = None, **_: Any
+        self,
+        collection_name: str,
+        *,
+        hnsw_config: models.HnswConfigDiff | None = None,
+        metadata: dict[str, Any] | None = None,
+        **_: Any,
     ) -> bool:
         """Records HNSW ``m`` and ``payload_m`` (``bulk_load`` sets 0, then restores them); restoring a
         graph builds the index now, as a server would start indexing when the setting comes back.
@@ -445,6 +453,10 @@ class EdgeClient:
         The engine builds the graphs its shard was created with: the recorded values only say
         whether it should build them (edge never indexes on its own)."""
         name, shard = self._shard(collection_name)
+        if metadata:  # merged into what is stored, as Qdrant does
+            meta = self._meta(name)
+            meta["metadata"] = {**(meta.get("metadata") or {}), **metadata}
+            self._write_json(self._root / "meta" / f"{name}.json", meta)
         if hnsw_config is not None and (hnsw_config.m is not None or hnsw_config.payload_m is not None):
             meta = self._meta(name)
             if hnsw_config.m is not None:

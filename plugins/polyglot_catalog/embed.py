@@ -1,7 +1,8 @@
 """The embed stage: read -> text -> hash check -> encode -> upsert, incremental and idempotent.
 
 Re-runs are cheap and safe: point ids come from (region, sku), and each point stores the hash of
-(model, template, text), so a batch only encodes rows whose hash is new or changed. Nothing is counted
+(model name and content fingerprint, template and token budget, untruncated text), so a batch only
+encodes rows whose hash is new or changed, and the model loads only when some row needs it. Nothing is counted
 as upserted before Qdrant acknowledged it. SKUs that disappeared from the source are flagged stale (or
 deleted, or kept) once the whole source was embedded without error. A sharded run passes
 ``vanished="keep"`` per shard, then calls :func:`reconcile_vanished` once and :func:`merge_summaries`.
@@ -34,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from polyglot_catalog.ids import content_hash, point_id
+from polyglot_catalog.models.identity import check_model, record_model
 from polyglot_catalog.quarantine import QuarantineWriter
 from polyglot_catalog.reading import (
     CatalogReader,
@@ -42,7 +44,7 @@ from polyglot_catalog.reading import (
     SourceBatch,
     SourceLike,
 )
-from polyglot_catalog.sentences import SentenceCache
+from polyglot_catalog.sentences import SentenceCache, split_sentences
 from polyglot_catalog.store import (
     ACTIVE,
     STALE,
@@ -56,6 +58,7 @@ from polyglot_catalog.text import TextTemplate
 log = logging.getLogger(__name__)
 
 VANISHED_OPTIONS = ("flag", "keep", "delete")
+SENTENCE_VECTORS = ("separate", "late")
 PROGRESS_LOG_SECONDS = 30.0
 QUARANTINE_IN_SUMMARY = 20  # the summary goes to XCom: a sample, not the whole list
 SUMMARY_TEXT_CHARS = 120  # of a quarantined description, in that sample
@@ -66,6 +69,9 @@ BAD_FILE_POLICIES = ("fail_at_end", "fail_fast")
 # already cut to the model's token budget.
 MAX_PAYLOAD_CHARS = 32_768
 DUPLICATE_REASON = "duplicate (region, sku)"
+#: Payload field naming the sentence cache that holds a point's sentences (see :class:`_EmbedRun`).
+SENTENCE_FIELD = "sentence_cache"
+_BUDGET = "\x1ftokens="  # joins the template and the token budget in the content hash
 
 
 class StoreUnavailableError(UpsertError):
@@ -272,16 +278,6 @@ def _template(template: str | TextTemplate | None, encoder: EncoderLike) -> Text
     return TextTemplate(template, max_tokens=encoder.max_seq_length, count_tokens=encoder.count_tokens)
 
 
-def _encode_unique(encoder: EncoderLike, texts: list[str]) -> tuple[np.ndarray, int]:
-    """Encode each distinct text once and fan the vectors back out; returns (vectors, texts encoded)."""
-    encoded = pa.array(texts, pa.string()).dictionary_encode()
-    unique = encoded.dictionary.to_pylist()
-    vectors = np.asarray(encoder.encode(unique), dtype=np.float32)
-    if vectors.shape != (len(unique), encoder.dim):
-        raise ValueError(f"encoder returned shape {vectors.shape}, expected ({len(unique)}, {encoder.dim})")
-    return vectors[encoded.indices.to_numpy()], len(unique)
-
-
 class _EmbedRun:
     """State of one embed_catalog call; one method per step keeps each step small and testable."""
 
@@ -295,6 +291,9 @@ class _EmbedRun:
     ):
         self.store, self.encoder, self.template, self.full_refresh = store, encoder, template, full_refresh
         self.sentences = sentences
+        self.fingerprint: str | None = None
+        self.model_key = encoder.model_name  # + "@fingerprint" once known (see embed_catalog)
+        self.refill_sentences = False  # set when the sentence cache was missing at the start
         self.timer = _Timer()
         self.counts: Counter[str] = Counter()
         self.embedded_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -338,73 +337,128 @@ class _EmbedRun:
         )
 
     def process(self, part: SourceBatch) -> None:
+        """Render, hash and compare first; encode (loading the model on first need) only rows whose
+        hash is new, plus rows whose sentences the cache lacks; then write sentences, then points."""
         self.counts["rows_read"] += part.rows_read
         self.counts["valid"] += part.batch.num_rows
         if part.batch.num_rows == 0:
             return
         batch = part.batch
-        rendered = self.timer.timed("text", lambda: self.template.render_with_stats(batch))
-        self.counts["truncated"] += rendered.truncated
-        spec = self.template.resolve(batch.schema.names)
-        model = self.encoder.model_name
+        # The hash covers the untruncated text, the token budget and the model's fingerprint, which
+        # decide the truncated text: unchanged rows need no tokenizer and no model.
+        full = self.timer.timed("text", lambda: self.template.render_array(batch).to_pylist())
+        spec = f"{self.template.resolve(batch.schema.names)}{_BUDGET}{self.template.max_tokens}"
         regions, skus = batch.column("region").to_pylist(), batch.column("sku").to_pylist()
         ids = [point_id(r, s) for r, s in zip(regions, skus, strict=True)]
-        hashes = [content_hash(model, spec, t) for t in rendered.texts]
-        changed, stale = self._diff(ids, hashes)
+        hashes = [content_hash(self.model_key, spec, t) for t in full]
+        changed, stale, lacking = self._diff(ids, hashes)
         if stale:
             self.call("reactivation", "upsert", lambda: self.store.set_payload(stale, {"status": ACTIVE}))
             self.counts["reactivated"] += len(stale)
         self.counts["skipped_unchanged"] += len(ids) - len(changed)
-        texts = [rendered.texts[i] for i in changed]
-        vectors, n_encoded = (
-            self.timer.timed("encode", lambda: _encode_unique(self.encoder, texts))
-            if changed
-            else (np.zeros((0, self.encoder.dim), dtype=np.float32), 0)
+        todo = sorted({*changed, *lacking}) if self.sentences is not None else changed
+        if not todo:
+            return
+        cut, _ = self.timer.timed("text", lambda: self.template.truncate([full[i] for i in todo]))
+        text_of = dict(zip(todo, cut, strict=True))
+        self.counts["truncated"] += sum(1 for i in changed if text_of[i] != full[i])
+        # late chunking: a row lacking sentences is passed through the model anyway (its sentences
+        # come from that pass); else only its sentences the cache lacks are encoded
+        late = self.sentences is not None and self.sentences.late
+        encode = todo if late else changed
+        vectors, n_encoded = self._encode(
+            [text_of[i] for i in encode], [] if late else [text_of[i] for i in lacking]
         )
-        if self.sentences is not None:
-            # every row's sentences, unchanged ones too: a cache begun after the catalog (or one
-            # dropped) fills itself, and only sentences it lacks are encoded (a one-sentence text
-            # reuses the vector just made for it). Written before the catalog points, so a point
-            # never exists without its sentences.
-            cache, known = self.sentences, dict(zip(texts, vectors, strict=True))
-            self.counts["encoded_sentences"] += self.call(
-                "sentence cache",
-                "sentences",
-                lambda: cache.add_missing(rendered.texts, self.encoder, known=known),
-            )
+        vector_of = dict(zip(encode, vectors, strict=True))
+        if lacking:
+            marked = [ids[i] for i in lacking]
+            field = {SENTENCE_FIELD: self.sentences.store.collection} if self.sentences else {}
+            self.call("sentence mark", "upsert", lambda: self.store.set_payload(marked, field))
         if not changed:
             return
         self.counts["embedded"] += len(changed)
         self.counts["encoded_texts"] += n_encoded
+        texts = [text_of[i] for i in changed]
         rows = batch.take(pa.array(changed, pa.int64())).to_pylist()
         payloads = [
             self._payload(row, texts[j], hashes[i], part.source)
             for j, (i, row) in enumerate(zip(changed, rows, strict=True))
         ]
+        out = np.stack([vector_of[i] for i in changed])
         written = self.call(
             "upsert",
             "upsert",
-            lambda: self.store.upsert([ids[i] for i in changed], vectors, payloads),
+            lambda: self.store.upsert([ids[i] for i in changed], out, payloads),
         )
         self.counts["upserted"] += written
 
-    def _diff(self, ids: list[str], hashes: list[str]) -> tuple[list[int], list[str]]:
-        """Rows needing a new vector, and unchanged points that were flagged stale and are back."""
+    def _encode(self, texts: list[str], sentences_of: list[str]) -> tuple[np.ndarray, int]:
+        """Vectors of ``texts`` (each distinct text encoded once), and their sentences (and those of
+        ``sentences_of``) into the cache before the points that use them: late-chunked from the same
+        pass when the encoder can (:meth:`.Encoder.encode_with_sentences`), else each sentence the
+        cache lacks encoded alone."""
+        if not texts and not sentences_of:
+            return np.zeros((0, self.encoder.dim), dtype=np.float32), 0
+        encoded = pa.array(texts, pa.string()).dictionary_encode()
+        unique = encoded.dictionary.to_pylist()
+        fan_out = encoded.indices.to_numpy()
+        late = self.sentences is not None and self.sentences.late
+        if late:
+            split = [split_sentences(t) for t in unique]
+            vectors, per_text = self.timer.timed(
+                "encode", lambda: self.encoder.encode_with_sentences(unique, split)
+            )
+            self.counts["encoded_sentences"] += getattr(self.encoder, "separately", 0)
+            lookup: dict[str, np.ndarray] = {}
+            for sents, vecs in zip(split, per_text, strict=True):
+                for sentence, vec in zip(sents, vecs, strict=True):
+                    lookup.setdefault(sentence, vec)
+            cache = self.sentences
+            assert cache is not None
+            self.counts["sentences_written"] += self.call(
+                "sentence cache", "sentences", lambda: cache.add_vectors(lookup)
+            )
+        elif unique:
+            vectors = self.timer.timed("encode", lambda: self.encoder.encode(unique))
+        else:
+            vectors = np.zeros((0, self.encoder.dim), dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(unique), self.encoder.dim):
+            raise ValueError(
+                f"encoder returned shape {vectors.shape}, expected ({len(unique)}, {self.encoder.dim})"
+            )
+        if self.sentences is not None and not late:
+            # a sentence equal to a whole text (a one-sentence description) takes that text's vector
+            cache, known = self.sentences, dict(zip(unique, vectors, strict=True))
+            made = self.call(
+                "sentence cache",
+                "sentences",
+                lambda: cache.add_missing([*unique, *sentences_of], self.encoder, known=known),
+            )
+            self.counts["encoded_sentences"] += made
+        return vectors[fan_out], len(unique)
+
+    def _diff(self, ids: list[str], hashes: list[str]) -> tuple[list[int], list[str], list[int]]:
+        """Rows needing a new vector, unchanged points that were flagged stale and are back, and
+        unchanged rows whose sentences this run's cache does not hold (a cache dropped or begun later)."""
         if self.full_refresh:
-            return list(range(len(ids))), []
+            return list(range(len(ids))), [], []
+        fields = ["content_hash", "status", SENTENCE_FIELD]
         stored = self.call(
-            "lookup of stored hashes",
-            "lookup",
-            lambda: self.store.fetch_payloads(ids, ["content_hash", "status"]),
+            "lookup of stored hashes", "lookup", lambda: self.store.fetch_payloads(ids, fields)
         )
-        changed, stale = [], []
+        cache_name = self.sentences.store.collection if self.sentences is not None else None
+        changed, stale, lacking = [], [], []
         for i, (pid, digest) in enumerate(zip(ids, hashes, strict=True)):
             old = stored.get(pid)
             if old is None or old.get("content_hash") != digest:
                 changed.append(i)
-            elif old.get("status") == STALE:
+                continue
+            if old.get("status") == STALE:
                 stale.append(pid)
-        return changed, stale
+            if cache_name is not None and (self.refill_sentences or old.get(SENTENCE_FIELD) != cache_name):
+                lacking.append(i)
+        return changed, stale, lacking
 
     def _clip(self, value: Any) -> Any:
         """Cut an oversized carried string (counted as ``clipped``); see MAX_PAYLOAD_CHARS."""
@@ -424,6 +478,10 @@ class _EmbedRun:
             status=ACTIVE,
             embedded_at=self.embedded_at,
         )
+        if self.fingerprint is not None:
+            payload["model_fingerprint"] = self.fingerprint
+        if self.sentences is not None:
+            payload[SENTENCE_FIELD] = self.sentences.store.collection
         return payload
 
 
@@ -484,6 +542,7 @@ def embed_catalog(
     collection_options: Mapping[str, Any] | None = None,
     sentences: bool = True,
     column_map: ColumnMapLike = None,
+    sentence_vectors: Literal["separate", "late"] = "separate",
 ) -> dict[str, Any]:
     """Embed a Parquet catalog into ``store``, encoding only new or changed rows.
 
@@ -525,6 +584,13 @@ def embed_catalog(
         column_map (str | Mapping | None): catalog column -> column in the files, for catalogs with
             other names (``"description=product_text,sku=item_id"``); see
             :func:`~polyglot_catalog.reading.parse_column_map`. Defaults to None.
+        sentence_vectors (str): how sentence vectors are made: "separate" encodes each distinct
+            sentence the cache lacks as a text of its own; "late" pools them from the token spans of
+            each description's own forward pass (no second encode: the embed stage runs at raw
+            ``model.encode`` speed, see bench/RESULTS.md), for models with mean pooling (others fall
+            back to "separate"). Each kind has its own cache; the collection records which one its
+            last run wrote, and the matcher reads that one. Defaults to "separate": on the IKEA dev
+            catalog late-chunked sentences cost the matcher 0.01-0.02 top-1 (bench_matching.py).
 
     Returns:
         A small JSON-safe summary: rows_read, valid, embedded, encoded_texts, encoded_sentences,
@@ -543,6 +609,10 @@ def embed_catalog(
     """
     if vanished not in VANISHED_OPTIONS:
         raise ValueError(f"vanished must be one of {list(VANISHED_OPTIONS)}; got {vanished!r}")
+    if sentence_vectors not in SENTENCE_VECTORS:
+        raise ValueError(
+            f"sentence_vectors must be one of {list(SENTENCE_VECTORS)}; got {sentence_vectors!r}"
+        )
     if on_bad_file not in BAD_FILE_POLICIES:
         raise ValueError(f"on_bad_file must be one of {list(BAD_FILE_POLICIES)}; got {on_bad_file!r}")
     limit = parse_max_invalid(max_invalid)
@@ -557,12 +627,7 @@ def embed_catalog(
         bad_files="raise" if on_bad_file == "fail_fast" else "skip",
         column_map=column_map,
     )
-    cache = (
-        SentenceCache(store.client, store.vector_name, max_retries=store.max_retries, backoff=store.backoff)
-        if sentences
-        else None
-    )
-    run = _EmbedRun(store, encoder, tpl, full_refresh, cache)
+    run = _EmbedRun(store, encoder, tpl, full_refresh)
     out = QuarantineWriter(quarantine_path) if quarantine_path is not None else None
     complete = too_many = False
     try:
@@ -579,12 +644,39 @@ def embed_catalog(
                 encoder.dim, quantization=quantization, **(collection_options or {})
             ),
         )
-        if cache is not None:
+        # The model's identity (a digest of its files, read without loading it) before any write.
+        fingerprint = getattr(encoder, "fingerprint", None)
+        if fingerprint is not None:
+            run.fingerprint, run.model_key = fingerprint, f"{encoder.model_name}@{fingerprint}"
+            run.call(
+                "model check",
+                None,
+                lambda: check_model(store, encoder.model_name, fingerprint, full_refresh=full_refresh),
+            )
+        if sentences:
+            late = sentence_vectors == "late" and bool(getattr(encoder, "late_chunking", False))
+            cache = SentenceCache(
+                store.client,
+                store.vector_name,
+                fingerprint,
+                late=late,
+                max_retries=store.max_retries,
+                backoff=store.backoff,
+            )
+            if fingerprint is not None:  # the matcher reads the cache this run fills
+                kind = "late" if late else "separate"
+                run.call(
+                    "model check",
+                    None,
+                    lambda: record_model(store, encoder.model_name, fingerprint, sentence_vectors=kind),
+                )
+            found = run.call("sentence cache check", None, cache.exists)
             run.call(
                 "sentence cache check",
                 None,
                 lambda: cache.ensure(encoder.dim, quantization=quantization, **(collection_options or {})),
             )
+            run.sentences, run.refill_sentences = cache, not found and not created
         log.info("embedding %d rows from %d files into %s", total, len(reader.sources), store.collection)
         meter = ProgressLog(total, every=log_every)
         with _bulk_load(store, created):
@@ -671,6 +763,8 @@ def _summary(
     keys = reader._keys  # None when the key pass did not finish
     return {
         "model": run.encoder.model_name,
+        "model_fingerprint": run.fingerprint,
+        **_precision(run.encoder),
         "collection": store.collection,
         "vector_name": store.vector_name,
         "files": len(reader.sources),
@@ -687,6 +781,7 @@ def _summary(
         "embedded": counts["embedded"],
         "encoded_texts": counts["encoded_texts"],
         "encoded_sentences": counts["encoded_sentences"],
+        "sentences_written": counts["sentences_written"],
         "skipped_unchanged": counts["skipped_unchanged"],
         "reactivated": counts["reactivated"],
         "upserted": counts["upserted"],
@@ -696,6 +791,17 @@ def _summary(
         "truncated": counts["truncated"],
         "clipped": counts["clipped"],
         "seconds": {stage: round(s, 3) for stage, s in sorted(run.timer.seconds.items())},
+    }
+
+
+def _precision(encoder: EncoderLike) -> dict[str, Any]:
+    """The precision the model ran in and why; None when it never loaded (nothing needed encoding)."""
+    if not getattr(encoder, "loaded", True) or not hasattr(encoder, "precision"):
+        return {"model_loaded": bool(getattr(encoder, "loaded", False)), "precision": None}
+    return {
+        "model_loaded": True,
+        "precision": encoder.precision,
+        "precision_reason": getattr(encoder, "precision_reason", None),
     }
 
 
@@ -751,7 +857,7 @@ def reconcile_vanished(
     return result
 
 
-_SAME_IN_EVERY_SHARD = ("model", "collection", "vector_name")
+_SAME_IN_EVERY_SHARD = ("model", "model_fingerprint", "collection", "vector_name")
 _SPECIAL = {
     "regions",
     "seconds",
@@ -760,6 +866,9 @@ _SPECIAL = {
     "bad_files",
     "quarantine_path",
     "vanished_skipped",
+    "model_loaded",
+    "precision",
+    "precision_reason",
     *_SAME_IN_EVERY_SHARD,
 }
 
@@ -803,6 +912,11 @@ def merge_summaries(
         if summary.get("quarantine_path"):
             paths.setdefault(summary["quarantine_path"], None)
         skipped = skipped or bool(summary.get("vanished_skipped"))
+        total["model_loaded"] = total.get("model_loaded", False) or bool(summary.get("model_loaded"))
+        if total.get("precision") is None:  # the first shard that loaded the model says how
+            total["precision"] = summary.get("precision")
+            if "precision_reason" in summary:
+                total["precision_reason"] = summary["precision_reason"]
     if reconciled is not None:
         for key in ("flagged", "deleted"):
             total[key] = total.get(key, 0) + reconciled.get(key, 0)

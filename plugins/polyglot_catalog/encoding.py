@@ -10,11 +10,14 @@ noise, re-normalised in float32 so stored vectors stay unit length whatever ran 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import time
 import unicodedata
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,43 +25,91 @@ import numpy as np
 
 from polyglot_catalog.models.registry import (
     DEFAULT_MODEL,
+    ModelNotAvailableError,
     ensure_bundled_model,
     load_sentence_transformer,
+    model_fingerprint,
+    model_folder,
     resolve_model,
 )
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("torch", "onnx", "onnx-int8")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Default texts per forward pass by device (see :class:`Encoder`'s ``batch_size``).
 CPU_BATCH = 16
+#: Share of the description's mean token taken off each late-chunked sentence vector. Why: in one pass
+#: over the description every token attends to all of it, so plain span means all lean towards the
+#: description's own vector and tell its sentences apart poorly (dev sample of 150 x 3: the matcher's
+#: top-1 with them fell to its level without sentence vectors); taking the shared part off restores
+#: most of the gap (0.5 / 0.8 / 1.0 / 1.2 measured alike; 1.0 is the plain choice). bench/RESULTS.md.
+LATE_CONTEXT_WEIGHT = 1.0
 CUDA_BATCH = 256
 
 
-def resolve_precision(device: str | None, precision: str | None, backend: str = "torch") -> str:
-    """The weight precision to run with, checked before a model loads so a typo fails fast.
+def cpu_bf16() -> str | None:
+    """Why bf16 is fast on this CPU ("AMX", "AVX-512 bf16"), or None when it has neither.
 
-    ``None`` means fp16 on CUDA (tensor cores, no measurable top-1 loss) and fp32 elsewhere: on CPU fp32
-    stays the reference and bf16 is an explicit choice. ``device`` is the torch device the model runs
-    on (``None`` counts as CPU); ONNX backends run their own fp32/int8 graphs and take no precision.
+    Read from torch's cpuinfo when torch is loaded, else from /proc/cpuinfo (Linux), so asking costs
+    no torch import. Without native bf16 instructions torch emulates it and bf16 is slower than fp32.
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "cpu") and hasattr(torch.cpu, "_is_amx_tile_supported"):
+        if torch.cpu._is_amx_tile_supported():
+            return "AMX"
+        return "AVX-512 bf16" if torch.cpu._is_avx512_bf16_supported() else None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+    except OSError:
+        return None
+    if "amx_bf16" in flags:
+        return "AMX"
+    return "AVX-512 bf16" if "avx512_bf16" in flags else None
+
+
+def explain_precision(device: str | None, precision: str | None, backend: str = "torch") -> tuple[str, str]:
+    """The weight precision to run with and why, checked before a model loads so a typo fails fast.
+
+    ``auto`` (and ``None``) picks the fastest precision that keeps the vectors: fp16 on CUDA (tensor
+    cores), bf16 on CPUs with AMX or AVX-512 bf16 (2.7x fp32 on the bundled model, min cosine to the
+    fp32 vector 0.998, same top-1: bench/RESULTS.md), fp32 elsewhere (emulated bf16 is slower than
+    fp32). ``device`` is the torch device the model runs on (``None`` counts as CPU); ONNX backends run
+    their own fp32/int8 graphs and take no precision.
     """
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)} or None; got {precision!r}")
     if backend != "torch":
-        if precision not in (None, "fp32"):
+        if precision not in (None, "auto", "fp32"):
             raise ValueError(
                 f"precision {precision!r} needs backend='torch'; the {backend!r} backend runs its own "
                 "exported graph (onnx: fp32, onnx-int8: int8 weights)"
             )
-        return "fp32"
+        return "fp32", f"the {backend} backend runs its own graph"
     device_type = str(device or "cpu").split(":", 1)[0]
-    if precision is None:
-        return "fp16" if device_type == "cuda" else "fp32"
+    if precision in (None, "auto"):
+        if device_type == "cuda":
+            return "fp16", "auto: CUDA device (tensor cores)"
+        if device_type == "cpu":
+            native = cpu_bf16()
+            if native:
+                return "bf16", f"auto: the CPU has {native} (native bf16 matrix maths)"
+            return "fp32", "auto: the CPU has no AMX or AVX-512 bf16 (bf16 would be emulated, slower)"
+        return "fp32", f"auto: {device_type} device"
     if precision == "fp16" and device_type == "cpu":
         raise ValueError(
             "precision 'fp16' is not for CPU: CPU kernels for half floats are slow or missing; "
             "use 'bf16' (fast on CPUs with AVX-512 bf16 / AMX) or 'fp32'"
         )
-    return precision
+    return precision, "asked for"
+
+
+def resolve_precision(device: str | None, precision: str | None, backend: str = "torch") -> str:
+    """The weight precision to run with (see :func:`explain_precision` for the rule)."""
+    return explain_precision(device, precision, backend)[0]
 
 
 def _positive(value: int | None, name: str) -> int | None:
@@ -132,7 +183,11 @@ class _OnnxModel:
 
 
 class Encoder:
-    """Encode texts into L2-normalised float32 vectors with one model, loaded once.
+    """Encode texts into L2-normalised float32 vectors with one model, loaded once, and only when needed.
+
+    Why lazy: an unchanged re-run encodes nothing, and loading the model (10-15 s) was most of its
+    time. Name, size, token budget, prompt, tokenizer and fingerprint are read from the model's folder
+    without loading the weights; the first :meth:`encode` loads them, once for the encoder's life.
 
     :param model: registry name, hub id or local folder. Defaults to the bundled multilingual-e5-small.
     :param device: ``cpu``, ``cuda``... ``None`` lets sentence-transformers pick (torch backend).
@@ -148,8 +203,9 @@ class Encoder:
     :param threads: intra-op threads. ONNX: for this session. torch: ``torch.set_num_threads``, which is
         process-wide (every torch model in the process uses it from then on). With ``processes``: threads
         per worker. ``None`` keeps the library default (torch: one per CPU; ONNX: the CPUs we may run on).
-    :param precision: torch weights: ``fp32``, ``bf16`` or ``fp16`` (CUDA only). ``None`` means fp16 on
-        CUDA, fp32 elsewhere; see :func:`resolve_precision`. Vectors are float32 whatever the precision.
+    :param precision: torch weights: ``auto`` (the default), ``fp32``, ``bf16`` or ``fp16`` (CUDA only).
+        ``auto`` (or ``None``) means fp16 on CUDA, bf16 on CPUs with AMX / AVX-512 bf16, fp32 elsewhere;
+        see :func:`explain_precision`. Vectors are float32 and unit length whatever the precision.
     :param processes: encode with this many CPU worker processes (sentence-transformers' multi-process
         pool; torch backend). ``None`` or 1: encode in this process. Call :meth:`close` (or use the
         encoder as a context manager) to stop the workers.
@@ -163,62 +219,199 @@ class Encoder:
         batch_size: int | None = None,
         backend: str = "torch",
         threads: int | None = None,
-        precision: str | None = None,
+        precision: str | None = "auto",
         processes: int | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}; got {backend!r}")
         _positive(threads, "threads")
         _positive(processes, "processes")
-        workers = processes or 1
-        if workers > 1 and backend != "torch":
+        self._workers = processes or 1
+        if self._workers > 1 and backend != "torch":
             raise ValueError(f"processes needs backend='torch'; got backend={backend!r}")
         _positive(batch_size, "batch_size")
+        # Checked now against the device asked for (CPU when unset), again at load against the real one.
+        explain_precision(device, precision, backend)
+        if self._workers > 1 and device is not None and not str(device).startswith("cpu"):
+            raise ValueError("processes is for CPU encoding; on an accelerator use one process")
         self.spec = resolve_model(model)
-        self.batch_size = batch_size or CPU_BATCH
+        if backend != "torch" and not self.spec.bundled and not Path(self.spec.source).is_dir():
+            raise ValueError(
+                f"backend {backend!r} needs a local model folder; {self.spec.name!r} is a hub id "
+                "(download it to a folder first, or use backend='torch')"
+            )
         self.backend = backend
         self.threads = threads
+        self._device = device
+        self._precision_asked = precision
+        self._batch_size = batch_size
         self._onnx: _OnnxModel | None = None
         self._pool: dict[str, Any] | None = None
-        self.model: Any = None
-        if backend == "torch":
-            from sentence_transformers.util import get_device_name
+        self._model: Any = None
+        self._fingerprint: str | None = None
+        self._precision: tuple[str, str] | None = None
+        if device is not None or backend != "torch":
+            self._precision = explain_precision(device, precision, backend)
 
-            # Resolved against the device sentence-transformers will pick, before the model loads.
-            device_type = str(device or get_device_name()).split(":", 1)[0]
-            self.precision = resolve_precision(device_type, precision, backend)
-            if batch_size is None and device_type == "cuda":
-                self.batch_size = CUDA_BATCH
-            if workers > 1 and device_type != "cpu":
+    # -- what is known without loading the model ---------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (the first :meth:`encode` loads them)."""
+        return self._model is not None or self._onnx is not None
+
+    @property
+    def device_type(self) -> str:
+        """``cpu``, ``cuda``...: the device asked for, else the one sentence-transformers picks."""
+        if self._device is not None:
+            return str(self._device).split(":", 1)[0]
+        if self.backend != "torch":
+            return "cpu"
+        from sentence_transformers.util import get_device_name
+
+        return str(get_device_name()).split(":", 1)[0]
+
+    @property
+    def precision(self) -> str:
+        """The weight precision the model runs (or will run) in."""
+        return self._explained()[0]
+
+    @property
+    def precision_reason(self) -> str:
+        """Why that precision: ``auto`` and what the hardware has, or "asked for"."""
+        return self._explained()[1]
+
+    def _explained(self) -> tuple[str, str]:
+        if self._precision is None:
+            self._precision = explain_precision(self.device_type, self._precision_asked, self.backend)
+        return self._precision
+
+    @property
+    def batch_size(self) -> int:
+        if self._batch_size is not None:
+            return self._batch_size
+        return CUDA_BATCH if self.backend == "torch" and self.device_type == "cuda" else CPU_BATCH
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size = _positive(value, "batch_size")
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.name
+
+    def _folder(self) -> Path | None:
+        return model_folder(self.spec)
+
+    @property
+    def fingerprint(self) -> str:
+        """Digest of the model's files and prompt (:func:`.models.registry.model_fingerprint`): what
+        tells two models under one name apart. A hub model not downloaded yet is loaded first."""
+        if self._fingerprint is None:
+            try:
+                self._fingerprint = model_fingerprint(self.spec)
+            except ModelNotAvailableError:
+                self._load()
+                self._fingerprint = model_fingerprint(self.spec)
+        return self._fingerprint
+
+    @property
+    def dim(self) -> int:
+        if self._onnx is not None:
+            return self._onnx.dim
+        if self._model is None:
+            folder = self._folder()
+            dim = _folder_dim(folder) if folder is not None else None
+            if dim is not None:
+                return dim
+        return int(self.model.get_embedding_dimension())
+
+    @property
+    def max_seq_length(self) -> int:
+        if self._onnx is not None:
+            return self._onnx.max_seq_length
+        if self._model is None:
+            folder = self._folder()
+            found = _folder_max_seq_length(folder) if folder is not None else None
+            if found is not None:
+                return min(found, self.spec.max_seq_length or found)
+        return int(self.model.max_seq_length)
+
+    @property
+    def prompt(self) -> str:
+        """The text prepended to every input (the registry's, else the folder's default prompt)."""
+        if self.spec.prompt is not None:
+            return self.spec.prompt
+        if self._model is not None:
+            default = self._model.default_prompt_name
+            return self._model.prompts.get(default, "") if default else ""
+        folder = self._folder()
+        if folder is None:  # a hub model not downloaded yet: its folder comes with the load
+            self._load()
+            return self.prompt
+        return _folder_default_prompt(folder)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer. Loads the model: tokens are counted only for texts about to be
+        encoded (unchanged rows are skipped on their hash first), so loading the tokenizer alone
+        would only parse it twice."""
+        if self._onnx is not None:
+            return self._onnx.tokenizer
+        return self.model.tokenizer
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> Any:
+        """The sentence-transformers model (torch backend), loaded on first use."""
+        if self.backend != "torch":
+            raise AttributeError(f"the {self.backend!r} backend has no sentence-transformers model")
+        self._load()
+        return self._model
+
+    def _load(self) -> None:
+        if self.loaded:
+            return
+        started = time.perf_counter()
+        if self.backend == "torch":
+            precision, why = self._explained()
+            if self._workers > 1 and self.device_type != "cpu":
                 raise ValueError("processes is for CPU encoding; on an accelerator use one process")
-            if threads is not None and workers == 1:
+            if self.threads is not None and self._workers == 1:
                 import torch
 
-                torch.set_num_threads(threads)
-            self.model = load_sentence_transformer(self.spec, device=device)
-            self.tokenizer = self.model.tokenizer
-            self._cast(self.precision)
-            if workers > 1:
-                self._start_pool(workers, threads)
+                torch.set_num_threads(self.threads)
+            with _quiet_loading():
+                self._model = load_sentence_transformer(self.spec, device=self._device)
+            self._cast(precision)
+            if self._workers > 1:
+                self._start_pool(self._workers, self.threads)
         else:
-            self.precision = resolve_precision("cpu", precision, backend)
             folder = ensure_bundled_model() if self.spec.bundled else Path(self.spec.source)
             if not folder.is_dir():
                 raise ValueError(
-                    f"backend {backend!r} needs a local model folder; {self.spec.name!r} is a hub id "
-                    "(download it to a folder first, or use backend='torch')"
+                    f"backend {self.backend!r} needs a local model folder; {self.spec.name!r} is a hub "
+                    "id (download it to a folder first, or use backend='torch')"
                 )
-            self._onnx = _OnnxModel(folder, quantized=backend == "onnx-int8", threads=threads)
-            self.tokenizer = self._onnx.tokenizer
-            self._folder_prompt = _folder_default_prompt(folder)
+            self._onnx = _OnnxModel(folder, quantized=self.backend == "onnx-int8", threads=self.threads)
+            precision, why = self._explained()
+        log.info(
+            "loaded model %s (%s, %s: %s) in %.1f s",
+            self.spec.name,
+            self.backend,
+            precision,
+            why,
+            time.perf_counter() - started,
+        )
 
     def _cast(self, precision: str) -> None:
         import torch
 
         if precision == "bf16":
-            self.model.to(torch.bfloat16)
+            self._model.to(torch.bfloat16)
         elif precision == "fp16":
-            self.model.half()
+            self._model.half()
 
     def _start_pool(self, processes: int, threads: int | None) -> None:
         """Spawn CPU workers; each gets ``threads`` (default: our CPUs split evenly) through the
@@ -227,7 +420,7 @@ class Encoder:
         saved = {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         os.environ.update(dict.fromkeys(saved, str(per_worker)))
         try:
-            self._pool = self.model.start_multi_process_pool(["cpu"] * processes)
+            self._pool = self._model.start_multi_process_pool(["cpu"] * processes)
         finally:
             for key, value in saved.items():
                 if value is None:
@@ -235,7 +428,7 @@ class Encoder:
                 else:
                     os.environ[key] = value
         # Workers are daemons, but a long-lived process that drops the encoder should not keep them.
-        self._finalizer = weakref.finalize(self, type(self.model).stop_multi_process_pool, self._pool)
+        self._finalizer = weakref.finalize(self, type(self._model).stop_multi_process_pool, self._pool)
 
     @property
     def processes(self) -> int:
@@ -254,36 +447,13 @@ class Encoder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def model_name(self) -> str:
-        return self.spec.name
-
-    @property
-    def dim(self) -> int:
-        if self._onnx is not None:
-            return self._onnx.dim
-        return int(self.model.get_embedding_dimension())
-
-    @property
-    def max_seq_length(self) -> int:
-        if self._onnx is not None:
-            return self._onnx.max_seq_length
-        return int(self.model.max_seq_length)
-
-    @property
-    def prompt(self) -> str:
-        """The text prepended to every input (the registry's, else the folder's default prompt)."""
-        if self.spec.prompt is not None:
-            return self.spec.prompt
-        if self._onnx is not None:
-            return self._folder_prompt
-        default = self.model.default_prompt_name
-        return self.model.prompts.get(default, "") if default else ""
+    # -- encoding ----------------------------------------------------------------------------------
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors for ``texts`` in order, shape ``(len(texts), dim)``, unit length."""
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        self._load()
         cleaned = [nfc(t) for t in texts]
         if self._onnx is not None:
             # sentence-transformers strips inputs before adding the prompt; do the same.
@@ -295,7 +465,7 @@ class Encoder:
         return np.asarray(self._st_encode(cleaned, normalize=True), dtype=np.float32)
 
     def _st_encode(self, texts: list[str], *, normalize: bool, **kwargs: Any) -> np.ndarray:
-        return self.model.encode(
+        return self._model.encode(
             texts,
             prompt=self.prompt,
             batch_size=self.batch_size,
@@ -320,6 +490,110 @@ class Encoder:
         out[order] = vectors
         return out if self.precision == "fp32" else _unit(out)
 
+    @property
+    def late_chunking(self) -> bool:
+        """Whether :meth:`encode_with_sentences` pools sentences from the text's own forward pass: torch
+        backend, one process, and a model whose pooling is a plain mean over tokens (e5, MiniLM...);
+        otherwise (CLS pooling as in LaBSE, ONNX graphs that output pooled vectors) sentences are
+        encoded as texts of their own."""
+        if self.backend != "torch" or self._workers > 1:
+            return False
+        folder = self._folder()
+        if self._model is None and folder is not None:
+            return _folder_pooling(folder) == ("mean", True)
+        pooling = _pooling_module(self.model)
+        return pooling is not None and pooling.pooling_mode in ("mean", ("mean",)) and pooling.include_prompt
+
+    def encode_with_sentences(
+        self, texts: Sequence[str], sentences: Sequence[Sequence[str]]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Vectors of ``texts`` and of each text's ``sentences`` (substrings of it, in order), from one
+        forward pass per text (late chunking).
+
+        A sentence's vector is the model's own pooling (mean) over the token embeddings of its token
+        span in the pass over the whole text, less the text's mean token (``LATE_CONTEXT_WEIGHT``: the
+        context every span shares), normalised like the text's vector: no second encode. A text that
+        is one sentence gives that sentence its own vector.
+        Rule for text beyond the model's max length (the embed stage cuts texts to it first, so only
+        direct callers meet it): the text's vector is that of its first ``max_seq_length`` tokens, as
+        :meth:`encode` gives, and a sentence whose span the window does not reach, or that cannot be
+        located in the text, is encoded as a text of its own (counted in ``separately``); nothing is
+        dropped. Models without mean pooling encode every sentence separately (see :attr:`late_chunking`).
+
+        Returns:
+            ``(vectors, per_text)``: ``vectors[i]`` is text i's (same as ``encode``, up to noise), and
+            ``per_text[i]`` has one unit float32 row per sentence of ``sentences[i]``.
+        """
+        if len(texts) != len(sentences):
+            raise ValueError(f"{len(texts)} texts but {len(sentences)} sentence lists")
+        if not self.late_chunking:
+            return self.encode(texts), self._separately(sentences)
+        self._load()
+        import torch
+
+        dim = self.dim
+        vectors = np.zeros((len(texts), dim), dtype=np.float32)
+        per_text = [np.zeros((len(s), dim), dtype=np.float32) for s in sentences]
+        missing: list[tuple[int, int]] = []
+        prompt = self.prompt
+        full = [prompt + nfc(t).strip() for t in texts]
+        order = np.argsort([-len(t) for t in full], kind="stable")
+        device = self._model.device
+        for start in range(0, len(full), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            enc = self.tokenizer(
+                [full[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_offsets_mapping=True,
+                return_tensors="pt",
+            )
+            offsets = enc.pop("offset_mapping").numpy()
+            features = {k: v.to(device) for k, v in enc.items()}
+            with torch.inference_mode():
+                out = self._model(features)
+            tokens = out["token_embeddings"].float().cpu().numpy()
+            pooled = out["sentence_embedding"].float().cpu().numpy()
+            mask = enc["attention_mask"].numpy().astype(bool)
+            vectors[idx] = pooled
+            # the description's mean token: what every span of it shares through attention
+            weights = mask & (offsets[:, :, 1] > offsets[:, :, 0])
+            context = (tokens * weights[..., None]).sum(axis=1) / np.maximum(weights.sum(axis=1), 1)[:, None]
+            context *= LATE_CONTEXT_WEIGHT
+            for row, i in enumerate(idx):
+                spans = _sentence_spans(full[i], [nfc(s).strip() for s in sentences[i]], len(prompt))
+                starts, ends = offsets[row, :, 0], offsets[row, :, 1]
+                real = mask[row] & (ends > starts)  # special and padding tokens have empty offsets
+                whole = full[i][len(prompt) :]
+                for j, span in enumerate(spans):
+                    if len(spans) == 1 and span is not None and span[1] - span[0] == len(whole):
+                        per_text[i][j] = pooled[row]  # the sentence is the whole text: its vector
+                        continue
+                    take = real & (starts < span[1]) & (ends > span[0]) if span else None
+                    if take is None or not take.any():
+                        missing.append((int(i), j))
+                        continue
+                    per_text[i][j] = tokens[row, take].mean(axis=0) - context[row]
+        self.separately = len(missing)
+        if missing:
+            made = self.encode([sentences[i][j] for i, j in missing])
+            for (i, j), vec in zip(missing, made, strict=True):
+                per_text[i][j] = vec
+        return _unit(vectors), [_unit(v) if len(v) else v for v in per_text]
+
+    separately: int = 0  # sentences the last encode_with_sentences call had to encode on their own
+
+    def _separately(self, sentences: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        flat = [s for sents in sentences for s in sents]
+        made = self.encode(flat) if flat else np.zeros((0, self.dim), dtype=np.float32)
+        self.separately = len(flat)
+        out, at = [], 0
+        for sents in sentences:
+            out.append(made[at : at + len(sents)])
+            at += len(sents)
+        return out
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text occupies with the prompt and special tokens, before truncation."""
         encoded = self.tokenizer(
@@ -330,6 +604,126 @@ class Encoder:
             verbose=False,  # counting long texts is the point; no "longer than max length" warning
         )
         return [len(ids) for ids in encoded["input_ids"]]
+
+
+def _sentence_spans(full: str, sentences: list[str], skip: int) -> list[tuple[int, int] | None]:
+    """Character span of each sentence in ``full`` (searched in order from ``skip``), None if absent."""
+    spans: list[tuple[int, int] | None] = []
+    cursor = skip
+    for s in sentences:
+        at = full.find(s, cursor) if s else -1
+        if at < 0:
+            at = full.find(s, skip) if s else -1  # out of order (a caller's own split): any place
+        if at < 0:
+            spans.append(None)
+            continue
+        spans.append((at, at + len(s)))
+        cursor = max(cursor, at + len(s))
+    return spans
+
+
+def _pooling_module(model: Any) -> Any:
+    from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+
+    return next((m for m in model if isinstance(m, Pooling)), None)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _modules(folder: Path) -> list[dict[str, Any]]:
+    import json
+
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return modules if isinstance(modules, list) else []
+
+
+def _folder_pooling(folder: Path) -> tuple[str, bool] | None:
+    """(pooling mode, include_prompt) from a sentence-transformers folder's Pooling config."""
+    for module in _modules(folder):
+        if str(module.get("type", "")).endswith("Pooling"):
+            config = _read_json(folder / module.get("path", "") / "config.json") or {}
+            modes = config.get("pooling_mode")
+            if modes is None:
+                modes = [
+                    k.removeprefix("pooling_mode_")
+                    for k, v in config.items()
+                    if k.startswith("pooling_mode_") and v
+                ]
+                modes = [
+                    {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(m, m) for m in modes
+                ]
+            if isinstance(modes, str):
+                modes = [modes]
+            mode = modes[0] if len(modes) == 1 else "+".join(modes)
+            return mode, bool(config.get("include_prompt", True))
+    return None
+
+
+def _folder_dim(folder: Path) -> int | None:
+    """Output size from the folder's module configs (last Dense, else Pooling); None when unsure."""
+    dim = None
+    for module in _modules(folder):
+        kind = str(module.get("type", ""))
+        config = _read_json(folder / module.get("path", "") / "config.json") or {}
+        if kind.endswith("Pooling"):
+            pooling = _folder_pooling(folder)
+            width = config.get("word_embedding_dimension", config.get("embedding_dimension"))
+            if pooling is None or not isinstance(width, int):
+                return None
+            dim = width * len(pooling[0].split("+"))
+        elif kind.endswith("Dense"):
+            out = config.get("out_features")
+            if not isinstance(out, int):
+                return None
+            dim = out
+        elif not kind.endswith(("Transformer", "Normalize")):
+            return None  # a module whose output size we cannot read: ask the loaded model
+    return dim
+
+
+def _folder_max_seq_length(folder: Path) -> int | None:
+    config = _read_json(folder / "sentence_bert_config.json") or {}
+    value = config.get("max_seq_length")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _no_prompt_notice(record: logging.LogRecord) -> bool:
+    """Drop sentence-transformers' "Default prompt name is set" warning: we pass the prompt ourselves."""
+    return "Default prompt name is set" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar while the model loads: in a task log it is noise, written to
+    stderr (which Airflow logs at error level) once per refresh."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hub_was_off = hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    st_log = logging.getLogger("sentence_transformers")
+    st_log.addFilter(_no_prompt_notice)
+    try:
+        yield
+    finally:
+        st_log.removeFilter(_no_prompt_notice)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+        if not hub_was_off:
+            hub_utils.enable_progress_bars()
 
 
 def _folder_default_prompt(folder: Path) -> str:

@@ -60,9 +60,13 @@ def sentence_id(vector_name: str, sentence: str) -> str:
     return str(uuid.uuid5(PROJECT_NAMESPACE, f"sentence{_SEP}{vector_name}{_SEP}{sentence}"))
 
 
-def sentence_collection(vector_name: str) -> str:
-    """The cache collection for one model's vector name."""
-    return f"{SENTENCE_COLLECTION_PREFIX}{vector_name}"
+def sentence_collection(vector_name: str, fingerprint: str | None = None, late: bool = False) -> str:
+    """The cache collection for one model: its vector name and, when known, its content fingerprint
+    (two models under one name never share sentence vectors), with ``__late`` for late-chunked vectors
+    (another kind of vector than a sentence encoded alone). Without a fingerprint: the name used before
+    fingerprints were recorded."""
+    suffix = f"__{fingerprint}" if fingerprint else ""
+    return f"{SENTENCE_COLLECTION_PREFIX}{vector_name}{suffix}{'__late' if late else ''}"
 
 
 @dataclass
@@ -183,12 +187,54 @@ class SentenceCache:
     Args:
         client: the same client as the catalog store (server, edge or local mode).
         vector_name (str): the model's vector name (the catalog store's ``vector_name``).
+        fingerprint (str | None): the model's content fingerprint (see
+            :func:`.models.registry.model_fingerprint`); None for a cache from before fingerprints.
         store_options: passed to the :class:`.CatalogStore` of the cache (retries, batch size).
     """
 
-    def __init__(self, client: Any, vector_name: str, **store_options: Any) -> None:
+    def __init__(
+        self,
+        client: Any,
+        vector_name: str,
+        fingerprint: str | None = None,
+        *,
+        late: bool = False,
+        **store_options: Any,
+    ) -> None:
         self.vector_name = vector_name
-        self.store = CatalogStore(client, sentence_collection(vector_name), vector_name, **store_options)
+        self.fingerprint = fingerprint
+        self.late = late
+        self.store = CatalogStore(
+            client, sentence_collection(vector_name, fingerprint, late), vector_name, **store_options
+        )
+
+    @classmethod
+    def for_store(cls, store: CatalogStore, **store_options: Any) -> SentenceCache:
+        """The cache the last embed run of ``store`` wrote: its model's fingerprint and sentence kind,
+        as recorded with the collection (the pre-fingerprint cache when nothing is recorded)."""
+        from .models.identity import recorded_model
+
+        record = recorded_model(store) or {}
+        late = record.get("sentence_vectors") == "late"
+        return cls(store.client, store.vector_name, record.get("fingerprint"), late=late, **store_options)
+
+    def add_vectors(self, lookup: Mapping[str, np.ndarray], batch_size: int = 256) -> int:
+        """Store the ``sentence -> vector`` pairs the cache lacks (vectors made by the caller, e.g.
+        late-chunked from each description's pass); returns how many were written. A sentence the cache
+        holds keeps its vector: one vector per distinct sentence, whichever text brought it first."""
+        distinct = list(lookup)
+        written = 0
+        for start in range(0, len(distinct), batch_size):
+            part = distinct[start : start + batch_size]
+            ids = [sentence_id(self.vector_name, s) for s in part]
+            present = self.store.existing_ids(ids)
+            todo = [i for i, pid in enumerate(ids) if pid not in present]
+            if not todo:
+                continue
+            vectors = np.stack([np.asarray(lookup[part[i]], np.float32) for i in todo])
+            self.store.upsert([ids[i] for i in todo], vectors, [{"sentence": part[i]} for i in todo])
+            written += len(todo)
+        return written
 
     def ensure(self, dim: int, **options: Any) -> None:
         """Create the collection on first use (same size, distance and options as the catalog's)."""

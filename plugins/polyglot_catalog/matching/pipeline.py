@@ -591,7 +591,7 @@ def _sentence_vectors(
             raise ValueError(f"sentences must be a mapping, 'auto' or None; got {sentences!r}")
         if store is None or not hasattr(store, "vector_name"):
             return None
-        cache = SentenceCache(store.client, store.vector_name)
+        cache = SentenceCache.for_store(store)  # the cache of the model the store records
         found = {r: cache.vectors_for(t.texts) for r, t in data.items()}
         if any(v is None for v in found.values()):
             return None

@@ -7,11 +7,12 @@ Per-model encode settings live here so the embed stage and the matcher agree on 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -135,3 +136,117 @@ def load_sentence_transformer(spec: ModelSpec, device: str | None = None) -> Sen
     if spec.max_seq_length:
         model.max_seq_length = min(spec.max_seq_length, model.max_seq_length or spec.max_seq_length)
     return model
+
+
+# -- model identity -------------------------------------------------------------------------------
+
+#: Files of a model folder that do not decide its vectors (docs, licences, git and build leftovers).
+_NOT_IDENTITY = {"README.md", "LICENSE", ".gitattributes", "polyglot-manifest.json"}
+_FINGERPRINT_CACHE = ".polyglot-fingerprint.json"
+FINGERPRINT_CHARS = 16
+
+
+def model_folder(spec: ModelSpec) -> Path | None:
+    """The local folder holding ``spec``'s files, found without loading anything; None when it is a hub
+    id not in the local cache (it will be downloaded when the model loads)."""
+    if spec.bundled:
+        folder = bundled_model_dir()
+        return folder if (folder / "polyglot-manifest.json").is_file() else None
+    if Path(spec.source).is_dir():
+        return Path(spec.source)
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - ships with sentence-transformers
+        return None
+    try:
+        return Path(snapshot_download(spec.source, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def _identity_files(folder: Path) -> list[Path]:
+    files = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.name not in _NOT_IDENTITY
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and "onnx" not in p.relative_to(folder).parts[0]  # exported graphs are derived from the weights
+        and p.suffix not in {".onnx", ".lock"}
+    ]
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _folder_digests(folder: Path) -> dict[str, str]:
+    """sha256 per file that decides the vectors (weights, tokenizer, pooling, prompts, configs).
+
+    Why a side cache keyed by size and mtime: hashing 0.5-2 GB of weights takes seconds, and every
+    embed run asks; a file rewritten in place (a retrained model) changes its mtime and is hashed anew.
+    The bundled folder's checksum manifest is used as it is (its loader verifies it before use).
+    """
+    import json
+
+    manifest = folder / "polyglot-manifest.json"
+    if manifest.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            files = json.loads(manifest.read_text(encoding="utf-8")).get("files") or {}
+            if files:
+                return {k: v for k, v in files.items() if Path(k).name not in _NOT_IDENTITY}
+    cache_file = folder / _FINGERPRINT_CACHE
+    cached: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        cached = json.loads(cache_file.read_text(encoding="utf-8"))
+    out: dict[str, str] = {}
+    fresh: dict[str, Any] = {}
+    for path in _identity_files(folder):
+        rel = path.relative_to(folder).as_posix()
+        stat = path.stat()
+        key = [stat.st_size, stat.st_mtime_ns]
+        hit = cached.get(rel)
+        digest = hit["sha256"] if isinstance(hit, dict) and hit.get("stat") == key else _file_digest(path)
+        out[rel] = digest
+        fresh[rel] = {"stat": key, "sha256": digest}
+    if fresh != cached:
+        with contextlib.suppress(OSError):  # a read-only folder (a mounted cache): hash again next time
+            cache_file.write_text(json.dumps(fresh, indent=1, sort_keys=True), encoding="utf-8")
+    return out
+
+
+def model_fingerprint(model: str | ModelSpec | None = None) -> str:
+    """A short hex digest of what decides a model's vectors: every weight, tokenizer, pooling and
+    config file of its folder, and the prompt the registry adds. Computed without loading the model.
+
+    Two folders under one name with different weights, or a folder retrained in place, give
+    different fingerprints; the same files give the same one on any machine (paths do not count).
+
+    Raises:
+        ModelNotAvailableError: the model has no local files yet (a hub id not downloaded; the bundled
+            model not built): load it once, then ask again.
+    """
+    import hashlib
+    import json
+
+    spec = model if isinstance(model, ModelSpec) else resolve_model(model)
+    folder = model_folder(spec)
+    if folder is None:
+        raise ModelNotAvailableError(
+            f"model {spec.name!r} has no local files to fingerprint yet (load it once to download/build it)"
+        )
+    record = {
+        "files": _folder_digests(folder),
+        "prompt": spec.prompt,
+        "max_seq_length": spec.max_seq_length,
+    }
+    blob = json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:FINGERPRINT_CHARS]

@@ -248,10 +248,11 @@ class EmbedCatalogOperator(BaseOperator):
         (16 on CPU, 256 on CUDA, both measured; see :class:`~polyglot_catalog.encoding.Encoder`).
         Defaults to None.
     :param device: torch device for the model; ``None`` lets the library choose. Defaults to None.
-    :param precision: model weights: ``fp32``, ``bf16`` (about 2.5x faster on CPUs with AVX-512 bf16 /
-        AMX, same top-1) or ``fp16`` (CUDA only); ``None`` means fp16 on CUDA, fp32 elsewhere. Vectors
-        are stored as unit-length float32 either way. A bad value fails without retries.
-        Defaults to None. (templated)
+    :param precision: model weights: ``auto``, ``fp32``, ``bf16`` (about 2.7x faster on CPUs with
+        AVX-512 bf16 / AMX, same top-1) or ``fp16`` (CUDA only); ``auto`` (or ``None``) means fp16 on
+        CUDA, bf16 on CPUs with AMX / AVX-512 bf16, fp32 elsewhere; the choice and why are in the task
+        log and the summary. Vectors are stored as unit-length float32 either way. A bad value fails
+        without retries. Defaults to ``auto``. (templated)
     :param threads: torch intra-op threads for this task's process (``torch.set_num_threads``);
         ``None`` keeps torch's default, one per CPU. Defaults to None.
     :param shard_number: shards of the collection when this task creates it on a Qdrant cluster;
@@ -305,7 +306,7 @@ class EmbedCatalogOperator(BaseOperator):
         batch_size: int = 256,
         encode_batch_size: int | None = None,
         device: str | None = None,
-        precision: str | None = None,
+        precision: str | None = "auto",
         threads: int | None = None,
         shard_number: int | str | None = None,
         replication_factor: int | str | None = None,
@@ -344,6 +345,7 @@ class EmbedCatalogOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.embed import EmbedInputError, embed_catalog
         from polyglot_catalog.encoding import Encoder
+        from polyglot_catalog.models.identity import ModelMismatchError
         from polyglot_catalog.reading import BadFileError, parse_column_map
         from polyglot_catalog.store import CatalogStore, vector_name_for
 
@@ -389,6 +391,8 @@ class EmbedCatalogOperator(BaseOperator):
             if isinstance(e, EmbedInputError):
                 self.log.error("Embed summary of %s before failing: %s", self.source, e.summary)
             raise AirflowFailException(f"{e} (not retried: the input stays the same)") from e
+        except ModelMismatchError as e:  # another model under this name: a retry meets the same one
+            raise AirflowFailException(str(e)) from e
         finally:
             self.hook.close()  # local mode: release the folder lock for the next mapped task
         self.log.info("Embedded %s into collection %r: %s", self.source, self.collection, summary)
