@@ -301,3 +301,76 @@ def test_cli_tune_prints_the_model_folder_and_rejects_a_missing_labels_file(
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["model"] == "catalog-tuned@v1" and (tmp_path / "m" / "catalog-tuned" / "v1").is_dir()
+
+
+# --- the catalog_tune DAG ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tune_dag():
+    pytest.importorskip("airflow")
+    from pathlib import Path
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags" / "catalog_tune.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["catalog_tune"]
+
+
+def test_tune_dag_trains_then_triggers_the_embed_dag_with_the_tuned_model(tune_dag):
+    tune = tune_dag.get_task("tune_encoder")
+    trigger = tune_dag.get_task("reembed_with_tuned_model")
+    assert trigger.upstream_task_ids == {"tune_encoder"}
+    assert trigger.trigger_dag_id == "catalog_embed"
+    assert set(trigger.conf) == {"source", "model", "collection", "alias"}
+    assert "tune_encoder" in trigger.conf["model"] and "alias" in trigger.conf["alias"]
+    assert [o.name for o in tune.outlets] == ["polyglot_tuned_model"]
+    assert tune_dag.max_active_runs == 1 and tune_dag.catchup is False and "polyglot-catalog" in tune_dag.tags
+
+
+def test_tune_dag_names_a_new_collection_the_embed_dag_accepts():
+    import re
+
+    from polyglot_catalog.provider.operators import COLLECTION_PATTERN
+
+    pytest.importorskip("airflow")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "catalog_tune_dag", Path(__file__).resolve().parents[1] / "dags" / "catalog_tune.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    name = module.new_collection("catalog", "catalog-tuned@v12")
+    assert name == "catalog__catalog-tuned_v12" and re.fullmatch(COLLECTION_PATTERN, name)
+
+
+def _validate(dag, conf: dict) -> dict:
+    """What a trigger does: the scheduler's serialized DAG merges the run conf and validates it."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    return serialized.params.deep_merge(conf).validate()
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [{"name": "a/b"}, {"name": "x@v1"}, {"max_minutes": 0}, {"max_steps": 0}, {"alias": "bad alias"}],
+)
+def test_tune_dag_params_reject_bad_input(tune_dag, conf):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        _validate(tune_dag, conf)
+
+
+def test_tune_dag_params_accept_a_real_trigger(tune_dag):
+    conf = {
+        "source": "/data/*.parquet",
+        "labels": None,
+        "reviewed": "/data/reviewed.parquet",
+        "max_minutes": 2.5,
+    }
+    assert _validate(tune_dag, conf)["max_minutes"] == 2.5
