@@ -131,6 +131,9 @@ def test_registered_names_resolve_to_pinned_versions(tmp_path, monkeypatch):
     with pytest.raises(registry.ModelNotAvailableError, match="no version 7"):
         registry.resolve_model("shop@v7")
     assert registry.resolve_model(registry.DEFAULT_MODEL).bundled  # the default is untouched
+    # embed, reconcile and match name the vectors alike however the tuned model is spelled
+    assert registry.pinned_name("shop") == registry.pinned_name(str(folders[1])) == "shop@v2"
+    assert registry.pinned_name(registry.DEFAULT_MODEL) == registry.DEFAULT_MODEL
     with pytest.raises(ValueError, match="taken"):
         registry.register_tuned(registry.DEFAULT_MODEL, 1, folders[0])
 

@@ -167,10 +167,10 @@ def _client(args: argparse.Namespace, *, must_exist: bool) -> Any:
 
 
 def _store(client: Any, collection: str, model: str | None, *, must_exist: bool) -> Any:
-    from polyglot_catalog.models.registry import DEFAULT_MODEL
+    from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
     from polyglot_catalog.store import CatalogStore, vector_name_for
 
-    store = CatalogStore(client, collection, vector_name_for(model or DEFAULT_MODEL))
+    store = CatalogStore(client, collection, vector_name_for(pinned_name(model or DEFAULT_MODEL)))
     if must_exist and not store.exists():
         raise UserError(f"collection {collection!r} does not exist")
     return store

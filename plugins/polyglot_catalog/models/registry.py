@@ -199,3 +199,10 @@ def resolve_tuned(name: str) -> ModelSpec | None:
     if not Path(source).is_dir():
         raise ModelNotAvailableError(f"tuned model {base}@v{version}: folder {source!r} is gone")
     return ModelSpec(name=f"{base}@v{version}", source=source)
+
+
+def pinned_name(model: str) -> str:
+    """The name a model's vectors and payloads carry: ``name@vN`` for a tuned model (given as
+    ``name``, ``name@vN`` or its folder), the name itself for anything else."""
+    tuned = resolve_tuned(model.strip())
+    return tuned.name if tuned is not None else model

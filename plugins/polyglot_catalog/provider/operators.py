@@ -452,12 +452,12 @@ class ReconcileCatalogOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.embed import merge_summaries, reconcile_vanished
-        from polyglot_catalog.models.registry import DEFAULT_MODEL
+        from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
         from polyglot_catalog.store import CatalogStore, vector_name_for
 
         model = _as_optional_str(self.model) or DEFAULT_MODEL
         alias = _as_optional_str(self.alias)
-        store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(model))
+        store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(pinned_name(model)))
         try:
             reconciled = reconcile_vanished(_as_source(self.source), store, mode=str(self.vanished))
             if alias:
@@ -569,7 +569,7 @@ class MatchCatalogOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.matching.pipeline import match_catalog
-        from polyglot_catalog.models.registry import DEFAULT_MODEL
+        from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
         from polyglot_catalog.reports import safe_report_dir, write_reports
         from polyglot_catalog.store import CatalogStore, vector_name_for
 
@@ -586,7 +586,7 @@ class MatchCatalogOperator(BaseOperator):
         hnsw_ef = _as_optional_int(self.hnsw_ef, "hnsw_ef")
         if hnsw_ef is not None:
             extra["hnsw_ef"] = hnsw_ef
-        store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(model))
+        store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(pinned_name(model)))
         try:
             result = match_catalog(
                 store,
