@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import sys
 import tempfile
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="one line on the machine (e.g. 'CPU shared with 4 jobs')")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("sentence_transformers", "transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     catalog, labels = build(args.data, args.limit)
     test = split_products(pd.Series(sorted(set(labels.values()))), 0.30, args.seed)

@@ -259,7 +259,16 @@ def test_the_time_budget_stops_training(tmp_path, tiny_model):
     df, labels = _catalog_frame()
     catalog = CatalogTexts.from_frame(df)
     pairs = link_pairs(catalog, labels)
-    config = TuneConfig(max_steps=50, epochs=50, batch_size=4, max_minutes=1e-4, eval_steps=50, device="cpu")
+    config = TuneConfig(
+        max_steps=50,
+        epochs=50,
+        batch_size=4,
+        max_minutes=1e-4,
+        eval_steps=50,
+        device="cpu",
+        loss="cached-mnrl",
+        mini_batch_size=2,
+    )
     outcome = train(
         SentenceTransformer(str(tiny_model)),
         pairs,
@@ -377,3 +386,14 @@ def test_tune_dag_params_accept_a_real_trigger(tune_dag):
         "max_minutes": 2.5,
     }
     assert _validate(tune_dag, conf)["max_minutes"] == 2.5
+
+
+def test_config_rejects_what_cannot_run():
+    from polyglot_catalog.tuning.train import TuneConfig, _resolve_device
+
+    with pytest.raises(ValueError, match=r"fp16.*CUDA"):
+        _resolve_device(TuneConfig(device="cpu", precision="fp16"))
+    assert _resolve_device(TuneConfig(device="cpu")) == ("cpu", "fp32")  # CPU default: full precision
+    for bad in ({"loss": "triplet"}, {"max_steps": 0}, {"max_minutes": 0}, {"precision": "int8"}):
+        with pytest.raises(ValueError):
+            TuneConfig(**bad)
