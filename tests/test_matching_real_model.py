@@ -41,7 +41,7 @@ def test_real_encoder_pairs_translations(encoder) -> None:
 LONERS = {
     "DE": "Kaffeemühle mit Kegelmahlwerk aus Edelstahl , 15 Mahlstufen , 150 W .",
     "ES": "Manguera de jardín de 20 m con pistola de riego de 7 funciones .",
-    "US": "Bookcase with 5 adjustable shelves , oak veneer , 31 1/2x79 1/2 \" .",
+    "US": 'Bookcase with 5 adjustable shelves , oak veneer , 31 1/2x79 1/2 " .',
 }
 
 

@@ -1,6 +1,6 @@
 """``polyglot-catalog``: the same library as the Airflow operators, for backfills, debugging and evaluation.
 
-Subcommands: ``embed``, ``match``, ``stats``, ``build-model``. Every failure ends with a non-zero
+Subcommands: ``embed``, ``match``, ``stats``, ``build-model``, ``tune``. Every failure ends with a non-zero
 exit and one line on stderr, never a stack trace (``-v`` adds one for bugs); store failures name the
 endpoint, the operation and the attempts. The Qdrant API key comes from ``$QDRANT_API_KEY`` so it
 stays out of shell history, and it is scrubbed from everything printed or logged. Names and paths
@@ -211,7 +211,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_args(stats)
 
     sub.add_parser("build-model", help="build the bundled default model into the cache")
+    _add_tune_parser(sub)
     return parser
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {value!r}") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {value}")
+    return number
+
+
+def _add_tune_parser(sub: Any) -> None:
+    """``tune``: fine-tune the encoder on links the catalog already has (see polyglot_catalog.tuning)."""
+    tune = sub.add_parser("tune", help="fine-tune the encoder on linked products; prints the model folder")
+    tune.add_argument("--source", required=True, metavar="PATH_OR_GLOB", help="Parquet catalog to learn from")
+    tune.add_argument("--labels", metavar="FILE", help="Parquet/CSV with region, sku, group_id")
+    tune.add_argument(
+        "--reviewed", metavar="FILE", help="reviewed decisions, labels-like Parquet (region, sku, group_id)"
+    )
+    tune.add_argument("--no-gtin", action="store_true", help="do not pair SKUs that share a GTIN")
+    tune.add_argument("--out", required=True, metavar="DIR", help="root folder; writes DIR/NAME/vN")
+    tune.add_argument("--model", metavar="BASE", help="model to start from (default: the bundled model)")
+    tune.add_argument("--name", default="catalog-tuned", help="registry name of the tuned model")
+    tune.add_argument("--max-minutes", type=_positive_float, default=10.0, metavar="N", help="time budget")
+    tune.add_argument("--max-steps", type=_positive_int, default=300, metavar="N", help="step budget")
+    tune.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="pairs per step")
+    tune.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    tune.add_argument(
+        "--precision", choices=("fp32", "bf16", "fp16"), help="default: bf16/fp16 on CUDA, fp32 on CPU"
+    )
 
 
 class StoreFailure(Exception):
@@ -247,10 +279,10 @@ def _client(args: argparse.Namespace, *, must_exist: bool) -> Any:
 
 
 def _store(client: Any, collection: str, model: str | None, *, must_exist: bool) -> Any:
-    from polyglot_catalog.models.registry import DEFAULT_MODEL
+    from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
     from polyglot_catalog.store import CatalogStore, vector_name_for
 
-    store = CatalogStore(client, collection, vector_name_for(model or DEFAULT_MODEL))
+    store = CatalogStore(client, collection, vector_name_for(pinned_name(model or DEFAULT_MODEL)))
     if must_exist and not store.exists():
         raise UserError(f"collection {collection!r} does not exist")
     return store
@@ -419,7 +451,33 @@ def _cmd_build_model(args: argparse.Namespace) -> dict[str, Any]:
     return {"model_dir": str(ensure_bundled_model())}
 
 
+def _cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
+    from polyglot_catalog.models.registry import DEFAULT_MODEL
+    from polyglot_catalog.reading import list_sources
+    from polyglot_catalog.tuning import TuneConfig, tune_catalog
+
+    list_sources(args.source)  # fail on a bad source before anything loads
+    config = TuneConfig(
+        max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+    )
+    return tune_catalog(
+        args.source,
+        args.out,
+        labels=args.labels,
+        reviewed=args.reviewed,
+        use_gtin=not args.no_gtin,
+        model=args.model or DEFAULT_MODEL,
+        name=args.name,
+        config=config,
+    )
+
+
 COMMANDS = {"embed": _cmd_embed, "match": _cmd_match, "stats": _cmd_stats, "build-model": _cmd_build_model}
+COMMANDS["tune"] = _cmd_tune
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:

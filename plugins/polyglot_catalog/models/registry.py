@@ -89,6 +89,8 @@ def resolve_model(name: str | None) -> ModelSpec:
     name = (name or DEFAULT_MODEL).strip()
     if name in _KNOWN:
         return _KNOWN[name]
+    if (tuned := resolve_tuned(name)) is not None:
+        return tuned
     if Path(name).expanduser().is_dir():
         folder = str(Path(name).expanduser().resolve())
         return ModelSpec(name=name, source=folder)
@@ -250,3 +252,72 @@ def model_fingerprint(model: str | ModelSpec | None = None) -> str:
     }
     blob = json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:FINGERPRINT_CHARS]
+
+
+# Tuned models (``polyglot-catalog tune``): an index under the cache maps ``name`` -> version -> folder.
+# A tuned model is always named ``name@vN`` in payloads and vector names, so two versions never share
+# vectors or content hashes; plain ``name`` means its latest version.
+TUNED_INDEX = "tuned.json"
+TUNE_META = "polyglot_tune.json"
+
+
+def _tuned_index_path() -> Path:
+    return cache_dir() / "models" / TUNED_INDEX
+
+
+def tuned_models() -> dict[str, dict[str, str]]:
+    """Registered tuned models: ``{name: {version: folder}}`` (empty when none)."""
+    import json
+
+    path = _tuned_index_path()
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def register_tuned(name: str, version: int, folder: Path) -> str:
+    """Record a tuned model folder so ``model="name"`` / ``"name@vN"`` finds it; returns its pinned name."""
+    import json
+
+    if name in _KNOWN:
+        raise ValueError(f"tuned model name {name!r} is taken by a registry model; pick another --name")
+    index = tuned_models()
+    index.setdefault(name, {})[str(version)] = str(Path(folder).resolve())
+    path = _tuned_index_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return f"{name}@v{version}"
+
+
+def resolve_tuned(name: str) -> ModelSpec | None:
+    """``name@vN``, a registered ``name`` (latest version) or a tuned folder; None for anything else."""
+    import json
+
+    folder = Path(name).expanduser()
+    if (folder / TUNE_META).is_file():
+        meta = json.loads((folder / TUNE_META).read_text(encoding="utf-8"))
+        return ModelSpec(name=f"{meta['name']}@v{meta['version']}", source=str(folder.resolve()))
+    base, _, version = name.partition("@v")
+    versions = tuned_models().get(base)
+    if not versions:
+        return None
+    if not version:
+        version = str(max(int(v) for v in versions))
+    if version not in versions:
+        raise ModelNotAvailableError(
+            f"tuned model {base!r} has no version {version}; registered: "
+            + ", ".join(f"v{v}" for v in sorted(versions, key=int))
+        )
+    source = versions[version]
+    if not Path(source).is_dir():
+        raise ModelNotAvailableError(f"tuned model {base}@v{version}: folder {source!r} is gone")
+    return ModelSpec(name=f"{base}@v{version}", source=source)
+
+
+def pinned_name(model: str) -> str:
+    """The name a model's vectors and payloads carry: ``name@vN`` for a tuned model (given as
+    ``name``, ``name@vN`` or its folder), the name itself for anything else."""
+    tuned = resolve_tuned(model.strip())
+    return tuned.name if tuned is not None else model

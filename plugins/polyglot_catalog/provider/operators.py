@@ -495,7 +495,7 @@ class ReconcileCatalogOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.embed import merge_summaries, reconcile_vanished
-        from polyglot_catalog.models.registry import DEFAULT_MODEL
+        from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
         from polyglot_catalog.store import CatalogStore, vector_name_for
 
         model = _as_optional_str(self.model) or DEFAULT_MODEL
@@ -503,7 +503,7 @@ class ReconcileCatalogOperator(BaseOperator):
         from polyglot_catalog.errors import describe_endpoint
         from polyglot_catalog.reading import parse_column_map
 
-        store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(model))
+        store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(pinned_name(model)))
         try:
             with _store_errors_worded(describe_endpoint(store.client)):
                 reconciled = reconcile_vanished(
@@ -679,7 +679,7 @@ class MatchCatalogOperator(BaseOperator):
 
     def _match(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.matching.pipeline import match_catalog
-        from polyglot_catalog.models.registry import DEFAULT_MODEL
+        from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
         from polyglot_catalog.reports import safe_report_dir, write_reports
         from polyglot_catalog.store import CatalogStore, vector_name_for
 
@@ -699,7 +699,7 @@ class MatchCatalogOperator(BaseOperator):
         from polyglot_catalog.errors import describe_endpoint
         from polyglot_catalog.store import single_region_warning
 
-        store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(model))
+        store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(pinned_name(model)))
         regions = _as_regions(self.regions)
         try:
             with _store_errors_worded(describe_endpoint(store.client)):

@@ -1,0 +1,399 @@
+"""polyglot_catalog.tuning: training pairs, group split, versioned registered folders, a tiny real run."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from polyglot_catalog.models import registry
+from polyglot_catalog.tuning.output import CARD_FILE, META_FILE, content_hash, save_version
+from polyglot_catalog.tuning.pairs import CatalogTexts, link_pairs, load_optional_labels, split_by_group
+
+# Twelve products in three regions; DE texts are plain translations. Product 11's DE text repeats
+# product 10's (generic copy shared by two products), as real catalogs do.
+PRODUCTS = [
+    ("lamp", "Lampe", "lampe"),
+    ("red chair", "roter Stuhl", "chaise rouge"),
+    ("blue chair", "blauer Stuhl", "chaise bleue"),
+    ("oak table", "Eichentisch", "table en chene"),
+    ("pine table", "Kieferntisch", "table en pin"),
+    ("sofa bed", "Schlafsofa", "canape lit"),
+    ("wall shelf", "Wandregal", "etagere murale"),
+    ("desk lamp", "Schreibtischlampe", "lampe de bureau"),
+    ("rug", "Teppich", "tapis"),
+    ("mirror", "Spiegel", "miroir"),
+    ("towel white", "Handtuch", "serviette blanche"),
+    ("towel grey", "Handtuch", "serviette grise"),
+]
+
+
+def _catalog_frame() -> tuple[pd.DataFrame, dict[tuple[str, str], str]]:
+    rows, labels = [], {}
+    for i, texts in enumerate(PRODUCTS):
+        for region, text in zip(("US", "DE", "FR"), texts, strict=True):
+            rows.append({"region": region, "sku": f"{region.lower()}-{i}", "text": text, "gtin": None})
+            labels[(region, f"{region.lower()}-{i}")] = f"p{i}"
+    return pd.DataFrame(rows), labels
+
+
+def test_pairs_come_from_every_source_and_merge_into_one_group_per_product():
+    df, labels = _catalog_frame()
+    df.loc[(df["region"] == "FR") & (df["sku"] == "fr-0"), "gtin"] = "4006381333931"
+    df.loc[(df["region"] == "US") & (df["sku"] == "us-0"), "gtin"] = "4006381333931"
+    only_labels = {k: v for k, v in labels.items() if k[1] not in ("fr-0", "fr-1")}
+    reviewed = {("US", "us-1"): "r1", ("FR", "fr-1"): "r1", ("US", "nope"): "r1"}  # unknown SKU ignored
+    pairs = link_pairs(CatalogTexts.from_frame(df), only_labels, reviewed, use_gtin=True)
+
+    got = {(a, b): s for a, b, s in zip(pairs["sku_a"], pairs["sku_b"], pairs["source"], strict=True)}
+    assert got[("fr-0", "us-0")] == "gtin"
+    assert got[("fr-1", "us-1")] == "reviewed"
+    assert got[("de-2", "us-2")] == "labels"
+    # product 0: the GTIN link and the label link are one component, so the split keeps it whole
+    comp = pairs[pairs["sku_a"].isin(["de-0", "fr-0"]) | pairs["sku_b"].isin(["us-0"])]["component"]
+    assert comp.nunique() == 1
+    assert (pairs["region_a"] != pairs["region_b"]).all()
+
+
+def test_pairs_with_identical_texts_are_left_out():
+    df = pd.DataFrame(
+        {"region": ["US", "DE"], "sku": ["a", "b"], "text": ["same copy", "same copy"], "gtin": [None, None]}
+    )
+    assert link_pairs(CatalogTexts.from_frame(df), {("US", "a"): "g", ("DE", "b"): "g"}).empty
+
+
+def test_split_never_puts_a_product_group_on_both_sides_and_is_stable():
+    df, labels = _catalog_frame()
+    pairs = link_pairs(CatalogTexts.from_frame(df), labels)
+    val = split_by_group(pairs["component"], 0.4, seed=1)
+    assert 0 < val.sum() < len(pairs)
+    assert not set(pairs["component"][val]) & set(pairs["component"][~val])
+    shuffled = pairs.sample(frac=1.0, random_state=3)
+    again = split_by_group(shuffled["component"], 0.4, seed=1)
+    assert dict(zip(shuffled["component"], again, strict=True)) == dict(
+        zip(pairs["component"], val, strict=True)
+    )
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_by_group(pairs["component"], 1.0)
+
+
+def test_labels_like_files_fail_naming_the_file(tmp_path):
+    with pytest.raises(ValueError, match=r"reviewed decisions file .*missing.parquet.* does not exist"):
+        load_optional_labels(tmp_path / "missing.parquet", "reviewed decisions")
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"region": ["US"], "sku": ["a"]}).to_parquet(bad)
+    with pytest.raises(ValueError, match=r"labels file .*bad.parquet.*group_id"):
+        load_optional_labels(bad, "labels")
+
+
+class _FakeModel:
+    """Stands in for a SentenceTransformer in save_version: writes a weights file."""
+
+    def __init__(self, weights: bytes) -> None:
+        self.weights = weights
+
+    def save(self, folder: str) -> None:
+        from pathlib import Path
+
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(self.weights)
+
+
+def test_versions_count_up_and_the_hash_covers_weights_not_the_card(tmp_path):
+    meta = {"base_model": "multilingual-e5-small", "pairs": {"train": {"by_source": {"labels": 3}}}}
+    v1 = save_version(_FakeModel(b"w1"), tmp_path, "shop", meta)
+    v2 = save_version(_FakeModel(b"w2"), tmp_path, "shop", meta)
+    assert (v1.name, v2.name) == ("v1", "v2")
+    m1 = json.loads((v1 / META_FILE).read_text())
+    assert m1["model"] == "shop@v1" and m1["content_hash"] == content_hash(v1)
+    assert m1["content_hash"] != json.loads((v2 / META_FILE).read_text())["content_hash"]
+    (v1 / CARD_FILE).write_text("edited card")
+    assert content_hash(v1) == m1["content_hash"]
+    assert "| labels | 3 |" in (v2 / CARD_FILE).read_text()
+    with pytest.raises(ValueError, match="name"):
+        save_version(_FakeModel(b"x"), tmp_path, "bad/name", meta)
+
+
+def test_registered_names_resolve_to_pinned_versions(tmp_path, monkeypatch):
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
+    folders = [save_version(_FakeModel(w), tmp_path / "out", "shop", {}) for w in (b"a", b"b")]
+    for version, folder in enumerate(folders, start=1):
+        assert registry.register_tuned("shop", version, folder) == f"shop@v{version}"
+
+    latest = registry.resolve_model("shop")
+    assert (latest.name, latest.source) == ("shop@v2", str(folders[1].resolve()))
+    assert registry.resolve_model("shop@v1").source == str(folders[0].resolve())
+    assert registry.resolve_model(str(folders[0])).name == "shop@v1"  # the folder itself
+    with pytest.raises(registry.ModelNotAvailableError, match="no version 7"):
+        registry.resolve_model("shop@v7")
+    assert registry.resolve_model(registry.DEFAULT_MODEL).bundled  # the default is untouched
+    # embed, reconcile and match name the vectors alike however the tuned model is spelled
+    assert registry.pinned_name("shop") == registry.pinned_name(str(folders[1])) == "shop@v2"
+    assert registry.pinned_name(registry.DEFAULT_MODEL) == registry.DEFAULT_MODEL
+    with pytest.raises(ValueError, match="taken"):
+        registry.register_tuned(registry.DEFAULT_MODEL, 1, folders[0])
+
+
+# --- a real (tiny) training run -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 2-layer, 32-dim sentence-transformers model over a word vocabulary of the test texts:
+    real SentenceTransformerTrainer steps in well under a second each."""
+    pytest.importorskip("datasets")
+    pytest.importorskip("accelerate")
+    from sentence_transformers import SentenceTransformer, models
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    words = sorted({w for texts in PRODUCTS for t in texts for w in t.split()} | {"query:"})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+    base = tmp_path_factory.mktemp("tiny") / "hf"
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(base)
+    fast.save_pretrained(base)
+    st = SentenceTransformer(
+        modules=[
+            models.Transformer(str(base), max_seq_length=32),
+            models.Pooling(32, "mean"),
+            models.Normalize(),
+        ],
+        prompts={"query": "query: "},
+        default_prompt_name="query",
+    )
+    folder = base.parent / "st"
+    st.save(str(folder))
+    return folder
+
+
+def _write_catalog(tmp_path) -> tuple[str, str]:
+    df, labels = _catalog_frame()
+    src = tmp_path / "catalog.parquet"
+    pq.write_table(pa.table({"sku": df["sku"], "region": df["region"], "description": df["text"]}), src)
+    lab = tmp_path / "labels.parquet"
+    pd.DataFrame(
+        [(r, s, g) for (r, s), g in labels.items()], columns=["region", "sku", "group_id"]
+    ).to_parquet(lab)
+    return str(src), str(lab)
+
+
+def test_tune_writes_a_registered_model_that_the_encoder_loads(tmp_path, monkeypatch, tiny_model, caplog):
+    from polyglot_catalog.encoding import Encoder
+    from polyglot_catalog.tuning import TuneConfig, tune_catalog
+
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
+    source, labels = _write_catalog(tmp_path)
+    config = TuneConfig(max_steps=4, batch_size=4, eval_steps=2, val_fraction=0.3, device="cpu", seed=2)
+    with caplog.at_level(logging.INFO, logger="polyglot_catalog"):
+        out = tune_catalog(
+            source, tmp_path / "models", labels=labels, model=str(tiny_model), name="shop", config=config
+        )
+
+    assert out["model"] == "shop@v1" and out["model_dir"].endswith("shop/v1")
+    assert out["pairs"]["train"]["by_source"] == {
+        "labels": sum(out["pairs"]["train"]["by_region_pair"].values())
+    }
+    assert out["pairs"]["validation_pairs"] > 0 and 0 < out["steps"] <= 4
+    assert "val_top1" in out["val_before"] and "val_top1" in out["val_after"]
+    meta = json.loads((tmp_path / "models" / "shop" / "v1" / META_FILE).read_text())
+    assert meta["content_hash"] == out["content_hash"] and meta["base_model"] == str(tiny_model)
+    card = (tmp_path / "models" / "shop" / "v1" / CARD_FILE).read_text()
+    assert "| DE<->US |" in card and "| FR<->US |" in card
+    assert "Training pairs by region pair" in card and "Validation" in card
+    progress = [r.getMessage() for r in caplog.records if "tune step" in r.getMessage()]
+    assert any("loss" in m and "ETA" in m for m in progress)
+
+    enc = Encoder("shop")  # the registry name; the vectors are then named after the pinned version
+    assert enc.model_name == "shop@v1" and enc.prompt == "query: "
+    assert enc.max_seq_length == 32  # training's shorter length is not saved into the model
+    assert enc.encode(["roter Stuhl"]).shape == (1, 32)
+
+
+def test_validation_products_are_never_trained_on_or_mined(tmp_path, tiny_model, monkeypatch):
+    from sentence_transformers import SentenceTransformer
+
+    from polyglot_catalog.tuning import train as train_mod
+    from polyglot_catalog.tuning.tune import training_pool
+
+    df, labels = _catalog_frame()
+    catalog = CatalogTexts.from_frame(df)
+    pairs = link_pairs(catalog, labels)
+    val = split_by_group(pairs["component"], 0.3, seed=2)
+    train_pairs, val_pairs = pairs[~val], pairs[val]
+    pool = training_pool(catalog, train_pairs)
+    negatives = train_mod.mine_hard_negatives(SentenceTransformer(str(tiny_model)), train_pairs, pool)
+    val_texts = set(val_pairs["text_a"]) | set(val_pairs["text_b"])
+    seen = set(train_pairs["text_a"]) | set(train_pairs["text_b"]) | {n for n in negatives if n}
+    assert not (seen & val_texts) - set(pool["text"])  # only texts shared verbatim by a training SKU
+    assert set(pool["component"]).isdisjoint(set(val_pairs["component"]))
+    for neg, comp, pos in zip(negatives, train_pairs["component"], train_pairs["text_b"], strict=True):
+        if neg is not None:
+            assert neg != pos and comp not in set(pool.loc[pool["text"] == neg, "component"]) - {None}
+
+
+def test_the_time_budget_stops_training(tmp_path, tiny_model):
+    from sentence_transformers import SentenceTransformer
+
+    from polyglot_catalog.tuning.train import TuneConfig, train
+    from polyglot_catalog.tuning.tune import training_pool
+
+    df, labels = _catalog_frame()
+    catalog = CatalogTexts.from_frame(df)
+    pairs = link_pairs(catalog, labels)
+    config = TuneConfig(
+        max_steps=50,
+        epochs=50,
+        batch_size=4,
+        max_minutes=1e-4,
+        eval_steps=50,
+        device="cpu",
+        loss="cached-mnrl",
+        mini_batch_size=2,
+    )
+    outcome = train(
+        SentenceTransformer(str(tiny_model)),
+        pairs,
+        pairs.iloc[:0],
+        training_pool(catalog, pairs),
+        config,
+        tmp_path,
+    )
+    assert outcome.stopped_by == "time budget" and outcome.steps < 50
+
+
+def test_cli_tune_prints_the_model_folder_and_rejects_a_missing_labels_file(
+    tmp_path, monkeypatch, tiny_model, capsys
+):
+    from polyglot_catalog.cli import main
+
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
+    source, labels = _write_catalog(tmp_path)
+    code = main(
+        ["tune", "--source", source, "--labels", str(tmp_path / "nope.parquet"), "--out", str(tmp_path)]
+    )
+    assert code == 1 and "labels file" in capsys.readouterr().err
+    code = main(
+        [
+            "tune",
+            "--source",
+            source,
+            "--labels",
+            labels,
+            "--out",
+            str(tmp_path / "m"),
+            "--model",
+            str(tiny_model),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["model"] == "catalog-tuned@v1" and (tmp_path / "m" / "catalog-tuned" / "v1").is_dir()
+
+
+# --- the catalog_tune DAG ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tune_dag():
+    pytest.importorskip("airflow")
+    from pathlib import Path
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).resolve().parents[1] / "dags" / "catalog_tune.py"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags["catalog_tune"]
+
+
+def test_tune_dag_trains_then_triggers_the_embed_dag_with_the_tuned_model(tune_dag):
+    tune = tune_dag.get_task("tune_encoder")
+    trigger = tune_dag.get_task("reembed_with_tuned_model")
+    assert trigger.upstream_task_ids == {"tune_encoder"}
+    assert trigger.trigger_dag_id == "catalog_embed"
+    assert set(trigger.conf) == {"source", "model", "collection", "alias"}
+    assert "tune_encoder" in trigger.conf["model"] and "alias" in trigger.conf["alias"]
+    assert [o.name for o in tune.outlets] == ["polyglot_tuned_model"]
+    assert tune_dag.max_active_runs == 1 and tune_dag.catchup is False and "polyglot-catalog" in tune_dag.tags
+
+
+def test_tune_dag_names_a_new_collection_the_embed_dag_accepts():
+    import re
+
+    from polyglot_catalog.provider.operators import COLLECTION_PATTERN
+
+    pytest.importorskip("airflow")
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "catalog_tune_dag", Path(__file__).resolve().parents[1] / "dags" / "catalog_tune.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    name = module.new_collection("catalog", "catalog-tuned@v12")
+    assert name == "catalog__catalog-tuned_v12" and re.fullmatch(COLLECTION_PATTERN, name)
+
+
+def _validate(dag, conf: dict) -> dict:
+    """What a trigger does: the scheduler's serialized DAG merges the run conf and validates it."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    return serialized.params.deep_merge(conf).validate()
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [{"name": "a/b"}, {"name": "x@v1"}, {"max_minutes": 0}, {"max_steps": 0}, {"alias": "bad alias"}],
+)
+def test_tune_dag_params_reject_bad_input(tune_dag, conf):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        _validate(tune_dag, conf)
+
+
+def test_tune_dag_params_accept_a_real_trigger(tune_dag):
+    conf = {
+        "source": "/data/*.parquet",
+        "labels": None,
+        "reviewed": "/data/reviewed.parquet",
+        "max_minutes": 2.5,
+    }
+    assert _validate(tune_dag, conf)["max_minutes"] == 2.5
+
+
+def test_config_rejects_what_cannot_run():
+    from polyglot_catalog.tuning.train import TuneConfig, _resolve_device
+
+    with pytest.raises(ValueError, match=r"fp16.*CUDA"):
+        _resolve_device(TuneConfig(device="cpu", precision="fp16"))
+    assert _resolve_device(TuneConfig(device="cpu")) == ("cpu", "fp32")  # CPU default: full precision
+    for bad in ({"loss": "triplet"}, {"max_steps": 0}, {"max_minutes": 0}, {"precision": "int8"}):
+        with pytest.raises(ValueError):
+            TuneConfig(**bad)
