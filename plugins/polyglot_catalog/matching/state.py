@@ -322,10 +322,10 @@ def _previous(store: Any, regions: Sequence[str]) -> dict[tuple[str, str], tuple
             region, with_vectors=False, include_stale=True, payload_fields=["region", "sku", *STATE_FIELDS]
         ):
             for p in payloads:
-                out[(str(p["region"]), str(p["sku"]))] = (
-                    p["id"],
-                    {"group_id": p.get("group_id"), "twins": p.get("twins") or {}},
-                )
+                # a point without ``twins`` (never matched, or re-embedded since) gets the fields written;
+                # a missing group_id reads as null (the embedded engine drops nulls that set_payload writes)
+                state = {"group_id": p.get("group_id"), "twins": p["twins"]} if "twins" in p else {}
+                out[(str(p["region"]), str(p["sku"]))] = (p["id"], state)
     return out
 
 
@@ -361,7 +361,7 @@ def plan_state(
     """Stable ids, twins and changes of ``result`` against the committed state (pure but for reads)."""
     regions = [str(r) for r in (result.summary.get("regions") or sorted(result.groups["region"].unique()))]
     previous = _previous(store, regions)
-    old_ids = {k: v[1]["group_id"] for k, v in previous.items() if v[1]["group_id"] is not None}
+    old_ids = {k: v[1]["group_id"] for k, v in previous.items() if v[1].get("group_id") is not None}
     groups = result.groups
     members: dict[str, list[tuple[str, str]]] = {}
     for gid, region, sku in zip(groups["group_id"], groups["region"], groups["sku"], strict=True):
@@ -404,7 +404,7 @@ def plan_state(
         kind = change_kind(old_ids.get(m), new_ids.get(m), kept_old)
         if kind is not None:
             rows.append((m[0], m[1], old_ids.get(m), new_ids.get(m), kind))
-    changes = pd.DataFrame(rows, columns=CHANGE_COLUMNS)
+    changes = pd.DataFrame(rows, columns=CHANGE_COLUMNS, dtype=object)
     collection = str(result.summary.get("collection") or store.collection)
     record = state_record(result, run_id, next_group, full_rematch=full_rematch, collection=collection)
     return StatePlan(payloads=payloads, record=record, changes=changes)
@@ -464,8 +464,7 @@ ApplyHook = Callable[[int], None]
 def _apply(
     store: Any, payloads: Mapping[str, dict[str, Any]], lock: MatchStateLock, after_batch: ApplyHook | None
 ) -> None:
-    """Write the payloads onto the catalog points (idempotent), then null ``group_id`` on points that
-    never had one (new since the last run), so every point answers the lookup alike."""
+    """Write the payloads onto the catalog points, in batches; idempotent, so a recovery repeats it."""
     items = sorted(payloads.items())
     for n, i in enumerate(range(0, len(items), WRITE_BATCH)):
         ops = [
@@ -476,18 +475,6 @@ def _apply(
         lock.refresh()
         if after_batch is not None:
             after_batch(n)
-    missing = models.Filter(
-        must=[models.IsEmptyCondition(is_empty=models.PayloadField(key="group_id"))],
-        must_not=[models.IsNullCondition(is_null=models.PayloadField(key="group_id"))],
-    )
-    store._call(
-        "match state write",
-        store.client.set_payload,
-        store.collection,
-        payload={"group_id": None, "twins": {}},
-        points=models.FilterSelector(filter=missing),
-        wait=True,
-    )
 
 
 def _ensure_group_index(store: Any) -> None:
