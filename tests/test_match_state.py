@@ -266,3 +266,40 @@ def test_a_run_killed_mid_write_leaves_a_consistent_state_and_the_next_run_compl
         assert client.count(STATE_COLLECTION).count == 1
     finally:
         client.close()
+
+
+def test_report_folder_carries_changes_parquet_counts_and_a_section(
+    store: CatalogStore, tmp_path: Path
+) -> None:
+    import json
+
+    from polyglot_catalog.reports import write_reports
+
+    commit_match_state(store, result_of(RUN1), "run-1")
+    result = result_of(RUN1[:2])
+    folders: list[Path] = []
+    commit_match_state(
+        store, result, "run-2", before_apply=lambda r: folders.append(write_reports(tmp_path / "r2", r))
+    )
+    changes = pd.read_parquet(folders[0] / "changes.parquet")
+    assert changes.to_dict("records") == [
+        {"region": "DE", "sku": "DE-1", "old_group": "g000002", "new_group": None, "kind": "dissolved"},
+        {"region": "US", "sku": "US-1", "old_group": "g000002", "new_group": None, "kind": "dissolved"},
+    ]
+    summary = json.loads((folders[0] / "summary.json").read_text())
+    assert summary["changes"]["dissolved"] == 2 and summary["changes"]["new_match"] == 0
+    assert summary["match_state"]["previous_run"] == "run-1"
+    page = (folders[0] / "report.html").read_text()
+    assert "Changes since the last run" in page and "2 products changed group since run" in page
+    assert "US-1" in page.split('id="changes"')[1]
+    # the report's groups carry the stable ids, as the points do
+    assert set(pd.read_parquet(folders[0] / "groups.parquet")["group_id"]) == {"g000001"}
+
+
+def test_a_report_without_match_state_has_an_empty_typed_changes_file(tmp_path: Path) -> None:
+    from polyglot_catalog.reports import write_reports
+
+    folder = write_reports(tmp_path / "r", result_of(RUN1))
+    changes = pd.read_parquet(folder / "changes.parquet")
+    assert list(changes.columns) == CHANGE_COLUMNS and changes.empty
+    assert "wrote no match state" in (folder / "report.html").read_text()

@@ -24,6 +24,7 @@ REPORT_FILES = {
     "groups.parquet",
     "unmatched.parquet",
     "duplicates.parquet",
+    "changes.parquet",
     "summary.json",
     "report.html",
 }

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polyglot_catalog.matching.result import MatchResult
+from polyglot_catalog.matching.result import CHANGE_COLUMNS, MatchResult
 from polyglot_catalog.reports.html import render_html
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ REPORT_FILES = (
     "groups.parquet",
     "unmatched.parquet",
     "duplicates.parquet",
+    "changes.parquet",
     "summary.json",
     "report.html",
 )
@@ -127,6 +128,7 @@ def report_summary(result: MatchResult, *, run_id: str | None = None) -> dict[st
             "pairs": len(result.pairs),
             "groups": len(result.groups),
             "unmatched": len(result.unmatched),
+            "changes": len(result.changes),
         },
     }
     return summary
@@ -199,6 +201,12 @@ def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
+def _changes_frame(changes: pd.DataFrame) -> pd.DataFrame:
+    """``changes.parquet`` with string columns even when empty (a reader's schema must not depend on
+    whether anything changed)."""
+    return changes.reindex(columns=CHANGE_COLUMNS).astype({c: pd.StringDtype() for c in CHANGE_COLUMNS})
+
+
 def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
     """Write every report file into ``folder`` and fsync each, Parquet first and the page last."""
     frames = (
@@ -206,6 +214,7 @@ def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
         ("groups", result.groups),
         ("unmatched", result.unmatched),
         ("duplicates", result.duplicates),
+        ("changes", _changes_frame(result.changes)),
     )
     for name, frame in frames:
         path = folder / f"{name}.parquet"
@@ -234,7 +243,8 @@ def write_reports(
     run_id: str | None = None,
     overwrite: bool = True,
 ) -> Path:
-    """Write ``pairs.parquet``, ``groups.parquet``, ``unmatched.parquet``, ``summary.json`` and
+    """Write ``pairs.parquet``, ``groups.parquet``, ``unmatched.parquet``, ``duplicates.parquet``,
+    ``changes.parquet`` (empty unless the match state was committed first), ``summary.json`` and
     ``report.html`` into ``out_dir``, all or nothing.
 
     ``out_dir`` is the report folder itself; pass it through :func:`safe_report_dir` when any part of
