@@ -128,7 +128,6 @@ def report_summary(result: MatchResult, *, run_id: str | None = None) -> dict[st
             "pairs": len(result.pairs),
             "groups": len(result.groups),
             "unmatched": len(result.unmatched),
-            "changes": len(result.changes),
         },
     }
     return summary
