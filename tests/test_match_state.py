@@ -191,6 +191,29 @@ def test_a_second_writer_waits_then_fails_naming_the_running_one(store: CatalogS
     assert not store.client.collection_exists(lock_collection("cat"))
 
 
+def test_a_live_lock_of_another_machine_is_waited_for_until_it_expires(store: CatalogStore) -> None:
+    import time
+
+    from qdrant_client import models
+
+    other = MatchStateLock(store.client, "cat", "run-elsewhere", ttl=60)
+    other.acquire()
+    holder = {
+        "run": "run-elsewhere",
+        "host": "worker-7",
+        "pid": 1,
+        "acquired_at": "t",
+        "expires_at": time.time() + 60,
+    }
+    store.client.upsert(lock_collection("cat"), [models.PointStruct(id=1, vector=[1.0], payload=holder)])
+    with pytest.raises(MatchStateLockedError, match=r"run 'run-elsewhere' \(host worker-7"):
+        commit_match_state(store, result_of(RUN1), "run-2", lock_timeout=0.3)
+    holder["expires_at"] = time.time() - 1
+    store.client.upsert(lock_collection("cat"), [models.PointStruct(id=1, vector=[1.0], payload=holder)])
+    commit_match_state(store, result_of(RUN1), "run-2", lock_timeout=0.3)
+    assert read_state(store.client, "cat")["last_run"] == "run-2"
+
+
 def test_an_expired_lock_is_broken(store: CatalogStore) -> None:
     stale = MatchStateLock(store.client, "cat", "run-dead", ttl=-1)  # expired as soon as it is written
     stale.acquire()
@@ -256,7 +279,8 @@ def test_a_run_killed_mid_write_leaves_a_consistent_state_and_the_next_run_compl
         run3 = [("US", "US-0", "DE", "DE-3", 0.9), ("US", "US-4", "FR", "FR-4", 0.8),
                 ("US", "US-5", "DE", "DE-5", 0.7)]  # fmt: skip
         result = result_of(run3)
-        commit_match_state(store, result, "run-3")
+        # the killed run's lock names a dead pid on this host: broken at once, not waited for
+        commit_match_state(store, result, "run-3", lock_timeout=0)
         state = read_state(client, "cat")
         assert state["last_run"] == "run-3" and state["pending"] is None
         assert result.changes.empty  # run-2's changes were applied by the recovery

@@ -68,7 +68,10 @@ DECISION_PARAMETERS = (
 )
 STATE_FIELDS = ("group_id", "twins")
 WRITE_BATCH = 256
-LOCK_TTL_SECONDS = 300.0
+#: Why 900 s: the holder renews it after every written batch, but not while the report folder is
+#: written under the lock (minutes at 300k products per region); a dead holder on this host is
+#: detected at once by its pid, so the expiry only delays runs after a crash on another machine.
+LOCK_TTL_SECONDS = 900.0
 LOCK_TIMEOUT_SECONDS = 600.0
 _AUX_VECTOR = models.VectorParams(size=1, distance=models.Distance.DOT)  # the aux points carry no meaning
 _HOLDER_ID = 1
@@ -269,7 +272,7 @@ class MatchStateLock:
             else:
                 unnamed_since = None
                 stale = not _holder_alive(holder, now)
-            if stale:
+            if stale and self._holder() == holder:  # re-read: another waiter may have broken it already
                 log.warning("breaking stale match-state lock of %s held by %s", self.collection, holder)
                 with contextlib.suppress(Exception):
                     self.client.delete_collection(self.name)
@@ -566,6 +569,7 @@ def commit_match_state(
         result.summary["changes"] = {kind: int(counts.get(kind, 0)) for kind in CHANGE_KINDS}
         if before_apply is not None:
             before_apply(result)
+            lock.refresh()
         _ensure_group_index(store)
         _clear_journal(client, collection)
         _write_journal(client, collection, run_id, plan.payloads)
