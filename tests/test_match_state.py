@@ -247,6 +247,11 @@ CRASH_SCRIPT = textwrap.dedent(
     if sys.argv[1] == "fill":
         fill(store)
         state.commit_match_state(store, result_of(RUN1), "run-1")
+    elif sys.argv[1] == "journal":  # killed once the journal is written, before the record names it
+        def die(*_):
+            os.kill(os.getpid(), signal.SIGKILL)
+        state._write_record = die
+        state.commit_match_state(store, result_of([("US", "US-0", "DE", "DE-3", 0.9)]), "run-2")
     else:
         def die(n):
             if n == 1:
@@ -327,3 +332,24 @@ def test_a_report_without_match_state_has_an_empty_typed_changes_file(tmp_path: 
     changes = pd.read_parquet(folder / "changes.parquet")
     assert list(changes.columns) == CHANGE_COLUMNS and changes.empty
     assert "wrote no match state" in (folder / "report.html").read_text()
+
+
+def test_a_run_killed_before_its_journal_is_pending_leaves_the_previous_state(tmp_path: Path) -> None:
+    path = str(tmp_path / "qdrant")
+    script = CRASH_SCRIPT.format(tests=str(Path(__file__).parent), path=path)
+    env = {**os.environ, "POLYGLOT_EMBEDDED_STORE": "edge"}
+    subprocess.run([sys.executable, "-c", script, "fill"], check=True, env=env)
+    assert subprocess.run([sys.executable, "-c", script, "journal"], env=env).returncode == -9
+    client = open_client(path=path)
+    try:
+        store = CatalogStore(client, "cat", "fake")
+        state = read_state(client, "cat")
+        assert state["last_run"] == "run-1" and state["pending"] is None
+        assert lookup_product(client, "cat", "US", "US-0")["twins"]["DE"]["sku"] == "DE-0"  # run-1's
+        result = result_of(RUN1)
+        commit_match_state(store, result, "run-3", lock_timeout=0)
+        assert result.changes.empty  # nothing of the killed run was applied
+        assert read_state(client, "cat")["last_run"] == "run-3"
+        assert client.count("polyglot_match_journal").count == 0  # its partial journal was dropped
+    finally:
+        client.close()
