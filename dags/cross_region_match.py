@@ -9,6 +9,10 @@ filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
   and then matches the collection and model named in the newest triggering event; or by hand with
   the trigger form, which matches the `collection` and `model` params.
 * **Reports**: under `$POLYGLOT_DATA_DIR/reports/<out_name or run id>`.
+* **Match state**: each run writes `group_id` and `twins` onto the catalog points in Qdrant (stable
+  group ids) and `changes.parquet` (what changed since the last run) into the report folder; see
+  docs/MATCH_STATE.md. `full_rematch` is recorded; every run is a full one until the incremental
+  stage lands.
 * **Labels**: none by default. A Parquet file with `region, sku, group_id`, or `gtin` to group SKUs
   by GTIN; when set, `summary.json` and the report carry precision, recall and F1 over the SKUs the
   labels name (labels naming none of the collection's SKUs score nothing, and the report says so).
@@ -105,6 +109,13 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
             "precision and recall are then measured on the data the matcher was tuned on "
             "(optimistic); leave off for honest figures.",
         ),
+        "full_rematch": Param(
+            False,
+            type="boolean",
+            title="Full re-match",
+            description="Re-match the whole catalog. Every run is full today; the flag is recorded in "
+            "the summary and the match state and selects the full run once incremental matching exists.",
+        ),
         "out_name": Param(
             "",
             type="string",
@@ -126,6 +137,7 @@ def cross_region_match() -> None:
         labels="{{ params.labels or '' }}",
         calibrate_on_labels="{{ params.calibrate_on_labels }}",
         out_name="{{ params.out_name }}",
+        full_rematch="{{ params.full_rematch }}",
     )
     # [END match_operator]
 

@@ -55,7 +55,7 @@ def test_bad_arguments_exit_non_zero_with_one_line(capsys, argv, expected):
 def test_help_exits_zero(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("embed", "match", "stats", "build-model"):
+    for command in ("embed", "match", "lookup", "stats", "build-model"):
         assert command in out
 
 
@@ -142,6 +142,10 @@ def test_match_passes_the_candidate_path_and_search_beam(capsys, tmp_path):
         mock.patch("polyglot_catalog.cli._store"),
         mock.patch("polyglot_catalog.matching.pipeline.match_catalog") as match,
         mock.patch("polyglot_catalog.reports.write_reports", return_value=tmp_path / "o"),
+        mock.patch(
+            "polyglot_catalog.matching.state.commit_match_state",
+            side_effect=lambda store, result, run_id, before_apply, **_: before_apply(result),
+        ),
     ):
         match.return_value.summary = {}
         assert main([*argv, "--candidates", "qdrant", "--hnsw-ef", "256"]) == 0
@@ -210,3 +214,73 @@ def test_embed_shows_a_live_bar_only_on_a_terminal(capsys, monkeypatch, tmp_path
         assert bar in drawn and "rows/s" in drawn
     else:
         assert bar not in capsys.readouterr().err
+
+
+WORDS = ["oak", "table", "chair", "lamp", "steel", "glass", "sofa", "desk", "shelf", "rug", "mirror", "clock"]
+
+
+def _twin_catalog(path, regions=("DE", "US"), n=12, drop=()):
+    """Identical texts in every region (the fake encoder gives them one vector), so twins are clear."""
+    rows = [
+        (f"{r}-{i}", r, f"{WORDS[i]} {WORDS[(i * 7 + 3) % len(WORDS)]} model {i} size {i * 10}")
+        for r in regions
+        for i in range(n)
+        if (r, i) not in drop
+    ]
+    sku, region, text = zip(*rows, strict=True)
+    pq.write_table(pa.table({"sku": list(sku), "region": list(region), "description": list(text)}), path)
+
+
+def test_match_writes_state_and_lookup_reads_it_without_a_model(capsys, tmp_path):
+    source = tmp_path / "catalog.parquet"
+    _twin_catalog(source)
+    store = ["--collection", "cat", "--qdrant-path", str(tmp_path / "q")]
+    with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
+        assert main(["embed", "--source", str(source), *store, "--model", "fake-model"]) == 0
+    capsys.readouterr()
+    match = ["match", *store, "--model", "fake-model", "--threshold", "0.5"]
+    assert main([*match, "--out", str(tmp_path / "r1"), "--run-id", "night-1", "--full-rematch"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["run_id"] == "night-1" and first["changes"]["new_group"] == first["matches"] * 2
+    summary = json.loads((tmp_path / "r1" / "summary.json").read_text())
+    assert summary["full_rematch"] is True and summary["run_id"] == "night-1"
+
+    with mock.patch("polyglot_catalog.encoding.Encoder", side_effect=AssertionError("no model load")):
+        assert main(["lookup", *store, "--region", "US", "--sku", "US-3"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["group_id"] is not None
+    assert found["twins"]["DE"]["sku"] == "DE-3" and found["twins"]["DE"]["run"] == "night-1"
+
+    # night 2: DE-3 is delisted; only its group changes, and the other groups keep their ids
+    _twin_catalog(source, drop={("DE", 3)})
+    with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
+        assert main(["embed", "--source", str(source), *store, "--model", "fake-model"]) == 0
+    capsys.readouterr()
+    assert main([*match, "--out", str(tmp_path / "r2"), "--run-id", "night-2"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    changes = pq.read_table(tmp_path / "r2" / "changes.parquet").to_pylist()
+    assert {(c["region"], c["sku"], c["kind"]) for c in changes} == {
+        ("DE", "DE-3", "dissolved"),
+        ("US", "US-3", "dissolved"),
+    }
+    assert second["changes"]["dissolved"] == 2
+    groups1 = pq.read_table(tmp_path / "r1" / "groups.parquet").to_pandas()
+    groups2 = pq.read_table(tmp_path / "r2" / "groups.parquet").to_pandas()
+    kept = groups1[groups1["sku"] != "US-3"].merge(groups2, on=["region", "sku"], suffixes=("_1", "_2"))
+    assert len(kept) == len(groups2) and (kept["group_id_1"] == kept["group_id_2"]).all()
+    assert main(["lookup", *store, "--region", "US", "--sku", "US-3"]) == 0
+    assert json.loads(capsys.readouterr().out)["group_id"] is None
+
+
+def test_lookup_of_an_unknown_product_is_one_line(capsys, tmp_path):
+    source = tmp_path / "catalog.parquet"
+    _twin_catalog(source, n=2)
+    store = ["--collection", "cat", "--qdrant-path", str(tmp_path / "q")]
+    with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
+        assert main(["embed", "--source", str(source), *store, "--model", "fake-model"]) == 0
+    capsys.readouterr()
+    assert main(["lookup", *store, "--region", "US", "--sku", "nope"]) == EXIT_INPUT
+    assert "no product region='US' sku='nope'" in _one_line_error(capsys)
+    assert main(["lookup", "--collection", "other", "--qdrant-path", str(tmp_path / "q"), "--region", "US",
+                 "--sku", "x"]) == EXIT_INPUT  # fmt: skip
+    assert "collection 'other' does not exist" in _one_line_error(capsys)

@@ -287,3 +287,15 @@ def test_core_never_imports_airflow():
         )
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize(("value", "expected"), [(False, False), (True, True)])
+def test_full_rematch_param_reaches_the_match_operator(bag, value, expected):
+    from polyglot_catalog.provider.operators import _as_bool
+
+    match_dag = bag.dags["cross_region_match"]
+    task = match_dag.get_task("match_regions").prepare_for_execution()
+    params = {**match_dag.params.dump(), "full_rematch": value}
+    task.render_template_fields({"params": params, "triggering_asset_events": {}})
+    assert _as_bool(task.full_rematch) is expected
+    assert match_dag.params.dump()["full_rematch"] is False  # nightly runs continue from the state

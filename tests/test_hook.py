@@ -256,3 +256,42 @@ def test_a_second_hook_on_a_folder_this_process_holds_fails_at_once_instead_of_w
     first.close()
     with second:
         second.conn.get_collections()  # free once the first was closed
+
+
+def test_lookup_returns_the_match_state_as_xcom_safe_dicts():
+    import numpy as np
+    import pandas as pd
+
+    from polyglot_catalog.ids import point_id
+    from polyglot_catalog.matching.result import MatchResult
+    from polyglot_catalog.matching.state import commit_match_state
+    from polyglot_catalog.store import CatalogStore
+
+    hook = PolyglotQdrantHook()
+    store = CatalogStore(hook.conn, "cat", "v")
+    store.ensure_collection(2)
+    rows = [("DE", "d1"), ("US", "u1"), ("US", "u2")]
+    store.upsert(
+        [point_id(r, s) for r, s in rows],
+        np.eye(2, dtype=np.float32)[[0, 0, 1]],
+        [{"region": r, "sku": s, "status": "active"} for r, s in rows],
+    )
+    pairs = pd.DataFrame(
+        [("DE", "d1", "US", "u1", 0.93, "match")],
+        columns=["region_a", "sku_a", "region_b", "sku_b", "score", "decision"],
+    )
+    groups = pd.DataFrame(
+        [("g000001", "DE", "d1"), ("g000001", "US", "u1")], columns=["group_id", "region", "sku"]
+    )
+    result = MatchResult(pairs, groups, pd.DataFrame(), {"collection": "cat", "regions": ["DE", "US"]})
+    commit_match_state(store, result, "run-1")
+    found = hook.lookup("cat", "US", "u1")
+    hook.close()
+    assert json.loads(json.dumps(found)) == found
+    assert found["group_id"] == "g000001"
+    assert found["twins"] == {"DE": {"sku": "d1", "score": 0.93, "run": "run-1"}}
+    again = PolyglotQdrantHook()  # another task: the state is read from the store, not the process
+    try:
+        assert again.lookup("cat", "US", "u2")["group_id"] is None
+    finally:
+        again.close()

@@ -38,6 +38,20 @@ def _match_op(**kwargs) -> MatchCatalogOperator:
     return MatchCatalogOperator(task_id="match", **kwargs)
 
 
+def _commit_only_writes_the_report(store, result, run_id, *, before_apply, **_):
+    """Stands in for the match state commit where the store is a mock: the report is still written."""
+    before_apply(result)
+    return {}
+
+
+@pytest.fixture(autouse=True)
+def _no_match_state():
+    with mock.patch(
+        "polyglot_catalog.matching.state.commit_match_state", side_effect=_commit_only_writes_the_report
+    ) as commit:
+        yield commit
+
+
 def _reconcile_op(**kwargs) -> ReconcileCatalogOperator:
     kwargs.setdefault("source", ["/data/DE.parquet", "/data/FR.parquet"])
     kwargs.setdefault("shard_summaries", [])
@@ -503,6 +517,26 @@ def test_match_execute_delegates_and_writes_under_the_reports_root(tmp_path):
     assert summary["matches"] == 1
     assert summary["metrics"] == {"precision": 1.0, "recall": 0.5, "f1": 0.667}
     assert len(json.dumps(summary)) < 1000
+
+
+@pytest.mark.parametrize(("rendered", "full"), [("False", False), ("True", True), (True, True), ("", False)])
+def test_match_commits_the_state_with_the_full_rematch_flag_before_closing(
+    tmp_path, _no_match_state, rendered, full
+):
+    op = _match_op(full_rematch=rendered, reports_root=str(tmp_path))
+    op.hook = mock.Mock(spec=PolyglotQdrantHook)
+    with (
+        mock.patch("polyglot_catalog.store.CatalogStore") as store_cls,
+        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", return_value=_result()) as match,
+        mock.patch("polyglot_catalog.reports.write_reports", side_effect=lambda d, r, run_id: d) as write,
+    ):
+        op.hook.close.side_effect = lambda: _no_match_state.assert_called_once()  # state before close
+        summary = op.execute(context={"run_id": "r7"})
+    args, kwargs = _no_match_state.call_args
+    assert args == (store_cls.return_value, match.return_value, "r7")
+    assert kwargs["full_rematch"] is full
+    assert write.call_args.args[0] == tmp_path.resolve() / "r7"
+    assert summary["report_dir"] == str(tmp_path.resolve() / "r7")
 
 
 @pytest.mark.parametrize(

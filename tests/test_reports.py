@@ -24,6 +24,7 @@ REPORT_FILES = {
     "pairs.parquet",
     "groups.parquet",
     "unmatched.parquet",
+    "changes.parquet",
     "summary.json",
     "report.html",
     ".polyglot-report",

@@ -1,10 +1,10 @@
 """``polyglot-catalog``: the same library as the Airflow operators, for backfills, debugging and evaluation.
 
-Subcommands: ``embed``, ``match``, ``stats``, ``build-model``, ``tune``. Every failure ends with a non-zero
-exit and one line on stderr, never a stack trace (``-v`` adds one for bugs); store failures name the
-endpoint, the operation and the attempts. The Qdrant API key comes from ``$QDRANT_API_KEY`` so it
-stays out of shell history, and it is scrubbed from everything printed or logged. Names and paths
-are checked before any heavy work (model load). No Airflow import here.
+Subcommands: ``embed``, ``match``, ``lookup``, ``stats``, ``build-model``, ``tune``. Every failure
+ends with a non-zero exit and one line on stderr, never a stack trace (``-v`` adds one for bugs);
+store failures name the endpoint, the operation and the attempts. The Qdrant API key comes from
+``$QDRANT_API_KEY`` so it stays out of shell history, and it is scrubbed from everything printed or
+logged. Names and paths are checked before any heavy work (model load). No Airflow import here.
 """
 
 from __future__ import annotations
@@ -207,6 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--hnsw-ef", type=_positive_int, metavar="N", help="HNSW search beam of Qdrant queries"
     )
 
+    match.add_argument(
+        "--full-rematch",
+        action="store_true",
+        help="re-match the whole catalog (today every run is full; recorded in the summary)",
+    )
+    match.add_argument(
+        "--run-id", metavar="ID", help="run id recorded in the match state (default: cli-<time>)"
+    )
+
+    lookup = sub.add_parser("lookup", help="print a product's group and twins from the match state")
+    _add_store_args(lookup)
+    lookup.add_argument("--region", required=True, help="the product's region")
+    lookup.add_argument("--sku", required=True, help="the product's SKU")
+
     stats = sub.add_parser("stats", help="print point counts of a collection as JSON")
     _add_store_args(stats)
 
@@ -398,8 +412,16 @@ def _progress_bar() -> Iterator[Any]:
         bar.close()
 
 
+def _run_id(given: str | None) -> str:
+    import uuid
+    from datetime import UTC, datetime
+
+    return given or f"cli-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
 def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
     from polyglot_catalog.matching.pipeline import match_catalog
+    from polyglot_catalog.matching.state import commit_match_state
     from polyglot_catalog.models.registry import DEFAULT_MODEL
     from polyglot_catalog.reports import check_report_path, write_reports
     from polyglot_catalog.store import single_region_warning
@@ -424,17 +446,43 @@ def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
             candidates=args.candidates,
             **({} if args.hnsw_ef is None else {"hnsw_ef": args.hnsw_ef}),
         )
+        # the report is written under the state lock, before the state: a failed write changes nothing
+        run_id = _run_id(args.run_id)
+        written: list[Path] = []
+        commit_match_state(
+            store,
+            result,
+            run_id,
+            full_rematch=args.full_rematch,
+            before_apply=lambda r: written.append(
+                write_reports(Path(args.out), r, run_id=run_id, protected=_store_folders(args))
+            ),
+        )
     finally:
         client.close()
-    report_dir = write_reports(Path(args.out), result, protected=_store_folders(args))
+    report_dir = written[0]
     metrics = (result.summary.get("metrics") or {}).get("overall")
     return {
         "report_dir": str(report_dir),
+        "run_id": run_id,
+        "changes": result.summary.get("changes"),
         "pairs": len(result.pairs),
         "matches": len(result.matches),
         "unmatched": len(result.unmatched),
         "metrics": metrics,
     }
+
+
+def _cmd_lookup(args: argparse.Namespace) -> dict[str, Any]:
+    from polyglot_catalog.matching.state import lookup_product
+
+    client = _client(args, must_exist=True)
+    try:
+        if not client.collection_exists(args.collection):
+            raise UserError(f"collection {args.collection!r} does not exist")
+        return lookup_product(client, args.collection, args.region, args.sku)
+    finally:
+        client.close()
 
 
 def _cmd_stats(args: argparse.Namespace) -> dict[str, Any]:
@@ -476,8 +524,14 @@ def _cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-COMMANDS = {"embed": _cmd_embed, "match": _cmd_match, "stats": _cmd_stats, "build-model": _cmd_build_model}
-COMMANDS["tune"] = _cmd_tune
+COMMANDS = {
+    "embed": _cmd_embed,
+    "match": _cmd_match,
+    "lookup": _cmd_lookup,
+    "stats": _cmd_stats,
+    "build-model": _cmd_build_model,
+    "tune": _cmd_tune,
+}
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:

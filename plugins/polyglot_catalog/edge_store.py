@@ -616,6 +616,20 @@ class EdgeClient:
         self._update(collection_name, op)
         return _DONE
 
+    def batch_update_points(
+        self, collection_name: str, update_operations: Sequence[Any], wait: bool = True, **_: Any
+    ) -> list[models.UpdateResult]:
+        """Several payload writes in one call (the match state's per-point ``group_id``/``twins``).
+
+        Only ``SetPayloadOperation`` is served: it is what the catalog sends; each runs in order."""
+        for op in update_operations:
+            if not isinstance(op, models.SetPayloadOperation):
+                raise ValueError(f"edge store: unsupported batch operation {type(op).__name__}")
+            sp = op.set_payload
+            selector = sp.points if sp.points is not None else models.FilterSelector(filter=sp.filter)
+            self.set_payload(collection_name, sp.payload, selector, key=sp.key)
+        return [_DONE for _ in update_operations]
+
     def delete(self, collection_name: str, points_selector: Any, wait: bool = True, **_: Any) -> Any:
         ids, flt = _selector_ids(points_selector)
         op = (

@@ -11,6 +11,9 @@ PAIR_KEY_COLUMNS = ["region_a", "sku_a", "region_b", "sku_b"]
 DECISIONS = ("match", "below_threshold", "not_mutual", "conflict")
 #: Possible duplicate listings: SKUs of one region with identical text (``listing`` = lowest SKU).
 DUPLICATE_COLUMNS = ["region", "listing", "sku", "text"]
+#: What a run changed against the last committed match state (docs/MATCH_STATE.md).
+CHANGE_COLUMNS = ["region", "sku", "old_group", "new_group", "kind"]
+CHANGE_KINDS = ("new_match", "broken_match", "moved", "new_group", "dissolved")
 
 
 @dataclass
@@ -40,6 +43,8 @@ class MatchResult:
     unmatched: pd.DataFrame
     summary: dict[str, Any] = field(default_factory=dict)
     duplicates: pd.DataFrame | None = None  # None: a result from before duplicate detection
+    #: :data:`CHANGE_COLUMNS`, filled by :func:`.state.commit_match_state` (empty until then).
+    changes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CHANGE_COLUMNS))
 
     @property
     def matches(self) -> pd.DataFrame:

@@ -278,6 +278,17 @@ class PolyglotQdrantHook(QdrantHook):
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def lookup(self, collection: str, region: str, sku: str) -> dict[str, Any]:
+        """A product's group and its twin in every other region, from the match state in the payload
+        (no model load); plain dicts, so a task can return it as XCom. See docs/MATCH_STATE.md.
+        Call :meth:`close` when done, as after any use of an embedded store.
+
+        :raises ValueError: no such product in the collection.
+        """
+        from polyglot_catalog.matching.state import lookup_product
+
+        return lookup_product(self.conn, collection, region, sku)
+
     def _redact(self, message: str) -> str:
         """Remove secrets from a message (client errors may echo request headers)."""
         from polyglot_catalog.errors import scrub

@@ -604,6 +604,9 @@ class MatchCatalogOperator(BaseOperator):
         ``$POLYGLOT_DATA_DIR/reports``. (templated)
     :param out_name: report folder name under ``reports_root``; empty means the run id.
         Defaults to None. (templated)
+    :param full_rematch: re-match the whole catalog. Every run is full today; the flag is recorded in
+        the summary and the match state, and selects the full run once the incremental stage exists.
+        Defaults to False. (templated)
     :param conn_id: Airflow connection for Qdrant; when it does not exist the hook uses embedded
         local mode. Defaults to ``qdrant_default``.
     :param kwargs: passed to ``BaseOperator``.
@@ -621,6 +624,7 @@ class MatchCatalogOperator(BaseOperator):
         "hnsw_ef",
         "reports_root",
         "out_name",
+        "full_rematch",
     )
     ui_color = PolyglotUIColors.MATCH.value
     operator_extra_links = (MatchReportLink(),)
@@ -639,10 +643,12 @@ class MatchCatalogOperator(BaseOperator):
         hnsw_ef: int | str | None = None,
         reports_root: str | None = None,
         out_name: str | None = None,
+        full_rematch: bool | str = False,
         conn_id: str = PolyglotQdrantHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.full_rematch = full_rematch
         self.collection = collection
         self.model = model
         self.regions = regions
@@ -679,6 +685,7 @@ class MatchCatalogOperator(BaseOperator):
 
     def _match(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.matching.pipeline import match_catalog
+        from polyglot_catalog.matching.state import commit_match_state
         from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
         from polyglot_catalog.reports import safe_report_dir, write_reports
         from polyglot_catalog.store import CatalogStore, vector_name_for
@@ -717,13 +724,23 @@ class MatchCatalogOperator(BaseOperator):
                     collection=str(self.collection),
                     **extra,
                 )
+                # summary.json and XCom both say whether the metrics were measured on the tuning data.
+                result.summary["calibrated_on_labels"] = calibrated_on_labels(
+                    result.summary, labels=labels is not None, threshold=threshold is not None
+                )
+                # the report is written under the state lock, before the state: a failed write
+                # changes nothing
+                written: list[Path] = []
+                commit_match_state(
+                    store,
+                    result,
+                    run_id,
+                    full_rematch=_as_bool(self.full_rematch),
+                    before_apply=lambda r: written.append(write_reports(out_dir, r, run_id=run_id)),
+                )
         finally:
             self.hook.close()
-        # summary.json and XCom both say whether the metrics were measured on the tuning data.
-        result.summary["calibrated_on_labels"] = calibrated_on_labels(
-            result.summary, labels=labels is not None, threshold=threshold is not None
-        )
-        report_dir = write_reports(out_dir, result, run_id=run_id)
+        report_dir = written[0]
         self.report_name = Path(report_dir).name
         summary = match_summary(result.summary, result, report_dir)
         self.log.info("Wrote match report to %s: %s", report_dir, summary)
@@ -761,4 +778,6 @@ def match_summary(full: dict[str, Any], result: Any, report_dir: Path | str) -> 
         "matches": len(result.matches),
         "unmatched": len(result.unmatched),
         "metrics": metrics,
+        "full_rematch": bool(full.get("full_rematch")),
+        "changes": full.get("changes"),
     }

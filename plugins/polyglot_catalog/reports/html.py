@@ -806,6 +806,40 @@ def build_context(
         "unmatched": _unmatched(result.unmatched, regions),
         "timings": _timings(summary),
         "text_limit": TEXT_LIMIT,
+        "changes": _changes(result, summary),
+    }
+
+
+#: How each kind of change reads in the report (docs/MATCH_STATE.md).
+CHANGE_LABELS = {
+    "new_match": "joined an existing group",
+    "broken_match": "left its group (the group goes on)",
+    "moved": "moved to another group",
+    "new_group": "in a newly formed group",
+    "dissolved": "its group dissolved",
+}
+CHANGE_ROWS_SHOWN = 200
+
+
+def _changes(result: MatchResult, summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The "changes since the last run" section; None when the run wrote no match state."""
+    counts = summary.get("changes")
+    if not isinstance(counts, Mapping):
+        return None
+    state = summary.get("match_state") if isinstance(summary.get("match_state"), Mapping) else {}
+    frame = result.changes
+    rows = [
+        {"region": r, "sku": s, "old": o, "new": n, "kind": k, "label": CHANGE_LABELS.get(str(k), str(k))}
+        for r, s, o, n, k in frame.head(CHANGE_ROWS_SHOWN).itertuples(index=False)
+    ]
+    return {
+        "previous_run": state.get("previous_run"),
+        "counts": [
+            {"kind": k, "label": CHANGE_LABELS.get(str(k), str(k)), "count": int(c)}
+            for k, c in counts.items()
+        ],
+        "total": len(frame),
+        "rows": rows,
     }
 
 

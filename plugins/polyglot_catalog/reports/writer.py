@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polyglot_catalog.matching.result import MatchResult
+from polyglot_catalog.matching.result import CHANGE_COLUMNS, MatchResult
 from polyglot_catalog.reports.html import render_html
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ REPORT_FILES = (
     "groups.parquet",
     "unmatched.parquet",
     "duplicates.parquet",
+    "changes.parquet",
     "summary.json",
     "report.html",
 )
@@ -276,6 +277,12 @@ def check_report_path(out_dir: Path | str, protected: Sequence[Path | str] = ())
     return final
 
 
+def _changes_frame(changes: pd.DataFrame) -> pd.DataFrame:
+    """``changes.parquet`` with string columns even when empty (a reader's schema must not depend on
+    whether anything changed)."""
+    return changes.reindex(columns=CHANGE_COLUMNS).astype({c: pd.StringDtype() for c in CHANGE_COLUMNS})
+
+
 def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
     """Write every report file into ``folder`` and fsync each, Parquet first and the page last."""
     marker = folder / REPORT_MARKER
@@ -288,6 +295,7 @@ def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
         ("groups", result.groups),
         ("unmatched", result.unmatched),
         ("duplicates", result.duplicates),
+        ("changes", _changes_frame(result.changes)),
     )
     for name, frame in frames:
         if frame is None:
@@ -319,7 +327,8 @@ def write_reports(
     overwrite: bool = True,
     protected: Sequence[Path | str] = (),
 ) -> Path:
-    """Write ``pairs.parquet``, ``groups.parquet``, ``unmatched.parquet``, ``summary.json`` and
+    """Write ``pairs.parquet``, ``groups.parquet``, ``unmatched.parquet``, ``duplicates.parquet``,
+    ``changes.parquet`` (empty unless the match state was committed first), ``summary.json`` and
     ``report.html`` into ``out_dir``, all or nothing.
 
     ``out_dir`` is the report folder itself; pass it through :func:`safe_report_dir` when any part of
