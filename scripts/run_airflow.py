@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DAG_IDS = ("catalog_embed", "cross_region_match")
+DAG_IDS = ("catalog_embed", "cross_region_match", "catalog_tune")
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 USER = "admin"
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         unpause(base, token)
         print(
             f"\nAirflow UI: {base}\n  login: {USER} / {login}\n"
-            "  both DAGs are unpaused; nothing runs until you trigger catalog_embed (Trigger, top right)\n"
+            "  the DAGs are unpaused; nothing runs until you trigger catalog_embed (Trigger, top right)\n"
             "  or its nightly 02:00 UTC schedule; each embed run then triggers cross_region_match.\n"
             "  Reports: Browse -> Match reports, or the match task's 'Match report' button.\n"
             "Ctrl-C stops Airflow.",

@@ -204,7 +204,7 @@ def test_make_airflow_starts_on_loopback_with_both_dags_unpaused_and_no_run(tmp_
     with sqlite3.connect(tmp_path / "home" / "airflow.db") as db:
         paused = dict(db.execute("select dag_id, is_paused from dag").fetchall())
         runs = db.execute("select dag_id, run_id from dag_run").fetchall()
-    assert paused == {"catalog_embed": 0, "cross_region_match": 0}
+    assert paused == {"catalog_embed": 0, "cross_region_match": 0, "catalog_tune": 0}  # tune: no schedule
     assert runs == [], "unpausing must not start a run nobody asked for"
     with socket.socket() as sock:  # every component stopped again
         assert sock.connect_ex(("127.0.0.1", port)) != 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -222,19 +222,25 @@ class SentenceCache:
         """Store the ``sentence -> vector`` pairs the cache lacks (vectors made by the caller, e.g.
         late-chunked from each description's pass); returns how many were written. A sentence the cache
         holds keeps its vector: one vector per distinct sentence, whichever text brought it first."""
-        distinct = list(lookup)
         written = 0
+        for part, ids, todo in self._absent(list(lookup), batch_size):
+            vectors = np.stack([np.asarray(lookup[part[i]], np.float32) for i in todo])
+            self.store.upsert([ids[i] for i in todo], vectors, [{"sentence": part[i]} for i in todo])
+            written += len(todo)
+        return written
+
+    def _absent(
+        self, distinct: list[str], batch_size: int
+    ) -> Iterator[tuple[list[str], list[str], list[int]]]:
+        """Per batch of ``distinct`` sentences holding some the cache lacks: ``(part, ids, todo)``,
+        ``todo`` the positions in ``part`` of the missing ones."""
         for start in range(0, len(distinct), batch_size):
             part = distinct[start : start + batch_size]
             ids = [sentence_id(self.vector_name, s) for s in part]
             present = self.store.existing_ids(ids)
             todo = [i for i, pid in enumerate(ids) if pid not in present]
-            if not todo:
-                continue
-            vectors = np.stack([np.asarray(lookup[part[i]], np.float32) for i in todo])
-            self.store.upsert([ids[i] for i in todo], vectors, [{"sentence": part[i]} for i in todo])
-            written += len(todo)
-        return written
+            if todo:
+                yield part, ids, todo
 
     def ensure(self, dim: int, **options: Any) -> None:
         """Create the collection on first use (same size, distance and options as the catalog's)."""
@@ -259,13 +265,7 @@ class SentenceCache:
         known = known or {}
         distinct = list(dict.fromkeys(s for t in texts for s in split_sentences(t)))
         encoded = 0
-        for start in range(0, len(distinct), batch_size):
-            part = distinct[start : start + batch_size]
-            ids = [sentence_id(self.vector_name, s) for s in part]
-            present = self.store.existing_ids(ids)
-            todo = [i for i, pid in enumerate(ids) if pid not in present]
-            if not todo:
-                continue
+        for part, ids, todo in self._absent(distinct, batch_size):
             fresh = [i for i in todo if part[i] not in known]
             made: dict[int, np.ndarray] = {}
             if fresh:

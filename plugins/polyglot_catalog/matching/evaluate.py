@@ -332,28 +332,27 @@ def decided_at(
     return acc
 
 
-def correct_mask(pairs: pd.DataFrame, judges: Mapping[str, PairJudge]) -> np.ndarray:
-    """Per row of ``pairs``: is it a true pair (per its region pair's judge)?"""
+def _per_pair(pairs: pd.DataFrame, judges: Mapping[str, PairJudge], ask: str) -> np.ndarray:
+    """Per row of ``pairs``, the region pair's judge asked ``ask`` (False where no judge)."""
     out = np.zeros(len(pairs), dtype=bool)
     for (ra, rb), idx in pairs.groupby(["region_a", "region_b"], sort=False, observed=True).indices.items():
         judge = judges.get(f"{ra}|{rb}")
         if judge is None:
             continue
         sub = pairs.iloc[idx]
-        out[idx] = [judge(x, y) for x, y in zip(sub["sku_a"], sub["sku_b"], strict=True)]
+        call = judge if ask == "correct" else judge.scored
+        out[idx] = [call(x, y) for x, y in zip(sub["sku_a"], sub["sku_b"], strict=True)]
     return out
+
+
+def correct_mask(pairs: pd.DataFrame, judges: Mapping[str, PairJudge]) -> np.ndarray:
+    """Per row of ``pairs``: is it a true pair (per its region pair's judge)?"""
+    return _per_pair(pairs, judges, "correct")
 
 
 def scored_mask(pairs: pd.DataFrame, judges: Mapping[str, PairJudge]) -> np.ndarray:
     """Per row of ``pairs``: can the labels judge it (both SKUs labelled, region pair judged)?"""
-    out = np.zeros(len(pairs), dtype=bool)
-    for (ra, rb), idx in pairs.groupby(["region_a", "region_b"], sort=False, observed=True).indices.items():
-        judge = judges.get(f"{ra}|{rb}")
-        if judge is None:
-            continue
-        sub = pairs.iloc[idx]
-        out[idx] = [judge.scored(x, y) for x, y in zip(sub["sku_a"], sub["sku_b"], strict=True)]
-    return out
+    return _per_pair(pairs, judges, "scored")
 
 
 def pair_verdicts(pairs: pd.DataFrame, judges: Mapping[str, PairJudge]) -> pd.Series:

