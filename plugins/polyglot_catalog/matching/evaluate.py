@@ -305,31 +305,75 @@ def decided_at(
     pairs: pd.DataFrame, threshold: float, method: str = "hungarian", *, allow_same_region: bool = False
 ) -> np.ndarray:
     """Mask of ``pairs`` rows the run would accept at ``threshold``: the one-to-one rule per region
-    pair, then the group rule (a link that would put two SKUs of one region in a group is refused).
+    pair, then the group rule with freed products offered again (:func:`apply_group_rule`).
 
     Why both: the run's ``decision`` column goes through both steps, so a sweep that stopped after the
     first would count links the run refused, and its F1 could differ from the run's at the same cut.
     """
+    accepted, _ = apply_group_rule(
+        pairs, assigned_at(pairs, threshold, method), threshold, method, allow_same_region=allow_same_region
+    )
+    return accepted
+
+
+#: Rounds of offering products freed by the group rule to the one-to-one rule again.
+REFILL_ROUNDS = 3
+
+
+def apply_group_rule(
+    pairs: pd.DataFrame,
+    accepted: np.ndarray,
+    threshold: float,
+    method: str = "hungarian",
+    *,
+    allow_same_region: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(accepted, refused)`` after the group rule: a link that would put two SKUs of one region in a
+    group is refused (strongest links first), and the products a refusal freed are offered to the
+    one-to-one rule again, among the pairs over the threshold whose two products are both free in
+    that region pair (up to :data:`REFILL_ROUNDS` rounds; a refused pair is never offered again).
+
+    Why: without the second offer a product whose link was refused stays unmatched even when its
+    runner-up twin is free and clears the threshold (about 1 in 100 true pairs on the dev catalog).
+    """
     from .groups import build_groups
 
-    acc = assigned_at(pairs, threshold, method)
-    idx = np.flatnonzero(acc)
-    if not len(idx):
-        return acc
-    sub = pairs.iloc[idx]
-    edges = list(
-        zip(
-            sub["region_a"].astype(str),
-            sub["sku_a"].astype(str),
-            sub["region_b"].astype(str),
-            sub["sku_b"].astype(str),
-            sub["score"].astype(float),
-            strict=True,
-        )
-    )
-    _, kept = build_groups(edges, allow_same_region=allow_same_region)
-    acc[idx[~np.asarray(kept, dtype=bool)]] = False
-    return acc
+    accepted = np.asarray(accepted, dtype=bool).copy()
+    refused = np.zeros(len(pairs), dtype=bool)
+    if not len(pairs):
+        return accepted, refused
+    score = pairs["score"].to_numpy(np.float64)
+    cols = [pairs[c].astype(str).to_numpy(object) for c in ("region_a", "sku_a", "region_b", "sku_b")]
+    blocks = pairs.groupby(["region_a", "region_b"], sort=False, observed=True).indices
+    for round_no in range(REFILL_ROUNDS + 1):
+        idx = np.flatnonzero(accepted)
+        edges = list(zip(*(c[idx] for c in cols), score[idx], strict=True))
+        _, kept = build_groups(edges, allow_same_region=allow_same_region)
+        lost = idx[~np.asarray(kept, dtype=bool)]
+        accepted[lost] = False
+        refused[lost] = True
+        if not len(lost) or round_no == REFILL_ROUNDS:
+            break
+        added = False
+        for rows in blocks.values():
+            held_a = set(cols[1][rows[accepted[rows]]])
+            held_b = set(cols[3][rows[accepted[rows]]])
+            offer = rows[
+                (score[rows] >= threshold)
+                & ~accepted[rows]
+                & ~refused[rows]
+                & ~np.isin(cols[1][rows], list(held_a))
+                & ~np.isin(cols[3][rows], list(held_b))
+            ]
+            if not len(offer):
+                continue
+            sub = pairs.iloc[offer]
+            take = link_pairs(_codes(sub["sku_a"]), _codes(sub["sku_b"]), score[offer], threshold, method)
+            accepted[offer[take]] = True
+            added = added or bool(take.any())
+        if not added:
+            break
+    return accepted, refused
 
 
 def _per_pair(pairs: pd.DataFrame, judges: Mapping[str, PairJudge], ask: str) -> np.ndarray:

@@ -40,6 +40,7 @@ from .canonical import (
 from .data import OPTIONAL_FIELDS, CatalogData, RegionTable
 from .evaluate import (
     Labels,
+    apply_group_rule,
     calibrate_threshold,
     evaluate_pairs,
     judges_for,
@@ -450,12 +451,15 @@ def match_catalog(
     for blk in blocks:  # the table holds them now; per-block copies would double the peak below
         for key in ("feats", "explain", "sa", "sb"):
             blk.pop(key, None)
-    acc = pairs[pairs["decision"] == "match"]
-    groups, kept = build_groups(
+    first = (pairs["decision"] == "match").to_numpy()
+    accepted, refused = apply_group_rule(pairs, first, threshold, method, allow_same_region=allow_same_region)
+    pairs.loc[accepted & ~first, "decision"] = "match"  # freed products matched again
+    pairs.loc[refused, "decision"] = "conflict"
+    acc = pairs[accepted]
+    groups, _ = build_groups(
         list(zip(acc["region_a"], acc["sku_a"], acc["region_b"], acc["sku_b"], acc["score"], strict=True)),
         allow_same_region=allow_same_region,
     )
-    pairs.loc[acc.index[~np.asarray(kept, dtype=bool)], "decision"] = "conflict"
     unmatched = _unmatched(pairs, data, pid_a, pid_b, threshold)
     duplicates = _duplicates(data, text_sets)
     del pid_a, pid_b
