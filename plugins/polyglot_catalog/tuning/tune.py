@@ -130,8 +130,12 @@ def tune_catalog(
     model: str = DEFAULT_MODEL,
     name: str = DEFAULT_NAME,
     config: TuneConfig | None = None,
+    rerank: RerankConfig | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on the links a catalog already has and register the result.
+
+    With ``rerank``, also train the cross-encoder re-ranker (``<name>-reranker``, from ``model``'s
+    weights, candidates mined with the tuned encoder) and report it under ``"reranker"``.
 
     ``labels`` and ``reviewed`` are Parquet/CSV files with ``region, sku, group_id`` (reviewed:
     the review loop's accepted decisions, one group per accepted product); ``use_gtin`` adds SKUs
@@ -147,7 +151,21 @@ def tune_catalog(
             f"no cross-region pairs in {source!r}: give --labels or --reviewed files whose region, sku "
             "match the catalog, or GTINs shared across regions"
         )
-    return tune_pairs(pairs, catalog, out, model=model, name=name, config=config)
+    summary = tune_pairs(pairs, catalog, out, model=model, name=name, config=config)
+    if rerank is not None:
+        config = config or TuneConfig()
+        summary["reranker"] = tune_reranker(
+            pairs,
+            catalog,
+            out,
+            encoder=summary["model_dir"],
+            base=model,
+            name=f"{name}-reranker",
+            config=rerank,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+        )
+    return summary
 
 
 def tune_reranker(
