@@ -35,7 +35,7 @@ from _common import SHARED_DATA, publish
 
 from polyglot_catalog.matching.candidates import exact_topk
 from polyglot_catalog.matching.data import RegionTable
-from polyglot_catalog.matching.pipeline import match_catalog
+from polyglot_catalog.matching.pipeline import RERANK_TOP, match_catalog
 from polyglot_catalog.sentences import SentenceVectors, split_sentences
 from polyglot_catalog.tuning import CatalogTexts, TuneConfig, link_pairs, tune_pairs
 from polyglot_catalog.tuning.rerank import CachedReranker, RerankConfig, load_cross_encoder, rerank_topk
@@ -160,7 +160,9 @@ def evaluate(
                         headroom["twin_in_top10_within_0.05"] += 1
             top1.append(hits / max(1, len(queries)))
             if reranker is not None:
-                ranked = rerank_topk(reranker, [a.texts[qi] for qi in queries], cand_lists)
+                ranked = rerank_topk(
+                    reranker, [a.texts[qi] for qi in queries], [c[:RERANK_TOP] for c in cand_lists]
+                )
                 rr_hits = sum(r[0] == t for r, t in zip(ranked, twins, strict=True))
                 top1_rr.append(rr_hits / max(1, len(queries)))
         key = f"{rb}<->{ra}"
@@ -230,8 +232,8 @@ def report(results: dict, rerank: bool) -> list[str]:
         f1_rows.append(row)
     lines = [
         "",
-        "Raw top-1 on unseen products (both directions; re-ranker: the cross-encoder re-orders the "
-        "encoder's top 10):",
+        f"Raw top-1 on unseen products (both directions; re-ranker: the cross-encoder re-orders the "
+        f"encoder's top {RERANK_TOP}):",
         "",
         pd.DataFrame(rows).to_markdown(index=False),
         "",
@@ -366,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 learning_rate=args.rerank_lr,
                 negatives=args.rerank_negatives,
                 max_length=args.rerank_max_length,
-                eval_steps=max(1, args.rerank_steps // 4),
+                eval_steps=max(1, args.rerank_steps // 2),
                 device=args.device,
                 seed=args.seed,
             )

@@ -500,7 +500,7 @@ def _noisy_catalog(n: int = 40, noise: float = 1.4, seed: int = 0):
 
 
 def test_match_catalog_uses_a_rerank_score_as_one_more_feature():
-    from polyglot_catalog.matching.pipeline import match_catalog
+    from polyglot_catalog.matching.pipeline import RERANK_TOP, match_catalog
 
     data = _noisy_catalog()
     seen = []
@@ -518,6 +518,7 @@ def test_match_catalog_uses_a_rerank_score_as_one_more_feature():
     plain = match_catalog(data, k=5, sentences=None)
     reranked = match_catalog(data, k=5, sentences=None, rerank=oracle)
     assert {(ra, rb) for ra, rb, _ in seen} == {("DE", "FR"), ("DE", "US"), ("FR", "US")}
+    assert all(n <= 2 * RERANK_TOP * 40 for _, _, n in seen)  # only each product's top candidates
     assert reranked.summary["scorer"]["weights"]["rerank"] > 0
     assert "rerank" not in plain.summary["scorer"]["weights"]
     (p_plain, tp_plain), (p_rerank, tp_rerank) = accuracy(plain), accuracy(reranked)

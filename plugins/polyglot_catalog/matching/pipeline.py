@@ -236,7 +236,8 @@ def match_catalog(
             sentence cache (:mod:`polyglot_catalog.sentences`) when every product's sentences are
             there; None, or in-memory tables without a mapping, match without it.
         rerank: optional pair scorer ``(region_a, region_b, texts_a, texts_b) -> scores`` (one per
-            candidate pair, e.g. a cross-encoder re-ranker, :class:`..tuning.rerank.CachedReranker`):
+            candidate pair among either product's top ``RERANK_TOP`` by cosine, e.g. a cross-encoder
+            re-ranker, :class:`..tuning.rerank.CachedReranker`):
             its score becomes the ``rerank`` feature and joins the self-training seed.
 
     Returns:
@@ -364,7 +365,7 @@ def match_catalog(
         if sent is not None:
             feats["sentences"] = sentence_alignment(sent[ra], sent[rb], ia, ib)
         if rerank is not None:
-            feats["rerank"] = _rerank_feature(rerank, ra, rb, a.texts, b.texts, ia, ib)
+            feats["rerank"] = _rerank_feature(rerank, ra, rb, a.texts, b.texts, ia, ib, feats["cosine"])
         t_cand += t2 - t1
         t_feat += time.perf_counter() - t2
         blocks.append(
@@ -579,10 +580,23 @@ def _log_odds(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+RERANK_TOP = 3  # candidates per product (by cosine) that the rerank callback scores
+
+
 def _seed_columns(features: Sequence[str]) -> tuple[str, ...]:
     """Features whose z-scores sum to the self-training seed: CSLS, lexical overlap and, when there,
     sentence alignment (the label-free signals that do not need a fitted model)."""
     return ("csls", "lexical", *(c for c in ("sentences", "rerank") if c in features))
+
+
+def _top_ranked(key: np.ndarray, score: np.ndarray, top: int) -> np.ndarray:
+    """Mask of rows among the ``top`` highest ``score`` of their ``key`` (ties: first row wins)."""
+    order = np.lexsort((-score, key))
+    sorted_key = key[order]
+    first = np.searchsorted(sorted_key, sorted_key, side="left")
+    mask = np.zeros(len(key), dtype=bool)
+    mask[order[np.arange(len(key)) - first < top]] = True
+    return mask
 
 
 def _rerank_feature(
@@ -593,15 +607,26 @@ def _rerank_feature(
     texts_b: Sequence[str],
     ia: np.ndarray,
     ib: np.ndarray,
+    cosine: Any,
 ) -> np.ndarray:
-    """The caller's pair score for each candidate pair, checked: one finite number per pair."""
-    scores = np.asarray(rerank(ra, rb, [texts_a[i] for i in ia], [texts_b[j] for j in ib]), dtype=np.float64)
-    if scores.shape != (len(ia),) or not np.isfinite(scores).all():
+    """The caller's pair score for the candidate pairs among either product's top
+    :data:`RERANK_TOP` by cosine (a cross-encoder is too slow for all of them; it decides near-ties);
+    the other pairs get the lowest score scored. Checked: one finite number per scored pair."""
+    cos = np.asarray(cosine, dtype=np.float64)
+    ia, ib = np.asarray(ia), np.asarray(ib)
+    keep = _top_ranked(ia, cos, RERANK_TOP) | _top_ranked(ib, cos, RERANK_TOP)
+    rows = np.flatnonzero(keep)
+    scores = np.asarray(
+        rerank(ra, rb, [texts_a[i] for i in ia[rows]], [texts_b[j] for j in ib[rows]]), dtype=np.float64
+    )
+    if scores.shape != (len(rows),) or not np.isfinite(scores).all():
         raise ValueError(
-            f"rerank for {ra}<->{rb} must return {len(ia)} finite scores (one per candidate pair); "
+            f"rerank for {ra}<->{rb} must return {len(rows)} finite scores (one per candidate pair); "
             f"got shape {scores.shape}"
         )
-    return scores
+    out = np.full(len(ia), scores.min() if len(scores) else 0.0)
+    out[rows] = scores
+    return out
 
 
 def _sentence_vectors(
