@@ -202,6 +202,19 @@ def _prf_cell(m: dict) -> str:
     return f"{m['p']:.3f} / {m['r']:.3f} / {m['f1']:.3f}"
 
 
+def _tatoeba_table(results: dict) -> str:
+    tat = [
+        {
+            "lang": lang,
+            "before xx->en / en->xx": _fmt2(results["before"]["tatoeba"][lang]),
+            "after": _fmt2(results["after"]["tatoeba"][lang]),
+            "drop": _gain(results["after"]["tatoeba"][lang], results["before"]["tatoeba"][lang]),
+        }
+        for lang in LANGS
+    ]
+    return pd.DataFrame(tat).to_markdown(index=False)
+
+
 def report(results: dict, rerank: bool) -> list[str]:
     """Markdown tables: per region pair before/after (and with the re-ranker), then Tatoeba."""
     rows = []
@@ -261,16 +274,7 @@ def report(results: dict, rerank: bool) -> list[str]:
         + "."
     )
     if all("tatoeba" in v for v in results.values()):
-        tat = [
-            {
-                "lang": lang,
-                "before xx->en / en->xx": _fmt2(results["before"]["tatoeba"][lang]),
-                "after": _fmt2(results["after"]["tatoeba"][lang]),
-                "drop": _gain(results["after"]["tatoeba"][lang], results["before"]["tatoeba"][lang]),
-            }
-            for lang in LANGS
-        ]
-        lines += ["", pd.DataFrame(tat).to_markdown(index=False)]
+        lines += ["", _tatoeba_table(results)]
     timing = {
         k: {t: round(v[t]) for t in ("embed_s", "match_s", "match_rerank_s") if t in v}
         for k, v in results.items()
@@ -304,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerank-max-length", type=int, default=256)
     ap.add_argument("--train-only", action="store_true", help="time and memory of training only (no eval)")
     ap.add_argument("--no-tatoeba", action="store_true")
+    ap.add_argument("--tatoeba-only", action="store_true", help="after training, only Tatoeba before/after")
     ap.add_argument(
         "--partial", type=Path, default=None, help="write the figures so far here after each phase"
     )
@@ -398,7 +403,12 @@ def main(argv: list[str] | None = None) -> int:
                 load_cross_encoder(rsum["model_dir"], device=args.device),
                 batch_size=256 if (args.device or "").startswith("cuda") else 32,
             )
-        if not args.train_only:
+        if args.tatoeba_only:  # the other languages only: the cheapest check of a training setting
+            for label, model in (("after", summary["model_dir"]), ("before", args.model)):
+                results[label] = {"tatoeba": tatoeba(model, args.device)}
+                checkpoint(f"{label} tatoeba")
+            lines += ["", _tatoeba_table(results)]
+        elif not args.train_only:
             all_texts = catalog["text"].tolist()
             all_texts += [s for t in all_texts for s in split_sentences(t)]
             order = [("after", summary["model_dir"]), ("before", args.model)]
