@@ -309,11 +309,14 @@ def test_cli_tune_prints_the_model_folder_and_rejects_a_missing_labels_file(
             "4",
             "--device",
             "cpu",
+            "--rerank",
         ]
     )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["model"] == "catalog-tuned@v1" and (tmp_path / "m" / "catalog-tuned" / "v1").is_dir()
+    assert printed["reranker"]["model"] == "catalog-tuned-reranker@v1"
+    assert (tmp_path / "m" / "catalog-tuned-reranker" / "v1").is_dir()
 
 
 # --- the catalog_tune DAG ---------------------------------------------------------------------------
@@ -439,34 +442,35 @@ def test_reranker_examples_are_positives_and_hard_negatives_of_training_products
 
 
 def test_reranker_trains_and_writes_a_registered_version_that_scores_pairs(tmp_path, monkeypatch, tiny_model):
+    from polyglot_catalog.tuning import TuneConfig, tune_catalog
     from polyglot_catalog.tuning.rerank import CachedReranker, RerankConfig, load_cross_encoder, rerank_topk
-    from polyglot_catalog.tuning.tune import tune_reranker
 
     monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
-    df, labels = _catalog_frame()
-    catalog = CatalogTexts.from_frame(df)
-    pairs = link_pairs(catalog, labels)
-    config = RerankConfig(max_steps=3, batch_size=4, eval_steps=2, negatives=2, candidates=4, max_length=48)
-    config.device = "cpu"
-    out = tune_reranker(
-        pairs,
-        catalog,
-        tmp_path / "models",
-        encoder=str(tiny_model),
-        base=str(tiny_model),
-        name="shop-rr",
-        config=config,
-        val_fraction=0.3,
-        seed=2,
+    source, labels = _write_catalog(tmp_path)
+    config = TuneConfig(max_steps=2, batch_size=4, eval_steps=2, val_fraction=0.3, device="cpu", seed=2)
+    rconfig = RerankConfig(
+        max_steps=3, batch_size=4, eval_steps=2, negatives=2, candidates=4, max_length=48, device="cpu"
     )
+    tuned = tune_catalog(
+        source,
+        tmp_path / "models",
+        labels=labels,
+        model=str(tiny_model),
+        name="shop",
+        config=config,
+        rerank=rconfig,
+    )
+    out = tuned["reranker"]
 
-    assert out["model"] == "shop-rr@v1" and out["model_dir"].endswith("shop-rr/v1")
-    assert 0 < out["steps"] <= 3 and out["examples"] > len(pairs) * 0.5
+    assert tuned["model"] == "shop@v1"
+    assert out["model"] == "shop-reranker@v1" and out["model_dir"].endswith("shop-reranker/v1")
+    assert 0 < out["steps"] <= 3 and out["examples"] > 0
     assert "val_mrr@4" in out["val_before"] and "val_mrr@4" in out["val_after"]
-    meta = json.loads((tmp_path / "models" / "shop-rr" / "v1" / META_FILE).read_text())
-    assert meta["kind"] == "reranker" and meta["mined_with"] == str(tiny_model)
-    assert "re-ranker" in (tmp_path / "models" / "shop-rr" / "v1" / CARD_FILE).read_text()
-    assert registry.resolve_model("shop-rr").source == str((tmp_path / "models" / "shop-rr" / "v1").resolve())
+    folder = tmp_path / "models" / "shop-reranker" / "v1"
+    meta = json.loads((folder / META_FILE).read_text())
+    assert meta["kind"] == "reranker" and meta["mined_with"] == "shop@v1"  # the tuned encoder mined
+    assert meta["base_model"] == str(tiny_model) and "re-ranker" in (folder / CARD_FILE).read_text()
+    assert registry.resolve_model("shop-reranker").source == str(folder.resolve())
 
     model = load_cross_encoder(out["model_dir"], device="cpu")
     calls = []
