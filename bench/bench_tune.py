@@ -14,7 +14,11 @@ model) and after (the tuned one), on the test products only:
 * Tatoeba deu/fra/spa/jpn/cmn top-1 (both directions) before/after: other languages must not suffer;
 * training time, peak RSS (and peak GPU memory), what stopped the run;
 * re-ranker headroom: of the tuned model's wrong top-1s, how many have the twin in the top 10 within
-  cosine 0.05 of the winner (sibling variants, a cross-encoder's job) vs further away.
+  cosine 0.05 of the winner (sibling variants, a cross-encoder's job) vs further away;
+* with ``--rerank``: the cross-encoder re-ranker trained on the same pairs (negatives mined with the
+  tuned encoder), raw top-1 after it re-orders each query's top 3 and F1 with its ``rerank`` feature
+  (``--rerank-before``: also over the bundled encoder's candidates). ``--tatoeba-only`` measures
+  only the other languages after training (the cheapest check of a learning rate / step budget).
 """
 
 from __future__ import annotations

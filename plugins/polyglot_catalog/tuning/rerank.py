@@ -218,7 +218,9 @@ def train_reranker(
     )
     model = load_cross_encoder(base, max_length=config.max_length, device=device)
     evaluator = (
-        CrossEncoderRerankingEvaluator(samples, at_k=config.candidates, name="val", write_csv=False)
+        CrossEncoderRerankingEvaluator(
+            samples, at_k=config.candidates, name="val", write_csv=False, batch_size=256
+        )
         if samples
         else None
     )
