@@ -530,3 +530,26 @@ def test_match_catalog_uses_a_rerank_score_as_one_more_feature():
 
     with pytest.raises(ValueError, match=r"rerank for DE<->FR must return \d+ finite scores"):
         match_catalog(data, k=5, sentences=None, rerank=lambda ra, rb, a, b: np.zeros(1))
+
+
+class _SameVector:
+    """An encoder that finds every text equally close: every candidate is a 'hard' one."""
+
+    def encode(self, texts, **kwargs):
+        return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+
+def test_reranker_never_labels_a_text_pair_both_ways():
+    from polyglot_catalog.tuning.rerank import candidate_lists
+    from polyglot_catalog.tuning.tune import training_pool
+
+    df, labels = _catalog_frame()  # DE "Handtuch" is the text of products 10 and 11
+    catalog = CatalogTexts.from_frame(df)
+    pairs = link_pairs(catalog, labels).reset_index(drop=True)
+    lists = candidate_lists(_SameVector(), pairs, training_pool(catalog, pairs), k=40)
+    positives = {frozenset(p) for p in zip(pairs["text_a"], pairs["text_b"], strict=True)}
+    grey = (pairs["text_a"] == "Handtuch") & (pairs["text_b"] == "serviette grise")
+    assert grey.any() and lists[int(np.flatnonzero(grey)[0])]  # it has negatives, just not this one
+    assert "serviette blanche" not in lists[int(np.flatnonzero(grey)[0])]
+    for a, negs in zip(pairs["text_a"], lists, strict=True):
+        assert not any(frozenset((a, n)) in positives for n in negs)

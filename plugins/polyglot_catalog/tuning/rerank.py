@@ -81,12 +81,14 @@ def candidate_lists(encoder: Any, pairs: pd.DataFrame, pool: pd.DataFrame, k: in
     """Per pair, the encoder's top-``k`` texts of ``region_b`` for ``text_a`` that are not the twin.
 
     ``pool`` (``region, text, component``) is the only source of candidates; a candidate of the
-    pair's own product group, or with the twin's or the anchor's exact text, is skipped (the catalog
-    repeats generic texts across products; they are not negatives).
+    pair's own product group, with the twin's or the anchor's exact text, or forming a text pair that
+    is some other product's positive, is skipped (the catalog repeats generic texts across products:
+    the same two texts must never be labelled both ways).
     """
     out: list[list[str]] = [[] for _ in range(len(pairs))]
     if pairs.empty:
         return out
+    positives = {frozenset(p) for p in zip(pairs["text_a"], pairs["text_b"], strict=True)}
     distinct = sorted(set(pool["text"]) | set(pairs["text_a"]))
     vectors = dict(zip(distinct, encode(encoder, distinct), strict=True))
     for region, sub in pairs.groupby("region_b", sort=True):
@@ -99,7 +101,13 @@ def candidate_lists(encoder: Any, pairs: pd.DataFrame, pool: pd.DataFrame, k: in
         for row, (pos, comp, anchor, twin) in enumerate(
             zip(sub.index, sub["component"], sub["text_a"], sub["text_b"], strict=True)
         ):
-            picked = [str(texts[j]) for j in idx[row] if comps[j] != comp and texts[j] not in (twin, anchor)]
+            picked = [
+                str(texts[j])
+                for j in idx[row]
+                if comps[j] != comp
+                and texts[j] not in (twin, anchor)
+                and frozenset((anchor, texts[j])) not in positives
+            ]
             out[pairs.index.get_loc(pos)] = list(dict.fromkeys(picked))[:k]
     return out
 
