@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -308,11 +309,14 @@ def test_cli_tune_prints_the_model_folder_and_rejects_a_missing_labels_file(
             "4",
             "--device",
             "cpu",
+            "--rerank",
         ]
     )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["model"] == "catalog-tuned@v1" and (tmp_path / "m" / "catalog-tuned" / "v1").is_dir()
+    assert printed["reranker"]["model"] == "catalog-tuned-reranker@v1"
+    assert (tmp_path / "m" / "catalog-tuned-reranker" / "v1").is_dir()
 
 
 # --- the catalog_tune DAG ---------------------------------------------------------------------------
@@ -397,3 +401,155 @@ def test_config_rejects_what_cannot_run():
     for bad in ({"loss": "triplet"}, {"max_steps": 0}, {"max_minutes": 0}, {"precision": "int8"}):
         with pytest.raises(ValueError):
             TuneConfig(**bad)
+
+
+# --- the cross-encoder re-ranker -------------------------------------------------------------------
+
+
+def test_reranker_examples_are_positives_and_hard_negatives_of_training_products_only(tiny_model):
+    from sentence_transformers import SentenceTransformer
+
+    from polyglot_catalog.tuning.rerank import training_examples, validation_samples
+    from polyglot_catalog.tuning.tune import training_pool
+
+    df, labels = _catalog_frame()
+    catalog = CatalogTexts.from_frame(df)
+    pairs = link_pairs(catalog, labels)
+    val = split_by_group(pairs["component"], 0.3, seed=2)
+    train_pairs, val_pairs = pairs[~val].reset_index(drop=True), pairs[val].reset_index(drop=True)
+    pool = training_pool(catalog, train_pairs)
+    encoder = SentenceTransformer(str(tiny_model))
+    ex = training_examples(encoder, train_pairs, pool, negatives=2)
+
+    assert ex["label"].sum() == len(train_pairs)  # every training pair once, as a positive
+    assert 0 < (ex["label"] == 0).sum() <= 2 * len(train_pairs)
+    comp_of = dict(zip(zip(pool["region"], pool["text"], strict=True), pool["component"], strict=True))
+    twins = {
+        frozenset((a, b)): c
+        for a, b, c in zip(
+            train_pairs["text_a"], train_pairs["text_b"], train_pairs["component"], strict=True
+        )
+    }
+    val_texts = set(val_pairs["text_a"]) | set(val_pairs["text_b"])
+    for a, b in zip(ex.loc[ex["label"] == 0, "text_a"], ex.loc[ex["label"] == 0, "text_b"], strict=True):
+        assert b in set(pool["text"]) and frozenset((a, b)) not in twins
+        assert b not in val_texts - set(pool["text"])  # never a validation product's own text
+        assert a != b and {c for (r, t), c in comp_of.items() if t == b}.isdisjoint(
+            {c for k, c in twins.items() if a in k}
+        )
+    samples = validation_samples(encoder, val_pairs, pool, k=4)
+    assert samples and all(s["positive"][0] not in s["negative"] and len(s["negative"]) <= 3 for s in samples)
+
+
+def test_reranker_trains_and_writes_a_registered_version_that_scores_pairs(tmp_path, monkeypatch, tiny_model):
+    from polyglot_catalog.tuning import TuneConfig, tune_catalog
+    from polyglot_catalog.tuning.rerank import CachedReranker, RerankConfig, load_cross_encoder, rerank_topk
+
+    monkeypatch.setenv(registry.CACHE_ENV, str(tmp_path / "cache"))
+    source, labels = _write_catalog(tmp_path)
+    config = TuneConfig(max_steps=2, batch_size=4, eval_steps=2, val_fraction=0.3, device="cpu", seed=2)
+    rconfig = RerankConfig(
+        max_steps=3, batch_size=4, eval_steps=2, negatives=2, candidates=4, max_length=48, device="cpu"
+    )
+    tuned = tune_catalog(
+        source,
+        tmp_path / "models",
+        labels=labels,
+        model=str(tiny_model),
+        name="shop",
+        config=config,
+        rerank=rconfig,
+    )
+    out = tuned["reranker"]
+
+    assert tuned["model"] == "shop@v1"
+    assert out["model"] == "shop-reranker@v1" and out["model_dir"].endswith("shop-reranker/v1")
+    assert 0 < out["steps"] <= 3 and out["examples"] > 0
+    assert "val_mrr@4" in out["val_before"] and "val_mrr@4" in out["val_after"]
+    folder = tmp_path / "models" / "shop-reranker" / "v1"
+    meta = json.loads((folder / META_FILE).read_text())
+    assert meta["kind"] == "reranker" and meta["mined_with"] == "shop@v1"  # the tuned encoder mined
+    assert meta["base_model"] == str(tiny_model) and "re-ranker" in (folder / CARD_FILE).read_text()
+    assert registry.resolve_model("shop-reranker").source == str(folder.resolve())
+
+    model = load_cross_encoder(out["model_dir"], device="cpu")
+    calls = []
+    predict = model.predict
+    model.predict = lambda pairs, **kw: calls.append(len(pairs)) or predict(pairs, **kw)
+    scorer = CachedReranker(model)
+    first = scorer("US", "DE", ["red chair", "red chair"], ["roter Stuhl", "blauer Stuhl"])
+    again = scorer("US", "DE", ["red chair"], ["blauer Stuhl"])
+    assert first.shape == (2,) and np.isfinite(first).all() and again[0] == first[1]
+    assert calls == [2]  # the repeated pair came from the cache
+    ranked = rerank_topk(scorer, ["red chair"], [["blauer Stuhl", "roter Stuhl"]])
+    assert sorted(ranked[0]) == ["blauer Stuhl", "roter Stuhl"]
+    assert ranked[0][0] == ("roter Stuhl" if first[0] > first[1] else "blauer Stuhl")
+
+
+def _noisy_catalog(n: int = 40, noise: float = 1.4, seed: int = 0):
+    from polyglot_catalog.matching.data import RegionTable
+
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 16))
+    words = {"DE": "Regal", "FR": "etagere", "US": "shelf"}
+    return {
+        region: RegionTable(
+            region,
+            [f"{region.lower()}{i}" for i in range(n)],
+            [f"{words[region]} model {i}" for i in range(n)],
+            base + noise * rng.normal(size=(n, 16)),
+        )
+        for region in ("DE", "FR", "US")
+    }
+
+
+def test_match_catalog_uses_a_rerank_score_as_one_more_feature():
+    from polyglot_catalog.matching.pipeline import RERANK_TOP, match_catalog
+
+    data = _noisy_catalog()
+    seen = []
+
+    def oracle(ra, rb, texts_a, texts_b):  # a perfect re-ranker: the model number decides
+        seen.append((ra, rb, len(texts_a)))
+        return np.array(
+            [float(a.split()[-1] == b.split()[-1]) for a, b in zip(texts_a, texts_b, strict=True)]
+        )
+
+    def accuracy(res):  # precision of the accepted pairs, and how many true twins they find
+        right = res.matches["sku_a"].str[2:] == res.matches["sku_b"].str[2:]
+        return right.mean(), int(right.sum())
+
+    plain = match_catalog(data, k=5, sentences=None)
+    reranked = match_catalog(data, k=5, sentences=None, rerank=oracle)
+    assert {(ra, rb) for ra, rb, _ in seen} == {("DE", "FR"), ("DE", "US"), ("FR", "US")}
+    assert all(n <= 2 * RERANK_TOP * 40 for _, _, n in seen)  # only each product's top candidates
+    assert reranked.summary["scorer"]["weights"]["rerank"] > 0
+    assert "rerank" not in plain.summary["scorer"]["weights"]
+    (p_plain, tp_plain), (p_rerank, tp_rerank) = accuracy(plain), accuracy(reranked)
+    assert p_rerank > p_plain and p_rerank > 0.95 and tp_rerank > tp_plain
+
+    with pytest.raises(ValueError, match=r"rerank for DE<->FR must return \d+ finite scores"):
+        match_catalog(data, k=5, sentences=None, rerank=lambda ra, rb, a, b: np.zeros(1))
+
+
+class _SameVector:
+    """An encoder that finds every text equally close: every candidate is a 'hard' one."""
+
+    def encode(self, texts, **kwargs):
+        return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+
+def test_reranker_never_labels_a_text_pair_both_ways():
+    from polyglot_catalog.tuning.rerank import candidate_lists
+    from polyglot_catalog.tuning.tune import training_pool
+
+    df, labels = _catalog_frame()  # DE "Handtuch" is the text of products 10 and 11
+    catalog = CatalogTexts.from_frame(df)
+    pairs = link_pairs(catalog, labels).reset_index(drop=True)
+    lists = candidate_lists(_SameVector(), pairs, training_pool(catalog, pairs), k=40)
+    positives = {frozenset(p) for p in zip(pairs["text_a"], pairs["text_b"], strict=True)}
+    grey = (pairs["text_a"] == "Handtuch") & (pairs["text_b"] == "serviette grise")
+    assert grey.any() and lists[int(np.flatnonzero(grey)[0])]  # it has negatives, just not this one
+    assert "serviette blanche" not in lists[int(np.flatnonzero(grey)[0])]
+    for a, negs in zip(pairs["text_a"], lists, strict=True):
+        assert not any(frozenset((a, n)) in positives for n in negs)

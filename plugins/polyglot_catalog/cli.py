@@ -258,6 +258,9 @@ def _add_tune_parser(sub: Any) -> None:
     tune.add_argument(
         "--precision", choices=("fp32", "bf16", "fp16"), help="default: bf16/fp16 on CUDA, fp32 on CPU"
     )
+    tune.add_argument(
+        "--rerank", action="store_true", help="also train the cross-encoder re-ranker NAME-reranker"
+    )
 
 
 class StoreFailure(Exception):
@@ -503,6 +506,7 @@ def _cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
     from polyglot_catalog.models.registry import DEFAULT_MODEL
     from polyglot_catalog.reading import list_sources
     from polyglot_catalog.tuning import TuneConfig, tune_catalog
+    from polyglot_catalog.tuning.rerank import RerankConfig
 
     list_sources(args.source)  # fail on a bad source before anything loads
     config = TuneConfig(
@@ -521,6 +525,9 @@ def _cmd_tune(args: argparse.Namespace) -> dict[str, Any]:
         model=args.model or DEFAULT_MODEL,
         name=args.name,
         config=config,
+        rerank=RerankConfig(max_minutes=args.max_minutes, device=args.device, precision=args.precision)
+        if args.rerank
+        else None,
     )
 
 

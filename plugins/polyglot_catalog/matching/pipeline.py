@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -195,6 +195,7 @@ def match_catalog(
     collection: str | None = None,
     sentences: Mapping[str, SentenceVectors] | Literal["auto"] | None = "auto",
     model_fingerprint: str | None = None,
+    rerank: Callable[[str, str, Sequence[str], Sequence[str]], np.ndarray] | None = None,
 ) -> MatchResult:
     """Find the same product across regions.
 
@@ -235,6 +236,10 @@ def match_catalog(
             the ``sentences`` alignment feature. "auto" (the default) reads them from the store's
             sentence cache (:mod:`polyglot_catalog.sentences`) when every product's sentences are
             there; None, or in-memory tables without a mapping, match without it.
+        rerank: optional pair scorer ``(region_a, region_b, texts_a, texts_b) -> scores`` (one per
+            candidate pair among either product's top ``RERANK_TOP`` by cosine, e.g. a cross-encoder
+            re-ranker, :class:`..tuning.rerank.CachedReranker`):
+            its score becomes the ``rerank`` feature and joins the self-training seed.
 
     Returns:
         MatchResult: pairs, groups, unmatched and a JSON-safe summary (see :mod:`.result`).
@@ -261,6 +266,7 @@ def match_catalog(
         "block_rows": block_rows,
         "block_cols": block_cols,
         "sentences": sentences if sentences is None or isinstance(sentences, str) else "in-memory",
+        "rerank": rerank is not None,
         "candidate_slack": CANDIDATE_SLACK,
         "members_cap": MEMBERS_CAP,
         "min_self_training": MIN_SELF_TRAINING,
@@ -359,6 +365,8 @@ def match_catalog(
                 del ngrams[r]
         if sent is not None:
             feats["sentences"] = sentence_alignment(sent[ra], sent[rb], ia, ib)
+        if rerank is not None:
+            feats["rerank"] = _rerank_feature(rerank, ra, rb, a.texts, b.texts, ia, ib, feats["cosine"])
         t_cand += t2 - t1
         t_feat += time.perf_counter() - t2
         blocks.append(
@@ -387,6 +395,8 @@ def match_catalog(
             labels_note = f"labels name none of the matched SKUs ({labels_dropped} labels); run not scored"
     fit_lab = lab if fit_on_labels else None
     features = (*FEATURES, "sentences") if sent is not None else FEATURES
+    if rerank is not None:
+        features = (*features, "rerank")
     del sent
     scorer = _fit_and_score(blocks, features, fit_lab, seed=None)
     if corroborate and len(region_names) > 2 and blocks:
@@ -574,10 +584,53 @@ def _log_odds(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+RERANK_TOP = 3  # candidates per product (by cosine) that the rerank callback scores
+
+
 def _seed_columns(features: Sequence[str]) -> tuple[str, ...]:
     """Features whose z-scores sum to the self-training seed: CSLS, lexical overlap and, when there,
     sentence alignment (the label-free signals that do not need a fitted model)."""
-    return ("csls", "lexical", *(["sentences"] if "sentences" in features else []))
+    return ("csls", "lexical", *(c for c in ("sentences", "rerank") if c in features))
+
+
+def _top_ranked(key: np.ndarray, score: np.ndarray, top: int) -> np.ndarray:
+    """Mask of rows among the ``top`` highest ``score`` of their ``key`` (ties: first row wins)."""
+    order = np.lexsort((-score, key))
+    sorted_key = key[order]
+    first = np.searchsorted(sorted_key, sorted_key, side="left")
+    mask = np.zeros(len(key), dtype=bool)
+    mask[order[np.arange(len(key)) - first < top]] = True
+    return mask
+
+
+def _rerank_feature(
+    rerank: Callable[[str, str, Sequence[str], Sequence[str]], np.ndarray],
+    ra: str,
+    rb: str,
+    texts_a: Sequence[str],
+    texts_b: Sequence[str],
+    ia: np.ndarray,
+    ib: np.ndarray,
+    cosine: Any,
+) -> np.ndarray:
+    """The caller's pair score for the candidate pairs among either product's top
+    :data:`RERANK_TOP` by cosine (a cross-encoder is too slow for all of them; it decides near-ties);
+    the other pairs get the lowest score scored. Checked: one finite number per scored pair."""
+    cos = np.asarray(cosine, dtype=np.float64)
+    ia, ib = np.asarray(ia), np.asarray(ib)
+    keep = _top_ranked(ia, cos, RERANK_TOP) | _top_ranked(ib, cos, RERANK_TOP)
+    rows = np.flatnonzero(keep)
+    scores = np.asarray(
+        rerank(ra, rb, [texts_a[i] for i in ia[rows]], [texts_b[j] for j in ib[rows]]), dtype=np.float64
+    )
+    if scores.shape != (len(rows),) or not np.isfinite(scores).all():
+        raise ValueError(
+            f"rerank for {ra}<->{rb} must return {len(rows)} finite scores (one per candidate pair); "
+            f"got shape {scores.shape}"
+        )
+    out = np.full(len(ia), scores.min() if len(scores) else 0.0)
+    out[rows] = scores
+    return out
 
 
 def _sentence_vectors(

@@ -95,9 +95,15 @@ def model_card(meta: dict[str, Any]) -> str:
     lines = [
         f"# {meta['name']} v{meta['version']}",
         "",
-        f"Fine-tuned by `polyglot-catalog tune` from `{meta.get('base_model')}` on cross-region product "
-        "pairs (MultipleNegativesRankingLoss, in-batch and mined hard negatives). Load it with "
-        f'`model="{meta["name"]}@v{meta["version"]}"` (or this folder).',
+        (
+            f"Cross-encoder re-ranker trained from `{meta.get('base_model')}`'s weights on cross-region "
+            f"product pairs and hard negatives mined with `{meta.get('mined_with')}` (binary "
+            "cross-entropy); it re-scores each product's top candidates (the matcher's `rerank` feature)."
+            if meta.get("kind") == "reranker"
+            else f"Fine-tuned by `polyglot-catalog tune` from `{meta.get('base_model')}` on cross-region "
+            "product pairs (MultipleNegativesRankingLoss, in-batch and mined hard negatives). Load it with "
+            f'`model="{meta["name"]}@v{meta["version"]}"` (or this folder).'
+        ),
         "",
         f"Content hash (sha256 of the model files): `{meta['content_hash']}`",
         "",

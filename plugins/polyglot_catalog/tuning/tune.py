@@ -12,6 +12,7 @@ import pandas as pd
 
 from polyglot_catalog.models.registry import (
     DEFAULT_MODEL,
+    ensure_bundled_model,
     load_sentence_transformer,
     register_tuned,
     resolve_model,
@@ -25,6 +26,7 @@ from polyglot_catalog.tuning.pairs import (
     read_catalog,
     split_by_group,
 )
+from polyglot_catalog.tuning.rerank import RerankConfig, train_reranker
 from polyglot_catalog.tuning.train import TuneConfig, train
 
 log = logging.getLogger(__name__)
@@ -128,8 +130,12 @@ def tune_catalog(
     model: str = DEFAULT_MODEL,
     name: str = DEFAULT_NAME,
     config: TuneConfig | None = None,
+    rerank: RerankConfig | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` on the links a catalog already has and register the result.
+
+    With ``rerank``, also train the cross-encoder re-ranker (``<name>-reranker``, from ``model``'s
+    weights, candidates mined with the tuned encoder) and report it under ``"reranker"``.
 
     ``labels`` and ``reviewed`` are Parquet/CSV files with ``region, sku, group_id`` (reviewed:
     the review loop's accepted decisions, one group per accepted product); ``use_gtin`` adds SKUs
@@ -145,4 +151,86 @@ def tune_catalog(
             f"no cross-region pairs in {source!r}: give --labels or --reviewed files whose region, sku "
             "match the catalog, or GTINs shared across regions"
         )
-    return tune_pairs(pairs, catalog, out, model=model, name=name, config=config)
+    summary = tune_pairs(pairs, catalog, out, model=model, name=name, config=config)
+    if rerank is not None:
+        config = config or TuneConfig()
+        summary["reranker"] = tune_reranker(
+            pairs,
+            catalog,
+            out,
+            encoder=summary["model_dir"],
+            base=model,
+            name=f"{name}-reranker",
+            config=rerank,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+        )
+    return summary
+
+
+def tune_reranker(
+    pairs: pd.DataFrame,
+    catalog: CatalogTexts,
+    out: str | Path,
+    *,
+    encoder: str,
+    base: str = DEFAULT_MODEL,
+    name: str = "catalog-reranker",
+    config: RerankConfig | None = None,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    register: bool = True,
+) -> dict[str, Any]:
+    """Train the cross-encoder re-ranker on ready ``pairs``; write and register its next version.
+
+    ``encoder`` (a model name or folder: the tuned encoder the matcher will use) mines the
+    candidates; ``base`` gives the starting weights. The train/validation split is the encoder's
+    (same hash of the product group, same ``val_fraction`` and ``seed``), so neither model ever
+    trains on the other's validation products.
+    """
+    config = config or RerankConfig(seed=seed)
+    check_name(name)
+    val = split_by_group(pairs["component"], val_fraction, seed)
+    train_pairs, val_pairs = pairs[~val].reset_index(drop=True), pairs[val].reset_index(drop=True)
+    pool = training_pool(catalog, train_pairs)
+    enc_spec, base_spec = resolve_model(encoder), resolve_model(base)
+    st_encoder = load_sentence_transformer(enc_spec, device=config.device)
+    base_dir = str(ensure_bundled_model()) if base_spec.bundled else base_spec.source
+    with tempfile.TemporaryDirectory(prefix="polyglot-rerank-") as work:
+        model, outcome = train_reranker(
+            base_dir, st_encoder, train_pairs, val_pairs, pool, config, Path(work)
+        )
+    del st_encoder
+    meta = {
+        "kind": "reranker",
+        "base_model": base_spec.name,
+        "mined_with": enc_spec.name,
+        "pairs": {"train": pair_counts(train_pairs), "validation_pairs": len(val_pairs)},
+        "config": config.to_dict(),
+        "training": {
+            "steps": outcome.steps,
+            "examples": outcome.examples,
+            "seconds": round(outcome.seconds, 1),
+            "device": outcome.device,
+            "precision": outcome.precision,
+            "peak_rss_mb": peak_rss_mb(),
+        },
+        "val_before": outcome.val_before,
+        "val_after": outcome.val_after,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    folder = save_version(model, Path(out).expanduser(), name, meta)
+    saved = read_meta(folder) or {}
+    pinned = register_tuned(name, saved["version"], folder) if register else saved["model"]
+    log.info("rerank: wrote %s (%s)", folder, pinned)
+    return {
+        "model": pinned,
+        "model_dir": str(folder),
+        "content_hash": saved["content_hash"],
+        "steps": outcome.steps,
+        "examples": outcome.examples,
+        "seconds": meta["training"]["seconds"],
+        "peak_rss_mb": meta["training"]["peak_rss_mb"],
+        "val_before": outcome.val_before,
+        "val_after": outcome.val_after,
+    }
