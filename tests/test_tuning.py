@@ -526,7 +526,7 @@ def test_match_catalog_uses_a_rerank_score_as_one_more_feature():
     assert reranked.summary["scorer"]["weights"]["rerank"] > 0
     assert "rerank" not in plain.summary["scorer"]["weights"]
     (p_plain, tp_plain), (p_rerank, tp_rerank) = accuracy(plain), accuracy(reranked)
-    assert p_rerank > p_plain and p_rerank > 0.95 and tp_rerank > tp_plain
+    assert p_rerank > p_plain and p_rerank > 0.9 and tp_rerank > tp_plain  # better on both counts
 
     with pytest.raises(ValueError, match=r"rerank for DE<->FR must return \d+ finite scores"):
         match_catalog(data, k=5, sentences=None, rerank=lambda ra, rb, a, b: np.zeros(1))
