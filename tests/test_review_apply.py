@@ -99,3 +99,40 @@ def test_the_reviewed_cut_moves_to_the_reviewed_boundary_only_with_enough_review
     assert reviewed_threshold(blocks, 0.5) == pytest.approx(0.575)
     few = [{"score": score, "reviewed": np.where(np.arange(9) < 6, verdict, -1).astype(np.int8)}]
     assert reviewed_threshold(few, 0.5) == 0.5
+
+
+def test_wilson_interval_and_the_estimate_from_the_samples() -> None:
+    from polyglot_catalog.review.estimate import estimate_quality, wilson
+
+    p, lo, hi = wilson(8, 10)
+    assert (p, round(lo, 3), round(hi, 3)) == (0.8, 0.49, 0.943)
+    assert wilson(0, 5)[1] == 0.0 and wilson(5, 5)[2] == 1.0
+    rows = [("sample_match", "match")] * 18 + [("sample_match", "no_match")] * 2
+    rows += [("sample_rejected", "match")] * 1 + [("sample_rejected", "no_match")] * 19
+    rows += [("uncertain", "no_match")] * 30  # chosen for doubt: never in the estimate
+    frame = pd.DataFrame(rows, columns=["stratum", "decision"])
+    frame["stratum_size"] = [
+        100 if s == "sample_match" else 900 if s == "sample_rejected" else None for s in frame["stratum"]
+    ]
+    est = estimate_quality(frame)
+    assert est["precision"]["value"] == 0.9 and est["precision"]["reviewed"] == 20
+    assert est["precision"]["low"] < 0.9 < est["precision"]["high"]
+    assert est["recall"]["value"] == round(90 / (90 + 45), 4)
+    assert est["recall"]["low"] < est["recall"]["value"] < est["recall"]["high"]
+    assert estimate_quality(frame[frame["stratum"] == "uncertain"]) is None
+
+
+def test_the_report_shows_reviewed_counts_and_the_estimate(tmp_path) -> None:
+    from polyglot_catalog.reports import write_reports
+
+    data = _catalog()
+    rows = [("DE", f"de{i}", "US", f"us{i}", "match", "sample_match", 30) for i in range(8)]
+    rows += [("DE", "de9", "US", "us9", "no_match", "sample_match", 30)]
+    decisions = pd.DataFrame(
+        rows, columns=["region_a", "sku_a", "region_b", "sku_b", "decision", "stratum", "stratum_size"]
+    )
+    res = match_catalog(data, k=3, sentences=None, decisions=decisions)
+    assert res.summary["review"]["estimate"]["precision"]["reviewed"] == 9
+    html = (write_reports(tmp_path / "run", res) / "report.html").read_text()
+    assert "Reviewed decisions" in html and "8 applied as matches" in html
+    assert "precision <b>0.889</b>" in html

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .estimate import estimate_quality
 from .store import DECISIONS, text_hash
 
 REQUIRED = ("region_a", "sku_a", "region_b", "sku_b", "decision")
@@ -54,6 +55,7 @@ class ReviewedPairs:
     lapsed: int
     unknown: int
     added: dict[tuple[str, str], int] = field(default_factory=dict)
+    estimate: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, decisions: pd.DataFrame, data: Mapping[str, Any]) -> ReviewedPairs:
@@ -77,7 +79,13 @@ class ReviewedPairs:
             key: tuple(np.array(col, dtype=np.int64) for col in zip(*sorted(rows), strict=True))
             for key, rows in found.items()
         }
-        return cls(links=links, given=len(frame), lapsed=lapsed, unknown=unknown)  # type: ignore[arg-type]
+        return cls(
+            links=links,  # type: ignore[arg-type]
+            given=len(frame),
+            lapsed=lapsed,
+            unknown=unknown,
+            estimate=estimate_quality(decisions),
+        )
 
     def with_must_links(
         self, ra: str, rb: str, ia: np.ndarray, ib: np.ndarray
@@ -126,7 +134,8 @@ class ReviewedPairs:
                 for e, v in zip(blk["explain"], t.tolist(), strict=True)
             ]
 
-    def summary(self, blocks: list[dict[str, Any]]) -> dict[str, int]:
+    def summary(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
+        """Reviewed counts for ``summary.json`` and the report, with the estimate from the samples."""
         used = [blk["reviewed"] for blk in blocks if blk.get("reviewed") is not None]
         t = np.concatenate(used) if used else np.zeros(0, dtype=np.int8)
         return {
@@ -136,6 +145,7 @@ class ReviewedPairs:
             "lapsed": self.lapsed,
             "unknown_sku": self.unknown,
             "must_links_added": int(sum(self.added.values())),
+            "estimate": self.estimate,
         }
 
 

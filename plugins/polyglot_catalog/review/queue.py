@@ -30,6 +30,7 @@ KEY = ["region_a", "sku_a", "region_b", "sku_b"]
 QUEUE_COLUMNS = [
     *KEY,
     "stratum",
+    "stratum_size",
     "score",
     "decision",
     "rival_sku",
@@ -130,6 +131,8 @@ def build_queue(
                 part = part.head(uncertain)
         frames.append(part.assign(stratum=stratum))
     queue = pd.concat(frames, ignore_index=True)
+    sizes = {"sample_match": int(accepted.sum()), "sample_rejected": int((~accepted).sum())}
+    queue["stratum_size"] = [sizes.get(s) for s in queue["stratum"]]
     for col in ("rival_sku", "rival_score"):
         if col not in queue:
             queue[col] = None

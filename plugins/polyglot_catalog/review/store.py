@@ -43,6 +43,7 @@ DECISION_COLUMNS = [
     "hash_a",
     "hash_b",
     "stratum",
+    "stratum_size",
     "source",
 ]
 AUDIT_COLUMNS = ["region_a", "sku_a", "region_b", "sku_b", "reviewer", "at", "action", "before", "after"]
@@ -172,10 +173,13 @@ class ReviewStore:
         hash_a: str | None = None,
         hash_b: str | None = None,
         stratum: str | None = None,
+        stratum_size: int | None = None,
         source: str = "review",
         action: str = "decide",
     ) -> dict[str, Any] | None:
         """Record ``decision`` (``match`` / ``no_match``, or None to clear) for ``pair``; audited.
+        ``stratum`` / ``stratum_size``: the queue stratum it came from and, for a random sample, the
+        size of the population drawn from (:mod:`.estimate`).
 
         Returns the new decision payload (None when cleared). Releases the reviewer's claim."""
         if decision is not None and decision not in DECISIONS:
@@ -214,6 +218,7 @@ class ReviewStore:
                 "hash_a": hash_a,
                 "hash_b": hash_b,
                 "stratum": stratum,
+                "stratum_size": stratum_size,
                 "source": source,
             }
             self._put(_pid("decision", self.collection, pair), payload)
@@ -235,6 +240,7 @@ class ReviewStore:
             hash_a=previous.get("hash_a"),
             hash_b=previous.get("hash_b"),
             stratum=previous.get("stratum"),
+            stratum_size=previous.get("stratum_size"),
             source=previous.get("source") or "review",
             action="undo",
         )
