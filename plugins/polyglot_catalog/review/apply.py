@@ -171,3 +171,27 @@ def reviewed_threshold(blocks: list[dict[str, Any]], prior: float, window: float
     errors = np.array([((s >= c) != (y == 1)).sum() for c in cuts])
     best = cuts[errors == errors.min()]
     return float(best[np.argmin(np.abs(best - prior))])
+
+
+def current_hashes(client: Any, collection: str, decisions: pd.DataFrame) -> pd.DataFrame:
+    """``decisions`` with ``hash_a`` / ``hash_b`` of the texts the catalog holds now (None for a SKU
+    it lacks), so an imported decision lapses when a text changes later, as a reviewed one does."""
+    from polyglot_catalog.ids import point_id
+
+    keys = sorted(
+        {(r, s) for r, s in zip(decisions["region_a"], decisions["sku_a"], strict=True)}
+        | {(r, s) for r, s in zip(decisions["region_b"], decisions["sku_b"], strict=True)}
+    )
+    texts: dict[tuple[str, str], str | None] = {}
+    for lo in range(0, len(keys), 512):
+        chunk = keys[lo : lo + 512]
+        found = client.retrieve(
+            collection, [point_id(r, s) for r, s in chunk], with_payload=["region", "sku", "text"]
+        )
+        for point in found:
+            p = point.payload or {}
+            texts[(str(p.get("region")), str(p.get("sku")))] = p.get("text")
+    out = decisions.copy()
+    out["hash_a"] = [text_hash(texts.get((r, s))) for r, s in zip(out["region_a"], out["sku_a"], strict=True)]
+    out["hash_b"] = [text_hash(texts.get((r, s))) for r, s in zip(out["region_b"], out["sku_b"], strict=True)]
+    return out
