@@ -447,10 +447,9 @@ def _run_id(given: str | None) -> str:
 
 def _reviewed(client: Any, collection: str) -> Any:
     """The collection's reviewed decisions for the next run (docs/REVIEW.md), None when there are none."""
-    from polyglot_catalog.review import ReviewStore
+    from polyglot_catalog.review import reviewed_decisions
 
-    frame = ReviewStore(client, collection).decisions()
-    return frame if len(frame) else None
+    return reviewed_decisions(client, collection)
 
 
 def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:

@@ -324,6 +324,12 @@ class ReviewStore:
         }
 
 
+def reviewed_decisions(client: Any, collection: str) -> pd.DataFrame | None:
+    """The collection's current decisions for ``match_catalog(decisions=...)``; None when none."""
+    frame = ReviewStore(client, collection).decisions()
+    return frame if len(frame) else None
+
+
 def _nulls_as_none(frame: pd.DataFrame) -> pd.DataFrame:
     """Missing fields read as None (the embedded engine drops the nulls it is given)."""
     frame = frame.astype(object)
