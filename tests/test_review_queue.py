@@ -88,3 +88,11 @@ def test_differences_ignore_translation_and_flag_variants() -> None:
     assert diff["sizes"] == (["XL"], ["L"]) and diff["codes"] == (["ART-1234"], ["ART-1235"])
     marked = [piece for piece, flag in highlight("Lamp 40 W <b>", "Lampe 60 W") if flag]
     assert marked == ["40 W"]
+
+
+def test_round_robin_shows_every_stratum_early() -> None:
+    from polyglot_catalog.review.queue import round_robin
+
+    queue = round_robin(build_queue(pairs_table(), 0.5, sample=3))
+    first = queue["stratum"].head(5).tolist()
+    assert first == ["conflict", "runner_up", "uncertain", "sample_match", "sample_rejected"]

@@ -160,3 +160,11 @@ def decided_keys(decisions: pd.DataFrame, pairs: pd.DataFrame) -> set[tuple[str,
         if now is None or row.hash_a is None or (row.hash_a, row.hash_b) == now:
             out.add(key)
     return out
+
+
+def round_robin(queue: pd.DataFrame) -> pd.DataFrame:
+    """The queue with its strata interleaved (one of each in :data:`STRATA` order, then again), so a
+    reviewer who stops after any number of pairs has seen every stratum, the random samples too."""
+    rank = queue.groupby("stratum", sort=False).cumcount()
+    order = queue["stratum"].map({s: n for n, s in enumerate(STRATA)})
+    return queue.assign(_r=rank, _o=order).sort_values(["_r", "_o"], kind="stable").drop(columns=["_r", "_o"])
