@@ -96,9 +96,10 @@ def test_the_reviewed_cut_moves_to_the_reviewed_boundary_only_with_enough_review
     score = np.array([0.30, 0.35, 0.40, 0.45, 0.55, 0.60, 0.65, 0.70, 0.9])
     verdict = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1], dtype=np.int8)
     blocks = [{"score": score, "reviewed": verdict}]
-    assert reviewed_threshold(blocks, 0.5) == pytest.approx(0.575)
+    assert reviewed_threshold(blocks, 0.4) == pytest.approx(0.575)  # 3 reviewed pairs fixed
+    assert reviewed_threshold(blocks, 0.5) == 0.5  # one fixed pair is not enough to move every other
     few = [{"score": score, "reviewed": np.where(np.arange(9) < 6, verdict, -1).astype(np.int8)}]
-    assert reviewed_threshold(few, 0.5) == 0.5
+    assert reviewed_threshold(few, 0.4) == 0.4
 
 
 def test_wilson_interval_and_the_estimate_from_the_samples() -> None:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ..review.apply import ReviewedPairs, reviewed_threshold
+from ..review.apply import ReviewedPairs
 from ..sentences import SentenceCache, SentenceVectors
 from .alignment import center_sentences, row_idf, sentence_alignment, sentence_idf
 from .assign import AssignMethod
@@ -451,7 +451,7 @@ def match_catalog(
         )
     if reviewed is not None:
         if threshold_method == "prior-shift EM":
-            threshold = reviewed_threshold(blocks, threshold)
+            threshold = reviewed.threshold(blocks, threshold)
             threshold_method += " + reviewed pairs"
         reviewed.force(blocks)
     for blk in blocks:

@@ -2,8 +2,10 @@
 
 - accepted pairs are must-links: added to the candidates when missing, score forced to 1;
 - rejected pairs are cannot-links: score forced to 0, so never proposed again;
-- both are labels for the scorer (together with the self-training targets, the label-free prior)
-  and, when the threshold is label-free, for a nudge of the cut towards the reviewed boundary.
+- both are labels for the scorer (together with the self-training targets, the label-free prior);
+- when the threshold is label-free, the reviewed random samples (only they: the other strata are
+  chosen for doubt, so their error rate is no guide to the cut) may move it, see
+  :func:`reviewed_threshold`.
 
 A decision applies only while both texts are the ones reviewed (``hash_a`` / ``hash_b``; a decision
 without hashes, e.g. imported from a labels file, always applies) and both SKUs still exist.
@@ -24,6 +26,8 @@ from .store import DECISIONS, text_hash
 REQUIRED = ("region_a", "sku_a", "region_b", "sku_b", "decision")
 #: Why 4 each: fewer reviewed pairs of a class say nothing about where the boundary lies.
 MIN_REVIEWED_PER_CLASS = 4
+#: Reviewed pairs a new cut must decide better than the label-free one before it replaces it.
+MIN_GAIN = 3
 #: How far reviewed pairs may move the label-free cut.
 MAX_SHIFT = 0.25
 
@@ -56,14 +60,21 @@ class ReviewedPairs:
     unknown: int
     added: dict[tuple[str, str], int] = field(default_factory=dict)
     estimate: dict[str, Any] | None = None
+    #: The subset from the random-sample strata (or without a stratum: imported): the only reviewed
+    #: pairs not chosen for doubt, so the only ones fit to move the threshold.
+    unbiased: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, decisions: pd.DataFrame, data: Mapping[str, Any]) -> ReviewedPairs:
         frame = check_decisions(decisions)
         index = {r: {s: i for i, s in enumerate(t.skus)} for r, t in data.items()}
         found: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+        sampled: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+        strata = decisions["stratum"].tolist() if "stratum" in decisions else [None] * len(frame)
         lapsed = unknown = 0
-        for ra, sa, rb, sb, decision, ha, hb in frame.itertuples(index=False, name=None):
+        for (ra, sa, rb, sb, decision, ha, hb), stratum in zip(
+            frame.itertuples(index=False, name=None), strata, strict=True
+        ):
             i, j = index.get(ra, {}).get(sa), index.get(rb, {}).get(sb)
             if i is None or j is None:
                 unknown += 1
@@ -75,16 +86,23 @@ class ReviewedPairs:
                 lapsed += 1
                 continue
             found.setdefault((ra, rb), []).append((i, j, int(decision == "match")))
-        links = {
-            key: tuple(np.array(col, dtype=np.int64) for col in zip(*sorted(rows), strict=True))
-            for key, rows in found.items()
-        }
+            if not isinstance(stratum, str) or stratum.startswith("sample_"):
+                sampled.setdefault((ra, rb), []).append((i, j, int(decision == "match")))
+
+        def arrays(rows_of: dict) -> dict:
+            return {
+                key: tuple(np.array(col, dtype=np.int64) for col in zip(*sorted(rows), strict=True))
+                for key, rows in rows_of.items()
+            }
+
+        links = arrays(found)
         return cls(
             links=links,  # type: ignore[arg-type]
             given=len(frame),
             lapsed=lapsed,
             unknown=unknown,
             estimate=estimate_quality(decisions),
+            unbiased=arrays(sampled),
         )
 
     def with_must_links(
@@ -107,6 +125,15 @@ class ReviewedPairs:
         ib = np.concatenate([ib, np.array([e[1] for e in extra], dtype=ib.dtype)])
         order = np.lexsort((ib, ia))
         return ia[order], ib[order]
+
+    def threshold(self, blocks: list[dict[str, Any]], prior: float) -> float:
+        """:func:`reviewed_threshold` on the random-sample decisions only."""
+        sample = ReviewedPairs(links=self.unbiased, given=0, lapsed=0, unknown=0)
+        view = [
+            {"score": b["score"], "reviewed": sample.targets(b["ra"], b["rb"], b["ia"], b["ib"])}
+            for b in blocks
+        ]
+        return reviewed_threshold(view, prior)
 
     def targets(self, ra: str, rb: str, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
         """Per candidate pair: 1 accepted, 0 rejected, -1 not reviewed."""
@@ -169,6 +196,8 @@ def reviewed_threshold(blocks: list[dict[str, Any]], prior: float, window: float
     cuts = np.unique(np.concatenate([[prior], (su[:-1] + su[1:]) / 2]))
     cuts = cuts[np.abs(cuts - prior) <= window]
     errors = np.array([((s >= c) != (y == 1)).sum() for c in cuts])
+    if errors.min() > int(((s >= prior) != (y == 1)).sum()) - MIN_GAIN:
+        return prior  # a cut that fixes one reviewed pair is noise, and it moves every unreviewed one
     best = cuts[errors == errors.min()]
     return float(best[np.argmin(np.abs(best - prior))])
 

@@ -6,7 +6,8 @@ Strata, in queue order (docs/REVIEW.md):
   (``ambiguous``);
 - ``runner_up``: accepted pairs whose product has another candidate of the same region scoring
   almost as high (within ``margin``): sibling variants, where most wrong matches are;
-- ``uncertain``: pairs scoring closest to the threshold, on either side;
+- ``uncertain``: pairs scoring closest to the threshold, on either side, among accepted pairs and
+  each product's best rejected candidate;
 - ``sample_match`` / ``sample_rejected``: a seeded uniform sample of accepted and of rejected
   pairs. Only these estimate precision and recall without bias (:mod:`.estimate`), so a sampled pair
   keeps its sample stratum even when it is also uncertain.
@@ -73,6 +74,18 @@ def _runner_up(pairs: pd.DataFrame, margin: float) -> pd.DataFrame:
     return out.drop_duplicates(KEY).drop(columns="gap")
 
 
+def _uncertain(pairs: pd.DataFrame, threshold: float, n: int) -> pd.DataFrame:
+    """The ``n`` pairs closest to the threshold among those a decision hangs on: accepted pairs and
+    each product's best rejected candidate (a product's tenth candidate near the cut decides nothing)."""
+    ranked = pairs.sort_values("score", ascending=False, kind="stable")
+    best = np.zeros(len(pairs), dtype=bool)
+    for side, other in (("a", "b"), ("b", "a")):
+        top = ranked.groupby([f"region_{side}", f"sku_{side}", f"region_{other}"], sort=False).head(1)
+        best[top.index.to_numpy()] = True
+    pool = pairs[best | (pairs["decision"] == "match").to_numpy()]
+    return pool.iloc[np.argsort((pool["score"] - threshold).abs().to_numpy(), kind="stable")[:n]]
+
+
 def build_queue(
     pairs: pd.DataFrame,
     threshold: float,
@@ -110,9 +123,7 @@ def build_queue(
         "sample_rejected": sample_of(~accepted),
         "conflict": p[(p["decision"] == "conflict") | (accepted & p["ambiguous"])].head(conflicts),
         "runner_up": _runner_up(p, margin).head(runner_up),
-        "uncertain": p.iloc[
-            np.argsort((p["score"] - threshold).abs().to_numpy(), kind="stable")[: uncertain * 4]
-        ],
+        "uncertain": _uncertain(p, threshold, uncertain * 4),
     }
     skip = {tuple(k) for k in decided} | {tuple(k) for k in held}
     seen: set[tuple[str, str, str, str]] = set()
