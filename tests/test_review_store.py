@@ -71,3 +71,16 @@ def test_an_expired_claim_can_be_taken_over(qdrant_client: Any) -> None:
     pair = Pair.of("DE", "d1", "US", "u1")
     assert review.claim(pair, "alice")
     assert review.claim(pair, "bob")
+
+
+def test_a_skipped_pair_stays_aside_for_its_reviewer_and_undo_finds_the_last_decision(
+    review: ReviewStore,
+) -> None:
+    first, second = Pair.of("DE", "d1", "US", "u1"), Pair.of("DE", "d2", "US", "u2")
+    assert review.claim(first, "alice")
+    review.skip(first, "alice")
+    assert review.skipped_by("alice") == {first.key} and review.skipped_by("bob") == set()
+    assert review.last_decided("alice") is None
+    review.decide(second, "match", "alice")
+    review.decide(first, "no_match", "bob")
+    assert review.last_decided("alice") == second and review.last_decided("bob") == first

@@ -127,12 +127,16 @@ class ReviewedPairs:
         return ia[order], ib[order]
 
     def threshold(self, blocks: list[dict[str, Any]], prior: float) -> float:
-        """:func:`reviewed_threshold` on the random-sample decisions only."""
+        """:func:`reviewed_threshold` on the random-sample decisions of reciprocal-best pairs only."""
+        from polyglot_catalog.matching.scoring import reciprocal_best
+
         sample = ReviewedPairs(links=self.unbiased, given=0, lapsed=0, unknown=0)
-        view = [
-            {"score": b["score"], "reviewed": sample.targets(b["ra"], b["rb"], b["ia"], b["ib"])}
-            for b in blocks
-        ]
+        view = []
+        for b in blocks:
+            t = sample.targets(b["ra"], b["rb"], b["ia"], b["ib"])
+            # only the pairs the cut decides: a pair that loses the one-to-one rule is no error of it
+            t[~reciprocal_best(b["score"], b["ia"], b["ib"])] = -1
+            view.append({"score": b["score"], "reviewed": t})
         return reviewed_threshold(view, prior)
 
     def targets(self, ra: str, rb: str, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:

@@ -314,6 +314,32 @@ class ReviewStore:
             if held and held.get("reviewer") == reviewer:
                 self._put(pid, {"kind": "released", "pair": pair.key, "reviewer": "", "expires_at": 0.0})
 
+    def skip(self, pair: Pair, reviewer: str) -> None:
+        """Put ``pair`` aside for ``reviewer``: their claim stays (others wait for its expiry, this
+        reviewer's queue leaves it out), so a skipped pair comes back later, not at once."""
+        pid = _pid("claim", self.collection, pair)
+        with _CLAIM_LOCK:
+            held = self._get(pid) if self.client.collection_exists(self.name) else None
+            if held and held.get("reviewer") == reviewer:
+                self._put(pid, {**held, "skipped": True})
+
+    def skipped_by(self, reviewer: str) -> set[str]:
+        """Keys of pairs ``reviewer`` skipped while their claim lives."""
+        now = time.time()
+        return {
+            r["pair"]
+            for r in self._scroll(_kind("claim", reviewer=reviewer))
+            if r.get("skipped") and float(r.get("expires_at") or 0) >= now
+        }
+
+    def last_decided(self, reviewer: str) -> Pair | None:
+        """The pair of ``reviewer``'s latest change (decide, undo, import), for Undo."""
+        rows = sorted(self._scroll(_kind("audit", reviewer=reviewer)), key=lambda r: r.get("ts") or 0)
+        if not rows:
+            return None
+        last = rows[-1]
+        return Pair(last["region_a"], last["sku_a"], last["region_b"], last["sku_b"])
+
     def claimed_by_others(self, reviewer: str) -> set[str]:
         """Keys of pairs another reviewer holds a live claim on (the queue skips them)."""
         now = time.time()
