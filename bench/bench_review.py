@@ -94,21 +94,26 @@ def main(argv: list[str] | None = None) -> int:
         est_p = est["precision"] if est else None
         est_s = f"{est_p['value']:.3f} ({est_p['low']:.3f}-{est_p['high']:.3f})" if est_p else "-"
         lines.append(
-            f"| {n} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['f1'] - base['f1']:+.4f} | "
+            f"| {n} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
+            f"{m['f1'] - base['f1']:+.4f} | "
             f"{res.summary['threshold']:.3f} | {est_s} | {est_p['reviewed'] if est_p else 0} | {took:.0f} |"
         )
         print(lines[-1], flush=True)
     strata = queue.head(max(BUDGETS))["stratum"].value_counts().to_dict()
+    sizes = ", ".join(f"{r} {len(t)}" for r, t in data.items())
+    subset = f" (subset: --limit {args.limit})" if args.limit else ""
     body = "\n".join(
         [
             f"Catalog: {sum(len(t) for t in data.values())} products "
-            f"({', '.join(f'{r} {len(t)}' for r, t in data.items())}){' (subset: --limit ' + str(args.limit) + ')' if args.limit else ''}; "
+            f"({sizes}){subset}; "
             f"engine {emb.name}; sentences {'off' if args.no_sentences else 'late-chunked'}; k={args.k}.",
-            f"True precision of the label-free run: {true_p:.4f}. Strata of the first {max(BUDGETS)} queue rows: {strata}.",
+            f"True precision of the label-free run: {true_p:.4f}. "
+            f"Strata of the first {max(BUDGETS)} queue rows: {strata}.",
             "",
             *lines,
             "",
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, shared with other engineers (timings are rough).",
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, shared with other engineers "
+            "(timings are rough).",
         ]
     )
     print(body)

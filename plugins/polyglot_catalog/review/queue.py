@@ -135,7 +135,7 @@ def build_queue(
         keys = list(part[KEY].itertuples(index=False, name=None))
         own = stratum.startswith("sample_")
         keep = [k not in skip and (own or k not in seen) for k in keys]
-        part = part[keep]
+        part = part[np.array(keep, dtype=bool)]
         if not own:
             seen |= set(part[KEY].itertuples(index=False, name=None))
             if stratum == "uncertain":
