@@ -161,6 +161,7 @@ def add_review_routes(app: FastAPI, root_of: Callable[[], Path], client_of: Call
                 current = row
                 break
         if current is not None:
+            current = {k: None if isinstance(v, float) and v != v else v for k, v in current.items()}  # NaN
             current["seg_a"] = highlight(current["text_a"] or "", current["text_b"] or "")
             current["seg_b"] = highlight(current["text_b"] or "", current["text_a"] or "")
         nonce = secrets.token_urlsafe(16)
