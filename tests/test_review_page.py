@@ -134,7 +134,10 @@ def test_two_reviewers_get_different_pairs(app: Any) -> None:
     assert (alice["sku_a"], alice["sku_b"]) != (bob["sku_a"], bob["sku_b"])
 
 
-def test_the_index_lists_collections_and_unknown_ones_are_404(app: Any) -> None:
+def test_the_index_lists_collections_and_unknown_ones_are_404(app: Any, qdrant: Any) -> None:
     client = as_user(app, "steward", "user")
     assert 'href="cat"' in client.get("/review/").text
     assert client.get("/review/nope").status_code == 404
+    form = form_of(client.get("/review/cat").text)
+    assert client.post("/review/nope/decide", data={**form, "action": "accept"}).status_code == 404
+    assert not qdrant.collection_exists("polyglot_review__nope")

@@ -214,6 +214,8 @@ def add_review_routes(app: FastAPI, root_of: Callable[[], Path], client_of: Call
             raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or stale form token: reload the page")
         if action not in ACTIONS:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, f"action must be one of {sorted(ACTIONS)}")
+        if collection not in _latest_runs(root_of()):  # no review collection for a made-up name
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no match report for this collection")
         me = reviewer_name(user)
         store = ReviewStore(client_of(), collection)
         if action == "undo":
