@@ -87,3 +87,39 @@ def test_a_bad_file_names_the_file_and_row(
     assert main(["review", "import", *store_args, str(other)]) == EXIT_INPUT
     assert "neither the group form" in capsys.readouterr().err
     assert _decisions(store_args).empty
+
+
+def test_the_next_cli_match_honours_imported_decisions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from unittest import mock
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from fakes import FakeEncoder
+
+    source = tmp_path / "in"
+    source.mkdir()
+    texts = {
+        "DE": ["Tisch aus Eiche", "Sofa grau", "Lampe weiß"],
+        "FR": ["Table en chêne", "Canapé gris", "Lampe blanche"],
+    }
+    for region, rows in texts.items():
+        skus = [f"{region.lower()}{i}" for i in range(len(rows))]
+        pq.write_table(
+            pa.table({"sku": skus, "region": [region] * len(rows), "description": rows}),
+            source / f"{region}.parquet",
+        )
+    args = ["--collection", "cat", "--qdrant-path", str(tmp_path / "q"), "--model", "fake-model"]
+    with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
+        assert main(["embed", "--source", str(source), *args]) == 0
+        decisions = tmp_path / "d.csv"
+        decisions.write_text("region_a,sku_a,region_b,sku_b,decision\nDE,de0,FR,fr1,match\n")
+        assert main(["review", "import", *args[:4], str(decisions)]) == 0
+        assert main(["match", *args, "--out", str(tmp_path / "run2")]) == 0
+    capsys.readouterr()
+    pairs = pd.read_parquet(tmp_path / "run2" / "pairs.parquet")
+    forced = pairs[(pairs["sku_a"] == "de0") & (pairs["sku_b"] == "fr1")]
+    assert forced["decision"].tolist() == ["match"] and forced["score"].tolist() == [1.0]
+    summary = json.loads((tmp_path / "run2" / "summary.json").read_text())
+    assert summary["review"]["applied_match"] == 1 and summary["review"]["lapsed"] == 0
