@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     queue = round_robin(build_queue(first.pairs, first.summary["threshold"], sample=args.sample, seed=0))
     lines = [
         "| reviews | precision | recall | F1 | ΔF1 | threshold | est. precision (95% Wilson) | "
-        "sampled accepted reviewed | match s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "est. recall | sampled accepted / rejected reviewed | match s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     true_p = base["precision"]
     for n in BUDGETS:
@@ -93,10 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         est = estimate_quality(decisions) if decisions is not None else None
         est_p = est["precision"] if est else None
         est_s = f"{est_p['value']:.3f} ({est_p['low']:.3f}-{est_p['high']:.3f})" if est_p else "-"
+        est_r = est["recall"] if est else None
+        rec_s = f"{est_r['value']:.3f} ({est_r['low']:.3f}-{est_r['high']:.3f})" if est_r else "-"
+        counts = f"{est_p['reviewed'] if est_p else 0} / {est_r['reviewed'] if est_r else 0}"
         lines.append(
             f"| {n} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | "
             f"{m['f1'] - base['f1']:+.4f} | "
-            f"{res.summary['threshold']:.3f} | {est_s} | {est_p['reviewed'] if est_p else 0} | {took:.0f} |"
+            f"{res.summary['threshold']:.3f} | {est_s} | {rec_s} | {counts} | {took:.0f} |"
         )
         print(lines[-1], flush=True)
     strata = queue.head(max(BUDGETS))["stratum"].value_counts().to_dict()
