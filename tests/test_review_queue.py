@@ -96,3 +96,13 @@ def test_round_robin_shows_every_stratum_early() -> None:
     queue = round_robin(build_queue(pairs_table(), 0.5, sample=3))
     first = queue["stratum"].head(5).tolist()
     assert first == ["conflict", "runner_up", "uncertain", "sample_match", "sample_rejected"]
+
+
+def test_rejected_pairs_are_sampled_among_each_products_best_candidates() -> None:
+    pairs = pairs_table()
+    extra = pairs.iloc[[0]].assign(sku_a="d10", sku_b="u11", score=0.01, decision="below_threshold")
+    pairs = pd.concat([pairs, extra], ignore_index=True)  # neither product's best: d10-u10, d11-u11 are
+    queue = build_queue(pairs, 0.5, sample=1000)
+    rejected = queue[queue["stratum"] == "sample_rejected"]
+    assert ("d10", "u11") not in set(zip(rejected["sku_a"], rejected["sku_b"], strict=True))
+    assert len(rejected) == rejected["stratum_size"].iloc[0] == 23  # every other rejected pair

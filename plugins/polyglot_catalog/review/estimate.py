@@ -4,8 +4,9 @@ Why only the samples: the other strata are chosen for being doubtful, so their e
 nothing about the run as a whole. ``sample_match`` is a uniform sample of the accepted pairs,
 ``sample_rejected`` of the rejected candidate pairs; each decision records the size of the
 population it was drawn from (``stratum_size``), so the estimate describes the run the queue was
-built from. Recall counts only matches among the candidate pairs (a true twin the candidate
-search never proposed is invisible to it).
+built from. ``sample_rejected`` is drawn from rejected pairs that are a product's best candidate,
+so recall counts the twins missed there: a missed twin that was not even its product's best
+candidate, or that the candidate search never proposed, is invisible to it (an upper bound).
 """
 
 from __future__ import annotations

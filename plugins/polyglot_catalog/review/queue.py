@@ -8,9 +8,10 @@ Strata, in queue order (docs/REVIEW.md):
   almost as high (within ``margin``): sibling variants, where most wrong matches are;
 - ``uncertain``: pairs scoring closest to the threshold, on either side, among accepted pairs and
   each product's best rejected candidate;
-- ``sample_match`` / ``sample_rejected``: a seeded uniform sample of accepted and of rejected
-  pairs. Only these estimate precision and recall without bias (:mod:`.estimate`), so a sampled pair
-  keeps its sample stratum even when it is also uncertain.
+- ``sample_match`` / ``sample_rejected``: a seeded uniform sample of accepted pairs and of rejected
+  pairs that are a product's best candidate. Only these estimate precision and recall without
+  bias (:mod:`.estimate`), so a sampled pair keeps its sample stratum even when it is also
+  uncertain.
 
 Pairs already decided (while their texts are unchanged) and pairs another reviewer holds are left
 out; each row carries its evidence and the differences between the two texts.
@@ -74,15 +75,20 @@ def _runner_up(pairs: pd.DataFrame, margin: float) -> pd.DataFrame:
     return out.drop_duplicates(KEY).drop(columns="gap")
 
 
-def _uncertain(pairs: pd.DataFrame, threshold: float, n: int) -> pd.DataFrame:
-    """The ``n`` pairs closest to the threshold among those a decision hangs on: accepted pairs and
-    each product's best rejected candidate (a product's tenth candidate near the cut decides nothing)."""
+def _best_of_a_product(pairs: pd.DataFrame) -> np.ndarray:
+    """Mask of pairs that are the best-scoring candidate of either of their products."""
     ranked = pairs.sort_values("score", ascending=False, kind="stable")
     best = np.zeros(len(pairs), dtype=bool)
     for side, other in (("a", "b"), ("b", "a")):
         top = ranked.groupby([f"region_{side}", f"sku_{side}", f"region_{other}"], sort=False).head(1)
         best[top.index.to_numpy()] = True
-    pool = pairs[best | (pairs["decision"] == "match").to_numpy()]
+    return best
+
+
+def _uncertain(pairs: pd.DataFrame, threshold: float, n: int) -> pd.DataFrame:
+    """The ``n`` pairs closest to the threshold among those a decision hangs on: accepted pairs and
+    each product's best rejected candidate (a product's tenth candidate near the cut decides nothing)."""
+    pool = pairs[_best_of_a_product(pairs) | (pairs["decision"] == "match").to_numpy()]
     return pool.iloc[np.argsort((pool["score"] - threshold).abs().to_numpy(), kind="stable")[:n]]
 
 
@@ -113,6 +119,9 @@ def build_queue(
     p = _plain(pairs)
     rng = np.random.default_rng(seed)
     accepted = p["decision"] == "match"
+    # rejected pairs worth sampling: a product's best candidate (its other candidates are almost all
+    # plainly different, so a uniform sample of them finds no missed twin)
+    rejected = ~accepted & pd.Series(_best_of_a_product(p), index=p.index)
 
     def sample_of(mask: pd.Series) -> pd.DataFrame:
         idx = np.flatnonzero(mask.to_numpy())
@@ -120,7 +129,7 @@ def build_queue(
 
     parts = {
         "sample_match": sample_of(accepted),
-        "sample_rejected": sample_of(~accepted),
+        "sample_rejected": sample_of(rejected),
         "conflict": p[(p["decision"] == "conflict") | (accepted & p["ambiguous"])].head(conflicts),
         "runner_up": _runner_up(p, margin).head(runner_up),
         "uncertain": _uncertain(p, threshold, uncertain * 4),
@@ -142,7 +151,7 @@ def build_queue(
                 part = part.head(uncertain)
         frames.append(part.assign(stratum=stratum))
     queue = pd.concat(frames, ignore_index=True)
-    sizes = {"sample_match": int(accepted.sum()), "sample_rejected": int((~accepted).sum())}
+    sizes = {"sample_match": int(accepted.sum()), "sample_rejected": int(rejected.sum())}
     queue["stratum_size"] = [sizes.get(s) for s in queue["stratum"]]
     for col in ("rival_sku", "rival_score"):
         if col not in queue:
