@@ -121,6 +121,10 @@ def test_wilson_interval_and_the_estimate_from_the_samples() -> None:
     assert est["recall"]["value"] == round(90 / (90 + 45), 4)
     assert est["recall"]["low"] < est["recall"]["value"] < est["recall"]["high"]
     assert estimate_quality(frame[frame["stratum"] == "uncertain"]) is None
+    rest = pd.DataFrame({"stratum": ["sample_rest"] * 10, "decision": ["match"] + ["no_match"] * 9})
+    with_rest = estimate_quality(pd.concat([frame, rest.assign(stratum_size=9000)], ignore_index=True))
+    assert with_rest["recall"]["value"] == round(90 / (90 + 45 + 900), 4)  # strata combined by size
+    assert with_rest["recall"]["reviewed"] == 30
 
 
 def test_the_report_shows_reviewed_counts_and_the_estimate(tmp_path) -> None:

@@ -106,3 +106,5 @@ def test_rejected_pairs_are_sampled_among_each_products_best_candidates() -> Non
     rejected = queue[queue["stratum"] == "sample_rejected"]
     assert ("d10", "u11") not in set(zip(rejected["sku_a"], rejected["sku_b"], strict=True))
     assert len(rejected) == rejected["stratum_size"].iloc[0] == 23  # every other rejected pair
+    rest = queue[queue["stratum"] == "sample_rest"]
+    assert list(zip(rest["sku_a"], rest["sku_b"], strict=True)) == [("d10", "u11")]

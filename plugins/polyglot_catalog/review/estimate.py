@@ -4,9 +4,10 @@ Why only the samples: the other strata are chosen for being doubtful, so their e
 nothing about the run as a whole. ``sample_match`` is a uniform sample of the accepted pairs,
 ``sample_rejected`` of the rejected candidate pairs; each decision records the size of the
 population it was drawn from (``stratum_size``), so the estimate describes the run the queue was
-built from. ``sample_rejected`` is drawn from rejected pairs that are a product's best candidate,
-so recall counts the twins missed there: a missed twin that was not even its product's best
-candidate, or that the candidate search never proposed, is invisible to it (an upper bound).
+built from. The rejected candidate pairs are sampled in two strata (a product's best candidate,
+``sample_rejected``, where missed twins concentrate; the rest, ``sample_rest``) and combined by
+their sizes. Recall counts only twins among the candidate pairs (one the candidate search never
+proposed is invisible to it).
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ def estimate_quality(decisions: pd.DataFrame) -> dict[str, Any] | None:
     """Estimated precision (and recall, when rejected pairs were sampled too) with 95 % Wilson
     intervals; None when no sampled pair was reviewed.
 
-    Recall ``= TP / (TP + FN)`` with ``TP = N_acc * p_acc`` and ``FN = N_rej * p_rej``; its interval
-    plugs in the ends of both Wilson intervals (conservative)."""
+    Recall ``= TP / (TP + FN)`` with ``TP = N_acc * p_acc`` and ``FN = sum N_s * p_s`` over the
+    rejected strata; its interval plugs in the ends of every Wilson interval (conservative)."""
     if decisions is None or "stratum" not in decisions or decisions.empty:
         return None
     k_acc, n_acc, size_acc = _stratum(decisions, "sample_match")
-    k_rej, n_rej, size_rej = _stratum(decisions, "sample_rejected")
+    rejected = [_stratum(decisions, s) for s in ("sample_rejected", "sample_rest")]
+    rejected = [(k, n, size) for k, n, size in rejected if n and size]
     if not n_acc:
         return None
     p, lo, hi = wilson(k_acc, n_acc)
@@ -55,17 +57,18 @@ def estimate_quality(decisions: pd.DataFrame) -> dict[str, Any] | None:
         "precision": {"value": round(p, 4), "low": round(lo, 4), "high": round(hi, 4), "reviewed": n_acc},
         "recall": None,
     }
-    if n_rej and size_acc and size_rej:
-        q, qlo, qhi = wilson(k_rej, n_rej)
+    if rejected and size_acc:
+        shares = [(size, wilson(k, n)) for k, n, size in rejected]
 
-        def recall(pa: float, qr: float) -> float:
-            tp, fn = size_acc * pa, size_rej * qr
+        def recall(pa: float, end: int) -> float:
+            tp = size_acc * pa
+            fn = sum(size * w[end] for size, w in shares)
             return tp / (tp + fn) if tp + fn else math.nan
 
         out["recall"] = {
-            "value": round(recall(p, q), 4),
-            "low": round(recall(lo, qhi), 4),
-            "high": round(recall(hi, qlo), 4),
-            "reviewed": n_rej,
+            "value": round(recall(p, 0), 4),
+            "low": round(recall(lo, 2), 4),
+            "high": round(recall(hi, 1), 4),
+            "reviewed": sum(n for _, n, _ in rejected),
         }
     return out

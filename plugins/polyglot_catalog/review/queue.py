@@ -8,9 +8,10 @@ Strata, in queue order (docs/REVIEW.md):
   almost as high (within ``margin``): sibling variants, where most wrong matches are;
 - ``uncertain``: pairs scoring closest to the threshold, on either side, among accepted pairs and
   each product's best rejected candidate;
-- ``sample_match`` / ``sample_rejected``: a seeded uniform sample of accepted pairs and of rejected
-  pairs that are a product's best candidate. Only these estimate precision and recall without
-  bias (:mod:`.estimate`), so a sampled pair keeps its sample stratum even when it is also
+- ``sample_match`` / ``sample_rejected`` / ``sample_rest``: seeded uniform samples of the accepted
+  pairs, of the rejected pairs that are a product's best candidate (where missed twins are), and of
+  the other rejected candidate pairs. Only these estimate precision and recall without bias
+  (:mod:`.estimate`, stratified), so a sampled pair keeps its sample stratum even when it is also
   uncertain.
 
 Pairs already decided (while their texts are unchanged) and pairs another reviewer holds are left
@@ -27,7 +28,8 @@ import pandas as pd
 from .diff import describe, differences
 from .store import text_hash
 
-STRATA = ("conflict", "runner_up", "uncertain", "sample_match", "sample_rejected")
+STRATA = ("conflict", "runner_up", "uncertain", "sample_match", "sample_rejected", "sample_rest")
+SAMPLES = ("sample_match", "sample_rejected", "sample_rest")
 KEY = ["region_a", "sku_a", "region_b", "sku_b"]
 QUEUE_COLUMNS = [
     *KEY,
@@ -130,13 +132,14 @@ def build_queue(
     parts = {
         "sample_match": sample_of(accepted),
         "sample_rejected": sample_of(rejected),
+        "sample_rest": sample_of(~accepted & ~rejected),
         "conflict": p[(p["decision"] == "conflict") | (accepted & p["ambiguous"])].head(conflicts),
         "runner_up": _runner_up(p, margin).head(runner_up),
         "uncertain": _uncertain(p, threshold, uncertain * 4),
     }
     skip = {tuple(k) for k in decided} | {tuple(k) for k in held}
     seen: set[tuple[str, str, str, str]] = set()
-    for stratum in ("sample_match", "sample_rejected"):
+    for stratum in SAMPLES:
         seen |= set(parts[stratum][KEY].itertuples(index=False, name=None))
     frames = []
     for stratum in STRATA:
@@ -151,7 +154,11 @@ def build_queue(
                 part = part.head(uncertain)
         frames.append(part.assign(stratum=stratum))
     queue = pd.concat(frames, ignore_index=True)
-    sizes = {"sample_match": int(accepted.sum()), "sample_rejected": int(rejected.sum())}
+    sizes = {
+        "sample_match": int(accepted.sum()),
+        "sample_rejected": int(rejected.sum()),
+        "sample_rest": int((~accepted & ~rejected).sum()),
+    }
     queue["stratum_size"] = [sizes.get(s) for s in queue["stratum"]]
     for col in ("rival_sku", "rival_score"):
         if col not in queue:
