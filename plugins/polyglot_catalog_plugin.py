@@ -18,6 +18,8 @@ from polyglot_catalog.provider.views import URL_PREFIX, create_app
 # The UI's <base href> is the API server's base_url, so a relative href keeps the entry working
 # behind a reverse proxy that serves Airflow under a sub-path.
 REPORTS_NAV_HREF = URL_PREFIX.lstrip("/") + "/"
+#: The Review page (docs/REVIEW.md), served by the same app.
+REVIEW_NAV_HREF = REPORTS_NAV_HREF + "review/"
 
 
 class PolyglotCatalogPlugin(AirflowPlugin):
@@ -39,5 +41,12 @@ class PolyglotCatalogPlugin(AirflowPlugin):
             "destination": "nav",
             "category": "browse",
             "url_route": "polyglot-reports",
-        }
+        },
+        {
+            "name": "Review matches",
+            "href": REVIEW_NAV_HREF,
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "polyglot-review",
+        },
     ]

@@ -140,6 +140,7 @@ def test_match_passes_the_candidate_path_and_search_beam(capsys, tmp_path):
     with (
         mock.patch("polyglot_catalog.cli._client"),
         mock.patch("polyglot_catalog.cli._store"),
+        mock.patch("polyglot_catalog.cli._reviewed", return_value=None),
         mock.patch("polyglot_catalog.matching.pipeline.match_catalog") as match,
         mock.patch("polyglot_catalog.reports.write_reports", return_value=tmp_path / "o"),
         mock.patch(

@@ -30,6 +30,13 @@ from polyglot_catalog.provider.operators import (
 OPERATORS = [EmbedCatalogOperator, ReconcileCatalogOperator, MatchCatalogOperator]
 
 
+@pytest.fixture(autouse=True)
+def no_review_decisions():
+    """The match tests mock the store; reviewed decisions are read from it (docs/REVIEW.md)."""
+    with mock.patch("polyglot_catalog.review.reviewed_decisions", return_value=None) as reviewed:
+        yield reviewed
+
+
 def _embed_op(**kwargs) -> EmbedCatalogOperator:
     return EmbedCatalogOperator(task_id="embed", source="/data/DE.parquet", **kwargs)
 
@@ -485,6 +492,21 @@ def _result() -> MatchResult:
         "metrics": {"overall": {"precision": 1.0, "recall": 0.5, "f1": 0.667}, "pr_curve": [[0, 1]] * 500},
     }
     return MatchResult(pairs=pairs, groups=groups, unmatched=unmatched, summary=summary)
+
+
+def test_match_execute_passes_the_collections_reviewed_decisions(tmp_path, no_review_decisions):
+    decisions = pd.DataFrame({"region_a": ["DE"], "sku_a": ["d1"], "region_b": ["US"], "sku_b": ["u1"]})
+    no_review_decisions.return_value = decisions
+    op = _match_op(regions="DE,US", reports_root=str(tmp_path), out_name="")
+    op.hook = mock.Mock(spec=PolyglotQdrantHook)
+    with (
+        mock.patch("polyglot_catalog.store.CatalogStore") as store_cls,
+        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", return_value=_result()) as match,
+        mock.patch("polyglot_catalog.reports.write_reports", side_effect=lambda d, r, run_id: d),
+    ):
+        op.execute(context={"run_id": "manual__2025-01-01T00:00:00+00:00"})
+    no_review_decisions.assert_called_once_with(store_cls.return_value.client, "catalog")
+    assert match.call_args.kwargs["decisions"] is decisions
 
 
 def test_match_execute_delegates_and_writes_under_the_reports_root(tmp_path):

@@ -407,12 +407,16 @@ def test_a_forged_token_is_refused(anonymous: TestClient) -> None:
 def test_every_route_requires_authentication(anonymous: TestClient) -> None:
     paths = {route.path for route in anonymous.app.routes}  # type: ignore[attr-defined]
 
-    assert paths == {"/", "/runs/{name}/report.html", "/runs/{name}/{filename}"}, (
+    review = {"/review/", "/review/{collection}", "/review/{collection}/decide"}  # docs/REVIEW.md
+    assert paths == {"/", "/runs/{name}/report.html", "/runs/{name}/{filename}", *review}, (
         "no docs, no openapi, no unguarded extras"
     )
     for path in paths:
-        url = path.replace("{name}", LATEST).replace("{filename}", "pairs.parquet")
-        response = anonymous.get(url, headers={"accept": "application/json"})
+        url = (
+            path.replace("{name}", LATEST).replace("{filename}", "pairs.parquet").replace("{collection}", "c")
+        )
+        send = anonymous.post if path.endswith("/decide") else anonymous.get
+        response = send(url, headers={"accept": "application/json"})
         assert response.status_code == 401, path
 
 
@@ -475,7 +479,8 @@ def test_plugin_mounts_the_app_and_adds_a_nav_entry() -> None:
     (app,) = plugin.fastapi_apps
     assert isinstance(app["app"], FastAPI) and app["url_prefix"] == views.URL_PREFIX
     assert not any(app["url_prefix"].startswith(p) for p in RESERVED_URL_PREFIXES)
-    (view,) = plugin.external_views
+    view, review = plugin.external_views
+    assert review["href"] == "polyglot/review/" and review["name"] == "Review matches"
     parsed = ExternalViewResponse.model_validate(view)  # the shape the UI is served
     assert parsed.destination == "nav" and parsed.category == "browse" and parsed.url_route
     # Relative to the UI's <base href>, so it works under any [api] base_url.

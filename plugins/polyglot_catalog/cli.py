@@ -226,7 +226,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("build-model", help="build the bundled default model into the cache")
     _add_tune_parser(sub)
+    _add_review_parser(sub)
     return parser
+
+
+def _add_review_parser(sub: Any) -> None:
+    review = sub.add_parser("review", help="import or export reviewed pair decisions (docs/REVIEW.md)")
+    actions = review.add_subparsers(
+        dest="review_command", required=True, parser_class=_Parser, metavar="ACTION"
+    )
+    load = actions.add_parser("import", help="record decisions from a labels or pair-form file")
+    _add_store_args(load)
+    load.add_argument(
+        "file",
+        metavar="FILE",
+        help="Parquet/CSV: region, sku, group_id or region_a, sku_a, "
+        "region_b, sku_b, decision (match / no_match)",
+    )
+    load.add_argument("--reviewer", help="name recorded in the audit (default: $USER)")
+    save = actions.add_parser("export", help="write the reviewed decisions as a labels Parquet")
+    _add_store_args(save)
+    save.add_argument("--out", required=True, metavar="FILE", help="Parquet file to write")
+    save.add_argument(
+        "--form",
+        choices=("group", "pairs"),
+        default="group",
+        help="group: region, sku, group_id (what --labels accepts); pairs: every decision",
+    )
 
 
 def _positive_float(value: str) -> float:
@@ -422,6 +448,13 @@ def _run_id(given: str | None) -> str:
     return given or f"cli-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
+def _reviewed(client: Any, collection: str) -> Any:
+    """The collection's reviewed decisions for the next run (docs/REVIEW.md), None when there are none."""
+    from polyglot_catalog.review import reviewed_decisions
+
+    return reviewed_decisions(client, collection)
+
+
 def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
     from polyglot_catalog.matching.pipeline import match_catalog
     from polyglot_catalog.matching.state import commit_match_state
@@ -448,6 +481,7 @@ def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
             collection=args.collection,
             candidates=args.candidates,
             **({} if args.hnsw_ef is None else {"hnsw_ef": args.hnsw_ef}),
+            decisions=_reviewed(client, args.collection),
         )
         # the report is written under the state lock, before the state: a failed write changes nothing
         run_id = _run_id(args.run_id)
@@ -474,6 +508,30 @@ def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
         "unmatched": len(result.unmatched),
         "metrics": metrics,
     }
+
+
+def _cmd_review(args: argparse.Namespace) -> dict[str, Any]:
+    from polyglot_catalog.review import ReviewStore
+    from polyglot_catalog.review.io import read_decisions, write_decisions
+
+    decisions = read_decisions(args.file) if args.review_command == "import" else None
+    client = _client(args, must_exist=True)
+    try:
+        if not client.collection_exists(args.collection):
+            raise UserError(f"collection {args.collection!r} does not exist")
+        review = ReviewStore(client, args.collection)
+        if decisions is not None:
+            from polyglot_catalog.review.apply import current_hashes
+
+            decisions = current_hashes(client, args.collection, decisions)
+            reviewer = args.reviewer or os.environ.get("USER") or "cli"
+            changed = review.import_decisions(decisions, reviewer)
+            return {"collection": args.collection, "decisions": len(decisions), "changed": changed}
+        frame = review.decisions()
+        out = write_decisions(frame, args.out, form=args.form)
+        return {"collection": args.collection, "decisions": len(frame), "out": str(out), "form": args.form}
+    finally:
+        client.close()
 
 
 def _cmd_lookup(args: argparse.Namespace) -> dict[str, Any]:
@@ -538,6 +596,7 @@ COMMANDS = {
     "stats": _cmd_stats,
     "build-model": _cmd_build_model,
     "tune": _cmd_tune,
+    "review": _cmd_review,
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ..review.apply import ReviewedPairs
 from ..sentences import SentenceCache, SentenceVectors
 from .alignment import center_sentences, row_idf, sentence_alignment, sentence_idf
 from .assign import AssignMethod
@@ -196,6 +197,7 @@ def match_catalog(
     sentences: Mapping[str, SentenceVectors] | Literal["auto"] | None = "auto",
     model_fingerprint: str | None = None,
     rerank: Callable[[str, str, Sequence[str], Sequence[str]], np.ndarray] | None = None,
+    decisions: pd.DataFrame | None = None,
 ) -> MatchResult:
     """Find the same product across regions.
 
@@ -240,6 +242,10 @@ def match_catalog(
             candidate pair among either product's top ``RERANK_TOP`` by cosine, e.g. a cross-encoder
             re-ranker, :class:`..tuning.rerank.CachedReranker`):
             its score becomes the ``rerank`` feature and joins the self-training seed.
+        decisions (pd.DataFrame | None): reviewed pairs ``region_a, sku_a, region_b, sku_b,
+            decision`` (``match`` / ``no_match``; optional ``hash_a, hash_b`` so a decision lapses
+            when a text changes): must-links and cannot-links, and labels for the scorer and the
+            label-free threshold (docs/REVIEW.md). Defaults to None.
 
     Returns:
         MatchResult: pairs, groups, unmatched and a JSON-safe summary (see :mod:`.result`).
@@ -271,6 +277,7 @@ def match_catalog(
         "members_cap": MEMBERS_CAP,
         "min_self_training": MIN_SELF_TRAINING,
         "threshold_floor": THRESHOLD_FLOOR,
+        "decisions": None if decisions is None else len(decisions),
     }
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
@@ -314,6 +321,7 @@ def match_catalog(
     raw_vectors = {r: t.vectors for r, t in data.items()} if center and query_store is not None else None
     if center:
         data = {r: center_region(t) for r, t in data.items()}
+    reviewed = ReviewedPairs.of(decisions, data) if decisions is not None else None
     timings["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -344,6 +352,8 @@ def match_catalog(
             block_rows=block_rows,
             block_cols=block_cols,
         )
+        if reviewed is not None:
+            ia, ib = reviewed.with_must_links(ra, rb, ia, ib)
         t2 = time.perf_counter()
         for r in (ra, rb):
             if r not in ngrams:
@@ -379,6 +389,7 @@ def match_catalog(
                 "explain": explain,
                 "sa": np.asarray(a.skus, dtype=object)[ia],
                 "sb": np.asarray(b.skus, dtype=object)[ib],
+                "reviewed": None if reviewed is None else reviewed.targets(ra, rb, ia, ib),
             }
         )
     timings["candidates"], timings["features"] = t_cand, t_feat
@@ -449,6 +460,11 @@ def match_catalog(
             if match_share is not None
             else f"default 0.5 (fewer than {MIN_SELF_TRAINING} reciprocal-best pairs to self-train on)"
         )
+    if reviewed is not None:
+        if threshold_method == "prior-shift EM":
+            threshold = reviewed.threshold(blocks, threshold)
+            threshold_method += " + reviewed pairs"
+        reviewed.force(blocks)
     for blk in blocks:
         accepted = link_pairs(blk["ia"], blk["ib"], blk["score"], threshold, method)
         ts_a, ts_b = text_sets[blk["ra"]], text_sets[blk["rb"]]
@@ -523,6 +539,8 @@ def match_catalog(
         pairs["correct"] = pair_verdicts(pairs, judges)  # right / wrong / <NA> (unlabelled), per pair
     if labels_note:
         summary["labels_note"] = labels_note
+    if reviewed is not None:
+        summary["review"] = reviewed.summary(blocks)
     return MatchResult(
         pairs=pairs, groups=groups, unmatched=unmatched, summary=summary, duplicates=duplicates
     )
@@ -704,7 +722,7 @@ def _fit_and_score(
         known, y = zip(
             *(_labelled_targets(lab, b["ra"], b["rb"], b["sa"], b["sb"]) for b in blocks), strict=True
         )
-        known_all, y_all = np.concatenate(known), np.concatenate(y)
+        known_all, y_all = _with_reviewed(blocks, np.concatenate(known), np.concatenate(y))
         if y_all[known_all].any() and not y_all[known_all].all():
             scorer.fit(rows(known_all), y_all[known_all], source="labels")
             fitted = True
@@ -725,6 +743,12 @@ def _fit_and_score(
                 )
             )
         targets = self_training_targets(seed_score, np.concatenate(ia_all), np.concatenate(ib_all))
+        if targets is not None:
+            keep, y_keep = targets
+            y_full = np.zeros(len(keep), dtype=int)
+            y_full[keep] = y_keep
+            keep, y_full = _with_reviewed(blocks, keep, y_full)
+            targets = (keep, y_full[keep])
         if targets is None:
             scorer.default()
         else:
@@ -732,6 +756,24 @@ def _fit_and_score(
     for blk in blocks:
         blk["score"] = scorer.predict(blk["feats"]) if len(blk["feats"]) else np.zeros(0)
     return scorer
+
+
+def _with_reviewed(
+    blocks: list[dict[str, Any]], known: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit targets with the reviewed pairs added; a reviewer's verdict wins over the label-free
+    prior's (self-training) or a labels file's target for the same pair."""
+    reviewed = [blk.get("reviewed") for blk in blocks]
+    if all(t is None for t in reviewed):
+        return known, y
+    t = np.concatenate(
+        [
+            np.full(len(b["ia"]), -1, np.int8) if r is None else r
+            for b, r in zip(blocks, reviewed, strict=True)
+        ]
+    )
+    y = np.where(t >= 0, t, y).astype(y.dtype)
+    return known | (t >= 0), y
 
 
 def _pairs_table(

@@ -704,6 +704,7 @@ class MatchCatalogOperator(BaseOperator):
         if hnsw_ef is not None:
             extra["hnsw_ef"] = hnsw_ef
         from polyglot_catalog.errors import describe_endpoint
+        from polyglot_catalog.review import reviewed_decisions
         from polyglot_catalog.store import single_region_warning
 
         store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(pinned_name(model)))
@@ -713,6 +714,9 @@ class MatchCatalogOperator(BaseOperator):
                 warning = single_region_warning(str(self.collection), regions or store.regions())
                 if warning:
                     self.log.warning(warning)
+                decisions = reviewed_decisions(store.client, str(self.collection))  # docs/REVIEW.md
+                if decisions is not None:
+                    extra["decisions"] = decisions
                 result = match_catalog(
                     store,
                     regions=regions,

@@ -397,11 +397,15 @@ def render_runs_page(root: Path, runs: list[RunSummary], total: int) -> str:
 # app
 
 
-def create_app(reports_root: Path | Callable[[], Path] | None = None) -> FastAPI:
+def create_app(
+    reports_root: Path | Callable[[], Path] | None = None, review_client: Callable[[], Any] | None = None
+) -> FastAPI:
     """Build the report app.
 
     :param reports_root: folder with one sub-folder per run, or a callable returning it (read per
         request). Defaults to :func:`default_reports_root`.
+    :param review_client: returns the Qdrant client holding the review decisions (the Review page,
+        ``review_views``). Defaults to the client of the match DAG's Qdrant connection.
     """
     root_of: Callable[[], Path]
     if reports_root is None:
@@ -452,4 +456,7 @@ def create_app(reports_root: Path | Callable[[], Path] | None = None) -> FastAPI
         path = resolve_run_file(root_of(), name, filename)
         return FileResponse(path, media_type=media_type, filename=f"{name}-{filename}")
 
+    from .review_views import add_review_routes, default_client
+
+    add_review_routes(app, root_of, review_client or default_client)
     return app

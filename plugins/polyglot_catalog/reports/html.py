@@ -790,6 +790,7 @@ def build_context(
         if isinstance(summary.get("reproducibility"), Mapping)
         else [],
         "labels_note": _as_text(summary.get("labels_note")),
+        "review": summary.get("review"),
         # Fixed names the writer uses (no data in hrefs); duplicates.parquet only where the run has it.
         "data_files": [
             "pairs.parquet",
