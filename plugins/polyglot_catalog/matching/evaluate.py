@@ -345,6 +345,7 @@ def apply_group_rule(
     score = pairs["score"].to_numpy(np.float64)
     cols = [pairs[c].astype(str).to_numpy(object) for c in ("region_a", "sku_a", "region_b", "sku_b")]
     blocks = pairs.groupby(["region_a", "region_b"], sort=False, observed=True).indices
+    block_codes = [(_codes(pairs["sku_a"].iloc[r]), _codes(pairs["sku_b"].iloc[r])) for r in blocks.values()]
     for round_no in range(REFILL_ROUNDS + 1):
         idx = np.flatnonzero(accepted)
         edges = list(zip(*(c[idx] for c in cols), score[idx], strict=True))
@@ -355,20 +356,17 @@ def apply_group_rule(
         if not len(lost) or round_no == REFILL_ROUNDS:
             break
         added = False
-        for rows in blocks.values():
-            held_a = set(cols[1][rows[accepted[rows]]])
-            held_b = set(cols[3][rows[accepted[rows]]])
-            offer = rows[
-                (score[rows] >= threshold)
-                & ~accepted[rows]
-                & ~refused[rows]
-                & ~np.isin(cols[1][rows], list(held_a))
-                & ~np.isin(cols[3][rows], list(held_b))
-            ]
-            if not len(offer):
+        for rows, (code_a, code_b) in zip(blocks.values(), block_codes, strict=True):
+            held_a = np.zeros(code_a.max(initial=-1) + 1, dtype=bool)
+            held_b = np.zeros(code_b.max(initial=-1) + 1, dtype=bool)
+            held_a[code_a[accepted[rows]]] = True
+            held_b[code_b[accepted[rows]]] = True
+            free = (score[rows] >= threshold) & ~accepted[rows] & ~refused[rows]
+            free &= ~held_a[code_a] & ~held_b[code_b]
+            if not free.any():
                 continue
-            sub = pairs.iloc[offer]
-            take = link_pairs(_codes(sub["sku_a"]), _codes(sub["sku_b"]), score[offer], threshold, method)
+            offer = rows[free]
+            take = link_pairs(code_a[free], code_b[free], score[offer], threshold, method)
             accepted[offer[take]] = True
             added = added or bool(take.any())
         if not added:
