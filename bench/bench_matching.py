@@ -223,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sentences",
         choices=["late", "separate"],
-        default="late",
-        help="sentence vectors of `ours`: pooled from each description's own forward pass (late, the "
-        "embed stage's) or each sentence encoded on its own (separate, before #23); the other is "
-        "printed beside it",
+        default="separate",
+        help="sentence vectors of `ours`: each sentence encoded on its own (separate, the embed stage's "
+        "default) or pooled from each description's own forward pass (late, embed_catalog("
+        "sentence_vectors='late')); the other is printed beside it",
     )
     ap.add_argument(
         "--mixed-fp32",
@@ -365,9 +365,10 @@ def main(argv: list[str] | None = None) -> int:
             "so `@auto links` vs `@best` is the threshold's cost, and `@auto` vs `@auto links` the "
             "grouping's gain. `no-sentences` = the same matcher without sentence vectors (the "
             "`sentences` alignment feature off), run in the same process on the same embeddings. "
-            f"Sentence vectors of `ours`: {args.sentences} (late = pooled from the token spans of each "
-            "description's own forward pass, the embed stage's; separate = each distinct sentence "
-            "encoded again as a text of its own); the other path is the column beside. "
+            f"Sentence vectors of `ours`: {args.sentences} (separate = each distinct sentence encoded "
+            "as a text of its own, the embed stage's default; late = pooled from the token spans of "
+            "each description's own forward pass, its `sentence_vectors='late'` option); the other "
+            "path is the column beside. "
             "`half fp32` = every second product of each region embedded in fp32, the rest at this "
             "run's precision (a collection filled by runs with different precision settings). "
             "`label-fitted` = the same features with the scorer fitted on the very labels it is scored "
