@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from polyglot_catalog.matching.candidates import exact_topk
-from polyglot_catalog.tuning.train import PRECISIONS, encode
+from polyglot_catalog.tuning.train import PRECISIONS, _resolve_device, encode
 
 log = logging.getLogger(__name__)
 DEFAULT_RERANK_NAME = "catalog-reranker"
@@ -164,21 +164,6 @@ def validation_samples(
     ]
 
 
-def _resolve(config: RerankConfig) -> tuple[str, str]:
-    import torch
-
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if config.precision:
-        precision = config.precision
-    elif device.startswith("cuda"):
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    else:
-        precision = "fp32"
-    if precision == "fp16" and not device.startswith("cuda"):
-        raise ValueError("precision 'fp16' needs a CUDA device; use bf16 or fp32 on CPU")
-    return device, precision
-
-
 def load_cross_encoder(
     source: str | Path, *, max_length: int | None = None, device: str | None = None
 ) -> Any:
@@ -213,7 +198,7 @@ def train_reranker(
 
     if train_pairs.empty:
         raise ValueError("no training pairs for the re-ranker")
-    device, precision = _resolve(config)
+    device, precision = _resolve_device(config)
     t0 = time.monotonic()
     examples = training_examples(encoder, train_pairs, pool, config.negatives, config.seed)
     samples = validation_samples(encoder, val_pairs, pool, config.candidates, config.seed)

@@ -181,7 +181,9 @@ def validation_evaluator(val_pairs: pd.DataFrame, pool: pd.DataFrame, distractor
     return _evaluator_class()(val_pairs, corpus)
 
 
-def _resolve_device(config: TuneConfig) -> tuple[str, str]:
+def _resolve_device(config: TuneConfig | Any) -> tuple[str, str]:
+    """``(device, precision)`` of a training config (the encoder's or the re-ranker's): CUDA when
+    present, bf16 on CUDA where supported (else fp16), fp32 on CPU; fp16 on CPU is refused."""
     import torch
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
