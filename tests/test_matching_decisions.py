@@ -308,9 +308,17 @@ def test_products_freed_by_the_group_rule_are_offered_their_next_twin() -> None:
     )
     first = assigned_at(pairs, 0.5)
     assert first.tolist() == [True, True, False, True]  # a2-c1 lost the one-to-one to a1-c1
-    accepted, refused = apply_group_rule(pairs, first, 0.5)
+    accepted, refused, groups = apply_group_rule(pairs, first, 0.5)
     assert refused.tolist() == [False, True, False, False]
     assert accepted.tolist() == [True, False, True, True]
+    assert sorted(map(tuple, groups[["region", "sku"]].to_numpy())) == [
+        ("A", "a1"),
+        ("A", "a2"),
+        ("B", "b1"),
+        ("C", "c1"),
+        ("C", "c2"),
+    ]
+    assert groups.groupby("group_id").size().sort_values().tolist() == [2, 3]
     below = pairs.assign(score=[0.90, 0.90, 0.40, 0.95])  # the runner-up must still clear the cut
-    accepted, _ = apply_group_rule(below, assigned_at(below, 0.5), 0.5)
+    accepted, _, _ = apply_group_rule(below, assigned_at(below, 0.5), 0.5)
     assert accepted.tolist() == [True, False, False, True]

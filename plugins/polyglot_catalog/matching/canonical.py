@@ -103,6 +103,10 @@ class TextSets:
     def __len__(self) -> int:
         return len(self.rep)
 
+    def shared(self) -> np.ndarray:
+        """Per row: does another row have the same text (a duplicate listing)?"""
+        return np.bincount(self.inverse, minlength=len(self.rep))[self.inverse] > 1
+
     def members(self, cap: int) -> tuple[np.ndarray, np.ndarray]:
         """CSR of each text's rows, ascending, at most ``cap`` per text: ``(ptr, rows)``."""
         order = np.argsort(self.inverse, kind="stable")  # rows grouped by text, ascending within
@@ -173,8 +177,7 @@ def prefer_lower_rows(
     accepted = np.asarray(accepted, dtype=bool).copy()
     for side in ("a", "b"):
         own, other, sets = (ia, ib, text_a) if side == "a" else (ib, ia, text_b)
-        shared = np.bincount(sets.inverse, minlength=len(sets))[sets.inverse[own]] > 1
-        hit = np.flatnonzero(accepted & shared)
+        hit = np.flatnonzero(accepted & sets.shared()[own])
         if len(hit) == 0:
             continue
         by_text: dict[int, list[int]] = {}

@@ -310,7 +310,7 @@ def decided_at(
     Why both: the run's ``decision`` column goes through both steps, so a sweep that stopped after the
     first would count links the run refused, and its F1 could differ from the run's at the same cut.
     """
-    accepted, _ = apply_group_rule(
+    accepted, _, _ = apply_group_rule(
         pairs, assigned_at(pairs, threshold, method), threshold, method, allow_same_region=allow_same_region
     )
     return accepted
@@ -327,21 +327,22 @@ def apply_group_rule(
     method: str = "hungarian",
     *,
     allow_same_region: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(accepted, refused)`` after the group rule: a link that would put two SKUs of one region in a
-    group is refused (strongest links first), and the products a refusal freed are offered to the
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """``(accepted, refused, groups)`` after the group rule: a link that would put two SKUs of one
+    region in a group is refused (strongest links first), and the products a refusal freed are offered to the
     one-to-one rule again, among the pairs over the threshold whose two products are both free in
     that region pair (up to :data:`REFILL_ROUNDS` rounds; a refused pair is never offered again).
 
     Why: without the second offer a product whose link was refused stays unmatched even when its
     runner-up twin is free and clears the threshold (about 1 in 100 true pairs on the dev catalog).
+    ``groups`` is :func:`.groups.build_groups`' table of the final accepted links.
     """
     from .groups import build_groups
 
     accepted = np.asarray(accepted, dtype=bool).copy()
     refused = np.zeros(len(pairs), dtype=bool)
     if not len(pairs):
-        return accepted, refused
+        return accepted, refused, build_groups([], allow_same_region=allow_same_region)[0]
     score = pairs["score"].to_numpy(np.float64)
     cols = [pairs[c].astype(str).to_numpy(object) for c in ("region_a", "sku_a", "region_b", "sku_b")]
     blocks = pairs.groupby(["region_a", "region_b"], sort=False, observed=True).indices
@@ -349,7 +350,7 @@ def apply_group_rule(
     for round_no in range(REFILL_ROUNDS + 1):
         idx = np.flatnonzero(accepted)
         edges = list(zip(*(c[idx] for c in cols), score[idx], strict=True))
-        _, kept = build_groups(edges, allow_same_region=allow_same_region)
+        groups, kept = build_groups(edges, allow_same_region=allow_same_region)
         lost = idx[~np.asarray(kept, dtype=bool)]
         accepted[lost] = False
         refused[lost] = True
@@ -371,7 +372,7 @@ def apply_group_rule(
             added = added or bool(take.any())
         if not added:
             break
-    return accepted, refused
+    return accepted, refused, groups  # the last round's groups: every loop exit follows a build
 
 
 def _per_pair(pairs: pd.DataFrame, judges: Mapping[str, PairJudge], ask: str) -> np.ndarray:

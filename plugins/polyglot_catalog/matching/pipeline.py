@@ -53,7 +53,6 @@ from .evaluate import (
     threshold_sweep,
 )
 from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
-from .groups import build_groups
 from .lexical import NgramCounts, ngram_counts
 from .provenance import reproducibility_record
 from .result import DECISIONS, DUPLICATE_COLUMNS, MatchResult
@@ -478,14 +477,11 @@ def match_catalog(
         for key in ("feats", "explain", "sa", "sb"):
             blk.pop(key, None)
     first = (pairs["decision"] == "match").to_numpy()
-    accepted, refused = apply_group_rule(pairs, first, threshold, method, allow_same_region=allow_same_region)
+    accepted, refused, groups = apply_group_rule(
+        pairs, first, threshold, method, allow_same_region=allow_same_region
+    )
     pairs.loc[accepted & ~first, "decision"] = "match"  # freed products matched again
     pairs.loc[refused, "decision"] = "conflict"
-    acc = pairs[accepted]
-    groups, _ = build_groups(
-        list(zip(acc["region_a"], acc["sku_a"], acc["region_b"], acc["sku_b"], acc["score"], strict=True)),
-        allow_same_region=allow_same_region,
-    )
     unmatched = _unmatched(pairs, data, pid_a, pid_b, threshold)
     duplicates = _duplicates(data, text_sets)
     del pid_a, pid_b
@@ -571,7 +567,7 @@ def _duplicates(data: CatalogData, text_sets: Mapping[str, TextSets]) -> pd.Data
     rows = []
     for r in sorted(data):
         t, sets = data[r], text_sets[r]
-        shared = np.bincount(sets.inverse, minlength=len(sets))[sets.inverse] > 1
+        shared = sets.shared()
         rows += [
             (r, t.skus[sets.rep[sets.inverse[i]]], t.skus[i], t.texts[i]) for i in np.flatnonzero(shared)
         ]
