@@ -101,10 +101,7 @@ def tune_pairs(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra_meta or {}),
     }
-    folder = save_version(st_model, Path(out).expanduser(), name, meta)
-    saved = read_meta(folder) or {}
-    pinned = register_tuned(name, saved["version"], folder) if register else saved["model"]
-    log.info("tune: wrote %s (%s), content hash %s", folder, pinned, saved["content_hash"][:12])
+    folder, saved, pinned = _publish(st_model, out, name, meta, register, "tune")
     return {
         "model": pinned,
         "model_dir": str(folder),
@@ -219,10 +216,7 @@ def tune_reranker(
         "val_after": outcome.val_after,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    folder = save_version(model, Path(out).expanduser(), name, meta)
-    saved = read_meta(folder) or {}
-    pinned = register_tuned(name, saved["version"], folder) if register else saved["model"]
-    log.info("rerank: wrote %s (%s)", folder, pinned)
+    folder, saved, pinned = _publish(model, out, name, meta, register, "rerank")
     return {
         "model": pinned,
         "model_dir": str(folder),
@@ -234,3 +228,15 @@ def tune_reranker(
         "val_before": outcome.val_before,
         "val_after": outcome.val_after,
     }
+
+
+def _publish(
+    model: Any, out: str | Path, name: str, meta: dict[str, Any], register: bool, what: str
+) -> tuple[Path, dict[str, Any], str]:
+    """Save ``model`` as the next version under ``out/name``, register it (unless told not to) and
+    log it: ``(folder, saved metadata, pinned name)``; the encoder and the re-ranker share this."""
+    folder = save_version(model, Path(out).expanduser(), name, meta)
+    saved = read_meta(folder) or {}
+    pinned = register_tuned(name, saved["version"], folder) if register else saved["model"]
+    log.info("%s: wrote %s (%s), content hash %s", what, folder, pinned, saved["content_hash"][:12])
+    return folder, saved, pinned
