@@ -583,20 +583,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """``airflow db migrate`` in a throwaway home, then an api-server on a free loopback port."""
-    home = tmp_path_factory.mktemp("airflow-home")
-    reports_root = home / "data" / "reports"
-    port = _free_port()
-    password = secrets.token_urlsafe(12)
-    passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({USER: password}), encoding="utf-8")
-    server = LiveServer(f"http://127.0.0.1:{port}", reports_root, password, home / "api-server.log")
-    make_reports_root(reports_root, port=port)
-
-    env = _server_env(home, reports_root, passwords, port)
-    server.env = env
+@contextlib.contextmanager
+def running_api_server(server: LiveServer, env: dict[str, str], port: int) -> Iterator[LiveServer]:
+    """``airflow db migrate`` with ``env``, then an api-server on ``port`` until the block ends
+    (failing the test, with the server's log, when it exits or is not healthy within 180 s)."""
     airflow = str(Path(sys.executable).parent / "airflow")
     migrate = subprocess.run(
         [airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300, check=False
@@ -626,6 +616,23 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         yield server
     finally:
         _stop(server.proc)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """``airflow db migrate`` in a throwaway home, then an api-server on a free loopback port."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    reports_root = home / "data" / "reports"
+    port = _free_port()
+    password = secrets.token_urlsafe(12)
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps({USER: password}), encoding="utf-8")
+    server = LiveServer(f"http://127.0.0.1:{port}", reports_root, password, home / "api-server.log")
+    make_reports_root(reports_root, port=port)
+
+    server.env = _server_env(home, reports_root, passwords, port)
+    with running_api_server(server, server.env, port):
+        yield server
 
 
 @pytest.mark.slow

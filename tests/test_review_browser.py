@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +20,8 @@ from test_plugin_view import (
     LiveServer,
     _free_port,
     _server_env,
-    _stop,
     chromium_page,
+    running_api_server,
 )
 from test_review_page import make_run
 
@@ -55,31 +52,8 @@ def review_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
     env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = "editor:user,auditor:viewer"
     env["POLYGLOT_DATA_DIR"] = str(home / "data")  # the embedded Qdrant holding the decisions
     server.env = {**env, "AUDITOR_PASSWORD": passwords["auditor"]}
-    airflow = str(Path(sys.executable).parent / "airflow")
-    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
-    with open(server.log_path, "wb") as log:
-        server.proc = subprocess.Popen(
-            [airflow, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.proc.poll() is None, server.log_tail()
-            try:
-                if server.request("/api/v2/monitor/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, server.log_tail()
-            time.sleep(0.5)
+    with running_api_server(server, env, port):
         yield server
-    finally:
-        _stop(server.proc)
 
 
 def _log_in(browser: Chromium, server: LiveServer, user: str, password: str, path: str) -> None:
