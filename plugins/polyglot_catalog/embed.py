@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from polyglot_catalog.ids import content_hash, point_id
+from polyglot_catalog.matching.state import STATE_FIELDS
 from polyglot_catalog.models.identity import check_model, record_model
 from polyglot_catalog.quarantine import QuarantineWriter
 from polyglot_catalog.reading import (
@@ -72,6 +73,11 @@ DUPLICATE_REASON = "duplicate (region, sku)"
 #: Payload field naming the sentence cache that holds a point's sentences (see :class:`_EmbedRun`).
 SENTENCE_FIELD = "sentence_cache"
 _BUDGET = "\x1ftokens="  # joins the template and the token budget in the content hash
+#: Payload a re-embedded point keeps from its stored version: the match state (group id, twins) and
+#: every ``match_*`` key a match run writes, so a changed description does not erase its group until
+#: the next match run (docs/MATCH_STATE.md). Absent fields stay absent.
+CARRIED_FIELDS = STATE_FIELDS
+CARRIED_PREFIX = "match_"
 
 
 class StoreUnavailableError(UpsertError):
@@ -351,7 +357,7 @@ class _EmbedRun:
         regions, skus = batch.column("region").to_pylist(), batch.column("sku").to_pylist()
         ids = [point_id(r, s) for r, s in zip(regions, skus, strict=True)]
         hashes = [content_hash(self.model_key, spec, t) for t in full]
-        changed, stale, lacking = self._diff(ids, hashes)
+        changed, stale, lacking, stored = self._diff(ids, hashes)
         if stale:
             self.call("reactivation", "upsert", lambda: self.store.set_payload(stale, {"status": ACTIVE}))
             self.counts["reactivated"] += len(stale)
@@ -380,8 +386,10 @@ class _EmbedRun:
         self.counts["encoded_texts"] += n_encoded
         texts = [text_of[i] for i in changed]
         rows = batch.take(pa.array(changed, pa.int64())).to_pylist()
+        kept = self._carried([ids[i] for i in changed if stored is None or ids[i] in stored])
         payloads = [
-            self._payload(row, texts[j], hashes[i], part.source)
+            # a source column of the same name wins: the row is newer than what the point carried
+            {**kept.get(ids[i], {}), **self._payload(row, texts[j], hashes[i], part.source)}
             for j, (i, row) in enumerate(zip(changed, rows, strict=True))
         ]
         out = np.stack([vector_of[i] for i in changed])
@@ -438,11 +446,14 @@ class _EmbedRun:
             self.counts["encoded_sentences"] += made
         return vectors[fan_out], len(unique)
 
-    def _diff(self, ids: list[str], hashes: list[str]) -> tuple[list[int], list[str], list[int]]:
-        """Rows needing a new vector, unchanged points that were flagged stale and are back, and
-        unchanged rows whose sentences this run's cache does not hold (a cache dropped or begun later)."""
+    def _diff(
+        self, ids: list[str], hashes: list[str]
+    ) -> tuple[list[int], list[str], list[int], set[str] | None]:
+        """Rows needing a new vector, unchanged points that were flagged stale and are back,
+        unchanged rows whose sentences this run's cache does not hold (a cache dropped or begun later),
+        and the ids already stored (None with ``full_refresh``, which looks nothing up)."""
         if self.full_refresh:
-            return list(range(len(ids))), [], []
+            return list(range(len(ids))), [], [], None
         fields = ["content_hash", "status", SENTENCE_FIELD]
         stored = self.call(
             "lookup of stored hashes", "lookup", lambda: self.store.fetch_payloads(ids, fields)
@@ -458,7 +469,24 @@ class _EmbedRun:
                 stale.append(pid)
             if cache_name is not None and (self.refill_sentences or old.get(SENTENCE_FIELD) != cache_name):
                 lacking.append(i)
-        return changed, stale, lacking
+        return changed, stale, lacking, set(stored)
+
+    def _carried(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The carried payload (:data:`CARRIED_FIELDS`, ``match_*``) of the stored points among ``ids``.
+
+        One retrieve of whole payloads, because Qdrant selects payload keys by name, not by prefix;
+        only rows being re-encoded come here, so an unchanged re-run does not pay for it.
+        """
+        if not ids:
+            return {}
+        stored = self.call("lookup of match state", "lookup", lambda: self.store._retrieve(ids, True, False))
+        out = {}
+        for record in stored:
+            payload = record.payload or {}
+            kept = {k: v for k, v in payload.items() if k in CARRIED_FIELDS or k.startswith(CARRIED_PREFIX)}
+            if kept:
+                out[str(record.id)] = kept
+        return out
 
     def _clip(self, value: Any) -> Any:
         """Cut an oversized carried string (counted as ``clipped``); see MAX_PAYLOAD_CHARS."""
