@@ -179,18 +179,19 @@ def test_list_shows_runs_newest_first_with_their_figures(client: TestClient, rep
     products = written_rows["groups"] + written_rows["unmatched"]
     matches = sum(c["matches"] for c in summary["counts"].values())
     candidates = sum(c["candidates"] for c in summary["counts"].values())
-    run, when, n_products, n_matches, threshold, _model, precision, recall, f1, link = _cells(rows[0])
+    cells = _cells(rows[0])
+    run, when, n_products, n_matches, changes, threshold, _model, precision, recall, f1, link = cells
     assert LATEST_RUN_ID in run and {"DE", "FR", "US"} <= set(run)
     assert when == ["2025-03-02", "02:10", "UTC"]
     assert n_products == [f"{products:,}"]
     assert n_matches == [f"{matches:,}", "of", f"{candidates:,}", "pairs"]
-    assert threshold == ["0.740"]
+    assert threshold == ["0.740"] and changes == ["–"]  # written without match state
     assert (precision, recall, f1) == (["0.910"], ["0.860"], ["0.884"])
     assert link[:2] == ["Report", "→"]
     assert f'href="runs/{LATEST}/report.html"' in rows[0]
 
     # An unlabelled run has no quality figures: dashes, not zeros.
-    assert _cells(rows[1])[6:9] == [["–"], ["–"], ["–"]]
+    assert _cells(rows[1])[7:10] == [["–"], ["–"], ["–"]]
     assert "summary.json unreadable" in rows[4]
 
 
@@ -243,7 +244,7 @@ def test_hostile_summary_values_and_names_are_escaped(client: TestClient) -> Non
     tags = parse_tags(page)
     assert {tag for tag, _ in tags} <= {
         "html", "head", "meta", "link", "title", "style", "body", "main", "h1", "p", "code", "div",
-        "table", "thead", "tbody", "tr", "th", "td", "a", "span",
+        "table", "thead", "tbody", "tr", "th", "td", "a", "span", "form", "label", "input", "button",
     }  # fmt: skip
     assert not [(tag, key) for tag, attrs in tags for key in attrs if key.startswith("on")]
     assert "<script" not in page.lower() and "<svg" not in page.lower() and "<img" not in page.lower()
@@ -283,7 +284,10 @@ def test_report_is_served_with_a_strict_policy(client: TestClient, reports: Path
 def test_list_page_carries_the_same_headers(client: TestClient) -> None:
     headers = client.get("/").headers
 
-    assert headers["content-security-policy"] == views.CONTENT_SECURITY_POLICY
+    assert headers["content-security-policy"] == views.FORM_PAGE_POLICY  # its SKU search form is a GET here
+    assert views.FORM_PAGE_POLICY.replace("form-action 'self'", "form-action 'none'") == (
+        views.CONTENT_SECURITY_POLICY
+    )
     assert headers["x-content-type-options"] == "nosniff"
 
 
@@ -347,13 +351,152 @@ def test_the_list_links_each_runs_downloads(client: TestClient) -> None:
     row = next(r for r in _rows(client.get("/").text) if _run_name(r) == LATEST)
     links = re.findall(r'<a class="download" href="([^"]+)" download>', row)
     assert links == [
-        f"runs/{LATEST}/{f}" for f in ("pairs.parquet", "groups.parquet", "unmatched.parquet", "summary.json")
+        f"runs/{LATEST}/{f}"
+        for f in ("pairs.parquet", "groups.parquet", "unmatched.parquet", "changes.parquet", "summary.json")
     ]
 
 
 def test_dot_segments_are_normalised_before_they_reach_the_app(client: TestClient) -> None:
     # Clients collapse "/runs/../x" themselves; what arrives is another path, never a traversal.
     assert client.get("/runs/../../outside/report.html").status_code == 404
+
+
+# ---------------------------------------------------------------------------------------------
+# changes since the last run, and the SKU search (issue 22, docs/MATCH_STATE.md)
+
+HOSTILE_SKU = "<script>alert('sku')</script>"
+
+
+def _with_changes(root: Path) -> Path:
+    """A run that committed match state: change counts in the summary, rows in changes.parquet."""
+    result = make_result()
+    result.changes = pd.DataFrame(
+        [("US", HOSTILE_SKU, None, "g000007", "new_group"), ("DE", "D1", "g000001", None, "dissolved")],
+        columns=["region", "sku", "old_group", "new_group", "kind"],
+        dtype=object,
+    )
+    kinds = ("new_match", "broken_match", "moved", "new_group", "dissolved")
+    result.summary["changes"] = dict(zip(kinds, (0, 0, 0, 1, 1), strict=True))
+    result.summary["match_state"] = {"mode": "full", "previous_run": "<b>run-1</b>"}
+    folder = write_reports(root / "with-changes", result, run_id="run-2")
+    _set_written_at(folder, "2025-03-03T02:10:00+00:00")
+    return folder
+
+
+def test_list_shows_each_runs_changes_and_the_report_renders_them(client: TestClient, reports: Path) -> None:
+    _with_changes(reports)
+    page = client.get("/").text
+
+    row = _rows(page)[0]
+    assert _run_name(row) == "with-changes"
+    assert _cells(row)[4] == [
+        *("1", "in", "new", "groups", "1", "dissolved"),
+        *("full", "run,", "since", _escaped("<b>run-1</b>")),
+    ]
+    assert "<b>run-1</b>" not in page and _escaped("<b>run-1</b>") in page
+    assert 'href="runs/with-changes/changes.parquet"' in row
+
+    report = client.get("/runs/with-changes/report.html")
+    assert report.status_code == 200
+    section = report.text.split('<section id="changes">', 1)[1].split("</section>", 1)[0]
+    assert "2 products changed group since run" in section and _escaped("<b>run-1</b>") in section
+    assert _escaped(HOSTILE_SKU) in section and "<script" not in report.text.lower()
+
+
+@pytest.fixture
+def state_client(tmp_path: Path, auth_manager: Any) -> Iterator[TestClient]:
+    """The view over an edge store whose collection ``cat`` holds a committed match run."""
+    import numpy as np
+
+    from polyglot_catalog.ids import point_id
+    from polyglot_catalog.matching.result import MatchResult
+    from polyglot_catalog.matching.state import commit_match_state
+    from polyglot_catalog.store import CatalogStore, open_client
+
+    qdrant = open_client(path=str(tmp_path / "qdrant"), embedded="edge")
+    store = CatalogStore(qdrant, "cat", "m")
+    store.ensure_collection(2)
+    rows = [("DE", "d1"), ("FR", "f1"), ("US", HOSTILE_SKU), ("US", "u2")]
+    store.upsert(
+        [point_id(r, s) for r, s in rows],
+        np.eye(2, dtype=np.float32)[[0, 0, 0, 1]],
+        [{"region": r, "sku": s, "status": "active"} for r, s in rows],
+    )
+    pairs = pd.DataFrame(
+        [("DE", "d1", "US", HOSTILE_SKU, 0.93, "match"), ("DE", "d1", "FR", "f1", 0.88, "match")],
+        columns=["region_a", "sku_a", "region_b", "sku_b", "score", "decision"],
+    )
+    groups = pd.DataFrame(
+        [("g1", "DE", "d1"), ("g1", "FR", "f1"), ("g1", "US", HOSTILE_SKU)],
+        columns=["group_id", "region", "sku"],
+    )
+    summary = {"collection": "cat", "regions": ["DE", "FR", "US"]}
+    commit_match_state(store, MatchResult(pairs, groups, pd.DataFrame(), summary), "run-1")
+    app = views.create_app(tmp_path / "reports", review_client=lambda: qdrant)
+    app.dependency_overrides[views.require_report_reader] = lambda: None
+    with TestClient(app, follow_redirects=False) as test_client:
+        yield test_client
+    qdrant.close()
+
+
+def _lookup(client: TestClient, **query: str) -> Any:
+    return client.get("/lookup", params=query)
+
+
+def test_sku_search_shows_the_group_and_the_twin_in_every_region(state_client: TestClient) -> None:
+    response = _lookup(state_client, collection="cat", region="DE", sku="d1")
+
+    assert response.status_code == 200
+    assert response.headers["content-security-policy"] == views.FORM_PAGE_POLICY
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", response.text))
+    assert "Group g000001" in text and "run run-1" in text
+    assert "FR f1 0.880 run-1" in text and f"US {HOSTILE_SKU} 0.930 run-1" in html.unescape(text)
+    # the twin's SKU is text, and its link is a relative, percent-encoded search for it
+    assert "<script" not in response.text.lower() and _escaped(HOSTILE_SKU) in response.text
+    query = urllib.parse.urlencode({"collection": "cat", "region": "US", "sku": HOSTILE_SKU})
+    assert f'href="lookup?{html.escape(query)}"' in response.text
+    # a product no run grouped is found, with no group
+    alone = _lookup(state_client, collection="cat", region="US", sku="u2")
+    assert alone.status_code == 200 and "none: no twin in another region" in alone.text
+
+
+@pytest.mark.parametrize(
+    ("query", "expected", "message"),
+    [
+        pytest.param({"region": "US", "sku": "nope"}, 404,
+                     "has no product region=&#39;US&#39; sku=&#39;nope&#39;", id="unknown-sku"),
+        pytest.param({"collection": "other", "region": "US", "sku": "u2"}, 404,
+                     "collection &#39;other&#39; does not exist", id="unknown-collection"),
+        pytest.param({"region": "US/../x", "sku": "u2"}, 400, "is not allowed", id="bad-region"),
+        pytest.param({"collection": "cat<x>", "region": "US", "sku": "u2"}, 400, "is not allowed",
+                     id="bad-collection"),
+        pytest.param({"region": "US", "sku": "a\x00b"}, 400, "without control characters", id="control-char"),
+    ],
+)  # fmt: skip
+def test_sku_search_says_what_is_wrong(
+    state_client: TestClient, query: dict[str, str], expected: int, message: str
+) -> None:
+    response = _lookup(state_client, **{"collection": "cat", **query})
+
+    assert response.status_code == expected
+    assert message in response.text
+
+
+def test_sku_search_escapes_an_injection_attempt(state_client: TestClient) -> None:
+    attack = '"><img src=x onerror=alert(1)>'
+    response = _lookup(state_client, collection="cat", region="US", sku=attack)
+
+    assert response.status_code == 404
+    tags = parse_tags(response.text)
+    assert not [(tag, key) for tag, attrs in tags for key in attrs if key.startswith("on")]
+    assert "<img" not in response.text.lower()
+    assert f'value="{_escaped(attack)}"' in response.text  # echoed into the form, as text
+
+
+def test_sku_search_form_is_on_the_list_and_empty_search_shows_the_form(state_client: TestClient) -> None:
+    assert 'action="lookup"' in state_client.get("/").text
+    empty = state_client.get("/lookup")
+    assert empty.status_code == 200 and '<form class="search" method="get" action="lookup">' in empty.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +551,7 @@ def test_every_route_requires_authentication(anonymous: TestClient) -> None:
     paths = {route.path for route in anonymous.app.routes}  # type: ignore[attr-defined]
 
     review = {"/review/", "/review/{collection}", "/review/{collection}/decide"}  # docs/REVIEW.md
-    assert paths == {"/", "/runs/{name}/report.html", "/runs/{name}/{filename}", *review}, (
+    assert paths == {"/", "/lookup", "/runs/{name}/report.html", "/runs/{name}/{filename}", *review}, (
         "no docs, no openapi, no unguarded extras"
     )
     for path in paths:
@@ -654,7 +797,7 @@ def test_live_server_enforces_airflow_auth_on_the_view(live_server: LiveServer) 
     for auth in ({"authorization": f"Bearer {token}"}, {"cookie": f"_token={token}"}):
         status, headers, body = live_server.request("/polyglot/", headers=auth)
         assert status == 200, body[:500]
-        assert headers["content-security-policy"] == views.CONTENT_SECURITY_POLICY
+        assert headers["content-security-policy"] == views.FORM_PAGE_POLICY
         assert _run_name(_rows(body.decode())[0]) == LATEST
 
     status, headers, body = live_server.request(

@@ -60,6 +60,7 @@ DOWNLOADS = {
     "groups.parquet": "application/vnd.apache.parquet",
     "unmatched.parquet": "application/vnd.apache.parquet",
     "duplicates.parquet": "application/vnd.apache.parquet",
+    "changes.parquet": "application/vnd.apache.parquet",
     SUMMARY_FILE: "application/json",
 }
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -71,6 +72,8 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
     "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
 )
+#: The run list and the SKU search carry a GET form to this app; report pages keep ``'none'``.
+FORM_PAGE_POLICY = CONTENT_SECURITY_POLICY.replace("form-action 'none'", "form-action 'self'")
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -146,6 +149,10 @@ class RunSummary:
     f1: float | None = None
     problem: str | None = None
     files: list[tuple[str, str]] = field(default_factory=list)
+    #: ``(kind, count)`` of ``summary["changes"]`` (docs/MATCH_STATE.md); None: the run wrote no state.
+    changes: list[tuple[str, int]] | None = None
+    previous_run: str | None = None
+    state_mode: str | None = None
 
 
 def _number(value: Any) -> float | None:
@@ -170,6 +177,14 @@ def _text(value: Any, limit: int = 200) -> str | None:
 def _sum_counts(values: list[Any]) -> int | None:
     counts = [_count(v) for v in values]
     return sum(c for c in counts if c is not None) if counts and None not in counts else None
+
+
+def _change_counts(value: Any) -> list[tuple[str, int]] | None:
+    """``summary["changes"]`` as (kind, count) pairs, in the summary's order; odd counts are left out."""
+    if not isinstance(value, Mapping):
+        return None
+    pairs = [(str(kind)[:40], _count(n)) for kind, n in list(value.items())[:10]]
+    return [(kind, n) for kind, n in pairs if n is not None]
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -202,6 +217,7 @@ def summarize_run(name: str, summary: Mapping[str, Any], mtime: float, has_repor
     metrics = summary.get("metrics") if isinstance(summary.get("metrics"), Mapping) else {}
     overall = metrics.get("overall") if isinstance(metrics.get("overall"), Mapping) else {}
     regions = summary.get("regions")
+    state = summary.get("match_state") if isinstance(summary.get("match_state"), Mapping) else {}
     return RunSummary(
         name=name,
         href=f"runs/{quote(name, safe='')}/{REPORT_FILE}" if has_report else None,
@@ -218,6 +234,9 @@ def summarize_run(name: str, summary: Mapping[str, Any], mtime: float, has_repor
         precision=_number(overall.get("precision")),
         recall=_number(overall.get("recall")),
         f1=_number(overall.get("f1")),
+        changes=_change_counts(summary.get("changes")),
+        previous_run=_text(state.get("previous_run")),
+        state_mode=_text(state.get("mode"), 20),
     )
 
 
@@ -384,13 +403,92 @@ def _templates() -> jinja2.Environment:
     return env
 
 
+#: How the run list names each kind of change (docs/MATCH_STATE.md); an unknown kind shows as is.
+CHANGE_LABELS = {
+    "new_match": "joined",
+    "broken_match": "left",
+    "moved": "moved",
+    "new_group": "in new groups",
+    "dissolved": "dissolved",
+}
+
+
 def render_runs_page(root: Path, runs: list[RunSummary], total: int) -> str:
     """The run list as one self-contained HTML page (inline CSS, no scripts)."""
     return (
         _templates()
         .get_template("runs.html.j2")
-        .render(root=str(root), runs=runs, total=total, match_dag_id=MATCH_DAG_ID)
+        .render(
+            root=str(root), runs=runs, total=total, match_dag_id=MATCH_DAG_ID, change_labels=CHANGE_LABELS
+        )
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# SKU search: a product's group and twins, from the match state in the Qdrant payload
+
+#: Longest SKU the search accepts; real ones are tens of characters.
+MAX_SKU_CHARS = 256
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One SKU search: the form's values, and the product found or what went wrong."""
+
+    collection: str = ""
+    region: str = ""
+    sku: str = ""
+    found: Mapping[str, Any] | None = None
+    problem: str | None = None
+    status_code: int = status.HTTP_200_OK
+
+
+def _check_lookup(collection: str, region: str, sku: str) -> str | None:
+    """What is wrong with the search's input, in words (None: nothing). Same rules as the CLI."""
+    from polyglot_catalog.names import check_collection_name, check_region_name
+
+    try:
+        check_collection_name(collection)
+        check_region_name(region)
+    except ValueError as exc:
+        return str(exc)
+    if not sku or len(sku) > MAX_SKU_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in sku):
+        return f"sku must be 1-{MAX_SKU_CHARS} characters without control characters"
+    return None
+
+
+def lookup_sku(client_of: Callable[[], Any], collection: str, region: str, sku: str) -> Lookup:
+    """Validate the form, then read the product's state with ``matching.state.lookup_product``.
+
+    Read-only and no model load. Store errors are logged, not shown (they may name hosts or paths).
+    """
+    collection, region, sku = collection.strip(), region.strip(), sku.strip()
+    asked = Lookup(collection=collection, region=region, sku=sku)
+    if not (collection or region or sku):
+        return asked  # the empty form
+    problem = _check_lookup(collection, region, sku)
+    if problem is not None:
+        return replace(asked, problem=problem, status_code=status.HTTP_400_BAD_REQUEST)
+    from polyglot_catalog.matching.state import lookup_product
+
+    try:
+        client = client_of()
+        if not client.collection_exists(collection):
+            missing = f"collection {collection!r} does not exist"
+            return replace(asked, problem=missing, status_code=status.HTTP_404_NOT_FOUND)
+        try:
+            return replace(asked, found=lookup_product(client, collection, region, sku))
+        except ValueError as exc:  # no such product: the message names collection, region and sku
+            return replace(asked, problem=str(exc), status_code=status.HTTP_404_NOT_FOUND)
+    except Exception:  # connection, server or engine errors: their text may name hosts or paths
+        log.exception("SKU search in collection %r failed", collection)
+        unreadable = "the Qdrant store could not be read; see the API server log"
+        return replace(asked, problem=unreadable, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def render_lookup_page(lookup: Lookup) -> str:
+    """The SKU search page (autoescaped; no script)."""
+    return _templates().get_template("lookup.html.j2").render(q=lookup, match_dag_id=MATCH_DAG_ID)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +503,9 @@ def create_app(
     :param reports_root: folder with one sub-folder per run, or a callable returning it (read per
         request). Defaults to :func:`default_reports_root`.
     :param review_client: returns the Qdrant client holding the review decisions (the Review page,
-        ``review_views``). Defaults to the client of the match DAG's Qdrant connection.
+        ``review_views``) and the match state (the SKU search). Defaults to the client of the match
+        DAG's Qdrant connection (``PolyglotQdrantHook(...).conn``, one per process: an embedded store
+        admits one client).
     """
     root_of: Callable[[], Path]
     if reports_root is None:
@@ -434,12 +534,23 @@ def create_app(
             response.headers.setdefault(name, value)
         return response
 
+    from .review_views import add_review_routes, default_client
+
+    client_of = review_client or default_client
+    form_headers = {"Content-Security-Policy": FORM_PAGE_POLICY}
+
     @app.get("/", response_class=HTMLResponse)
     def runs_page() -> HTMLResponse:
         """The list of report runs, newest first."""
         root = root_of()
         runs, total = list_runs(root)
-        return HTMLResponse(render_runs_page(root, runs, total))
+        return HTMLResponse(render_runs_page(root, runs, total), headers=form_headers)
+
+    @app.get("/lookup", response_class=HTMLResponse)
+    def lookup_page(collection: str = "", region: str = "", sku: str = "") -> HTMLResponse:
+        """SKU search: a product's group and its twin in every region (read-only, no model load)."""
+        found = lookup_sku(client_of, collection, region, sku)
+        return HTMLResponse(render_lookup_page(found), status_code=found.status_code, headers=form_headers)
 
     @app.get("/runs/{name}/report.html", response_class=FileResponse)
     def report_page(name: str) -> FileResponse:
@@ -456,7 +567,5 @@ def create_app(
         path = resolve_run_file(root_of(), name, filename)
         return FileResponse(path, media_type=media_type, filename=f"{name}-{filename}")
 
-    from .review_views import add_review_routes, default_client
-
-    add_review_routes(app, root_of, review_client or default_client)
+    add_review_routes(app, root_of, client_of)
     return app
