@@ -13,6 +13,7 @@ the UI shows it in an iframe from a nav entry. Three rules shape it:
 * **Report content is hostile.** The list page renders summary values through Jinja2 autoescaping,
   and every response carries a Content-Security-Policy that allows no script, no network loads and
   no framing by other origins, with ``nosniff``, so a report page stays inert even if escaping failed.
+  Only the run list and the SKU search (``/lookup``, a read-only GET) may submit a form, to this app.
 
 Heavy imports (pandas via the report writer, qdrant-client via the hook) are deferred to request
 time: Airflow imports plugin files in every component, and only the API server ever serves this.
