@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from fakes import FakeEncoder
 from test_embed import ROWS, snapshot, write_catalog
 
 from polyglot_catalog.embed import embed_catalog
 from polyglot_catalog.ids import point_id
-from polyglot_catalog.store import CatalogStore, open_client
+from polyglot_catalog.store import CatalogStore
 
 F2, F1, U2 = point_id("FR", "F2"), point_id("FR", "F1"), point_id("US", "U2")
 STATE = {
@@ -25,8 +26,10 @@ STATE = {
 }
 
 
-def _store() -> CatalogStore:
-    return CatalogStore(open_client(path=":memory:"), "catalog", "fake-model", backoff=0.0)
+@pytest.fixture
+def store(qdrant_client: Any) -> CatalogStore:
+    """Both embedded engines (and a server when ``QDRANT_URL`` is set): each reads payloads its own way."""
+    return CatalogStore(qdrant_client, "catalog", "fake-model", backoff=0.0)
 
 
 def _write_state(store: CatalogStore, extra: dict[str, Any] | None = None) -> None:
@@ -41,8 +44,7 @@ def _edited(rows: list[tuple[str, str, str | None, str]]) -> list[tuple[str, str
     return out
 
 
-def test_a_reembedded_point_keeps_its_group_and_twins(tmp_path: Path) -> None:
-    store = _store()
+def test_a_reembedded_point_keeps_its_group_and_twins(tmp_path: Path, store: CatalogStore) -> None:
     embed_catalog(write_catalog(tmp_path / "v1" / "c.parquet"), store, FakeEncoder())
     _write_state(store, {"match_hash": "abc123"})
     before = snapshot(store)
@@ -64,8 +66,7 @@ def test_a_reembedded_point_keeps_its_group_and_twins(tmp_path: Path) -> None:
     assert not {"group_id", "twins", "match_hash"} & set(new)
 
 
-def test_a_point_without_state_gets_none_when_reembedded(tmp_path: Path) -> None:
-    store = _store()
+def test_a_point_without_state_gets_none_when_reembedded(tmp_path: Path, store: CatalogStore) -> None:
     embed_catalog(write_catalog(tmp_path / "v1" / "c.parquet"), store, FakeEncoder())
     embed_catalog(write_catalog(tmp_path / "v2" / "c.parquet", _edited(ROWS)), store, FakeEncoder())
 
@@ -74,8 +75,7 @@ def test_a_point_without_state_gets_none_when_reembedded(tmp_path: Path) -> None
     assert "group_id" not in payload and "twins" not in payload
 
 
-def test_full_refresh_keeps_the_state_of_every_point(tmp_path: Path) -> None:
-    store = _store()
+def test_full_refresh_keeps_the_state_of_every_point(tmp_path: Path, store: CatalogStore) -> None:
     source = write_catalog(tmp_path / "c.parquet")
     embed_catalog(source, store, FakeEncoder())
     _write_state(store)
@@ -88,8 +88,9 @@ def test_full_refresh_keeps_the_state_of_every_point(tmp_path: Path) -> None:
     assert "group_id" not in after[point_id("DE", "D1")][0]
 
 
-def test_a_vanished_point_flagged_stale_keeps_its_state_and_so_does_its_return(tmp_path: Path) -> None:
-    store = _store()
+def test_a_vanished_point_flagged_stale_keeps_its_state_and_so_does_its_return(
+    tmp_path: Path, store: CatalogStore
+) -> None:
     embed_catalog(write_catalog(tmp_path / "full" / "c.parquet"), store, FakeEncoder())
     _write_state(store)
     without_f2 = [r for r in ROWS if r[1] != "F2"]
