@@ -157,16 +157,17 @@ class Deployment:
         for service in reversed(list(self.services.values())):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(service.proc.pid, service.stop_signal)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 service.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
             with contextlib.suppress(ProcessLookupError):  # children left behind by the leader
                 os.killpg(service.proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 service.proc.wait(timeout=10)
         self.services.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if os.environ.get("POLYGLOT_KEEP_DEPLOYMENT"):  # to read the logs after a failure
+            print(f"deployment folder kept: {self.dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None, **kwargs: Any) -> Service:
         log = self.logs / f"{name}.log"
@@ -321,7 +322,9 @@ class Deployment:
                     stderr=subprocess.STDOUT, timeout=240,
                 )  # fmt: skip
             except subprocess.TimeoutExpired:
-                raise self.failure(f"airflow db migrate hung:\n{log_tail(self.logs / 'db-migrate.log')}") from None
+                raise self.failure(
+                    f"airflow db migrate hung:\n{log_tail(self.logs / 'db-migrate.log')}"
+                ) from None
         if done.returncode:
             raise self.failure(f"airflow db migrate failed:\n{log_tail(self.logs / 'db-migrate.log')}")
 
@@ -374,7 +377,9 @@ class Deployment:
 
     def wait_parsed(self, dag_ids: tuple[str, ...], timeout: float = 180) -> None:
         for dag_id in dag_ids:
-            self.wait_for(f"DAG {dag_id} to be parsed", lambda d=dag_id: self.api(f"/api/v2/dags/{d}"), timeout)
+            self.wait_for(
+                f"DAG {dag_id} to be parsed", lambda d=dag_id: self.api(f"/api/v2/dags/{d}"), timeout
+            )
 
     def unpause(self, dag_id: str) -> None:
         self.api(f"/api/v2/dags/{dag_id}", method="PATCH", body={"is_paused": False})
@@ -395,6 +400,19 @@ class Deployment:
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return self.api(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")["task_instances"]
+
+    @staticmethod
+    def map_indexes(tis: list[dict[str, Any]], task_id: str) -> list[int]:
+        """Map indexes of ``task_id``'s instances: ``[0, 1, 2]`` for three mapped tasks, ``[-1]`` unmapped."""
+        return sorted(ti["map_index"] for ti in tis if ti["task_id"] == task_id)
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """The text of one try's task log (the worker writes it under $AIRFLOW_HOME/logs); "" until then."""
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        return "".join(
+            p.read_text(encoding="utf-8", errors="replace")
+            for p in folder.glob(f"**/attempt={try_number}.log")
+        )
 
     def tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries"
