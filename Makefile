@@ -46,6 +46,12 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
+# Only the Postgres + Redis + CeleryExecutor deployment test (docs/DEPLOYMENT.md); `make test` runs it
+# too. Needs the Debian packages postgresql and redis-server, else it is skipped with the reason.
+.PHONY: deployment-test
+deployment-test: setup
+	$(PY) -m pytest -m deployment -rs
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
