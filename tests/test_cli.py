@@ -141,10 +141,11 @@ def test_match_passes_the_candidate_path_and_search_beam(capsys, tmp_path):
         mock.patch("polyglot_catalog.cli._client"),
         mock.patch("polyglot_catalog.cli._store"),
         mock.patch("polyglot_catalog.cli._reviewed", return_value=None),
-        mock.patch("polyglot_catalog.matching.pipeline.match_catalog") as match,
+        mock.patch("polyglot_catalog.matching.run.read_state", return_value=None),  # first run: full
+        mock.patch("polyglot_catalog.matching.run.match_catalog") as match,
         mock.patch("polyglot_catalog.reports.write_reports", return_value=tmp_path / "o"),
         mock.patch(
-            "polyglot_catalog.matching.state.commit_match_state",
+            "polyglot_catalog.matching.run.commit_match_state",
             side_effect=lambda store, result, run_id, before_apply, **_: before_apply(result),
         ),
     ):

@@ -14,12 +14,12 @@ pytest.importorskip("qdrant_client")
 from airflow.sdk.exceptions import AirflowFailException
 
 from polyglot_catalog.matching.result import MatchResult
+from polyglot_catalog.matching.run import calibrated_on_labels
 from polyglot_catalog.provider.hooks import PolyglotQdrantHook
 from polyglot_catalog.provider.operators import (
     EmbedCatalogOperator,
     MatchCatalogOperator,
     ReconcileCatalogOperator,
-    calibrated_on_labels,
     collection_asset,
     default_reports_root,
     quarantine_file,
@@ -54,7 +54,7 @@ def _commit_only_writes_the_report(store, result, run_id, *, before_apply, **_):
 @pytest.fixture(autouse=True)
 def _no_match_state():
     with mock.patch(
-        "polyglot_catalog.matching.state.commit_match_state", side_effect=_commit_only_writes_the_report
+        "polyglot_catalog.matching.run.commit_match_state", side_effect=_commit_only_writes_the_report
     ) as commit:
         yield commit
 
@@ -501,7 +501,7 @@ def test_match_execute_passes_the_collections_reviewed_decisions(tmp_path, no_re
     op.hook = mock.Mock(spec=PolyglotQdrantHook)
     with (
         mock.patch("polyglot_catalog.store.CatalogStore") as store_cls,
-        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", return_value=_result()) as match,
+        mock.patch("polyglot_catalog.matching.run.match_catalog", return_value=_result()) as match,
         mock.patch("polyglot_catalog.reports.write_reports", side_effect=lambda d, r, run_id: d),
     ):
         op.execute(context={"run_id": "manual__2025-01-01T00:00:00+00:00"})
@@ -516,7 +516,7 @@ def test_match_execute_delegates_and_writes_under_the_reports_root(tmp_path):
     op.hook = mock.Mock(spec=PolyglotQdrantHook)
     with (
         mock.patch("polyglot_catalog.store.CatalogStore") as store_cls,
-        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", return_value=_result()) as match,
+        mock.patch("polyglot_catalog.matching.run.match_catalog", return_value=_result()) as match,
         mock.patch("polyglot_catalog.reports.write_reports", side_effect=lambda d, r, run_id: d) as write,
     ):
         summary = op.execute(context={"run_id": "manual__2025-01-01T00:00:00+00:00"})
@@ -549,7 +549,7 @@ def test_match_commits_the_state_with_the_full_rematch_flag_before_closing(
     op.hook = mock.Mock(spec=PolyglotQdrantHook)
     with (
         mock.patch("polyglot_catalog.store.CatalogStore") as store_cls,
-        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", return_value=_result()) as match,
+        mock.patch("polyglot_catalog.matching.run.match_catalog", return_value=_result()) as match,
         mock.patch("polyglot_catalog.reports.write_reports", side_effect=lambda d, r, run_id: d) as write,
     ):
         op.hook.close.side_effect = lambda: _no_match_state.assert_called_once()  # state before close
@@ -572,7 +572,7 @@ def test_calibrate_on_labels_is_forwarded_and_reported(tmp_path, rendered, fit):
     result.summary["threshold_method"] = "labels: F1-best" if fit else "prior-shift EM"
     with (
         mock.patch("polyglot_catalog.store.CatalogStore"),
-        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", return_value=result) as match,
+        mock.patch("polyglot_catalog.matching.run.match_catalog", return_value=result) as match,
         mock.patch("polyglot_catalog.reports.write_reports", side_effect=lambda d, r, run_id: d) as write,
     ):
         summary = op.execute(context={"run_id": "r1"})
@@ -622,7 +622,7 @@ def test_match_forwards_the_candidate_path_and_search_beam(tmp_path, candidates,
     op.hook = mock.Mock(spec=PolyglotQdrantHook)
     with (
         mock.patch("polyglot_catalog.store.CatalogStore"),
-        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", return_value=_result()) as match,
+        mock.patch("polyglot_catalog.matching.run.match_catalog", return_value=_result()) as match,
         mock.patch("polyglot_catalog.reports.write_reports", side_effect=lambda d, r, run_id: d),
     ):
         op.execute(context={"run_id": "r1"})
@@ -635,7 +635,7 @@ def test_match_rejects_a_bad_search_beam_before_matching(tmp_path, hnsw_ef):
     op = _match_op(hnsw_ef=hnsw_ef, reports_root=str(tmp_path))
     op.hook = mock.Mock(spec=PolyglotQdrantHook)
     with (
-        mock.patch("polyglot_catalog.matching.pipeline.match_catalog") as match,
+        mock.patch("polyglot_catalog.matching.run.match_catalog") as match,
         pytest.raises(AirflowFailException, match=r"hnsw_ef.*not retried"),
     ):
         op.execute(context={"run_id": "r1"})
@@ -757,7 +757,7 @@ def test_match_input_errors_fail_without_retries(tmp_path, error, message):
     op.hook = mock.Mock(spec=PolyglotQdrantHook)
     with (
         mock.patch("polyglot_catalog.store.CatalogStore"),
-        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", side_effect=error),
+        mock.patch("polyglot_catalog.matching.run.match_catalog", side_effect=error),
         pytest.raises(AirflowFailException, match=f"{message}.*not retried") as caught,
     ):
         op.execute(context={"run_id": "r1"})
@@ -773,14 +773,14 @@ def test_match_store_outage_stays_retryable(tmp_path):
     outage = StoreUnavailableError("http://q:6333", "catalog", "scroll", 4, "ConnectError: refused", 10)
     with (
         mock.patch("polyglot_catalog.store.CatalogStore"),
-        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", side_effect=outage),
+        mock.patch("polyglot_catalog.matching.run.match_catalog", side_effect=outage),
         pytest.raises(StoreUnavailableError),
     ):
         op.execute(context={"run_id": "r1"})
     outage_http = ConnectionError("qdrant unreachable")
     with (
         mock.patch("polyglot_catalog.store.CatalogStore"),
-        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", side_effect=outage_http),
+        mock.patch("polyglot_catalog.matching.run.match_catalog", side_effect=outage_http),
         pytest.raises(ConnectionError),
     ):
         op.execute(context={"run_id": "r1"})
@@ -805,7 +805,7 @@ def test_match_task_links_to_the_report_it_wrote(tmp_path, monkeypatch):
     assert link.get_link(op, ti_key=mock.Mock()) == ""  # nothing written yet (or the run failed)
     with (
         mock.patch("polyglot_catalog.store.CatalogStore"),
-        mock.patch("polyglot_catalog.matching.pipeline.match_catalog", return_value=_result()),
+        mock.patch("polyglot_catalog.matching.run.match_catalog", return_value=_result()),
         mock.patch("polyglot_catalog.reports.write_reports", side_effect=lambda d, r, run_id: d),
     ):
         op.execute(context={"run_id": "manual__2025-01-01T00:00:00+00:00"})

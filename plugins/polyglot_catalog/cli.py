@@ -456,8 +456,7 @@ def _reviewed(client: Any, collection: str) -> Any:
 
 
 def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
-    from polyglot_catalog.matching.pipeline import match_catalog
-    from polyglot_catalog.matching.state import commit_match_state
+    from polyglot_catalog.matching.run import run_match
     from polyglot_catalog.models.registry import DEFAULT_MODEL
     from polyglot_catalog.reports import check_report_path, write_reports
     from polyglot_catalog.store import single_region_warning
@@ -471,37 +470,34 @@ def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
         warning = single_region_warning(args.collection, args.regions or store.regions())
         if warning:
             logging.getLogger("polyglot_catalog.cli").warning(warning)
-        result = match_catalog(
+        run_id = _run_id(args.run_id)
+        # the report is written under the state lock, before the state: a failed write changes nothing
+        result, report_dir = run_match(
             store,
+            run_id=run_id,
+            write_report=lambda r: write_reports(
+                Path(args.out), r, run_id=run_id, protected=_store_folders(args)
+            ),
+            collection=args.collection,
+            model=args.model or DEFAULT_MODEL,
             regions=args.regions,
             threshold=args.threshold,
             labels=args.labels,
             fit_on_labels=args.calibrate_on_labels,
-            model=args.model or DEFAULT_MODEL,
-            collection=args.collection,
+            full_rematch=args.full_rematch,
+            decisions=_reviewed(client, args.collection),
             candidates=args.candidates,
             **({} if args.hnsw_ef is None else {"hnsw_ef": args.hnsw_ef}),
-            decisions=_reviewed(client, args.collection),
-        )
-        # the report is written under the state lock, before the state: a failed write changes nothing
-        run_id = _run_id(args.run_id)
-        written: list[Path] = []
-        commit_match_state(
-            store,
-            result,
-            run_id,
-            full_rematch=args.full_rematch,
-            before_apply=lambda r: written.append(
-                write_reports(Path(args.out), r, run_id=run_id, protected=_store_folders(args))
-            ),
         )
     finally:
         client.close()
-    report_dir = written[0]
     metrics = (result.summary.get("metrics") or {}).get("overall")
     return {
         "report_dir": str(report_dir),
         "run_id": run_id,
+        "mode": result.summary.get("mode"),
+        "full_run_reason": result.summary.get("full_run_reason"),
+        "calibrated_on_labels": result.summary.get("calibrated_on_labels"),
         "changes": result.summary.get("changes"),
         "pairs": len(result.pairs),
         "matches": len(result.matches),

@@ -11,6 +11,8 @@ instruction that hundreds of products repeat says little about which product thi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..sentences import SentenceVectors, split_sentences
@@ -19,7 +21,21 @@ from ..sentences import SentenceVectors, split_sentences
 CHUNK = 2048
 
 
-def center_sentences(sv: SentenceVectors, chunk: int = 65_536) -> SentenceVectors:
+def sentence_mean(sv: SentenceVectors, chunk: int = 65_536) -> np.ndarray | None:
+    """The region's mean sentence vector over occurrences (None with fewer than two)."""
+    if sv.n_occurrences < 2:
+        return None
+    uses = None if sv.index is None else np.bincount(sv.index, minlength=len(sv.vectors))
+    total = np.zeros(sv.vectors.shape[1], dtype=np.float64)
+    for start in range(0, len(sv.vectors), chunk):  # float64 sums without a float64 copy of the rows
+        part = sv.take(np.arange(start, min(start + chunk, len(sv.vectors)))).astype(np.float64)
+        total += part.sum(axis=0) if uses is None else uses[start : start + chunk] @ part
+    return (total / sv.n_occurrences).astype(np.float32)
+
+
+def center_sentences(
+    sv: SentenceVectors, chunk: int = 65_536, *, mean: np.ndarray | None = None
+) -> SentenceVectors:
     """An int8 copy with the region's mean sentence vector removed and rows re-normalised.
 
     The mean is over sentence occurrences (a care text on 500 products pulls it 500 times, as with
@@ -31,15 +47,12 @@ def center_sentences(sv: SentenceVectors, chunk: int = 65_536) -> SentenceVector
     by ~2e-3 at most; the dev set's top-1 moved by 0.001 at most (bench/RESULTS.md). float16 halved
     it only, and numpy's float16 -> float32 cast made each gather 4x slower (10.4 vs 2.4 ms per
     2048 pairs); int8 casts at about the speed of a float32 gather.
+
+    ``mean``: subtract this one instead (an incremental run's frozen region mean, see .context).
     """
-    if sv.n_occurrences < 2:
+    mean = sentence_mean(sv, chunk) if mean is None else mean  # given: an incremental run's frozen mean
+    if mean is None or not sv.n_occurrences:
         return sv
-    uses = None if sv.index is None else np.bincount(sv.index, minlength=len(sv.vectors))
-    total = np.zeros(sv.vectors.shape[1], dtype=np.float64)
-    for start in range(0, len(sv.vectors), chunk):  # float64 sums without a float64 copy of the rows
-        part = sv.take(np.arange(start, min(start + chunk, len(sv.vectors)))).astype(np.float64)
-        total += part.sum(axis=0) if uses is None else uses[start : start + chunk] @ part
-    mean = (total / sv.n_occurrences).astype(np.float32)
     quantised = np.empty(sv.vectors.shape, dtype=np.int8)
     scales = np.empty(len(sv.vectors), dtype=np.float32)
     for start in range(0, len(sv.vectors), chunk):  # float32 work one chunk at a time
@@ -63,6 +76,22 @@ def sentence_idf(texts: list[str]) -> np.ndarray:
     return np.array(
         [np.log((1 + n) / (1 + df[s])) + 1 for sents in sentences for s in sents], dtype=np.float32
     )
+
+
+def frozen_sentence_weights(
+    texts: list[str], sv: SentenceVectors, df_of: Callable[[np.ndarray], np.ndarray], n: int
+) -> SentenceVectors:
+    """``sv`` (sentences of ``texts`` in :func:`.split_sentences` order) one row per occurrence, each
+    weighted by the smoothed IDF of its sentence in the region's frozen document frequencies
+    (``df_of(sentence keys)`` over ``n`` products, see .context): an incremental run scores its few
+    changed products with the weights the whole region gave them, not the counts among themselves."""
+    from .context import text_keys
+
+    occ = text_keys(s for t in texts for s in split_sentences(t))
+    if len(occ) != sv.n_occurrences:
+        raise ValueError(f"sentence vectors have {sv.n_occurrences} sentences, the texts {len(occ)}")
+    weights = np.log((1 + n) / (1 + df_of(occ).astype(np.float64))) + 1
+    return SentenceVectors(sv.offsets, sv.occurrence_vectors(), weights.astype(np.float32))
 
 
 def row_idf(sv: SentenceVectors) -> np.ndarray:

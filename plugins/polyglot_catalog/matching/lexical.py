@@ -42,9 +42,11 @@ class NgramCounts:
     tf: object
     keys: np.ndarray
     df: np.ndarray
+    #: Texts the document frequencies count (default: the rows of ``tf``); see :func:`frozen_counts`.
+    size: int | None = None
 
     def __len__(self) -> int:
-        return int(self.tf.shape[0])
+        return int(self.tf.shape[0]) if self.size is None else self.size
 
 
 def ngram_counts(texts: Sequence[str], *, chunk: int = 10_000) -> NgramCounts:
@@ -94,6 +96,26 @@ def ngram_counts(texts: Sequence[str], *, chunk: int = 10_000) -> NgramCounts:
     data += 1.0  # sublinear tf: 1 + ln(count)
     tf = csr_matrix((data, local, indptr), shape=(len(texts), len(keys)))
     return NgramCounts(tf, keys.astype(np.int32), df.astype(np.int32))
+
+
+def frozen_counts(texts: Sequence[str], keys: np.ndarray, df: np.ndarray, size: int) -> NgramCounts:
+    """``texts`` hashed as :func:`ngram_counts` does, but counted against a region's frozen document
+    frequencies (``keys``/``df`` over ``size`` texts, from the run an incremental one continues):
+    the IDF of a pair then does not depend on which few texts were re-scored (docs/MATCH_STATE.md).
+    A bucket the frozen region lacked counts the new texts that use it.
+    """
+    from scipy.sparse import csr_matrix
+
+    own = ngram_counts(texts)
+    union = np.union1d(keys, own.keys)
+    merged = np.zeros(len(union), dtype=np.int64)
+    merged[np.searchsorted(union, keys)] = df
+    fresh = ~np.isin(own.keys, keys)
+    merged[np.searchsorted(union, own.keys[fresh])] = own.df[fresh]
+    tf = own.tf  # columns renumbered onto the union (an increasing map: rows stay sorted)
+    cols = np.searchsorted(union, own.keys).astype(np.int32)[tf.indices]  # type: ignore[attr-defined]
+    renumbered = csr_matrix((tf.data, cols, tf.indptr), shape=(len(texts), len(union)))  # type: ignore[attr-defined]
+    return NgramCounts(renumbered, union.astype(np.int32), merged.astype(np.int32), size=size)
 
 
 def lexical_cosine(

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from ..review.apply import ReviewedPairs
-from ..sentences import SentenceCache, SentenceVectors
-from .alignment import center_sentences, row_idf, sentence_alignment, sentence_idf
+from ..sentences import SentenceCache, SentenceVectors, split_sentences
+from .alignment import center_sentences, row_idf, sentence_alignment, sentence_idf, sentence_mean
 from .assign import AssignMethod
 from .candidates import (
     CANDIDATE_SLACK,
@@ -37,6 +37,15 @@ from .canonical import (
     prefer_lower_rows,
     snap,
     tied_rivals,
+)
+from .context import (
+    MatchContext,
+    RegionContext,
+    context_edges,
+    neighbour_figures,
+    scorer_state,
+    sentence_frequencies,
+    text_keys,
 )
 from .data import OPTIONAL_FIELDS, CatalogData, RegionTable
 from .evaluate import (
@@ -128,7 +137,7 @@ def load_catalog(store: Any, regions: Sequence[str] | None = None, *, batch_size
             raise ValueError(f"region {region!r} has no active points")
         fields = {
             name: [p.get(name) for p in payloads]
-            for name in OPTIONAL_FIELDS
+            for name in (*OPTIONAL_FIELDS, "content_hash")
             if any(p.get(name) for p in payloads)
         }
         out[region] = RegionTable(
@@ -143,9 +152,16 @@ def load_catalog(store: Any, regions: Sequence[str] | None = None, *, batch_size
     return out
 
 
-def center_region(table: RegionTable) -> RegionTable:
-    """A copy of ``table`` with its mean vector subtracted (re-normalised on construction)."""
-    vec = table.vectors - table.vectors.mean(axis=0, keepdims=True) if len(table) > 1 else table.vectors
+def region_mean(table: RegionTable) -> np.ndarray | None:
+    """The region's mean vector (None for fewer than two products: nothing to centre)."""
+    return table.vectors.mean(axis=0) if len(table) > 1 else None
+
+
+def center_region(table: RegionTable, mean: np.ndarray | None = None) -> RegionTable:
+    """A copy of ``table`` with its mean vector (or ``mean``: an incremental run's frozen one)
+    subtracted, re-normalised on construction."""
+    mean = region_mean(table) if mean is None else mean
+    vec = table.vectors - mean[None, :] if mean is not None else table.vectors
     return replace(table, vectors=vec)  # every other column carried over as it is
 
 
@@ -314,12 +330,15 @@ def match_catalog(
     path = _candidate_path(candidates, store, data)
     query_store = store if path == "qdrant" else None
     region_names = sorted(data)
-    sent = _sentence_vectors(sentences, store, data)
+    sent, sent_stats = _sentence_vectors(sentences, store, data)
     sentences = None  # centred copies made: the caller's rows are freed unless it keeps them
     # the stored (uncentred) vectors serve only the Qdrant path's re-rank; the exact path lets them go
     raw_vectors = {r: t.vectors for r, t in data.items()} if center and query_store is not None else None
+    means = {r: region_mean(t) for r, t in data.items()} if center else {}
+    keys = {r: text_keys(t.texts) for r, t in data.items()}
+    hashes = {r: list(t.fields.get("content_hash") or [None] * len(t)) for r, t in data.items()}
     if center:
-        data = {r: center_region(t) for r, t in data.items()}
+        data = {r: center_region(t, means[r]) for r, t in data.items()}
     reviewed = ReviewedPairs.of(decisions, data) if decisions is not None else None
     timings["load"] = time.perf_counter() - t0
 
@@ -338,6 +357,8 @@ def match_catalog(
     t_cand = t_feat = 0.0
     region_pairs = list(itertools.combinations(region_names, 2))
     ngrams: dict[str, NgramCounts] = {}  # each region hashed once, freed after its last pair
+    lex_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    figures: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # (region, other) -> radius, floor
     for step, (ra, rb) in enumerate(region_pairs):
         a, b = data[ra], data[rb]
         t1 = time.perf_counter()
@@ -354,9 +375,11 @@ def match_catalog(
         if reviewed is not None:
             ia, ib = reviewed.with_must_links(ra, rb, ia, ib)
         t2 = time.perf_counter()
+        figures[(ra, rb)], figures[(rb, ra)] = neighbour_figures(neigh["a"]), neighbour_figures(neigh["b"])
         for r in (ra, rb):
             if r not in ngrams:
                 ngrams[r] = ngram_counts(data[r].texts)
+                lex_stats[r] = (ngrams[r].keys, ngrams[r].df)
         feats, explain = pair_features(
             a.vectors,
             b.vectors,
@@ -392,7 +415,7 @@ def match_catalog(
             }
         )
     timings["candidates"], timings["features"] = t_cand, t_feat
-    del evid, idf, raw_vectors  # per-product evidence objects (~2 KB each): free them before scoring
+    del evid, raw_vectors  # per-product evidence objects (~2 KB each): free them before scoring
 
     t0 = time.perf_counter()
     lab: Labels | None = None
@@ -409,6 +432,9 @@ def match_catalog(
         features = (*features, "rerank")
     del sent
     scorer = _fit_and_score(blocks, features, fit_lab, seed=None)
+    scorer1, scorer2 = scorer, None
+    for blk in blocks:
+        blk["p1"] = blk["score"]
     if corroborate and len(region_names) > 2 and blocks:
         # second pass: a pair both of whose products match the same SKU of a third region is
         # corroborated (identity is transitive); refit with that evidence. The seed adds the
@@ -427,6 +453,7 @@ def match_catalog(
             fit_lab,
             seed=[seed[lo:hi] for lo, hi in itertools.pairwise(bounds)],
         )
+        scorer2 = scorer
         for blk in blocks:
             blk["explain"] = [
                 (
@@ -472,7 +499,7 @@ def match_catalog(
     timings["assign"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    pairs, pid_a, pid_b = _pairs_table(blocks, data, threshold)
+    pairs, pid_a, pid_b = _pairs_table(blocks, data, threshold, extra=("p1",))
     for blk in blocks:  # the table holds them now; per-block copies would double the peak below
         for key in ("feats", "explain", "sa", "sb"):
             blk.pop(key, None)
@@ -485,6 +512,31 @@ def match_catalog(
     unmatched = _unmatched(pairs, data, pid_a, pid_b, threshold)
     duplicates = _duplicates(data, text_sets)
     del pid_a, pid_b
+    context = MatchContext(
+        regions=region_names,
+        parameters={k: v for k, v in record.get("parameters", parameters).items()},
+        threshold=float(threshold),
+        scorer1=scorer_state(scorer1),
+        scorer2=scorer_state(scorer2),
+        idf=idf,
+        tables={
+            r: RegionContext(
+                skus=np.asarray(data[r].skus, dtype=object),
+                text_key=keys[r],
+                content_hash=np.asarray(hashes[r], dtype=object),
+                mean=means.get(r),
+                radius={o: figures[(r, o)][0] for o in region_names if (r, o) in figures},
+                floor={o: figures[(r, o)][1] for o in region_names if (r, o) in figures},
+                lex_keys=lex_stats.get(r, (np.zeros(0, np.int32), np.zeros(0, np.int32)))[0],
+                lex_df=lex_stats.get(r, (np.zeros(0, np.int32), np.zeros(0, np.int32)))[1],
+                **sent_stats.get(r, {}),
+            )
+            for r in region_names
+        },
+        edges=context_edges(pairs),
+        sentences=bool(sent_stats),
+    )
+    del pairs["p1"]
     timings["groups"] = time.perf_counter() - t0
 
     summary: dict[str, Any] = {
@@ -538,7 +590,12 @@ def match_catalog(
     if reviewed is not None:
         summary["review"] = reviewed.summary(blocks)
     return MatchResult(
-        pairs=pairs, groups=groups, unmatched=unmatched, summary=summary, duplicates=duplicates
+        pairs=pairs,
+        groups=groups,
+        unmatched=unmatched,
+        summary=summary,
+        duplicates=duplicates,
+        context=None if reviewed is not None or rerank is not None else context,
     )
 
 
@@ -649,23 +706,24 @@ def _rerank_feature(
 
 def _sentence_vectors(
     sentences: Mapping[str, SentenceVectors] | Literal["auto"] | None, store: Any, data: CatalogData
-) -> dict[str, SentenceVectors] | None:
-    """Centred sentence vectors per region, or None when the alignment feature is off.
+) -> tuple[dict[str, SentenceVectors] | None, dict[str, dict[str, Any]]]:
+    """Centred sentence vectors per region (None when the alignment feature is off), and per region
+    the statistics an incremental run freezes (``sent_mean``, ``sent_keys``, ``sent_df``: .context).
 
     IDF weights of indexed (distinct-row) vectors come from the index itself, so the texts are not
     split again; vectors with one row per occurrence take :func:`.sentence_idf` of the texts as before.
     """
     if sentences is None:
-        return None
+        return None, {}
     if isinstance(sentences, str):
         if sentences != "auto":
             raise ValueError(f"sentences must be a mapping, 'auto' or None; got {sentences!r}")
         if store is None or not hasattr(store, "vector_name"):
-            return None
+            return None, {}
         cache = SentenceCache.for_store(store)  # the cache of the model the store records
         found = {r: cache.vectors_for(t.texts) for r, t in data.items()}
         if any(v is None for v in found.values()):
-            return None
+            return None, {}
         sentences = {r: v for r, v in found.items() if v is not None}
         del found
     missing = [r for r in data if r not in sentences]
@@ -678,7 +736,7 @@ def _sentence_vectors(
             )
     pending = dict(sentences)  # popped as centred: uncentred rows we own are freed region by region
     del sentences
-    out = {}
+    out, stats = {}, {}
     for r in list(pending):
         sv = pending.pop(r)
         if IDF_SENTENCES and sv.weights is None:
@@ -688,8 +746,11 @@ def _sentence_vectors(
                 idf = sentence_idf(data[r].texts)
                 if len(idf) == len(sv.vectors):  # rows follow split_sentences (else: caller's own rows)
                     sv = SentenceVectors(sv.offsets, sv.vectors, idf)
-        out[r] = center_sentences(sv)
-    return out
+        mean = sentence_mean(sv)
+        keys, df = sentence_frequencies([split_sentences(t) for t in data[r].texts])
+        stats[r] = {"sent_mean": mean, "sent_keys": keys, "sent_df": df}
+        out[r] = center_sentences(sv, mean=mean)
+    return out, stats
 
 
 def _fit_and_score(
@@ -773,7 +834,7 @@ def _with_reviewed(
 
 
 def _pairs_table(
-    blocks: list[dict[str, Any]], data: CatalogData, threshold: float
+    blocks: list[dict[str, Any]], data: CatalogData, threshold: float, *, extra: Sequence[str] = ()
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """All candidate pairs, region pair by region pair, best score first, with the global product
     numbers (region offset + row) of both sides in the same order.
@@ -786,10 +847,14 @@ def _pairs_table(
     Columns whose values repeat (regions, SKUs, texts, decision, explain) are categoricals: codes
     into their distinct values. As plain strings pandas copies every value into its string dtype;
     at 100k products per region that copy was the match's memory peak (+0.66 GB).
+
+    ``extra``: per-block float arrays added as columns after :data:`PAIR_COLUMNS` (the pass-one
+    probability ``p1`` the match context keeps). A block's ``conflict`` mask, when present, marks
+    pairs the group rule refused (an incremental run's kept decisions).
     """
     if not blocks:
         empty = np.zeros(0, dtype=np.int64)
-        return pd.DataFrame(columns=PAIR_COLUMNS), empty, empty
+        return pd.DataFrame(columns=[*PAIR_COLUMNS, *extra]), empty, empty
     seq = sorted(range(len(blocks)), key=lambda n: (blocks[n]["ra"], blocks[n]["rb"]))
     orders = {n: np.argsort(-blocks[n]["score"], kind="stable") for n in seq}
     offset = dict(zip(data, np.cumsum([0, *[len(t) for t in data.values()][:-1]]), strict=True))
@@ -823,7 +888,11 @@ def _pairs_table(
         lambda blk: np.where(
             blk["accepted"],
             code["match"],
-            np.where(blk["score"] >= threshold, code["not_mutual"], code["below_threshold"]),
+            np.where(
+                blk.get("conflict", False),
+                code["conflict"],
+                np.where(blk["score"] >= threshold, code["not_mutual"], code["below_threshold"]),
+            ),
         ).astype(np.int8)
     )
     columns: dict[str, Any] = {
@@ -843,8 +912,9 @@ def _pairs_table(
         "explain": pd.Categorical(column(lambda blk: blk["explain"], object)),
         "text_a": text_a,
         "text_b": text_b,
+        **{name: column(lambda blk, name=name: blk[name], np.float64) for name in extra},
     }
-    return pd.DataFrame(columns, columns=PAIR_COLUMNS, copy=False), pid_a, pid_b
+    return pd.DataFrame(columns, columns=[*PAIR_COLUMNS, *extra], copy=False), pid_a, pid_b
 
 
 def _product_columns(

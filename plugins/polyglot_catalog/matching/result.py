@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from .context import MatchContext
 
 PAIR_KEY_COLUMNS = ["region_a", "sku_a", "region_b", "sku_b"]
 DECISIONS = ("match", "below_threshold", "not_mutual", "conflict")
@@ -45,6 +48,9 @@ class MatchResult:
     duplicates: pd.DataFrame | None = None  # None: a result from before duplicate detection
     #: :data:`CHANGE_COLUMNS`, filled by :func:`.state.commit_match_state` (empty until then).
     changes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CHANGE_COLUMNS))
+    #: What the next incremental run continues from (None when this run's decisions cannot be
+    #: continued: reviewed decisions or a re-ranker took part); :mod:`.state` stores it.
+    context: MatchContext | None = None
 
     @property
     def matches(self) -> pd.DataFrame:

@@ -255,14 +255,18 @@ def prior_shift_threshold(
     return 1.0 - pi, pi
 
 
-def corroboration(blocks: Sequence[dict], chunk: int = CORROBORATION_CHUNK) -> list[np.ndarray]:
+def corroboration(
+    blocks: Sequence[dict], chunk: int = CORROBORATION_CHUNK, *, targets: Sequence[dict] | None = None
+) -> list[np.ndarray]:
     """Third-region support per candidate pair: ``max_c min(p(a, c), p(b, c))`` over SKUs ``c`` of
     every other region that both ``a`` and ``b`` have as candidates (0 when none).
 
     ``blocks`` carry ``ra, rb, ia, ib, score`` per region pair (``ra < rb``); the joins run on the
     sparse candidate lists only, so cost grows with candidates, not with catalog size squared.
-    Pairs are joined ``chunk`` at a time: each pair fans out to ~k^2 paths through a third region,
-    and joining all 1.4M pairs of a 100k-product region pair at once held 1.3 GB of join rows.
+    ``targets`` (default: ``blocks``): the pairs to score, against the paths of ``blocks`` (an
+    incremental run scores its new pairs only). Pairs are joined ``chunk`` at a time: each pair fans out
+    to ~k^2 paths through a third region, and joining all 1.4M pairs of a 100k-product region pair at
+    once held 1.3 GB of join rows.
     """
     edges: dict[tuple[str, str], pd.DataFrame] = {}
     for blk in blocks:
@@ -271,7 +275,7 @@ def corroboration(blocks: Sequence[dict], chunk: int = CORROBORATION_CHUNK) -> l
         edges[(blk["rb"], blk["ra"])] = e.rename(columns={"x": "y", "y": "x"})
     regions = {r for blk in blocks for r in (blk["ra"], blk["rb"])}
     out = []
-    for blk in blocks:
+    for blk in blocks if targets is None else targets:
         ra, rb = blk["ra"], blk["rb"]
         support = np.zeros(len(blk["ia"]))
         for rc in sorted(regions - {ra, rb}):

@@ -9,6 +9,8 @@ workers on other machines (a server or cluster), not kept on one local disk. Wha
 - in :data:`STATE_COLLECTION`: one record per catalog collection (last run, model and fingerprint,
   scorer, threshold, parameters, group-id counter), so a change of model or parameters is detectable
   (:func:`full_run_reason`);
+- in :data:`.context_store.CONTEXT_COLLECTION`: the run's match context (frozen statistics, scorers
+  and scored pairs) the next incremental run continues from (``context_run`` in the record);
 - in :data:`JOURNAL_COLLECTION`: the new payloads of a run being applied. The journal is written
   first, the record marks it pending, the payloads are applied (idempotent ``set_payload``), and the
   record is committed last; a run that finds a pending journal (its writer was killed) re-applies it.
@@ -37,6 +39,7 @@ from qdrant_client import models
 
 from polyglot_catalog.ids import PROJECT_NAMESPACE, point_id
 
+from .context_store import drop_other_contexts, write_context
 from .result import CHANGE_COLUMNS, CHANGE_KINDS, MatchResult
 from .stable_ids import assign_stable_ids, format_group_id, group_number
 
@@ -143,7 +146,8 @@ def state_record(
         "collection": collection,
         "last_run": run_id,
         "committed_at": None,
-        "mode": "full",
+        "mode": summary.get("mode") or "full",
+        "context_run": None,  # set by commit_match_state when it stores the run's match context
         "full_rematch": bool(full_rematch),
         "model": summary.get("model") or repro.get("model"),
         "model_fingerprint": repro.get("model_fingerprint"),
@@ -554,7 +558,7 @@ def commit_match_state(
         result.summary["full_rematch"] = bool(full_rematch)
         result.summary["match_state"] = {
             "run": run_id,
-            "mode": "full",
+            "mode": plan.record["mode"],
             "previous_run": (state or {}).get("last_run"),
             "full_run_reason": full_run_reason(
                 state,
@@ -571,11 +575,15 @@ def commit_match_state(
             before_apply(result)
             lock.refresh()
         _ensure_group_index(store)
+        if result.context is not None:  # before the pending mark: a recovered run finds it stored
+            write_context(client, collection, run_id, result.context)
+            plan.record["context_run"] = run_id
         _clear_journal(client, collection)
         _write_journal(client, collection, run_id, plan.payloads)
         base = state or {"version": STATE_VERSION, "collection": collection, "last_run": None}
         _write_record(client, collection, {**base, "pending": {"run": run_id, "record": plan.record}})
         committed = _finish(store, collection, plan.record, plan.payloads, lock, after_batch)
+        drop_other_contexts(client, collection, keep=committed.get("context_run"))
     log.info(
         "collection %s: match state of run %s committed (%d points written; changes %s)",
         collection,

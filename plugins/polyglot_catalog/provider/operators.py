@@ -604,9 +604,10 @@ class MatchCatalogOperator(BaseOperator):
         ``$POLYGLOT_DATA_DIR/reports``. (templated)
     :param out_name: report folder name under ``reports_root``; empty means the run id.
         Defaults to None. (templated)
-    :param full_rematch: re-match the whole catalog. Every run is full today; the flag is recorded in
-        the summary and the match state, and selects the full run once the incremental stage exists.
-        Defaults to False. (templated)
+    :param full_rematch: re-match the whole catalog. False (the default) continues incrementally from
+        the collection's match state: only changed products are scored and only the decisions they
+        touch are solved again; the first run, or one after a change of model, regions or matcher
+        parameters, is full anyway (the summary's ``full_run_reason`` says why). (templated)
     :param conn_id: Airflow connection for Qdrant; when it does not exist the hook uses embedded
         local mode. Defaults to ``qdrant_default``.
     :param kwargs: passed to ``BaseOperator``.
@@ -684,8 +685,7 @@ class MatchCatalogOperator(BaseOperator):
             raise AirflowFailException(f"{e}{NOT_RETRIED}") from e
 
     def _match(self, context: Context) -> dict[str, Any]:
-        from polyglot_catalog.matching.pipeline import match_catalog
-        from polyglot_catalog.matching.state import commit_match_state
+        from polyglot_catalog.matching.run import run_match
         from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
         from polyglot_catalog.reports import safe_report_dir, write_reports
         from polyglot_catalog.store import CatalogStore, vector_name_for
@@ -717,54 +717,28 @@ class MatchCatalogOperator(BaseOperator):
                 decisions = reviewed_decisions(store.client, str(self.collection))  # docs/REVIEW.md
                 if decisions is not None:
                     extra["decisions"] = decisions
-                result = match_catalog(
+                # the report is written under the state lock, before the state: a failed write
+                # changes nothing
+                result, report_dir = run_match(
                     store,
+                    run_id=run_id,
+                    write_report=lambda r: write_reports(out_dir, r, run_id=run_id),
+                    collection=str(self.collection),
+                    model=model,
                     regions=regions,
                     k=int(self.k),
                     threshold=threshold,
                     labels=labels,
                     fit_on_labels=calibrate,
-                    model=model,
-                    collection=str(self.collection),
-                    **extra,
-                )
-                # summary.json and XCom both say whether the metrics were measured on the tuning data.
-                result.summary["calibrated_on_labels"] = calibrated_on_labels(
-                    result.summary, labels=labels is not None, threshold=threshold is not None
-                )
-                # the report is written under the state lock, before the state: a failed write
-                # changes nothing
-                written: list[Path] = []
-                commit_match_state(
-                    store,
-                    result,
-                    run_id,
                     full_rematch=_as_bool(self.full_rematch),
-                    before_apply=lambda r: written.append(write_reports(out_dir, r, run_id=run_id)),
+                    **extra,
                 )
         finally:
             self.hook.close()
-        report_dir = written[0]
         self.report_name = Path(report_dir).name
         summary = match_summary(result.summary, result, report_dir)
         self.log.info("Wrote match report to %s: %s", report_dir, summary)
         return summary
-
-
-def calibrated_on_labels(full: dict[str, Any], *, labels: bool, threshold: bool) -> bool:
-    """Whether the labels that produced the metrics also fitted the scorer or picked the threshold.
-
-    Why: metrics measured on the data the matcher was tuned on are optimistic, and a reader of the
-    report must be able to tell. Uses what the matcher records (``scorer.fitted_on``,
-    ``threshold_method``); a matcher that does not record how it chose the threshold calibrated it
-    on the labels whenever they came without a threshold.
-    """
-    if not labels:
-        return False
-    scorer_fitted = (full.get("scorer") or {}).get("fitted_on") == "labels"
-    method = full.get("threshold_method")
-    threshold_fitted = str(method).startswith("labels") if method is not None else not threshold
-    return scorer_fitted or threshold_fitted
 
 
 def match_summary(full: dict[str, Any], result: Any, report_dir: Path | str) -> dict[str, Any]:
@@ -783,5 +757,7 @@ def match_summary(full: dict[str, Any], result: Any, report_dir: Path | str) -> 
         "unmatched": len(result.unmatched),
         "metrics": metrics,
         "full_rematch": bool(full.get("full_rematch")),
+        "mode": full.get("mode"),
+        "full_run_reason": full.get("full_run_reason"),
         "changes": full.get("changes"),
     }
