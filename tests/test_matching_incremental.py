@@ -291,3 +291,54 @@ def test_a_model_change_forces_a_full_run(qdrant_client: Any, tmp_path: Path) ->
     )
     assert result.summary["mode"] == "full"
     assert "model changed" in result.summary["full_run_reason"]
+
+
+def _with_sentences(data: dict[str, RegionTable]) -> tuple[dict[str, RegionTable], dict[str, Any]]:
+    """Two-sentence descriptions (the product line, then a region's care text) and their vectors."""
+    from polyglot_catalog.sentences import SentenceVectors, split_sentences
+
+    care = {
+        "DE": "Mit feuchtem Tuch abwischen.",
+        "FR": "Essuyer avec un chiffon humide.",
+        "US": "Wipe clean.",
+    }
+    rng = np.random.default_rng(5)
+    lookup: dict[str, np.ndarray] = {}
+    out = {}
+    for r, t in data.items():
+        texts = [f"{text}. {care[r]}" for text in t.texts]
+        for text, vec in zip(texts, t.vectors, strict=True):
+            first, second = split_sentences(text)
+            lookup[first] = vec
+            lookup.setdefault(second, rng.normal(size=DIM))
+        out[r] = RegionTable(r, t.skus, texts, t.vectors)
+    return out, {
+        "lookup": lookup,
+        "of": lambda d: {r: SentenceVectors.from_texts(t.texts, lookup) for r, t in d.items()},
+    }
+
+
+def test_sentence_alignment_is_scored_with_the_frozen_region_statistics() -> None:
+    data, sent = _with_sentences(catalog(n=80))
+    full0 = match_catalog(data, k=10, sentences=sent["of"](data))
+    ctx = MatchContext.from_bytes(full0.context.to_bytes())
+    assert ctx.sentences and "sentences" in ctx.scorer1["features"]
+    unchanged = match_incremental(data, ctx, sentences=sent["of"](data))
+    assert accepted(unchanged) == accepted(full0)
+
+    rng = np.random.default_rng(2)
+    night = edit(data, "DE", remove=("DE-7",))
+    moved = night["FR"].vectors[11] + 0.3 * rng.normal(size=DIM)
+    text = "LACK étagère 777 cm. Essuyer avec un chiffon humide."
+    sent["lookup"]["LACK étagère 777 cm."] = moved
+    night = edit(night, "FR", change={"FR-11": (text, moved)})
+    inc = match_incremental(night, ctx, sentences=sent["of"](night))
+    full = match_catalog(night, k=10, sentences=sent["of"](night))
+    a, b = accepted(inc), accepted(full)
+    assert len(a & b) / len(a | b) >= 0.99
+    scored = inc.pairs[
+        (inc.pairs["sku_b"].astype(str) == "FR-11") | (inc.pairs["sku_a"].astype(str) == "FR-11")
+    ]
+    assert len(scored) and scored["sentences"].notna().all()  # the changed product got the feature
+    with pytest.raises(FullRunRequired, match="no sentence vectors"):
+        match_incremental(night, ctx, sentences=None)
