@@ -11,8 +11,9 @@ filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
 * **Reports**: under `$POLYGLOT_DATA_DIR/reports/<out_name or run id>`.
 * **Match state**: each run writes `group_id` and `twins` onto the catalog points in Qdrant (stable
   group ids) and `changes.parquet` (what changed since the last run) into the report folder; see
-  docs/MATCH_STATE.md. `full_rematch` is recorded; every run is a full one until the incremental
-  stage lands.
+  docs/MATCH_STATE.md. Runs are **incremental** by default: only the products that changed since the
+  last run are scored, and only the decisions they touch are solved again; the first run, one after a
+  change of model, regions or matcher parameters, and one with `full_rematch` are full.
 * **Labels**: none by default. A Parquet file with `region, sku, group_id`, or `gtin` to group SKUs
   by GTIN; when set, `summary.json` and the report carry precision, recall and F1 over the SKUs the
   labels name (labels naming none of the collection's SKUs score nothing, and the report says so).
@@ -113,8 +114,9 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
             False,
             type="boolean",
             title="Full re-match",
-            description="Re-match the whole catalog. Every run is full today; the flag is recorded in "
-            "the summary and the match state and selects the full run once incremental matching exists.",
+            description="Re-match the whole catalog (refit the scorer and threshold on it). Off: continue "
+            "incrementally from the last run, scoring only the products that changed; the first run and "
+            "one after a model or parameter change are full anyway.",
         ),
         "out_name": Param(
             "",
