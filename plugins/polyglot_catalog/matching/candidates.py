@@ -215,8 +215,11 @@ def candidate_pairs(
     hnsw_ef: int | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     block_cols: int = DEFAULT_BLOCK_COLS,
+    both: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Union of top-``k`` in both directions between regions ``a`` and ``b``.
+    """Union of top-``k`` in both directions between regions ``a`` and ``b`` (with ``both=False``,
+    only ``a``'s top-``k`` in ``b``: an incremental run's changed products, whose reverse neighbours
+    it finds from the stored ``k``-th similarities instead).
 
     Returns ``(ia, ib, neigh)``: unique pair row indices, sorted, plus each side's top-``k``
     similarity lists (``neigh["a"]`` is ``(len(a), k)`` sims of a's rows to b, on the grid) for
@@ -247,12 +250,15 @@ def candidate_pairs(
         ab_hits, _ = qdrant_topk(store, va, b.region, b, fetch + _extra(sb), hnsw_ef=hnsw_ef)
         ba_hits, _ = qdrant_topk(store, vb, a.region, a, fetch + _extra(sa), hnsw_ef=hnsw_ef)
         ab_idx, ba_idx = _distinct_hits(ab_hits, sb), _distinct_hits(ba_hits, sa)
-    else:
+    elif both:
         ab_idx, _, ba_idx, _ = exact_topk_both(
             va, vb, k + CANDIDATE_SLACK, block_rows=block_rows, block_cols=block_cols
         )
+    else:
+        ab_idx, _ = exact_topk(va, vb, k + CANDIDATE_SLACK, block_rows=block_rows, block_cols=block_cols)
+        ba_idx = np.zeros((len(sb), 0), dtype=np.int64)
     ab_idx, ab_sim = canonical_topk(va, vb, ab_idx, k)
-    ba_idx, ba_sim = canonical_topk(vb, va, ba_idx, k)
+    ba_idx, ba_sim = canonical_topk(vb, va, ba_idx, k) if both else (ba_idx, np.zeros((len(sb), 0)))
     ua = np.concatenate([np.repeat(np.arange(len(sa)), ab_idx.shape[1]), ba_idx.ravel()])
     ub = np.concatenate([ab_idx.ravel(), np.repeat(np.arange(len(sb)), ba_idx.shape[1])])
     ok = (ua >= 0) & (ub >= 0)

@@ -287,15 +287,18 @@ def match_incremental(
             if not len(rows) or not len(data[o]):
                 continue
             iq, io, neigh = candidate_pairs(
-                _subset(centred[q], rows), centred[o], k, block_rows=block_rows, block_cols=block_cols
+                _subset(centred[q], rows),
+                centred[o],
+                k,
+                block_rows=block_rows,
+                block_cols=block_cols,
+                both=False,
             )
-            own_radius, own_floor = neighbour_figures(neigh["a"])
-            radius[q][o][rows], floor[q][o][rows] = own_radius, own_floor
-            cos = pair_cosine(centred[q].vectors, centred[o].vectors, rows[iq], io)
-            # its own top-k, or an unchanged product's whose k-th neighbour it now beats
-            theirs = np.nan_to_num(floor[o][q][io], nan=np.inf)
-            keep = (cos >= own_floor[iq]) | (cos >= theirs)
-            iq, io = rows[iq[keep]], io[keep]
+            radius[q][o][rows], floor[q][o][rows] = neighbour_figures(neigh["a"])
+            rq, ro = _reverse_neighbours(
+                centred[q].vectors, rows, centred[o].vectors, floor[o][q], block_cols
+            )
+            iq, io = np.concatenate([rows[iq], rq]), np.concatenate([io, ro])
             parts_a.append(iq if q == ra else io)
             parts_b.append(io if q == ra else iq)
         if parts_a:
@@ -482,6 +485,26 @@ def match_incremental(
     )
 
 
+def _reverse_neighbours(
+    vq: np.ndarray, rows: np.ndarray, vo: np.ndarray, floor_o: np.ndarray, block: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(q, o)`` of changed rows ``rows`` of one region and unchanged products ``o`` of the
+    other whose stored ``k``-th similarity ``floor_o[o]`` the changed product reaches: in a full run
+    ``o`` would list it among its top-``k``. float32 blocks propose (with a margin far above their
+    rounding), :func:`.canonical.pair_cosine` on the grid decides, as the full run's re-rank does."""
+    limit = np.where(np.isfinite(floor_o), floor_o, np.inf) - 1e-4
+    qv = vq[rows]
+    found_q, found_o = [], []
+    for c0 in range(0, len(vo), block):
+        hit_q, hit_o = np.nonzero(qv @ vo[c0 : c0 + block].T >= limit[None, c0 : c0 + block])
+        found_q.append(rows[hit_q])
+        found_o.append(hit_o + c0)
+    q = np.concatenate(found_q) if found_q else np.zeros(0, np.int64)
+    o = np.concatenate(found_o) if found_o else np.zeros(0, np.int64)
+    keep = pair_cosine(vq, vo, q, o) >= floor_o[o]
+    return q[keep], o[keep]
+
+
 def _offsets(data: CatalogData) -> dict[str, int]:
     """Global product number of each region's first row (regions in ``data`` order)."""
     return dict(zip(data, np.cumsum([0, *[len(t) for t in data.values()][:-1]]).tolist(), strict=True))
@@ -494,6 +517,16 @@ def _rows(table: RegionTable, skus: np.ndarray) -> np.ndarray:
         return np.full(len(skus), -1, dtype=np.int64)
     pos = np.minimum(np.searchsorted(ordered, skus), len(ordered) - 1)
     return np.where(ordered[pos] == skus, pos, -1).astype(np.int64)
+
+
+def _rows_of_column(table: RegionTable, column: pd.Series) -> np.ndarray:
+    """:func:`_rows` of a SKU column, looked up once per distinct SKU (the pairs' SKU columns are
+    categoricals: a million pairs name a few hundred thousand SKUs)."""
+    codes, uniques = pd.factorize(
+        column.astype(object) if not isinstance(column.dtype, pd.CategoricalDtype) else column
+    )
+    found = _rows(table, np.asarray(uniques, dtype=object).astype(str).astype(object))
+    return np.where(codes >= 0, found[np.maximum(codes, 0)], -1).astype(np.int64)
 
 
 def _kept_pairs(
@@ -512,8 +545,8 @@ def _kept_pairs(
     for ra, rb in itertools.combinations(context.regions, 2):
         sel = np.flatnonzero((ra_col == ra) & (rb_col == rb))
         part = edges.iloc[sel]
-        ia = _rows(data[ra], part["sku_a"].astype(str).to_numpy(object))
-        ib = _rows(data[rb], part["sku_b"].astype(str).to_numpy(object))
+        ia = _rows_of_column(data[ra], part["sku_a"])
+        ib = _rows_of_column(data[rb], part["sku_b"])
         ok_a = (ia >= 0) & same[ra][np.maximum(ia, 0)]
         ok_b = (ib >= 0) & same[rb][np.maximum(ib, 0)]
         ok = ok_a & ok_b
