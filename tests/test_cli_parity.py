@@ -185,6 +185,10 @@ def test_single_region_collection_warns_that_it_can_match_nothing(tmp_path, stor
     assert _run("match", *store_args, "--out", str(tmp_path / "report")) == 0
     err = capsys.readouterr().err
     assert "has 1 region(s) to match ['DE']" in err and "needs at least two" in err
+    # nothing was fitted, so there is no scorer to continue with: the next run is full again, and says why
+    assert _run("match", *store_args, "--out", str(tmp_path / "report2")) == 0
+    out, _err = _out(capsys)
+    assert out["mode"] == "full" and "fitted no scorer" in out["full_run_reason"]
 
 
 def test_embed_checks_the_store_before_the_model_loads(tmp_path, store_args, capsys):

@@ -92,8 +92,9 @@ def _lookup(keys: np.ndarray | None, values: np.ndarray | None, wanted: np.ndarr
 
 
 def scorer_state(scorer: PairScorer | None) -> dict[str, Any] | None:
-    """A scorer's exact parameters (JSON-safe floats: ``repr`` round-trips float64)."""
-    if scorer is None:
+    """A scorer's exact parameters (JSON-safe floats: ``repr`` round-trips float64); None when it was
+    never fitted (a catalog with one region, or too few candidates to learn from)."""
+    if scorer is None or scorer.weights is None:
         return None
     assert scorer.weights is not None and scorer.mean is not None and scorer.scale is not None
     return {

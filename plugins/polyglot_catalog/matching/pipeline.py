@@ -595,7 +595,8 @@ def match_catalog(
         unmatched=unmatched,
         summary=summary,
         duplicates=duplicates,
-        context=None if reviewed is not None or rerank is not None else context,
+        # an incremental run continues with the same scorer: without a fitted one there is nothing to continue
+        context=None if reviewed is not None or rerank is not None or context.scorer1 is None else context,
     )
 
 

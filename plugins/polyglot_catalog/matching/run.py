@@ -54,7 +54,10 @@ def incremental_blocker(
     if reviewed:
         return "reviewed decisions are applied by a full run"
     if not state.get("context_run"):
-        return "the last run left no match context (it applied reviewed decisions or a re-ranker)"
+        return (
+            "the last run left no match context (it applied reviewed decisions or a re-ranker, "
+            "or fitted no scorer)"
+        )
     return None
 
 
