@@ -51,15 +51,17 @@ def canonical_order(skus: list[str]) -> np.ndarray:
 def canonical_table(table: RegionTable) -> RegionTable:
     """``table`` with its rows sorted by SKU and identical texts sharing the lowest SKU's vector."""
     order = canonical_order(table.skus)
-    if not np.array_equal(order, np.arange(len(table))):
-        table = replace(
-            table,
-            skus=[table.skus[i] for i in order],
-            texts=[table.texts[i] for i in order],
-            vectors=table.vectors[order],
-            fields={name: [col[i] for i in order] for name, col in table.fields.items()},
-            point_ids=None if table.point_ids is None else [table.point_ids[i] for i in order],
-        )
+    # rebuilt even when already in order: a table re-normalises its vectors on construction, and a
+    # sorted input skipping that step differed from a shuffled one in the last bits (a score one grid
+    # step apart); row-local steps applied alike to every input commute with the row order
+    table = replace(
+        table,
+        skus=[table.skus[i] for i in order],
+        texts=[table.texts[i] for i in order],
+        vectors=table.vectors[order],
+        fields={name: [col[i] for i in order] for name, col in table.fields.items()},
+        point_ids=None if table.point_ids is None else [table.point_ids[i] for i in order],
+    )
     sets = TextSets.of(table.texts)
     if len(sets.rep) < len(table):
         table = replace(table, vectors=table.vectors[sets.rep[sets.inverse]])
