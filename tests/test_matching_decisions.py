@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from polyglot_catalog.matching.assign import assign_one_to_one, mutual_best
+from polyglot_catalog.matching.blocks import PairBlock
 from polyglot_catalog.matching.evaluate import (
     PairJudge,
     best_threshold,
@@ -246,27 +247,27 @@ def test_corroboration_takes_the_best_third_region_path_whatever_the_chunk() -> 
     # DE-FR pair (0, 0) is supported through US 0 (min(0.9, 0.8) = 0.8) and US 1 (min(0.3, 0.95))
     rng = np.random.default_rng(3)
     blocks = [
-        {
-            "ra": "DE",
-            "rb": "FR",
-            "ia": np.array([0, 0, 1]),
-            "ib": np.array([0, 1, 1]),
-            "score": np.array([0.5, 0.2, 0.7]),
-        },
-        {
-            "ra": "DE",
-            "rb": "US",
-            "ia": np.array([0, 0, 1]),
-            "ib": np.array([0, 1, 2]),
-            "score": np.array([0.9, 0.3, 0.6]),
-        },
-        {
-            "ra": "FR",
-            "rb": "US",
-            "ia": np.array([0, 0, 1]),
-            "ib": np.array([0, 1, 1]),
-            "score": np.array([0.8, 0.95, 0.4]),
-        },
+        PairBlock(
+            "DE",
+            "FR",
+            np.array([0, 0, 1]),
+            np.array([0, 1, 1]),
+            score=np.array([0.5, 0.2, 0.7]),
+        ),
+        PairBlock(
+            "DE",
+            "US",
+            np.array([0, 0, 1]),
+            np.array([0, 1, 2]),
+            score=np.array([0.9, 0.3, 0.6]),
+        ),
+        PairBlock(
+            "FR",
+            "US",
+            np.array([0, 0, 1]),
+            np.array([0, 1, 1]),
+            score=np.array([0.8, 0.95, 0.4]),
+        ),
     ]
     de_fr, de_us, fr_us = corroboration(blocks)
     np.testing.assert_allclose(de_fr, [0.8, 0.3, 0.0])  # (1, 1): DE 1 -> US 2 only, FR 1 -> US 1 only
@@ -276,13 +277,13 @@ def test_corroboration_takes_the_best_third_region_path_whatever_the_chunk() -> 
     for ra, rb in (("DE", "FR"), ("DE", "US"), ("FR", "US")):
         n = 300
         big.append(
-            {
-                "ra": ra,
-                "rb": rb,
-                "ia": rng.integers(0, 40, n),
-                "ib": rng.integers(0, 40, n),
-                "score": rng.random(n),
-            }
+            PairBlock(
+                ra,
+                rb,
+                rng.integers(0, 40, n),
+                rng.integers(0, 40, n),
+                score=rng.random(n),
+            )
         )
     whole = corroboration(big)
     for chunk in (1, 7, 1000):

@@ -21,7 +21,7 @@ from polyglot_catalog.matching.state import read_state
 from polyglot_catalog.store import CatalogStore
 
 NAMES = ["KALLAX", "POÄNG", "BILLY", "EKET", "MALM", "HEMNES", "LACK", "PAX", "IVAR", "ALEX", "BESTÅ"]
-WORDS = {"DE": "Regal", "FR": "étagère", "US": "shelf"}
+WORDS = {"DE": "Regal", "FR": "étagère", "US": "shelf", "JP": "棚"}
 DIM = 24
 
 
@@ -209,6 +209,17 @@ def test_other_regions_than_the_context_need_a_full_run() -> None:
     ctx = continued(data)
     with pytest.raises(FullRunRequired, match="regions changed"):
         match_incremental({r: data[r] for r in ("DE", "US")}, ctx)
+
+
+def test_a_region_new_to_the_catalog_needs_a_full_run_unless_the_run_chose_its_regions() -> None:
+    data = catalog(n=30, regions=("DE", "FR", "US", "JP"))
+    three = {r: data[r] for r in ("DE", "FR", "US")}
+    ctx = continued(three)  # a run over every region the catalog had: JP's products must be matched
+    with pytest.raises(FullRunRequired, match=r"regions changed from \['DE', 'FR', 'US'\]"):
+        match_incremental(data, ctx)
+    chosen = match_catalog(data, regions=["DE", "FR", "US"], k=5, sentences=None).context
+    assert chosen is not None
+    assert match_incremental(data, chosen).summary["incremental"]["new"] == 0  # JP is not asked for
 
 
 def test_the_context_round_trips_through_qdrant_in_chunks(qdrant_client: Any, monkeypatch: Any) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from polyglot_catalog.matching.blocks import PairBlock
 from polyglot_catalog.matching.data import RegionTable
 from polyglot_catalog.matching.pipeline import match_catalog
 from polyglot_catalog.review.apply import check_decisions, reviewed_threshold
@@ -95,10 +96,12 @@ def test_bad_decisions_name_the_row() -> None:
 def test_the_reviewed_cut_moves_to_the_reviewed_boundary_only_with_enough_reviews() -> None:
     score = np.array([0.30, 0.35, 0.40, 0.45, 0.55, 0.60, 0.65, 0.70, 0.9])
     verdict = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1], dtype=np.int8)
-    blocks = [{"score": score, "reviewed": verdict}]
+    blocks = [PairBlock("DE", "US", score=score, reviewed=verdict)]
     assert reviewed_threshold(blocks, 0.4) == pytest.approx(0.575)  # 3 reviewed pairs fixed
     assert reviewed_threshold(blocks, 0.5) == 0.5  # one fixed pair is not enough to move every other
-    few = [{"score": score, "reviewed": np.where(np.arange(9) < 6, verdict, -1).astype(np.int8)}]
+    few = [
+        PairBlock("DE", "US", score=score, reviewed=np.where(np.arange(9) < 6, verdict, -1).astype(np.int8))
+    ]
     assert reviewed_threshold(few, 0.4) == 0.4
 
 

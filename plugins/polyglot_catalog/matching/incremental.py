@@ -41,6 +41,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..sentences import SentenceCache, SentenceVectors
 from .alignment import center_sentences, frozen_sentence_weights, sentence_alignment
+from .blocks import PairBlock, concat_blocks
 from .candidates import DEFAULT_BLOCK_COLS, DEFAULT_BLOCK_ROWS, candidate_pairs
 from .canonical import (
     TextSets,
@@ -48,7 +49,6 @@ from .canonical import (
     canonical_table,
     pair_cosine,
     permute_sentences,
-    prefer_lower_rows,
 )
 from .context import (
     MatchContext,
@@ -66,23 +66,15 @@ from .evaluate import (
     judges_for,
     labels_for,
     labels_from_gtin,
-    link_pairs,
     load_labels,
     pair_verdicts,
     threshold_sweep,
 )
 from .evidence import EVIDENCE_COLUMNS, extract
 from .groups import build_groups
+from .inputs import is_store, read_inputs
 from .lexical import frozen_counts
-from .pipeline import (
-    _duplicates,
-    _is_store,
-    _mark_ties,
-    _pairs_table,
-    _unmatched,
-    center_region,
-    load_catalog,
-)
+from .pipeline import _duplicates, _pairs_table, _unmatched, center_region, corroborated, link_block
 from .provenance import reproducibility_record
 from .result import MatchResult
 from .scoring import corroboration, pair_features
@@ -176,14 +168,16 @@ def _take_products(sv: SentenceVectors, rows: np.ndarray) -> SentenceVectors:
 class _Sentences:
     """Centred, frozen-weighted sentence vectors of a few products per region (or none at all)."""
 
-    def __init__(self, source: Any, store: Any, data: CatalogData, context: MatchContext) -> None:
+    def __init__(
+        self,
+        mapping: Mapping[str, SentenceVectors] | None,
+        cache: SentenceCache | None,
+        data: CatalogData,
+        context: MatchContext,
+    ) -> None:
         self.data, self.context = data, context
-        self.cache = None
-        self.mapping: dict[str, SentenceVectors] | None = None
-        if isinstance(source, Mapping):
-            self.mapping = dict(source)
-        elif source == "auto" and store is not None and hasattr(store, "vector_name"):
-            self.cache = SentenceCache.for_store(store)
+        self.mapping = None if mapping is None else dict(mapping)
+        self.cache = cache if mapping is None else None
 
     @property
     def available(self) -> bool:
@@ -221,7 +215,7 @@ def match_incremental(
     """Continue the match ``context`` records on the current catalog (see the module docstring).
 
     Args:
-        store_or_data: a store (read with :func:`.pipeline.load_catalog`) or in-memory tables.
+        store_or_data: a store (read with :func:`.inputs.read_inputs`) or in-memory tables.
         context: what the last run left (:attr:`.MatchResult.context`).
         sentences: as :func:`.pipeline.match_catalog`'s; in-memory vectors follow the tables' rows.
         labels: as :func:`.pipeline.match_catalog`'s, for evaluation only (the scorer is frozen).
@@ -236,17 +230,27 @@ def match_incremental(
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    store = store_or_data if _is_store(store_or_data) else None
+    store = store_or_data if is_store(store_or_data) else None
     regions = list(context.regions)
-    if store is not None:
-        data = load_catalog(store, regions)
-        collection = collection or getattr(store, "collection", None)
-    else:
-        data = {r: t for r, t in dict(store_or_data).items() if r in regions}
-    if sorted(data) != sorted(regions):
-        raise FullRunRequired(f"regions changed from {sorted(regions)} to {sorted(data)}")
-    if isinstance(sentences, Mapping):
-        sentences = {r: permute_sentences(sv, canonical_order(data[r].skus)) for r, sv in sentences.items()}
+    available = sorted(store.regions() if store is not None else dict(store_or_data))
+    # a run over all regions (``regions`` None) must see them all again; one over chosen ones, those
+    if any(r not in available for r in regions) or (
+        context.parameters.get("regions") is None and available != sorted(regions)
+    ):
+        raise FullRunRequired(f"regions changed from {sorted(regions)} to {available}")
+    inputs = read_inputs(store_or_data, regions, sentences if isinstance(sentences, Mapping) else None)
+    collection = collection or inputs.collection
+    data = inputs.data
+    mapping = None
+    if inputs.sentences is not None:
+        mapping = {
+            r: permute_sentences(sv, canonical_order(data[r].skus)) for r, sv in inputs.sentences.items()
+        }
+    cache = (
+        SentenceCache.for_store(store)
+        if sentences == "auto" and store is not None and hasattr(store, "vector_name")
+        else None
+    )
     data = {r: canonical_table(data[r]) for r in regions}
     params = context.parameters
     k = int(params.get("k") or 10)
@@ -264,7 +268,7 @@ def match_incremental(
         r: center_region(t, context.tables[r].mean) if context.tables[r].mean is not None else t
         for r, t in data.items()
     }
-    sent = _Sentences(sentences, store, data, context) if context.sentences else None
+    sent = _Sentences(mapping, cache, data, context) if context.sentences else None
     if sent is not None and not sent.available and any(len(c) for c in changed.values()):
         raise FullRunRequired("the last run scored sentence alignment, and no sentence vectors are given")
     timings["load"] = time.perf_counter() - t0
@@ -340,7 +344,7 @@ def match_incremental(
         )
         if sent is not None:
             feats["sentences"] = sentence_alignment(sent.of(ra, rows_a), sent.of(rb, rows_b), ia_s, ib_s)
-        new_blocks.append({"ra": ra, "rb": rb, "ia": ia, "ib": ib, "feats": feats, "explain": explain})
+        new_blocks.append(PairBlock(ra, rb, ia, ib, feats, explain))
     timings["features"] = time.perf_counter() - t0
 
     # -- the kept pairs: both products unchanged
@@ -354,28 +358,25 @@ def match_incremental(
     scorer2 = scorer_from_state(context.scorer2)
     assert scorer1 is not None, "a match context always has its pass-one scorer"
     for blk in new_blocks:
-        blk["p1"] = scorer1.predict(blk["feats"]) if len(blk["ia"]) else np.zeros(0)
-        blk["score"] = blk["p1"]
+        blk.p1 = scorer1.predict(blk.feats) if len(blk.ia) else np.zeros(0)
+        blk.score = blk.p1
     if scorer2 is not None and new_blocks:
         paths = []
         for ra, rb in itertools.combinations(regions, 2):
-            own = [b for b in (*kept_blocks, *new_blocks) if (b["ra"], b["rb"]) == (ra, rb)]
+            own = [b for b in (*kept_blocks, *new_blocks) if b.key == (ra, rb)]
             paths.append(
-                {
-                    "ra": ra,
-                    "rb": rb,
-                    "ia": np.concatenate([b["ia"] for b in own]) if own else np.zeros(0, np.int64),
-                    "ib": np.concatenate([b["ib"] for b in own]) if own else np.zeros(0, np.int64),
-                    "score": np.concatenate([b["p1"] for b in own]) if own else np.zeros(0),
-                }
+                PairBlock(
+                    ra,
+                    rb,
+                    np.concatenate([b.ia for b in own]) if own else np.zeros(0, np.int64),
+                    np.concatenate([b.ib for b in own]) if own else np.zeros(0, np.int64),
+                    score=np.concatenate([b.p1 for b in own]) if own else np.zeros(0),
+                )
             )
         for blk, tri in zip(new_blocks, corroboration(paths, targets=new_blocks), strict=True):
-            blk["feats"]["ev_triangle"] = tri
-            blk["score"] = scorer2.predict(blk["feats"]) if len(blk["ia"]) else np.zeros(0)
-            blk["explain"] = [
-                "; ".join(filter(None, (e, f"corroborated via a third region ({t:.2f})"))) if t >= 0.5 else e
-                for e, t in zip(blk["explain"], tri, strict=True)
-            ]
+            blk.feats["ev_triangle"] = tri
+            blk.score = scorer2.predict(blk.feats) if len(blk.ia) else np.zeros(0)
+            blk.explain = corroborated(blk.explain, tri)
     timings["scoring"] = time.perf_counter() - t0
 
     # -- decisions: re-solve the touched parts of the over-threshold graph
@@ -447,16 +448,16 @@ def match_incremental(
         "method": method,
         "scorer": {"fitted_on": (scorer2 or scorer1).fitted_on, "weights": (scorer2 or scorer1).describe()},
         "counts": {
-            f"{blk['ra']}|{blk['rb']}": {
-                "candidates": len(blk["ia"]),
-                "matches": int(blk["accepted"].sum()),
+            f"{blk.ra}|{blk.rb}": {
+                "candidates": len(blk.ia),
+                "matches": int(blk.accepted.sum()),
             }
             for blk in blocks
         },
         "incremental": {
             **changes.counts(),
-            "pairs_scored": int(sum(len(b["ia"]) for b in new_blocks)),
-            "pairs_kept": int(sum(len(b["ia"]) for b in kept_blocks)),
+            "pairs_scored": int(sum(len(b.ia) for b in new_blocks)),
+            "pairs_kept": int(sum(len(b.ia) for b in kept_blocks)),
             "products_redecided": int(affected.sum()),
             "pairs_redecided": int(redecided),
         },
@@ -535,7 +536,7 @@ def _kept_pairs(
     old_rows: Mapping[str, np.ndarray],
     same: Mapping[str, np.ndarray],
     threshold: float,
-) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+) -> tuple[list[PairBlock], list[np.ndarray]]:
     """The context's pairs whose products are both unchanged, as blocks on the current rows, and
     the product numbers that lost an over-threshold pair (their decisions must be solved again)."""
     edges = context.edges
@@ -562,55 +563,37 @@ def _kept_pairs(
             }
         )
         blocks.append(
-            {
-                "ra": ra,
-                "rb": rb,
-                "ia": ia[ok],
-                "ib": ib[ok],
-                "feats": feats,
-                "explain": kept["explain"].astype(str).tolist(),
-                "p1": kept["p1"].to_numpy(np.float64),
-                "score": kept["score"].to_numpy(np.float64),
-                "accepted": decision == "match",
-                "conflict": decision == "conflict",
-                "ambiguous": kept["ambiguous"].to_numpy(bool),
-            }
+            PairBlock(
+                ra,
+                rb,
+                ia[ok],
+                ib[ok],
+                feats,
+                kept["explain"].astype(str).tolist(),
+                p1=kept["p1"].to_numpy(np.float64),
+                score=kept["score"].to_numpy(np.float64),
+                accepted=decision == "match",
+                ambiguous=kept["ambiguous"].to_numpy(bool),
+                conflict=decision == "conflict",
+            )
         )
     return blocks, seeds
 
 
 def _merge_blocks(
-    regions: Sequence[str], kept: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """One block per region pair: kept pairs first, then the new ones (undecided)."""
+    regions: Sequence[str], kept: Sequence[PairBlock], new: Sequence[PairBlock]
+) -> list[PairBlock]:
+    """One block per region pair: kept pairs first, then the new ones (undecided, ``new`` True)."""
     out = []
     for ra, rb in itertools.combinations(regions, 2):
-        parts = [b for b in (*kept, *new) if (b["ra"], b["rb"]) == (ra, rb)]
-        if not parts:
-            continue
-        n_new = [len(b["ia"]) for b in parts if "accepted" not in b]
-        blk: dict[str, Any] = {
-            "ra": ra,
-            "rb": rb,
-            "ia": np.concatenate([b["ia"] for b in parts]).astype(np.int64),
-            "ib": np.concatenate([b["ib"] for b in parts]).astype(np.int64),
-            "feats": pd.concat([b["feats"] for b in parts], ignore_index=True),
-            "explain": [e for b in parts for e in b["explain"]],
-            "p1": np.concatenate([b["p1"] for b in parts]),
-            "score": np.concatenate([b["score"] for b in parts]),
-        }
-        for name in ("accepted", "conflict", "ambiguous"):
-            blk[name] = np.concatenate(
-                [b.get(name, np.zeros(len(b["ia"]), dtype=bool)) for b in parts]
-            ).astype(bool)
-        blk["new"] = np.concatenate([np.full(len(b["ia"]), "accepted" not in b) for b in parts])
-        del n_new
-        out.append(blk)
+        parts = [b for b in (*kept, *new) if b.key == (ra, rb)]
+        if parts:
+            out.append(concat_blocks(ra, rb, parts))
     return out
 
 
 def _affected(
-    blocks: Sequence[dict[str, Any]], data: CatalogData, seeds: Sequence[np.ndarray], threshold: float
+    blocks: Sequence[PairBlock], data: CatalogData, seeds: Sequence[np.ndarray], threshold: float
 ) -> np.ndarray:
     """Per product number: is it in a connected part of the over-threshold graph that a change
     touched (a changed product, or one that lost an over-threshold pair)?"""
@@ -618,9 +601,9 @@ def _affected(
     total = sum(len(t) for t in data.values())
     src, dst = [], []
     for blk in blocks:
-        strong = blk["score"] >= threshold
-        src.append(offsets[blk["ra"]] + blk["ia"][strong])
-        dst.append(offsets[blk["rb"]] + blk["ib"][strong])
+        strong = blk.score >= threshold
+        src.append(offsets[blk.ra] + blk.ia[strong])
+        dst.append(offsets[blk.rb] + blk.ib[strong])
     s = np.concatenate(src) if src else np.zeros(0, np.int64)
     d = np.concatenate(dst) if dst else np.zeros(0, np.int64)
     graph = coo_matrix((np.ones(len(s), dtype=np.int8), (s, d)), shape=(total, total)).tocsr()
@@ -632,7 +615,7 @@ def _affected(
 
 
 def _redecide(
-    blocks: list[dict[str, Any]],
+    blocks: list[PairBlock],
     affected: np.ndarray,
     data: CatalogData,
     text_sets: Mapping[str, TextSets],
@@ -645,59 +628,55 @@ def _redecide(
     offsets = _offsets(data)
     chosen: list[np.ndarray] = []
     for blk in blocks:
-        rows = np.flatnonzero((blk["score"] >= threshold) & affected[offsets[blk["ra"]] + blk["ia"]])
+        rows = np.flatnonzero((blk.score >= threshold) & affected[offsets[blk.ra] + blk.ia])
         chosen.append(rows)
-        sub = {
-            "ra": blk["ra"],
-            "rb": blk["rb"],
-            "ia": blk["ia"][rows],
-            "ib": blk["ib"][rows],
-            "score": blk["score"][rows],
-            "explain": [_TIE_NOTE.sub("", blk["explain"][i]) for i in rows],
-        }
-        taken = link_pairs(sub["ia"], sub["ib"], sub["score"], threshold, method)
-        sub["accepted"] = prefer_lower_rows(
-            sub["ia"], sub["ib"], sub["score"], taken, text_sets[blk["ra"]], text_sets[blk["rb"]]
+        sub = PairBlock(
+            blk.ra,
+            blk.rb,
+            blk.ia[rows],
+            blk.ib[rows],
+            explain=[_TIE_NOTE.sub("", blk.explain[i]) for i in rows],
+            score=blk.score[rows],
         )
-        _mark_ties(sub, data)
-        blk["accepted"][rows] = sub["accepted"]
-        blk["conflict"][rows] = False
-        blk["ambiguous"][rows] = sub["ambiguous"]
-        for i, e in zip(rows, sub["explain"], strict=True):
-            blk["explain"][i] = e
+        link_block(sub, data, text_sets, threshold, method)
+        accepted, conflict, ambiguous = blk.mask("accepted"), blk.mask("conflict"), blk.mask("ambiguous")
+        accepted[rows], conflict[rows], ambiguous[rows] = sub.mask("accepted"), False, sub.mask("ambiguous")
+        blk.accepted, blk.conflict, blk.ambiguous = accepted, conflict, ambiguous
+        for i, e in zip(rows, sub.explain, strict=True):
+            blk.explain[i] = e
     # new pairs below the threshold were never decided: they are neither matches nor conflicts
     for blk in blocks:
-        low = blk["new"] & (blk["score"] < threshold)
-        blk["accepted"][low] = blk["conflict"][low] = False
+        low = blk.mask("new") & (blk.score < threshold)
+        blk.accepted, blk.conflict = blk.mask("accepted") & ~low, blk.mask("conflict") & ~low
     table = (
         pd.DataFrame(
             {
                 "region_a": np.concatenate(
-                    [np.full(len(r), b["ra"], dtype=object) for b, r in zip(blocks, chosen, strict=True)]
+                    [np.full(len(r), b.ra, dtype=object) for b, r in zip(blocks, chosen, strict=True)]
                 ),
                 "sku_a": np.concatenate(
                     [
-                        np.asarray(data[b["ra"]].skus, dtype=object)[b["ia"][r]]
+                        np.asarray(data[b.ra].skus, dtype=object)[b.ia[r]]
                         for b, r in zip(blocks, chosen, strict=True)
                     ]
                 ),
                 "region_b": np.concatenate(
-                    [np.full(len(r), b["rb"], dtype=object) for b, r in zip(blocks, chosen, strict=True)]
+                    [np.full(len(r), b.rb, dtype=object) for b, r in zip(blocks, chosen, strict=True)]
                 ),
                 "sku_b": np.concatenate(
                     [
-                        np.asarray(data[b["rb"]].skus, dtype=object)[b["ib"][r]]
+                        np.asarray(data[b.rb].skus, dtype=object)[b.ib[r]]
                         for b, r in zip(blocks, chosen, strict=True)
                     ]
                 ),
-                "score": np.concatenate([b["score"][r] for b, r in zip(blocks, chosen, strict=True)]),
+                "score": np.concatenate([b.score[r] for b, r in zip(blocks, chosen, strict=True)]),
             }
         )
         if blocks
         else pd.DataFrame(columns=["region_a", "sku_a", "region_b", "sku_b", "score"])
     )
     first = (
-        np.concatenate([b["accepted"][r] for b, r in zip(blocks, chosen, strict=True)])
+        np.concatenate([b.accepted[r] for b, r in zip(blocks, chosen, strict=True)])
         if blocks
         else np.zeros(0, bool)
     )
@@ -706,8 +685,8 @@ def _redecide(
     )
     at = 0
     for blk, rows in zip(blocks, chosen, strict=True):
-        blk["accepted"][rows] = accepted[at : at + len(rows)]
-        blk["conflict"][rows] = refused[at : at + len(rows)]
+        blk.accepted[rows] = accepted[at : at + len(rows)]
+        blk.conflict[rows] = refused[at : at + len(rows)]
         at += len(rows)
     return at
 

@@ -1,7 +1,10 @@
-"""``match_catalog``: candidates -> evidence -> score -> one-to-one -> groups -> metrics.
+"""``match_catalog``: read -> prepare -> candidates and features -> scores -> decisions -> tables.
 
-Takes either a :class:`~polyglot_catalog.store.CatalogStore`-like object or plain in-memory
-:class:`~.data.RegionTable` s, so the same code runs from Airflow, the CLI, tests and benchmarks.
+Each stage is a function over :class:`.blocks.PairBlock` records (one per region pair) and the
+run's :class:`.settings.MatchSettings`; :func:`match_tables` wires them on tables in memory, and
+:func:`match_catalog` first reads them (:mod:`.inputs`: a store, its sentence cache, or in-memory
+:class:`~.data.RegionTable` s), so the same code runs from Airflow, the CLI, tests and benchmarks.
+The incremental run (:mod:`.incremental`) shares the decision and table stages.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,17 +21,11 @@ import numpy as np
 import pandas as pd
 
 from ..review.apply import ReviewedPairs
-from ..sentences import SentenceCache, SentenceVectors, split_sentences
+from ..sentences import SentenceVectors, split_sentences
 from .alignment import center_sentences, row_idf, sentence_alignment, sentence_idf, sentence_mean
 from .assign import AssignMethod
-from .candidates import (
-    CANDIDATE_SLACK,
-    DEFAULT_BLOCK_COLS,
-    DEFAULT_BLOCK_ROWS,
-    DEFAULT_HNSW_EF,
-    MEMBERS_CAP,
-    candidate_pairs,
-)
+from .blocks import PairBlock
+from .candidates import CANDIDATE_SLACK, MEMBERS_CAP, candidate_pairs
 from .canonical import (
     TextSets,
     canonical_order,
@@ -47,7 +44,7 @@ from .context import (
     sentence_frequencies,
     text_keys,
 )
-from .data import OPTIONAL_FIELDS, CatalogData, RegionTable
+from .data import CatalogData, RegionTable
 from .evaluate import (
     Labels,
     apply_group_rule,
@@ -62,6 +59,7 @@ from .evaluate import (
     threshold_sweep,
 )
 from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
+from .inputs import MatchInputs, SentenceSource, is_store, load_catalog, read_inputs
 from .lexical import NgramCounts, ngram_counts
 from .provenance import reproducibility_record
 from .result import DECISIONS, DUPLICATE_COLUMNS, MatchResult
@@ -75,6 +73,9 @@ from .scoring import (
     prior_shift_threshold,
     self_training_targets,
 )
+from .settings import CandidateSource, MatchSettings
+
+__all__ = ["CandidateSource", "MatchSettings", "load_catalog", "match_catalog", "match_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,53 +104,12 @@ PAIR_COLUMNS = [
     "text_a",
     "text_b",
 ]
-CandidateSource = Literal["auto", "exact", "qdrant"]
 #: ``candidates="auto"`` with a store runs the exact path while the largest region pair has at most
 #: this many product pairs (500k x 500k). Why: the matcher holds every vector in memory anyway, and
 #: on 2 cores the exact blocked top-k costs ~7 ns per pair (68 s per 100k x 100k pair) against
 #: ~1.8 ms per in-process HNSW query (2 x 100k queries: ~360 s per pair, and approximate), so the
 #: quadratic path stays the faster one up to roughly half a million products per region.
 EXACT_MAX_PAIRS = 500_000 * 500_000
-
-
-def load_catalog(store: Any, regions: Sequence[str] | None = None, *, batch_size: int = 1024) -> CatalogData:
-    """Read active points of ``regions`` (default: all) from a ``CatalogStore`` into memory.
-
-    Raises:
-        ValueError: when a requested region has no points.
-    """
-    available = list(store.regions())
-    wanted = available if regions is None else list(regions)
-    missing = [r for r in wanted if r not in available]
-    if missing:
-        raise ValueError(
-            f"regions {missing} not in collection {getattr(store, 'collection', '?')!r}; "
-            f"available: {available}"
-        )
-    out: CatalogData = {}
-    for region in wanted:
-        payloads: list[dict[str, Any]] = []
-        blocks: list[np.ndarray] = []
-        for batch, vecs in store.scroll_region(region, with_vectors=True, batch_size=batch_size):
-            payloads.extend(batch)
-            blocks.append(vecs)
-        if not payloads:
-            raise ValueError(f"region {region!r} has no active points")
-        fields = {
-            name: [p.get(name) for p in payloads]
-            for name in (*OPTIONAL_FIELDS, "content_hash")
-            if any(p.get(name) for p in payloads)
-        }
-        out[region] = RegionTable(
-            region,
-            [p["sku"] for p in payloads],
-            [p.get("text") or "" for p in payloads],
-            np.concatenate(blocks),
-            fields,
-            point_ids=[str(p["id"]) for p in payloads],
-        )
-        logger.info("loaded %d points of region %s", len(payloads), region)
-    return out
 
 
 def region_mean(table: RegionTable) -> np.ndarray | None:
@@ -176,8 +136,8 @@ def _candidate_path(candidates: str, store: Any, data: CatalogData) -> str:
     return "exact" if largest <= EXACT_MAX_PAIRS else "qdrant"
 
 
-def _is_store(obj: Any) -> bool:
-    return hasattr(obj, "scroll_region") and hasattr(obj, "query_region")
+def _skus(table: RegionTable) -> np.ndarray:
+    return np.asarray(table.skus, dtype=object)
 
 
 def _labelled_targets(
@@ -189,78 +149,87 @@ def _labelled_targets(
     return known, known & (ga == gb)
 
 
+@dataclass
+class Prepared:
+    """The canonical, centred tables of one run and the per-region figures every later stage reads
+    (built once by :func:`prepare`)."""
+
+    data: CatalogData
+    text_sets: dict[str, TextSets]
+    keys: dict[str, np.ndarray]
+    hashes: dict[str, list[Any]]
+    means: dict[str, np.ndarray | None]
+    sentences: dict[str, SentenceVectors] | None
+    sentence_stats: dict[str, dict[str, Any]]
+    raw_vectors: dict[str, np.ndarray] | None
+    evidence: dict[str, list[Any]]
+    idf: dict[str, float]
+    regions: list[str] = field(default_factory=list)
+    evidence_seconds: float = 0.0
+
+
+@dataclass
+class Decision:
+    """The cut and how it was chosen; with labels, the judges and the threshold sweep."""
+
+    threshold: float | None
+    method: str
+    match_share: float | None = None
+    judges: dict[Any, Any] = field(default_factory=dict)
+    sweep_rows: list[dict[str, float]] | None = None
+
+
 def match_catalog(
     store_or_data: Any,
+    settings: MatchSettings | None = None,
     *,
     regions: Sequence[str] | None = None,
-    k: int = 10,
-    threshold: float | None = None,
     labels: str | Path | pd.DataFrame | Mapping[tuple[str, str], Any] | Literal["gtin"] | None = None,
-    method: AssignMethod = "hungarian",
-    target_precision: float | None = None,
-    allow_same_region: bool = False,
-    fit_on_labels: bool = False,
-    corroborate: bool = True,
-    center: bool = True,
-    text_ties: bool = False,
-    candidates: CandidateSource = "auto",
-    hnsw_ef: int | None = DEFAULT_HNSW_EF,
-    block_rows: int = DEFAULT_BLOCK_ROWS,
-    block_cols: int = DEFAULT_BLOCK_COLS,
+    sentences: SentenceSource = "auto",
+    decisions: pd.DataFrame | None = None,
+    rerank: Callable[[str, str, Sequence[str], Sequence[str]], np.ndarray] | None = None,
     model: str | None = None,
     collection: str | None = None,
-    sentences: Mapping[str, SentenceVectors] | Literal["auto"] | None = "auto",
     model_fingerprint: str | None = None,
-    rerank: Callable[[str, str, Sequence[str], Sequence[str]], np.ndarray] | None = None,
-    decisions: pd.DataFrame | None = None,
+    **options: Any,
 ) -> MatchResult:
-    """Find the same product across regions.
+    """Find the same product across regions: read the input (:func:`.inputs.read_inputs`), then
+    :func:`match_tables`.
 
     Args:
         store_or_data (CatalogStore | Mapping[str, RegionTable]): a store (read with
-            :func:`load_catalog`) or in-memory tables keyed by region.
+            :func:`.inputs.load_catalog`) or in-memory tables keyed by region.
+        settings (MatchSettings | None): how to decide; or pass its fields as keyword ``options``
+            (``k``, ``threshold``, ``method``, ``target_precision``, ``allow_same_region``,
+            ``fit_on_labels``, ``corroborate``, ``center``, ``text_ties``, ``candidates``,
+            ``hnsw_ef``, ``block_rows``, ``block_cols``; see :class:`.settings.MatchSettings`).
+            The cut: pairs with probability ``>= threshold``; None is a label-free cut from the
+            score distribution (:func:`.scoring.prior_shift_threshold`: the Bayes cut once the
+            scorer's even-odds probabilities are re-based on the estimated share of matches among
+            one-to-one pairs); with ``fit_on_labels`` (or ``target_precision``) and labels, the
+            F1-best (or target-precision) cut on them. ``candidates="auto"`` runs the exact
+            blocked path unless a store is given and the largest region pair exceeds
+            ``EXACT_MAX_PAIRS`` product pairs, where it queries Qdrant (``candidates_path`` in the
+            summary says which ran). ``center`` subtracts each region's mean vector (the language
+            offset of multilingual embeddings), also from Qdrant's raw neighbours (2k) re-ranked.
         regions (Sequence[str] | None): regions to match. Defaults to all.
-        k (int): nearest neighbours per product and direction. Defaults to 10.
-        threshold (float | None): accept pairs with probability ``>= threshold``. Defaults to a
-            label-free cut from the score distribution (:func:`.scoring.prior_shift_threshold`:
-            the Bayes cut once the scorer's even-odds probabilities are re-based on the estimated
-            share of matches among one-to-one pairs); with ``fit_on_labels=True`` (or
-            ``target_precision``) and labels, the F1-best (or target-precision) cut on them.
         labels: ``region, sku, group_id`` file/DataFrame/dict, or ``"gtin"`` to derive them.
-            Reported against (metrics); fit the scorer and threshold only with ``fit_on_labels``.
-        method ("hungarian" | "mutual"): one-to-one rule per region pair. Defaults to "hungarian".
-        target_precision (float | None): calibrate to this precision instead of max F1.
-        allow_same_region (bool): allow two SKUs of one region in a group. Defaults to False.
-        fit_on_labels (bool): fit the scorer and calibrate the threshold on labels. False (the
-            default) keeps the matcher label-free, so labels only evaluate and the metrics are
-            honest (not fitted on the data they score). Defaults to False.
-        corroborate (bool): with 3+ regions, add a second scoring pass with the third-region
-            evidence ``ev_triangle``. Defaults to True.
-        center (bool): subtract each region's mean vector before comparing: removes the
-            language offset multilingual embeddings carry, so cosines compare content. With a
-            store, Qdrant's raw neighbours (2k) are re-ranked by the centred vectors. Defaults to True.
-        text_ties (bool): count a pair whose text is identical to the true twin's as correct.
-        candidates ("auto" | "exact" | "qdrant"): candidate path. "auto" runs the exact blocked
-            path unless a store is given and the largest region pair exceeds ``EXACT_MAX_PAIRS``
-            product pairs, where it queries Qdrant; the summary's ``candidates_path`` says which ran.
-        hnsw_ef (int | None): HNSW search beam of the Qdrant path (``None``: the collection's
-            default). Defaults to ``DEFAULT_HNSW_EF``.
-        block_rows (int), block_cols (int): block sizes of the exact path (memory bound).
-        model (str | None), collection (str | None), model_fingerprint (str | None): recorded in
-            the summary; with the library versions, every parameter and a fingerprint of the input
-            they make ``summary["reproducibility"]``, so two reports can be compared.
+            Reported against (metrics); they fit the scorer and threshold only with ``fit_on_labels``.
         sentences: per-region sentence vectors (:class:`.SentenceVectors`, rows in table order) for
             the ``sentences`` alignment feature. "auto" (the default) reads them from the store's
             sentence cache (:mod:`polyglot_catalog.sentences`) when every product's sentences are
             there; None, or in-memory tables without a mapping, match without it.
-        rerank: optional pair scorer ``(region_a, region_b, texts_a, texts_b) -> scores`` (one per
-            candidate pair among either product's top ``RERANK_TOP`` by cosine, e.g. a cross-encoder
-            re-ranker, :class:`..tuning.rerank.CachedReranker`):
-            its score becomes the ``rerank`` feature and joins the self-training seed.
         decisions (pd.DataFrame | None): reviewed pairs ``region_a, sku_a, region_b, sku_b,
             decision`` (``match`` / ``no_match``; optional ``hash_a, hash_b`` so a decision lapses
             when a text changes): must-links and cannot-links, and labels for the scorer and the
-            label-free threshold (docs/REVIEW.md). Defaults to None.
+            label-free threshold (docs/REVIEW.md).
+        rerank: optional pair scorer ``(region_a, region_b, texts_a, texts_b) -> scores`` (one per
+            candidate pair among either product's top ``RERANK_TOP`` by cosine, e.g. a cross-encoder
+            re-ranker, :class:`..tuning.rerank.CachedReranker`): its score becomes the ``rerank``
+            feature and joins the self-training seed.
+        model (str | None), collection (str | None), model_fingerprint (str | None): recorded in
+            the summary; with the library versions, every setting and a fingerprint of the input
+            they make ``summary["reproducibility"]``, so two reports can be compared.
 
     Returns:
         MatchResult: pairs, groups, unmatched and a JSON-safe summary (see :mod:`.result`).
@@ -268,24 +237,38 @@ def match_catalog(
     Raises:
         ValueError: on bad arguments (the message names the value and the options).
     """
-    parameters = {
+    settings = MatchSettings.of(settings, options)
+    if settings.candidates == "qdrant" and not is_store(store_or_data):
+        raise ValueError("candidates='qdrant' needs a CatalogStore; pass one or use candidates='exact'")
+    t0 = time.perf_counter()
+    inputs = read_inputs(store_or_data, regions, sentences)
+    return match_tables(
+        inputs,
+        settings,
+        labels=labels,
+        decisions=decisions,
+        rerank=rerank,
+        model=model,
+        collection=collection or inputs.collection,
+        model_fingerprint=model_fingerprint,
+        parameters=_parameters(settings, regions, labels, sentences, rerank, decisions),
+        read_seconds=time.perf_counter() - t0,
+    )
+
+
+def _parameters(
+    settings: MatchSettings,
+    regions: Sequence[str] | None,
+    labels: Any,
+    sentences: Any,
+    rerank: Any,
+    decisions: pd.DataFrame | None,
+) -> dict[str, Any]:
+    """Every setting and input choice of a run, for its reproducibility record and match state."""
+    return {
         "regions": regions,
-        "k": k,
-        "threshold": threshold,
-        "labels": None
-        if labels is None
-        else (labels if isinstance(labels, str) else str(type(labels).__name__)),
-        "method": method,
-        "target_precision": target_precision,
-        "allow_same_region": allow_same_region,
-        "fit_on_labels": fit_on_labels,
-        "corroborate": corroborate,
-        "center": center,
-        "text_ties": text_ties,
-        "candidates": candidates,
-        "hnsw_ef": hnsw_ef,
-        "block_rows": block_rows,
-        "block_cols": block_cols,
+        **settings.as_dict(),
+        "labels": None if labels is None else (labels if isinstance(labels, str) else type(labels).__name__),
         "sentences": sentences if sentences is None or isinstance(sentences, str) else "in-memory",
         "rerank": rerank is not None,
         "candidate_slack": CANDIDATE_SLACK,
@@ -294,54 +277,133 @@ def match_catalog(
         "threshold_floor": THRESHOLD_FLOOR,
         "decisions": None if decisions is None else len(decisions),
     }
-    if k < 1:
-        raise ValueError(f"k must be >= 1; got {k}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1]; got {threshold}")
-    if candidates not in ("auto", "exact", "qdrant"):
-        raise ValueError(f"candidates must be one of ('auto', 'exact', 'qdrant'); got {candidates!r}")
+
+
+def match_tables(
+    inputs: MatchInputs,
+    settings: MatchSettings,
+    *,
+    labels: Any = None,
+    decisions: pd.DataFrame | None = None,
+    rerank: Callable[[str, str, Sequence[str], Sequence[str]], np.ndarray] | None = None,
+    model: str | None = None,
+    collection: str | None = None,
+    model_fingerprint: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    read_seconds: float = 0.0,
+) -> MatchResult:
+    """The matcher proper, on tables in memory: prepare -> candidates and features -> scores ->
+    decisions -> tables; each stage a function below, over :class:`.blocks.PairBlock` records.
+    Arguments as :func:`match_catalog`'s; ``parameters`` are recorded (default: the settings)."""
+    parameters = dict(parameters or _parameters(settings, None, labels, inputs.sentences, rerank, decisions))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    store = store_or_data if _is_store(store_or_data) else None
-    if store is not None:
-        data = load_catalog(store, regions)
-        collection = collection or getattr(store, "collection", None)
-    else:
-        data = dict(store_or_data)
-        if regions is not None:
-            missing = [r for r in regions if r not in data]
-            if missing:
-                raise ValueError(f"regions {missing} not in the data; available: {sorted(data)}")
-            data = {r: data[r] for r in regions}
-    if candidates == "qdrant" and store is None:
-        raise ValueError("candidates='qdrant' needs a CatalogStore; pass one or use candidates='exact'")
-    # the canonical row order and one vector per text (see .canonical): no decision below may
-    # depend on file order, shard split or last-bit differences between identical listings
-    if isinstance(sentences, Mapping):
+    path = _candidate_path(settings.candidates, inputs.store, inputs.data)
+    prep = prepare(inputs, settings, keep_raw=path == "qdrant")
+    record = reproducibility_record(
+        prep.data, parameters, model=model, model_fingerprint=model_fingerprint, collection=collection
+    )
+    reviewed = ReviewedPairs.of(decisions, prep.data) if decisions is not None else None
+    timings["load"] = read_seconds + time.perf_counter() - t0 - prep.evidence_seconds
+    timings["evidence"] = prep.evidence_seconds
+
+    blocks, figures, lex_stats = candidate_blocks(
+        prep,
+        settings,
+        store=inputs.store if path == "qdrant" else None,
+        reviewed=reviewed,
+        rerank=rerank,
+        timings=timings,
+    )
+    prep.raw_vectors = None
+    lab, labels_note = _labels(labels, prep.data)
+
+    t0 = time.perf_counter()
+    features = (*FEATURES, "sentences") if prep.sentences is not None else FEATURES
+    if rerank is not None:
+        features = (*features, "rerank")
+    prep.sentences = None
+    scorer1, scorer2 = score_blocks(blocks, prep, features, lab if settings.fit_on_labels else None, settings)
+    scorer = scorer2 or scorer1
+    timings["scoring"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    decision = decide(blocks, prep, settings, lab, scorer, reviewed)
+    timings["assign"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pairs, groups, unmatched, duplicates = result_tables(blocks, prep, settings, decision.threshold)
+    context = MatchContext(
+        regions=prep.regions,
+        parameters=dict(record.get("parameters", parameters)),
+        threshold=float(decision.threshold),
+        scorer1=scorer_state(scorer1),
+        scorer2=scorer_state(scorer2),
+        idf=prep.idf,
+        tables={r: _region_context(prep, r, figures, lex_stats) for r in prep.regions},
+        edges=context_edges(pairs),
+        sentences=bool(prep.sentence_stats),
+    )
+    del pairs["p1"]
+    timings["groups"] = time.perf_counter() - t0
+
+    summary = _summary(
+        blocks, pairs, prep, settings, decision, scorer, record, timings, path, duplicates, model, collection
+    )
+    if lab:
+        summary["labels_used_for"] = (
+            "fitting and evaluation"
+            if settings.fit_on_labels
+            else ("threshold and evaluation" if decision.method.startswith("labels") else "evaluation")
+        )
+        summary["metrics"] = evaluate_pairs(
+            pairs,
+            decision.judges,
+            method=settings.method,
+            sweep_rows=decision.sweep_rows,
+            threshold=float(decision.threshold),
+            allow_same_region=settings.allow_same_region,
+        )
+        pairs["correct"] = pair_verdicts(pairs, decision.judges)  # right / wrong / <NA> (unlabelled)
+    if labels_note:
+        summary["labels_note"] = labels_note
+    if reviewed is not None:
+        summary["review"] = reviewed.summary(blocks)
+    # an incremental run continues with the same scorer: without a fitted one there is nothing to
+    # continue; reviewed decisions and a re-ranker are applied by full runs only
+    continuable = reviewed is None and rerank is None and context.scorer1 is not None
+    return MatchResult(
+        pairs=pairs,
+        groups=groups,
+        unmatched=unmatched,
+        summary=summary,
+        duplicates=duplicates,
+        context=context if continuable else None,
+    )
+
+
+def prepare(inputs: MatchInputs, settings: MatchSettings, *, keep_raw: bool = False) -> Prepared:
+    """Canonical tables (see .canonical: no decision below may depend on file order, shard split or
+    last-bit differences between identical listings), centred, with their text keys, hashes,
+    centred sentence vectors and per-product evidence. ``keep_raw``: keep the stored (uncentred)
+    vectors for the Qdrant path's re-rank."""
+    data = inputs.data
+    sentences = inputs.sentences
+    if sentences is not None:
         sentences = {
-            r: permute_sentences(sv, canonical_order(data[r].skus)) if r in data else sv
+            r: permute_sentences(sv, canonical_order(data[r].skus))
             for r, sv in sentences.items()
+            if r in data
         }
     data = {r: canonical_table(t) for r, t in data.items()}
-    text_sets = {r: TextSets.of(t.texts) for r, t in data.items()}
-    record = reproducibility_record(
-        data, parameters, model=model, model_fingerprint=model_fingerprint, collection=collection
-    )
-    path = _candidate_path(candidates, store, data)
-    query_store = store if path == "qdrant" else None
-    region_names = sorted(data)
-    sent, sent_stats = _sentence_vectors(sentences, store, data)
-    sentences = None  # centred copies made: the caller's rows are freed unless it keeps them
-    # the stored (uncentred) vectors serve only the Qdrant path's re-rank; the exact path lets them go
-    raw_vectors = {r: t.vectors for r, t in data.items()} if center and query_store is not None else None
-    means = {r: region_mean(t) for r, t in data.items()} if center else {}
+    sent, sent_stats = _centred_sentences(sentences, data)
+    del sentences  # centred copies made: the caller's rows are freed unless it keeps them
+    raw = {r: t.vectors for r, t in data.items()} if settings.center and keep_raw else None
+    means = {r: region_mean(t) for r, t in data.items()} if settings.center else {}
     keys = {r: text_keys(t.texts) for r, t in data.items()}
     hashes = {r: list(t.fields.get("content_hash") or [None] * len(t)) for r, t in data.items()}
-    if center:
+    if settings.center:
         data = {r: center_region(t, means[r]) for r, t in data.items()}
-    reviewed = ReviewedPairs.of(decisions, data) if decisions is not None else None
-    timings["load"] = time.perf_counter() - t0
-
     t0 = time.perf_counter()
     evid = {
         r: [
@@ -351,26 +413,55 @@ def match_catalog(
         for r, t in data.items()
     }
     idf = idf_weights(itertools.chain.from_iterable(evid.values()))
-    timings["evidence"] = time.perf_counter() - t0
+    prep = Prepared(
+        data=data,
+        text_sets={r: TextSets.of(t.texts) for r, t in data.items()},
+        keys=keys,
+        hashes=hashes,
+        means=means,
+        sentences=sent,
+        sentence_stats=sent_stats,
+        raw_vectors=raw,
+        evidence=evid,
+        idf=idf,
+        regions=sorted(data),
+    )
+    prep.evidence_seconds = time.perf_counter() - t0
+    return prep
 
-    blocks: list[dict[str, Any]] = []
+
+def candidate_blocks(
+    prep: Prepared,
+    settings: MatchSettings,
+    *,
+    store: Any = None,
+    reviewed: ReviewedPairs | None = None,
+    rerank: Callable[[str, str, Sequence[str], Sequence[str]], np.ndarray] | None = None,
+    timings: dict[str, float] | None = None,
+) -> tuple[list[PairBlock], dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+    """Per region pair: candidates (exact blocks, or Qdrant queries with ``store``) and their
+    features. Also returns each product's neighbourhood figures per other region (radius, k-th
+    similarity) and each region's n-gram document frequencies (what an incremental run freezes)."""
+    data = prep.data
+    blocks: list[PairBlock] = []
     t_cand = t_feat = 0.0
-    region_pairs = list(itertools.combinations(region_names, 2))
+    region_pairs = list(itertools.combinations(prep.regions, 2))
     ngrams: dict[str, NgramCounts] = {}  # each region hashed once, freed after its last pair
     lex_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     figures: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # (region, other) -> radius, floor
+    raw = prep.raw_vectors
     for step, (ra, rb) in enumerate(region_pairs):
         a, b = data[ra], data[rb]
         t1 = time.perf_counter()
         ia, ib, neigh = candidate_pairs(
             a,
             b,
-            k,
-            store=query_store,
-            raw=None if raw_vectors is None else (raw_vectors[ra], raw_vectors[rb]),
-            hnsw_ef=hnsw_ef,
-            block_rows=block_rows,
-            block_cols=block_cols,
+            settings.k,
+            store=store,
+            raw=None if raw is None else (raw[ra], raw[rb]),
+            hnsw_ef=settings.hnsw_ef,
+            block_rows=settings.block_rows,
+            block_cols=settings.block_cols,
         )
         if reviewed is not None:
             ia, ib = reviewed.with_must_links(ra, rb, ia, ib)
@@ -388,184 +479,216 @@ def match_catalog(
             neigh["a"],
             neigh["b"],
             (ngrams[ra], ngrams[rb]),
-            evid[ra],
-            evid[rb],
-            idf,
+            prep.evidence[ra],
+            prep.evidence[rb],
+            prep.idf,
         )
         for r in (ra, rb):
             if not any(r in later for later in region_pairs[step + 1 :]):
                 del ngrams[r]
-        if sent is not None:
-            feats["sentences"] = sentence_alignment(sent[ra], sent[rb], ia, ib)
+        if prep.sentences is not None:
+            feats["sentences"] = sentence_alignment(prep.sentences[ra], prep.sentences[rb], ia, ib)
         if rerank is not None:
             feats["rerank"] = _rerank_feature(rerank, ra, rb, a.texts, b.texts, ia, ib, feats["cosine"])
         t_cand += t2 - t1
         t_feat += time.perf_counter() - t2
         blocks.append(
-            {
-                "ra": ra,
-                "rb": rb,
-                "ia": ia,
-                "ib": ib,
-                "feats": feats,
-                "explain": explain,
-                "sa": np.asarray(a.skus, dtype=object)[ia],
-                "sb": np.asarray(b.skus, dtype=object)[ib],
-                "reviewed": None if reviewed is None else reviewed.targets(ra, rb, ia, ib),
-            }
+            PairBlock(
+                ra,
+                rb,
+                ia,
+                ib,
+                feats,
+                explain,
+                reviewed=None if reviewed is None else reviewed.targets(ra, rb, ia, ib),
+            )
         )
-    timings["candidates"], timings["features"] = t_cand, t_feat
-    del evid, raw_vectors  # per-product evidence objects (~2 KB each): free them before scoring
+    if timings is not None:
+        timings["candidates"], timings["features"] = t_cand, t_feat
+    prep.evidence = {}  # per-product evidence objects (~2 KB each): freed before scoring
+    return blocks, figures, lex_stats
 
-    t0 = time.perf_counter()
-    lab: Labels | None = None
-    labels_note: str | None = None
-    if labels is not None:
-        lab = labels_from_gtin(data) if isinstance(labels, str) and labels == "gtin" else load_labels(labels)
-        lab, labels_dropped = labels_for(lab, data)
-        if not lab:  # e.g. the demo's labels on another collection: no figures rather than wrong ones
-            logger.warning("labels name none of the matched SKUs (%d dropped): not scored", labels_dropped)
-            labels_note = f"labels name none of the matched SKUs ({labels_dropped} labels); run not scored"
-    fit_lab = lab if fit_on_labels else None
-    features = (*FEATURES, "sentences") if sent is not None else FEATURES
-    if rerank is not None:
-        features = (*features, "rerank")
-    del sent
-    scorer = _fit_and_score(blocks, features, fit_lab, seed=None)
-    scorer1, scorer2 = scorer, None
-    for blk in blocks:
-        blk["p1"] = blk["score"]
-    if corroborate and len(region_names) > 2 and blocks:
-        # second pass: a pair both of whose products match the same SKU of a third region is
-        # corroborated (identity is transitive); refit with that evidence. The seed adds the
-        # third-region support to pass one's log-odds (both z-scored, as in pass one): a target
-        # that is a function of the old features alone would teach the new one nothing.
-        triangles = corroboration(blocks)
-        for blk, tri in zip(blocks, triangles, strict=True):
-            blk["feats"]["ev_triangle"] = tri
-        seed = default_seed(
-            np.concatenate([_log_odds(blk["score"]) for blk in blocks]), np.concatenate(triangles)
-        )
-        bounds = np.cumsum([0, *(len(blk["ia"]) for blk in blocks)])
-        scorer = _fit_and_score(
-            blocks,
-            (*features, "ev_triangle"),
-            fit_lab,
-            seed=[seed[lo:hi] for lo, hi in itertools.pairwise(bounds)],
-        )
-        scorer2 = scorer
-        for blk in blocks:
-            blk["explain"] = [
-                (
-                    "; ".join(filter(None, (e, f"corroborated via a third region ({t:.2f})")))
-                    if t >= 0.5
-                    else e
-                )
-                for e, t in zip(blk["explain"], blk["feats"]["ev_triangle"], strict=True)
-            ]
-    timings["scoring"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+def score_blocks(
+    blocks: list[PairBlock],
+    prep: Prepared,
+    features: Sequence[str],
+    fit_lab: Labels | None,
+    settings: MatchSettings,
+) -> tuple[PairScorer, PairScorer | None]:
+    """Fit and apply the scorer (``p1``, ``score``); with 3+ regions and ``corroborate``, a second
+    pass with the third-region evidence. Returns both scorers (the second None when not run)."""
+    scorer1 = _fit_and_score(blocks, prep.data, features, fit_lab, seed=None)
     for blk in blocks:
-        blk["accepted"] = np.zeros(len(blk["ia"]), dtype=bool)
-    judges = judges_for(data, lab, [(b["ra"], b["rb"]) for b in blocks], text_ties=text_ties) if lab else {}
-    sweep_rows: list[dict[str, float]] | None = None
-    threshold_method = "given"
-    match_share: float | None = None
+        blk.p1 = blk.score
+    if not (settings.corroborate and len(prep.regions) > 2 and blocks):
+        return scorer1, None
+    # second pass: a pair both of whose products match the same SKU of a third region is
+    # corroborated (identity is transitive); refit with that evidence. The seed adds the
+    # third-region support to pass one's log-odds (both z-scored, as in pass one): a target
+    # that is a function of the old features alone would teach the new one nothing.
+    triangles = corroboration(blocks)
+    for blk, tri in zip(blocks, triangles, strict=True):
+        blk.feats["ev_triangle"] = tri
+    seed = default_seed(np.concatenate([_log_odds(blk.score) for blk in blocks]), np.concatenate(triangles))
+    bounds = np.cumsum([0, *(len(blk) for blk in blocks)])
+    scorer2 = _fit_and_score(
+        blocks,
+        prep.data,
+        (*features, "ev_triangle"),
+        fit_lab,
+        seed=[seed[lo:hi] for lo, hi in itertools.pairwise(bounds)],
+    )
+    for blk in blocks:
+        blk.explain = corroborated(blk.explain, blk.feats["ev_triangle"])
+    return scorer1, scorer2
+
+
+def corroborated(explain: Sequence[str], triangle: Any) -> list[str]:
+    """``explain`` with the third-region support said where it is strong (>= 0.5)."""
+    return [
+        "; ".join(filter(None, (e, f"corroborated via a third region ({t:.2f})"))) if t >= 0.5 else e
+        for e, t in zip(explain, triangle, strict=True)
+    ]
+
+
+def decide(
+    blocks: list[PairBlock],
+    prep: Prepared,
+    settings: MatchSettings,
+    lab: Labels | None,
+    scorer: PairScorer,
+    reviewed: ReviewedPairs | None,
+) -> Decision:
+    """The cut (given, from labels, or label-free), then the one-to-one rule per region pair with
+    ties given to the lowest SKUs (``accepted``, ``ambiguous``); the group rule runs on the table."""
+    method = settings.method
+    judges = judges_for(prep.data, lab, [b.key for b in blocks], text_ties=settings.text_ties) if lab else {}
+    decision = Decision(threshold=settings.threshold, method="given", judges=judges)
     if lab:
-        sweep_rows = threshold_sweep(
-            _pairs_table(blocks, data, 1.0)[0], judges, method, allow_same_region=allow_same_region
+        for blk in blocks:
+            blk.accepted = np.zeros(len(blk), dtype=bool)
+        decision.sweep_rows = threshold_sweep(
+            _pairs_table(blocks, prep.data, 1.0)[0],
+            judges,
+            method,
+            allow_same_region=settings.allow_same_region,
         )
-        if threshold is None and (fit_on_labels or target_precision is not None):
-            threshold = calibrate_threshold(sweep_rows, target_precision)
-            threshold_method = "labels: " + ("target precision" if target_precision else "F1-best")
-    if threshold is None:
-        threshold, match_share = _auto_threshold(blocks, scorer, method)
-        threshold_method = (
+        if settings.threshold is None and (settings.fit_on_labels or settings.target_precision is not None):
+            decision.threshold = calibrate_threshold(decision.sweep_rows, settings.target_precision)
+            decision.method = "labels: " + ("target precision" if settings.target_precision else "F1-best")
+    if decision.threshold is None:
+        decision.threshold, decision.match_share = _auto_threshold(blocks, scorer, method)
+        decision.method = (
             "prior-shift EM"
-            if match_share is not None
+            if decision.match_share is not None
             else f"default 0.5 (fewer than {MIN_SELF_TRAINING} reciprocal-best pairs to self-train on)"
         )
     if reviewed is not None:
-        if threshold_method == "prior-shift EM":
-            threshold = reviewed.threshold(blocks, threshold)
-            threshold_method += " + reviewed pairs"
+        if decision.method == "prior-shift EM":
+            decision.threshold = reviewed.threshold(blocks, decision.threshold)
+            decision.method += " + reviewed pairs"
         reviewed.force(blocks)
     for blk in blocks:
-        accepted = link_pairs(blk["ia"], blk["ib"], blk["score"], threshold, method)
-        ts_a, ts_b = text_sets[blk["ra"]], text_sets[blk["rb"]]
-        blk["accepted"] = prefer_lower_rows(blk["ia"], blk["ib"], blk["score"], accepted, ts_a, ts_b)
-        _mark_ties(blk, data)
-    timings["assign"] = time.perf_counter() - t0
+        link_block(blk, prep.data, prep.text_sets, decision.threshold, method)
+    return decision
 
-    t0 = time.perf_counter()
-    pairs, pid_a, pid_b = _pairs_table(blocks, data, threshold, extra=("p1",))
+
+def link_block(
+    blk: PairBlock, data: CatalogData, text_sets: Mapping[str, TextSets], threshold: float, method: str
+) -> None:
+    """The one-to-one rule on ``blk`` (``accepted``), ties given to the lowest SKUs and flagged
+    (``ambiguous``, named in ``explain``). The full and the incremental run both decide with it."""
+    accepted = link_pairs(blk.ia, blk.ib, blk.score, threshold, method)
+    ts_a, ts_b = text_sets[blk.ra], text_sets[blk.rb]
+    blk.accepted = prefer_lower_rows(blk.ia, blk.ib, blk.score, accepted, ts_a, ts_b)
+    _mark_ties(blk, data)
+
+
+def result_tables(
+    blocks: list[PairBlock], prep: Prepared, settings: MatchSettings, threshold: float
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The pairs table (with ``p1`` for the context), after the group rule; groups, unmatched
+    products and same-region duplicate listings."""
+    pairs, pid_a, pid_b = _pairs_table(blocks, prep.data, threshold, extra=("p1",))
     for blk in blocks:  # the table holds them now; per-block copies would double the peak below
-        for key in ("feats", "explain", "sa", "sb"):
-            blk.pop(key, None)
+        blk.feats = pd.DataFrame()
+        blk.explain = []
     first = (pairs["decision"] == "match").to_numpy()
     accepted, refused, groups = apply_group_rule(
-        pairs, first, threshold, method, allow_same_region=allow_same_region
+        pairs, first, threshold, settings.method, allow_same_region=settings.allow_same_region
     )
     pairs.loc[accepted & ~first, "decision"] = "match"  # freed products matched again
     pairs.loc[refused, "decision"] = "conflict"
-    unmatched = _unmatched(pairs, data, pid_a, pid_b, threshold)
-    duplicates = _duplicates(data, text_sets)
-    del pid_a, pid_b
-    context = MatchContext(
-        regions=region_names,
-        parameters={k: v for k, v in record.get("parameters", parameters).items()},
-        threshold=float(threshold),
-        scorer1=scorer_state(scorer1),
-        scorer2=scorer_state(scorer2),
-        idf=idf,
-        tables={
-            r: RegionContext(
-                skus=np.asarray(data[r].skus, dtype=object),
-                text_key=keys[r],
-                content_hash=np.asarray(hashes[r], dtype=object),
-                mean=means.get(r),
-                radius={o: figures[(r, o)][0] for o in region_names if (r, o) in figures},
-                floor={o: figures[(r, o)][1] for o in region_names if (r, o) in figures},
-                lex_keys=lex_stats.get(r, (np.zeros(0, np.int32), np.zeros(0, np.int32)))[0],
-                lex_df=lex_stats.get(r, (np.zeros(0, np.int32), np.zeros(0, np.int32)))[1],
-                **sent_stats.get(r, {}),
-            )
-            for r in region_names
-        },
-        edges=context_edges(pairs),
-        sentences=bool(sent_stats),
-    )
-    del pairs["p1"]
-    timings["groups"] = time.perf_counter() - t0
+    unmatched = _unmatched(pairs, prep.data, pid_a, pid_b, threshold)
+    duplicates = _duplicates(prep.data, prep.text_sets)
+    return pairs, groups, unmatched, duplicates
 
-    summary: dict[str, Any] = {
+
+def _labels(labels: Any, data: CatalogData) -> tuple[Labels | None, str | None]:
+    """The labels that name products of ``data`` (None without labels), and a note when none does."""
+    if labels is None:
+        return None, None
+    lab = labels_from_gtin(data) if isinstance(labels, str) and labels == "gtin" else load_labels(labels)
+    lab, dropped = labels_for(lab, data)
+    if not lab:  # e.g. the demo's labels on another collection: no figures rather than wrong ones
+        logger.warning("labels name none of the matched SKUs (%d dropped): not scored", dropped)
+        return lab, f"labels name none of the matched SKUs ({dropped} labels); run not scored"
+    return lab, None
+
+
+def _region_context(
+    prep: Prepared,
+    r: str,
+    figures: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    lex_stats: Mapping[str, tuple[np.ndarray, np.ndarray]],
+) -> RegionContext:
+    empty = (np.zeros(0, np.int32), np.zeros(0, np.int32))
+    return RegionContext(
+        skus=np.asarray(prep.data[r].skus, dtype=object),
+        text_key=prep.keys[r],
+        content_hash=np.asarray(prep.hashes[r], dtype=object),
+        mean=prep.means.get(r),
+        radius={o: figures[(r, o)][0] for o in prep.regions if (r, o) in figures},
+        floor={o: figures[(r, o)][1] for o in prep.regions if (r, o) in figures},
+        lex_keys=lex_stats.get(r, empty)[0],
+        lex_df=lex_stats.get(r, empty)[1],
+        **prep.sentence_stats.get(r, {}),
+    )
+
+
+def _summary(
+    blocks: list[PairBlock],
+    pairs: pd.DataFrame,
+    prep: Prepared,
+    settings: MatchSettings,
+    decision: Decision,
+    scorer: PairScorer,
+    record: dict[str, Any],
+    timings: dict[str, float],
+    path: str,
+    duplicates: pd.DataFrame,
+    model: str | None,
+    collection: str | None,
+) -> dict[str, Any]:
+    is_match = pairs["decision"] == "match"
+    return {
         "model": model,
         "collection": collection,
-        "threshold": round(float(threshold), 4),
-        "threshold_method": threshold_method,
-        "match_share": round(match_share, 4) if match_share is not None else None,
-        "labels_used_for": (
-            "fitting and evaluation"
-            if fit_on_labels
-            else ("threshold and evaluation" if threshold_method.startswith("labels") else "evaluation")
-        )
-        if lab
-        else None,
-        "regions": region_names,
-        "k": k,
+        "threshold": round(float(decision.threshold), 4),
+        "threshold_method": decision.method,
+        "match_share": round(decision.match_share, 4) if decision.match_share is not None else None,
+        "labels_used_for": None,
+        "regions": prep.regions,
+        "k": settings.k,
         "candidates_path": path,
-        "method": method,
+        "method": settings.method,
         "scorer": {"fitted_on": scorer.fitted_on, "weights": scorer.describe()},
         "counts": {
-            f"{blk['ra']}|{blk['rb']}": {
-                "candidates": len(blk["ia"]),
+            f"{blk.ra}|{blk.rb}": {
+                "candidates": len(blk),
                 "matches": int(
-                    (
-                        (pairs["region_a"] == blk["ra"])
-                        & (pairs["region_b"] == blk["rb"])
-                        & (pairs["decision"] == "match")
-                    ).sum()
+                    ((pairs["region_a"] == blk.ra) & (pairs["region_b"] == blk.rb) & is_match).sum()
                 ),
             }
             for blk in blocks
@@ -573,51 +696,27 @@ def match_catalog(
         "timings": {name: round(v, 3) for name, v in timings.items()},
         "counts_duplicates": len(duplicates),
         "reproducibility": record,
-        "counts_ambiguous": int(pairs["ambiguous"][pairs["decision"] == "match"].sum()),
+        "counts_ambiguous": int(pairs["ambiguous"][is_match].sum()),
     }
-    if lab:
-        summary["metrics"] = evaluate_pairs(
-            pairs,
-            judges,
-            method=method,
-            sweep_rows=sweep_rows,
-            threshold=float(threshold),
-            allow_same_region=allow_same_region,
-        )
-        pairs["correct"] = pair_verdicts(pairs, judges)  # right / wrong / <NA> (unlabelled), per pair
-    if labels_note:
-        summary["labels_note"] = labels_note
-    if reviewed is not None:
-        summary["review"] = reviewed.summary(blocks)
-    return MatchResult(
-        pairs=pairs,
-        groups=groups,
-        unmatched=unmatched,
-        summary=summary,
-        duplicates=duplicates,
-        # an incremental run continues with the same scorer: without a fitted one there is nothing to continue
-        context=None if reviewed is not None or rerank is not None or context.scorer1 is None else context,
-    )
 
 
-def _mark_ties(blk: dict[str, Any], data: CatalogData) -> None:
-    """Flag accepted pairs that a tie alone decided (``blk["ambiguous"]``) and name the rival."""
-    rival = tied_rivals(blk["ia"], blk["ib"], blk["score"], blk["accepted"])
-    blk["ambiguous"] = rival >= 0
-    if not blk["ambiguous"].any():
+def _mark_ties(blk: PairBlock, data: CatalogData) -> None:
+    """Flag accepted pairs that a tie alone decided (``blk.ambiguous``) and name the rival."""
+    assert blk.accepted is not None
+    rival = tied_rivals(blk.ia, blk.ib, blk.score, blk.accepted)
+    blk.ambiguous = rival >= 0
+    if not blk.ambiguous.any():
         return
-    a, b = data[blk["ra"]], data[blk["rb"]]
-    explain = list(blk["explain"])
-    for i in np.flatnonzero(blk["ambiguous"]):
+    a, b = data[blk.ra], data[blk.rb]
+    explain = list(blk.explain)
+    for i in np.flatnonzero(blk.ambiguous):
         j = rival[i]
         other = (
-            f"{b.region}/{b.skus[blk['ib'][j]]}"
-            if blk["ia"][j] == blk["ia"][i]
-            else (f"{a.region}/{a.skus[blk['ia'][j]]}")
+            f"{b.region}/{b.skus[blk.ib[j]]}" if blk.ia[j] == blk.ia[i] else f"{a.region}/{a.skus[blk.ia[j]]}"
         )
         note = f"ambiguous: tie with {other} (same score)"
         explain[i] = f"{note}; {explain[i]}" if explain[i] else note
-    blk["explain"] = explain
+    blk.explain = explain
 
 
 def _duplicates(data: CatalogData, text_sets: Mapping[str, TextSets]) -> pd.DataFrame:
@@ -633,7 +732,7 @@ def _duplicates(data: CatalogData, text_sets: Mapping[str, TextSets]) -> pd.Data
 
 
 def _auto_threshold(
-    blocks: list[dict[str, Any]], scorer: PairScorer, method: AssignMethod
+    blocks: list[PairBlock], scorer: PairScorer, method: AssignMethod
 ) -> tuple[float, float | None]:
     """Label-free cut over all region pairs: ``(threshold, match_share)``.
 
@@ -643,7 +742,7 @@ def _auto_threshold(
     """
     if scorer.fitted_on == "default" or not blocks:
         return DEFAULT_THRESHOLD, None
-    linked = [b["score"][link_pairs(b["ia"], b["ib"], b["score"], 0.0, method)] for b in blocks]
+    linked = [b.score[link_pairs(b.ia, b.ib, b.score, 0.0, method)] for b in blocks]
     scores = np.concatenate(linked) if linked else np.zeros(0)
     if len(scores) == 0:
         return DEFAULT_THRESHOLD, None
@@ -705,8 +804,8 @@ def _rerank_feature(
     return out
 
 
-def _sentence_vectors(
-    sentences: Mapping[str, SentenceVectors] | Literal["auto"] | None, store: Any, data: CatalogData
+def _centred_sentences(
+    sentences: Mapping[str, SentenceVectors] | None, data: CatalogData
 ) -> tuple[dict[str, SentenceVectors] | None, dict[str, dict[str, Any]]]:
     """Centred sentence vectors per region (None when the alignment feature is off), and per region
     the statistics an incremental run freezes (``sent_mean``, ``sent_keys``, ``sent_df``: .context).
@@ -716,17 +815,6 @@ def _sentence_vectors(
     """
     if sentences is None:
         return None, {}
-    if isinstance(sentences, str):
-        if sentences != "auto":
-            raise ValueError(f"sentences must be a mapping, 'auto' or None; got {sentences!r}")
-        if store is None or not hasattr(store, "vector_name"):
-            return None, {}
-        cache = SentenceCache.for_store(store)  # the cache of the model the store records
-        found = {r: cache.vectors_for(t.texts) for r, t in data.items()}
-        if any(v is None for v in found.values()):
-            return None, {}
-        sentences = {r: v for r, v in found.items() if v is not None}
-        del found
     missing = [r for r in data if r not in sentences]
     if missing:
         raise ValueError(f"sentences: no sentence vectors for regions {missing}")
@@ -755,13 +843,14 @@ def _sentence_vectors(
 
 
 def _fit_and_score(
-    blocks: list[dict[str, Any]],
+    blocks: list[PairBlock],
+    data: CatalogData,
     features: Sequence[str],
     lab: Labels | None,
     seed: list[np.ndarray] | None,
 ) -> PairScorer:
     """Fit one scorer over all region pairs (on labels when usable, else self-training) and
-    store each block's probabilities in ``blk["score"]``."""
+    store each block's probabilities in ``blk.score``."""
     scorer = PairScorer(features=tuple(features))
     if not blocks:
         return scorer
@@ -770,33 +859,37 @@ def _fit_and_score(
         """Only the fitted rows of every block, stacked (never a copy of all candidate pairs)."""
         parts, start = [], 0
         for blk in blocks:
-            n = len(blk["ia"])
-            parts.append(blk["feats"][mask[start : start + n]])
+            n = len(blk)
+            parts.append(blk.feats[mask[start : start + n]])
             start += n
         return pd.concat(parts, ignore_index=True)
 
     fitted = False
     if lab:
         known, y = zip(
-            *(_labelled_targets(lab, b["ra"], b["rb"], b["sa"], b["sb"]) for b in blocks), strict=True
+            *(
+                _labelled_targets(lab, b.ra, b.rb, _skus(data[b.ra])[b.ia], _skus(data[b.rb])[b.ib])
+                for b in blocks
+            ),
+            strict=True,
         )
         known_all, y_all = _with_reviewed(blocks, np.concatenate(known), np.concatenate(y))
         if y_all[known_all].any() and not y_all[known_all].all():
             scorer.fit(rows(known_all), y_all[known_all], source="labels")
             fitted = True
-    if not fitted and sum(len(blk["ia"]) for blk in blocks):
+    if not fitted and sum(len(blk) for blk in blocks):
         offset = 0
         ia_all, ib_all = [], []
         for blk in blocks:  # keep products of different region pairs apart in the self-training
-            ia_all.append(blk["ia"] + offset)
-            ib_all.append(blk["ib"] + offset)
-            offset += int(max(blk["ia"].max(initial=0), blk["ib"].max(initial=0))) + 1
+            ia_all.append(blk.ia + offset)
+            ib_all.append(blk.ib + offset)
+            offset += int(max(blk.ia.max(initial=0), blk.ib.max(initial=0))) + 1
         if seed is not None:
             seed_score = np.concatenate(seed)
         else:
             seed_score = default_seed(
                 *(
-                    np.concatenate([blk["feats"][c].to_numpy() for blk in blocks])
+                    np.concatenate([blk.feats[c].to_numpy() for blk in blocks])
                     for c in _seed_columns(features)
                 )
             )
@@ -812,30 +905,27 @@ def _fit_and_score(
         else:
             scorer.fit(rows(targets[0]), targets[1], source="self-training")
     for blk in blocks:
-        blk["score"] = scorer.predict(blk["feats"]) if len(blk["feats"]) else np.zeros(0)
+        blk.score = scorer.predict(blk.feats) if len(blk.feats) else np.zeros(0)
     return scorer
 
 
 def _with_reviewed(
-    blocks: list[dict[str, Any]], known: np.ndarray, y: np.ndarray
+    blocks: list[PairBlock], known: np.ndarray, y: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit targets with the reviewed pairs added; a reviewer's verdict wins over the label-free
     prior's (self-training) or a labels file's target for the same pair."""
-    reviewed = [blk.get("reviewed") for blk in blocks]
+    reviewed = [blk.reviewed for blk in blocks]
     if all(t is None for t in reviewed):
         return known, y
     t = np.concatenate(
-        [
-            np.full(len(b["ia"]), -1, np.int8) if r is None else r
-            for b, r in zip(blocks, reviewed, strict=True)
-        ]
+        [np.full(len(b), -1, np.int8) if r is None else r for b, r in zip(blocks, reviewed, strict=True)]
     )
     y = np.where(t >= 0, t, y).astype(y.dtype)
     return known | (t >= 0), y
 
 
 def _pairs_table(
-    blocks: list[dict[str, Any]], data: CatalogData, threshold: float, *, extra: Sequence[str] = ()
+    blocks: list[PairBlock], data: CatalogData, threshold: float, *, extra: Sequence[str] = ()
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """All candidate pairs, region pair by region pair, best score first, with the global product
     numbers (region offset + row) of both sides in the same order.
@@ -849,22 +939,19 @@ def _pairs_table(
     into their distinct values. As plain strings pandas copies every value into its string dtype;
     at 100k products per region that copy was the match's memory peak (+0.66 GB).
 
-    ``extra``: per-block float arrays added as columns after :data:`PAIR_COLUMNS` (the pass-one
-    probability ``p1`` the match context keeps). A block's ``conflict`` mask, when present, marks
-    pairs the group rule refused (an incremental run's kept decisions).
+    ``extra``: per-block float arrays (:class:`.blocks.PairBlock` attributes) added as columns after
+    :data:`PAIR_COLUMNS` (the pass-one probability ``p1`` the match context keeps). A block's
+    ``conflict`` mask, when set, marks pairs the group rule refused (an incremental run's kept
+    decisions).
     """
     if not blocks:
         empty = np.zeros(0, dtype=np.int64)
         return pd.DataFrame(columns=[*PAIR_COLUMNS, *extra]), empty, empty
-    seq = sorted(range(len(blocks)), key=lambda n: (blocks[n]["ra"], blocks[n]["rb"]))
-    orders = {n: np.argsort(-blocks[n]["score"], kind="stable") for n in seq}
+    seq = sorted(range(len(blocks)), key=lambda n: blocks[n].key)
+    orders = {n: np.argsort(-blocks[n].score, kind="stable") for n in seq}
     offset = dict(zip(data, np.cumsum([0, *[len(t) for t in data.values()][:-1]]), strict=True))
-    pid_a = np.concatenate([blocks[n]["ia"][orders[n]] + offset[blocks[n]["ra"]] for n in seq]).astype(
-        np.int64
-    )
-    pid_b = np.concatenate([blocks[n]["ib"][orders[n]] + offset[blocks[n]["rb"]] for n in seq]).astype(
-        np.int64
-    )
+    pid_a = np.concatenate([blocks[n].ia[orders[n]] + offset[blocks[n].ra] for n in seq]).astype(np.int64)
+    pid_b = np.concatenate([blocks[n].ib[orders[n]] + offset[blocks[n].rb] for n in seq]).astype(np.int64)
     sku_a, sku_b = _product_columns(data, pid_a, pid_b, lambda t: t.skus)
     text_a, text_b = _product_columns(data, pid_a, pid_b, lambda t: t.texts)
     regions = sorted(data)
@@ -874,25 +961,25 @@ def _pairs_table(
 
     def region(side: str) -> pd.Categorical:
         """Ordered by name, so ``region_a < region_b`` compares as the strings did."""
-        codes = column(lambda blk: np.full(len(blk["ia"]), regions.index(blk[side]), dtype=np.int32))
+        codes = column(lambda blk: np.full(len(blk), regions.index(getattr(blk, side)), dtype=np.int32))
         return pd.Categorical.from_codes(codes, categories=pd.Index(regions, dtype=object), ordered=True)
 
     def feat(name: str, missing: float = 0.0) -> Any:
         return lambda blk: (
-            blk["feats"][name].to_numpy(np.float32)
-            if name in blk["feats"]
-            else np.full(len(blk["ia"]), missing, dtype=np.float32)
+            blk.feats[name].to_numpy(np.float32)
+            if name in blk.feats
+            else np.full(len(blk), missing, dtype=np.float32)
         )
 
     code = {d: i for i, d in enumerate(DECISIONS)}
     verdict = column(
         lambda blk: np.where(
-            blk["accepted"],
+            blk.mask("accepted"),
             code["match"],
             np.where(
-                blk.get("conflict", False),
+                blk.mask("conflict"),
                 code["conflict"],
-                np.where(blk["score"] >= threshold, code["not_mutual"], code["below_threshold"]),
+                np.where(blk.score >= threshold, code["not_mutual"], code["below_threshold"]),
             ),
         ).astype(np.int8)
     )
@@ -901,19 +988,19 @@ def _pairs_table(
         "sku_a": sku_a,
         "region_b": region("rb"),
         "sku_b": sku_b,
-        "score": column(lambda blk: blk["score"], np.float64),
+        "score": column(lambda blk: blk.score, np.float64),
         "cosine": column(feat("cosine")),
         "decision": pd.Categorical.from_codes(verdict, categories=pd.Index(list(DECISIONS), dtype=object)),
-        "ambiguous": column(lambda blk: blk.get("ambiguous", np.zeros(len(blk["ia"]), dtype=bool)), bool),
+        "ambiguous": column(lambda blk: blk.mask("ambiguous"), bool),
         "csls": column(feat("csls")),
         "lexical": column(feat("lexical")),
         "sentences": column(feat("sentences", np.nan)),  # NaN: matched without sentence vectors
         **{c: column(feat(c)) for c in EVIDENCE_COLUMNS},
         "ev_triangle": column(feat("ev_triangle")),
-        "explain": pd.Categorical(column(lambda blk: blk["explain"], object)),
+        "explain": pd.Categorical(column(lambda blk: blk.explain, object)),
         "text_a": text_a,
         "text_b": text_b,
-        **{name: column(lambda blk, name=name: blk[name], np.float64) for name in extra},
+        **{name: column(lambda blk, name=name: getattr(blk, name), np.float64) for name in extra},
     }
     return pd.DataFrame(columns, columns=[*PAIR_COLUMNS, *extra], copy=False), pid_a, pid_b
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .blocks import PairBlock
 from .canonical import pair_cosine, snap
 from .evidence import EVIDENCE_COLUMNS, TextEvidence
 from .fastev import compare_many
@@ -256,13 +257,17 @@ def prior_shift_threshold(
 
 
 def corroboration(
-    blocks: Sequence[dict], chunk: int = CORROBORATION_CHUNK, *, targets: Sequence[dict] | None = None
+    blocks: Sequence[PairBlock],
+    chunk: int = CORROBORATION_CHUNK,
+    *,
+    targets: Sequence[PairBlock] | None = None,
 ) -> list[np.ndarray]:
     """Third-region support per candidate pair: ``max_c min(p(a, c), p(b, c))`` over SKUs ``c`` of
     every other region that both ``a`` and ``b`` have as candidates (0 when none).
 
-    ``blocks`` carry ``ra, rb, ia, ib, score`` per region pair (``ra < rb``); the joins run on the
-    sparse candidate lists only, so cost grows with candidates, not with catalog size squared.
+    ``blocks`` (:class:`.blocks.PairBlock`) carry ``ra, rb, ia, ib, score`` per region pair
+    (``ra < rb``); the joins run on the sparse candidate lists only, so cost grows with candidates,
+    not with catalog size squared.
     ``targets`` (default: ``blocks``): the pairs to score, against the paths of ``blocks`` (an
     incremental run scores its new pairs only). Pairs are joined ``chunk`` at a time: each pair fans out
     to ~k^2 paths through a third region, and joining all 1.4M pairs of a 100k-product region pair at
@@ -270,24 +275,24 @@ def corroboration(
     """
     edges: dict[tuple[str, str], pd.DataFrame] = {}
     for blk in blocks:
-        e = pd.DataFrame({"x": blk["ia"], "y": blk["ib"], "p": blk["score"]})
-        edges[(blk["ra"], blk["rb"])] = e
-        edges[(blk["rb"], blk["ra"])] = e.rename(columns={"x": "y", "y": "x"})
-    regions = {r for blk in blocks for r in (blk["ra"], blk["rb"])}
+        e = pd.DataFrame({"x": blk.ia, "y": blk.ib, "p": blk.score})
+        edges[(blk.ra, blk.rb)] = e
+        edges[(blk.rb, blk.ra)] = e.rename(columns={"x": "y", "y": "x"})
+    regions = {r for blk in blocks for r in (blk.ra, blk.rb)}
     out = []
     for blk in blocks if targets is None else targets:
-        ra, rb = blk["ra"], blk["rb"]
-        support = np.zeros(len(blk["ia"]))
+        ra, rb = blk.ra, blk.rb
+        support = np.zeros(len(blk.ia))
         for rc in sorted(regions - {ra, rb}):
             ac, bc = edges.get((ra, rc)), edges.get((rb, rc))
             if ac is None or bc is None:
                 continue
             ac = ac.rename(columns={"x": "i", "y": "c", "p": "p1"})
             bc = bc.rename(columns={"x": "j", "y": "c", "p": "p2"})
-            for start in range(0, len(blk["ia"]), chunk):
-                stop = min(start + chunk, len(blk["ia"]))
+            for start in range(0, len(blk.ia), chunk):
+                stop = min(start + chunk, len(blk.ia))
                 pairs = pd.DataFrame(
-                    {"row": np.arange(start, stop), "i": blk["ia"][start:stop], "j": blk["ib"][start:stop]}
+                    {"row": np.arange(start, stop), "i": blk.ia[start:stop], "j": blk.ib[start:stop]}
                 )
                 m = pairs.merge(ac, on="i").merge(bc, on=["j", "c"])
                 if len(m):

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .estimate import estimate_quality
 from .store import DECISIONS, text_hash
+
+if TYPE_CHECKING:
+    from polyglot_catalog.matching.blocks import PairBlock
 
 REQUIRED = ("region_a", "sku_a", "region_b", "sku_b", "decision")
 #: Why 4 each: fewer reviewed pairs of a class say nothing about where the boundary lies.
@@ -126,17 +129,18 @@ class ReviewedPairs:
         order = np.lexsort((ib, ia))
         return ia[order], ib[order]
 
-    def threshold(self, blocks: list[dict[str, Any]], prior: float) -> float:
+    def threshold(self, blocks: list[PairBlock], prior: float) -> float:
         """:func:`reviewed_threshold` on the random-sample decisions of reciprocal-best pairs only."""
+        from polyglot_catalog.matching.blocks import PairBlock
         from polyglot_catalog.matching.scoring import reciprocal_best
 
         sample = ReviewedPairs(links=self.unbiased, given=0, lapsed=0, unknown=0)
         view = []
         for b in blocks:
-            t = sample.targets(b["ra"], b["rb"], b["ia"], b["ib"])
+            t = sample.targets(b.ra, b.rb, b.ia, b.ib)
             # only the pairs the cut decides: a pair that loses the one-to-one rule is no error of it
-            t[~reciprocal_best(b["score"], b["ia"], b["ib"])] = -1
-            view.append({"score": b["score"], "reviewed": t})
+            t[~reciprocal_best(b.score, b.ia, b.ib)] = -1
+            view.append(PairBlock(b.ra, b.rb, b.ia, b.ib, score=b.score, reviewed=t))
         return reviewed_threshold(view, prior)
 
     def targets(self, ra: str, rb: str, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
@@ -153,21 +157,21 @@ class ReviewedPairs:
                 out[pos[k]] = v
         return out
 
-    def force(self, blocks: list[dict[str, Any]]) -> None:
+    def force(self, blocks: list[PairBlock]) -> None:
         """Scores of reviewed pairs to 1 (match) / 0 (no match), said in their explain strings."""
         for blk in blocks:
-            t = blk.get("reviewed")
+            t = blk.reviewed
             if t is None or not (t >= 0).any():
                 continue
-            blk["score"] = np.where(t == 1, 1.0, np.where(t == 0, 0.0, blk["score"]))
-            blk["explain"] = [
+            blk.score = np.where(t == 1, 1.0, np.where(t == 0, 0.0, blk.score))
+            blk.explain = [
                 e if v < 0 else "; ".join(filter(None, ("reviewed: " + ("match" if v else "no match"), e)))
-                for e, v in zip(blk["explain"], t.tolist(), strict=True)
+                for e, v in zip(blk.explain, t.tolist(), strict=True)
             ]
 
-    def summary(self, blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    def summary(self, blocks: list[PairBlock]) -> dict[str, Any]:
         """Reviewed counts for ``summary.json`` and the report, with the estimate from the samples."""
-        used = [blk["reviewed"] for blk in blocks if blk.get("reviewed") is not None]
+        used = [blk.reviewed for blk in blocks if blk.reviewed is not None]
         t = np.concatenate(used) if used else np.zeros(0, dtype=np.int8)
         return {
             "given": self.given,
@@ -180,16 +184,16 @@ class ReviewedPairs:
         }
 
 
-def reviewed_threshold(blocks: list[dict[str, Any]], prior: float, window: float = MAX_SHIFT) -> float:
+def reviewed_threshold(blocks: list[PairBlock], prior: float, window: float = MAX_SHIFT) -> float:
     """The cut within ``window`` of the label-free ``prior`` that misclassifies the fewest reviewed
     pairs (scored before forcing), the one nearest ``prior`` among equals; ``prior`` itself with too
     few reviewed pairs per class. The window keeps a few reviewed look-alikes at high scores (the
     runner-up stratum) from dragging the cut far from what the whole distribution says."""
     scores, ys = [], []
     for blk in blocks:
-        t = blk.get("reviewed")
+        t = blk.reviewed
         if t is not None and (t >= 0).any():
-            scores.append(blk["score"][t >= 0])
+            scores.append(blk.score[t >= 0])
             ys.append(t[t >= 0])
     if not scores:
         return prior
