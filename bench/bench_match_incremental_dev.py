@@ -186,6 +186,30 @@ def scores_of(result) -> dict[tuple[str, str, str, str], float]:
     return dict(zip(zip(*cols, strict=True), p["score"].to_numpy(float), strict=True))
 
 
+def norm(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def beyond_swaps(only_a: set, only_b: set, text: dict[tuple[str, str], str]) -> tuple[int, int]:
+    """How many of the pairs only one run accepts remain once swaps among identical listings cancel:
+    a pair only in ``a`` and one only in ``b`` with the same normalised texts on both sides are the
+    same decision about interchangeable SKUs (a tie the labels README counts as correct)."""
+    from collections import Counter
+
+    def key(pairs: set) -> Counter:
+        return Counter((ra, norm(text[(ra, sa)]), rb, norm(text[(rb, sb)])) for ra, sa, rb, sb in pairs)
+
+    ka, kb = key(only_a), key(only_b)
+    return sum((ka - kb).values()), sum((kb - ka).values())
+
+
+def stable_share(prev: set, cur: set, same: set[tuple[str, str]]) -> float:
+    """Agreement of two nights' accepted pairs among SKUs listed both nights with the same text."""
+    x = {p for p in prev if (p[0], p[1]) in same and (p[2], p[3]) in same}
+    y = {p for p in cur if (p[0], p[1]) in same and (p[2], p[3]) in same}
+    return len(x & y) / max(len(x | y), 1)
+
+
 def judges(data, catalog, result, ties: bool):
     from polyglot_catalog.matching.evaluate import judges_for
 
@@ -237,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, diffs, notes = [], [], []
     context_blob = b""
     touched: dict[str, set[str]] = {r: set() for r in REGIONS}  # SKUs new or edited since night 0
+    previous: dict[str, set] = {}  # last night's accepted pairs per mode (night 0's full for both)
     for night, catalog in enumerate(catalogs):
         data, sentences = tables_of(catalog, cache)
         gc.collect()
@@ -282,9 +307,19 @@ def main(argv: list[str] | None = None) -> None:
                 }
             )
         if night == 0:
+            previous = {"full": set(acc["full"]), "incremental": set(acc["full"])}
             continue
         a, b = set(acc["incremental"]), set(acc["full"])
         only_inc, only_full = sorted(a - b), sorted(b - a)
+        text = {(r, sku_of(r, p)): t for r, items in catalog.items() for p, t in items.items()}
+        last = catalogs[night - 1]
+        same = {
+            (r, sku_of(r, p)) for r, items in catalog.items() for p, t in items.items() if last[r].get(p) == t
+        }
+        left_inc, left_full = beyond_swaps(set(only_inc), set(only_full), text)
+        inc_summary = runs["incremental"][0].summary["incremental"]
+        rows[-2]["vs last night"] = stable_share(previous["full"], b, same)
+        rows[-1]["vs last night"] = stable_share(previous["incremental"], a, same)
         score = {mode: scores_of(res) for mode, (res, _) in runs.items()}
         ch = changes[night]
         notes.append(
@@ -296,6 +331,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         agreement = len(a & b) / max(len(a | b), 1)
         rows[-1]["agreement"] = rows[-2]["agreement"] = agreement
+        swaps = len(only_inc) + len(only_full) - left_inc - left_full
+        notes.append(
+            f"Night {night}: {len(only_inc)} pairs only incremental, {len(only_full)} only full; "
+            f"{swaps} of them are swaps among identical listings (same texts on both sides in the "
+            f"other run), leaving {left_inc} / {left_full}: agreement up to such swaps "
+            f"{1 - (left_inc + left_full) / max(len(a | b), 1):.4f}. Products re-decided by the "
+            f"incremental run: {inc_summary['products_redecided']:,} of "
+            f"{sum(len(t) for t in data.values()):,}."
+        )
+        previous = {"full": b, "incremental": a}
         for kind, keys, other in (
             ("only incremental", only_inc, "full"),
             ("only full", only_full, "incremental"),
@@ -324,6 +369,9 @@ def main(argv: list[str] | None = None) -> None:
     table = pd.DataFrame(rows)
     shown = table.drop(columns=["incremental"]).copy()
     shown["agreement"] = shown.get("agreement", pd.Series(dtype=float)).map(
+        lambda x: "" if pd.isna(x) else f"{x:.4f}"
+    )
+    shown["vs last night"] = shown.get("vs last night", pd.Series(dtype=float)).map(
         lambda x: "" if pd.isna(x) else f"{x:.4f}"
     )
     shown["wall s"] = shown["wall s"].map(lambda x: f"{x:.1f}")
@@ -363,7 +411,9 @@ def main(argv: list[str] | None = None) -> None:
             f"in-memory tables, seed {args.seed}. P/R/F1 by `evaluate.evaluate_pairs` on the accepted pairs, "
             "labels = same product_id among the SKUs listed that night, identical-text hits count as ties "
             "(F1 strict: they do not). Agreement = accepted pairs both runs accept / either accepts. "
-            "Wall s = the match call alone.",
+            "Wall s = the match call alone. `vs last night` = agreement of a mode's accepted pairs with "
+            "its own previous night's (night 0's full run for night 1) among the SKUs listed on both "
+            "nights with the same text: how much a run reshuffles decisions the churn did not touch.",
             "",
             shown.to_markdown(index=False),
             "",
