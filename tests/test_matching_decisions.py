@@ -323,3 +323,23 @@ def test_products_freed_by_the_group_rule_are_offered_their_next_twin() -> None:
     below = pairs.assign(score=[0.90, 0.90, 0.40, 0.95])  # the runner-up must still clear the cut
     accepted, _, _ = apply_group_rule(below, assigned_at(below, 0.5), 0.5)
     assert accepted.tolist() == [True, False, False, True]
+
+
+def test_identical_listings_hold_their_partners_best_score_to_lowest_sku() -> None:
+    """Rows 0 and 1 of region a list the same text, so they score alike against every partner; the
+    one-to-one optimum may give b0 (0.9) to either. Whatever the solver chose, row 0 keeps b0 and
+    row 1 b1 (0.7): the same total weight, decided by the data."""
+    from polyglot_catalog.matching.canonical import TextSets, prefer_lower_rows
+
+    ia = np.array([0, 0, 1, 1])
+    ib = np.array([0, 1, 0, 1])
+    score = np.array([0.9, 0.7, 0.9, 0.7])
+    same_text = TextSets.of(["chair", "chair"])
+    other = TextSets.of(["Stuhl", "Tisch"])
+    for solver_pick in ([False, True, True, False], [True, False, False, True]):
+        got = prefer_lower_rows(ia, ib, score, np.array(solver_pick), same_text, other)
+        assert got.tolist() == [True, False, False, True]
+    # rows that do not score alike (another title or GTIN) keep the solver's choice
+    uneven = np.array([0.9, 0.7, 0.8, 0.7])
+    kept = prefer_lower_rows(ia, ib, uneven, np.array([False, True, True, False]), same_text, other)
+    assert kept.tolist() == [False, True, True, False]

@@ -172,9 +172,11 @@ def prefer_lower_rows(
     """``accepted`` with each set of identical listings' matches held by its lowest rows (SKUs).
 
     Rows with identical text have identical candidates and scores, so the one-to-one optimum may
-    give a twin to any of them; handing the set's matches to its lowest rows (partners in their own
-    row order) keeps the same total weight and makes the choice a rule of the data. A set whose
-    rows do not score exactly alike (other title, brand or GTIN) is left as the solver chose.
+    give any of its partners to any of them; handing the best-scoring partner to the lowest row, the
+    next to the next (equal scores in partner row order) keeps every pair's score, hence the total
+    weight, and makes the choice a rule of the data rather than of the solver's path (which changes
+    with every other edge of the graph, night to night). A set whose rows do not score exactly alike
+    (other title, brand or GTIN) is left as the solver chose.
     """
     accepted = np.asarray(accepted, dtype=bool).copy()
     for side in ("a", "b"):
@@ -191,12 +193,11 @@ def prefer_lower_rows(
         for text, picks in by_text.items():
             members = rows[ptr[text] : ptr[text + 1]]
             want = members[: len(picks)]
-            partners = sorted(int(other[i]) for i in picks)
-            moved = [lookup.get(int(m) * width + p) for m, p in zip(want, partners, strict=True)]
-            if any(j is None or score[j] != score[picks[0]] for j in moved) or any(
-                score[i] != score[picks[0]] for i in picks
-            ):
-                continue  # not exact ties: the solver's choice stands
+            # the best-scoring partner to the lowest row, and so on (ties in partner row order)
+            ranked = sorted(picks, key=lambda i: (-score[i], int(other[i])))
+            moved = [lookup.get(int(m) * width + int(other[i])) for m, i in zip(want, ranked, strict=True)]
+            if any(j is None or score[j] != score[i] for j, i in zip(moved, ranked, strict=True)):
+                continue  # the rows do not score exactly alike: the solver's choice stands
             accepted[picks] = False
             accepted[moved] = True
     return accepted
