@@ -1,6 +1,6 @@
 """End to end (issue 22): the nightly chain catalog_embed -> cross_region_match is incremental by default.
 
-Three match runs with ``dag.test()`` on a slice of the demo catalog (real model, embedded Qdrant):
+Four match runs with ``dag.test()`` on a slice of the demo catalog (real model, embedded Qdrant):
 
 * night 1: embed, then match. No match state yet, so the run is full.
 * the Parquet files are edited: a few US descriptions replaced by unrelated products' texts, a few
@@ -11,6 +11,8 @@ Three match runs with ``dag.test()`` on a slice of the demo catalog (real model,
   it when nothing is left of it), and every other product keeps its group id.
 * a full re-match (``full_rematch``) of the same final catalog accepts the same pairs and keeps the
   ids of groups whose members did not change.
+* night 4: a few more FR rows removed, embedded with ``vanished="delete"`` (their points go, with
+  their group ids): the match is incremental again and the changes still name the deleted SKUs.
 
 The expected sets are derived from night 1's accepted pairs and the edits made here, not from the
 night-2 output.
@@ -44,6 +46,7 @@ TRIPLES, DE_US, FR_US = 60, 10, 10
 EDITED_US = {"triples": (0, 1), "de_us": (0,)}  # US text replaced by a product outside the slice
 ADDED_DE = (2, 3, 4)  # triples whose DE SKU is held back on night 1 and added on night 2
 DELETED_FR = {"triples": (5, 6), "fr_us": (0,)}  # FR rows removed from the Parquet on night 2
+DELETED_LATER_FR = {"triples": (7,), "fr_us": (1,)}  # removed on night 4, embedded with vanished=delete
 
 Key = tuple[str, str]
 
@@ -68,11 +71,15 @@ def _plan() -> dict:
         "edited": {("US", s): sku[(g, "US")] for s, g in zip(edited, outside, strict=True)},  # -> source SKU
         "added": {("DE", sku[(kinds["triples"][i], "DE")]) for i in ADDED_DE},
         "deleted": {("FR", sku[(kinds[k][i], "FR")]) for k, idx in DELETED_FR.items() for i in idx},
+        "deleted_later": {
+            ("FR", sku[(kinds[k][i], "FR")]) for k, idx in DELETED_LATER_FR.items() for i in idx
+        },
     }
 
 
 def _write_catalog(folder: Path, plan: dict, night: int) -> None:
-    """Night 1: the slice minus the held-back DE SKUs; night 2: with the edits applied."""
+    """Night 1: the slice minus the held-back DE SKUs; night 2: with the edits applied; night 4: and
+    a few more FR rows removed."""
     for region in REGIONS:
         full = pd.read_parquet(DEMO / f"{region}.parquet")
         keys = list(zip(full["region"], full["sku"], strict=True))
@@ -80,9 +87,10 @@ def _write_catalog(folder: Path, plan: dict, night: int) -> None:
         if night == 1:
             keep = [x and k not in plan["added"] for x, k in zip(keep, keys, strict=True)]
         else:
-            keep = [x and k not in plan["deleted"] for x, k in zip(keep, keys, strict=True)]
+            gone = plan["deleted"] | (plan["deleted_later"] if night == 4 else set())
+            keep = [x and k not in gone for x, k in zip(keep, keys, strict=True)]
         frame = full[keep].reset_index(drop=True)
-        if night == 2:
+        if night >= 2:
             text = dict(zip(full["sku"], full["description"], strict=True))
             for (r, s), source in plan["edited"].items():
                 if r == region:
@@ -145,7 +153,8 @@ def _report(data_dir: Path, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory):
-    """Night 1 (embed, match), edits, night 2 (embed, match), then a full re-match; each run once."""
+    """Night 1 (embed, match), edits, night 2 (embed, match), a full re-match, then night 4: more rows
+    removed, embedded with ``vanished="delete"``, and matched incrementally again; each run once."""
     from airflow.dag_processing.dagbag import DagBag
 
     data_dir = tmp_path_factory.mktemp("e2e-incremental")
@@ -158,20 +167,31 @@ def nights(tmp_path_factory):
     try:
         airflow = Path(sys.executable).with_name("airflow")
         subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
-        bag = DagBag(dag_folder=str(ROOT / "dags"))
-        assert not bag.import_errors
-        embed, match = bag.dags["catalog_embed"], bag.dags["cross_region_match"]
+
+        def dag(dag_id: str):
+            """Parsed afresh for each run, as a worker does. ``dag.test()`` runs the tasks in this
+            process, and Airflow resolves a run's conf into the task's own Param objects: a reused
+            DAG would hand one run's conf (``full_rematch``) to the next run that leaves it out."""
+            bag = DagBag(dag_folder=str(ROOT / "dags"))
+            assert not bag.import_errors
+            return bag.dags[dag_id]
+
         embed_conf = {"source": str(catalog / "*.parquet"), "collection": COLLECTION}
         start = datetime.now(UTC).replace(microsecond=0)
         out: dict = {"plan": plan, "data_dir": data_dir, "runs": {}}
 
-        def night(n: int, name: str, *, embed_first: bool, **conf) -> None:
+        def night(n: int, name: str, *, embed_first: bool, embed_extra: dict | None = None, **conf) -> None:
+            """One night with the DAGs' defaults but for ``embed_extra`` and ``conf``."""
             when = start + timedelta(minutes=n)
             if embed_first:
-                run = embed.test(run_conf=embed_conf, logical_date=when)
+                run = dag("catalog_embed").test(
+                    run_conf={**embed_conf, **(embed_extra or {})}, logical_date=when
+                )
                 out["runs"][f"embed{n}"] = run
                 out[f"embed{n}"] = _xcom("catalog_embed", run.run_id, "reconcile_vanished")
-            run = match.test(run_conf={"collection": COLLECTION, "out_name": name, **conf}, logical_date=when)
+            run = dag("cross_region_match").test(
+                run_conf={"collection": COLLECTION, "out_name": name, **conf}, logical_date=when
+            )
             out["runs"][name] = run
             out[name] = {
                 **_report(data_dir, name),
@@ -184,6 +204,8 @@ def nights(tmp_path_factory):
         _write_catalog(catalog, plan, night=2)
         night(2, "night2", embed_first=True)
         night(3, "full", embed_first=False, full_rematch=True)
+        _write_catalog(catalog, plan, night=4)
+        night(4, "night4", embed_first=True, embed_extra={"vanished": "delete"})
         yield out
     finally:
         for key, value in saved.items():
@@ -193,7 +215,7 @@ def nights(tmp_path_factory):
                 os.environ[key] = value
 
 
-# -- what night 1 and the edits predict for night 2 -------------------------------------------------
+# -- what the run before and the edits predict for the next -----------------------------------------
 
 
 def _components(nodes: set[Key], edges: set[frozenset]) -> list[set[Key]]:
@@ -213,55 +235,97 @@ def _components(nodes: set[Key], edges: set[frozenset]) -> list[set[Key]]:
     return parts
 
 
-def _expected_night2(plan: dict, night1: dict) -> dict[Key, set]:
-    """Per product, the group ids night 2 may give it, from night 1's groups and pairs and the edits.
+def _group_ids(points: dict[Key, dict]) -> dict[Key, str | None]:
+    return {k: v["group_id"] for k, v in points.items()}
 
-    ``("new", sku)`` stands for the fresh group an added SKU forms when its twins had none on night 1.
-    Rules (docs/MATCH_STATE.md): an edited product (its text now an unrelated product's, absent from
-    the catalog) and a deleted one (flagged stale, skipped by matching) leave their group; what is left
-    of that group keeps its id while its members are still linked by night 1's accepted pairs, and a
-    product left alone is unmatched. An added DE SKU joins the group night 1 formed of its FR and US
-    twins (which keep it), or forms a new one with those of its twins night 1 left unmatched. Every
-    other product keeps its night-1 group.
+
+def _expected(before: dict, gone: set[Key], added: set[Key], group_of: dict[Key, int]) -> dict[Key, set]:
+    """Per product, the group ids the next run may give it, from the run before (its groups and
+    accepted pairs) and the edits: ``gone`` lost their text (replaced by an unrelated product's, absent
+    from the catalog) or their row, ``added`` are new.
+
+    ``("new", sku)`` stands for the fresh group an added SKU forms when its twins had none before.
+    Rules (docs/MATCH_STATE.md): a gone product leaves its group; what is left of that group keeps its
+    id while its members are still linked by the accepted pairs before, and a product left alone is
+    unmatched. An added DE SKU joins the group its FR and US twins formed before (they keep it), or
+    forms a new one with those of its twins left unmatched before. Every other product keeps its group.
     """
-    g1 = {k: v["group_id"] for k, v in night1["points"].items()}
+    g1 = _group_ids(before["points"])
     members: dict[str, set[Key]] = {}
     for k, gid in g1.items():
         if gid is not None:
             members.setdefault(gid, set()).add(k)
     allowed: dict[Key, set] = {k: {gid} for k, gid in g1.items()}
-    gone = set(plan["edited"]) | plan["deleted"]
     for m in gone:
         allowed[m] = {None}
     for gid in {g1[m] for m in gone if g1[m] is not None}:
-        parts = _components(members[gid] - gone, night1["accepted"])
-        assert sum(len(p) > 1 for p in parts) <= 1, (
-            f"night 1 group {gid} would split in two: pick other edits"
-        )
+        parts = _components(members[gid] - gone, before["accepted"])
+        assert sum(len(p) > 1 for p in parts) <= 1, f"group {gid} would split in two: pick other edits"
         for part in parts:
             for m in part:
                 allowed[m] = {gid if len(part) > 1 else None}
-    for added in plan["added"]:
-        twins = {k for k, g in plan["group_of"].items() if g == plan["group_of"][added] and k in g1}
+    for new in added:
+        twins = {k for k, g in group_of.items() if g == group_of[new] and k in g1}
         groups = {g1[t] for t in twins} - {None}
-        assert len(groups) <= 1, f"night 1 split the twins of {added} over groups {groups}"
+        assert len(groups) <= 1, f"the twins of {new} were in groups {groups}"
         if groups:
             (gid,) = groups
-            assert members[gid] <= twins, f"night 1 put a wrong product into {gid}: it would be displaced"
-            allowed[added] = {gid}
+            assert members[gid] <= twins, f"{gid} held a wrong product: it would be displaced"
+            allowed[new] = {gid}
         else:  # a new group with whichever of its twins it matches now
-            allowed[added] = {("new", added)}
+            allowed[new] = {("new", new)}
             for t in twins:
-                allowed[t] = {None, ("new", added)}
+                allowed[t] = {None, ("new", new)}
     return allowed
 
 
-def _resolve(allowed: dict[Key, set], g2: dict[Key, str | None]) -> dict[Key, set]:
-    return {k: {g2[v[1]] if isinstance(v, tuple) else v for v in vs} for k, vs in allowed.items()}
+def _check_group_ids(before: dict, after: dict, allowed: dict[Key, set]) -> dict[Key, set]:
+    """The group ids on the points after the run are among those allowed; returns them resolved."""
+    g1, g2 = _group_ids(before["points"]), _group_ids(after["points"])
+    resolved = {k: {g2[v[1]] if isinstance(v, tuple) else v for v in vs} for k, vs in allowed.items()}
+    assert set(g2) <= set(resolved)
+    wrong = {k: (g1.get(k), g2.get(k), resolved[k]) for k in resolved if g2.get(k) not in resolved[k]}
+    assert not wrong, f"(before, after, expected) group ids: {wrong}"
+    groups = after["groups"]
+    on_groups = dict(zip(zip(groups["region"], groups["sku"], strict=True), groups["group_id"], strict=True))
+    assert on_groups == {k: g for k, g in g2.items() if g is not None}
+    return resolved
 
 
-def _group_ids(points: dict[Key, dict]) -> dict[Key, str | None]:
-    return {k: v["group_id"] for k, v in points.items()}
+def _check_changes(before: dict, after: dict, resolved: dict[Key, set]) -> set[Key]:
+    """changes.parquet names exactly the products whose group id changed, those the edits must change
+    among them, with the right old and new ids and kind; returns the named products."""
+    g1, g2 = _group_ids(before["points"]), _group_ids(after["points"])
+    must = {k for k in resolved if g1.get(k) not in resolved[k]}
+    may = {k for k in resolved if len(resolved[k]) > 1}
+    changes = after["changes"]
+    named = set(zip(changes["region"], changes["sku"], strict=True))
+    assert len(named) == len(changes)
+    assert must <= named <= must | may
+    assert named == {k for k in resolved if g1.get(k) != g2.get(k)}
+    old_ids, new_ids = set(g1.values()) - {None}, set(g2.values()) - {None}
+    for r in changes.itertuples():
+        k = (r.region, r.sku)
+        old = None if pd.isna(r.old_group) else r.old_group
+        new = None if pd.isna(r.new_group) else r.new_group
+        assert (old, new) == (g1.get(k), g2.get(k)), k
+        if old is None:
+            expected = "new_match" if new in old_ids else "new_group"
+        elif new is None:
+            expected = "broken_match" if old in new_ids else "dissolved"
+        else:
+            expected = "moved"
+        assert r.kind == expected, k
+    kinds = ("new_match", "broken_match", "moved", "new_group", "dissolved")
+    assert after["summary"]["changes"] == {kind: int((changes["kind"] == kind).sum()) for kind in kinds}
+    assert after["xcom"]["changes"] == after["summary"]["changes"]
+    return named
+
+
+def _night2_expected(nights: dict) -> dict[Key, set]:
+    plan = nights["plan"]
+    gone = set(plan["edited"]) | plan["deleted"]
+    return _expected(nights["night1"], gone, plan["added"], plan["group_of"])
 
 
 # -- night 1 ------------------------------------------------------------------------------------------
@@ -324,56 +388,24 @@ def test_night2_group_ids_are_what_night1_and_the_edits_predict(nights):
     and every other product keeps its night-1 group id, on the points and in groups.parquet."""
     g1 = _group_ids(nights["night1"]["points"])
     g2 = _group_ids(nights["night2"]["points"])
-    allowed = _resolve(_expected_night2(nights["plan"], nights["night1"]), g2)
+    allowed = _night2_expected(nights)
     assert set(g2) == set(allowed)
-    wrong = {k: (g1.get(k), g2[k], allowed[k]) for k in g2 if g2[k] not in allowed[k]}
-    assert not wrong, f"(night 1, night 2, expected) group ids: {wrong}"
+    _check_group_ids(nights["night1"], nights["night2"], allowed)
     for added in nights["plan"]["added"]:  # a new group is a fresh id, shared with a twin
         assert g2[added] is not None
         if g2[added] not in set(g1.values()):
             assert sum(g == g2[added] for g in g2.values()) >= 2
     untouched = [k for k in g1 if allowed[k] == {g1[k]}]
     assert len(untouched) >= 0.9 * len(g1)
-    groups = nights["night2"]["groups"]
-    on_points = {k: g for k, g in g2.items() if g is not None}
-    assert (
-        dict(zip(zip(groups["region"], groups["sku"], strict=True), groups["group_id"], strict=True))
-        == on_points
-    )
 
 
 def test_night2_changes_name_exactly_the_skus_whose_group_changed(nights):
     plan = nights["plan"]
     g1 = _group_ids(nights["night1"]["points"])
-    g2 = _group_ids(nights["night2"]["points"])
-    allowed = _resolve(_expected_night2(plan, nights["night1"]), g2)
-    must = {k for k in allowed if g1.get(k) not in allowed[k]}
-    may = {k for k in allowed if len(allowed[k]) > 1}
+    resolved = _check_group_ids(nights["night1"], nights["night2"], _night2_expected(nights))
+    named = _check_changes(nights["night1"], nights["night2"], resolved)
     # the edits themselves: every deleted SKU, every added one, every edited one that had a group
-    assert plan["deleted"] | plan["added"] | {k for k in plan["edited"] if g1[k] is not None} <= must
-    changes = nights["night2"]["changes"]
-    named = set(zip(changes["region"], changes["sku"], strict=True))
-    assert len(named) == len(changes)
-    assert must <= named <= must | may
-    assert named == {k for k in g2 if g1.get(k) != g2[k]}
-    old_ids, new_ids = set(g1.values()) - {None}, set(g2.values()) - {None}
-    for r in changes.itertuples():
-        k = (r.region, r.sku)
-        old = None if pd.isna(r.old_group) else r.old_group
-        new = None if pd.isna(r.new_group) else r.new_group
-        assert (old, new) == (g1.get(k), g2[k]), k
-        if old is None:
-            expected = "new_match" if new in old_ids else "new_group"
-        elif new is None:
-            expected = "broken_match" if old in new_ids else "dissolved"
-        else:
-            expected = "moved"
-        assert r.kind == expected, k
-    assert nights["night2"]["summary"]["changes"] == {
-        kind: int((changes["kind"] == kind).sum())
-        for kind in ("new_match", "broken_match", "moved", "new_group", "dissolved")
-    }
-    assert nights["night2"]["xcom"]["changes"] == nights["night2"]["summary"]["changes"]
+    assert plan["deleted"] | plan["added"] | {k for k in plan["edited"] if g1[k] is not None} <= named
 
 
 def test_night2_accepts_new_pairs_only_with_added_skus_and_drops_only_those_of_edited_or_deleted_ones(nights):
@@ -401,7 +433,8 @@ def test_full_rematch_accepts_the_same_pairs_but_where_its_refit_decides_otherwi
     plan = nights["plan"]
     inc, full = nights["night2"]["accepted"], nights["full"]["accepted"]
     agreement = len(inc & full) / len(inc | full)
-    assert agreement >= 0.95, f"{agreement:.3f} of the accepted pairs agree"  # 0.958 on this slice
+    # measured here: 0.958 with bf16 vectors (CPUs with AMX), 0.979 with fp32
+    assert agreement >= 0.95, f"{agreement:.3f} of the accepted pairs agree"
     changed = set(plan["edited"]) | plan["added"]
     assert {p for p in inc if p & changed} == {p for p in full if p & changed}
     first, second = nights["night1"]["decisions"], nights["night2"]["decisions"]
@@ -423,3 +456,39 @@ def test_full_rematch_keeps_the_id_of_every_group_whose_members_are_unchanged(ni
     same = [k for k in second if k in third and second[k][1] == third[k][1]]
     assert len(same) >= 0.95 * len(second)
     assert [k for k in same if second[k][0] != third[k][0]] == []
+
+
+# -- night 4: rows removed, embed deletes their points -----------------------------------------------
+
+
+def test_night4_embed_deletes_the_vanished_points_and_the_match_stays_incremental(nights):
+    plan = nights["plan"]
+    embed = nights["embed4"]
+    assert (embed["vanished"], embed["flagged"], embed["upserted"]) == ("delete", 0, 0)
+    assert embed["deleted"] == len(plan["deleted_later"]) + len(plan["deleted"])  # the stale ones too
+    assert (
+        set(nights["night4"]["points"])
+        == set(nights["full"]["points"]) - plan["deleted_later"] - plan["deleted"]
+    )
+    summary = nights["night4"]["summary"]
+    assert (summary["mode"], summary["match_state"]["previous_run"]) == (
+        "incremental",
+        nights["runs"]["full"].run_id,
+    )
+    counts = summary["incremental"]
+    assert {k: counts[k] for k in ("new", "edited", "removed")} == {
+        "new": 0,
+        "edited": 0,
+        "removed": len(plan["deleted_later"]),
+    }
+
+
+def test_night4_changes_name_the_deleted_skus_and_what_they_leave_behind(nights):
+    """A deleted point takes its group id with it; the changes still name the product leaving."""
+    plan = nights["plan"]
+    g3 = _group_ids(nights["full"]["points"])
+    assert all(g3[k] is not None for k in plan["deleted_later"])  # so their group must change
+    allowed = _expected(nights["full"], plan["deleted_later"], set(), plan["group_of"])
+    resolved = _check_group_ids(nights["full"], nights["night4"], allowed)
+    named = _check_changes(nights["full"], nights["night4"], resolved)
+    assert plan["deleted_later"] <= named
