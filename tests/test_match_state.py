@@ -145,6 +145,35 @@ def test_a_dissolved_group_and_a_move_are_reported(store: CatalogStore) -> None:
     assert kinds[("DE", "DE-0")] == "broken_match"
 
 
+def test_a_deleted_point_is_reported_as_leaving_its_group(store: CatalogStore) -> None:
+    """embed ``vanished="delete"`` removes a point with its group id; the changes still name it."""
+    from qdrant_client import models
+
+    commit_match_state(store, result_of(RUN1), "run-1")
+    gone = [point_id("FR", "FR-0"), point_id("DE", "DE-1")]
+    store.client.delete("cat", models.PointIdsList(points=gone), wait=True)
+    result = result_of([("US", "US-0", "DE", "DE-0", 0.9)], regions=["DE", "FR", "US"])
+    commit_match_state(store, result, "run-2")
+    changes = {(r, s): (o, n, k) for r, s, o, n, k in result.changes.itertuples(index=False)}
+    assert changes == {
+        ("FR", "FR-0"): ("g000001", None, "broken_match"),  # g000001 goes on as US-0, DE-0
+        ("DE", "DE-1"): ("g000002", None, "dissolved"),
+        ("US", "US-1"): ("g000002", None, "dissolved"),
+    }
+    assert result.summary["match_state"]["points_written"] == 3  # the remaining points only
+
+
+def test_a_run_over_some_regions_does_not_take_twins_in_the_others_for_deleted_points(
+    store: CatalogStore,
+) -> None:
+    commit_match_state(store, result_of(RUN1), "run-1")
+    partial = result_of([("US", "US-0", "DE", "DE-0", 0.9), ("US", "US-1", "DE", "DE-1", 0.7)])
+    partial.summary["regions"] = ["DE", "US"]
+    commit_match_state(store, partial, "run-2")
+    assert partial.changes.empty  # FR-0, twin of US-0 and DE-0, was not read, not deleted
+    assert payload(store, "FR", "FR-0")["group_id"] == "g000001"
+
+
 def test_an_unchanged_rerun_writes_nothing_and_reports_no_change(store: CatalogStore) -> None:
     commit_match_state(store, result_of(RUN1), "run-1")
     result = result_of(RUN1)

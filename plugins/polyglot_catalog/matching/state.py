@@ -336,6 +336,26 @@ def _previous(store: Any, regions: Sequence[str]) -> dict[tuple[str, str], tuple
     return out
 
 
+def _deleted_members(
+    previous: Mapping[tuple[str, str], tuple[str, dict[str, Any]]], regions: Sequence[str]
+) -> dict[tuple[str, str], str]:
+    """``(region, sku) -> old group id`` of grouped products whose point was deleted since the last run.
+
+    Why: embed with ``vanished="delete"`` removes a point together with its ``group_id``, so the
+    changes would not name the product that left its group. Its group mates that remain still name
+    it among their ``twins``: that gives its last committed group. A group whose every member was
+    deleted leaves no trace (docs/MATCH_STATE.md, Limits).
+    """
+    out: dict[tuple[str, str], str] = {}
+    for _, state in previous.values():
+        gid = state.get("group_id")
+        for region, twin in (state.get("twins") or {}).items() if gid is not None else ():
+            key = (str(region), str((twin or {}).get("sku")))
+            if key[0] in regions and key not in previous:
+                out[key] = gid
+    return out
+
+
 def _pair_scores(result: MatchResult) -> dict[tuple[tuple[str, str], tuple[str, str]], float]:
     acc = result.matches
     out: dict[tuple[tuple[str, str], tuple[str, str]], float] = {}
@@ -369,6 +389,7 @@ def plan_state(
     regions = [str(r) for r in (result.summary.get("regions") or sorted(result.groups["region"].unique()))]
     previous = _previous(store, regions)
     old_ids = {k: v[1]["group_id"] for k, v in previous.items() if v[1].get("group_id") is not None}
+    old_ids.update(_deleted_members(previous, regions))
     groups = result.groups
     members: dict[str, list[tuple[str, str]]] = {}
     for gid, region, sku in zip(groups["group_id"], groups["region"], groups["sku"], strict=True):
