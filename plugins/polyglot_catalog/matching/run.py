@@ -99,6 +99,7 @@ def run_match(
         if context is not None:
             try:
                 result = match_incremental(store, context, labels=labels, model=model, collection=collection)
+                result.summary["full_run_reason"] = None  # summary.json, XCom and state say alike
             except FullRunRequired as e:
                 reason = str(e)
     if result is None:
