@@ -206,11 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument(
         "--hnsw-ef", type=_positive_int, metavar="N", help="HNSW search beam of Qdrant queries"
     )
+    match.add_argument(
+        "--shards",
+        type=_positive_int,
+        metavar="N",
+        help="a full run's exact candidate search as N shards per region pair, run here one after "
+        "another (the Airflow DAG maps them to workers); same pairs and groups as one search",
+    )
+    match.add_argument(
+        "--shard-dir", metavar="DIR", help="where the shards' Parquet parts go (default: a temporary folder)"
+    )
 
     match.add_argument(
         "--full-rematch",
         action="store_true",
-        help="re-match the whole catalog (today every run is full; recorded in the summary)",
+        help="re-match the whole catalog instead of continuing incrementally from the match state",
     )
     match.add_argument(
         "--run-id", metavar="ID", help="run id recorded in the match state (default: cli-<time>)"
@@ -488,6 +498,7 @@ def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
             decisions=_reviewed(client, args.collection),
             candidates=args.candidates,
             **({} if args.hnsw_ef is None else {"hnsw_ef": args.hnsw_ef}),
+            **({} if args.shards is None else {"shards": args.shards, "shard_dir": args.shard_dir}),
         )
     finally:
         client.close()

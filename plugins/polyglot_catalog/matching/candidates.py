@@ -259,15 +259,45 @@ def candidate_pairs(
         ba_idx = np.zeros((len(sb), 0), dtype=np.int64)
     ab_idx, ab_sim = canonical_topk(va, vb, ab_idx, k)
     ba_idx, ba_sim = canonical_topk(vb, va, ba_idx, k) if both else (ba_idx, np.zeros((len(sb), 0)))
+    ia, ib, neigh = pairs_from_neighbours(sa, sb, (ab_idx, ab_sim), (ba_idx, ba_sim))
+    logger.debug("%s|%s: %d candidate pairs at k=%d", a.region, b.region, len(ia), k)
+    return ia, ib, neigh
+
+
+def text_neighbours(
+    queries: np.ndarray,
+    corpus: np.ndarray,
+    k: int,
+    *,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    block_cols: int = DEFAULT_BLOCK_COLS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The canonical top-``k`` of distinct-text vectors ``queries`` among ``corpus``'s (exact blocks
+    propose ``k`` + :data:`CANDIDATE_SLACK`, :func:`.canonical.canonical_topk` decides): one query's
+    answer does not depend on which other queries are searched with it, so a region's texts can be
+    searched in shards (:mod:`.shards`)."""
+    idx, _ = exact_topk(queries, corpus, k + CANDIDATE_SLACK, block_rows=block_rows, block_cols=block_cols)
+    return canonical_topk(queries, corpus, idx, k)
+
+
+def pairs_from_neighbours(
+    sa: TextSets,
+    sb: TextSets,
+    ab: tuple[np.ndarray, np.ndarray],
+    ba: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Candidate row pairs from both directions' distinct-text neighbours (``(idx, sim)`` per text,
+    ``ba`` may have no columns): their union, each text pair handed to the texts' rows, with each
+    row's top-``k`` similarities (``neigh``)."""
+    (ab_idx, ab_sim), (ba_idx, ba_sim) = ab, ba
     ua = np.concatenate([np.repeat(np.arange(len(sa)), ab_idx.shape[1]), ba_idx.ravel()])
     ub = np.concatenate([ab_idx.ravel(), np.repeat(np.arange(len(sb)), ba_idx.shape[1])])
     ok = (ua >= 0) & (ub >= 0)
     key = np.unique(ua[ok] * max(len(sb), 1) + ub[ok])
     ia, ib = _expand(key // max(len(sb), 1), key % max(len(sb), 1), sa, sb)
-    key = np.unique(ia * max(len(b), 1) + ib)
-    ia_u, ib_u = key // max(len(b), 1), key % max(len(b), 1)
-    logger.debug("%s|%s: %d candidate pairs at k=%d", a.region, b.region, len(key), k)
-    return ia_u, ib_u, {"a": ab_sim[sa.inverse], "b": ba_sim[sb.inverse]}
+    n_b = len(sb.inverse)
+    key = np.unique(ia * max(n_b, 1) + ib)
+    return key // max(n_b, 1), key % max(n_b, 1), {"a": ab_sim[sa.inverse], "b": ba_sim[sb.inverse]}
 
 
 def _extra(sets: TextSets) -> int:

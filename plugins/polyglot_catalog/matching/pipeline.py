@@ -9,8 +9,11 @@ The incremental run (:mod:`.incremental`) shares the decision and table stages.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -74,6 +77,7 @@ from .scoring import (
     self_training_targets,
 )
 from .settings import CandidateSource, MatchSettings
+from .shards import sharded_candidates
 
 __all__ = ["CandidateSource", "MatchSettings", "load_catalog", "match_catalog", "match_tables"]
 
@@ -191,6 +195,8 @@ def match_catalog(
     model: str | None = None,
     collection: str | None = None,
     model_fingerprint: str | None = None,
+    shards: int | None = None,
+    shard_dir: str | Path | None = None,
     **options: Any,
 ) -> MatchResult:
     """Find the same product across regions: read the input (:func:`.inputs.read_inputs`), then
@@ -230,6 +236,9 @@ def match_catalog(
         model (str | None), collection (str | None), model_fingerprint (str | None): recorded in
             the summary; with the library versions, every setting and a fingerprint of the input
             they make ``summary["reproducibility"]``, so two reports can be compared.
+        shards (int | None): run the exact candidate search as this many shards per ordered region
+            pair (:mod:`.shards`), their parts written under ``shard_dir`` (default: a temporary
+            folder) and joined; the same pairs and groups as one search. None: one search.
 
     Returns:
         MatchResult: pairs, groups, unmatched and a JSON-safe summary (see :mod:`.result`).
@@ -240,20 +249,32 @@ def match_catalog(
     settings = MatchSettings.of(settings, options)
     if settings.candidates == "qdrant" and not is_store(store_or_data):
         raise ValueError("candidates='qdrant' needs a CatalogStore; pass one or use candidates='exact'")
+    if shards is not None and shards < 1:
+        raise ValueError(f"shards must be >= 1; got {shards}")
+    if shards is not None and settings.candidates == "qdrant":
+        raise ValueError("shards split the exact search; candidates='qdrant' queries Qdrant instead")
+    parameters = _parameters(settings, regions, labels, sentences, rerank, decisions)
     t0 = time.perf_counter()
     inputs = read_inputs(store_or_data, regions, sentences)
-    return match_tables(
-        inputs,
-        settings,
-        labels=labels,
-        decisions=decisions,
-        rerank=rerank,
-        model=model,
-        collection=collection or inputs.collection,
-        model_fingerprint=model_fingerprint,
-        parameters=_parameters(settings, regions, labels, sentences, rerank, decisions),
-        read_seconds=time.perf_counter() - t0,
-    )
+    with contextlib.ExitStack() as stack:
+        search = None
+        if shards is not None:
+            folder = shard_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="polyglot-shards-"))
+            parameters["shards"] = shards
+            search = functools.partial(sharded_candidates, settings=settings, shards=shards, folder=folder)
+        return match_tables(
+            inputs,
+            settings,
+            labels=labels,
+            decisions=decisions,
+            rerank=rerank,
+            model=model,
+            collection=collection or inputs.collection,
+            model_fingerprint=model_fingerprint,
+            parameters=parameters,
+            read_seconds=time.perf_counter() - t0,
+            search=search,
+        )
 
 
 def _parameters(
@@ -291,10 +312,13 @@ def match_tables(
     model_fingerprint: str | None = None,
     parameters: Mapping[str, Any] | None = None,
     read_seconds: float = 0.0,
+    search: Callable[[CatalogData], Mapping[tuple[str, str], Any]] | None = None,
 ) -> MatchResult:
     """The matcher proper, on tables in memory: prepare -> candidates and features -> scores ->
     decisions -> tables; each stage a function below, over :class:`.blocks.PairBlock` records.
-    Arguments as :func:`match_catalog`'s; ``parameters`` are recorded (default: the settings)."""
+    Arguments as :func:`match_catalog`'s; ``parameters`` are recorded (default: the settings).
+    ``search``: the candidates of every region pair from the prepared tables, in place of the
+    in-process search (:func:`.shards.sharded_candidates`: the same answer from shards)."""
     parameters = dict(parameters or _parameters(settings, None, labels, inputs.sentences, rerank, decisions))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -307,6 +331,12 @@ def match_tables(
     timings["load"] = read_seconds + time.perf_counter() - t0 - prep.evidence_seconds
     timings["evidence"] = prep.evidence_seconds
 
+    found = None
+    if search is not None:
+        t0 = time.perf_counter()
+        found = search(prep.data)
+        timings["sharded_search"] = time.perf_counter() - t0
+        path = "exact (shards)"
     blocks, figures, lex_stats = candidate_blocks(
         prep,
         settings,
@@ -314,6 +344,7 @@ def match_tables(
         reviewed=reviewed,
         rerank=rerank,
         timings=timings,
+        found=found,
     )
     prep.raw_vectors = None
     lab, labels_note = _labels(labels, prep.data)
@@ -438,10 +469,13 @@ def candidate_blocks(
     reviewed: ReviewedPairs | None = None,
     rerank: Callable[[str, str, Sequence[str], Sequence[str]], np.ndarray] | None = None,
     timings: dict[str, float] | None = None,
+    found: Mapping[tuple[str, str], Any] | None = None,
 ) -> tuple[list[PairBlock], dict[tuple[str, str], tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """Per region pair: candidates (exact blocks, or Qdrant queries with ``store``) and their
     features. Also returns each product's neighbourhood figures per other region (radius, k-th
-    similarity) and each region's n-gram document frequencies (what an incremental run freezes)."""
+    similarity) and each region's n-gram document frequencies (what an incremental run freezes).
+    ``found``: candidates already searched per region pair (``(ia, ib, neigh)``, as
+    :func:`.candidates.candidate_pairs` returns them), e.g. joined from shards."""
     data = prep.data
     blocks: list[PairBlock] = []
     t_cand = t_feat = 0.0
@@ -453,16 +487,19 @@ def candidate_blocks(
     for step, (ra, rb) in enumerate(region_pairs):
         a, b = data[ra], data[rb]
         t1 = time.perf_counter()
-        ia, ib, neigh = candidate_pairs(
-            a,
-            b,
-            settings.k,
-            store=store,
-            raw=None if raw is None else (raw[ra], raw[rb]),
-            hnsw_ef=settings.hnsw_ef,
-            block_rows=settings.block_rows,
-            block_cols=settings.block_cols,
-        )
+        if found is not None:
+            ia, ib, neigh = found[(ra, rb)]
+        else:
+            ia, ib, neigh = candidate_pairs(
+                a,
+                b,
+                settings.k,
+                store=store,
+                raw=None if raw is None else (raw[ra], raw[rb]),
+                hnsw_ef=settings.hnsw_ef,
+                block_rows=settings.block_rows,
+                block_cols=settings.block_cols,
+            )
         if reviewed is not None:
             ia, ib = reviewed.with_must_links(ra, rb, ia, ib)
         t2 = time.perf_counter()

@@ -1,0 +1,202 @@
+"""The full match's candidate stage as map tasks over shards, and the join that feeds the rest (#26).
+
+Why: the candidate search is the part of a full match that grows with n^2 (216 of 336 s at
+100k x 3 regions, bench/RESULTS.md). A shard is a range of one region's distinct texts searched
+against every distinct text of another region; its answer (each text's canonical top-``k``, see
+:func:`.candidates.text_neighbours`) does not depend on which other texts share its shard, so the
+shards can run anywhere, in any order, and their Parquet parts joined give exactly what the
+single-task search gives: the same candidate pairs, hence the same features, scores, pairs and
+groups. A part is written once under a name of its own, so a retried task overwrites its own part
+and nothing else.
+
+The map reads what the prepared (canonical, centred) tables hold; the reduce is the rest of
+:func:`.pipeline.match_tables`, which takes the joined candidates in place of its own search.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .candidates import CANDIDATE_SLACK, pairs_from_neighbours, text_neighbours
+from .canonical import TextSets
+from .data import CatalogData
+from .provenance import input_fingerprint
+from .settings import MatchSettings
+
+logger = logging.getLogger(__name__)
+
+#: Parquet schema metadata key of a part: what it was computed from (:func:`part_key`).
+PART_KEY = "polyglot.part"
+Candidates = dict[tuple[str, str], tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class CandidateShard:
+    """Distinct texts ``start:stop`` of region ``query`` (canonical order), searched in ``other``."""
+
+    query: str
+    other: str
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.query}-{self.other}-{self.start:010d}-{self.stop:010d}"
+
+
+def plan_shards(texts: Mapping[str, int], shards: int) -> list[CandidateShard]:
+    """Every ordered region pair's query texts in ``shards`` near-equal ranges (fewer when a region
+    has fewer texts); ``texts``: distinct texts per region."""
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1; got {shards}")
+    out = []
+    for query, other in itertools.permutations(sorted(texts), 2):
+        n = texts[query]
+        parts = max(1, min(shards, n))
+        bounds = np.linspace(0, n, parts + 1).round().astype(int)
+        out += [CandidateShard(query, other, int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
+    return out
+
+
+def shards_for_budget(texts: Mapping[str, int], dim: int, k: int, memory_budget_mb: float) -> int:
+    """Shards per ordered region pair so that one map task's query block and results fit
+    ``memory_budget_mb`` next to the other region's vectors: query vectors (4 B a value), the
+    proposals and the re-rank (about 40 B per proposed neighbour)."""
+    largest = max(texts.values(), default=0)
+    other = sorted(texts.values())[-2] if len(texts) > 1 else 0
+    fixed = other * dim * 4 / 2**20
+    per_text = (dim * 4 + 40 * (k + CANDIDATE_SLACK)) / 2**20
+    room = memory_budget_mb - fixed
+    if room <= 0:
+        raise ValueError(
+            f"memory_budget_mb={memory_budget_mb} does not hold the other region's vectors "
+            f"({fixed:.0f} MB); give more memory or search through Qdrant"
+        )
+    return max(1, math.ceil(largest * per_text / room))
+
+
+def map_shard(
+    data: CatalogData, shard: CandidateShard, settings: MatchSettings, texts: Mapping[str, TextSets]
+) -> pa.Table:
+    """One shard's answer: per query text (global distinct-text index) its top-``k`` neighbours in
+    the other region (distinct-text index, -1 when fewer) and their similarities, rank by rank."""
+    q, o = data[shard.query], data[shard.other]
+    sq, so = texts[shard.query], texts[shard.other]
+    rows = sq.rep[shard.start : shard.stop]
+    idx, sim = text_neighbours(
+        q.vectors[rows],
+        o.vectors[so.rep],
+        settings.k,
+        block_rows=settings.block_rows,
+        block_cols=settings.block_cols,
+    )
+    n, width = idx.shape
+    table = pa.table(
+        {
+            "text": np.repeat(np.arange(shard.start, shard.stop, dtype=np.int64), width),
+            "rank": np.tile(np.arange(width, dtype=np.int16), n),
+            "neighbour": idx.ravel().astype(np.int64),
+            "sim": sim.ravel().astype(np.float64),
+        }
+    )
+    return table.replace_schema_metadata({PART_KEY: part_key(data, shard, settings.k)})
+
+
+def part_key(data: CatalogData, shard: CandidateShard, k: int) -> str:
+    """What a part was computed from: both regions' content and search vectors, ``k`` and the range.
+    A part with another key (the catalog changed between the map and the reduce) is searched again."""
+    fp = input_fingerprint({r: data[r] for r in (shard.query, shard.other)})
+    return json.dumps(
+        {"shard": shard.name, "k": k, "content": fp["content_sha256"], "vectors": fp["vectors_sha256"]},
+        sort_keys=True,
+    )
+
+
+def part_is_current(path: Path, data: CatalogData, shard: CandidateShard, k: int) -> bool:
+    if not path.is_file():
+        return False
+    meta = pq.read_schema(path).metadata or {}
+    return meta.get(PART_KEY.encode()) == part_key(data, shard, k).encode()
+
+
+def write_part(table: pa.Table, folder: str | Path, shard: CandidateShard) -> Path:
+    """Write a shard's part as ``<folder>/<query>-<other>-<start>-<stop>.parquet`` (a retried task
+    replaces its own file: written to a temporary name, then renamed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{shard.name}.parquet"
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+def join_parts(
+    folder: str | Path,
+    data: CatalogData,
+    texts: Mapping[str, TextSets],
+    k: int,
+    plan: Sequence[CandidateShard],
+) -> Candidates:
+    """The candidates of every region pair from ``plan``'s parts in ``folder`` (other files there,
+    e.g. a run with another shard count, are not read): both directions' neighbour lists reassembled
+    per text and joined as :func:`.candidates.candidate_pairs` joins them.
+
+    Raises:
+        ValueError: a text of some direction has no part (a shard did not run), naming the first gap.
+    """
+    folder = Path(folder)
+    lists: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    for query, other in itertools.permutations(sorted(data), 2):
+        n = len(texts[query])
+        width = k  # as candidate_pairs: k columns, padded with -1 / -inf
+        idx = np.full((n, width), -1, dtype=np.int64)
+        sim = np.full((n, width), -np.inf)
+        seen = np.zeros(n, dtype=bool)
+        for shard in plan:
+            path = folder / f"{shard.name}.parquet"
+            if (shard.query, shard.other) != (query, other) or not path.is_file():
+                continue
+            part = pq.read_table(path)
+            t = part["text"].to_numpy()
+            r = part["rank"].to_numpy().astype(np.int64)
+            idx[t, r] = part["neighbour"].to_numpy()
+            sim[t, r] = part["sim"].to_numpy()
+            seen[t] = True
+        if n and not seen.all():
+            gap = int(np.flatnonzero(~seen)[0])
+            raise ValueError(
+                f"candidate parts of {query}->{other} in {folder} miss text {gap} of {n}: "
+                "a shard did not run (or wrote elsewhere)"
+            )
+        lists[(query, other)] = idx, sim
+    out: Candidates = {}
+    for ra, rb in itertools.combinations(sorted(data), 2):
+        out[(ra, rb)] = pairs_from_neighbours(texts[ra], texts[rb], lists[(ra, rb)], lists[(rb, ra)])
+    return out
+
+
+def sharded_candidates(
+    data: CatalogData, settings: MatchSettings, shards: int, folder: str | Path
+) -> Candidates:
+    """Search every shard whose part in ``folder`` is missing or stale (all of them for ``match
+    --shards N``; none when Airflow's mapped tasks wrote them), then join the parts."""
+    texts = {r: TextSets.of(t.texts) for r, t in data.items()}
+    plan = plan_shards({r: len(s) for r, s in texts.items()}, shards)
+    searched = 0
+    for shard in plan:
+        if not part_is_current(Path(folder) / f"{shard.name}.parquet", data, shard, settings.k):
+            write_part(map_shard(data, shard, settings, texts), folder, shard)
+            searched += 1
+    logger.info("candidate search: %d shards, %d searched here, parts in %s", len(plan), searched, folder)
+    return join_parts(folder, data, texts, settings.k, plan)

@@ -1,0 +1,176 @@
+"""The full match's candidate search in shards (#26): same pairs and groups as one search, parts a
+retried task replaces, a missing part named, shard counts from the catalog and a memory budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from polyglot_catalog.matching.canonical import TextSets
+from polyglot_catalog.matching.data import RegionTable
+from polyglot_catalog.matching.pipeline import match_catalog
+from polyglot_catalog.matching.settings import MatchSettings
+from polyglot_catalog.matching.shards import (
+    join_parts,
+    map_shard,
+    plan_shards,
+    shards_for_budget,
+    write_part,
+)
+
+COLUMNS = ["region_a", "sku_a", "region_b", "sku_b", "score", "decision", "ambiguous", "explain"]
+
+
+def _catalog(n: int = 90, seed: int = 4) -> dict[str, RegionTable]:
+    """Three regions of noisy copies of ``n`` products, with identical listings (same text, so the
+    same vector) far apart in SKU order, so they fall into different shards."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 24))
+    out = {}
+    for r in ("DE", "FR", "US"):
+        texts = [f"{r} product {i} size {i % 7}" for i in range(n)]
+        for a, b in ((3, 70), (11, 55), (12, 56)):
+            if b < n:
+                texts[b] = texts[a]  # a duplicate listing in another shard
+        vec = base + 0.4 * rng.normal(size=base.shape)
+        out[r] = RegionTable(r, [f"{r}-{i:04d}" for i in range(n)], texts, vec)
+    return out
+
+
+def _same(a, b) -> None:
+    pd.testing.assert_frame_equal(a.pairs[COLUMNS], b.pairs[COLUMNS])
+    pd.testing.assert_frame_equal(a.groups, b.groups)
+    pd.testing.assert_frame_equal(a.unmatched, b.unmatched)
+
+
+@pytest.mark.parametrize("shards", [1, 3, 7])
+def test_a_sharded_search_finds_the_same_pairs_and_groups_as_one_search(shards: int, tmp_path: Path) -> None:
+    data = _catalog()
+    one = match_catalog(data, k=5, sentences=None)
+    sharded = match_catalog(data, k=5, sentences=None, shards=shards, shard_dir=tmp_path)
+    _same(one, sharded)
+    assert sharded.summary["candidates_path"] == "exact (shards)"
+    assert sharded.summary["reproducibility"]["parameters"]["shards"] == shards
+    # one part per shard and direction: 6 ordered region pairs
+    assert len(list(tmp_path.glob("*.parquet"))) == 6 * shards
+
+
+def test_a_retried_shard_replaces_its_own_part_and_a_missing_one_is_named(tmp_path: Path) -> None:
+    data = _catalog(n=30)
+    texts = {r: TextSets.of(t.texts) for r, t in data.items()}
+    settings = MatchSettings(k=4)
+    plan = plan_shards({r: len(s) for r, s in texts.items()}, 2)
+    for shard in plan:
+        write_part(map_shard(data, shard, settings, texts), tmp_path, shard)
+    first = join_parts(tmp_path, data, texts, settings.k, plan)
+    write_part(map_shard(data, plan[0], settings, texts), tmp_path, plan[0])  # the task ran twice
+    again = join_parts(tmp_path, data, texts, settings.k, plan)
+    for key in first:
+        np.testing.assert_array_equal(first[key][0], again[key][0])
+        np.testing.assert_array_equal(first[key][1], again[key][1])
+    assert not list(tmp_path.glob("*.tmp"))
+    (tmp_path / f"{plan[1].name}.parquet").unlink()
+    with pytest.raises(ValueError, match=rf"{plan[1].query}->{plan[1].other} .* miss text {plan[1].start} "):
+        join_parts(tmp_path, data, texts, settings.k, plan)
+
+
+def test_the_plan_covers_each_direction_once_in_contiguous_ranges() -> None:
+    plan = plan_shards({"DE": 10, "FR": 3, "US": 0}, 4)
+    by_direction: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for s in plan:
+        by_direction.setdefault((s.query, s.other), []).append((s.start, s.stop))
+    assert by_direction[("DE", "FR")] == [(0, 2), (2, 5), (5, 8), (8, 10)]
+    assert by_direction[("FR", "DE")] == [(0, 1), (1, 2), (2, 3)]  # no more shards than texts
+    assert by_direction[("US", "DE")] == [(0, 0)]  # an empty region still has its (empty) part
+    with pytest.raises(ValueError, match="shards must be >= 1; got 0"):
+        plan_shards({"DE": 1}, 0)
+
+
+def test_the_shard_count_follows_the_catalog_size_and_the_memory_budget() -> None:
+    small = shards_for_budget({"DE": 100_000, "FR": 100_000}, 384, 10, 1024)
+    large = shards_for_budget({"DE": 1_000_000, "FR": 100_000}, 384, 10, 1024)
+    tight = shards_for_budget({"DE": 1_000_000, "FR": 100_000}, 384, 10, 512)
+    assert 1 <= small < large < tight
+    with pytest.raises(ValueError, match="does not hold the other region's vectors"):
+        shards_for_budget({"DE": 1_000_000, "FR": 1_000_000}, 384, 10, 1024)
+
+
+def test_shards_are_refused_with_the_qdrant_search_and_below_one() -> None:
+    with pytest.raises(ValueError, match="shards must be >= 1; got 0"):
+        match_catalog(_catalog(n=10), shards=0)
+    with pytest.raises(ValueError, match="candidates='qdrant'"):
+        match_catalog(_catalog(n=10), shards=2, candidates="qdrant")
+
+
+def test_cli_match_with_shards_reports_the_same_pairs(tmp_path: Path, monkeypatch, capsys) -> None:
+    from unittest import mock
+
+    from fakes import FakeEncoder
+    from test_cli_parity import _catalog as cli_catalog
+
+    from polyglot_catalog.cli import main
+
+    source = cli_catalog(tmp_path / "in")
+    store = ["--collection", "cat", "--qdrant-path", str(tmp_path / "q"), "--model", "fake-model"]
+    with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
+        assert main(["embed", "--source", str(source), *store]) == 0
+        capsys.readouterr()
+        assert main(["match", *store, "--out", str(tmp_path / "one"), "--full-rematch"]) == 0
+        one = json.loads(capsys.readouterr().out)
+        parts = tmp_path / "parts"
+        args = [
+            "--out",
+            str(tmp_path / "sharded"),
+            "--full-rematch",
+            "--shards",
+            "2",
+            "--shard-dir",
+            str(parts),
+        ]
+        assert main(["match", *store, *args]) == 0
+        sharded = json.loads(capsys.readouterr().out)
+    assert sharded["pairs"] == one["pairs"] and sharded["matches"] == one["matches"]
+    a = pd.read_parquet(Path(one["report_dir"]) / "pairs.parquet")
+    b = pd.read_parquet(Path(sharded["report_dir"]) / "pairs.parquet")
+    pd.testing.assert_frame_equal(a[COLUMNS[:6]], b[COLUMNS[:6]])
+    assert len(list(parts.glob("*.parquet"))) == 2 * 2  # DE<->FR: two shards each way
+
+
+def test_parts_written_by_other_tasks_are_used_and_stale_ones_searched_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reduce searches only what no mapped task left current: here one part is missing and one
+    was computed from yesterday's catalog (another text), so exactly those two are searched again."""
+    from polyglot_catalog.matching import shards as shards_module
+
+    data = _catalog(n=30)
+    settings = MatchSettings(k=4)
+    texts = {r: TextSets.of(t.texts) for r, t in data.items()}
+    plan = plan_shards({r: len(s) for r, s in texts.items()}, 2)
+    for shard in plan:  # what the mapped tasks wrote
+        write_part(map_shard(data, shard, settings, texts), tmp_path, shard)
+    (tmp_path / f"{plan[0].name}.parquet").unlink()
+    yesterday = dict(data)
+    old = data[plan[1].query]
+    yesterday[plan[1].query] = RegionTable(old.region, old.skus, ["changed", *old.texts[1:]], old.vectors)
+    old_texts = {r: TextSets.of(t.texts) for r, t in yesterday.items()}
+    write_part(map_shard(yesterday, plan[1], settings, old_texts), tmp_path, plan[1])
+
+    searched = []
+    real = shards_module.map_shard
+
+    def counting(*args, **kwargs):
+        searched.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shards_module, "map_shard", counting)
+    got = shards_module.sharded_candidates(data, settings, 2, tmp_path)
+    assert searched == [plan[0], plan[1]]
+    want = shards_module.sharded_candidates(data, settings, 2, tmp_path / "fresh")
+    for key in want:
+        np.testing.assert_array_equal(got[key][0], want[key][0])
+        np.testing.assert_array_equal(got[key][1], want[key][1])
