@@ -21,6 +21,11 @@ filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
   on them and makes those figures optimistic (`calibrated_on_labels` in the summary).
 * **Starts unpaused**: so that no collection event of **catalog_embed** is missed while it is paused;
   it runs only on such an event or when triggered.
+* **Full runs scale out**: `plan_search_shards` splits a full run's candidate search (the part that
+  grows with the catalog squared) into `search_shard` mapped tasks, as many as `shards` says or as
+  fit `memory_budget_mb`; `match_regions` joins their Parquet parts (under
+  `$POLYGLOT_DATA_DIR/match_shards/<run id>`, a folder every worker must see) and does the rest.
+  Same pairs and groups as one search. Incremental runs plan none. See docs/SCALING.md.
 * **Report link**: the `match_regions` task's **Match report** button opens the run's report.
 """
 
@@ -32,6 +37,7 @@ import pendulum
 from airflow.sdk import Param, dag
 
 from polyglot_catalog.models.registry import DEFAULT_MODEL
+from polyglot_catalog.provider.match_shards import MatchShardOperator, MatchShardPlanOperator
 from polyglot_catalog.provider.operators import (
     COLLECTION_PATTERN,
     DEFAULT_COLLECTION,
@@ -118,6 +124,22 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
             "incrementally from the last run, scoring only the products that changed; the first run and "
             "one after a model or parameter change are full anyway.",
         ),
+        "shards": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Search shards",
+            description="A full run's candidate search as this many mapped tasks per region pair "
+            "(each searches a range of one region's texts against another region); empty picks the "
+            "fewest that fit the memory budget. Same pairs and groups as one search.",
+        ),
+        "memory_budget_mb": Param(
+            4096,
+            type="integer",
+            minimum=256,
+            title="Memory per search task (MB)",
+            description="Memory one search task may use; sets the shard count when Search shards is empty.",
+        ),
         "out_name": Param(
             "",
             type="string",
@@ -128,20 +150,37 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
     },
 )
 def cross_region_match() -> None:
-    """Match the collection across regions and write the report folder."""
+    """Plan the search shards of a full run, search them as mapped tasks, then match and report."""
+    same_run = {
+        "collection": "{{ triggered_collection(triggering_asset_events, params.collection) }}",
+        "model": "{{ triggered_model(triggering_asset_events, params.model) }}",
+    }
+    decides = {
+        "regions": "{{ (params.regions or []) | join(',') }}",
+        "threshold": "{{ params.threshold }}",
+        "calibrate_on_labels": "{{ params.calibrate_on_labels }}",
+        "full_rematch": "{{ params.full_rematch }}",
+    }
     # [START match_operator]
-    MatchCatalogOperator(
+    plan = MatchShardPlanOperator(
+        task_id="plan_search_shards",
+        shards="{{ params.shards }}",
+        memory_budget_mb="{{ params.memory_budget_mb }}",
+        **same_run,
+        **decides,
+    )
+    search = MatchShardOperator.partial(task_id="search_shard", **same_run).expand(shard=plan.output)
+    match = MatchCatalogOperator(
         task_id="match_regions",
-        collection="{{ triggered_collection(triggering_asset_events, params.collection) }}",
-        model="{{ triggered_model(triggering_asset_events, params.model) }}",
-        regions="{{ (params.regions or []) | join(',') }}",
-        threshold="{{ params.threshold }}",
         labels="{{ params.labels or '' }}",
-        calibrate_on_labels="{{ params.calibrate_on_labels }}",
         out_name="{{ params.out_name }}",
-        full_rematch="{{ params.full_rematch }}",
+        shards_from=plan.task_id,  # its shard count and folder: the mapped tasks wrote the parts
+        trigger_rule="none_failed",  # an incremental run plans no shards: the search is skipped
+        **same_run,
+        **decides,
     )
     # [END match_operator]
+    plan >> search >> match
 
 
 cross_region_match()

@@ -66,7 +66,25 @@ def test_match_is_scheduled_on_the_collection_asset(bag):
 
     dag = bag.dags["cross_region_match"]
     assert collection_asset() in dag.timetable.asset_condition.objects
-    assert [t.task_id for t in dag.tasks] == ["match_regions"]
+    assert [t.task_id for t in dag.tasks] == ["plan_search_shards", "search_shard", "match_regions"]
+
+
+def test_a_full_match_searches_in_mapped_shards_that_the_match_task_joins(bag):
+    """plan -> mapped search -> match; the match still runs when the plan maps nothing (incremental)."""
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    dag = bag.dags["cross_region_match"]
+    plan, search, match = (dag.get_task(t) for t in ("plan_search_shards", "search_shard", "match_regions"))
+    assert isinstance(search, MappedOperator) and search.upstream_task_ids == {plan.task_id}
+    assert match.upstream_task_ids == {search.task_id} and match.trigger_rule == "none_failed"
+    assert match.shards_from == plan.task_id
+    params = dag.params.dump()
+    assert params["shards"] is None and params["memory_budget_mb"] == 4096
+    assert _validate(dag, {"shards": 3})["shards"] == 3
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="shards"):
+        _validate(dag, {"shards": 0})
 
 
 def _asset_event(collection: str, minute: int = 0, model: str | None = None):

@@ -9,7 +9,8 @@ Four match runs with ``dag.test()`` on a slice of the demo catalog (real model, 
   edits, and ``changes.parquet`` and the group ids on the points are what night 1's groups and the
   edits predict: the changed SKUs leave or join, their night-1 group mates keep their group (or lose
   it when nothing is left of it), and every other product keeps its group id.
-* a full re-match (``full_rematch``) of the same final catalog accepts the same pairs and keeps the
+* a full re-match (``full_rematch``, its candidate search in 2 shards per region pair: mapped
+  ``search_shard`` tasks) of the same final catalog accepts the same pairs and keeps the
   ids of groups whose members did not change.
 * night 4: a few more FR rows removed, embedded with ``vanished="delete"`` (their points go, with
   their group ids): the match is incremental again and the changes still name the deleted SKUs.
@@ -203,7 +204,7 @@ def nights(tmp_path_factory):
         night(1, "night1", embed_first=True)
         _write_catalog(catalog, plan, night=2)
         night(2, "night2", embed_first=True)
-        night(3, "full", embed_first=False, full_rematch=True)
+        night(3, "full", embed_first=False, full_rematch=True, shards=2)
         _write_catalog(catalog, plan, night=4)
         night(4, "night4", embed_first=True, embed_extra={"vanished": "delete"})
         yield out
@@ -492,3 +493,37 @@ def test_night4_changes_name_the_deleted_skus_and_what_they_leave_behind(nights)
     resolved = _check_group_ids(nights["full"], nights["night4"], allowed)
     named = _check_changes(nights["full"], nights["night4"], resolved)
     assert plan["deleted_later"] <= named
+
+
+def _task_states(run) -> dict[str, list[tuple[int, str]]]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.dag_id == "cross_region_match", TaskInstance.run_id == run.run_id)
+            .all()
+        )
+        out: dict[str, list[tuple[int, str]]] = {}
+        for ti in tis:
+            out.setdefault(ti.task_id, []).append((ti.map_index, str(ti.state)))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_the_full_rematch_searched_in_mapped_shards_and_incremental_nights_mapped_none(nights):
+    """shards=2: each of the 6 ordered region pairs in 2 mapped search tasks, joined by the match
+    task; night 2 (incremental) plans none, its search is skipped and its match still runs."""
+    full = _task_states(nights["runs"]["full"])
+    assert full["plan_search_shards"] == [(-1, "success")]
+    assert full["search_shard"] == [(i, "success") for i in range(12)]
+    assert full["match_regions"] == [(-1, "success")]
+    summary = nights["full"]["summary"]
+    assert summary["candidates_path"] == "exact (shards)"
+    assert summary["reproducibility"]["parameters"]["shards"] == 2
+    parts = list((nights["data_dir"] / "match_shards").glob("*/*.parquet"))
+    assert len(parts) == 12
+    for name in ("night1", "night2"):  # a small first run fits one shard; an incremental one needs none
+        states = _task_states(nights["runs"][name])
+        assert states["search_shard"] == [(-1, "skipped")], name
+        assert states["match_regions"] == [(-1, "success")], name

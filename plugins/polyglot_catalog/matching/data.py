@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -95,3 +95,28 @@ def catalog_from_records(
             fields=fields,
         )
     return out
+
+
+def region_mean(table: RegionTable) -> np.ndarray | None:
+    """The region's mean vector (None for fewer than two products: nothing to centre)."""
+    return table.vectors.mean(axis=0) if len(table) > 1 else None
+
+
+def center_region(table: RegionTable, mean: np.ndarray | None = None) -> RegionTable:
+    """A copy of ``table`` with its mean vector (or ``mean``: an incremental run's frozen one)
+    subtracted, re-normalised on construction."""
+    mean = region_mean(table) if mean is None else mean
+    vec = table.vectors - mean[None, :] if mean is not None else table.vectors
+    return replace(table, vectors=vec)  # every other column carried over as it is
+
+
+def centred_tables(
+    canonical: CatalogData, center: bool = True
+) -> tuple[CatalogData, dict[str, np.ndarray | None]]:
+    """The tables every search and score compares: each region less its mean vector (``center``),
+    and the means. One function for the full run, an incremental run and a search shard, so the
+    vectors they compare are the same to the last bit."""
+    if not center:
+        return dict(canonical), {}
+    means = {r: region_mean(t) for r, t in canonical.items()}
+    return {r: center_region(t, means[r]) for r, t in canonical.items()}, means

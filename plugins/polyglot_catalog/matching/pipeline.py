@@ -16,7 +16,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,7 +47,7 @@ from .context import (
     sentence_frequencies,
     text_keys,
 )
-from .data import CatalogData, RegionTable
+from .data import CatalogData, RegionTable, center_region, centred_tables, region_mean
 from .evaluate import (
     Labels,
     apply_group_rule,
@@ -79,7 +79,15 @@ from .scoring import (
 from .settings import CandidateSource, MatchSettings
 from .shards import sharded_candidates
 
-__all__ = ["CandidateSource", "MatchSettings", "load_catalog", "match_catalog", "match_tables"]
+__all__ = [
+    "CandidateSource",
+    "MatchSettings",
+    "center_region",
+    "load_catalog",
+    "match_catalog",
+    "match_tables",
+    "region_mean",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -114,19 +122,6 @@ PAIR_COLUMNS = [
 #: ~1.8 ms per in-process HNSW query (2 x 100k queries: ~360 s per pair, and approximate), so the
 #: quadratic path stays the faster one up to roughly half a million products per region.
 EXACT_MAX_PAIRS = 500_000 * 500_000
-
-
-def region_mean(table: RegionTable) -> np.ndarray | None:
-    """The region's mean vector (None for fewer than two products: nothing to centre)."""
-    return table.vectors.mean(axis=0) if len(table) > 1 else None
-
-
-def center_region(table: RegionTable, mean: np.ndarray | None = None) -> RegionTable:
-    """A copy of ``table`` with its mean vector (or ``mean``: an incremental run's frozen one)
-    subtracted, re-normalised on construction."""
-    mean = region_mean(table) if mean is None else mean
-    vec = table.vectors - mean[None, :] if mean is not None else table.vectors
-    return replace(table, vectors=vec)  # every other column carried over as it is
 
 
 def _candidate_path(candidates: str, store: Any, data: CatalogData) -> str:
@@ -430,11 +425,9 @@ def prepare(inputs: MatchInputs, settings: MatchSettings, *, keep_raw: bool = Fa
     sent, sent_stats = _centred_sentences(sentences, data)
     del sentences  # centred copies made: the caller's rows are freed unless it keeps them
     raw = {r: t.vectors for r, t in data.items()} if settings.center and keep_raw else None
-    means = {r: region_mean(t) for r, t in data.items()} if settings.center else {}
     keys = {r: text_keys(t.texts) for r, t in data.items()}
     hashes = {r: list(t.fields.get("content_hash") or [None] * len(t)) for r, t in data.items()}
-    if settings.center:
-        data = {r: center_region(t, means[r]) for r, t in data.items()}
+    data, means = centred_tables(data, settings.center)
     t0 = time.perf_counter()
     evid = {
         r: [

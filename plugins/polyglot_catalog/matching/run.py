@@ -61,6 +61,33 @@ def incremental_blocker(
     return None
 
 
+def continue_from(
+    store: Any,
+    *,
+    collection: str,
+    model: str | None,
+    regions: Sequence[str] | None,
+    parameters: dict[str, Any],
+    full_rematch: bool,
+    reviewed: bool,
+) -> tuple[str | None, Any]:
+    """Whether the next run of ``collection`` is full: ``(reason, None)``, or ``(None, context)`` to
+    continue from. The run and the shard plan of a mapped full run (:mod:`.shards`) both ask here."""
+    if full_rematch:
+        return "requested (full re-match)", None
+    state = read_state(store.client, collection)
+    reason = incremental_blocker(
+        state, model=model, regions=regions, parameters=parameters, reviewed=reviewed
+    )
+    if reason is not None:
+        return reason, None
+    context_run = (state or {}).get("context_run")
+    context = read_context(store.client, collection, context_run)
+    if context is None:
+        return f"the match context of run {context_run!r} is missing or incomplete", None
+    return None, context
+
+
 def run_match(
     store: Any,
     *,
@@ -85,23 +112,21 @@ def run_match(
     :func:`.pipeline.match_catalog` arguments (``candidates``, ``hnsw_ef``) of a full run.
     """
     result: MatchResult | None = None
-    reason = "requested (full re-match)" if full_rematch else None
-    if not full_rematch:
-        state = read_state(store.client, collection)
-        parameters = {"k": k, "threshold": threshold, "fit_on_labels": fit_on_labels}
-        reason = incremental_blocker(
-            state, model=model, regions=regions, parameters=parameters, reviewed=decisions is not None
-        )
-        context_run = (state or {}).get("context_run")
-        context = None if reason else read_context(store.client, collection, context_run)
-        if reason is None and context is None:
-            reason = f"the match context of run {context_run!r} is missing or incomplete"
-        if context is not None:
-            try:
-                result = match_incremental(store, context, labels=labels, model=model, collection=collection)
-                result.summary["full_run_reason"] = None  # summary.json, XCom and state say alike
-            except FullRunRequired as e:
-                reason = str(e)
+    reason, context = continue_from(
+        store,
+        collection=collection,
+        model=model,
+        regions=regions,
+        parameters={"k": k, "threshold": threshold, "fit_on_labels": fit_on_labels},
+        full_rematch=full_rematch,
+        reviewed=decisions is not None,
+    )
+    if context is not None:
+        try:
+            result = match_incremental(store, context, labels=labels, model=model, collection=collection)
+            result.summary["full_run_reason"] = None  # summary.json, XCom and state say alike
+        except FullRunRequired as e:
+            reason = str(e)
     if result is None:
         logger.info("collection %s: full match (%s)", collection, reason)
         result = match_catalog(

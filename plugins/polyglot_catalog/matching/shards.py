@@ -22,19 +22,22 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .candidates import CANDIDATE_SLACK, pairs_from_neighbours, text_neighbours
-from .canonical import TextSets
-from .data import CatalogData
+from .canonical import TextSets, canonical_table
+from .data import CatalogData, centred_tables
 from .provenance import input_fingerprint
 from .settings import MatchSettings
 
 logger = logging.getLogger(__name__)
 
+#: Memory one search task may use when the shard count is automatic (the issue's per-task target).
+DEFAULT_MEMORY_BUDGET_MB = 4096
 #: Parquet schema metadata key of a part: what it was computed from (:func:`part_key`).
 PART_KEY = "polyglot.part"
 Candidates = dict[tuple[str, str], tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]
@@ -186,6 +189,13 @@ def join_parts(
     return out
 
 
+def search_tables(data: CatalogData, settings: MatchSettings) -> CatalogData:
+    """The vectors a shard searches: canonical, centred tables of the regions in ``data`` (as
+    :func:`.pipeline.prepare` makes them; a region's own rows decide its order and mean, so a task
+    that loads only the two regions it searches sees the same vectors)."""
+    return centred_tables({r: canonical_table(t) for r, t in data.items()}, settings.center)[0]
+
+
 def sharded_candidates(
     data: CatalogData, settings: MatchSettings, shards: int, folder: str | Path
 ) -> Candidates:
@@ -200,3 +210,29 @@ def sharded_candidates(
             searched += 1
     logger.info("candidate search: %d shards, %d searched here, parts in %s", len(plan), searched, folder)
     return join_parts(folder, data, texts, settings.k, plan)
+
+
+def plan_for_store(
+    store: Any,
+    regions: Sequence[str] | None,
+    *,
+    k: int,
+    shards: int | None = None,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+) -> tuple[list[CandidateShard], int]:
+    """The shard plan of a stored catalog (texts read without vectors) and the shard count: ``shards``,
+    or the fewest that fit ``memory_budget_mb`` (:func:`shards_for_budget`)."""
+    wanted = list(regions) if regions else store.regions()
+    texts: dict[str, int] = {}
+    dim = 0
+    for region in wanted:
+        distinct: set[str] = set()
+        for payloads, _ in store.scroll_region(region, with_vectors=False, payload_fields=["text"]):
+            distinct.update(p.get("text") or "" for p in payloads)
+        texts[region] = len(distinct)
+    if wanted:
+        for _, vecs in store.scroll_region(wanted[0], with_vectors=True, batch_size=1):
+            dim = vecs.shape[1]
+            break
+    n = shards if shards is not None else shards_for_budget(texts, dim, k, memory_budget_mb)
+    return plan_shards(texts, n), n

@@ -608,6 +608,13 @@ class MatchCatalogOperator(BaseOperator):
         the collection's match state: only changed products are scored and only the decisions they
         touch are solved again; the first run, or one after a change of model, regions or matcher
         parameters, is full anyway (the summary's ``full_run_reason`` says why). (templated)
+    :param shards: a full run's exact candidate search in this many shards per region pair, joined
+        from the Parquet parts in ``shard_dir`` that ``MatchShardOperator`` tasks wrote (shards whose
+        part is missing or stale are searched here); ``None``: one search in this task. Same pairs
+        and groups either way. (templated)
+    :param shard_dir: folder of the shards' parts. Defaults to a temporary folder. (templated)
+    :param shards_from: task id of a ``MatchShardPlanOperator`` whose ``shards`` and ``shard_dir``
+        XComs set the two above (its mapped search tasks wrote the parts). Defaults to None.
     :param conn_id: Airflow connection for Qdrant; when it does not exist the hook uses embedded
         local mode. Defaults to ``qdrant_default``.
     :param kwargs: passed to ``BaseOperator``.
@@ -626,6 +633,8 @@ class MatchCatalogOperator(BaseOperator):
         "reports_root",
         "out_name",
         "full_rematch",
+        "shards",
+        "shard_dir",
     )
     ui_color = PolyglotUIColors.MATCH.value
     operator_extra_links = (MatchReportLink(),)
@@ -645,11 +654,17 @@ class MatchCatalogOperator(BaseOperator):
         reports_root: str | None = None,
         out_name: str | None = None,
         full_rematch: bool | str = False,
+        shards: int | str | None = None,
+        shard_dir: str | None = None,
+        shards_from: str | None = None,
         conn_id: str = PolyglotQdrantHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.full_rematch = full_rematch
+        self.shards = shards
+        self.shard_dir = shard_dir
+        self.shards_from = shards_from
         self.collection = collection
         self.model = model
         self.regions = regions
@@ -703,6 +718,14 @@ class MatchCatalogOperator(BaseOperator):
         hnsw_ef = _as_optional_int(self.hnsw_ef, "hnsw_ef")
         if hnsw_ef is not None:
             extra["hnsw_ef"] = hnsw_ef
+        shards, shard_dir = _as_optional_int(self.shards, "shards"), _as_optional_str(self.shard_dir)
+        if self.shards_from:
+            ti = context["ti"]
+            shards = ti.xcom_pull(task_ids=self.shards_from, key="shards") or shards
+            shard_dir = ti.xcom_pull(task_ids=self.shards_from, key="shard_dir") or shard_dir
+        if shards is not None:
+            extra["shards"] = int(shards)
+            extra["shard_dir"] = shard_dir
         from polyglot_catalog.errors import describe_endpoint
         from polyglot_catalog.review import reviewed_decisions
         from polyglot_catalog.store import single_region_warning

@@ -1,0 +1,243 @@
+"""Operators that spread a full match's candidate search over mapped tasks (#26).
+
+The search is the n^2 part of a full match. ``MatchShardPlanOperator`` decides whether tonight's
+run is full (the same question ``run_match`` asks) and, if so, returns one small dict per shard;
+``MatchShardOperator`` is mapped over them (``.expand(shard=plan.output)``), each task searching one
+range of one region's texts against another region and writing a Parquet part; the
+``MatchCatalogOperator`` after them joins the parts (:mod:`polyglot_catalog.matching.shards`)
+and does the rest. An incremental run plans no shards, so the mapped task is skipped.
+
+Parts go to ``$POLYGLOT_DATA_DIR/match_shards/<run id>`` unless ``shard_dir`` says otherwise: a
+folder every worker sees (a shared volume on Celery or Kubernetes workers).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from polyglot_catalog.provider.hooks import PolyglotQdrantHook, data_dir
+from polyglot_catalog.provider.operators import (
+    DEFAULT_COLLECTION,
+    INPUT_ERRORS,
+    NOT_RETRIED,
+    PolyglotUIColors,
+    _as_bool,
+    _as_optional_float,
+    _as_optional_int,
+    _as_optional_str,
+    _as_regions,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+SHARDS_DIR_NAME = "match_shards"
+
+
+def default_shard_dir(run_id: str) -> Path:
+    """``$POLYGLOT_DATA_DIR/match_shards/<run id>`` (the run id made a safe folder name)."""
+    return data_dir() / SHARDS_DIR_NAME / re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+
+
+def _store(hook: PolyglotQdrantHook, collection: str, model: str | None) -> Any:
+    from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
+    from polyglot_catalog.store import CatalogStore, vector_name_for
+
+    return CatalogStore(hook.conn, collection, vector_name_for(pinned_name(model or DEFAULT_MODEL)))
+
+
+class MatchShardPlanOperator(BaseOperator):
+    """
+    Plan tonight's full-match candidate search as shards for mapped tasks.
+
+    Returns one dict per shard (``query``, ``other``, ``start``, ``stop``, ``dir``) when the run
+    will be full and the catalog needs more than one shard, else an empty list (an incremental run,
+    or one shard: the match task searches itself). Also pushes ``shards`` and ``shard_dir`` for the
+    match task.
+
+    :param collection, model, regions, threshold, k, calibrate_on_labels, full_rematch: as the
+        ``MatchCatalogOperator`` of the same run (they decide whether it is full). (templated)
+    :param shards: shards per ordered region pair; ``None`` picks the fewest that fit
+        ``memory_budget_mb``. (templated)
+    :param memory_budget_mb: memory one search task may use. Defaults to 4096. (templated)
+    :param shard_dir: folder for the parts, seen by every worker. Defaults to
+        ``$POLYGLOT_DATA_DIR/match_shards/<run id>``. (templated)
+    :param conn_id: Airflow connection for Qdrant. Defaults to ``qdrant_default``.
+    """
+
+    template_fields: Sequence[str] = (
+        "collection",
+        "model",
+        "regions",
+        "threshold",
+        "k",
+        "calibrate_on_labels",
+        "full_rematch",
+        "shards",
+        "memory_budget_mb",
+        "shard_dir",
+    )
+    ui_color = PolyglotUIColors.MATCH.value
+
+    def __init__(
+        self,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        model: str | None = None,
+        regions: list[str] | str | None = None,
+        threshold: float | str | None = None,
+        k: int | str = 10,
+        calibrate_on_labels: bool | str = False,
+        full_rematch: bool | str = False,
+        shards: int | str | None = None,
+        memory_budget_mb: int | str = 4096,
+        shard_dir: str | None = None,
+        conn_id: str = PolyglotQdrantHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.collection = collection
+        self.model = model
+        self.regions = regions
+        self.threshold = threshold
+        self.k = k
+        self.calibrate_on_labels = calibrate_on_labels
+        self.full_rematch = full_rematch
+        self.shards = shards
+        self.memory_budget_mb = memory_budget_mb
+        self.shard_dir = shard_dir
+        self.conn_id = conn_id
+
+    @cached_property
+    def hook(self) -> PolyglotQdrantHook:
+        return PolyglotQdrantHook(conn_id=self.conn_id)
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        try:
+            return self._plan(context)
+        except INPUT_ERRORS as e:
+            raise AirflowFailException(f"{e}{NOT_RETRIED}") from e
+        finally:
+            self.hook.close()
+
+    def _plan(self, context: Context) -> list[dict[str, Any]]:
+        from polyglot_catalog.matching.run import continue_from
+        from polyglot_catalog.matching.shards import plan_for_store
+        from polyglot_catalog.models.registry import DEFAULT_MODEL
+        from polyglot_catalog.review import reviewed_decisions
+
+        ti = context["ti"]
+        ti.xcom_push(key="shards", value=None)
+        ti.xcom_push(key="shard_dir", value=None)
+        collection = str(self.collection)
+        store = _store(self.hook, collection, _as_optional_str(self.model))
+        regions = _as_regions(self.regions)
+        reason, _ = continue_from(
+            store,
+            collection=collection,
+            model=_as_optional_str(self.model) or DEFAULT_MODEL,
+            regions=regions,
+            parameters={
+                "k": int(self.k),
+                "threshold": _as_optional_float(self.threshold, "threshold"),
+                "fit_on_labels": _as_bool(self.calibrate_on_labels),
+            },
+            full_rematch=_as_bool(self.full_rematch),
+            reviewed=reviewed_decisions(store.client, collection) is not None,
+        )
+        if reason is None:
+            self.log.info("collection %s continues incrementally: no search shards", collection)
+            return []
+        shards = _as_optional_int(self.shards, "shards")
+        budget = _as_optional_float(self.memory_budget_mb, "memory_budget_mb") or 4096.0
+        plan, n = plan_for_store(store, regions, k=int(self.k), shards=shards, memory_budget_mb=budget)
+        if n == 1 and shards is None:
+            self.log.info("full run (%s): one shard fits %.0f MB, the match task searches", reason, budget)
+            return []
+        folder = _as_optional_str(self.shard_dir) or str(default_shard_dir(str(context["run_id"])))
+        ti.xcom_push(key="shards", value=n)
+        ti.xcom_push(key="shard_dir", value=folder)
+        self.log.info(
+            "full run (%s): %d search shards (%d per region pair) into %s", reason, len(plan), n, folder
+        )
+        return [
+            {"query": s.query, "other": s.other, "start": s.start, "stop": s.stop, "dir": folder}
+            for s in plan
+        ]
+
+
+class MatchShardOperator(BaseOperator):
+    """
+    Search one shard of a full match: texts ``start:stop`` of region ``query`` against region
+    ``other`` (exact, canonical re-rank), written as a Parquet part the match task joins.
+
+    Mapped over ``MatchShardPlanOperator``'s output (``.expand(shard=plan.output)``). The task
+    loads the two regions it searches; a retried task replaces its own part only.
+
+    :param shard: one dict of the plan (``query``, ``other``, ``start``, ``stop``, ``dir``).
+    :param collection, model, k: as the match task's. (templated)
+    :param conn_id: Airflow connection for Qdrant. Defaults to ``qdrant_default``.
+    """
+
+    template_fields: Sequence[str] = ("collection", "model", "k")
+    ui_color = PolyglotUIColors.MATCH.value
+
+    def __init__(
+        self,
+        *,
+        shard: dict[str, Any],
+        collection: str = DEFAULT_COLLECTION,
+        model: str | None = None,
+        k: int | str = 10,
+        conn_id: str = PolyglotQdrantHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.shard = shard
+        self.collection = collection
+        self.model = model
+        self.k = k
+        self.conn_id = conn_id
+
+    @cached_property
+    def hook(self) -> PolyglotQdrantHook:
+        return PolyglotQdrantHook(conn_id=self.conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from polyglot_catalog.matching.canonical import TextSets
+        from polyglot_catalog.matching.inputs import load_catalog
+        from polyglot_catalog.matching.settings import MatchSettings
+        from polyglot_catalog.matching.shards import CandidateShard, map_shard, search_tables, write_part
+
+        t0 = time.perf_counter()
+        try:
+            shard = CandidateShard(
+                str(self.shard["query"]),
+                str(self.shard["other"]),
+                int(self.shard["start"]),
+                int(self.shard["stop"]),
+            )
+            store = _store(self.hook, str(self.collection), _as_optional_str(self.model))
+            data = search_tables(
+                load_catalog(store, [shard.query, shard.other]), MatchSettings(k=int(self.k))
+            )
+        except (KeyError, TypeError, *INPUT_ERRORS) as e:
+            raise AirflowFailException(f"shard {self.shard!r}: {e}{NOT_RETRIED}") from e
+        finally:
+            self.hook.close()
+        texts = {r: TextSets.of(t.texts) for r, t in data.items()}
+        part = map_shard(data, shard, MatchSettings(k=int(self.k)), texts)
+        path = write_part(part, self.shard["dir"], shard)
+        seconds = round(time.perf_counter() - t0, 3)
+        self.log.info(
+            "searched %s (%d texts) in %.1f s: %s", shard.name, shard.stop - shard.start, seconds, path
+        )
+        return {"part": str(path), "texts": shard.stop - shard.start, "seconds": seconds}
