@@ -118,9 +118,12 @@ def test_embed_ran_as_one_mapped_task_per_file_on_the_celery_worker(deploy, firs
     tis = deploy.task_instances(EMBED, first["embed"]["dag_run_id"])
     tis += deploy.task_instances(MATCH, first["match"]["dag_run_id"])
     assert deploy.map_indexes(tis, "embed_file") == list(range(len(_files())))
-    # The map/reduce match (issue 26 point 1) adds: assert len(deploy.map_indexes(tis, "<shard task>")) > 1
+    # the first match is full but small: one shard fits the memory budget, so the search is not mapped
+    assert deploy.map_indexes(tis, "search_shard") == [-1]
     worker_log = deploy.services["worker-1"].log.read_text(encoding="utf-8", errors="replace")
     for ti in tis:
+        if ti["task_id"] == "search_shard":
+            continue  # skipped (checked above): it never reached a worker
         assert ti["state"] == "success", ti
         # CeleryExecutor's default queue, on this machine, and received by the worker process.
         assert ti["queue"] == "default" and ti["hostname"] == get_hostname(), ti
@@ -144,7 +147,8 @@ def test_report_and_match_state_are_written(deploy, first):
 
 def test_worker_killed_mid_match_is_retried_and_nothing_is_lost(deploy, first):
     before = _summary(first["report"])["report"]["rows"]
-    run_id = deploy.trigger(MATCH, {"collection": COLLECTION, "full_rematch": True, "out_name": "after-kill"})
+    conf = {"collection": COLLECTION, "full_rematch": True, "out_name": "after-kill", "shards": 2}
+    run_id = deploy.trigger(MATCH, conf)
 
     def matching() -> bool:  # the task has opened the store and is matching
         return MATCHING_MARK in deploy.task_log(MATCH, run_id, MATCH_TASK)
@@ -170,3 +174,10 @@ def test_worker_killed_mid_match_is_retried_and_nothing_is_lost(deploy, first):
     state = _state(deploy)
     assert state["last_run"] == run_id and state["pending"] is None and state["full_rematch"] is True
     assert _grouped_points(deploy) == _report_groups(report)
+    # the full re-match searched as mapped tasks on the worker (2 shards x 6 region-pair directions)
+    tis = deploy.task_instances(MATCH, run_id)
+    assert deploy.map_indexes(tis, "search_shard") == list(range(12))
+    for ti in tis:
+        if ti["task_id"] == "search_shard":
+            assert ti["state"] == "success" and ti["queue"] == "default", ti
+    assert summary["candidates_path"] == "exact (shards)"

@@ -1,0 +1,201 @@
+"""Full match as mapped search shards vs one task: 3 regions x N products (bench/_synth.py), side by side.
+
+Every task runs in a fresh subprocess, so each peak RSS (VmHWM) is that task's own:
+
+- **one task**: ``match_catalog`` on the whole catalog (exact path), as ``match_regions`` runs it
+  without shards;
+- **map**: each search shard as its own process, doing what one Airflow ``search_shard`` task does:
+  load the two regions it searches, search its range of texts, write its Parquet part. At
+  parallelism 1 (one after another) and 2 (two at a time, into another folder);
+- **reduce**: ``match_catalog(shards=S, shard_dir=...)`` with every part current, so it only joins
+  them and runs features, scores, decisions and groups (``match_regions`` after the mapped tasks).
+
+Printed: whether both runs accept the same pairs and form the same groups, the peak RSS of each kind
+of task, wall time at parallelism 1 and 2 (map phase + reduce) against the one task, and the
+reduce's share of it. Data: generated once, kept per region in ``.npz`` files the tasks load.
+
+    python bench/bench_match_shards.py [--n 50000] [--shards 4] [--no-append]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+
+from _common import publish
+from bench_match_scale import _hwm_mb
+
+
+def _write_catalog(n: int, folder: Path) -> None:
+    import _synth
+
+    vecs = _synth.synth_vectors(n, seed=5)
+    for r in _synth.LANGS:
+        np.savez(
+            folder / f"{r}.npz",
+            skus=np.array([f"{r}-{i:07d}" for i in range(n)]),
+            texts=np.array(_synth.synth_texts(n, r, seed=5), dtype=object),
+            vectors=vecs[r],
+        )
+
+
+def _load(folder: Path, regions: list[str]) -> dict:
+    from polyglot_catalog.matching.data import RegionTable
+
+    out = {}
+    for r in regions:
+        z = np.load(folder / f"{r}.npz", allow_pickle=True)
+        out[r] = RegionTable(r, z["skus"].tolist(), z["texts"].tolist(), z["vectors"])
+    return out
+
+
+def _accepted(result) -> list[tuple]:
+    m = result.matches
+    cols = ("region_a", "sku_a", "region_b", "sku_b")
+    return sorted(zip(*(m[c].astype(str) for c in cols), strict=True))
+
+
+def _groups(result) -> list[frozenset]:
+    g = result.groups
+    return sorted(
+        (frozenset(zip(x["region"], x["sku"], strict=True)) for _, x in g.groupby("group_id")), key=sorted
+    )
+
+
+def _child(args: argparse.Namespace) -> None:
+    from polyglot_catalog.matching.canonical import TextSets
+    from polyglot_catalog.matching.pipeline import match_catalog
+    from polyglot_catalog.matching.settings import MatchSettings
+    from polyglot_catalog.matching.shards import CandidateShard, map_shard, search_tables, write_part
+
+    data_dir, out = Path(args.data), Path(args.out)
+    t0 = time.perf_counter()
+    if args.child == "map":
+        q, o, start, stop = args.shard.split(":")
+        shard = CandidateShard(q, o, int(start), int(stop))
+        settings = MatchSettings(k=10)
+        data = search_tables(_load(data_dir, [q, o]), settings)
+        texts = {r: TextSets.of(t.texts) for r, t in data.items()}
+        write_part(map_shard(data, shard, settings, texts), args.parts, shard)
+        result = None
+    else:
+        data = _load(data_dir, ["DE", "FR", "US"])
+        extra = {"shards": args.shards, "shard_dir": args.parts} if args.child == "reduce" else {}
+        result = match_catalog(data, k=10, sentences=None, **extra)
+    figures = {"seconds": time.perf_counter() - t0, "peak_mb": _hwm_mb()}
+    if result is not None:
+        figures["timings"] = result.summary["timings"]
+        (out.with_suffix(".pairs")).write_bytes(pickle.dumps((_accepted(result), _groups(result))))
+    out.write_text(json.dumps(figures))
+
+
+def _run(kind: str, work: Path, args: argparse.Namespace, tag: str, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--child", kind, "--data", str(work / "data"), "--out", str(work / tag)]
+    cmd += ["--n", str(args.n), "--shards", str(args.shards), *extra]
+    return subprocess.Popen(cmd)
+
+
+def _maps(work: Path, args: argparse.Namespace, plan: list, parts: Path, parallel: int) -> tuple[float, list]:
+    t0 = time.perf_counter()
+    running: list[tuple[subprocess.Popen, str]] = []
+    tags = []
+    for i, s in enumerate(plan):
+        tag = f"map-{parallel}-{i}.json"
+        tags.append(tag)
+        spec = f"{s.query}:{s.other}:{s.start}:{s.stop}"
+        running.append((_run("map", work, args, tag, "--shard", spec, "--parts", str(parts)), tag))
+        while len([p for p, _ in running if p.poll() is None]) >= parallel:
+            time.sleep(0.05)
+    for p, _ in running:
+        if p.wait() != 0:
+            raise SystemExit("a map task failed")
+    return time.perf_counter() - t0, [json.loads((work / t).read_text()) for t in tags]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=50_000)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--child", choices=["one", "map", "reduce"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--shard", help=argparse.SUPPRESS)
+    parser.add_argument("--parts", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args)
+        return
+    from polyglot_catalog.matching.shards import plan_shards
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "data").mkdir()
+        _write_catalog(args.n, work / "data")
+        texts = {}
+        for r in ("DE", "FR", "US"):
+            z = np.load(work / "data" / f"{r}.npz", allow_pickle=True)
+            texts[r] = len(set(z["texts"].tolist()))
+        plan = plan_shards(texts, args.shards)
+        if _run("one", work, args, "one.json").wait() != 0:
+            raise SystemExit("the one-task run failed")
+        one = json.loads((work / "one.json").read_text())
+        map1_s, maps1 = _maps(work, args, plan, work / "parts1", 1)
+        map2_s, maps2 = _maps(work, args, plan, work / "parts2", 2)
+        p = _run("reduce", work, args, "reduce.json", "--parts", str(work / "parts1"))
+        if p.wait() != 0:
+            raise SystemExit("the reduce failed")
+        red = json.loads((work / "reduce.json").read_text())
+        pairs_one, groups_one = pickle.loads((work / "one.pairs").read_bytes())
+        pairs_red, groups_red = pickle.loads((work / "reduce.pairs").read_bytes())
+    same_pairs, same_groups = pairs_one == pairs_red, groups_one == groups_red
+    wall1, wall2 = map1_s + red["seconds"], map2_s + red["seconds"]
+    map_peak = max(m["peak_mb"] for m in maps1)
+    per_map = [m["seconds"] for m in maps1]
+    body = "\n".join(
+        [
+            f"3 regions x {args.n:,} products (bench/_synth.py), k=10, exact search, no sentence vectors; "
+            f"{args.shards} shards per ordered region pair = {len(plan)} map tasks. Each task a fresh "
+            "process (wall times include its start, ~1 s of imports; task seconds do not).",
+            "",
+            "| run | wall s | peak RSS MB (per task) | stage seconds |",
+            "|---|---|---|---|",
+            f"| one task | {one['seconds']:.1f} | {one['peak_mb']:.0f} | `{json.dumps(one['timings'])}` |",
+            f"| map tasks, parallelism 1 | {map1_s:.1f} | {map_peak:.0f} (max of {len(maps1)}) | "
+            f"per task {min(per_map):.1f}-{max(per_map):.1f} s, sum {sum(per_map):.1f} s |",
+            f"| map tasks, parallelism 2 | {map2_s:.1f} | {max(m['peak_mb'] for m in maps2):.0f} | |",
+            f"| reduce (join, features, scores, decisions, groups) | {red['seconds']:.1f} | "
+            f"{red['peak_mb']:.0f} | "
+            f"`{json.dumps(red['timings'])}` |",
+            "",
+            f"Same accepted pairs: **{same_pairs}** ({len(pairs_one):,} vs {len(pairs_red):,}); same groups: "
+            f"**{same_groups}**.",
+            f"Wall time, maps + reduce / one task: parallelism 1 **{wall1 / one['seconds']:.2f}**, "
+            f"parallelism 2 **{wall2 / one['seconds']:.2f}**; the reduce is {red['seconds'] / wall1:.0%} "
+            f"(p=1) / {red['seconds'] / wall2:.0%} (p=2) of the sharded wall time.",
+            f"Per-task peak RSS: map {map_peak:.0f} MB, reduce {red['peak_mb']:.0f} MB, one task "
+            f"{one['peak_mb']:.0f} MB.",
+        ]
+    )
+    publish(
+        "Full match as mapped search shards vs one task",
+        Path(__file__).name,
+        argv if argv is not None else sys.argv[1:],
+        body,
+        not args.no_append,
+    )
+
+
+if __name__ == "__main__":
+    main()
