@@ -521,8 +521,8 @@ def test_the_full_rematch_searched_in_mapped_shards_and_incremental_nights_mappe
     summary = nights["full"]["summary"]
     assert summary["candidates_path"] == "exact (shards)"
     assert summary["reproducibility"]["parameters"]["shards"] == 2
-    parts = list((nights["data_dir"] / "match_shards").glob("*/*.parquet"))
-    assert len(parts) == 12
+    # the parts were joined, the run committed, and the parts folder removed (it grows with the catalog)
+    assert not list((nights["data_dir"] / "match_shards").glob("*/*.parquet"))
     for name in ("night1", "night2"):  # a small first run fits one shard; an incremental one needs none
         states = _task_states(nights["runs"][name])
         assert states["search_shard"] == [(-1, "skipped")], name

@@ -614,7 +614,8 @@ class MatchCatalogOperator(BaseOperator):
         and groups either way. (templated)
     :param shard_dir: folder of the shards' parts. Defaults to a temporary folder. (templated)
     :param shards_from: task id of a ``MatchShardPlanOperator`` whose ``shards`` and ``shard_dir``
-        XComs set the two above (its mapped search tasks wrote the parts). Defaults to None.
+        XComs set the two above (its mapped search tasks wrote the parts); the parts folder is
+        removed once the run is committed. Defaults to None.
     :param conn_id: Airflow connection for Qdrant; when it does not exist the hook uses embedded
         local mode. Defaults to ``qdrant_default``.
     :param kwargs: passed to ``BaseOperator``.
@@ -758,6 +759,10 @@ class MatchCatalogOperator(BaseOperator):
                 )
         finally:
             self.hook.close()
+        if self.shards_from and shard_dir and result.summary.get("mode") == "full":
+            import shutil
+
+            shutil.rmtree(shard_dir, ignore_errors=True)  # joined and committed: the parts are spent
         self.report_name = Path(report_dir).name
         summary = match_summary(result.summary, result, report_dir)
         self.log.info("Wrote match report to %s: %s", report_dir, summary)

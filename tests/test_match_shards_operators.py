@@ -1,0 +1,118 @@
+"""The mapped search of a full match as Airflow runs it (#26): plan -> search shards -> match task,
+on a real embedded store filled by the CLI with the fake encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fakes import FakeEncoder
+
+from polyglot_catalog.cli import main
+from polyglot_catalog.provider.match_shards import MatchShardOperator, MatchShardPlanOperator
+from polyglot_catalog.provider.operators import MatchCatalogOperator
+
+WORDS = ["oak", "table", "sofa", "grey", "lamp", "shelf", "chair", "desk", "rug", "bed", "white", "black"]
+
+
+class _TI:
+    """The XCom half of a task instance: what one task pushes, the next one pulls."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[tuple[str, str], Any] = {}
+        self.task_id = "plan"
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[(self.task_id, key)] = value
+
+    def xcom_pull(self, task_ids: str, key: str) -> Any:
+        return self.pushed.get((task_ids, key))
+
+
+@pytest.fixture
+def catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Three regions of 24 products each embedded into the default embedded store of the data dir."""
+    monkeypatch.setenv("POLYGLOT_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("AIRFLOW_CONN_QDRANT_DEFAULT", raising=False)
+    for region in ("DE", "FR", "US"):
+        texts = [
+            f"{WORDS[i % 12]} {WORDS[(i * 5 + 1) % 12]} {WORDS[(i * 7 + 3) % 12]} {i}" for i in range(24)
+        ]
+        path = tmp_path / "in" / f"{region}.parquet"
+        path.parent.mkdir(exist_ok=True)
+        skus = [f"{region.lower()}{i:02d}" for i in range(24)]
+        pq.write_table(pa.table({"sku": skus, "region": [region] * 24, "description": texts}), path)
+    store = ["--collection", "cat", "--qdrant-path", str(tmp_path / "qdrant"), "--model", "fake-model"]
+    with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
+        assert main(["embed", "--source", str(tmp_path / "in" / "*.parquet"), *store]) == 0
+    return tmp_path
+
+
+def _plan(ti: _TI, **kwargs: Any) -> list[dict[str, Any]]:
+    op = MatchShardPlanOperator(task_id="plan", collection="cat", model="fake-model", **kwargs)
+    return op.execute(context={"ti": ti, "run_id": "manual__night"})
+
+
+def _match(ti: _TI, name: str, **kwargs: Any) -> dict[str, Any]:
+    op = MatchCatalogOperator(
+        task_id="match", collection="cat", model="fake-model", out_name=name, shards_from="plan", **kwargs
+    )
+    return op.execute(context={"ti": ti, "run_id": f"manual__{name}"})
+
+
+def test_a_full_run_is_searched_in_mapped_shards_and_joined_by_the_match_task(catalog: Path) -> None:
+    ti = _TI()
+    plan = _plan(ti, shards=2)
+    assert len(plan) == 6 * 2  # 3 regions: 6 ordered region pairs, 2 shards each
+    folder = Path(ti.pushed[("plan", "shard_dir")])
+    assert ti.pushed[("plan", "shards")] == 2 and folder == catalog / "match_shards" / "manual__night"
+    for i, shard in enumerate(plan):  # what the mapped tasks do, one operator per map index
+        out = MatchShardOperator(task_id=f"search{i}", shard=shard, collection="cat", model="fake-model")
+        done = out.execute(context={"run_id": "manual__night"})
+        assert Path(done["part"]).parent == folder and done["texts"] == shard["stop"] - shard["start"]
+    assert len(list(folder.glob("*.parquet"))) == 12
+    sharded = _match(ti, "sharded")
+    assert sharded["mode"] == "full"
+    summary = json.loads((catalog / "reports" / "sharded" / "summary.json").read_text())
+    assert summary["candidates_path"] == "exact (shards)"
+    assert not folder.exists()  # joined and committed: the parts are removed
+
+    # the same catalog matched in one task (a full re-match) accepts the same pairs
+    single = MatchCatalogOperator(
+        task_id="m", collection="cat", model="fake-model", out_name="single", full_rematch=True
+    ).execute(context={"ti": _TI(), "run_id": "manual__single"})
+    assert (single["pairs"], single["matches"]) == (sharded["pairs"], sharded["matches"])
+
+    cols = ["region_a", "sku_a", "region_b", "sku_b", "score", "decision"]
+    a = pd.read_parquet(catalog / "reports" / "sharded" / "pairs.parquet")[cols]
+    b = pd.read_parquet(catalog / "reports" / "single" / "pairs.parquet")[cols]
+    pd.testing.assert_frame_equal(a, b)
+
+    # nothing changed since: tonight's run continues incrementally, so nothing is mapped
+    ti2 = _TI()
+    assert _plan(ti2, shards=2) == [] and ti2.pushed[("plan", "shards")] is None
+    assert _match(ti2, "tonight")["mode"] == "incremental"
+
+
+def test_an_automatic_shard_count_searches_a_small_catalog_in_the_match_task(catalog: Path) -> None:
+    ti = _TI()
+    assert _plan(ti, full_rematch=True) == []  # one shard fits 4 GB: no mapped tasks
+    assert ti.pushed[("plan", "shards")] is None
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match=r"does not hold the other region's vectors.*not retried"):
+        _plan(ti, full_rematch=True, memory_budget_mb=0.001)
+
+
+def test_a_bad_shard_fails_without_retries_naming_it(catalog: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    op = MatchShardOperator(task_id="search", shard={"query": "DE"}, collection="cat", model="fake-model")
+    with pytest.raises(AirflowFailException, match=r"shard \{'query': 'DE'\}.*not retried"):
+        op.execute(context={"run_id": "r"})
