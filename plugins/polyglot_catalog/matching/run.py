@@ -109,7 +109,8 @@ def run_match(
 
     Incremental unless ``full_rematch`` or :func:`incremental_blocker` says why not; the summary's
     ``mode`` says which ran and ``full_run_reason`` why a full one did. ``matcher``: further
-    :func:`.pipeline.match_catalog` arguments (``candidates``, ``hnsw_ef``) of a full run.
+    :func:`.pipeline.match_catalog` arguments (``candidates``, ``hnsw_ef``, ``shards``, ``shard_dir``) of a
+    full run.
     """
     result: MatchResult | None = None
     reason, context = continue_from(
