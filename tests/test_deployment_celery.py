@@ -174,9 +174,9 @@ def test_worker_killed_mid_match_is_retried_and_nothing_is_lost(deploy, first):
     state = _state(deploy)
     assert state["last_run"] == run_id and state["pending"] is None and state["full_rematch"] is True
     assert _grouped_points(deploy) == _report_groups(report)
-    # the full re-match searched as mapped tasks on the worker (2 shards x 6 region-pair directions)
+    # the full re-match searched as mapped tasks on the worker (2 shards x 3 region pairs)
     tis = deploy.task_instances(MATCH, run_id)
-    assert deploy.map_indexes(tis, "search_shard") == list(range(12))
+    assert deploy.map_indexes(tis, "search_shard") == list(range(6))
     for ti in tis:
         if ti["task_id"] == "search_shard":
             assert ti["state"] == "success" and ti["queue"] == "default", ti

@@ -264,22 +264,6 @@ def candidate_pairs(
     return ia, ib, neigh
 
 
-def text_neighbours(
-    queries: np.ndarray,
-    corpus: np.ndarray,
-    k: int,
-    *,
-    block_rows: int = DEFAULT_BLOCK_ROWS,
-    block_cols: int = DEFAULT_BLOCK_COLS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The canonical top-``k`` of distinct-text vectors ``queries`` among ``corpus``'s (exact blocks
-    propose ``k`` + :data:`CANDIDATE_SLACK`, :func:`.canonical.canonical_topk` decides): one query's
-    answer does not depend on which other queries are searched with it, so a region's texts can be
-    searched in shards (:mod:`.shards`)."""
-    idx, _ = exact_topk(queries, corpus, k + CANDIDATE_SLACK, block_rows=block_rows, block_cols=block_cols)
-    return canonical_topk(queries, corpus, idx, k)
-
-
 def pairs_from_neighbours(
     sa: TextSets,
     sb: TextSets,

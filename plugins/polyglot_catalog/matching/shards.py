@@ -1,13 +1,14 @@
 """The full match's candidate stage as map tasks over shards, and the join that feeds the rest (#26).
 
 Why: the candidate search is the part of a full match that grows with n^2 (216 of 336 s at
-100k x 3 regions, bench/RESULTS.md). A shard is a range of one region's distinct texts searched
-against every distinct text of another region; its answer (each text's canonical top-``k``, see
-:func:`.candidates.text_neighbours`) does not depend on which other texts share its shard, so the
-shards can run anywhere, in any order, and their Parquet parts joined give exactly what the
-single-task search gives: the same candidate pairs, hence the same features, scores, pairs and
-groups. A part is written once under a name of its own, so a retried task overwrites its own part
-and nothing else.
+100k x 3 regions, bench/RESULTS.md). A shard is a range of one region's distinct texts compared
+with every distinct text of the other region of a pair, both directions from one pass over the
+blocks as the single search does: the range's canonical top-``k`` (which does not depend on which
+other texts share the shard) and, for each text of the other region, its best proposals among the
+range. The join re-ranks every range's proposals together, so the parts, produced anywhere and in any
+order, give exactly what the single-task search gives: the same candidate pairs, hence the same
+features, scores, pairs and groups. A part is written once under a name of its own, so a retried
+task overwrites its own part and nothing else.
 
 The map reads what the prepared (canonical, centred) tables hold; the reduce is the rest of
 :func:`.pipeline.match_tables`, which takes the joined candidates in place of its own search.
@@ -28,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .candidates import CANDIDATE_SLACK, pairs_from_neighbours, text_neighbours
-from .canonical import TextSets, canonical_table
+from .candidates import CANDIDATE_SLACK, exact_topk_both, pairs_from_neighbours
+from .canonical import TextSets, canonical_table, canonical_topk
 from .data import CatalogData, centred_tables
 from .provenance import input_fingerprint
 from .settings import MatchSettings
@@ -58,12 +59,13 @@ class CandidateShard:
 
 
 def plan_shards(texts: Mapping[str, int], shards: int) -> list[CandidateShard]:
-    """Every ordered region pair's query texts in ``shards`` near-equal ranges (fewer when a region
-    has fewer texts); ``texts``: distinct texts per region."""
+    """Every region pair's (``query`` < ``other``) query texts in ``shards`` near-equal ranges (fewer
+    when the region has fewer texts); ``texts``: distinct texts per region. One shard serves both
+    directions of its pair (:func:`map_shard`)."""
     if shards < 1:
         raise ValueError(f"shards must be >= 1; got {shards}")
     out = []
-    for query, other in itertools.permutations(sorted(texts), 2):
+    for query, other in itertools.combinations(sorted(texts), 2):
         n = texts[query]
         parts = max(1, min(shards, n))
         bounds = np.linspace(0, n, parts + 1).round().astype(int)
@@ -72,7 +74,7 @@ def plan_shards(texts: Mapping[str, int], shards: int) -> list[CandidateShard]:
 
 
 def shards_for_budget(texts: Mapping[str, int], dim: int, k: int, memory_budget_mb: float) -> int:
-    """Shards per ordered region pair so that one map task's query block and results fit
+    """Shards per region pair so that one map task's query block and results fit
     ``memory_budget_mb`` next to the other region's vectors: query vectors (4 B a value), the
     proposals and the re-rank (about 40 B per proposed neighbour)."""
     largest = max(texts.values(), default=0)
@@ -91,27 +93,34 @@ def shards_for_budget(texts: Mapping[str, int], dim: int, k: int, memory_budget_
 def map_shard(
     data: CatalogData, shard: CandidateShard, settings: MatchSettings, texts: Mapping[str, TextSets]
 ) -> pa.Table:
-    """One shard's answer: per query text (global distinct-text index) its top-``k`` neighbours in
-    the other region (distinct-text index, -1 when fewer) and their similarities, rank by rank."""
+    """One shard's answer for both directions, from one pass over its similarity blocks (as the
+    single search, :func:`.candidates.exact_topk_both`): ``side`` 0, per text of the range its
+    canonical top-``k`` in ``other``; ``side`` 1, per text of ``other`` its best ``k`` +
+    :data:`.candidates.CANDIDATE_SLACK` proposals among the range (the join re-ranks the proposals
+    of every range together, which finds the same top-``k`` as one search over the whole region).
+    Texts and neighbours are distinct-text indices of their regions (-1: none)."""
     q, o = data[shard.query], data[shard.other]
     sq, so = texts[shard.query], texts[shard.other]
-    rows = sq.rep[shard.start : shard.stop]
-    idx, sim = text_neighbours(
-        q.vectors[rows],
-        o.vectors[so.rep],
-        settings.k,
-        block_rows=settings.block_rows,
-        block_cols=settings.block_cols,
+    vq, vo = q.vectors[sq.rep[shard.start : shard.stop]], o.vectors[so.rep]
+    wide = settings.k + CANDIDATE_SLACK
+    ab, _, ba, _ = exact_topk_both(
+        vq, vo, wide, block_rows=settings.block_rows, block_cols=settings.block_cols
     )
-    n, width = idx.shape
-    table = pa.table(
-        {
-            "text": np.repeat(np.arange(shard.start, shard.stop, dtype=np.int64), width),
+    ab, ab_sim = canonical_topk(vq, vo, ab, settings.k)
+    ba = np.where(ba >= 0, ba + shard.start, -1)
+
+    def side(code: int, first: int, idx: np.ndarray, sim: np.ndarray) -> dict[str, np.ndarray]:
+        n, width = idx.shape
+        return {
+            "side": np.full(n * width, code, dtype=np.int8),
+            "text": np.repeat(np.arange(first, first + n, dtype=np.int64), width),
             "rank": np.tile(np.arange(width, dtype=np.int16), n),
             "neighbour": idx.ravel().astype(np.int64),
             "sim": sim.ravel().astype(np.float64),
         }
-    )
+
+    parts = [side(0, shard.start, ab, ab_sim), side(1, 0, ba, np.full(ba.shape, np.nan))]
+    table = pa.table({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
     return table.replace_schema_metadata({PART_KEY: part_key(data, shard, settings.k)})
 
 
@@ -152,40 +161,58 @@ def join_parts(
     plan: Sequence[CandidateShard],
 ) -> Candidates:
     """The candidates of every region pair from ``plan``'s parts in ``folder`` (other files there,
-    e.g. a run with another shard count, are not read): both directions' neighbour lists reassembled
-    per text and joined as :func:`.candidates.candidate_pairs` joins them.
+    e.g. a run with another shard count, are not read): the ranges' top-``k`` lists put together,
+    the other side's proposals from every range re-ranked together (:func:`.canonical.canonical_topk`),
+    then joined as :func:`.candidates.candidate_pairs` joins them.
 
     Raises:
-        ValueError: a text of some direction has no part (a shard did not run), naming the first gap.
+        ValueError: a text of some region pair has no part (a shard did not run), naming the first gap.
     """
     folder = Path(folder)
-    lists: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-    for query, other in itertools.permutations(sorted(data), 2):
-        n = len(texts[query])
-        width = k  # as candidate_pairs: k columns, padded with -1 / -inf
-        idx = np.full((n, width), -1, dtype=np.int64)
-        sim = np.full((n, width), -np.inf)
-        seen = np.zeros(n, dtype=bool)
-        for shard in plan:
-            path = folder / f"{shard.name}.parquet"
-            if (shard.query, shard.other) != (query, other) or not path.is_file():
-                continue
-            part = pq.read_table(path)
-            t = part["text"].to_numpy()
-            r = part["rank"].to_numpy().astype(np.int64)
-            idx[t, r] = part["neighbour"].to_numpy()
-            sim[t, r] = part["sim"].to_numpy()
-            seen[t] = True
-        if n and not seen.all():
-            gap = int(np.flatnonzero(~seen)[0])
-            raise ValueError(
-                f"candidate parts of {query}->{other} in {folder} miss text {gap} of {n}: "
-                "a shard did not run (or wrote elsewhere)"
-            )
-        lists[(query, other)] = idx, sim
     out: Candidates = {}
     for ra, rb in itertools.combinations(sorted(data), 2):
-        out[(ra, rb)] = pairs_from_neighbours(texts[ra], texts[rb], lists[(ra, rb)], lists[(rb, ra)])
+        sa, sb = texts[ra], texts[rb]
+        ab_idx = np.full((len(sa), k), -1, dtype=np.int64)  # as candidate_pairs: k columns, padded
+        ab_sim = np.full((len(sa), k), -np.inf)
+        seen = np.zeros(len(sa), dtype=bool)
+        rows, cols = [], []
+        for shard in plan:
+            path = folder / f"{shard.name}.parquet"
+            if (shard.query, shard.other) != (ra, rb) or not path.is_file():
+                continue
+            part = pq.read_table(path)
+            side = part["side"].to_numpy()
+            t, r = part["text"].to_numpy(), part["rank"].to_numpy().astype(np.int64)
+            nb = part["neighbour"].to_numpy()
+            mine = side == 0
+            ab_idx[t[mine], r[mine]] = nb[mine]
+            ab_sim[t[mine], r[mine]] = part["sim"].to_numpy()[mine]
+            seen[t[mine]] = True
+            rows.append(t[~mine])
+            cols.append(nb[~mine])
+        if len(sa) and not seen.all():
+            gap = int(np.flatnonzero(~seen)[0])
+            raise ValueError(
+                f"candidate parts of {ra}<->{rb} in {folder} miss text {gap} of {len(sa)}: "
+                "a shard did not run (or wrote elsewhere)"
+            )
+        va, vb = data[ra].vectors[sa.rep], data[rb].vectors[sb.rep]
+        ba_idx, ba_sim = canonical_topk(vb, va, _proposals(len(sb), rows, cols), k)
+        out[(ra, rb)] = pairs_from_neighbours(sa, sb, (ab_idx, ab_sim), (ba_idx, ba_sim))
+    return out
+
+
+def _proposals(n: int, rows: list[np.ndarray], cols: list[np.ndarray]) -> np.ndarray:
+    """Per text ``0..n-1``, every proposal (``cols`` where ``rows`` names it) as one ``-1``-padded row."""
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    keep = c >= 0
+    r, c = r[keep], c[keep]
+    order = np.lexsort((c, r))
+    r, c = r[order], c[order]
+    rank = np.arange(len(r)) - np.searchsorted(r, r, side="left")
+    out = np.full((n, int(rank.max(initial=-1)) + 1), -1, dtype=np.int64)
+    out[r, rank] = c
     return out
 
 

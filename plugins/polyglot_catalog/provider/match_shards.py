@@ -65,7 +65,7 @@ class MatchShardPlanOperator(BaseOperator):
 
     :param collection, model, regions, threshold, k, calibrate_on_labels, full_rematch: as the
         ``MatchCatalogOperator`` of the same run (they decide whether it is full). (templated)
-    :param shards: shards per ordered region pair; ``None`` picks the fewest that fit
+    :param shards: shards per region pair; ``None`` picks the fewest that fit
         ``memory_budget_mb``. (templated)
     :param memory_budget_mb: memory one search task may use. Defaults to 4096. (templated)
     :param shard_dir: folder for the parts, seen by every worker. Defaults to
