@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     body = "\n".join(
         [
             f"3 regions x {args.n:,} products (bench/_synth.py), k=10, exact search, no sentence vectors; "
-            f"{args.shards} shards per ordered region pair = {len(plan)} map tasks. Each task a fresh "
+            f"{args.shards} shards per region pair = {len(plan)} map tasks. Each task a fresh "
             "process (wall times include its start, ~1 s of imports; task seconds do not).",
             "",
             "| run | wall s | peak RSS MB (per task) | stage seconds |",
