@@ -95,10 +95,11 @@ def map_shard(
 ) -> pa.Table:
     """One shard's answer for both directions, from one pass over its similarity blocks (as the
     single search, :func:`.candidates.exact_topk_both`): ``side`` 0, per text of the range its
-    canonical top-``k`` in ``other``; ``side`` 1, per text of ``other`` its best ``k`` +
-    :data:`.candidates.CANDIDATE_SLACK` proposals among the range (the join re-ranks the proposals
-    of every range together, which finds the same top-``k`` as one search over the whole region).
-    Texts and neighbours are distinct-text indices of their regions (-1: none)."""
+    canonical top-``k`` in ``other``; ``side`` 1, per text of ``other`` its canonical top-``k``
+    among the range. The canonical order (float64 similarity on the grid, then lower index) is
+    the same in every shard, so the join merges the ranges' side-1 lists into the top-``k`` one
+    search over the whole region finds. Texts and neighbours are distinct-text indices of their
+    regions (-1: none)."""
     q, o = data[shard.query], data[shard.other]
     sq, so = texts[shard.query], texts[shard.other]
     vq, vo = q.vectors[sq.rep[shard.start : shard.stop]], o.vectors[so.rep]
@@ -107,6 +108,7 @@ def map_shard(
         vq, vo, wide, block_rows=settings.block_rows, block_cols=settings.block_cols
     )
     ab, ab_sim = canonical_topk(vq, vo, ab, settings.k)
+    ba, ba_sim = canonical_topk(vo, vq, ba, settings.k)
     ba = np.where(ba >= 0, ba + shard.start, -1)
 
     def side(code: int, first: int, idx: np.ndarray, sim: np.ndarray) -> dict[str, np.ndarray]:
@@ -119,7 +121,7 @@ def map_shard(
             "sim": sim.ravel().astype(np.float64),
         }
 
-    parts = [side(0, shard.start, ab, ab_sim), side(1, 0, ba, np.full(ba.shape, np.nan))]
+    parts = [side(0, shard.start, ab, ab_sim), side(1, 0, ba, ba_sim)]
     table = pa.table({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
     return table.replace_schema_metadata({PART_KEY: part_key(data, shard, settings.k)})
 
@@ -162,8 +164,8 @@ def join_parts(
 ) -> Candidates:
     """The candidates of every region pair from ``plan``'s parts in ``folder`` (other files there,
     e.g. a run with another shard count, are not read): the ranges' top-``k`` lists put together,
-    the other side's proposals from every range re-ranked together (:func:`.canonical.canonical_topk`),
-    then joined as :func:`.candidates.candidate_pairs` joins them.
+    the other side's per-range top-``k`` lists merged in the canonical order, then joined as
+    :func:`.candidates.candidate_pairs` joins them.
 
     Raises:
         ValueError: a text of some region pair has no part (a shard did not run), naming the first gap.
@@ -175,7 +177,7 @@ def join_parts(
         ab_idx = np.full((len(sa), k), -1, dtype=np.int64)  # as candidate_pairs: k columns, padded
         ab_sim = np.full((len(sa), k), -np.inf)
         seen = np.zeros(len(sa), dtype=bool)
-        rows, cols = [], []
+        rows, cols, sims = [], [], []
         for shard in plan:
             path = folder / f"{shard.name}.parquet"
             if (shard.query, shard.other) != (ra, rb) or not path.is_file():
@@ -190,30 +192,37 @@ def join_parts(
             seen[t[mine]] = True
             rows.append(t[~mine])
             cols.append(nb[~mine])
+            sims.append(part["sim"].to_numpy()[~mine])
         if len(sa) and not seen.all():
             gap = int(np.flatnonzero(~seen)[0])
             raise ValueError(
                 f"candidate parts of {ra}<->{rb} in {folder} miss text {gap} of {len(sa)}: "
                 "a shard did not run (or wrote elsewhere)"
             )
-        va, vb = data[ra].vectors[sa.rep], data[rb].vectors[sb.rep]
-        ba_idx, ba_sim = canonical_topk(vb, va, _proposals(len(sb), rows, cols), k)
+        ba_idx, ba_sim = _merge_top(len(sb), k, rows, cols, sims)
         out[(ra, rb)] = pairs_from_neighbours(sa, sb, (ab_idx, ab_sim), (ba_idx, ba_sim))
     return out
 
 
-def _proposals(n: int, rows: list[np.ndarray], cols: list[np.ndarray]) -> np.ndarray:
-    """Per text ``0..n-1``, every proposal (``cols`` where ``rows`` names it) as one ``-1``-padded row."""
+def _merge_top(
+    n: int, k: int, rows: list[np.ndarray], cols: list[np.ndarray], sims: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per text ``0..n-1``, the best ``k`` of every range's list in the canonical order (higher
+    similarity first, equal similarities by lower index), padded with -1 / -inf."""
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    v = np.concatenate(sims) if sims else np.zeros(0)
     keep = c >= 0
-    r, c = r[keep], c[keep]
-    order = np.lexsort((c, r))
-    r, c = r[order], c[order]
+    r, c, v = r[keep], c[keep], v[keep]
+    order = np.lexsort((c, -v, r))
+    r, c, v = r[order], c[order], v[order]
     rank = np.arange(len(r)) - np.searchsorted(r, r, side="left")
-    out = np.full((n, int(rank.max(initial=-1)) + 1), -1, dtype=np.int64)
-    out[r, rank] = c
-    return out
+    top = rank < k
+    idx = np.full((n, k), -1, dtype=np.int64)
+    sim = np.full((n, k), -np.inf)
+    idx[r[top], rank[top]] = c[top]
+    sim[r[top], rank[top]] = v[top]
+    return idx, sim
 
 
 def search_tables(data: CatalogData, settings: MatchSettings) -> CatalogData:
