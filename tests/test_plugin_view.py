@@ -1130,7 +1130,9 @@ with create_session() as session:
         triggered_by=DagRunTriggeredByType.TEST, state=DagRunState.SUCCESS, session=session,
     )
     session.flush()
-    ti = session.query(TaskInstance).filter_by(dag_id="cross_region_match", run_id=run_id).one()
+    ti = session.query(TaskInstance).filter_by(
+        dag_id="cross_region_match", run_id=run_id, task_id="match_regions"
+    ).one()
     ti.state = TaskInstanceState.SUCCESS
     link = MatchReportLink()
     url = link.get_link(mock.Mock(report_name=report_name), ti_key=ti.key)
