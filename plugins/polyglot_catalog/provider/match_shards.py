@@ -34,6 +34,7 @@ from polyglot_catalog.provider.operators import (
     _as_optional_int,
     _as_optional_str,
     _as_regions,
+    model_store,
 )
 
 if TYPE_CHECKING:
@@ -45,13 +46,6 @@ SHARDS_DIR_NAME = "match_shards"
 def default_shard_dir(run_id: str) -> Path:
     """``$POLYGLOT_DATA_DIR/match_shards/<run id>`` (the run id made a safe folder name)."""
     return data_dir() / SHARDS_DIR_NAME / re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
-
-
-def _store(hook: PolyglotQdrantHook, collection: str, model: str | None) -> Any:
-    from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
-    from polyglot_catalog.store import CatalogStore, vector_name_for
-
-    return CatalogStore(hook.conn, collection, vector_name_for(pinned_name(model or DEFAULT_MODEL)))
 
 
 class MatchShardPlanOperator(BaseOperator):
@@ -138,7 +132,7 @@ class MatchShardPlanOperator(BaseOperator):
         ti.xcom_push(key="shards", value=None)
         ti.xcom_push(key="shard_dir", value=None)
         collection = str(self.collection)
-        store = _store(self.hook, collection, _as_optional_str(self.model))
+        store = model_store(self.hook, collection, _as_optional_str(self.model))
         regions = _as_regions(self.regions)
         reason, _ = continue_from(
             store,
@@ -225,7 +219,7 @@ class MatchShardOperator(BaseOperator):
                 int(self.shard["start"]),
                 int(self.shard["stop"]),
             )
-            store = _store(self.hook, str(self.collection), _as_optional_str(self.model))
+            store = model_store(self.hook, str(self.collection), _as_optional_str(self.model))
             data = search_tables(
                 load_catalog(store, [shard.query, shard.other]), MatchSettings(k=int(self.k))
             )

@@ -130,6 +130,15 @@ def triggered_model(
     return model
 
 
+def model_store(hook: PolyglotQdrantHook, collection: str, model: str | None) -> Any:
+    """The collection's store for ``model``'s named vector (``None``: the default model), pinned as
+    the embed stage stored it; every task that reads a collection opens it so."""
+    from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
+    from polyglot_catalog.store import CatalogStore, vector_name_for
+
+    return CatalogStore(hook.conn, collection, vector_name_for(pinned_name(model or DEFAULT_MODEL)))
+
+
 def default_reports_root() -> Path:
     """``$POLYGLOT_DATA_DIR/reports``: one sub-folder per run."""
     return data_dir() / REPORTS_DIR_NAME
@@ -495,15 +504,14 @@ class ReconcileCatalogOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.embed import merge_summaries, reconcile_vanished
-        from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
-        from polyglot_catalog.store import CatalogStore, vector_name_for
+        from polyglot_catalog.models.registry import DEFAULT_MODEL
 
         model = _as_optional_str(self.model) or DEFAULT_MODEL
         alias = _as_optional_str(self.alias)
         from polyglot_catalog.errors import describe_endpoint
         from polyglot_catalog.reading import parse_column_map
 
-        store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(pinned_name(model)))
+        store = model_store(self.hook, str(self.collection), model)
         try:
             with _store_errors_worded(describe_endpoint(store.client)):
                 reconciled = reconcile_vanished(
@@ -702,9 +710,8 @@ class MatchCatalogOperator(BaseOperator):
 
     def _match(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.matching.run import run_match
-        from polyglot_catalog.models.registry import DEFAULT_MODEL, pinned_name
+        from polyglot_catalog.models.registry import DEFAULT_MODEL
         from polyglot_catalog.reports import safe_report_dir, write_reports
-        from polyglot_catalog.store import CatalogStore, vector_name_for
 
         run_id = str(context["run_id"])
         root = _as_optional_str(self.reports_root) or str(default_reports_root())
@@ -731,7 +738,7 @@ class MatchCatalogOperator(BaseOperator):
         from polyglot_catalog.review import reviewed_decisions
         from polyglot_catalog.store import single_region_warning
 
-        store = CatalogStore(self.hook.conn, str(self.collection), vector_name_for(pinned_name(model)))
+        store = model_store(self.hook, str(self.collection), model)
         regions = _as_regions(self.regions)
         try:
             with _store_errors_worded(describe_endpoint(store.client)):
