@@ -60,13 +60,9 @@ from .context import (
 )
 from .data import CatalogData, RegionTable
 from .evaluate import (
-    Labels,
     apply_group_rule,
     evaluate_pairs,
     judges_for,
-    labels_for,
-    labels_from_gtin,
-    load_labels,
     pair_verdicts,
     threshold_sweep,
 )
@@ -74,7 +70,7 @@ from .evidence import EVIDENCE_COLUMNS, extract
 from .groups import build_groups
 from .inputs import is_store, read_inputs
 from .lexical import frozen_counts
-from .pipeline import _duplicates, _pairs_table, _unmatched, center_region, corroborated, link_block
+from .pipeline import _duplicates, _labels, _pairs_table, _unmatched, center_region, corroborated, link_block
 from .provenance import reproducibility_record
 from .result import MatchResult
 from .scoring import corroboration, pair_features
@@ -702,12 +698,9 @@ def _evaluate(
     text_ties: bool,
 ) -> None:
     """Label figures of an incremental run (the labels only evaluate: the scorer is frozen)."""
-    lab: Labels = (
-        labels_from_gtin(data) if isinstance(labels, str) and labels == "gtin" else load_labels(labels)
-    )
-    lab, _ = labels_for(lab, data)
+    lab, note = _labels(labels, data)  # read and checked as a full run reads them
     if not lab:
-        summary["labels_note"] = "labels name none of the matched SKUs; run not scored"
+        summary["labels_note"] = note
         return
     regions = sorted(data)
     judges = judges_for(data, lab, list(itertools.combinations(regions, 2)), text_ties=text_ties)
