@@ -4,9 +4,11 @@ Every task runs in a fresh subprocess, so each peak RSS (VmHWM) is that task's o
 
 - **one task**: ``match_catalog`` on the whole catalog (exact path), as ``match_regions`` runs it
   without shards;
+- **prepare**: what the ``plan_search_shards`` task does besides planning: each region's search
+  file (its distinct texts' vectors, the exact mean), streamed from the stored rows in pages;
 - **map**: each search shard as its own process, doing what one Airflow ``search_shard`` task does:
-  load the two regions it searches, search its range of texts, write its Parquet part. At
-  parallelism 1 (one after another) and 2 (two at a time, into another folder);
+  read its range of texts and the other region in chunks from the search files, search, write its
+  Parquet part. At parallelism 1 (one after another) and 2 (two at a time, into another folder);
 - **reduce**: ``match_catalog(shards=S, shard_dir=...)`` with every part current, so it only joins
   them and runs features, scores, decisions and groups (``match_regions`` after the mapped tasks).
 
@@ -15,6 +17,11 @@ of task, wall time at parallelism 1 and 2 (map phase + reduce) against the one t
 reduce's share of it. Data: generated once, kept per region in ``.npz`` files the tasks load.
 
     python bench/bench_match_shards.py [--n 50000] [--shards 4] [--no-append]
+
+``--maps-only M``: generate and prepare, then run only the first M map tasks (no one-task run, no
+reduce): a map task's peak memory and time at a catalog size where the whole comparison does not
+fit the session, e.g. ``--n 300000 --shards 12 --maps-only 2`` against ``--n 100000 --shards 4``
+(the same range of 25,000 texts per task).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,21 +82,30 @@ def _groups(result) -> list[frozenset]:
 
 
 def _child(args: argparse.Namespace) -> None:
-    from polyglot_catalog.matching.canonical import TextSets
     from polyglot_catalog.matching.pipeline import match_catalog
+    from polyglot_catalog.matching.region_search import write_region_search
     from polyglot_catalog.matching.settings import MatchSettings
-    from polyglot_catalog.matching.shards import CandidateShard, map_shard, search_tables, write_part
+    from polyglot_catalog.matching.shards import CandidateShard, map_shard
 
     data_dir, out = Path(args.data), Path(args.out)
     t0 = time.perf_counter()
-    if args.child == "map":
+    result = None
+    if args.child == "prepare":
+        texts = {}
+        for r in ("DE", "FR", "US"):  # pages of 1,024 raw rows, as the store's scroll gives them
+            z = np.load(data_dir / f"{r}.npz", allow_pickle=True)
+            skus, txt, vec = z["skus"], z["texts"], z["vectors"]
+            del z
+            pages = (
+                (skus[i : i + 1024].tolist(), txt[i : i + 1024].tolist(), vec[i : i + 1024])
+                for i in range(0, len(skus), 1024)
+            )
+            texts[r] = write_region_search(r, pages, args.parts).texts
+            del skus, txt, vec
+        (out.with_suffix(".texts")).write_text(json.dumps(texts))
+    elif args.child == "map":
         q, o, start, stop = args.shard.split(":")
-        shard = CandidateShard(q, o, int(start), int(stop))
-        settings = MatchSettings(k=10)
-        data = search_tables(_load(data_dir, [q, o]), settings)
-        texts = {r: TextSets.of(t.texts) for r, t in data.items()}
-        write_part(map_shard(data, shard, settings, texts), args.parts, shard)
-        result = None
+        map_shard(args.parts, CandidateShard(q, o, int(start), int(stop)), MatchSettings(k=10))
     else:
         data = _load(data_dir, ["DE", "FR", "US"])
         extra = {"shards": args.shards, "shard_dir": args.parts} if args.child == "reduce" else {}
@@ -128,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--child", choices=["one", "map", "reduce"], help=argparse.SUPPRESS)
+    parser.add_argument("--maps-only", type=int, default=None, help="run only the first M map tasks")
+    parser.add_argument("--child", choices=["one", "prepare", "map", "reduce"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--shard", help=argparse.SUPPRESS)
@@ -142,12 +160,19 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "data").mkdir()
+        t0 = time.perf_counter()
         _write_catalog(args.n, work / "data")
-        texts = {}
-        for r in ("DE", "FR", "US"):
-            z = np.load(work / "data" / f"{r}.npz", allow_pickle=True)
-            texts[r] = len(set(z["texts"].tolist()))
+        gen_s = time.perf_counter() - t0
+        if _run("prepare", work, args, "prepare.json", "--parts", str(work / "parts1")).wait() != 0:
+            raise SystemExit("the prepare task failed")
+        prep = json.loads((work / "prepare.json").read_text())
+        texts = json.loads((work / "prepare.texts").read_text())
+        shutil.copytree(work / "parts1", work / "parts2")  # the second map phase's own folder
         plan = plan_shards(texts, args.shards)
+        if args.maps_only:
+            map1_s, maps1 = _maps(work, args, plan[: args.maps_only], work / "parts1", 1)
+            _maps_only_report(args, argv, plan, prep, maps1, gen_s)
+            return
         if _run("one", work, args, "one.json").wait() != 0:
             raise SystemExit("the one-task run failed")
         one = json.loads((work / "one.json").read_text())
@@ -160,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         pairs_one, groups_one = pickle.loads((work / "one.pairs").read_bytes())
         pairs_red, groups_red = pickle.loads((work / "reduce.pairs").read_bytes())
     same_pairs, same_groups = pairs_one == pairs_red, groups_one == groups_red
-    wall1, wall2 = map1_s + red["seconds"], map2_s + red["seconds"]
+    wall1, wall2 = prep["seconds"] + map1_s + red["seconds"], prep["seconds"] + map2_s + red["seconds"]
     map_peak = max(m["peak_mb"] for m in maps1)
     per_map = [m["seconds"] for m in maps1]
     body = "\n".join(
@@ -172,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             "| run | wall s | peak RSS MB (per task) | stage seconds |",
             "|---|---|---|---|",
             f"| one task | {one['seconds']:.1f} | {one['peak_mb']:.0f} | `{json.dumps(one['timings'])}` |",
+            f"| prepare (3 regions' search files) | {prep['seconds']:.1f} | {prep['peak_mb']:.0f} | |",
             f"| map tasks, parallelism 1 | {map1_s:.1f} | {map_peak:.0f} (max of {len(maps1)}) | "
             f"per task {min(per_map):.1f}-{max(per_map):.1f} s, sum {sum(per_map):.1f} s |",
             f"| map tasks, parallelism 2 | {map2_s:.1f} | {max(m['peak_mb'] for m in maps2):.0f} | |",
@@ -181,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"Same accepted pairs: **{same_pairs}** ({len(pairs_one):,} vs {len(pairs_red):,}); same groups: "
             f"**{same_groups}**.",
-            f"Wall time, maps + reduce / one task: parallelism 1 **{wall1 / one['seconds']:.2f}**, "
+            f"Wall time, prepare + maps + reduce / one task: parallelism 1 **{wall1 / one['seconds']:.2f}**, "
             f"parallelism 2 **{wall2 / one['seconds']:.2f}**; the reduce is {red['seconds'] / wall1:.0%} "
             f"(p=1) / {red['seconds'] / wall2:.0%} (p=2) of the sharded wall time.",
             f"Per-task peak RSS: map {map_peak:.0f} MB, reduce {red['peak_mb']:.0f} MB, one task "
@@ -190,6 +216,34 @@ def main(argv: list[str] | None = None) -> None:
     )
     publish(
         "Full match as mapped search shards vs one task",
+        Path(__file__).name,
+        argv if argv is not None else sys.argv[1:],
+        body,
+        not args.no_append,
+    )
+
+
+def _maps_only_report(
+    args: argparse.Namespace, argv: list[str] | None, plan: list, prep: dict, maps: list, gen_s: float
+) -> None:
+    ranges = sorted({s.stop - s.start for s in plan})
+    body = "\n".join(
+        [
+            f"3 regions x {args.n:,} products (bench/_synth.py, generated in {gen_s:.0f} s), k=10; "
+            f"{args.shards} shards per region pair = {len(plan)} map tasks of {ranges[0]:,}-{ranges[-1]:,} "
+            f"texts each; the first {len(maps)} run, each a fresh process (no one-task run, no reduce).",
+            "",
+            "| task | seconds | peak RSS MB |",
+            "|---|---|---|",
+            f"| prepare (3 regions' search files) | {prep['seconds']:.1f} | {prep['peak_mb']:.0f} |",
+            *(
+                f"| map {plan[i].name} | {m['seconds']:.1f} | {m['peak_mb']:.0f} |"
+                for i, m in enumerate(maps)
+            ),
+        ]
+    )
+    publish(
+        "Search shard tasks: memory and time per task at a given range size",
         Path(__file__).name,
         argv if argv is not None else sys.argv[1:],
         body,

@@ -169,7 +169,7 @@ def cross_region_match() -> None:
         **same_run,
         **decides,
     )
-    search = MatchShardOperator.partial(task_id="search_shard", **same_run).expand(shard=plan.output)
+    search = MatchShardOperator.partial(task_id="search_shard").expand(shard=plan.output)
     match = MatchCatalogOperator(
         task_id="match_regions",
         labels="{{ params.labels or '' }}",

@@ -10,16 +10,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from polyglot_catalog.matching.canonical import TextSets
-from polyglot_catalog.matching.data import RegionTable
+from polyglot_catalog.matching.canonical import TextSets, canonical_table
+from polyglot_catalog.matching.data import RegionTable, centred_tables
 from polyglot_catalog.matching.pipeline import match_catalog
+from polyglot_catalog.matching.region_search import (
+    RegionSearch,
+    region_digest,
+    table_chunks,
+    write_region_search,
+)
 from polyglot_catalog.matching.settings import MatchSettings
 from polyglot_catalog.matching.shards import (
     join_parts,
     map_shard,
     plan_shards,
     shards_for_budget,
-    write_part,
 )
 
 COLUMNS = ["region_a", "sku_a", "region_b", "sku_b", "score", "decision", "ambiguous", "explain"]
@@ -41,6 +46,17 @@ def _catalog(n: int = 90, seed: int = 4) -> dict[str, RegionTable]:
     return out
 
 
+def _parts(folder: Path) -> list[Path]:
+    return [p for p in folder.glob("*.parquet") if not p.name.startswith("search-")]
+
+
+def _search_files(data: dict[str, RegionTable], folder: Path) -> dict[str, TextSets]:
+    """What the plan task writes: each region's search file; returns the canonical text sets."""
+    for r, t in data.items():
+        write_region_search(r, table_chunks(t), folder, stored=False)
+    return {r: TextSets.of(canonical_table(t).texts) for r, t in data.items()}
+
+
 def _same(a, b) -> None:
     pd.testing.assert_frame_equal(a.pairs[COLUMNS], b.pairs[COLUMNS])
     pd.testing.assert_frame_equal(a.groups, b.groups)
@@ -56,18 +72,18 @@ def test_a_sharded_search_finds_the_same_pairs_and_groups_as_one_search(shards: 
     assert sharded.summary["candidates_path"] == "exact (shards)"
     assert sharded.summary["reproducibility"]["parameters"]["shards"] == shards
     # one part per shard of each of the 3 region pairs (a part serves both directions)
-    assert len(list(tmp_path.glob("*.parquet"))) == 3 * shards
+    assert len(_parts(tmp_path)) == 3 * shards
 
 
 def test_a_retried_shard_replaces_its_own_part_and_a_missing_one_is_named(tmp_path: Path) -> None:
     data = _catalog(n=30)
-    texts = {r: TextSets.of(t.texts) for r, t in data.items()}
+    texts = _search_files(data, tmp_path)
     settings = MatchSettings(k=4)
     plan = plan_shards({r: len(s) for r, s in texts.items()}, 2)
     for shard in plan:
-        write_part(map_shard(data, shard, settings, texts), tmp_path, shard)
+        map_shard(tmp_path, shard, settings)
     first = join_parts(tmp_path, data, texts, settings.k, plan)
-    write_part(map_shard(data, plan[0], settings, texts), tmp_path, plan[0])  # the task ran twice
+    map_shard(tmp_path, plan[0], settings)  # the task ran twice
     again = join_parts(tmp_path, data, texts, settings.k, plan)
     for key in first:
         np.testing.assert_array_equal(first[key][0], again[key][0])
@@ -93,10 +109,12 @@ def test_the_plan_covers_each_direction_once_in_contiguous_ranges() -> None:
 def test_the_shard_count_follows_the_catalog_size_and_the_memory_budget() -> None:
     small = shards_for_budget({"DE": 100_000, "FR": 100_000}, 384, 10, 1024)
     large = shards_for_budget({"DE": 1_000_000, "FR": 100_000}, 384, 10, 1024)
-    tight = shards_for_budget({"DE": 1_000_000, "FR": 100_000}, 384, 10, 512)
+    tight = shards_for_budget({"DE": 1_000_000, "FR": 100_000}, 384, 10, 700)
     assert 1 <= small < large < tight
-    with pytest.raises(ValueError, match="does not hold the other region's vectors"):
-        shards_for_budget({"DE": 1_000_000, "FR": 1_000_000}, 384, 10, 1024)
+    # the other region streams by in chunks: its size does not change what one task holds
+    assert shards_for_budget({"DE": 1_000_000, "FR": 1_000_000}, 384, 10, 1024) == large
+    with pytest.raises(ValueError, match="below one search task's fixed part"):
+        shards_for_budget({"DE": 1_000_000, "FR": 1_000_000}, 384, 10, 256)
 
 
 def test_shards_are_refused_with_the_qdrant_search_and_below_one() -> None:
@@ -137,7 +155,7 @@ def test_cli_match_with_shards_reports_the_same_pairs(tmp_path: Path, monkeypatc
     a = pd.read_parquet(Path(one["report_dir"]) / "pairs.parquet")
     b = pd.read_parquet(Path(sharded["report_dir"]) / "pairs.parquet")
     pd.testing.assert_frame_equal(a[COLUMNS[:6]], b[COLUMNS[:6]])
-    assert len(list(parts.glob("*.parquet"))) == 2  # DE<->FR: two shards, each serving both directions
+    assert len(_parts(parts)) == 2  # DE<->FR: two shards, each serving both directions
 
 
 def test_parts_written_by_other_tasks_are_used_and_stale_ones_searched_again(
@@ -149,16 +167,16 @@ def test_parts_written_by_other_tasks_are_used_and_stale_ones_searched_again(
 
     data = _catalog(n=30)
     settings = MatchSettings(k=4)
-    texts = {r: TextSets.of(t.texts) for r, t in data.items()}
+    texts = _search_files(data, tmp_path)
     plan = plan_shards({r: len(s) for r, s in texts.items()}, 2)
     for shard in plan:  # what the mapped tasks wrote
-        write_part(map_shard(data, shard, settings, texts), tmp_path, shard)
+        map_shard(tmp_path, shard, settings)
     (tmp_path / f"{plan[0].name}.parquet").unlink()
     yesterday = dict(data)
     old = data[plan[1].query]
     yesterday[plan[1].query] = RegionTable(old.region, old.skus, ["changed", *old.texts[1:]], old.vectors)
-    old_texts = {r: TextSets.of(t.texts) for r, t in yesterday.items()}
-    write_part(map_shard(yesterday, plan[1], settings, old_texts), tmp_path, plan[1])
+    _search_files(yesterday, tmp_path)  # the plan ran on yesterday's catalog
+    map_shard(tmp_path, plan[1], settings)
 
     searched = []
     real = shards_module.map_shard
@@ -170,7 +188,61 @@ def test_parts_written_by_other_tasks_are_used_and_stale_ones_searched_again(
     monkeypatch.setattr(shards_module, "map_shard", counting)
     got = shards_module.sharded_candidates(data, settings, 2, tmp_path)
     assert searched == [plan[0], plan[1]]
+    # the region whose rows changed got a search file of today's rows before the search
+    assert RegionSearch.open(tmp_path, plan[1].query).digest == region_digest(data[plan[1].query])
     want = shards_module.sharded_candidates(data, settings, 2, tmp_path / "fresh")
     for key in want:
         np.testing.assert_array_equal(got[key][0], want[key][0])
         np.testing.assert_array_equal(got[key][1], want[key][1])
+
+
+def test_a_region_streamed_from_the_store_gives_the_single_search_its_vectors_to_the_last_bit(
+    tmp_path: Path,
+) -> None:
+    """Pages in any order and size, vectors as stored (not unit length): the search file holds
+    each distinct text once with the vector the in-memory search compares (canonical, centred),
+    bit for bit, the same exact mean and the digest of the rows as read."""
+    table = _catalog(n=200)["DE"]
+    raw = table.vectors * np.random.default_rng(1).uniform(0.5, 2.0, size=(len(table), 1))
+    read = RegionTable("DE", table.skus, table.texts, raw)
+    prepared, means = centred_tables({"DE": canonical_table(read)})
+    sets = TextSets.of(prepared["DE"].texts)
+    order = np.random.default_rng(2).permutation(len(table))
+    pages = [
+        ([table.skus[i] for i in part], [table.texts[i] for i in part], raw[part])
+        for part in np.array_split(order, [13, 50, 51, 140])
+    ]
+    got = write_region_search("DE", pages, tmp_path)
+    assert (got.rows, got.texts) == (200, len(sets))
+    assert got.digest == region_digest(read)
+    np.testing.assert_array_equal(got.mean, means["DE"])
+    want = prepared["DE"].vectors[sets.rep]
+    assert np.array_equal(got.range(0, len(sets)), want)
+    assert np.array_equal(got.range(5, 9), want[5:9])
+    seen = np.concatenate([idx for idx, _ in got.chunks(7)])
+    assert sorted(seen.tolist()) == list(range(len(sets)))  # every text once, in chunks of 7
+    assert not list(tmp_path.glob(".*"))  # no spill left behind
+
+
+def test_a_shard_streamed_in_small_chunks_writes_the_same_part(tmp_path: Path) -> None:
+    data = _catalog(n=60)
+    texts = _search_files(data, tmp_path)
+    settings = MatchSettings(k=4)
+    plan = plan_shards({r: len(s) for r, s in texts.items()}, 2)
+    whole = {s.name: pd.read_parquet(map_shard(tmp_path, s, settings)) for s in plan}
+    for shard in plan:
+        small = pd.read_parquet(map_shard(tmp_path, shard, settings, chunk_rows=7))
+        key = ["side", "text", "rank"]
+        pd.testing.assert_frame_equal(
+            small.sort_values(key, ignore_index=True), whole[shard.name].sort_values(key, ignore_index=True)
+        )
+
+
+def test_a_region_with_a_sku_twice_is_refused_by_name(tmp_path: Path) -> None:
+    vec = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="region 'FR': duplicate sku 'FR-2'"):
+        write_region_search(
+            "FR", [(["FR-1", "FR-2"], ["a", "b"], vec[:2]), (["FR-2"], ["c"], vec[2:])], tmp_path
+        )
+    with pytest.raises(ValueError, match="region 'FR' has no rows"):
+        write_region_search("FR", [], tmp_path)

@@ -49,23 +49,27 @@ def canonical_order(skus: list[str]) -> np.ndarray:
 
 
 def canonical_table(table: RegionTable) -> RegionTable:
-    """``table`` with its rows sorted by SKU and identical texts sharing the lowest SKU's vector."""
+    """``table`` with its rows sorted by SKU and identical texts sharing the lowest SKU's vector.
+
+    Rows are only moved, never re-normalised: every row's vector is the one it got on construction
+    (normalised once, row-local), so a sorted and a shuffled input, or a search task reading the
+    region in chunks (:mod:`.region_search`), hold the same bits."""
     order = canonical_order(table.skus)
-    # rebuilt even when already in order: a table re-normalises its vectors on construction, and a
-    # sorted input skipping that step differed from a shuffled one in the last bits (a score one grid
-    # step apart); row-local steps applied alike to every input commute with the row order
-    table = replace(
+    vectors = table.vectors[order]
+    texts = [table.texts[i] for i in order]
+    sets = TextSets.of(texts)
+    if len(sets.rep) < len(texts):
+        vectors = vectors[sets.rep[sets.inverse]]
+    out = replace(
         table,
         skus=[table.skus[i] for i in order],
-        texts=[table.texts[i] for i in order],
-        vectors=table.vectors[order],
+        texts=texts,
+        vectors=vectors,
         fields={name: [col[i] for i in order] for name, col in table.fields.items()},
         point_ids=None if table.point_ids is None else [table.point_ids[i] for i in order],
     )
-    sets = TextSets.of(table.texts)
-    if len(sets.rep) < len(table):
-        table = replace(table, vectors=table.vectors[sets.rep[sets.inverse]])
-    return table
+    out.vectors = vectors  # construction normalised them once more; keep the moved rows as they were
+    return out
 
 
 def permute_sentences(sv: SentenceVectors, order: np.ndarray) -> SentenceVectors:

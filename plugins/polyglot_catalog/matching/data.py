@@ -50,8 +50,7 @@ class RegionTable:
         vec = np.asarray(self.vectors, dtype=np.float32)
         if vec.ndim != 2:
             raise ValueError(f"region {self.region!r}: vectors must be 2-D, got shape {vec.shape}")
-        norms = np.linalg.norm(vec, axis=1, keepdims=True)
-        self.vectors = vec / np.maximum(norms, 1e-12)
+        self.vectors = unit_rows(vec)
 
     def __len__(self) -> int:
         return len(self.skus)
@@ -63,6 +62,50 @@ class RegionTable:
 
 
 CatalogData = dict[str, RegionTable]
+
+#: Fixed-point scale of :func:`fixed_sum` (2^36: a unit vector's values sum exactly for up to 2^27
+#: rows in int64; what is rounded away, below 1.5e-11, is far under float32's own resolution).
+FIXED_SCALE = 2.0**36
+MAX_FIXED_ROWS = 2**27
+#: A row this close to unit length counts as normalised (float32 rounding leaves ~1e-7).
+UNIT_TOLERANCE = 1e-6
+UNIT_CHUNK = 65_536
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row of a float32 matrix at unit length, row by row (float64 length and division).
+
+    Idempotent to the bit: a row already within ``UNIT_TOLERANCE`` of unit length is kept as it is,
+    and a divided row always lands within it, so a table built from another table's vectors, a
+    canonical copy or a search task streaming the region in chunks all hold the same bits, however
+    often their rows passed through here (a plain ``x / |x|`` can move the last bit each time)."""
+    vec = np.asarray(vectors, dtype=np.float32)
+    out = vec.copy()
+    for s in range(0, len(vec), UNIT_CHUNK):
+        part = vec[s : s + UNIT_CHUNK].astype(np.float64)
+        norms = np.sqrt((part * part).sum(axis=1))
+        move = np.abs(norms - 1.0) > UNIT_TOLERANCE
+        if move.any():
+            out[s : s + UNIT_CHUNK][move] = part[move] / np.maximum(norms[move], 1e-12)[:, None]
+    return out
+
+
+def fixed_sum(vectors: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """The (weighted) column sums of ``vectors`` in int64 fixed point: exact integer sums, so the
+    total of a region is the same whatever order or chunks its rows are added in."""
+    fixed = np.rint(np.asarray(vectors, dtype=np.float64) * FIXED_SCALE).astype(np.int64)
+    if weights is None:
+        return fixed.sum(axis=0, dtype=np.int64)
+    return (fixed * np.asarray(weights, dtype=np.int64)[:, None]).sum(axis=0, dtype=np.int64)
+
+
+def fixed_mean(total: np.ndarray, rows: int) -> np.ndarray | None:
+    """The float32 mean from a :func:`fixed_sum` over ``rows`` rows (None below two: nothing to centre)."""
+    if rows < 2:
+        return None
+    if rows > MAX_FIXED_ROWS:
+        raise ValueError(f"{rows} rows in one region: the exact mean holds at most {MAX_FIXED_ROWS}")
+    return (total.astype(np.float64) / FIXED_SCALE / rows).astype(np.float32)
 
 
 def catalog_from_records(
@@ -98,8 +141,11 @@ def catalog_from_records(
 
 
 def region_mean(table: RegionTable) -> np.ndarray | None:
-    """The region's mean vector (None for fewer than two products: nothing to centre)."""
-    return table.vectors.mean(axis=0) if len(table) > 1 else None
+    """The region's mean vector (None for fewer than two products: nothing to centre), exact to
+    2^-36 whatever the row order (:func:`fixed_sum`), as a search task streaming the region sums it."""
+    if len(table) < 2:
+        return None
+    return fixed_mean(fixed_sum(table.vectors), len(table))
 
 
 def center_region(table: RegionTable, mean: np.ndarray | None = None) -> RegionTable:

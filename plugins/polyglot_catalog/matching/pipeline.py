@@ -312,8 +312,9 @@ def match_tables(
     """The matcher proper, on tables in memory: prepare -> candidates and features -> scores ->
     decisions -> tables; each stage a function below, over :class:`.blocks.PairBlock` records.
     Arguments as :func:`match_catalog`'s; ``parameters`` are recorded (default: the settings).
-    ``search``: the candidates of every region pair from the prepared tables, in place of the
-    in-process search (:func:`.shards.sharded_candidates`: the same answer from shards)."""
+    ``search``: the candidates of every region pair from the tables as read (it makes them canonical
+    and centred itself), in place of the in-process search (:func:`.shards.sharded_candidates`: the
+    same answer from shards)."""
     parameters = dict(parameters or _parameters(settings, None, labels, inputs.sentences, rerank, decisions))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -329,7 +330,7 @@ def match_tables(
     found = None
     if search is not None:
         t0 = time.perf_counter()
-        found = search(prep.data)
+        found = search(inputs.data)
         timings["sharded_search"] = time.perf_counter() - t0
         path = "exact (shards)"
     blocks, figures, lex_stats = candidate_blocks(

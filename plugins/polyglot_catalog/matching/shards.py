@@ -10,8 +10,10 @@ order, give exactly what the single-task search gives: the same candidate pairs,
 features, scores, pairs and groups. A part is written once under a name of its own, so a retried
 task overwrites its own part and nothing else.
 
-The map reads what the prepared (canonical, centred) tables hold; the reduce is the rest of
-:func:`.pipeline.match_tables`, which takes the joined candidates in place of its own search.
+The map reads the regions' search files (:mod:`.region_search`, written once by the plan): its
+range whole, the other region in chunks, so a task's memory is bounded by the shard and chunk
+sizes, not the catalog. The reduce is the rest of :func:`.pipeline.match_tables`, which takes the
+joined candidates in place of its own search.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import pyarrow.parquet as pq
 
 from .candidates import CANDIDATE_SLACK, exact_topk_both, pairs_from_neighbours
 from .canonical import TextSets, canonical_table, canonical_topk
-from .data import CatalogData, centred_tables
-from .provenance import input_fingerprint
+from .data import CatalogData
+from .region_search import DEFAULT_CHUNK_ROWS, RegionSearch, region_digest, table_chunks, write_region_search
 from .settings import MatchSettings
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_MEMORY_BUDGET_MB = 4096
 #: Parquet schema metadata key of a part: what it was computed from (:func:`part_key`).
 PART_KEY = "polyglot.part"
+#: A search task's memory besides its range and chunk: interpreter, numpy, pyarrow (measured ~200 MB).
+TASK_BASE_MB = 300
+#: One similarity block of the blocked search (2048 x 8192 float32) and its scratch.
+BLOCK_MB = 160
 Candidates = dict[tuple[str, str], tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]
 
 
@@ -73,86 +79,123 @@ def plan_shards(texts: Mapping[str, int], shards: int) -> list[CandidateShard]:
     return out
 
 
-def shards_for_budget(texts: Mapping[str, int], dim: int, k: int, memory_budget_mb: float) -> int:
-    """Shards per region pair so that one map task's query block and results fit
-    ``memory_budget_mb`` next to the other region's vectors: query vectors (4 B a value), the
-    proposals and the re-rank (about 40 B per proposed neighbour)."""
+def shards_for_budget(
+    texts: Mapping[str, int], dim: int, k: int, memory_budget_mb: float, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> int:
+    """Shards per region pair so that one map task fits ``memory_budget_mb``: a fixed part (the
+    interpreter and libraries, one chunk of the other region and its similarity blocks) and, per
+    text of its range, the vector and the running proposals (about 60 B per kept neighbour). The
+    other region is streamed, so its size does not count."""
     largest = max(texts.values(), default=0)
-    other = sorted(texts.values())[-2] if len(texts) > 1 else 0
-    fixed = other * dim * 4 / 2**20
-    per_text = (dim * 4 + 40 * (k + CANDIDATE_SLACK)) / 2**20
+    wide = k + CANDIDATE_SLACK
+    fixed = TASK_BASE_MB + chunk_rows * (3 * dim * 4 + 60 * wide) / 2**20 + BLOCK_MB
+    per_text = (2 * dim * 4 + 60 * (k + wide)) / 2**20
     room = memory_budget_mb - fixed
     if room <= 0:
         raise ValueError(
-            f"memory_budget_mb={memory_budget_mb} does not hold the other region's vectors "
-            f"({fixed:.0f} MB); give more memory or search through Qdrant"
+            f"memory_budget_mb={memory_budget_mb} is below one search task's fixed part ({fixed:.0f} MB)"
         )
     return max(1, math.ceil(largest * per_text / room))
 
 
 def map_shard(
-    data: CatalogData, shard: CandidateShard, settings: MatchSettings, texts: Mapping[str, TextSets]
-) -> pa.Table:
-    """One shard's answer for both directions, from one pass over its similarity blocks (as the
-    single search, :func:`.candidates.exact_topk_both`): ``side`` 0, per text of the range its
-    canonical top-``k`` in ``other``; ``side`` 1, per text of ``other`` its canonical top-``k``
-    among the range. The canonical order (float64 similarity on the grid, then lower index) is
-    the same in every shard, so the join merges the ranges' side-1 lists into the top-``k`` one
-    search over the whole region finds. Texts and neighbours are distinct-text indices of their
-    regions (-1: none)."""
-    q, o = data[shard.query], data[shard.other]
-    sq, so = texts[shard.query], texts[shard.other]
-    vq, vo = q.vectors[sq.rep[shard.start : shard.stop]], o.vectors[so.rep]
-    wide = settings.k + CANDIDATE_SLACK
-    ab, _, ba, _ = exact_topk_both(
-        vq, vo, wide, block_rows=settings.block_rows, block_cols=settings.block_cols
-    )
-    ab, ab_sim = canonical_topk(vq, vo, ab, settings.k)
-    ba, ba_sim = canonical_topk(vo, vq, ba, settings.k)
-    ba = np.where(ba >= 0, ba + shard.start, -1)
+    folder: str | Path,
+    shard: CandidateShard,
+    settings: MatchSettings,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Path:
+    """Search one shard from the regions' search files in ``folder`` and write its part there.
 
-    def side(code: int, first: int, idx: np.ndarray, sim: np.ndarray) -> dict[str, np.ndarray]:
-        n, width = idx.shape
-        return {
+    The range's vectors stay in memory; the other region streams by in chunks, and each chunk's
+    block pass serves both directions (as the single search, :func:`.candidates.exact_topk_both`):
+    ``side`` 0, per text of the range its canonical top-``k`` in ``other`` (merged over the chunks in
+    the canonical order: float64 similarity on the grid, then lower index); ``side`` 1, per text of
+    ``other`` its canonical top-``k`` among the range, written chunk by chunk. The canonical order
+    is the same in every chunk and shard, so the join merges the lists into the top-``k`` one search
+    over the whole region finds. Texts and neighbours are distinct-text indices of their regions."""
+    q = RegionSearch.open(folder, shard.query)
+    o = RegionSearch.open(folder, shard.other)
+    vq = q.range(shard.start, shard.stop, center=settings.center)
+    wide = settings.k + CANDIDATE_SLACK
+    n = len(vq)
+    best_idx = np.full((n, settings.k), -1, dtype=np.int64)
+    best_sim = np.full((n, settings.k), -np.inf)
+    path = Path(folder) / f"{shard.name}.parquet"
+    tmp = path.with_suffix(".parquet.tmp")
+    schema = PART_SCHEMA.with_metadata({PART_KEY: part_key(shard, settings, q.digest, o.digest)})
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for idx, vo in o.chunks(chunk_rows, center=settings.center):
+            ab, _, ba, _ = exact_topk_both(
+                vq, vo, wide, block_rows=settings.block_rows, block_cols=settings.block_cols
+            )
+            ab, ab_sim = canonical_topk(vq, vo, ab, settings.k)
+            ab = np.where(ab >= 0, idx[np.maximum(ab, 0)], -1)
+            best_idx, best_sim = _merge_rows(best_idx, best_sim, ab, ab_sim)
+            ba, ba_sim = canonical_topk(vo, vq, ba, settings.k)
+            writer.write_table(_side(1, idx, np.where(ba >= 0, ba + shard.start, -1), ba_sim, schema))
+        writer.write_table(_side(0, np.arange(shard.start, shard.stop), best_idx, best_sim, schema))
+    tmp.replace(path)  # a retried task replaces its own part, whole
+    return path
+
+
+PART_SCHEMA = pa.schema(
+    [
+        ("side", pa.int8()),
+        ("text", pa.int64()),
+        ("rank", pa.int16()),
+        ("neighbour", pa.int64()),
+        ("sim", pa.float64()),
+    ]
+)
+
+
+def _side(code: int, texts: np.ndarray, idx: np.ndarray, sim: np.ndarray, schema: pa.Schema) -> pa.Table:
+    n, width = idx.shape
+    return pa.table(
+        {
             "side": np.full(n * width, code, dtype=np.int8),
-            "text": np.repeat(np.arange(first, first + n, dtype=np.int64), width),
+            "text": np.repeat(np.asarray(texts, dtype=np.int64), width),
             "rank": np.tile(np.arange(width, dtype=np.int16), n),
             "neighbour": idx.ravel().astype(np.int64),
             "sim": sim.ravel().astype(np.float64),
-        }
-
-    parts = [side(0, shard.start, ab, ab_sim), side(1, 0, ba, ba_sim)]
-    table = pa.table({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
-    return table.replace_schema_metadata({PART_KEY: part_key(data, shard, settings.k)})
+        },
+        schema=schema,
+    )
 
 
-def part_key(data: CatalogData, shard: CandidateShard, k: int) -> str:
-    """What a part was computed from: both regions' content and search vectors, ``k`` and the range.
+def _merge_rows(
+    idx_a: np.ndarray, sim_a: np.ndarray, idx_b: np.ndarray, sim_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row by row, the best ``k`` of two canonical lists (higher similarity, then lower index)."""
+    n, k = idx_a.shape
+    rows = np.repeat(np.arange(n, dtype=np.int64), 2 * k)
+    return _merge_top(n, k, [rows], [np.hstack([idx_a, idx_b]).ravel()], [np.hstack([sim_a, sim_b]).ravel()])
+
+
+def part_key(shard: CandidateShard, settings: MatchSettings, query_digest: str, other_digest: str) -> str:
+    """What a part was computed from: both regions' rows (their digests), ``k``, centring and the range.
     A part with another key (the catalog changed between the map and the reduce) is searched again."""
-    fp = input_fingerprint({r: data[r] for r in (shard.query, shard.other)})
     return json.dumps(
-        {"shard": shard.name, "k": k, "content": fp["content_sha256"], "vectors": fp["vectors_sha256"]},
+        {
+            "shard": shard.name,
+            "k": settings.k,
+            "center": settings.center,
+            "query": query_digest,
+            "other": other_digest,
+        },
         sort_keys=True,
     )
 
 
-def part_is_current(path: Path, data: CatalogData, shard: CandidateShard, k: int) -> bool:
+def part_is_current(
+    path: Path, shard: CandidateShard, settings: MatchSettings, digests: Mapping[str, str]
+) -> bool:
     if not path.is_file():
         return False
     meta = pq.read_schema(path).metadata or {}
-    return meta.get(PART_KEY.encode()) == part_key(data, shard, k).encode()
-
-
-def write_part(table: pa.Table, folder: str | Path, shard: CandidateShard) -> Path:
-    """Write a shard's part as ``<folder>/<query>-<other>-<start>-<stop>.parquet`` (a retried task
-    replaces its own file: written to a temporary name, then renamed)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{shard.name}.parquet"
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-    return path
+    want = part_key(shard, settings, digests[shard.query], digests[shard.other])
+    return meta.get(PART_KEY.encode()) == want.encode()
 
 
 def join_parts(
@@ -225,50 +268,51 @@ def _merge_top(
     return idx, sim
 
 
-def search_tables(data: CatalogData, settings: MatchSettings) -> CatalogData:
-    """The vectors a shard searches: canonical, centred tables of the regions in ``data`` (as
-    :func:`.pipeline.prepare` makes them; a region's own rows decide its order and mean, so a task
-    that loads only the two regions it searches sees the same vectors)."""
-    return centred_tables({r: canonical_table(t) for r, t in data.items()}, settings.center)[0]
-
-
 def sharded_candidates(
     data: CatalogData, settings: MatchSettings, shards: int, folder: str | Path
 ) -> Candidates:
     """Search every shard whose part in ``folder`` is missing or stale (all of them for ``match
-    --shards N``; none when Airflow's mapped tasks wrote them), then join the parts."""
-    texts = {r: TextSets.of(t.texts) for r, t in data.items()}
+    --shards N``; none when Airflow's mapped tasks wrote them), then join the parts. ``data``: the
+    tables as read (not yet canonical); a region whose search file is not from these rows is
+    written again first."""
+    texts = {r: TextSets.of(canonical_table(t).texts) for r, t in data.items()}
     plan = plan_shards({r: len(s) for r, s in texts.items()}, shards)
-    searched = 0
-    for shard in plan:
-        if not part_is_current(Path(folder) / f"{shard.name}.parquet", data, shard, settings.k):
-            write_part(map_shard(data, shard, settings, texts), folder, shard)
-            searched += 1
-    logger.info("candidate search: %d shards, %d searched here, parts in %s", len(plan), searched, folder)
+    digests = {r: region_digest(t) for r, t in data.items()}
+    stale = [s for s in plan if not part_is_current(Path(folder) / f"{s.name}.parquet", s, settings, digests)]
+    for region in sorted({r for s in stale for r in (s.query, s.other)}):
+        try:
+            current = RegionSearch.open(folder, region).digest == digests[region]
+        except FileNotFoundError:
+            current = False
+        if not current:
+            write_region_search(region, table_chunks(data[region]), folder, stored=False)
+    for shard in stale:
+        map_shard(folder, shard, settings)
+    logger.info("candidate search: %d shards, %d searched here, parts in %s", len(plan), len(stale), folder)
     return join_parts(folder, data, texts, settings.k, plan)
 
 
 def plan_for_store(
     store: Any,
     regions: Sequence[str] | None,
+    folder: str | Path,
     *,
     k: int,
     shards: int | None = None,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
 ) -> tuple[list[CandidateShard], int]:
-    """The shard plan of a stored catalog (texts read without vectors) and the shard count: ``shards``,
-    or the fewest that fit ``memory_budget_mb`` (:func:`shards_for_budget`)."""
+    """Write each region's search file into ``folder`` (one streaming pass over the store per region)
+    and plan the shards: ``shards`` per region pair, or the fewest that fit ``memory_budget_mb``
+    (:func:`shards_for_budget`). Returns ``(plan, shards per region pair)``."""
     wanted = list(regions) if regions else store.regions()
-    texts: dict[str, int] = {}
-    dim = 0
+    found = {}
     for region in wanted:
-        distinct: set[str] = set()
-        for payloads, _ in store.scroll_region(region, with_vectors=False, payload_fields=["text"]):
-            distinct.update(p.get("text") or "" for p in payloads)
-        texts[region] = len(distinct)
-    if wanted:
-        for _, vecs in store.scroll_region(wanted[0], with_vectors=True, batch_size=1):
-            dim = vecs.shape[1]
-            break
+        pages = (
+            ([p["sku"] for p in payloads], [p.get("text") or "" for p in payloads], vectors)
+            for payloads, vectors in store.scroll_region(region, with_vectors=True)
+        )
+        found[region] = write_region_search(region, pages, folder)
+    texts = {r: f.texts for r, f in found.items()}
+    dim = max((f.dim for f in found.values()), default=0)
     n = shards if shards is not None else shards_for_budget(texts, dim, k, memory_budget_mb)
     return plan_shards(texts, n), n

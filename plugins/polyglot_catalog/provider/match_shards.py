@@ -14,6 +14,7 @@ folder every worker sees (a shared volume on Celery or Kubernetes workers).
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from functools import cached_property
@@ -152,18 +153,32 @@ class MatchShardPlanOperator(BaseOperator):
             return []
         shards = _as_optional_int(self.shards, "shards")
         budget = _as_optional_float(self.memory_budget_mb, "memory_budget_mb") or 4096.0
-        plan, n = plan_for_store(store, regions, k=int(self.k), shards=shards, memory_budget_mb=budget)
+        folder = _as_optional_str(self.shard_dir) or str(default_shard_dir(str(context["run_id"])))
+        plan, n = plan_for_store(
+            store, regions, folder, k=int(self.k), shards=shards, memory_budget_mb=budget
+        )
         if n == 1 and shards is None:
+            shutil.rmtree(folder, ignore_errors=True)
             self.log.info("full run (%s): one shard fits %.0f MB, the match task searches", reason, budget)
             return []
-        folder = _as_optional_str(self.shard_dir) or str(default_shard_dir(str(context["run_id"])))
         ti.xcom_push(key="shards", value=n)
         ti.xcom_push(key="shard_dir", value=folder)
         self.log.info(
-            "full run (%s): %d search shards (%d per region pair) into %s", reason, len(plan), n, folder
+            "full run (%s): %d search shards (%d per region pair), regions' search files and parts in %s",
+            reason,
+            len(plan),
+            n,
+            folder,
         )
         return [
-            {"query": s.query, "other": s.other, "start": s.start, "stop": s.stop, "dir": folder}
+            {
+                "query": s.query,
+                "other": s.other,
+                "start": s.start,
+                "stop": s.stop,
+                "k": int(self.k),
+                "dir": folder,
+            }
             for s in plan
         ]
 
@@ -173,43 +188,26 @@ class MatchShardOperator(BaseOperator):
     Search one shard of a full match: texts ``start:stop`` of region ``query`` against region
     ``other`` (exact, canonical re-rank), written as a Parquet part the match task joins.
 
-    Mapped over ``MatchShardPlanOperator``'s output (``.expand(shard=plan.output)``). The task
-    loads the two regions it searches; a retried task replaces its own part only.
+    Mapped over ``MatchShardPlanOperator``'s output (``.expand(shard=plan.output)``). The task reads
+    the two regions' search files the plan wrote (no Qdrant connection): its range whole, the other
+    region a chunk at a time, so its memory is bounded by the shard, not the catalog. A retried task
+    replaces its own part only.
 
-    :param shard: one dict of the plan (``query``, ``other``, ``start``, ``stop``, ``dir``).
-    :param collection, model, k: as the match task's. (templated)
-    :param conn_id: Airflow connection for Qdrant. Defaults to ``qdrant_default``.
+    :param shard: one dict of the plan (``query``, ``other``, ``start``, ``stop``, ``k``, ``dir``).
+    :param chunk_rows: rows of the other region read at a time. Defaults to 16384. (templated)
     """
 
-    template_fields: Sequence[str] = ("collection", "model", "k")
+    template_fields: Sequence[str] = ("chunk_rows",)
     ui_color = PolyglotUIColors.MATCH.value
 
-    def __init__(
-        self,
-        *,
-        shard: dict[str, Any],
-        collection: str = DEFAULT_COLLECTION,
-        model: str | None = None,
-        k: int | str = 10,
-        conn_id: str = PolyglotQdrantHook.default_conn_name,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, shard: dict[str, Any], chunk_rows: int | str = 16_384, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.shard = shard
-        self.collection = collection
-        self.model = model
-        self.k = k
-        self.conn_id = conn_id
-
-    @cached_property
-    def hook(self) -> PolyglotQdrantHook:
-        return PolyglotQdrantHook(conn_id=self.conn_id)
+        self.chunk_rows = chunk_rows
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from polyglot_catalog.matching.canonical import TextSets
-        from polyglot_catalog.matching.inputs import load_catalog
         from polyglot_catalog.matching.settings import MatchSettings
-        from polyglot_catalog.matching.shards import CandidateShard, map_shard, search_tables, write_part
+        from polyglot_catalog.matching.shards import CandidateShard, map_shard
 
         t0 = time.perf_counter()
         try:
@@ -219,17 +217,10 @@ class MatchShardOperator(BaseOperator):
                 int(self.shard["start"]),
                 int(self.shard["stop"]),
             )
-            store = model_store(self.hook, str(self.collection), _as_optional_str(self.model))
-            data = search_tables(
-                load_catalog(store, [shard.query, shard.other]), MatchSettings(k=int(self.k))
-            )
-        except (KeyError, TypeError, *INPUT_ERRORS) as e:
+            settings = MatchSettings(k=int(self.shard["k"]))
+            path = map_shard(self.shard["dir"], shard, settings, chunk_rows=int(self.chunk_rows))
+        except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
             raise AirflowFailException(f"shard {self.shard!r}: {e}{NOT_RETRIED}") from e
-        finally:
-            self.hook.close()
-        texts = {r: TextSets.of(t.texts) for r, t in data.items()}
-        part = map_shard(data, shard, MatchSettings(k=int(self.k)), texts)
-        path = write_part(part, self.shard["dir"], shard)
         seconds = round(time.perf_counter() - t0, 3)
         self.log.info(
             "searched %s (%d texts) in %.1f s: %s", shard.name, shard.stop - shard.start, seconds, path
