@@ -117,3 +117,29 @@ def test_a_bad_shard_fails_without_retries_naming_it(catalog: Path) -> None:
     op = MatchShardOperator(task_id="search", shard={"query": "DE"})
     with pytest.raises(AirflowFailException, match=r"shard \{'query': 'DE'\}.*not retried"):
         op.execute(context={"run_id": "r"})
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_search_files_and_parts_can_live_in_object_storage_by_url(catalog: Path, scheme: str) -> None:
+    """``shard_dir`` as a URL: ``file://`` through Airflow's ObjectStoragePath, ``memory://`` (no
+    Airflow filesystem for it) through fsspec, as ``s3://``/``gs://`` go one way or the other. The
+    mapped tasks find the plan's search files there, the match task joins the parts and removes them."""
+    import fsspec
+
+    url = f"memory://polyglot-test/{catalog.name}" if scheme == "memory" else f"file://{catalog}/remote"
+    fs, root = fsspec.core.url_to_fs(url)
+    ti = _TI()
+    plan = _plan(ti, shards=2, shard_dir=url)
+    assert len(plan) == 6 and ti.pushed[("plan", "shard_dir")] == url
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) == [
+        f"search-{r}.{ext}" for r in ("DE", "FR", "US") for ext in ("json", "parquet")
+    ]
+    for i, shard in enumerate(plan):
+        MatchShardOperator(task_id=f"search{i}", shard=shard).execute(context={"run_id": "manual__night"})
+    assert len([p for p in fs.ls(root, detail=False) if not p.rsplit("/", 1)[-1].startswith("search-")]) == 6
+    sharded = _match(ti, "remote")
+    summary = json.loads((catalog / "reports" / "remote" / "summary.json").read_text())
+    assert summary["candidates_path"] == "exact (shards)"
+    single = _match(_TI(), "single", full_rematch=True)
+    assert (single["pairs"], single["matches"]) == (sharded["pairs"], sharded["matches"])
+    assert not fs.exists(root)  # committed: the search files and parts are spent

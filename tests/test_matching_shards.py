@@ -246,3 +246,30 @@ def test_a_region_with_a_sku_twice_is_refused_by_name(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="region 'FR' has no rows"):
         write_region_search("FR", [], tmp_path)
+
+
+def test_a_sharded_search_on_object_storage_finds_the_same_pairs(tmp_path: Path) -> None:
+    import fsspec
+
+    data = _catalog(n=40)
+    url = f"memory://polyglot-test/{tmp_path.name}"
+    one = match_catalog(data, k=5, sentences=None)
+    sharded = match_catalog(data, k=5, sentences=None, shards=2, shard_dir=url)
+    _same(one, sharded)
+    names = sorted(p.rsplit("/", 1)[-1] for p in fsspec.filesystem("memory").ls(url, detail=False))
+    assert len(names) == 6 + 6 and not any(n.endswith(".tmp") for n in names)  # 3 search files + sidecars
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_failed_write_leaves_no_file(tmp_path: Path, where: str) -> None:
+    from polyglot_catalog.matching.shard_storage import ShardFolder
+
+    folder = ShardFolder.of(tmp_path if where == "local" else f"memory://polyglot-test/{tmp_path.name}")
+    with pytest.raises(RuntimeError, match="boom"), folder.writing("part.parquet") as f:
+        f.write(b"half a part")
+        raise RuntimeError("boom")
+    assert not folder.exists("part.parquet") and not folder.exists("part.parquet.tmp")
+    folder.write_text("done.json", "{}")
+    assert folder.read_text("done.json") == "{}"
+    folder.remove()
+    assert not folder.fs.exists(folder.root)

@@ -214,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
         "another (the Airflow DAG maps them to workers); same pairs and groups as one search",
     )
     match.add_argument(
-        "--shard-dir", metavar="DIR", help="where the shards' Parquet parts go (default: a temporary folder)"
+        "--shard-dir",
+        metavar="DIR",
+        help="where the regions' search files and the shards' Parquet parts go: a folder or an fsspec "
+        "URL such as s3://bucket/prefix (default: a temporary folder)",
     )
 
     match.add_argument(

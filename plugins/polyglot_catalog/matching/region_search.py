@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +29,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .data import RegionTable, fixed_mean, fixed_sum, unit_rows
+from .shard_storage import ShardFolder
 
 #: Rows per chunk a search task reads of the other region (~25 MB of 384-d vectors).
 DEFAULT_CHUNK_ROWS = 16_384
 _SEP = b"\x1f"
 
 
-def search_file(folder: str | Path, region: str) -> Path:
-    """``<folder>/search-<region>.parquet``: the region's distinct texts and their vectors."""
-    return Path(folder) / f"search-{region}.parquet"
+def search_file(region: str) -> str:
+    """``search-<region>.parquet``: the region's distinct texts and their vectors (in the shard folder)."""
+    return f"search-{region}.parquet"
 
 
-def _sidecar(folder: str | Path, region: str) -> Path:
-    return Path(folder) / f"search-{region}.json"
+def _sidecar(region: str) -> str:
+    return f"search-{region}.json"
 
 
 def rows_digest(skus: Sequence[str], texts: Sequence[str], vectors: np.ndarray) -> int:
@@ -70,7 +72,7 @@ class RegionSearch:
     below two rows) and the ``digest`` of the rows it was made from."""
 
     region: str
-    path: Path
+    folder: ShardFolder
     rows: int
     texts: int
     dim: int
@@ -78,20 +80,20 @@ class RegionSearch:
     mean: np.ndarray | None
 
     @classmethod
-    def open(cls, folder: str | Path, region: str) -> RegionSearch:
-        """The search file of ``region`` in ``folder``.
+    def open(cls, folder: Any, region: str) -> RegionSearch:
+        """The search file of ``region`` in ``folder`` (a path, URL or :class:`.shard_storage.ShardFolder`).
 
         Raises:
             FileNotFoundError: the plan task did not write it there (or wrote elsewhere).
         """
-        side = _sidecar(folder, region)
-        if not side.is_file():
+        folder = ShardFolder.of(folder)
+        if not folder.exists(_sidecar(region)):
             raise FileNotFoundError(f"no search file of region {region!r} in {folder} (the plan writes it)")
-        meta = json.loads(side.read_text())
+        meta = json.loads(folder.read_text(_sidecar(region)))
         mean = None if meta["mean"] is None else np.asarray(meta["mean"], dtype=np.float32)
         return cls(
             region,
-            search_file(folder, region),
+            folder,
             meta["rows"],
             meta["texts"],
             meta["dim"],
@@ -109,7 +111,13 @@ class RegionSearch:
         self, rows: int = DEFAULT_CHUNK_ROWS, *, center: bool = True
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(text indices, search vectors)`` of each distinct text, ``rows`` at a time (sorted per chunk)."""
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=rows):
+        with self.folder.open(search_file(self.region)) as f:
+            yield from self._chunks(pq.ParquetFile(f), rows, center)
+
+    def _chunks(
+        self, file: pq.ParquetFile, rows: int, center: bool
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in file.iter_batches(batch_size=rows):
             idx = batch.column("text").to_numpy()
             order = np.argsort(idx, kind="stable")  # ascending, so a chunk's ties go to lower texts
             yield idx[order], self._centre(_vectors(batch, self.dim)[order], center)
@@ -123,9 +131,8 @@ class RegionSearch:
             out[idx[mine] - start] = vec[mine]
             found[idx[mine] - start] = True
         if not found.all():
-            raise ValueError(
-                f"{self.path} lacks text {start + int(np.flatnonzero(~found)[0])} (a damaged file)"
-            )
+            gap = start + int(np.flatnonzero(~found)[0])
+            raise ValueError(f"{self.folder.url(search_file(self.region))} lacks text {gap} (a damaged file)")
         return out
 
 
@@ -136,7 +143,7 @@ def _vectors(batch: pa.RecordBatch, dim: int) -> np.ndarray:
 def write_region_search(
     region: str,
     chunks: Iterable[tuple[Sequence[str], Sequence[Any], np.ndarray]],
-    folder: str | Path,
+    folder: Any,
     *,
     stored: bool = True,
 ) -> RegionSearch:
@@ -144,16 +151,17 @@ def write_region_search(
     store's pages, ``stored``: normalised here as :class:`.data.RegionTable` does on reading; or a
     table's slices, :func:`table_chunks`, normalised already), holding only SKUs and text hashes whole.
 
-    Two passes over a local spill of the rows: the SKUs and text hashes decide each row's distinct
+    ``folder``: a path, URL or :class:`.shard_storage.ShardFolder`. Two passes over a local spill of
+    the rows (a temporary folder on this machine): the SKUs and text hashes decide each row's distinct
     text (the lowest SKU's row stands for it, as in :func:`.canonical.canonical_table`); then the
     standing rows are written with their text index and summed for the mean.
 
     Raises:
         ValueError: a SKU twice in the region, or no rows.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    spill = folder / f".rows-{region}.parquet"
+    folder = ShardFolder.of(folder)
+    spill_dir = tempfile.TemporaryDirectory(prefix=f"polyglot-rows-{region}-")
+    spill = Path(spill_dir.name) / "rows.parquet"
     writer: pq.ParquetWriter | None = None
     digest, dim = 0, 0
     try:
@@ -183,10 +191,9 @@ def write_region_search(
         writer = None
         code, counts, standing = _distinct(region, pq.read_table(spill, columns=["sku", "key"]))
         total = np.zeros(dim, dtype=np.int64)
-        out = folder / f".search-{region}.parquet.tmp"
         schema = pa.schema([("text", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])
         at = 0
-        with pq.ParquetWriter(out, schema) as w:
+        with folder.writing(search_file(region)) as f, pq.ParquetWriter(f, schema) as w:
             for batch in pq.ParquetFile(spill).iter_batches(columns=["vector"]):
                 rows = np.arange(at, at + batch.num_rows)
                 at += batch.num_rows
@@ -207,7 +214,6 @@ def write_region_search(
                 )
         n = len(code)
         mean = fixed_mean(total, n)
-        out.replace(search_file(folder, region))
         meta = {
             "region": region,
             "rows": n,
@@ -216,13 +222,11 @@ def write_region_search(
             "digest": f"{digest:016x}",
             "mean": None if mean is None else [float(x) for x in mean],
         }
-        tmp = _sidecar(folder, region).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta))
-        tmp.replace(_sidecar(folder, region))  # last: a search file without its sidecar is not done
+        folder.write_text(_sidecar(region), json.dumps(meta))  # last: no sidecar, no search file
     finally:
         if writer is not None:
             writer.close()
-        spill.unlink(missing_ok=True)
+        spill_dir.cleanup()
     return RegionSearch.open(folder, region)
 
 

@@ -24,7 +24,6 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +35,7 @@ from .canonical import TextSets, canonical_table, canonical_topk
 from .data import CatalogData
 from .region_search import DEFAULT_CHUNK_ROWS, RegionSearch, region_digest, table_chunks, write_region_search
 from .settings import MatchSettings
+from .shard_storage import ShardFolder
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +99,12 @@ def shards_for_budget(
 
 
 def map_shard(
-    folder: str | Path,
+    folder: Any,
     shard: CandidateShard,
     settings: MatchSettings,
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-) -> Path:
+) -> str:
     """Search one shard from the regions' search files in ``folder`` and write its part there.
 
     The range's vectors stay in memory; the other region streams by in chunks, and each chunk's
@@ -113,7 +113,9 @@ def map_shard(
     the canonical order: float64 similarity on the grid, then lower index); ``side`` 1, per text of
     ``other`` its canonical top-``k`` among the range, written chunk by chunk. The canonical order
     is the same in every chunk and shard, so the join merges the lists into the top-``k`` one search
-    over the whole region finds. Texts and neighbours are distinct-text indices of their regions."""
+    over the whole region finds. Texts and neighbours are distinct-text indices of their regions.
+    Returns where the part is (a path or URL)."""
+    folder = ShardFolder.of(folder)
     q = RegionSearch.open(folder, shard.query)
     o = RegionSearch.open(folder, shard.other)
     vq = q.range(shard.start, shard.stop, center=settings.center)
@@ -121,10 +123,8 @@ def map_shard(
     n = len(vq)
     best_idx = np.full((n, settings.k), -1, dtype=np.int64)
     best_sim = np.full((n, settings.k), -np.inf)
-    path = Path(folder) / f"{shard.name}.parquet"
-    tmp = path.with_suffix(".parquet.tmp")
     schema = PART_SCHEMA.with_metadata({PART_KEY: part_key(shard, settings, q.digest, o.digest)})
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with folder.writing(part_name(shard)) as f, pq.ParquetWriter(f, schema) as writer:
         for idx, vo in o.chunks(chunk_rows, center=settings.center):
             ab, _, ba, _ = exact_topk_both(
                 vq, vo, wide, block_rows=settings.block_rows, block_cols=settings.block_cols
@@ -135,8 +135,7 @@ def map_shard(
             ba, ba_sim = canonical_topk(vo, vq, ba, settings.k)
             writer.write_table(_side(1, idx, np.where(ba >= 0, ba + shard.start, -1), ba_sim, schema))
         writer.write_table(_side(0, np.arange(shard.start, shard.stop), best_idx, best_sim, schema))
-    tmp.replace(path)  # a retried task replaces its own part, whole
-    return path
+    return folder.url(part_name(shard))  # written whole or not at all: a retry replaces it
 
 
 PART_SCHEMA = pa.schema(
@@ -188,18 +187,25 @@ def part_key(shard: CandidateShard, settings: MatchSettings, query_digest: str, 
     )
 
 
+def part_name(shard: CandidateShard) -> str:
+    """``<query>-<other>-<start>-<stop>.parquet``: the part one shard writes (in the shard folder)."""
+    return f"{shard.name}.parquet"
+
+
 def part_is_current(
-    path: Path, shard: CandidateShard, settings: MatchSettings, digests: Mapping[str, str]
+    folder: Any, shard: CandidateShard, settings: MatchSettings, digests: Mapping[str, str]
 ) -> bool:
-    if not path.is_file():
+    folder = ShardFolder.of(folder)
+    if not folder.exists(part_name(shard)):
         return False
-    meta = pq.read_schema(path).metadata or {}
+    with folder.open(part_name(shard)) as f:
+        meta = pq.read_schema(f).metadata or {}
     want = part_key(shard, settings, digests[shard.query], digests[shard.other])
     return meta.get(PART_KEY.encode()) == want.encode()
 
 
 def join_parts(
-    folder: str | Path,
+    folder: Any,
     data: CatalogData,
     texts: Mapping[str, TextSets],
     k: int,
@@ -213,7 +219,7 @@ def join_parts(
     Raises:
         ValueError: a text of some region pair has no part (a shard did not run), naming the first gap.
     """
-    folder = Path(folder)
+    folder = ShardFolder.of(folder)
     out: Candidates = {}
     for ra, rb in itertools.combinations(sorted(data), 2):
         sa, sb = texts[ra], texts[rb]
@@ -222,10 +228,10 @@ def join_parts(
         seen = np.zeros(len(sa), dtype=bool)
         rows, cols, sims = [], [], []
         for shard in plan:
-            path = folder / f"{shard.name}.parquet"
-            if (shard.query, shard.other) != (ra, rb) or not path.is_file():
+            if (shard.query, shard.other) != (ra, rb) or not folder.exists(part_name(shard)):
                 continue
-            part = pq.read_table(path)
+            with folder.open(part_name(shard)) as f:
+                part = pq.read_table(f)
             side = part["side"].to_numpy()
             t, r = part["text"].to_numpy(), part["rank"].to_numpy().astype(np.int64)
             nb = part["neighbour"].to_numpy()
@@ -268,9 +274,7 @@ def _merge_top(
     return idx, sim
 
 
-def sharded_candidates(
-    data: CatalogData, settings: MatchSettings, shards: int, folder: str | Path
-) -> Candidates:
+def sharded_candidates(data: CatalogData, settings: MatchSettings, shards: int, folder: Any) -> Candidates:
     """Search every shard whose part in ``folder`` is missing or stale (all of them for ``match
     --shards N``; none when Airflow's mapped tasks wrote them), then join the parts. ``data``: the
     tables as read (not yet canonical); a region whose search file is not from these rows is
@@ -278,7 +282,8 @@ def sharded_candidates(
     texts = {r: TextSets.of(canonical_table(t).texts) for r, t in data.items()}
     plan = plan_shards({r: len(s) for r, s in texts.items()}, shards)
     digests = {r: region_digest(t) for r, t in data.items()}
-    stale = [s for s in plan if not part_is_current(Path(folder) / f"{s.name}.parquet", s, settings, digests)]
+    folder = ShardFolder.of(folder)
+    stale = [s for s in plan if not part_is_current(folder, s, settings, digests)]
     for region in sorted({r for s in stale for r in (s.query, s.other)}):
         try:
             current = RegionSearch.open(folder, region).digest == digests[region]
@@ -295,7 +300,7 @@ def sharded_candidates(
 def plan_for_store(
     store: Any,
     regions: Sequence[str] | None,
-    folder: str | Path,
+    folder: Any,
     *,
     k: int,
     shards: int | None = None,

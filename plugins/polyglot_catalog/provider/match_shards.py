@@ -7,14 +7,16 @@ range of one region's texts against another region and writing a Parquet part; t
 ``MatchCatalogOperator`` after them joins the parts (:mod:`polyglot_catalog.matching.shards`)
 and does the rest. An incremental run plans no shards, so the mapped task is skipped.
 
-Parts go to ``$POLYGLOT_DATA_DIR/match_shards/<run id>`` unless ``shard_dir`` says otherwise: a
-folder every worker sees (a shared volume on Celery or Kubernetes workers).
+The plan writes each region's search file, and the tasks their parts, to
+``$POLYGLOT_DATA_DIR/match_shards/<run id>`` unless ``shard_dir`` says otherwise: a folder every
+worker sees (a shared volume on Celery or Kubernetes workers) or object storage by URL
+(``s3://aws_default@bucket/prefix``, ``gs://...``: Airflow's ``ObjectStoragePath`` and its
+connection; any other fsspec URL as fsspec resolves it).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Sequence
 from functools import cached_property
@@ -49,6 +51,29 @@ def default_shard_dir(run_id: str) -> Path:
     return data_dir() / SHARDS_DIR_NAME / re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
 
 
+def shard_folder(url: str) -> Any:
+    """The shard folder ``url`` names, for the library's ``folder`` arguments: an Airflow
+    ``ObjectStoragePath`` where Airflow has a filesystem for its scheme (``s3://conn_id@bucket/..``,
+    ``gs://``, ``file://``: the connection's credentials apply), else the path or fsspec URL itself."""
+    if "://" not in url:
+        return url
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        path = ObjectStoragePath(url)
+        path.fs  # noqa: B018 - resolves the scheme's filesystem now (it raises lazily otherwise)
+        return path
+    except ValueError:  # "No filesystem registered for scheme ...": plain fsspec resolves it
+        return url
+
+
+def remove_shard_folder(url: str) -> None:
+    """Delete a run's shard folder (its search files and parts) once they are spent."""
+    from polyglot_catalog.matching.shard_storage import ShardFolder
+
+    ShardFolder.of(shard_folder(url)).remove()
+
+
 class MatchShardPlanOperator(BaseOperator):
     """
     Plan tonight's full-match candidate search as shards for mapped tasks.
@@ -63,7 +88,8 @@ class MatchShardPlanOperator(BaseOperator):
     :param shards: shards per region pair; ``None`` picks the fewest that fit
         ``memory_budget_mb``. (templated)
     :param memory_budget_mb: memory one search task may use. Defaults to 4096. (templated)
-    :param shard_dir: folder for the parts, seen by every worker. Defaults to
+    :param shard_dir: folder or object-storage URL for the search files and parts, seen by every
+        worker (``s3://conn_id@bucket/prefix`` takes the connection's credentials). Defaults to
         ``$POLYGLOT_DATA_DIR/match_shards/<run id>``. (templated)
     :param conn_id: Airflow connection for Qdrant. Defaults to ``qdrant_default``.
     """
@@ -155,10 +181,10 @@ class MatchShardPlanOperator(BaseOperator):
         budget = _as_optional_float(self.memory_budget_mb, "memory_budget_mb") or 4096.0
         folder = _as_optional_str(self.shard_dir) or str(default_shard_dir(str(context["run_id"])))
         plan, n = plan_for_store(
-            store, regions, folder, k=int(self.k), shards=shards, memory_budget_mb=budget
+            store, regions, shard_folder(folder), k=int(self.k), shards=shards, memory_budget_mb=budget
         )
         if n == 1 and shards is None:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_shard_folder(folder)
             self.log.info("full run (%s): one shard fits %.0f MB, the match task searches", reason, budget)
             return []
         ti.xcom_push(key="shards", value=n)
@@ -218,7 +244,8 @@ class MatchShardOperator(BaseOperator):
                 int(self.shard["stop"]),
             )
             settings = MatchSettings(k=int(self.shard["k"]))
-            path = map_shard(self.shard["dir"], shard, settings, chunk_rows=int(self.chunk_rows))
+            folder = shard_folder(str(self.shard["dir"]))
+            path = map_shard(folder, shard, settings, chunk_rows=int(self.chunk_rows))
         except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
             raise AirflowFailException(f"shard {self.shard!r}: {e}{NOT_RETRIED}") from e
         seconds = round(time.perf_counter() - t0, 3)

@@ -620,7 +620,8 @@ class MatchCatalogOperator(BaseOperator):
         from the Parquet parts in ``shard_dir`` that ``MatchShardOperator`` tasks wrote (shards whose
         part is missing or stale are searched here); ``None``: one search in this task. Same pairs
         and groups either way. (templated)
-    :param shard_dir: folder of the shards' parts. Defaults to a temporary folder. (templated)
+    :param shard_dir: folder or object-storage URL of the shards' parts (as
+        ``MatchShardPlanOperator``'s). Defaults to a temporary folder. (templated)
     :param shards_from: task id of a ``MatchShardPlanOperator`` whose ``shards`` and ``shard_dir``
         XComs set the two above (its mapped search tasks wrote the parts); the parts folder is
         removed once the run is committed. Defaults to None.
@@ -732,8 +733,10 @@ class MatchCatalogOperator(BaseOperator):
             shards = ti.xcom_pull(task_ids=self.shards_from, key="shards") or shards
             shard_dir = ti.xcom_pull(task_ids=self.shards_from, key="shard_dir") or shard_dir
         if shards is not None:
+            from polyglot_catalog.provider.match_shards import shard_folder
+
             extra["shards"] = int(shards)
-            extra["shard_dir"] = shard_dir
+            extra["shard_dir"] = shard_folder(shard_dir) if shard_dir else None
         from polyglot_catalog.errors import describe_endpoint
         from polyglot_catalog.review import reviewed_decisions
         from polyglot_catalog.store import single_region_warning
@@ -767,9 +770,9 @@ class MatchCatalogOperator(BaseOperator):
         finally:
             self.hook.close()
         if self.shards_from and shard_dir and result.summary.get("mode") == "full":
-            import shutil
+            from polyglot_catalog.provider.match_shards import remove_shard_folder
 
-            shutil.rmtree(shard_dir, ignore_errors=True)  # joined and committed: the parts are spent
+            remove_shard_folder(shard_dir)  # joined and committed: the parts are spent
         self.report_name = Path(report_dir).name
         summary = match_summary(result.summary, result, report_dir)
         self.log.info("Wrote match report to %s: %s", report_dir, summary)
