@@ -53,7 +53,7 @@ def _parts(folder: Path) -> list[Path]:
 def _search_files(data: dict[str, RegionTable], folder: Path) -> dict[str, TextSets]:
     """What the plan task writes: each region's search file; returns the canonical text sets."""
     for r, t in data.items():
-        write_region_search(r, table_chunks(t), folder, stored=False)
+        write_region_search(r, table_chunks(t), folder)
     return {r: TextSets.of(canonical_table(t).texts) for r, t in data.items()}
 
 

@@ -51,16 +51,16 @@ def canonical_order(skus: list[str]) -> np.ndarray:
 def canonical_table(table: RegionTable) -> RegionTable:
     """``table`` with its rows sorted by SKU and identical texts sharing the lowest SKU's vector.
 
-    Rows are only moved, never re-normalised: every row's vector is the one it got on construction
-    (normalised once, row-local), so a sorted and a shuffled input, or a search task reading the
+    Rows are only moved: construction normalises them again, which leaves a unit row's bits as they
+    are (:func:`.data.unit_rows`), so a sorted and a shuffled input, or a search task reading the
     region in chunks (:mod:`.region_search`), hold the same bits."""
     order = canonical_order(table.skus)
-    vectors = table.vectors[order]
     texts = [table.texts[i] for i in order]
+    vectors = table.vectors[order]
     sets = TextSets.of(texts)
     if len(sets.rep) < len(texts):
         vectors = vectors[sets.rep[sets.inverse]]
-    out = replace(
+    return replace(
         table,
         skus=[table.skus[i] for i in order],
         texts=texts,
@@ -68,8 +68,6 @@ def canonical_table(table: RegionTable) -> RegionTable:
         fields={name: [col[i] for i in order] for name, col in table.fields.items()},
         point_ids=None if table.point_ids is None else [table.point_ids[i] for i in order],
     )
-    out.vectors = vectors  # construction normalised them once more; keep the moved rows as they were
-    return out
 
 
 def permute_sentences(sv: SentenceVectors, order: np.ndarray) -> SentenceVectors:

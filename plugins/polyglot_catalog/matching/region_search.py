@@ -144,12 +144,10 @@ def write_region_search(
     region: str,
     chunks: Iterable[tuple[Sequence[str], Sequence[Any], np.ndarray]],
     folder: Any,
-    *,
-    stored: bool = True,
 ) -> RegionSearch:
     """Write ``region``'s search file from ``chunks`` of ``(skus, texts, vectors)`` in any order (a
-    store's pages, ``stored``: normalised here as :class:`.data.RegionTable` does on reading; or a
-    table's slices, :func:`table_chunks`, normalised already), holding only SKUs and text hashes whole.
+    store's pages, or a table's slices, :func:`table_chunks`), holding only SKUs and text hashes whole.
+    Vectors are normalised as :class:`.data.RegionTable` does on reading (a no-op on a table's own).
 
     ``folder``: a path, URL or :class:`.shard_storage.ShardFolder`. Two passes over a local spill of
     the rows (a temporary folder on this machine): the SKUs and text hashes decide each row's distinct
@@ -168,8 +166,7 @@ def write_region_search(
         for skus, texts, vectors in chunks:
             skus = [str(s) for s in skus]
             texts = ["" if t is None else str(t) for t in texts]
-            vec = np.asarray(vectors, dtype=np.float32)
-            vec = unit_rows(vec) if stored else vec  # normalised once, as RegionTable reads them
+            vec = unit_rows(vectors)  # as RegionTable reads them
             if not len(skus):
                 continue
             dim = vec.shape[1]
@@ -253,6 +250,6 @@ def _distinct(region: str, rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.n
 def table_chunks(
     table: RegionTable, rows: int = DEFAULT_CHUNK_ROWS
 ) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
-    """``table``'s rows in slices for ``write_region_search(..., stored=False)``."""
+    """``table``'s rows in slices for :func:`write_region_search`."""
     for s in range(0, len(table), rows):
         yield table.skus[s : s + rows], table.texts[s : s + rows], table.vectors[s : s + rows]

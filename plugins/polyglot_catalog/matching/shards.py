@@ -290,7 +290,7 @@ def sharded_candidates(data: CatalogData, settings: MatchSettings, shards: int, 
         except FileNotFoundError:
             current = False
         if not current:
-            write_region_search(region, table_chunks(data[region]), folder, stored=False)
+            write_region_search(region, table_chunks(data[region]), folder)
     for shard in stale:
         map_shard(folder, shard, settings)
     logger.info("candidate search: %d shards, %d searched here, parts in %s", len(plan), len(stale), folder)
