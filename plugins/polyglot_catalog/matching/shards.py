@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .candidates import CANDIDATE_SLACK, exact_topk_both, pairs_from_neighbours
-from .canonical import TextSets, canonical_table, canonical_topk
+from .canonical import TextSets, canonical_order, canonical_topk
 from .data import CatalogData
 from .region_search import DEFAULT_CHUNK_ROWS, RegionSearch, region_digest, table_chunks, write_region_search
 from .settings import MatchSettings
@@ -279,7 +279,8 @@ def sharded_candidates(data: CatalogData, settings: MatchSettings, shards: int, 
     --shards N``; none when Airflow's mapped tasks wrote them), then join the parts. ``data``: the
     tables as read (not yet canonical); a region whose search file is not from these rows is
     written again first."""
-    texts = {r: TextSets.of(canonical_table(t).texts) for r, t in data.items()}
+    # the canonical tables' text sets, from the texts alone (no copy of the vectors)
+    texts = {r: TextSets.of([t.texts[i] for i in canonical_order(t.skus)]) for r, t in data.items()}
     plan = plan_shards({r: len(s) for r, s in texts.items()}, shards)
     digests = {r: region_digest(t) for r, t in data.items()}
     folder = ShardFolder.of(folder)
