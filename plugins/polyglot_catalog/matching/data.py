@@ -93,10 +93,14 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 def fixed_sum(vectors: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """The (weighted) column sums of ``vectors`` in int64 fixed point: exact integer sums, so the
     total of a region is the same whatever order or chunks its rows are added in."""
-    fixed = np.rint(np.asarray(vectors, dtype=np.float64) * FIXED_SCALE).astype(np.int64)
-    if weights is None:
-        return fixed.sum(axis=0, dtype=np.int64)
-    return (fixed * np.asarray(weights, dtype=np.int64)[:, None]).sum(axis=0, dtype=np.int64)
+    vec = np.asarray(vectors)
+    total = np.zeros(vec.shape[1], dtype=np.int64)
+    for s in range(0, len(vec), UNIT_CHUNK):  # in row chunks: no float64 copy of a whole region
+        fixed = np.rint(vec[s : s + UNIT_CHUNK].astype(np.float64) * FIXED_SCALE).astype(np.int64)
+        if weights is not None:
+            fixed *= np.asarray(weights[s : s + UNIT_CHUNK], dtype=np.int64)[:, None]
+        total += fixed.sum(axis=0, dtype=np.int64)
+    return total
 
 
 def fixed_mean(total: np.ndarray, rows: int) -> np.ndarray | None:
