@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> None:
         {r: RegionTable(r, skus[r], texts[r], own[r]) for r in tables}, labels, PAIRS, text_ties=True
     )
     rows = []
-    for name in ("model's own", "pooled, token weights", "pooled, uniform"):
-        vecs = own if name == "model's own" else {r: pooled(r, name.split()[1]) for r in tables}
+    variants = {"model's own": None, "pooled, token weights": "tokens", "pooled, uniform": "uniform"}
+    for name, weight in variants.items():
+        vecs = own if weight is None else {r: pooled(r, weight) for r in tables}
         data = {r: RegionTable(r, skus[r], texts[r], vecs[r]) for r in tables}
         sent = {r: SentenceVectors.from_texts(t.texts, lookup) for r, t in data.items()}
         t0 = time.perf_counter()
