@@ -159,6 +159,24 @@ def test_exact_topk_both_equals_brute_force_both_ways_with_ties() -> None:
         _assert_topk(ba_idx, b, a, 6)
 
 
+def test_exact_topk_both_with_a_floor_keeps_exactly_the_neighbours_above_it() -> None:
+    """A chunked search passes each query's running k-th best as a floor: the rows must keep what
+    lies above it, in the unfloored order, pad the rest with -1 / -inf, and the reverse direction
+    must not change (it has no floor)."""
+    rng = np.random.default_rng(9)
+    a, b = _unit(rng, 50, 8), _unit(rng, 70, 8)
+    full_ab, full_sim, full_ba, _ = cand.exact_topk_both(a, b, 6, block_rows=7, block_cols=11)
+    floor = full_sim[:, 2].astype(np.float64) - 1e-6  # 3 above the floor on most rows
+    floor[:5] = -np.inf  # rows without a floor yet
+    ab, sim, ba, _ = cand.exact_topk_both(a, b, 6, block_rows=7, block_cols=11, floor_a=floor)
+    np.testing.assert_array_equal(ba, full_ba)
+    for row in range(50):
+        keep = full_sim[row] > floor[row]
+        np.testing.assert_array_equal(ab[row, : keep.sum()], full_ab[row, keep])
+        assert (ab[row, keep.sum() :] == -1).all() and np.isneginf(sim[row, keep.sum() :]).all()
+    assert (ab[:5] >= 0).all() and (ab[5:, 3:] == -1).all()
+
+
 def test_candidates_with_identical_listings_are_the_same_for_any_block_size_and_path() -> None:
     """Rows with identical text tie exactly and rank by row (= SKU) order, whatever the block
     shape or candidate path: the decision the issue saw flip with BLAS rounding."""

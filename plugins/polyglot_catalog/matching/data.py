@@ -85,7 +85,10 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
         part = vec[s : s + UNIT_CHUNK].astype(np.float64)
         norms = np.sqrt((part * part).sum(axis=1))
         move = np.abs(norms - 1.0) > UNIT_TOLERANCE
-        if move.any():
+        if move.all():  # e.g. centred rows: divide in place, no masked copies
+            part /= np.maximum(norms, 1e-12)[:, None]
+            out[s : s + UNIT_CHUNK] = part
+        elif move.any():
             out[s : s + UNIT_CHUNK][move] = part[move] / np.maximum(norms[move], 1e-12)[:, None]
     return out
 

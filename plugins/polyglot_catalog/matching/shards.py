@@ -47,6 +47,10 @@ PART_KEY = "polyglot.part"
 TASK_BASE_MB = 300
 #: One similarity block of the blocked search (2048 x 8192 float32) and its scratch.
 BLOCK_MB = 160
+#: How far below a text's running ``k``-th best (float64, on the grid) a later chunk's float32 block
+#: similarity may lie and still be offered: a float32 dot product of unit vectors is within
+#: ``dim * 2**-24`` of the exact one (6e-5 at 1,024 dimensions), the grid rounds by 5e-7.
+FLOOR_MARGIN = 1e-3
 Candidates = dict[tuple[str, str], tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]
 
 
@@ -111,7 +115,9 @@ def map_shard(
     block pass serves both directions (as the single search, :func:`.candidates.exact_topk_both`):
     ``side`` 0, per text of the range its canonical top-``k`` in ``other`` (merged over the chunks in
     the canonical order: float64 similarity on the grid, then lower index); ``side`` 1, per text of
-    ``other`` its canonical top-``k`` among the range, written chunk by chunk. The canonical order
+    ``other`` its canonical top-``k`` among the range, written chunk by chunk. A chunk offers a text
+    of the range only neighbours near or above its running ``k``-th best (``FLOOR_MARGIN``), which
+    cannot change the merged list and spares each chunk a cold start. The canonical order
     is the same in every chunk and shard, so the join merges the lists into the top-``k`` one search
     over the whole region finds. Texts and neighbours are distinct-text indices of their regions.
     Returns where the part is (a path or URL)."""
@@ -127,7 +133,12 @@ def map_shard(
     with folder.writing(part_name(shard)) as f, pq.ParquetWriter(f, schema) as writer:
         for idx, vo in o.chunks(chunk_rows, center=settings.center):
             ab, _, ba, _ = exact_topk_both(
-                vq, vo, wide, block_rows=settings.block_rows, block_cols=settings.block_cols
+                vq,
+                vo,
+                wide,
+                block_rows=settings.block_rows,
+                block_cols=settings.block_cols,
+                floor_a=best_sim[:, -1] - FLOOR_MARGIN,  # -inf until a text has k neighbours
             )
             ab, ab_sim = canonical_topk(vq, vo, ab, settings.k)
             ab = np.where(ab >= 0, idx[np.maximum(ab, 0)], -1)
