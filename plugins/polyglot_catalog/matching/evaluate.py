@@ -327,42 +327,87 @@ def apply_group_rule(
     method: str = "hungarian",
     *,
     allow_same_region: bool = False,
+    batch_pairs: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """``(accepted, refused, groups)`` after the group rule: a link that would put two SKUs of one
-    region in a group is refused (strongest links first), and the products a refusal freed are offered to the
-    one-to-one rule again, among the pairs over the threshold whose two products are both free in
-    that region pair (up to :data:`REFILL_ROUNDS` rounds; a refused pair is never offered again).
+    region in a group is refused (strongest links first), and the products a refusal freed are
+    offered to the one-to-one rule again, among the pairs over the threshold whose two products are
+    both free in that region pair (up to :data:`REFILL_ROUNDS` rounds; a refused pair is never
+    offered again).
 
     Why: without the second offer a product whose link was refused stays unmatched even when its
     runner-up twin is free and clears the threshold (about 1 in 100 true pairs on the dev catalog).
     ``groups`` is :func:`.groups.build_groups`' table of the final accepted links.
+
+    The rule only touches pairs over the threshold or accepted, and runs on each connected
+    component of them apart (:mod:`.components`), ``batch_pairs`` pairs at most at a time (default
+    :data:`.components.BATCH_PAIRS`): a refusal reopens only its own component, so no decision
+    depends on another part of the catalog or on the batches.
     """
-    from .groups import build_groups
+    from .components import BATCH_PAIRS, component_batches, pair_components
+    from .groups import groups_table
 
     accepted = np.asarray(accepted, dtype=bool).copy()
     refused = np.zeros(len(pairs), dtype=bool)
     if not len(pairs):
-        return accepted, refused, build_groups([], allow_same_region=allow_same_region)[0]
+        return accepted, refused, groups_table([])
     score = pairs["score"].to_numpy(np.float64)
-    cols = [pairs[c].astype(str).to_numpy(object) for c in ("region_a", "sku_a", "region_b", "sku_b")]
-    blocks = pairs.groupby(["region_a", "region_b"], sort=False, observed=True).indices
-    block_codes = [(_codes(pairs["sku_a"].iloc[r]), _codes(pairs["sku_b"].iloc[r])) for r in blocks.values()]
+    live = np.flatnonzero(accepted | (score >= threshold))  # the only pairs the rule can touch
+    sub = pairs.iloc[live]
+    cols = [sub[c].astype(str).to_numpy(object) for c in ("region_a", "sku_a", "region_b", "sku_b")]
+    labels = pair_components(*cols)
+    comps: list[Any] = []
+    for batch in component_batches(labels, batch_pairs or BATCH_PAIRS):
+        rows = live[batch]
+        acc, ref, found = _group_rule(
+            [c[batch] for c in cols],
+            score[rows],
+            accepted[rows],
+            labels[batch],
+            threshold,
+            method,
+            allow_same_region,
+        )
+        accepted[rows], refused[rows] = acc, ref
+        comps += found
+    return accepted, refused, groups_table(comps)
+
+
+def _group_rule(
+    cols: list[np.ndarray],
+    score: np.ndarray,
+    accepted: np.ndarray,
+    component: np.ndarray,
+    threshold: float,
+    method: str,
+    allow_same_region: bool,
+) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """:func:`apply_group_rule` on whole components: ``cols`` region/SKU columns, ``component``
+    each pair's component label. Returns the masks and the groups' sorted members."""
+    from .groups import group_components
+
+    accepted = accepted.copy()
+    refused = np.zeros(len(score), dtype=bool)
+    blocks = pd.DataFrame({"a": cols[0], "b": cols[2]}).groupby(["a", "b"], sort=False).indices
+    block_codes = [(pd.factorize(cols[1][r])[0], pd.factorize(cols[3][r])[0]) for r in blocks.values()]
+    comps: list[Any] = []
     for round_no in range(REFILL_ROUNDS + 1):
         idx = np.flatnonzero(accepted)
         edges = list(zip(*(c[idx] for c in cols), score[idx], strict=True))
-        groups, kept = build_groups(edges, allow_same_region=allow_same_region)
+        comps, kept = group_components(edges, allow_same_region=allow_same_region)
         lost = idx[~np.asarray(kept, dtype=bool)]
         accepted[lost] = False
         refused[lost] = True
         if not len(lost) or round_no == REFILL_ROUNDS:
             break
+        reopened = np.isin(component, component[lost])  # the components a refusal freed products in
         added = False
         for rows, (code_a, code_b) in zip(blocks.values(), block_codes, strict=True):
             held_a = np.zeros(code_a.max(initial=-1) + 1, dtype=bool)
             held_b = np.zeros(code_b.max(initial=-1) + 1, dtype=bool)
             held_a[code_a[accepted[rows]]] = True
             held_b[code_b[accepted[rows]]] = True
-            free = (score[rows] >= threshold) & ~accepted[rows] & ~refused[rows]
+            free = (score[rows] >= threshold) & ~accepted[rows] & ~refused[rows] & reopened[rows]
             free &= ~held_a[code_a] & ~held_b[code_b]
             if not free.any():
                 continue
@@ -372,7 +417,7 @@ def apply_group_rule(
             added = added or bool(take.any())
         if not added:
             break
-    return accepted, refused, groups  # the last round's groups: every loop exit follows a build
+    return accepted, refused, comps  # the last round's groups: every loop exit follows a build
 
 
 def _per_pair(pairs: pd.DataFrame, judges: Mapping[str, PairJudge], ask: str) -> np.ndarray:

@@ -54,6 +54,15 @@ def build_groups(
     Returns ``(groups, kept)``: a ``group_id, region, sku`` table (ids ``g000001``... in a stable
     order) and, per input edge, whether it was merged (``False`` = refused as a region conflict).
     """
+    comps, kept = group_components(edges, allow_same_region=allow_same_region)
+    return groups_table(comps), kept
+
+
+def group_components(
+    edges: Sequence[tuple[str, str, str, str, float]], *, allow_same_region: bool = False
+) -> tuple[list[list[Node]], list[bool]]:
+    """:func:`build_groups` before numbering: each group's sorted members, and ``kept`` per edge
+    (groups of separate batches of components are numbered together by :func:`groups_table`)."""
     uf = _Groups()
     kept = [False] * len(edges)
     order = sorted(range(len(edges)), key=lambda i: (-edges[i][4], edges[i][:4]))
@@ -63,10 +72,15 @@ def build_groups(
     members: dict[Hashable, list[Node]] = {}
     for node in uf.parent:
         members.setdefault(uf.find(node), []).append(node)
-    comps = sorted(sorted(m) for m in members.values() if len(m) > 1)
+    return [sorted(m) for m in members.values() if len(m) > 1], kept
+
+
+def groups_table(comps: Sequence[Sequence[Node]]) -> pd.DataFrame:
+    """The ``group_id, region, sku`` table of groups (sorted members each): ids ``g000001``... in
+    the order of their sorted member lists, so they do not depend on how the groups were found."""
     rows = [
         {"group_id": f"g{gi:06d}", "region": region, "sku": sku}
-        for gi, comp in enumerate(comps, start=1)
+        for gi, comp in enumerate(sorted(comps), start=1)
         for region, sku in comp
     ]
-    return pd.DataFrame(rows, columns=["group_id", "region", "sku"]), kept
+    return pd.DataFrame(rows, columns=["group_id", "region", "sku"])

@@ -1,0 +1,92 @@
+"""Decisions by connected component: the group rule gives the same answer in any batches, and a
+conflict in one part of the catalog never changes a decision in another."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from polyglot_catalog.matching.components import component_batches, pair_components
+from polyglot_catalog.matching.evaluate import apply_group_rule, assigned_at
+
+
+def _pairs(rows: list[tuple[str, str, str, str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["region_a", "sku_a", "region_b", "sku_b", "score"])
+
+
+def _random_pairs(seed: int, n: int = 40, per_product: int = 3) -> pd.DataFrame:
+    """Three regions, each product with a few candidates per other region and random scores: many
+    components, triangles that disagree (group-rule refusals) and freed runners-up."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for ra, rb in itertools.combinations(["DE", "FR", "US"], 2):
+        for i in range(n):
+            for j in rng.choice(n, size=per_product, replace=False):
+                rows.append((ra, f"s{i:03d}", rb, f"s{j:03d}", float(np.round(rng.uniform(0.2, 1.0), 3))))
+    return _pairs(rows).drop_duplicates(["region_a", "sku_a", "region_b", "sku_b"], ignore_index=True)
+
+
+def test_components_join_products_through_shared_products_only() -> None:
+    """The same SKU string in two regions is two products; labels follow each component's first pair."""
+    p = _pairs(
+        [
+            ("DE", "x", "US", "y", 0.9),  # 0
+            ("FR", "x", "US", "z", 0.9),  # 1: FR x is not DE x
+            ("DE", "x", "FR", "w", 0.9),  # 0 via DE x
+            ("FR", "x", "DE", "q", 0.9),  # 1 via FR x
+            ("DE", "k", "US", "m", 0.9),  # 2
+        ]
+    )
+    labels = pair_components(p["region_a"], p["sku_a"], p["region_b"], p["sku_b"])
+    np.testing.assert_array_equal(labels, [0, 1, 0, 1, 2])
+
+
+def test_batches_hold_whole_components_within_the_limit() -> None:
+    labels = np.array([0, 1, 0, 2, 2, 2, 3, 1, 4, 4])
+    batches = list(component_batches(labels, max_pairs=3))
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(len(labels)))
+    for b in batches:
+        assert np.all(np.diff(b) > 0)
+        comps = set(labels[b].tolist())
+        assert all(set(np.flatnonzero(labels == c).tolist()) <= set(b.tolist()) for c in comps)
+        assert len(b) <= 3 or len(comps) == 1
+    assert [sorted(set(labels[b].tolist())) for b in batches] == [[0], [1], [2], [3, 4]]
+
+
+@pytest.mark.parametrize("method", ["hungarian", "mutual"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_group_rule_is_the_same_in_any_batches(method: str, seed: int) -> None:
+    pairs = _random_pairs(seed)
+    first = assigned_at(pairs, 0.5, method)
+    whole = apply_group_rule(pairs, first, 0.5, method)
+    assert whole[1].any(), "the data must exercise refusals"
+    for batch in (1, 7, 50):
+        got = apply_group_rule(pairs, first, 0.5, method, batch_pairs=batch)
+        np.testing.assert_array_equal(got[0], whole[0])
+        np.testing.assert_array_equal(got[1], whole[1])
+        pd.testing.assert_frame_equal(got[2], whole[2])
+
+
+def test_a_conflict_elsewhere_does_not_reopen_an_unrelated_component() -> None:
+    """With the mutual rule, US b2 is free and A2-b2 clears the threshold but is nobody's mutual
+    best: it stays unmatched whether or not a refusal happens in an unrelated triangle."""
+    quiet = [
+        ("DE", "a1", "US", "b1", 0.9),
+        ("DE", "a2", "US", "b1", 0.8),
+        ("DE", "a2", "US", "b2", 0.7),
+    ]
+    conflict = [  # DE c1 - FR e1 - US g1 - DE c2: the weakest link is refused
+        ("DE", "c1", "FR", "e1", 0.95),
+        ("FR", "e1", "US", "g1", 0.9),
+        ("DE", "c2", "US", "g1", 0.85),
+    ]
+    alone = _pairs(quiet)
+    both = _pairs(quiet + conflict)
+    res_alone = apply_group_rule(alone, assigned_at(alone, 0.5, "mutual"), 0.5, "mutual")
+    res_both = apply_group_rule(both, assigned_at(both, 0.5, "mutual"), 0.5, "mutual")
+    assert res_both[1][3:].any()  # the triangle did refuse a link
+    np.testing.assert_array_equal(res_both[0][:3], res_alone[0])
+    assert res_alone[0].tolist() == [True, False, False]
