@@ -55,10 +55,12 @@ COLLECTION_ASSET = collection_asset(DEFAULT_COLLECTION)
 
 @dag(
     dag_id="catalog_embed",
-    # No start_date and run_immediately=False: unpausing the DAG waits for the next 02:00 UTC instead
+    # No start_date and a zero run_immediately: unpausing the DAG waits for the next 02:00 UTC instead
     # of starting a run for the last one (with a past start_date, catchup=False still runs that).
+    # Not run_immediately=False: Airflow treats False like None, which still runs the last 02:00 when
+    # it is under a tenth of the period (2.4 h) old; a timedelta is the window itself, here none.
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=False),
+        timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC", run_immediately=timedelta(0)),
         assets=SOURCE_ASSET,
     ),
     catchup=False,
