@@ -32,6 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 USER = "admin"
 DB = "airflow"
+#: Task slots of each Celery worker (``--concurrency``), as docker-compose.yml's worker has.
+WORKER_SLOTS = 2
 # Short failure detection, so a killed worker's task is failed and retried within seconds.
 HEARTBEAT_TIMEOUT_S = 20
 RETRY_DELAY_S = 2
@@ -298,7 +300,9 @@ class Deployment:
             POLYGLOT_CACHE_DIR=os.environ.get("POLYGLOT_CACHE_DIR") or str(ROOT / ".cache"),
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_OFFLINE="1",
-            OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+            # each worker runs 2 tasks at once (start_worker): torch threads split the CPUs between
+            # them, as a deployment should set it; oversubscribed, two encodes run at a third of the speed
+            OMP_NUM_THREADS=str(max(1, len(os.sched_getaffinity(0)) // WORKER_SLOTS)),
             PYTHONPATH=str(ROOT / "plugins"),
         )
         env.pop("AIRFLOW_CONN_QDRANT_DEFAULT", None)
@@ -339,7 +343,7 @@ class Deployment:
         self.workers += 1
         name = f"worker-{self.workers}"
         cmd = [
-            self.airflow(), "celery", "worker", "--concurrency", "2", "--skip-serve-logs",
+            self.airflow(), "celery", "worker", "--concurrency", str(WORKER_SLOTS), "--skip-serve-logs",
         ]  # fmt: skip
         return self._spawn(name, cmd, env=self.environment())
 

@@ -1,7 +1,7 @@
 """The deployment users run: PostgreSQL + Redis + CeleryExecutor with one worker, driven over the REST API.
 
 Starts throwaway services on loopback (tests/deployment.py, docs/DEPLOYMENT.md), triggers catalog_embed
-on the demo catalog, lets the asset event schedule cross_region_match, and checks what an operator
+on a cut of the demo catalog, lets the asset event schedule cross_region_match, and checks what an operator
 would: both runs succeed on the Celery worker, the embed fans out to one task per file, the report
 and the match state are written. Then a worker is SIGKILLed in the middle of a match: the scheduler
 must notice the silent task, retry it on a new worker, and the retry must leave the same report and
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import write_demo_slice
 from deployment import Deployment, missing_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +24,10 @@ DEMO = ROOT / "include" / "demo_catalog"
 COLLECTION = "deploy_catalog"
 EMBED, MATCH, MATCH_TASK = "catalog_embed", "cross_region_match", "match_regions"
 RUN_TIMEOUT_S = 240
+# Products (label groups) of the demo catalog the deployment embeds: real descriptions in all three
+# files, few enough that each file's task embeds in well under a minute on a 2-core CPU without
+# AVX-512 (the whole demo catalog took ~140 s per file there: a test of the deployment, not the model).
+GROUPS_IN_ALL, GROUPS_IN_TWO = 40, 10
 # Logged by the match task when it opens the store (hooks.FALLBACK_MSG), before it reads and scores the
 # catalog (about 4 s on the demo catalog here) and writes the report and the state.
 MATCHING_MARK = "using embedded Qdrant"
@@ -43,6 +48,7 @@ def _files() -> list[Path]:
 @pytest.fixture(scope="module")
 def deploy():
     with Deployment() as deployment:
+        write_demo_slice(deployment.dir / "catalog", GROUPS_IN_ALL, GROUPS_IN_TWO)
         deployment.wait_parsed((EMBED, MATCH))
         deployment.unpause(EMBED)  # paused at creation; the match DAG starts unpaused
         yield deployment
@@ -51,7 +57,9 @@ def deploy():
 @pytest.fixture(scope="module")
 def first(deploy):
     """catalog_embed triggered over the API, then the cross_region_match run its asset event started."""
-    embed_id = deploy.trigger(EMBED, {"source": str(DEMO / "*.parquet"), "collection": COLLECTION})
+    embed_id = deploy.trigger(
+        EMBED, {"source": str(deploy.dir / "catalog" / "*.parquet"), "collection": COLLECTION}
+    )
     embed = deploy.wait_run(EMBED, embed_id, RUN_TIMEOUT_S)
     assert embed["state"] == "success", deploy.failure(f"embed run {embed_id}: {embed['state']}")
     match_id = deploy.wait_for(

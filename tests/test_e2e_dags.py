@@ -1,4 +1,5 @@
-"""End to end: both DAGs with ``dag.test()`` on the shipped demo sample, real model, local Qdrant.
+"""End to end: both DAGs with ``dag.test()`` on a slice of the shipped demo sample (every region pair,
+products in all three regions and in two), real model, local Qdrant.
 
 Checks what a user would: every input row became a point, the embed run raised the collection
 asset event that schedules the match DAG, and the report finds the known cross-region duplicates.
@@ -15,11 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import write_demo_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "include" / "demo_catalog"
 COLLECTION = "e2e_catalog"
 OUT_NAME = "e2e"
+# Label groups of the demo catalog in the slice: listed in all three regions, and in two.
+GROUPS_IN_ALL, GROUPS_IN_TWO = 40, 10
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,8 +31,8 @@ pytestmark = [
 ]
 
 
-def _regions() -> list[Path]:
-    return sorted(p for p in DEMO.glob("*.parquet") if p.name != "labels.parquet")
+def _regions(catalog: Path) -> list[Path]:
+    return sorted(p for p in catalog.glob("*.parquet") if p.name != "labels.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +41,8 @@ def runs(tmp_path_factory):
     from airflow.dag_processing.dagbag import DagBag
 
     data_dir = tmp_path_factory.mktemp("e2e-data")
+    catalog = data_dir / "catalog"
+    write_demo_slice(catalog, GROUPS_IN_ALL, GROUPS_IN_TWO)
     saved = {k: os.environ.get(k) for k in ("POLYGLOT_DATA_DIR", "AIRFLOW_CONN_QDRANT_DEFAULT")}
     os.environ["POLYGLOT_DATA_DIR"] = str(data_dir)
     os.environ.pop("AIRFLOW_CONN_QDRANT_DEFAULT", None)
@@ -46,12 +52,14 @@ def runs(tmp_path_factory):
         bag = DagBag(dag_folder=str(ROOT / "dags"))
         assert not bag.import_errors
         embed_run = bag.dags["catalog_embed"].test(
-            run_conf={"source": str(DEMO / "*.parquet"), "collection": COLLECTION}
+            run_conf={"source": str(catalog / "*.parquet"), "collection": COLLECTION}
         )
         match_run = bag.dags["cross_region_match"].test(
-            run_conf={"collection": COLLECTION, "labels": str(DEMO / "labels.parquet"), "out_name": OUT_NAME}
-        )
-        yield {"embed": embed_run, "match": match_run, "data_dir": data_dir}
+            run_conf={
+                "collection": COLLECTION, "labels": str(catalog / "labels.parquet"), "out_name": OUT_NAME
+            }
+        )  # fmt: skip
+        yield {"embed": embed_run, "match": match_run, "data_dir": data_dir, "catalog": catalog}
     finally:
         for key, value in saved.items():
             if value is None:
@@ -79,14 +87,14 @@ def test_embed_ran_one_mapped_task_per_file_then_one_reduce(runs):
         by_task = {}
         for ti in tis:
             by_task.setdefault(ti.task_id, []).append((ti.map_index, ti.state == TaskInstanceState.SUCCESS))
-    assert sorted(by_task["embed_file"]) == [(i, True) for i in range(len(_regions()))]
+    assert sorted(by_task["embed_file"]) == [(i, True) for i in range(len(_regions(runs["catalog"])))]
     assert by_task["reconcile_vanished"] == [(-1, True)]
 
 
 def test_each_mapped_embed_task_wrote_its_own_quarantine_file(runs):
     from polyglot_catalog.provider.operators import quarantine_file
 
-    files = [quarantine_file(runs["embed"].run_id, i) for i in range(len(_regions()))]
+    files = [quarantine_file(runs["embed"].run_id, i) for i in range(len(_regions(runs["catalog"])))]
     assert len(set(files)) == len(files)
     for path in files:
         assert path.is_relative_to(runs["data_dir"] / "quarantine") and path.is_file()
@@ -97,7 +105,7 @@ def test_point_counts_equal_the_input(runs):
     from polyglot_catalog.provider.hooks import PolyglotQdrantHook
     from polyglot_catalog.store import CatalogStore, vector_name_for
 
-    expected = {p.stem: len(pd.read_parquet(p)) for p in _regions()}
+    expected = {p.stem: len(pd.read_parquet(p)) for p in _regions(runs["catalog"])}
     hook = PolyglotQdrantHook()
     try:
         stats = CatalogStore(hook.conn, COLLECTION, vector_name_for("multilingual-e5-small")).stats()
@@ -124,12 +132,12 @@ def test_embed_success_raises_the_collection_asset_event(runs):
             .all()
         )
         assert events, "catalog_embed did not emit the collection asset event"
-        rows = sum(len(pd.read_parquet(p)) for p in _regions())
+        rows = sum(len(pd.read_parquet(p)) for p in _regions(runs["catalog"]))
         extra = events[-1].extra
         assert extra == {
             "collection": COLLECTION,
             "model": "multilingual-e5-small",  # the match DAG reads the model from here too
-            "files": len(_regions()),
+            "files": len(_regions(runs["catalog"])),
             "upserted": rows,
             "flagged": 0,
         }
@@ -148,7 +156,7 @@ def test_report_finds_known_duplicates_and_accounts_for_every_product(runs):
     pairs = pd.read_parquet(report / "pairs.parquet")
     matches = pairs[pairs["decision"] == "match"]
     found = {(r.region_a, r.sku_a, r.region_b, r.sku_b) for r in matches.itertuples()}
-    labels = pd.read_parquet(DEMO / "labels.parquet")
+    labels = pd.read_parquet(runs["catalog"] / "labels.parquet")
     truth = set()
     for _, group in labels.groupby("group_id"):
         members = sorted(zip(group["region"], group["sku"], strict=True))
@@ -164,7 +172,7 @@ def test_report_finds_known_duplicates_and_accounts_for_every_product(runs):
             pd.read_parquet(report / "unmatched.parquet")[["region", "sku"]],
         ]
     )
-    expected = pd.concat([pd.read_parquet(p)[["region", "sku"]] for p in _regions()])
+    expected = pd.concat([pd.read_parquet(p)[["region", "sku"]] for p in _regions(runs["catalog"])])
     assert set(map(tuple, placed.to_numpy())) == set(map(tuple, expected.to_numpy()))
 
     summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
