@@ -300,9 +300,10 @@ class Deployment:
             POLYGLOT_CACHE_DIR=os.environ.get("POLYGLOT_CACHE_DIR") or str(ROOT / ".cache"),
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_OFFLINE="1",
-            # each worker runs 2 tasks at once (start_worker): torch threads split the CPUs between
-            # them, as a deployment should set it; oversubscribed, two encodes run at a third of the speed
-            OMP_NUM_THREADS=str(max(1, len(os.sched_getaffinity(0)) // WORKER_SLOTS)),
+            # Torch threads: all CPUs. On the embedded store (this test) the worker's embed tasks take
+            # its lock in turn, so one encodes at a time and CPUs / slots would idle half of them; with
+            # a Qdrant server they run side by side and compose sets slots x threads = cores.
+            OMP_NUM_THREADS=str(len(os.sched_getaffinity(0))),
             PYTHONPATH=str(ROOT / "plugins"),
         )
         env.pop("AIRFLOW_CONN_QDRANT_DEFAULT", None)

@@ -2,7 +2,10 @@
 
 Four match runs with ``dag.test()`` on a slice of the demo catalog (real model, embedded Qdrant):
 
-* night 1: embed, then match. No match state yet, so the run is full.
+* night 1: embed, then match (with the slice's labels, to score it). No match state yet, so the run
+  is full; it is also checked as a user checks a first run: one mapped embed task per file, each with
+  its own quarantine file, a point per input row, the collection asset event that schedules the match
+  DAG, and a report that finds the known duplicates and places every product.
 * the Parquet files are edited: a few US descriptions replaced by unrelated products' texts, a few
   DE SKUs added (held back on night 1, their FR and US twins present), a few FR SKUs deleted.
 * night 2: embed, then match with the DAGs' defaults. The run is incremental, its counts name the
@@ -26,6 +29,7 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from itertools import combinations
 from pathlib import Path
 
 import pandas as pd
@@ -136,6 +140,41 @@ def _points() -> dict[Key, dict]:
         hook.close()
 
 
+def _stats() -> dict:
+    from polyglot_catalog.provider.hooks import PolyglotQdrantHook
+    from polyglot_catalog.store import CatalogStore, vector_name_for
+
+    hook = PolyglotQdrantHook()
+    try:
+        return CatalogStore(hook.conn, COLLECTION, vector_name_for("multilingual-e5-small")).stats()
+    finally:
+        hook.close()
+
+
+def _asset_events() -> dict:
+    """The collection asset events catalog_embed raised so far, and the match runs they queued."""
+    from airflow.models.asset import AssetDagRunQueue, AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from polyglot_catalog.provider.operators import collection_asset
+
+    with create_session() as session:
+        events = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.uri == collection_asset().uri, AssetEvent.source_dag_id == "catalog_embed")
+            .order_by(AssetEvent.id)
+            .all()
+        )
+        queued = session.query(AssetDagRunQueue).filter(
+            AssetDagRunQueue.target_dag_id == "cross_region_match"
+        )
+        return {
+            "events": [(e.extra, e.source_task_id) for e in events],
+            "queued": queued.count(),
+        }
+
+
 def _report(data_dir: Path, name: str) -> dict:
     folder = data_dir / "reports" / name
     pairs = pd.read_parquet(folder / "pairs.parquet")
@@ -190,6 +229,8 @@ def nights(tmp_path_factory):
                 )
                 out["runs"][f"embed{n}"] = run
                 out[f"embed{n}"] = _xcom("catalog_embed", run.run_id, "reconcile_vanished")
+                out[f"embed{n}"]["asset_events"] = _asset_events()
+                out[f"embed{n}"]["stats"] = _stats()
             run = dag("cross_region_match").test(
                 run_conf={"collection": COLLECTION, "out_name": name, **conf}, logical_date=when
             )
@@ -201,7 +242,12 @@ def nights(tmp_path_factory):
             out[name]["points"] = _points()
 
         _write_catalog(catalog, plan, night=1)
-        night(1, "night1", embed_first=True)
+        night1 = {k for k in plan["slice"] if k not in plan["added"]}
+        labels = pd.read_parquet(DEMO / "labels.parquet")
+        labels = labels[[k in night1 for k in zip(labels["region"], labels["sku"], strict=True)]]
+        labels.to_parquet(data_dir / "labels.parquet", index=False)
+        out["night1_keys"] = night1
+        night(1, "night1", embed_first=True, labels=str(data_dir / "labels.parquet"))
         _write_catalog(catalog, plan, night=2)
         night(2, "night2", embed_first=True)
         night(3, "full", embed_first=False, full_rematch=True, shards=2)
@@ -335,6 +381,82 @@ def _night2_expected(nights: dict) -> dict[Key, set]:
 def test_every_run_succeeds(nights):
     for run in nights["runs"].values():
         assert "success" in str(run.state), run.run_id
+
+
+# -- night 1 as a user checks a first run ---------------------------------------------------------
+
+
+def test_night1_embed_ran_one_mapped_task_per_file_then_one_reduce(nights):
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    run_id = nights["runs"]["embed1"].run_id
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter_by(dag_id="catalog_embed", run_id=run_id).all()
+        by_task: dict[str, list] = {}
+        for ti in tis:
+            by_task.setdefault(ti.task_id, []).append((ti.map_index, ti.state == TaskInstanceState.SUCCESS))
+    assert sorted(by_task["embed_file"]) == [(i, True) for i in range(len(REGIONS))]
+    assert by_task["reconcile_vanished"] == [(-1, True)]
+
+
+def test_night1_each_mapped_embed_task_wrote_its_own_quarantine_file(nights):
+    from polyglot_catalog.provider.operators import quarantine_file
+
+    files = [quarantine_file(nights["runs"]["embed1"].run_id, i) for i in range(len(REGIONS))]
+    assert len(set(files)) == len(files)
+    for path in files:
+        assert path.is_relative_to(nights["data_dir"] / "quarantine") and path.is_file()
+        assert list(pd.read_parquet(path).columns)[:3] == ["source_file", "row", "reason"]
+
+
+def test_night1_point_counts_equal_the_input(nights):
+    expected = {r: sum(k[0] == r for k in nights["night1_keys"]) for r in REGIONS}
+    stats = nights["embed1"]["stats"]
+    assert stats["regions"] == expected
+    assert stats["points"] == len(nights["night1_keys"])
+    assert stats["stale"] == 0
+
+
+def test_night1_embed_raises_the_collection_asset_event(nights):
+    """The event (and the queued match run) is what asset-aware scheduling acts on."""
+    seen = nights["embed1"]["asset_events"]
+    assert seen["events"], "catalog_embed did not emit the collection asset event"
+    extra, task_id = seen["events"][-1]
+    assert extra == {
+        "collection": COLLECTION,
+        "model": "multilingual-e5-small",  # the match DAG reads the model from here too
+        "files": len(REGIONS),
+        "upserted": len(nights["night1_keys"]),
+        "flagged": 0,
+    }
+    assert task_id == "reconcile_vanished"
+    assert seen["queued"] >= 1
+
+
+def test_night1_report_finds_known_duplicates_and_accounts_for_every_product(nights):
+    report = nights["data_dir"] / "reports" / "night1"
+    for name in ("pairs.parquet", "groups.parquet", "unmatched.parquet", "summary.json", "report.html"):
+        assert (report / name).is_file(), name
+    found = nights["night1"]["accepted"]
+    labels = pd.read_parquet(nights["data_dir"] / "labels.parquet")
+    truth = set()
+    for _, group in labels.groupby("group_id"):
+        members = list(zip(group["region"], group["sku"], strict=True))
+        truth.update(frozenset(p) for p in combinations(members, 2) if p[0][0] != p[1][0])
+    hit = len(found & truth)
+    assert hit / len(truth) >= 0.6, f"found {hit} of {len(truth)} labelled cross-region duplicates"
+    assert hit / max(len(found), 1) >= 0.8, f"{len(found) - hit} of {len(found)} matches are wrong"
+    # every input product is either in a cross-region group or listed as unmatched
+    placed = pd.concat(
+        [pd.read_parquet(report / f"{n}.parquet")[["region", "sku"]] for n in ("groups", "unmatched")]
+    )
+    assert set(map(tuple, placed.to_numpy())) == nights["night1_keys"]
+    summary = nights["night1"]["summary"]
+    assert summary["collection"] == COLLECTION
+    assert summary["calibrated_on_labels"] is False  # the labels only scored the matches
+    assert summary["metrics"]["overall"]["f1"] >= 0.6
 
 
 def test_night1_is_full_because_there_is_no_match_state(nights):
