@@ -27,7 +27,7 @@ RUN_TIMEOUT_S = 240
 # Products (label groups) of the demo catalog the deployment embeds: real descriptions in all three
 # files, few enough that each file's task embeds in seconds on a 2-core CPU without AVX-512 (the whole
 # demo catalog took ~140 s per file there: a test of the deployment, not of the model's speed).
-GROUPS_IN_ALL, GROUPS_IN_TWO = 20, 5
+GROUPS_IN_ALL, GROUPS_IN_TWO = 12, 4
 # Logged by the match task when it opens the store (hooks.FALLBACK_MSG), before it reads and scores the
 # catalog (about 4 s on the demo catalog here) and writes the report and the state.
 MATCHING_MARK = "using embedded Qdrant"
