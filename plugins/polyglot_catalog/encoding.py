@@ -39,12 +39,16 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Default texts per forward pass by device (see :class:`Encoder`'s ``batch_size``).
 CPU_BATCH = 16
-#: Share of the description's mean token taken off each late-chunked sentence vector. Why: in one pass
-#: over the description every token attends to all of it, so plain span means all lean towards the
-#: description's own vector and tell its sentences apart poorly (dev sample of 150 x 3: the matcher's
-#: top-1 with them fell to its level without sentence vectors); taking the shared part off restores
-#: most of the gap (0.5 / 0.8 / 1.0 / 1.2 measured alike; 1.0 is the plain choice). bench/RESULTS.md.
-LATE_CONTEXT_WEIGHT = 1.0
+#: Late chunking's recipe (see :meth:`Encoder.encode_with_sentences`). Why not the last layer's plain
+#: span means: in one pass over the description every token attends to all of it, so the last layer's
+#: spans all lean towards the description's own vector and tell its sentences apart poorly. Two
+#: layers below the top the tokens are less mixed, and taking half the description's mean token off
+#: each span removes most of what they still share. On the dev catalog's first 1,000 products x 3
+#: (fp32), matcher top-1 / label-free F1: last layer, whole mean off 0.866 / 0.939; layer 10 of 12,
+#: half off 0.874 / 0.949; sentences encoded alone 0.881 / 0.950; whole dev catalog 0.783 / 0.873,
+#: 0.786 / 0.876 and 0.793 / 0.888 (bench/RESULTS.md, "Late chunking: which layer").
+LATE_LAYER_FROM_TOP = 2
+LATE_CONTEXT_WEIGHT = 0.5
 CUDA_BATCH = 256
 
 
@@ -510,14 +514,16 @@ class Encoder:
         """Vectors of ``texts`` and of each text's ``sentences`` (substrings of it, in order), from one
         forward pass per text (late chunking).
 
-        A sentence's vector is the model's own pooling (mean) over the token embeddings of its token
-        span in the pass over the whole text, less the text's mean token (``LATE_CONTEXT_WEIGHT``: the
-        context every span shares), normalised like the text's vector: no second encode. A text that
-        is one sentence gives that sentence its own vector.
+        A sentence's vector is the mean of its token span's hidden states ``LATE_LAYER_FROM_TOP``
+        layers below the model's last, in the pass over the whole text, less ``LATE_CONTEXT_WEIGHT``
+        times the text's mean token at that layer (the context every span shares), normalised: no
+        second encode. Every sentence, a text's only one included, is made this way, so all sentence
+        vectors of one cache share one space (they are compared only with each other).
         Rule for text beyond the model's max length (the embed stage cuts texts to it first, so only
         direct callers meet it): the text's vector is that of its first ``max_seq_length`` tokens, as
         :meth:`encode` gives, and a sentence whose span the window does not reach, or that cannot be
-        located in the text, is encoded as a text of its own (counted in ``separately``); nothing is
+        located in the text, gets a pass of its own with the same recipe (counted in ``separately``);
+        nothing is
         dropped. Models without mean pooling encode every sentence separately (see :attr:`late_chunking`).
 
         Returns:
@@ -528,6 +534,24 @@ class Encoder:
             raise ValueError(f"{len(texts)} texts but {len(sentences)} sentence lists")
         if not self.late_chunking:
             return self.encode(texts), self._separately(sentences)
+        vectors, per_text, missing = self._late_pass(texts, sentences)
+        self.separately = len(missing)
+        if missing:
+            alone = [sentences[i][j] for i, j in missing]
+            _, own, still = self._late_pass(alone, [[t] for t in alone])
+            made = self.encode([alone[k] for k, _ in still]) if still else None
+            for k, (i, j) in enumerate(missing):
+                per_text[i][j] = own[k][0]
+            for row, (k, _) in enumerate(still):  # no token of its own text: not met in practice
+                i, j = missing[k]
+                per_text[i][j] = made[row]
+        return _unit(vectors), [_unit(v) if len(v) else v for v in per_text]
+
+    def _late_pass(
+        self, texts: Sequence[str], sentences: Sequence[Sequence[str]]
+    ) -> tuple[np.ndarray, list[np.ndarray], list[tuple[int, int]]]:
+        """One forward pass per text: its pooled vector, its sentences' late-chunked rows (not yet
+        normalised) and the ``(text, sentence)`` positions no token of the pass covers."""
         self._load()
         import torch
 
@@ -539,6 +563,9 @@ class Encoder:
         full = [prompt + nfc(t).strip() for t in texts]
         order = np.argsort([-len(t) for t in full], kind="stable")
         device = self._model.device
+        transformer = self._model[0].model
+        depth = int(getattr(transformer.config, "num_hidden_layers", LATE_LAYER_FROM_TOP + 1))
+        layer = max(1, depth - LATE_LAYER_FROM_TOP)  # index into the hidden states (0 = embeddings)
         for start in range(0, len(full), self.batch_size):
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer(
@@ -551,12 +578,15 @@ class Encoder:
             )
             offsets = enc.pop("offset_mapping").numpy()
             features = {k: v.to(device) for k, v in enc.items()}
-            with torch.inference_mode():
-                out = self._model(features)
-            tokens = out["token_embeddings"].float().cpu().numpy()
-            pooled = out["sentence_embedding"].float().cpu().numpy()
+            transformer.config.output_hidden_states = True  # this call only: encode() need not keep them
+            try:
+                with torch.inference_mode():
+                    out = self._model(features)
+            finally:
+                transformer.config.output_hidden_states = False
+            tokens = out["all_layer_embeddings"][layer].float().cpu().numpy()
+            vectors[idx] = out["sentence_embedding"].float().cpu().numpy()
             mask = enc["attention_mask"].numpy().astype(bool)
-            vectors[idx] = pooled
             # the description's mean token: what every span of it shares through attention
             weights = mask & (offsets[:, :, 1] > offsets[:, :, 0])
             context = (tokens * weights[..., None]).sum(axis=1) / np.maximum(weights.sum(axis=1), 1)[:, None]
@@ -565,22 +595,13 @@ class Encoder:
                 spans = _sentence_spans(full[i], [nfc(s).strip() for s in sentences[i]], len(prompt))
                 starts, ends = offsets[row, :, 0], offsets[row, :, 1]
                 real = mask[row] & (ends > starts)  # special and padding tokens have empty offsets
-                whole = full[i][len(prompt) :]
                 for j, span in enumerate(spans):
-                    if len(spans) == 1 and span is not None and span[1] - span[0] == len(whole):
-                        per_text[i][j] = pooled[row]  # the sentence is the whole text: its vector
-                        continue
                     take = real & (starts < span[1]) & (ends > span[0]) if span else None
                     if take is None or not take.any():
                         missing.append((int(i), j))
                         continue
                     per_text[i][j] = tokens[row, take].mean(axis=0) - context[row]
-        self.separately = len(missing)
-        if missing:
-            made = self.encode([sentences[i][j] for i, j in missing])
-            for (i, j), vec in zip(missing, made, strict=True):
-                per_text[i][j] = vec
-        return _unit(vectors), [_unit(v) if len(v) else v for v in per_text]
+        return vectors, per_text, missing
 
     separately: int = 0  # sentences the last encode_with_sentences call had to encode on their own
 

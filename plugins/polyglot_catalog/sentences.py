@@ -60,13 +60,19 @@ def sentence_id(vector_name: str, sentence: str) -> str:
     return str(uuid.uuid5(PROJECT_NAMESPACE, f"sentence{_SEP}{vector_name}{_SEP}{sentence}"))
 
 
+#: Suffix of late-chunked caches, versioned by recipe (see ``encoding.LATE_LAYER_FROM_TOP``): the
+#: first recipe (last layer, whole mean off) wrote ``__late``; a new recipe's vectors are another kind,
+#: so they fill a cache of their own instead of mixing with the old one's.
+LATE_SUFFIX = "__late2"
+
+
 def sentence_collection(vector_name: str, fingerprint: str | None = None, late: bool = False) -> str:
     """The cache collection for one model: its vector name and, when known, its content fingerprint
-    (two models under one name never share sentence vectors), with ``__late`` for late-chunked vectors
-    (another kind of vector than a sentence encoded alone). Without a fingerprint: the name used before
-    fingerprints were recorded."""
+    (two models under one name never share sentence vectors), with ``LATE_SUFFIX`` for late-chunked
+    vectors (another kind of vector than a sentence encoded alone). Without a fingerprint: the name
+    used before fingerprints were recorded."""
     suffix = f"__{fingerprint}" if fingerprint else ""
-    return f"{SENTENCE_COLLECTION_PREFIX}{vector_name}{suffix}{'__late' if late else ''}"
+    return f"{SENTENCE_COLLECTION_PREFIX}{vector_name}{suffix}{LATE_SUFFIX if late else ''}"
 
 
 @dataclass
