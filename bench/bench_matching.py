@@ -39,7 +39,6 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
 
-from polyglot_catalog.encoding import LATE_CONTEXT_WEIGHT, LATE_LAYER_FROM_TOP  # noqa: E402
 from polyglot_catalog.matching.candidates import exact_topk  # noqa: E402
 from polyglot_catalog.matching.data import RegionTable  # noqa: E402
 from polyglot_catalog.matching.evaluate import (  # noqa: E402
@@ -140,8 +139,8 @@ def embed_cached(emb: Embedder, texts: list[str], cache: Path) -> np.ndarray:
 
 def late_cached(emb: Embedder, texts: list[str], cache: Path) -> tuple[np.ndarray, list[np.ndarray]]:
     """:meth:`Embedder.encode_with_sentences`, cached on disk like :func:`embed_cached`."""
-    recipe = f"{LATE_SUFFIX}\0{LATE_LAYER_FROM_TOP}\0{LATE_CONTEXT_WEIGHT}"  # a new recipe re-embeds
-    key = hashlib.sha1((emb.name + "\0late\0" + recipe + "\0".join(texts)).encode()).hexdigest()[:16]
+    # the late recipe names the key (LATE_SUFFIX), so a new recipe re-embeds
+    key = hashlib.sha1((emb.name + "\0" + LATE_SUFFIX + "\0" + "\0".join(texts)).encode()).hexdigest()[:16]
     path = cache / f"{emb.engine}-late-{key}.npz"
     if path.exists():
         saved = np.load(path)

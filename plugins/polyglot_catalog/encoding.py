@@ -49,6 +49,9 @@ CPU_BATCH = 16
 #: 0.786 / 0.876 and 0.793 / 0.888 (bench/RESULTS.md, "Late chunking: which layer").
 LATE_LAYER_FROM_TOP = 2
 LATE_CONTEXT_WEIGHT = 0.5
+#: The recipe's name, which names the sentence cache its vectors fill (``sentences.LATE_SUFFIX``):
+#: vectors of another recipe are another kind and never share a cache with these.
+LATE_RECIPE = f"top{LATE_LAYER_FROM_TOP}ctx{round(LATE_CONTEXT_WEIGHT * 100)}"
 CUDA_BATCH = 256
 
 
@@ -523,8 +526,8 @@ class Encoder:
         direct callers meet it): the text's vector is that of its first ``max_seq_length`` tokens, as
         :meth:`encode` gives, and a sentence whose span the window does not reach, or that cannot be
         located in the text, gets a pass of its own with the same recipe (counted in ``separately``);
-        nothing is
-        dropped. Models without mean pooling encode every sentence separately (see :attr:`late_chunking`).
+        nothing is dropped. Models without mean pooling encode every sentence separately (see
+        :attr:`late_chunking`).
 
         Returns:
             ``(vectors, per_text)``: ``vectors[i]`` is text i's (same as ``encode``, up to noise), and
@@ -566,41 +569,43 @@ class Encoder:
         transformer = self._model[0].model
         depth = int(getattr(transformer.config, "num_hidden_layers", LATE_LAYER_FROM_TOP + 1))
         layer = max(1, depth - LATE_LAYER_FROM_TOP)  # index into the hidden states (0 = embeddings)
-        for start in range(0, len(full), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            enc = self.tokenizer(
-                [full[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_seq_length,
-                return_offsets_mapping=True,
-                return_tensors="pt",
-            )
-            offsets = enc.pop("offset_mapping").numpy()
-            features = {k: v.to(device) for k, v in enc.items()}
-            transformer.config.output_hidden_states = True  # this call only: encode() need not keep them
-            try:
+        transformer.config.output_hidden_states = True  # this pass only: encode() need not keep them
+        try:
+            for start in range(0, len(full), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                enc = self.tokenizer(
+                    [full[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_seq_length,
+                    return_offsets_mapping=True,
+                    return_tensors="pt",
+                )
+                offsets = enc.pop("offset_mapping").numpy()
+                features = {k: v.to(device) for k, v in enc.items()}
                 with torch.inference_mode():
                     out = self._model(features)
-            finally:
-                transformer.config.output_hidden_states = False
-            tokens = out["all_layer_embeddings"][layer].float().cpu().numpy()
-            vectors[idx] = out["sentence_embedding"].float().cpu().numpy()
-            mask = enc["attention_mask"].numpy().astype(bool)
-            # the description's mean token: what every span of it shares through attention
-            weights = mask & (offsets[:, :, 1] > offsets[:, :, 0])
-            context = (tokens * weights[..., None]).sum(axis=1) / np.maximum(weights.sum(axis=1), 1)[:, None]
-            context *= LATE_CONTEXT_WEIGHT
-            for row, i in enumerate(idx):
-                spans = _sentence_spans(full[i], [nfc(s).strip() for s in sentences[i]], len(prompt))
-                starts, ends = offsets[row, :, 0], offsets[row, :, 1]
-                real = mask[row] & (ends > starts)  # special and padding tokens have empty offsets
-                for j, span in enumerate(spans):
-                    take = real & (starts < span[1]) & (ends > span[0]) if span else None
-                    if take is None or not take.any():
-                        missing.append((int(i), j))
-                        continue
-                    per_text[i][j] = tokens[row, take].mean(axis=0) - context[row]
+                tokens = out["all_layer_embeddings"][layer].float().cpu().numpy()
+                vectors[idx] = out["sentence_embedding"].float().cpu().numpy()
+                mask = enc["attention_mask"].numpy().astype(bool)
+                # the description's mean token: what every span of it shares through attention
+                weights = mask & (offsets[:, :, 1] > offsets[:, :, 0])
+                context = (tokens * weights[..., None]).sum(axis=1) / np.maximum(weights.sum(axis=1), 1)[
+                    :, None
+                ]
+                context *= LATE_CONTEXT_WEIGHT
+                for row, i in enumerate(idx):
+                    spans = _sentence_spans(full[i], [nfc(s).strip() for s in sentences[i]], len(prompt))
+                    starts, ends = offsets[row, :, 0], offsets[row, :, 1]
+                    real = mask[row] & (ends > starts)  # special and padding tokens have empty offsets
+                    for j, span in enumerate(spans):
+                        take = real & (starts < span[1]) & (ends > span[0]) if span else None
+                        if take is None or not take.any():
+                            missing.append((int(i), j))
+                            continue
+                        per_text[i][j] = tokens[row, take].mean(axis=0) - context[row]
+        finally:
+            transformer.config.output_hidden_states = False
         return vectors, per_text, missing
 
     separately: int = 0  # sentences the last encode_with_sentences call had to encode on their own

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .encoding import LATE_RECIPE
 from .ids import PROJECT_NAMESPACE
 from .store import CatalogStore
 
@@ -60,10 +61,10 @@ def sentence_id(vector_name: str, sentence: str) -> str:
     return str(uuid.uuid5(PROJECT_NAMESPACE, f"sentence{_SEP}{vector_name}{_SEP}{sentence}"))
 
 
-#: Suffix of late-chunked caches, versioned by recipe (see ``encoding.LATE_LAYER_FROM_TOP``): the
-#: first recipe (last layer, whole mean off) wrote ``__late``; a new recipe's vectors are another kind,
-#: so they fill a cache of their own instead of mixing with the old one's.
-LATE_SUFFIX = "__late2"
+#: Suffix of late-chunked caches, named by the recipe that makes their vectors (``encoding.LATE_RECIPE``):
+#: another recipe's vectors are another kind, so they fill a cache of their own instead of mixing with
+#: these (the first recipe, last layer with the whole mean off, wrote ``__late``).
+LATE_SUFFIX = f"__late_{LATE_RECIPE}"
 
 
 def sentence_collection(vector_name: str, fingerprint: str | None = None, late: bool = False) -> str:
