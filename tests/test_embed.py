@@ -484,7 +484,7 @@ def test_embed_stage_takes_sentence_vectors_from_the_description_pass(
     tmp_path: Path, store: CatalogStore, session_copy: list[str]
 ) -> None:
     from polyglot_catalog.encoding import Encoder
-    from polyglot_catalog.sentences import LATE_SUFFIX, SentenceCache, split_sentences
+    from polyglot_catalog.sentences import SentenceCache, late_suffix, split_sentences
 
     rows = [
         ("DE", "D1", "de", "Regal aus Birke. Trägt 20 kg. Mit feuchtem Tuch abwischen."),
@@ -504,7 +504,7 @@ def test_embed_stage_takes_sentence_vectors_from_the_description_pass(
     cache = SentenceCache.for_store(store)
     vectors = cache.vectors_for([r[3] for r in rows])
     assert vectors is not None and vectors.n_occurrences == 8
-    assert cache.late and cache.store.collection.endswith(LATE_SUFFIX)
+    assert cache.late and cache.store.collection.endswith(late_suffix(enc.fingerprint))
     store.client.delete_collection(cache.store.collection)  # a dropped cache refills on the next run
     refill = embed_catalog(source, store, enc, sentence_vectors="late")
     assert refill["skipped_unchanged"] == 3 and refill["sentences_written"] == 7

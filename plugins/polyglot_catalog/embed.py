@@ -615,10 +615,13 @@ def embed_catalog(
         sentence_vectors (str): how sentence vectors are made: "separate" encodes each distinct
             sentence the cache lacks as a text of its own; "late" pools them from the token spans of
             each description's own forward pass (no second encode: the embed stage runs at raw
-            ``model.encode`` speed, see bench/RESULTS.md), for models with mean pooling (others fall
-            back to "separate"). Each kind has its own cache; the collection records which one its
-            last run wrote, and the matcher reads that one. Defaults to "separate": on the IKEA dev
-            catalog late-chunked sentences cost the matcher 0.01-0.02 top-1 (bench_matching.py).
+            ``model.encode`` speed, see bench/RESULTS.md), through the model's late map into the
+            separate vectors' space where it ships one (:mod:`polyglot_catalog.late_map`), for models
+            with mean pooling (others fall back to "separate"). Each kind has its own cache; the
+            collection records which one its last run wrote, and the matcher reads that one.
+            Defaults to "separate": a sentence shared by several descriptions has one cached vector,
+            and a late one is pooled from whichever description brought it first, so it would depend
+            on row order and history; a separate one depends on the sentence alone.
 
     Returns:
         A small JSON-safe summary: rows_read, valid, embedded, encoded_texts, encoded_sentences,

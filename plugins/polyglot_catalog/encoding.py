@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from polyglot_catalog.late_map import LateMap, late_map_for, late_recipe
 from polyglot_catalog.models.registry import (
     DEFAULT_MODEL,
     ModelNotAvailableError,
@@ -46,7 +47,8 @@ CPU_BATCH = 16
 #: each span removes most of what they still share. On the dev catalog's first 1,000 products x 3
 #: (fp32), matcher top-1 / label-free F1: last layer, whole mean off 0.866 / 0.939; layer 10 of 12,
 #: half off 0.874 / 0.949; sentences encoded alone 0.881 / 0.950; whole dev catalog 0.783 / 0.873,
-#: 0.786 / 0.876 and 0.793 / 0.888 (bench/RESULTS.md, "Late chunking: which layer").
+#: 0.786 / 0.876 and 0.793 / 0.888 (bench/RESULTS.md, "Late chunking: which layer"). The model's
+#: late map (:mod:`.late_map`) then brings these rows into the separate sentences' space.
 LATE_LAYER_FROM_TOP = 2
 LATE_CONTEXT_WEIGHT = 0.5
 #: The recipe's name, which names the sentence cache its vectors fill (``sentences.LATE_SUFFIX``):
@@ -519,9 +521,10 @@ class Encoder:
 
         A sentence's vector is the mean of its token span's hidden states ``LATE_LAYER_FROM_TOP``
         layers below the model's last, in the pass over the whole text, less ``LATE_CONTEXT_WEIGHT``
-        times the text's mean token at that layer (the context every span shares), normalised: no
-        second encode. Every sentence, a text's only one included, is made this way, so all sentence
-        vectors of one cache share one space (they are compared only with each other).
+        times the text's mean token at that layer (the context every span shares), then, where the
+        model ships one, through its fixed linear map into the space of sentences encoded alone
+        (:mod:`.late_map`), normalised: no second encode. Every sentence, a text's only one included,
+        is made this way, so all sentence vectors of one cache share one space.
         Rule for text beyond the model's max length (the embed stage cuts texts to it first, so only
         direct callers meet it): the text's vector is that of its first ``max_seq_length`` tokens, as
         :meth:`encode` gives, and a sentence whose span the window does not reach, or that cannot be
@@ -537,18 +540,46 @@ class Encoder:
             raise ValueError(f"{len(texts)} texts but {len(sentences)} sentence lists")
         if not self.late_chunking:
             return self.encode(texts), self._separately(sentences)
+        vectors, per_text, own = self.late_rows(texts, sentences)
+        found = self.late_map
+        if found is not None:  # rows encoded as texts of their own are in the target space already
+            per_text = [
+                np.where(alone[:, None], rows, found.apply(rows)) if len(rows) else rows
+                for rows, alone in zip(per_text, own, strict=True)
+            ]
+        return vectors, [_unit(v) if len(v) else v for v in per_text]
+
+    @property
+    def late_map(self) -> LateMap | None:
+        """The shipped map from this model's late rows to its own sentence vectors (:mod:`.late_map`),
+        None for a model without one (its late rows are used as they are)."""
+        return late_map_for(self.fingerprint) if self.late_chunking else None
+
+    @property
+    def late_recipe(self) -> str:
+        """The recipe that makes this model's late sentence vectors, map included: names their cache."""
+        return late_recipe(LATE_RECIPE, self.fingerprint)
+
+    def late_rows(
+        self, texts: Sequence[str], sentences: Sequence[Sequence[str]]
+    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """The texts' unit vectors and their sentences' late rows before any map or normalisation
+        (what :mod:`.late_map` is fitted on), with a mask per text of the rows that are a sentence
+        encoded as a text of its own (no token of its own pass: not met in practice)."""
         vectors, per_text, missing = self._late_pass(texts, sentences)
+        own = [np.zeros(len(s), dtype=bool) for s in sentences]
         self.separately = len(missing)
         if missing:
             alone = [sentences[i][j] for i, j in missing]
-            _, own, still = self._late_pass(alone, [[t] for t in alone])
+            _, rows, still = self._late_pass(alone, [[t] for t in alone])
             made = self.encode([alone[k] for k, _ in still]) if still else None
             for k, (i, j) in enumerate(missing):
-                per_text[i][j] = own[k][0]
-            for row, (k, _) in enumerate(still):  # no token of its own text: not met in practice
+                per_text[i][j] = rows[k][0]
+            for row, (k, _) in enumerate(still):
                 i, j = missing[k]
                 per_text[i][j] = made[row]
-        return _unit(vectors), [_unit(v) if len(v) else v for v in per_text]
+                own[i][j] = True
+        return _unit(vectors), per_text, own
 
     def _late_pass(
         self, texts: Sequence[str], sentences: Sequence[Sequence[str]]

@@ -27,6 +27,7 @@ import numpy as np
 
 from .encoding import LATE_RECIPE
 from .ids import PROJECT_NAMESPACE
+from .late_map import late_recipe
 from .store import CatalogStore
 
 logger = logging.getLogger(__name__)
@@ -63,17 +64,23 @@ def sentence_id(vector_name: str, sentence: str) -> str:
 
 #: Suffix of late-chunked caches, named by the recipe that makes their vectors (``encoding.LATE_RECIPE``):
 #: another recipe's vectors are another kind, so they fill a cache of their own instead of mixing with
-#: these (the first recipe, last layer with the whole mean off, wrote ``__late``).
+#: these (the first recipe, last layer with the whole mean off, wrote ``__late``). A model that ships a
+#: late map (:mod:`.late_map`) adds the map's digest: :func:`late_suffix`.
 LATE_SUFFIX = f"__late_{LATE_RECIPE}"
+
+
+def late_suffix(fingerprint: str | None) -> str:
+    """The late cache suffix of the model with this fingerprint: the recipe and its map, if any."""
+    return f"__late_{late_recipe(LATE_RECIPE, fingerprint)}"
 
 
 def sentence_collection(vector_name: str, fingerprint: str | None = None, late: bool = False) -> str:
     """The cache collection for one model: its vector name and, when known, its content fingerprint
-    (two models under one name never share sentence vectors), with ``LATE_SUFFIX`` for late-chunked
+    (two models under one name never share sentence vectors), with :func:`late_suffix` for late-chunked
     vectors (another kind of vector than a sentence encoded alone). Without a fingerprint: the name
     used before fingerprints were recorded."""
     suffix = f"__{fingerprint}" if fingerprint else ""
-    return f"{SENTENCE_COLLECTION_PREFIX}{vector_name}{suffix}{LATE_SUFFIX if late else ''}"
+    return f"{SENTENCE_COLLECTION_PREFIX}{vector_name}{suffix}{late_suffix(fingerprint) if late else ''}"
 
 
 @dataclass
