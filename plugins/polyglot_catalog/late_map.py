@@ -59,7 +59,10 @@ class LateMap:
         if rows.ndim != 2 or rows.shape[1] != self.weights.shape[0]:
             width = self.weights.shape[0]
             raise ValueError(f"late map expects rows of width {width}; got shape {rows.shape}")
-        return rows @ self.weights + self.bias
+        # float64, then float32: the product's last bits barely depend on the BLAS kernel or the
+        # number of rows, and the result is rounded to float32 as every stored vector is
+        out = rows.astype(np.float64) @ self.weights.astype(np.float64) + self.bias.astype(np.float64)
+        return out.astype(np.float32)
 
     def save(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
