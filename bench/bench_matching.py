@@ -155,15 +155,12 @@ def late_cached(emb: Embedder, texts: list[str], cache: Path) -> tuple[np.ndarra
     return vectors, per_text
 
 
-def first_use_lookup(texts: list[list[str]], per_text: list[list[np.ndarray]]) -> dict[str, np.ndarray]:
-    """``sentence -> vector`` as the content-addressed cache keeps it: the first text that carried a
-    sentence gives its (late-chunked) vector; later texts reuse it."""
-    lookup: dict[str, np.ndarray] = {}
-    for region_texts, region_vectors in zip(texts, per_text, strict=True):
-        for text, vectors in zip(region_texts, region_vectors, strict=True):
-            for sentence, vec in zip(split_sentences(text), vectors, strict=True):
-                lookup.setdefault(sentence, vec)
-    return lookup
+def per_description(per_text: list[np.ndarray]) -> SentenceVectors:
+    """One region's late sentence vectors as the late cache keeps them (``sentences.late_keys``): each
+    description's own rows, one per sentence occurrence, whatever other descriptions share."""
+    offsets = np.r_[0, np.cumsum([len(rows) for rows in per_text])]
+    rows = [r for r in per_text if len(r)]
+    return SentenceVectors(offsets, np.concatenate(rows) if rows else np.zeros((0, 384), np.float32))
 
 
 def baseline(data: dict[str, RegionTable], judges: dict[str, PairJudge]) -> dict[str, dict[str, float]]:
@@ -247,12 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     late = {r: late_cached(emb, texts[r], args.cache) for r in tables}
     data = {r: RegionTable(r, t["sku"].tolist(), texts[r], late[r][0]) for r, t in tables.items()}
     regions = list(data)
-    late_lookup = first_use_lookup([texts[r] for r in regions], [late[r][1] for r in regions])
     # before: each distinct sentence encoded once more, as a text of its own
     distinct = sorted({s for t in data.values() for text in t.texts for s in split_sentences(text)})
     lookup = dict(zip(distinct, embed_cached(emb, distinct, args.cache), strict=True))
     separate = {r: SentenceVectors.from_texts(t.texts, lookup) for r, t in data.items()}
-    chunked = {r: SentenceVectors.from_texts(t.texts, late_lookup) for r, t in data.items()}
+    chunked = {r: per_description(late[r][1]) for r in data}
     sentences = chunked if args.sentences == "late" else separate
     other = separate if args.sentences == "late" else chunked
     t0 = time.perf_counter()
@@ -274,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             per[1::2] = half[r][1]
             mixed_data[r] = RegionTable(r, data[r].skus, texts[r], vec)
             mixed_per[r] = per
-        mixed_lookup = first_use_lookup([texts[r] for r in regions], [mixed_per[r] for r in regions])
-        mixed_sent = {r: SentenceVectors.from_texts(t.texts, mixed_lookup) for r, t in mixed_data.items()}
+        mixed_sent = {r: per_description(mixed_per[r]) for r in mixed_data}
         mixed = match_catalog(mixed_data, k=args.k, model=emb.name, sentences=mixed_sent)
     # reference only: the same features with the scorer fitted on the labels it is scored on (in-sample),
     # i.e. what a perfect training signal could get out of this feature set

@@ -26,14 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_matching import DATA, PAIRS, RESULTS, Embedder, build_catalog, first_use_lookup, late_cached  # noqa: E402
+from bench_matching import DATA, PAIRS, RESULTS, Embedder, build_catalog, late_cached, per_description  # noqa: E402
 
 from polyglot_catalog.matching.data import RegionTable  # noqa: E402
 from polyglot_catalog.matching.evaluate import evaluate_pairs, judges_for  # noqa: E402
 from polyglot_catalog.matching.pipeline import match_catalog  # noqa: E402
 from polyglot_catalog.review.estimate import estimate_quality  # noqa: E402
 from polyglot_catalog.review.queue import build_queue, round_robin  # noqa: E402
-from polyglot_catalog.sentences import SentenceVectors  # noqa: E402
 
 BUDGETS = (0, 50, 100, 200)
 
@@ -69,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {r: RegionTable(r, t["sku"].tolist(), texts[r], late[r][0]) for r, t in tables.items()}
     sentences = None
     if not args.no_sentences:
-        lookup = first_use_lookup([texts[r] for r in data], [late[r][1] for r in data])
-        sentences = {r: SentenceVectors.from_texts(t.texts, lookup) for r, t in data.items()}
+        sentences = {r: per_description(late[r][1]) for r in data}
     judges = judges_for(data, labels, PAIRS, text_ties=True)
 
     def run(decisions: pd.DataFrame | None) -> tuple[object, dict, float]:

@@ -499,20 +499,47 @@ def test_embed_stage_takes_sentence_vectors_from_the_description_pass(
     enc.encode = lambda texts: calls.append(list(texts)) or real(texts)  # type: ignore[method-assign]
     summary = embed_catalog(source, store, enc, sentence_vectors="late")
     assert calls == [] and summary["encoded_sentences"] == 0  # no second encode of any sentence
-    distinct = {s for r in rows for s in split_sentences(r[3])}
-    assert summary["sentences_written"] == len(distinct) == 7  # the shared sentence stored once
+    # one vector per sentence of each description: the shared sentence has one per description
+    assert summary["sentences_written"] == sum(len(split_sentences(r[3])) for r in rows) == 8
     cache = SentenceCache.for_store(store)
     vectors = cache.vectors_for([r[3] for r in rows])
     assert vectors is not None and vectors.n_occurrences == 8
     assert cache.late and cache.store.collection.endswith(late_suffix(enc.fingerprint))
+    # the same catalog in the opposite row order gives every description the same sentence vectors:
+    # a shared sentence's vector does not depend on which description came first
+    client2 = open_client(path=str(tmp_path / "reversed"))
+    other = CatalogStore(client2, "reversed", store.vector_name)
+    embed_catalog(write_catalog(tmp_path / "r.parquet", rows[::-1]), other, enc, sentence_vectors="late")
+    again = SentenceCache.for_store(other).vectors_for([r[3] for r in rows])
+    assert again is not None and np.allclose(
+        again.occurrence_vectors(), vectors.occurrence_vectors(), atol=1e-6
+    )
+    client2.close()
     store.client.delete_collection(cache.store.collection)  # a dropped cache refills on the next run
     refill = embed_catalog(source, store, enc, sentence_vectors="late")
-    assert refill["skipped_unchanged"] == 3 and refill["sentences_written"] == 7
+    assert refill["skipped_unchanged"] == 3 and refill["sentences_written"] == 8
     assert SentenceCache.for_store(store).vectors_for([r[3] for r in rows]) is not None
     # back to separately encoded sentences: their own cache, filled for the unchanged rows too
-    separate = embed_catalog(source, store, enc)
+    separate = embed_catalog(source, store, enc, sentence_vectors="separate")
     assert separate["skipped_unchanged"] == 3 and separate["encoded_sentences"] == 7
     assert not SentenceCache.for_store(store).late
+
+
+def test_default_sentence_vectors_are_late_only_for_a_model_with_a_late_map(
+    tmp_path: Path, store: CatalogStore
+) -> None:
+    from polyglot_catalog.embed import late_sentences_for
+    from polyglot_catalog.encoding import Encoder
+    from polyglot_catalog.sentences import SentenceCache
+
+    bundled = Encoder(precision="fp32")
+    assert late_sentences_for(bundled, "auto") and not bundled.loaded  # read from its files
+    assert not late_sentences_for(bundled, "separate") and late_sentences_for(bundled, "late")
+    no_map = FakeEncoder()  # no late chunking, no map: "auto" encodes sentences alone
+    assert not late_sentences_for(no_map, "auto")
+    source = write_catalog(tmp_path / "c.parquet", [("US", "U1", "en", "Oak table. Seats four.")])
+    summary = embed_catalog(source, store, no_map)
+    assert summary["encoded_sentences"] == 2 and not SentenceCache.for_store(store).late
 
 
 def test_input_and_store_are_checked_before_the_model_loads(tmp_path: Path, monkeypatch) -> None:
@@ -540,6 +567,6 @@ def test_input_and_store_are_checked_before_the_model_loads(tmp_path: Path, monk
 def test_an_unknown_sentence_vector_kind_is_refused_before_anything_runs(
     tmp_path: Path, store: CatalogStore
 ) -> None:
-    with pytest.raises(ValueError, match=r"sentence_vectors must be one of \['separate', 'late'\]"):
+    with pytest.raises(ValueError, match=r"sentence_vectors must be one of \['auto', 'separate', 'late'\]"):
         embed_catalog(write_catalog(tmp_path / "c.parquet"), store, FakeEncoder(), sentence_vectors="both")
     assert not store.exists()

@@ -71,3 +71,14 @@ def test_pseudo_descriptions_keep_one_language_each_and_use_every_sentence_once(
         assert ("Satz" in t) != ("Line" in t)
     used = sorted(s for t in texts for s in (p + "." for p in t.rstrip(".").split(". ")))
     assert used == sorted(lines["deu"] + lines["eng"])
+
+
+def test_late_keys_give_a_shared_sentence_one_key_per_description() -> None:
+    from polyglot_catalog.sentences import late_keys
+
+    a = late_keys("Oak table. Wipe with a damp cloth.")
+    b = late_keys("Birch shelf. Wipe with a damp cloth.")
+    assert len(a) == len(b) == 2 and a[1] != b[1] and a[1].endswith("Wipe with a damp cloth.")
+    assert late_keys("Oak table. Wipe with a damp cloth.") == a  # a function of the text alone
+    twice = late_keys("Handle with care. Handle with care.")
+    assert len(set(twice)) == 2  # two spans of one text, two vectors
