@@ -294,8 +294,10 @@ def _expected(before: dict, gone: set[Key], added: set[Key], group_of: dict[Key,
     ``("new", sku)`` stands for the fresh group an added SKU forms when its twins had none before.
     Rules (docs/MATCH_STATE.md): a gone product leaves its group; what is left of that group keeps its
     id while its members are still linked by the accepted pairs before, and a product left alone is
-    unmatched. An added DE SKU joins the group its FR and US twins formed before (they keep it), or
-    forms a new one with those of its twins left unmatched before. Every other product keeps its group.
+    unmatched; as the touched part is decided again, a member left may instead join its own product's
+    other listings (the merged group keeps the older id) or, its twins all gone, end unmatched. An
+    added DE SKU joins the group its FR and US twins formed before (they keep it), or forms a new one
+    with those of its twins left unmatched before. Every other product keeps its group.
     """
     g1 = _group_ids(before["points"])
     members: dict[str, set[Key]] = {}
@@ -311,6 +313,18 @@ def _expected(before: dict, gone: set[Key], added: set[Key], group_of: dict[Key,
         for part in parts:
             for m in part:
                 allowed[m] = {gid if len(part) > 1 else None}
+        # the decisions of the touched part are re-solved and freed products offered again: a member
+        # left may join the group of its own product's other listings (a merge keeps the oldest id,
+        # rule 3 of stable_ids), and one whose twins are all gone may be left unmatched
+        for m in members[gid] - gone:
+            twins = {k for k, g in group_of.items() if g == group_of[m] and k in g1 and k != m}
+            for other in {g1[t] for t in twins} - {None, gid}:
+                merged = min(gid, other)  # zero-padded ids: the lowest string is the oldest id
+                allowed[m] = allowed[m] | {merged}
+                for t in members[other]:
+                    allowed[t] = allowed[t] | {merged}
+            if twins and twins <= gone:
+                allowed[m] = allowed[m] | {None}
     for new in added:
         twins = {k for k, g in group_of.items() if g == group_of[new] and k in g1}
         groups = {g1[t] for t in twins} - {None}

@@ -525,7 +525,7 @@ def test_embed_stage_takes_sentence_vectors_from_the_description_pass(
     assert not SentenceCache.for_store(store).late
 
 
-def test_auto_sentence_vectors_are_late_only_for_a_model_with_a_late_map(
+def test_default_sentence_vectors_are_late_only_for_a_model_with_a_late_map(
     tmp_path: Path, store: CatalogStore
 ) -> None:
     from polyglot_catalog.embed import late_sentences_for
@@ -538,7 +538,7 @@ def test_auto_sentence_vectors_are_late_only_for_a_model_with_a_late_map(
     no_map = FakeEncoder()  # no late chunking, no map: "auto" encodes sentences alone
     assert not late_sentences_for(no_map, "auto")
     source = write_catalog(tmp_path / "c.parquet", [("US", "U1", "en", "Oak table. Seats four.")])
-    summary = embed_catalog(source, store, no_map, sentence_vectors="auto")
+    summary = embed_catalog(source, store, no_map)  # the default, "auto"
     assert summary["encoded_sentences"] == 2 and not SentenceCache.for_store(store).late
 
 

@@ -577,7 +577,7 @@ def embed_catalog(
     collection_options: Mapping[str, Any] | None = None,
     sentences: bool = True,
     column_map: ColumnMapLike = None,
-    sentence_vectors: Literal["auto", "separate", "late"] = "separate",
+    sentence_vectors: Literal["auto", "separate", "late"] = "auto",
 ) -> dict[str, Any]:
     """Embed a Parquet catalog into ``store``, encoding only new or changed rows.
 
@@ -629,9 +629,7 @@ def embed_catalog(
             bundled one) and "separate" for any other. On the IKEA dev catalog the matcher's top-1 /
             F1 are 0.798 / 0.888 with mapped late sentences and 0.793 / 0.888 with separate ones
             (0.786 / 0.876 unmapped; bench/RESULTS.md). Each kind has its own cache; the collection
-            records which one its last run wrote, and the matcher reads that one. Defaults to
-            "separate" until the incremental end-to-end test passes with late sentences (its night-4
-            group ids differ: see the #23 note).
+            records which one its last run wrote, and the matcher reads that one. Defaults to "auto".
 
     Returns:
         A small JSON-safe summary: rows_read, valid, embedded, encoded_texts, encoded_sentences,
