@@ -158,9 +158,7 @@ def late_cached(emb: Embedder, texts: list[str], cache: Path) -> tuple[np.ndarra
 def per_description(per_text: list[np.ndarray]) -> SentenceVectors:
     """One region's late sentence vectors as the late cache keeps them (``sentences.late_keys``): each
     description's own rows, one per sentence occurrence, whatever other descriptions share."""
-    offsets = np.r_[0, np.cumsum([len(rows) for rows in per_text])]
-    rows = [r for r in per_text if len(r)]
-    return SentenceVectors(offsets, np.concatenate(rows) if rows else np.zeros((0, 384), np.float32))
+    return SentenceVectors.from_rows(per_text, per_text[0].shape[1] if per_text else 0)
 
 
 def baseline(data: dict[str, RegionTable], judges: dict[str, PairJudge]) -> dict[str, dict[str, float]]:

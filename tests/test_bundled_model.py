@@ -188,12 +188,12 @@ def test_late_chunking_gives_the_encode_vectors_and_one_vector_per_sentence(enco
 def test_the_bundled_model_ships_a_late_map_into_its_own_sentence_space(encoder) -> None:
     """The shipped map (polyglot_catalog.late_map) belongs to exactly these model files, and brings
     late rows next to the vectors of the same sentences encoded alone."""
-    from polyglot_catalog.encoding import _unit
+    from polyglot_catalog.encoding import LATE_RECIPE, _unit
     from polyglot_catalog.sentences import late_suffix, split_sentences
 
     found = encoder.late_map
     assert found is not None, "no late map ships for the bundled model's fingerprint: refit it"
-    assert found.meta["fingerprint"] == encoder.fingerprint and found.meta["recipe"] in encoder.late_recipe
+    assert found.meta["fingerprint"] == encoder.fingerprint and found.meta["recipe"] == LATE_RECIPE
     assert late_suffix(encoder.fingerprint).endswith(f"map{found.digest}")
     texts = LATE_TEXTS[:2]
     sentences = [split_sentences(t) for t in texts]

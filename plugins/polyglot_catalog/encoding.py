@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from polyglot_catalog.late_map import LateMap, late_map_for, late_recipe
+from polyglot_catalog.late_map import LateMap, late_map_for
 from polyglot_catalog.models.registry import (
     DEFAULT_MODEL,
     ModelNotAvailableError,
@@ -554,11 +554,6 @@ class Encoder:
         """The shipped map from this model's late rows to its own sentence vectors (:mod:`.late_map`),
         None for a model without one (its late rows are used as they are)."""
         return late_map_for(self.fingerprint) if self.late_chunking else None
-
-    @property
-    def late_recipe(self) -> str:
-        """The recipe that makes this model's late sentence vectors, map included: names their cache."""
-        return late_recipe(LATE_RECIPE, self.fingerprint)
 
     def late_rows(
         self, texts: Sequence[str], sentences: Sequence[Sequence[str]]

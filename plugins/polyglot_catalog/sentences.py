@@ -67,12 +67,12 @@ def sentence_id(vector_name: str, sentence: str) -> str:
 #: another recipe's vectors are another kind, so they fill a cache of their own instead of mixing with
 #: these (the first recipe, last layer with the whole mean off, wrote ``__late``). A model that ships a
 #: late map (:mod:`.late_map`) adds the map's digest: :func:`late_suffix`.
-LATE_SUFFIX = f"__late_bytext_{LATE_RECIPE}"
-
-
 def late_suffix(fingerprint: str | None) -> str:
     """The late cache suffix of the model with this fingerprint: the recipe and its map, if any."""
     return f"__late_bytext_{late_recipe(LATE_RECIPE, fingerprint)}"
+
+
+LATE_SUFFIX = late_suffix(None)  # a model without a map (or without a fingerprint)
 
 
 def late_keys(text: str, sentences: Sequence[str] | None = None) -> list[str]:
@@ -175,6 +175,15 @@ class SentenceVectors:
         if self.index is None and self.scales is None:
             return self.vectors
         return self.take(self.rows())
+
+    @classmethod
+    def from_rows(cls, per_product: Sequence[Any], dim: int) -> SentenceVectors:
+        """One row per sentence occurrence, each product's rows in order (late vectors: one per
+        sentence of each description; the matcher weights them by their sentences' texts)."""
+        offsets = np.zeros(len(per_product) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(rows) for rows in per_product])
+        parts = [np.asarray(rows, np.float32).reshape(len(rows), dim) for rows in per_product]
+        return cls(offsets, np.concatenate(parts) if parts else np.zeros((0, dim), np.float32))
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], lookup: Mapping[str, Any]) -> SentenceVectors:
@@ -338,9 +347,6 @@ class SentenceCache:
             )
             return None
         if self.late:  # one row per occurrence: weights come from the sentences' texts (.matching)
-            offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
-            offsets[1:] = np.cumsum([len(keys) for keys in sentences])
-            rows = [lookup[k] for keys in sentences for k in keys]
             dim = len(next(iter(lookup.values()))) if lookup else 0
-            return SentenceVectors(offsets, np.array(rows, np.float32).reshape(len(rows), dim))
+            return SentenceVectors.from_rows([[lookup[k] for k in keys] for keys in sentences], dim)
         return SentenceVectors.from_sentences(sentences, lookup)
