@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="model weights (default auto: bf16 on CPUs with AMX/AVX-512 bf16, ~2.7x fp32; fp16 on "
-        "CUDA; else fp32); vectors are float32 either way",
+        help="model weights (default auto: bf16 on CPUs with AMX (~2.7x fp32) or AVX-512 bf16 "
+        "(~1.7x); fp16 on CUDA; else fp32); vectors are float32 either way",
     )
     embed.add_argument(
         "--threads", type=_positive_int, metavar="N", help="torch threads (default: one per CPU)"

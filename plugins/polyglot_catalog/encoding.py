@@ -84,10 +84,10 @@ def explain_precision(device: str | None, precision: str | None, backend: str = 
     """The weight precision to run with and why, checked before a model loads so a typo fails fast.
 
     ``auto`` (and ``None``) picks the fastest precision that keeps the vectors: fp16 on CUDA (tensor
-    cores), bf16 on CPUs with AMX or AVX-512 bf16 (2.7x fp32 on the bundled model, min cosine to the
-    fp32 vector 0.998, same top-1: bench/RESULTS.md), fp32 elsewhere (emulated bf16 is slower than
-    fp32). ``device`` is the torch device the model runs on (``None`` counts as CPU); ONNX backends run
-    their own fp32/int8 graphs and take no precision.
+    cores), bf16 on CPUs with AMX or AVX-512 bf16 (bundled model: 2.7x fp32 with AMX, 1.6-1.8x with
+    AVX-512 bf16 alone, min cosine to the fp32 vector 0.998, same top-1: bench/RESULTS.md), fp32
+    elsewhere (emulated bf16 is slower than fp32). ``device`` is the torch device the model runs on
+    (``None`` counts as CPU); ONNX backends run their own fp32/int8 graphs and take no precision.
     """
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)} or None; got {precision!r}")
