@@ -72,3 +72,23 @@ def test_gtin_equality_and_conflict() -> None:
     assert same.ev_gtin == 1.0 and same.conflict_gtin == 0.0
     diff = compare(extract("a", gtin="12345678905"), extract("b", gtin="12345678912"))
     assert diff.ev_gtin == 0.0 and diff.conflict_gtin == 1.0
+
+
+def test_evidence_is_compact_and_cannot_be_changed_by_a_later_stage() -> None:
+    """A match holds one evidence per product until the pair features exist (900k of them at 300k x
+    3): it must not carry a dict or a fresh empty set per product, and a stage that reads it must
+    not be able to change what the next stage sees."""
+    import sys
+
+    plain = [extract(f"Soft cotton towel, machine washable, set number {i}") for i in range(50)]
+    assert all(not e.codes for e in plain)
+    assert len({id(e.codes) for e in plain}) == 1  # one shared empty set, not 50 of 216 bytes
+    ev = extract("KALLAX shelf 77x147 cm, article 802.758.87")
+    assert not hasattr(ev, "__dict__") and sys.getsizeof(ev) <= 80
+    assert isinstance(ev.codes, frozenset) and isinstance(ev.names, frozenset)
+    assert isinstance(ev.quantities, tuple)
+    with pytest.raises(AttributeError):
+        ev.codes.add("X")  # type: ignore[attr-defined]
+    # set algebra across evidences works as before (compare relies on it)
+    other = extract("KALLAX Regal 77x147 cm, Artikel 802-758-87")
+    assert ev.codes & other.codes == {"80275887"}
