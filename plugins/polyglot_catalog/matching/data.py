@@ -169,12 +169,20 @@ def center_region(table: RegionTable, mean: np.ndarray | None = None) -> RegionT
 
 
 def centred_tables(
-    canonical: CatalogData, center: bool = True
+    canonical: CatalogData, center: bool = True, *, consume: bool = False
 ) -> tuple[CatalogData, dict[str, np.ndarray | None]]:
     """The tables every search and score compares: each region less its mean vector (``center``),
     and the means. One function for the full run, an incremental run and a search shard, so the
-    vectors they compare are the same to the last bit."""
+    vectors they compare are the same to the last bit. ``consume``: take each table out of
+    ``canonical`` (a dict the caller owns) once it is centred, so only one region's extra copy
+    exists at a time."""
     if not center:
         return dict(canonical), {}
-    means = {r: region_mean(t) for r, t in canonical.items()}
-    return {r: center_region(t, means[r]) for r, t in canonical.items()}, means
+    means: dict[str, np.ndarray | None] = {}
+    out: CatalogData = {}
+    for r in list(canonical):  # region by region: with ``consume``, one region's extra copy at a time
+        table = canonical.pop(r) if consume else canonical[r]
+        means[r] = region_mean(table)
+        out[r] = center_region(table, means[r])
+        del table
+    return out, means

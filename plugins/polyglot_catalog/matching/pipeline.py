@@ -320,7 +320,7 @@ def match_tables(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     path = _candidate_path(settings.candidates, inputs.store, inputs.data)
-    prep = prepare(inputs, settings, keep_raw=path == "qdrant")
+    prep = prepare(inputs, settings, keep_raw=path == "qdrant", release=search is None)
     record = reproducibility_record(
         prep.data, parameters, model=model, model_fingerprint=model_fingerprint, collection=collection
     )
@@ -413,11 +413,15 @@ def match_tables(
     )
 
 
-def prepare(inputs: MatchInputs, settings: MatchSettings, *, keep_raw: bool = False) -> Prepared:
+def prepare(
+    inputs: MatchInputs, settings: MatchSettings, *, keep_raw: bool = False, release: bool = False
+) -> Prepared:
     """Canonical tables (see .canonical: no decision below may depend on file order, shard split or
     last-bit differences between identical listings), centred, with their text keys, hashes,
     centred sentence vectors and per-product evidence. ``keep_raw``: keep the stored (uncentred)
-    vectors for the Qdrant path's re-rank."""
+    vectors for the Qdrant path's re-rank. ``release``: nothing needs ``inputs.data`` afterwards, so
+    each region's input rows go as soon as its canonical copy exists (copies are made region by
+    region: at no time do the input, canonical and centred vectors of every region coexist)."""
     data = inputs.data
     sentences = inputs.sentences
     inputs.sentences = None  # the centred copies below replace them: the float32 rows can go
@@ -427,13 +431,19 @@ def prepare(inputs: MatchInputs, settings: MatchSettings, *, keep_raw: bool = Fa
             for r, sv in sentences.items()
             if r in data
         }
-    data = {r: canonical_table(t) for r, t in data.items()}
+    if release:
+        data, inputs.data = dict(data), {}
+    canonical: CatalogData = {}
+    for r in list(data):
+        canonical[r] = canonical_table(data.pop(r) if release else data[r])
+    data = canonical
+    del canonical
     sent, sent_stats = _centred_sentences(sentences, data)
     del sentences  # centred copies made: the caller's rows are freed unless it keeps them
     raw = {r: t.vectors for r, t in data.items()} if settings.center and keep_raw else None
     keys = {r: text_keys(t.texts) for r, t in data.items()}
     hashes = {r: list(t.fields.get("content_hash") or [None] * len(t)) for r, t in data.items()}
-    data, means = centred_tables(data, settings.center)
+    data, means = centred_tables(data, settings.center, consume=True)  # ``data`` is ours
     t0 = time.perf_counter()
     evid = {
         r: [
