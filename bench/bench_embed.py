@@ -311,29 +311,23 @@ def speed(texts: pa.Table, n_texts: int, repeats: int, tmp: Path, qdrant_tmp: Pa
     times: dict[str, list[float]] = {}
     summaries: dict[str, dict[str, Any]] = {}
 
-    def raw() -> None:
-        start = time.perf_counter()
-        fp32.model.encode(
-            rendered,
-            prompt=fp32.prompt,
-            batch_size=fp32.batch_size,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        times.setdefault("raw fp32", []).append(time.perf_counter() - start)
+    def raw(name: str) -> Any:
+        """``model.encode`` alone, fp32 (the baseline) or at the default precision (``auto``: what
+        this CPU's bf16 or fp32 units allow, the stage's own ceiling)."""
+        enc = encoders[name]
 
-    def raw_default() -> None:
-        """The model alone at the default precision: the hardware's own ceiling for the stage."""
-        enc = encoders["auto"]
-        start = time.perf_counter()
-        enc.model.encode(
-            rendered,
-            prompt=enc.prompt,
-            batch_size=enc.batch_size,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        times.setdefault("raw auto", []).append(time.perf_counter() - start)
+        def run() -> None:
+            start = time.perf_counter()
+            enc.model.encode(
+                rendered,
+                prompt=enc.prompt,
+                batch_size=enc.batch_size,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+            times.setdefault(f"raw {name}", []).append(time.perf_counter() - start)
+
+        return run
 
     def embed(precision: str, sentences: str) -> Any:
         def run() -> None:
@@ -349,7 +343,7 @@ def speed(texts: pa.Table, n_texts: int, repeats: int, tmp: Path, qdrant_tmp: Pa
 
         return run
 
-    steps = [raw, raw_default] + [embed(p, s) for p in ("fp32", "auto") for s in ("separate", "late")]
+    steps = [raw("fp32"), raw("auto")] + [embed(p, s) for p in ("fp32", "auto") for s in ("separate", "late")]
     for i in range(repeats):
         for step in steps[i % len(steps) :] + steps[: i % len(steps)]:
             step()

@@ -60,21 +60,14 @@ def oracle_queue(pairs: pd.DataFrame, judges: dict) -> pd.DataFrame:
     truth = [judges[f"{ra}|{rb}"](sa, sb) for ra, sa, rb, sb in pairs[key].itertuples(index=False)]
     frame = pairs.assign(truth=truth, accepted=pairs["decision"] == "match")
     right = frame[frame["truth"] & frame["accepted"]]
-    linked = set(zip(right["region_a"], right["sku_a"], right["region_b"], strict=True)) | set(
-        zip(right["region_b"], right["sku_b"], right["region_a"], strict=True)
-    )
-    open_a = np.array(
-        [
-            (r, s, o) not in linked
-            for r, s, o in zip(frame["region_a"], frame["sku_a"], frame["region_b"], strict=True)
-        ]
-    )
-    open_b = np.array(
-        [
-            (r, s, o) not in linked
-            for r, s, o in zip(frame["region_b"], frame["sku_b"], frame["region_a"], strict=True)
-        ]
-    )
+
+    def ends(f: pd.DataFrame, side: str, other: str) -> list[tuple]:
+        """(region, sku, other region) of one end of each pair."""
+        return list(zip(f[f"region_{side}"], f[f"sku_{side}"], f[f"region_{other}"], strict=True))
+
+    linked = set(ends(right, "a", "b")) | set(ends(right, "b", "a"))
+    open_a = np.array([end not in linked for end in ends(frame, "a", "b")], dtype=bool)
+    open_b = np.array([end not in linked for end in ends(frame, "b", "a")], dtype=bool)
     missed = frame[frame["truth"] & ~frame["accepted"] & open_a & open_b]
     wrong = frame[~frame["truth"] & frame["accepted"]]
     queue = pd.concat(
