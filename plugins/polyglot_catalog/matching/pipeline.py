@@ -433,11 +433,7 @@ def prepare(
         }
     if release:
         data, inputs.data = dict(data), {}
-    canonical: CatalogData = {}
-    for r in list(data):
-        canonical[r] = canonical_table(data.pop(r) if release else data[r])
-    data = canonical
-    del canonical
+    data = {r: canonical_table(data.pop(r) if release else data[r]) for r in list(data)}
     sent, sent_stats = _centred_sentences(sentences, data)
     del sentences  # centred copies made: the caller's rows are freed unless it keeps them
     raw = {r: t.vectors for r, t in data.items()} if settings.center and keep_raw else None
