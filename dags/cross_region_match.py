@@ -23,9 +23,11 @@ filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
   it runs only on such an event or when triggered.
 * **Full runs scale out**: `plan_search_shards` splits a full run's candidate search (the part that
   grows with the catalog squared) into `search_shard` mapped tasks, as many as `shards` says or as
-  fit `memory_budget_mb`; `match_regions` joins their Parquet parts (under
-  `$POLYGLOT_DATA_DIR/match_shards/<run id>`, a folder every worker must see) and does the rest.
-  Same pairs and groups as one search. Incremental runs plan none. See docs/SCALING.md.
+  fit `memory_budget_mb`; `cut_search_parts` merges their lists, `feature_shard` tasks (mapped the
+  same way) compute each shard's pair features, and `match_regions` puts the features together
+  without reading any vector, scores, decides and reports. Parts live under
+  `$POLYGLOT_DATA_DIR/match_shards/<run id>` (a folder every worker must see). Same pairs and
+  groups as one task. Incremental runs plan none. See docs/SCALING.md.
 * **Report link**: the `match_regions` task's **Match report** button opens the run's report.
 """
 
@@ -37,7 +39,12 @@ import pendulum
 from airflow.sdk import Param, dag
 
 from polyglot_catalog.models.registry import DEFAULT_MODEL
-from polyglot_catalog.provider.match_shards import MatchShardOperator, MatchShardPlanOperator
+from polyglot_catalog.provider.match_shards import (
+    MatchFeatureShardOperator,
+    MatchShardCutsOperator,
+    MatchShardOperator,
+    MatchShardPlanOperator,
+)
 from polyglot_catalog.provider.operators import (
     COLLECTION_PATTERN,
     DEFAULT_COLLECTION,
@@ -150,7 +157,8 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
     },
 )
 def cross_region_match() -> None:
-    """Plan the search shards of a full run, search them as mapped tasks, then match and report."""
+    """Plan the shards of a full run, search them and compute their pair features as mapped tasks,
+    then score, match and report."""
     same_run = {
         "collection": "{{ triggered_collection(triggering_asset_events, params.collection) }}",
         "model": "{{ triggered_model(triggering_asset_events, params.model) }}",
@@ -170,6 +178,8 @@ def cross_region_match() -> None:
         **decides,
     )
     search = MatchShardOperator.partial(task_id="search_shard").expand(shard=plan.output)
+    cuts = MatchShardCutsOperator(task_id="cut_search_parts", shards=plan.output)
+    features = MatchFeatureShardOperator.partial(task_id="feature_shard").expand(shard=plan.output)
     match = MatchCatalogOperator(
         task_id="match_regions",
         labels="{{ params.labels or '' }}",
@@ -180,7 +190,7 @@ def cross_region_match() -> None:
         **decides,
     )
     # [END match_operator]
-    plan >> search >> match
+    plan >> search >> cuts >> features >> match
 
 
 cross_region_match()

@@ -66,17 +66,27 @@ def test_match_is_scheduled_on_the_collection_asset(bag):
 
     dag = bag.dags["cross_region_match"]
     assert collection_asset() in dag.timetable.asset_condition.objects
-    assert [t.task_id for t in dag.tasks] == ["plan_search_shards", "search_shard", "match_regions"]
+    assert [t.task_id for t in dag.tasks] == [
+        "plan_search_shards",
+        "search_shard",
+        "cut_search_parts",
+        "feature_shard",
+        "match_regions",
+    ]
 
 
 def test_a_full_match_searches_in_mapped_shards_that_the_match_task_joins(bag):
-    """plan -> mapped search -> match; the match still runs when the plan maps nothing (incremental)."""
+    """plan -> mapped search -> cuts -> mapped features -> match; the match still runs when the plan
+    maps nothing (incremental)."""
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
     dag = bag.dags["cross_region_match"]
-    plan, search, match = (dag.get_task(t) for t in ("plan_search_shards", "search_shard", "match_regions"))
+    names = ("plan_search_shards", "search_shard", "cut_search_parts", "feature_shard", "match_regions")
+    plan, search, cuts, features, match = (dag.get_task(t) for t in names)
     assert isinstance(search, MappedOperator) and search.upstream_task_ids == {plan.task_id}
-    assert match.upstream_task_ids == {search.task_id} and match.trigger_rule == "none_failed"
+    assert cuts.upstream_task_ids == {plan.task_id, search.task_id}
+    assert isinstance(features, MappedOperator) and features.upstream_task_ids == {plan.task_id, cuts.task_id}
+    assert match.upstream_task_ids == {features.task_id} and match.trigger_rule == "none_failed"
     assert match.shards_from == plan.task_id
     params = dag.params.dump()
     assert params["shards"] is None and params["memory_budget_mb"] == 4096

@@ -1,5 +1,5 @@
-"""The mapped search of a full match as Airflow runs it (#26): plan -> search shards -> match task,
-on a real embedded store filled by the CLI with the fake encoder."""
+"""The mapped full match as Airflow runs it (#26): plan -> search shards -> cuts -> feature shards ->
+match task, on a real embedded store filled by the CLI with the fake encoder."""
 
 from __future__ import annotations
 
@@ -15,7 +15,13 @@ import pytest
 from fakes import FakeEncoder
 
 from polyglot_catalog.cli import main
-from polyglot_catalog.provider.match_shards import MatchShardOperator, MatchShardPlanOperator
+from polyglot_catalog.matching import inputs
+from polyglot_catalog.provider.match_shards import (
+    MatchFeatureShardOperator,
+    MatchShardCutsOperator,
+    MatchShardOperator,
+    MatchShardPlanOperator,
+)
 from polyglot_catalog.provider.operators import MatchCatalogOperator
 
 WORDS = ["oak", "table", "sofa", "grey", "lamp", "shelf", "chair", "desk", "rug", "bed", "white", "black"]
@@ -59,6 +65,16 @@ def _plan(ti: _TI, **kwargs: Any) -> list[dict[str, Any]]:
     return op.execute(context={"ti": ti, "run_id": "manual__night"})
 
 
+def _maps(plan: list[dict[str, Any]]) -> None:
+    """What the mapped tasks after the plan do: search every shard, cut, compute every feature part."""
+    for i, shard in enumerate(plan):  # one operator per map index
+        MatchShardOperator(task_id=f"search{i}", shard=shard).execute(context={"run_id": "manual__night"})
+    MatchShardCutsOperator(task_id="cuts", shards=plan).execute(context={"run_id": "manual__night"})
+    for i, shard in enumerate(plan):
+        done = MatchFeatureShardOperator(task_id=f"features{i}", shard=shard).execute(context={})
+        assert Path(done["part"]).name.startswith("features-")
+
+
 def _match(ti: _TI, name: str, **kwargs: Any) -> dict[str, Any]:
     op = MatchCatalogOperator(
         task_id="match", collection="cat", model="fake-model", out_name=name, shards_from="plan", **kwargs
@@ -72,15 +88,16 @@ def test_a_full_run_is_searched_in_mapped_shards_and_joined_by_the_match_task(ca
     assert len(plan) == 3 * 2  # 3 regions: 3 region pairs, 2 shards each
     folder = Path(ti.pushed[("plan", "shard_dir")])
     assert ti.pushed[("plan", "shards")] == 2 and folder == catalog / "match_shards" / "manual__night"
-    for i, shard in enumerate(plan):  # what the mapped tasks do, one operator per map index
-        out = MatchShardOperator(task_id=f"search{i}", shard=shard)
-        done = out.execute(context={"run_id": "manual__night"})
-        assert Path(done["part"]).parent == folder and done["texts"] == shard["stop"] - shard["start"]
-    assert len([p for p in folder.glob("*.parquet") if not p.name.startswith("search-")]) == 6
-    sharded = _match(ti, "sharded")
+    done = MatchShardOperator(task_id="search0", shard=plan[0]).execute(context={"run_id": "manual__night"})
+    assert Path(done["part"]).parent == folder and done["texts"] == plan[0]["stop"] - plan[0]["start"]
+    _maps(plan)
+    assert len(list(folder.glob("features-*.parquet"))) == 6
+    with mock.patch.object(inputs, "load_catalog", wraps=inputs.load_catalog) as load:
+        sharded = _match(ti, "sharded")
+    assert [c.kwargs["with_vectors"] for c in load.call_args_list] == [False]  # the reduce reads no vector
     assert sharded["mode"] == "full"
     summary = json.loads((catalog / "reports" / "sharded" / "summary.json").read_text())
-    assert summary["candidates_path"] == "exact (shards)"
+    assert summary["candidates_path"] == "exact (shards)" and "sharded_features" in summary["timings"]
     assert not folder.exists()  # joined and committed: the parts are removed
 
     # the same catalog matched in one task (a full re-match) accepts the same pairs
@@ -131,15 +148,43 @@ def test_search_files_and_parts_can_live_in_object_storage_by_url(catalog: Path,
     ti = _TI()
     plan = _plan(ti, shards=2, shard_dir=url)
     assert len(plan) == 6 and ti.pushed[("plan", "shard_dir")] == url
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) == [
-        f"search-{r}.{ext}" for r in ("DE", "FR", "US") for ext in ("json", "parquet")
-    ]
-    for i, shard in enumerate(plan):
-        MatchShardOperator(task_id=f"search{i}", shard=shard).execute(context={"run_id": "manual__night"})
-    assert len([p for p in fs.ls(root, detail=False) if not p.rsplit("/", 1)[-1].startswith("search-")]) == 6
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) == sorted(
+        f"{kind}-{r}.{ext}"
+        for r in ("DE", "FR", "US")
+        for kind, ext in (("search", "json"), ("search", "parquet"), ("rows", "parquet"), ("stats", "npz"))
+    )
+    _maps(plan)
+    assert len([p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1].startswith("features-")]) == 6
     sharded = _match(ti, "remote")
     summary = json.loads((catalog / "reports" / "remote" / "summary.json").read_text())
     assert summary["candidates_path"] == "exact (shards)"
     single = _match(_TI(), "single", full_rematch=True)
     assert (single["pairs"], single["matches"]) == (sharded["pairs"], sharded["matches"])
     assert not fs.exists(root)  # committed: the search files and parts are spent
+
+
+def test_a_catalog_changed_after_the_plan_is_matched_whole_by_the_match_task(
+    catalog: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An embed run between the plan and the match (a text edited): the feature parts are from the
+    old catalog, so the match task reads the products and computes the features itself; its result
+    is the one-task match of the new catalog, nothing of the edit lost."""
+    ti = _TI()
+    plan = _plan(ti, shards=2)
+    _maps(plan)
+    path = catalog / "in" / "FR.parquet"
+    table = pq.read_table(path).to_pandas()
+    table.loc[3, "description"] = "a brand new description of product three"
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), path)
+    store = ["--collection", "cat", "--qdrant-path", str(catalog / "qdrant"), "--model", "fake-model"]
+    with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
+        assert main(["embed", "--source", str(catalog / "in" / "*.parquet"), *store]) == 0
+    with caplog.at_level("WARNING"):
+        sharded = _match(ti, "changed")
+    assert "region FR changed since the plan wrote its rows file" in caplog.text
+    single = _match(_TI(), "single", full_rematch=True)
+    cols = ["region_a", "sku_a", "region_b", "sku_b", "score", "decision"]
+    a = pd.read_parquet(catalog / "reports" / "changed" / "pairs.parquet")[cols]
+    b = pd.read_parquet(catalog / "reports" / "single" / "pairs.parquet")[cols]
+    pd.testing.assert_frame_equal(a, b)
+    assert (sharded["pairs"], sharded["matches"]) == (single["pairs"], single["matches"])

@@ -312,7 +312,7 @@ def pairs_from_neighbours(
     ub = np.concatenate([ab_idx.ravel(), np.repeat(np.arange(len(sb)), ba_idx.shape[1])])
     ok = (ua >= 0) & (ub >= 0)
     key = np.unique(ua[ok] * max(len(sb), 1) + ub[ok])
-    ia, ib = _expand(key // max(len(sb), 1), key % max(len(sb), 1), sa, sb)
+    ia, ib = expand_text_pairs(key // max(len(sb), 1), key % max(len(sb), 1), sa, sb)
     n_b = len(sb.inverse)
     key = np.unique(ia * max(n_b, 1) + ib)
     return key // max(n_b, 1), key % max(n_b, 1), {"a": ab_sim[sa.inverse], "b": ba_sim[sb.inverse]}
@@ -337,7 +337,9 @@ def _distinct_hits(idx: np.ndarray, sets: TextSets) -> np.ndarray:
     return out
 
 
-def _expand(pu: np.ndarray, pv: np.ndarray, sa: TextSets, sb: TextSets) -> tuple[np.ndarray, np.ndarray]:
+def expand_text_pairs(
+    pu: np.ndarray, pv: np.ndarray, sa: TextSets, sb: TextSets
+) -> tuple[np.ndarray, np.ndarray]:
     """Distinct-text pairs ``(pu, pv)`` as row pairs: every row of one text with every row of the other."""
     ptr_a, rows_a = sa.members(MEMBERS_CAP)
     ptr_b, rows_b = sb.members(MEMBERS_CAP)

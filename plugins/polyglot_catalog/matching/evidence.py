@@ -11,7 +11,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 #: unit -> (dimension, factor to the base unit); temperatures are handled separately.
@@ -225,6 +225,12 @@ def idf_weights(evidences: Iterable[TextEvidence]) -> dict[str, float]:
     for ev in evidences:
         n += 1
         df.update(ev.names)
+    return idf_from_counts(n, df)
+
+
+def idf_from_counts(n: int, df: Mapping[str, int]) -> dict[str, float]:
+    """:func:`idf_weights` from counts (``n`` products, ``df`` per name): counts of parts add up, so
+    region files counted apart give the same weights (:mod:`.feature_parts`)."""
     return {t: math.log((1 + n) / (1 + c)) + 1.0 for t, c in df.items()}
 
 

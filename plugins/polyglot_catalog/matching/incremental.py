@@ -72,6 +72,7 @@ from .inputs import is_store, read_inputs
 from .lexical import frozen_counts
 from .pipeline import _duplicates, _labels, _pairs_table, _unmatched, center_region, corroborated, link_block
 from .provenance import reproducibility_record
+from .region_search import region_digest
 from .result import MatchResult
 from .scoring import corroboration, pair_features
 
@@ -237,6 +238,7 @@ def match_incremental(
     inputs = read_inputs(store_or_data, regions, sentences if isinstance(sentences, Mapping) else None)
     collection = collection or inputs.collection
     data = inputs.data
+    vector_digests = {r: region_digest(data[r]) for r in regions}
     mapping = None
     if inputs.sentences is not None:
         mapping = {
@@ -428,7 +430,12 @@ def match_incremental(
     timings["groups"] = time.perf_counter() - t0
 
     record = reproducibility_record(
-        data, params, model=model, model_fingerprint=model_fingerprint, collection=collection
+        data,
+        params,
+        model=model,
+        model_fingerprint=model_fingerprint,
+        collection=collection,
+        vector_digests=vector_digests,
     )
     summary: dict[str, Any] = {
         "model": model,

@@ -40,8 +40,11 @@ def is_store(obj: Any) -> bool:
     return hasattr(obj, "scroll_region") and hasattr(obj, "query_region")
 
 
-def load_catalog(store: Any, regions: Sequence[str] | None = None, *, batch_size: int = 1024) -> CatalogData:
-    """Read active points of ``regions`` (default: all) from a ``CatalogStore`` into memory.
+def load_catalog(
+    store: Any, regions: Sequence[str] | None = None, *, batch_size: int = 1024, with_vectors: bool = True
+) -> CatalogData:
+    """Read active points of ``regions`` (default: all) from a ``CatalogStore`` into memory;
+    ``with_vectors=False`` leaves them in the store (zero-width vector matrices).
 
     Raises:
         ValueError: when a requested region has no points.
@@ -58,7 +61,7 @@ def load_catalog(store: Any, regions: Sequence[str] | None = None, *, batch_size
     for region in wanted:
         payloads: list[dict[str, Any]] = []
         blocks: list[np.ndarray] = []
-        for batch, vecs in store.scroll_region(region, with_vectors=True, batch_size=batch_size):
+        for batch, vecs in store.scroll_region(region, with_vectors=with_vectors, batch_size=batch_size):
             payloads.extend(batch)
             blocks.append(vecs)
         if not payloads:
@@ -101,11 +104,15 @@ def cached_sentences(store: Any, data: CatalogData) -> dict[str, SentenceVectors
 
 
 def read_inputs(
-    store_or_data: Any, regions: Sequence[str] | None = None, sentences: SentenceSource = "auto"
+    store_or_data: Any,
+    regions: Sequence[str] | None = None,
+    sentences: SentenceSource = "auto",
+    *,
+    with_vectors: bool = True,
 ) -> MatchInputs:
     """The tables (from a store or in-memory ``{region: RegionTable}``) of ``regions`` (default: all)
     and their sentence vectors: a mapping as given, ``"auto"`` from a store's sentence cache (none
-    for in-memory tables), None for none.
+    for in-memory tables), None for none. ``with_vectors=False``: a store's vectors stay in it.
 
     Raises:
         ValueError: a region is missing, or ``sentences`` is not a mapping, "auto" or None.
@@ -114,7 +121,7 @@ def read_inputs(
         raise ValueError(f"sentences must be a mapping, 'auto' or None; got {sentences!r}")
     if is_store(store_or_data):
         store = store_or_data
-        data = load_catalog(store, regions)
+        data = load_catalog(store, regions, with_vectors=with_vectors)
         found = cached_sentences(store, data) if sentences == "auto" else None
         return MatchInputs(
             data,

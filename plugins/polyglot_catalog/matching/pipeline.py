@@ -62,9 +62,11 @@ from .evaluate import (
     threshold_sweep,
 )
 from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
+from .feature_parts import ShardedFeatures, check_listings, read_mapped, sharded_features
 from .inputs import MatchInputs, SentenceSource, is_store, load_catalog, read_inputs
 from .lexical import NgramCounts, ngram_counts
 from .provenance import reproducibility_record
+from .region_search import region_digest
 from .result import DECISIONS, DUPLICATE_COLUMNS, MatchResult
 from .scoring import (
     FEATURES,
@@ -192,6 +194,7 @@ def match_catalog(
     model_fingerprint: str | None = None,
     shards: int | None = None,
     shard_dir: str | Path | None = None,
+    mapped: bool = False,
     **options: Any,
 ) -> MatchResult:
     """Find the same product across regions: read the input (:func:`.inputs.read_inputs`), then
@@ -233,7 +236,14 @@ def match_catalog(
             they make ``summary["reproducibility"]``, so two reports can be compared.
         shards (int | None): run the exact candidate search as this many shards per ordered region
             pair (:mod:`.shards`), their parts written under ``shard_dir`` (default: a temporary
-            folder) and joined; the same pairs and groups as one search. None: one search.
+            folder) and joined; the same pairs and groups as one search. None: one search. With
+            neither reviewed ``decisions`` nor ``rerank``, the pair features are computed per shard
+            too (:mod:`.feature_parts`), and this task only puts them together.
+        mapped (bool): with ``shards``, the map tasks (Airflow's mapped tasks) already wrote the
+            search, rows and feature files into ``shard_dir``: the store's vectors are not read
+            (the reduce holds pairs, not products). Should the catalog have changed since the plan
+            (its SKUs and texts differ from the rows files), or the run need the products
+            (``decisions``, ``rerank``), this task reads them and computes what it needs itself.
 
     Returns:
         MatchResult: pairs, groups, unmatched and a JSON-safe summary (see :mod:`.result`).
@@ -250,13 +260,40 @@ def match_catalog(
         raise ValueError("shards split the exact search; candidates='qdrant' queries Qdrant instead")
     parameters = _parameters(settings, regions, labels, sentences, rerank, decisions)
     t0 = time.perf_counter()
+    per_shard = shards is not None and decisions is None and rerank is None
+    if mapped and per_shard and shard_dir is not None and is_store(store_or_data):
+        inputs = read_inputs(store_or_data, regions, sentences, with_vectors=False)
+        why = check_listings(shard_dir, inputs.data)
+        if why is None:
+            parameters["shards"] = shards
+            return match_tables(
+                inputs,
+                settings,
+                labels=labels,
+                model=model,
+                collection=collection or inputs.collection,
+                model_fingerprint=model_fingerprint,
+                parameters=parameters,
+                read_seconds=time.perf_counter() - t0,
+                features=functools.partial(
+                    read_mapped, folder=shard_dir, shards=shards, center=settings.center
+                ),
+            )
+        logger.warning("%s: the match task computes the pair features itself", why)
     inputs = read_inputs(store_or_data, regions, sentences)
     with contextlib.ExitStack() as stack:
-        search = None
+        search = features = None
         if shards is not None:
             folder = shard_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="polyglot-shards-"))
             parameters["shards"] = shards
-            search = functools.partial(sharded_candidates, settings=settings, shards=shards, folder=folder)
+            if per_shard:
+                features = functools.partial(
+                    sharded_features, settings=settings, shards=shards, folder=folder
+                )
+            else:  # must-links and the re-ranker need the products: features in this task
+                search = functools.partial(
+                    sharded_candidates, settings=settings, shards=shards, folder=folder
+                )
         return match_tables(
             inputs,
             settings,
@@ -269,6 +306,7 @@ def match_catalog(
             parameters=parameters,
             read_seconds=time.perf_counter() - t0,
             search=search,
+            features=features,
         )
 
 
@@ -308,21 +346,30 @@ def match_tables(
     parameters: Mapping[str, Any] | None = None,
     read_seconds: float = 0.0,
     search: Callable[[CatalogData], Mapping[tuple[str, str], Any]] | None = None,
+    features: Callable[[CatalogData], ShardedFeatures] | None = None,
 ) -> MatchResult:
     """The matcher proper, on tables in memory: prepare -> candidates and features -> scores ->
     decisions -> tables; each stage a function below, over :class:`.blocks.PairBlock` records.
     Arguments as :func:`match_catalog`'s; ``parameters`` are recorded (default: the settings).
     ``search``: the candidates of every region pair from the tables as read (it makes them canonical
     and centred itself), in place of the in-process search (:func:`.shards.sharded_candidates`: the
-    same answer from shards). ``inputs`` is consumed: its tables and sentence vectors are released
-    once the matcher's canonical copies are made (the caller's own references stay valid)."""
+    same answer from shards). ``features``: the candidate pairs with their features, the statistics
+    and the means, from the tables as read (:mod:`.feature_parts`: the same answer from map tasks),
+    in place of both the search and the features; the tables may then lack vectors. ``inputs`` is
+    consumed: its tables and sentence vectors are released once the matcher's canonical copies are
+    made (the caller's own references stay valid)."""
     parameters = dict(parameters or _parameters(settings, None, labels, inputs.sentences, rerank, decisions))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     path = _candidate_path(settings.candidates, inputs.store, inputs.data)
-    prep = prepare(inputs, settings, keep_raw=path == "qdrant", release=search is None)
-    record = reproducibility_record(
-        prep.data, parameters, model=model, model_fingerprint=model_fingerprint, collection=collection
+    with_vectors = all(t.vectors.shape[1] for t in inputs.data.values())
+    digests = {r: region_digest(t) for r, t in inputs.data.items()} if with_vectors else {}
+    prep = prepare(
+        inputs,
+        settings,
+        keep_raw=path == "qdrant",
+        release=search is None and features is None,
+        features_given=features is not None,
     )
     reviewed = ReviewedPairs.of(decisions, prep.data) if decisions is not None else None
     timings["load"] = read_seconds + time.perf_counter() - t0 - prep.evidence_seconds
@@ -334,15 +381,37 @@ def match_tables(
         found = search(inputs.data)
         timings["sharded_search"] = time.perf_counter() - t0
         path = "exact (shards)"
-    inputs.data = {}  # canonical, centred copies made and the shards searched: the input rows can go
-    blocks, figures, lex_stats = candidate_blocks(
-        prep,
-        settings,
-        store=inputs.store if path == "qdrant" else None,
-        reviewed=reviewed,
-        rerank=rerank,
-        timings=timings,
-        found=found,
+    if features is not None:
+        t0 = time.perf_counter()
+        sharded = features(inputs.data)
+        inputs.data = {}
+        timings["sharded_features"] = time.perf_counter() - t0
+        path = "exact (shards)"
+        blocks, figures, lex_stats = sharded.blocks, sharded.figures, sharded.lex_stats
+        prep.means, prep.idf, digests = sharded.means, sharded.idf, digests or sharded.digests
+        if prep.sentences is not None:  # sentence vectors stay with the reduce (see .feature_parts)
+            for blk in blocks:
+                blk.feats["sentences"] = sentence_alignment(
+                    prep.sentences[blk.ra], prep.sentences[blk.rb], blk.ia, blk.ib
+                )
+    else:
+        inputs.data = {}  # canonical, centred copies made and the shards searched: the input rows can go
+        blocks, figures, lex_stats = candidate_blocks(
+            prep,
+            settings,
+            store=inputs.store if path == "qdrant" else None,
+            reviewed=reviewed,
+            rerank=rerank,
+            timings=timings,
+            found=found,
+        )
+    record = reproducibility_record(
+        prep.data,
+        parameters,
+        model=model,
+        model_fingerprint=model_fingerprint,
+        collection=collection,
+        vector_digests=digests,
     )
     prep.raw_vectors = None
     # the pair features hold all that later stages read of the vectors: free every region's matrix
@@ -414,14 +483,21 @@ def match_tables(
 
 
 def prepare(
-    inputs: MatchInputs, settings: MatchSettings, *, keep_raw: bool = False, release: bool = False
+    inputs: MatchInputs,
+    settings: MatchSettings,
+    *,
+    keep_raw: bool = False,
+    release: bool = False,
+    features_given: bool = False,
 ) -> Prepared:
     """Canonical tables (see .canonical: no decision below may depend on file order, shard split or
     last-bit differences between identical listings), centred, with their text keys, hashes,
     centred sentence vectors and per-product evidence. ``keep_raw``: keep the stored (uncentred)
     vectors for the Qdrant path's re-rank. ``release``: nothing needs ``inputs.data`` afterwards, so
     each region's input rows go as soon as its canonical copy exists (copies are made region by
-    region: at no time do the input, canonical and centred vectors of every region coexist)."""
+    region: at no time do the input, canonical and centred vectors of every region coexist).
+    ``features_given``: the pair features come from feature parts (:mod:`.feature_parts`), which
+    hold the evidence, statistics and means: none are computed here (the tables may lack vectors)."""
     data = inputs.data
     sentences = inputs.sentences
     inputs.sentences = None  # the centred copies below replace them: the float32 rows can go
@@ -433,13 +509,17 @@ def prepare(
         }
     if release:
         data, inputs.data = dict(data), {}
+    if features_given:  # nothing here reads the vectors: sort the rows without them
+        data = {r: t.without_vectors() for r, t in data.items()}
     data = {r: canonical_table(data.pop(r) if release else data[r]) for r in list(data)}
     sent, sent_stats = _centred_sentences(sentences, data)
     del sentences  # centred copies made: the caller's rows are freed unless it keeps them
     raw = {r: t.vectors for r, t in data.items()} if settings.center and keep_raw else None
     keys = {r: text_keys(t.texts) for r, t in data.items()}
     hashes = {r: list(t.fields.get("content_hash") or [None] * len(t)) for r, t in data.items()}
-    data, means = centred_tables(data, settings.center, consume=True)  # ``data`` is ours
+    means: dict[str, np.ndarray | None] = {}
+    if not features_given:
+        data, means = centred_tables(data, settings.center, consume=True)  # ``data`` is ours
     t0 = time.perf_counter()
     evid = {
         r: [
@@ -447,8 +527,9 @@ def prepare(
             for i in range(len(t))
         ]
         for r, t in data.items()
+        if not features_given
     }
-    idf = idf_weights(itertools.chain.from_iterable(evid.values()))
+    idf = idf_weights(itertools.chain.from_iterable(evid.values())) if not features_given else {}
     prep = Prepared(
         data=data,
         text_sets={r: TextSets.of(t.texts) for r, t in data.items()},

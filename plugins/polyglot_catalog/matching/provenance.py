@@ -9,8 +9,6 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
-import numpy as np
-
 from .canonical import GRID
 from .data import CatalogData
 
@@ -41,15 +39,17 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def input_fingerprint(data: CatalogData) -> dict[str, Any]:
-    """Point counts per region and two SHA-256 digests over the rows in canonical order: one of
-    ``region, sku, text`` (the catalog's content) and one of the vectors (the embedding of it)."""
-    content, vectors = hashlib.sha256(), hashlib.sha256()
+def input_fingerprint(data: CatalogData, vector_digests: Mapping[str, str]) -> dict[str, Any]:
+    """Point counts per region and two SHA-256 digests: one of ``region, sku, text`` over the rows in
+    canonical order (the catalog's content), and one of the regions' vector digests
+    (:func:`.region_search.region_digest` of the rows as read: SKU, text and vector of every row, in
+    any order), so a run that never holds the vectors (feature parts) fingerprints them alike."""
+    content = hashlib.sha256()
     for region in sorted(data):
         table = data[region]
         for sku, text in zip(table.skus, table.texts, strict=True):
             content.update(f"{region}\x1f{sku}\x1f{text}\x1e".encode())
-        vectors.update(np.ascontiguousarray(table.vectors, dtype=np.float32).tobytes())
+    vectors = hashlib.sha256("".join(f"{r}\x1f{vector_digests[r]}\x1e" for r in sorted(data)).encode())
     return {
         "points": {r: len(data[r]) for r in sorted(data)},
         "content_sha256": content.hexdigest(),
@@ -64,6 +64,7 @@ def reproducibility_record(
     model: str | None,
     model_fingerprint: str | None,
     collection: str | None,
+    vector_digests: Mapping[str, str],
 ) -> dict[str, Any]:
     """JSON-safe record for ``summary["reproducibility"]``: model and its content fingerprint,
     library versions, every matcher parameter (with the determinism grid), the input's fingerprint."""
@@ -73,7 +74,7 @@ def reproducibility_record(
         "collection": collection,
         "libraries": library_versions(),
         "parameters": {**{k: _json_safe(v) for k, v in parameters.items()}, "score_grid": GRID},
-        "input": input_fingerprint(data),
+        "input": input_fingerprint(data, vector_digests),
     }
 
 

@@ -56,6 +56,11 @@ def rows_digest(skus: Sequence[str], texts: Sequence[str], vectors: np.ndarray) 
     return total % 2**64
 
 
+def text_hash(text: str) -> bytes:
+    """16 bytes that stand for a text when distinct texts are counted (no text held whole)."""
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
 def add_digest(a: int, b: int) -> int:
     return (a + b) % 2**64
 
@@ -172,7 +177,7 @@ def write_region_search(
                 continue
             dim = vec.shape[1]
             digest = add_digest(digest, rows_digest(skus, texts, vec))
-            keys = [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts]
+            keys = [text_hash(t) for t in texts]
             table = pa.table(
                 {
                     "sku": pa.array(skus, pa.string()),
@@ -187,7 +192,7 @@ def write_region_search(
             raise ValueError(f"region {region!r} has no rows to search")
         writer.close()
         writer = None
-        code, counts, standing = _distinct(region, pq.read_table(spill, columns=["sku", "key"]))
+        code, counts, standing = distinct_texts(region, pq.read_table(spill, columns=["sku", "key"]))
         total = np.zeros(dim, dtype=np.int64)
         schema = pa.schema([("text", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])
         at = 0
@@ -228,7 +233,7 @@ def write_region_search(
     return RegionSearch.open(folder, region)
 
 
-def _distinct(region: str, rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def distinct_texts(region: str, rows: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per spilled row its distinct-text index (texts numbered by their lowest SKU, ascending, as
     :class:`.canonical.TextSets` numbers them), the rows per text, and which rows stand for a text."""
     order = pc.sort_indices(rows["sku"]).to_numpy()  # UTF-8 byte order = code point order = sorted()

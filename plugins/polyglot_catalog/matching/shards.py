@@ -292,7 +292,17 @@ def sharded_candidates(data: CatalogData, settings: MatchSettings, shards: int, 
     written again first."""
     # the canonical tables' text sets, from the texts alone (no copy of the vectors)
     texts = {r: TextSets.of([t.texts[i] for i in canonical_order(t.skus)]) for r, t in data.items()}
-    plan = plan_shards({r: len(s) for r, s in texts.items()}, shards)
+    plan = search_stale(data, settings, shards, folder, {r: len(s) for r, s in texts.items()})
+    return join_parts(folder, data, texts, settings.k, plan)
+
+
+def search_stale(
+    data: CatalogData, settings: MatchSettings, shards: int, folder: Any, texts: Mapping[str, int]
+) -> list[CandidateShard]:
+    """Plan ``shards`` per region pair over ``texts`` (distinct texts per region) and search every
+    shard whose part in ``folder`` is missing or stale, writing a region's search file again first
+    where it is not from ``data``'s rows. Returns the plan."""
+    plan = plan_shards(texts, shards)
     digests = {r: region_digest(t) for r, t in data.items()}
     folder = ShardFolder.of(folder)
     stale = [s for s in plan if not part_is_current(folder, s, settings, digests)]
@@ -306,7 +316,7 @@ def sharded_candidates(data: CatalogData, settings: MatchSettings, shards: int, 
     for shard in stale:
         map_shard(folder, shard, settings)
     logger.info("candidate search: %d shards, %d searched here, parts in %s", len(plan), len(stale), folder)
-    return join_parts(folder, data, texts, settings.k, plan)
+    return plan
 
 
 def plan_for_store(
@@ -318,9 +328,12 @@ def plan_for_store(
     shards: int | None = None,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
 ) -> tuple[list[CandidateShard], int]:
-    """Write each region's search file into ``folder`` (one streaming pass over the store per region)
-    and plan the shards: ``shards`` per region pair, or the fewest that fit ``memory_budget_mb``
-    (:func:`shards_for_budget`). Returns ``(plan, shards per region pair)``."""
+    """Write each region's search file, rows file and statistics into ``folder`` (two streaming
+    passes over the store per region, :mod:`.feature_parts`) and plan the shards: ``shards`` per
+    region pair, or the fewest that fit ``memory_budget_mb`` (:func:`shards_for_budget`). Returns
+    ``(plan, shards per region pair)``."""
+    from .feature_parts import store_pages, write_region_rows
+
     wanted = list(regions) if regions else store.regions()
     found = {}
     for region in wanted:
@@ -329,6 +342,7 @@ def plan_for_store(
             for payloads, vectors in store.scroll_region(region, with_vectors=True)
         )
         found[region] = write_region_search(region, pages, folder)
+        write_region_rows(region, store_pages(store, region), folder)
     texts = {r: f.texts for r, f in found.items()}
     dim = max((f.dim for f in found.values()), default=0)
     n = shards if shards is not None else shards_for_budget(texts, dim, k, memory_budget_mb)

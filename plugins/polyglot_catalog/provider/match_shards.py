@@ -204,6 +204,7 @@ class MatchShardPlanOperator(BaseOperator):
                 "stop": s.stop,
                 "k": int(self.k),
                 "dir": folder,
+                "regions": sorted({r for x in plan for r in (x.query, x.other)}),
             }
             for s in plan
         ]
@@ -253,3 +254,87 @@ class MatchShardOperator(BaseOperator):
             "searched %s (%d texts) in %.1f s: %s", shard.name, shard.stop - shard.start, seconds, path
         )
         return {"part": str(path), "texts": shard.stop - shard.start, "seconds": seconds}
+
+
+def _shard_of(shard: dict[str, Any]) -> Any:
+    from polyglot_catalog.matching.shards import CandidateShard
+
+    return CandidateShard(str(shard["query"]), str(shard["other"]), int(shard["start"]), int(shard["stop"]))
+
+
+class MatchShardCutsOperator(BaseOperator):
+    """
+    Merge the search parts of every region pair into the cuts the feature tasks read: per text of
+    the pair's second region, the last entry of its merged top-``k`` (so a feature task knows which
+    of its range's reverse proposals survive), and each text's neighbourhood figures.
+
+    Runs once, after every ``MatchShardOperator`` of the run (a skipped search, i.e. an incremental
+    run, skips it too). It holds ``k`` neighbours per text of one region pair at a time.
+
+    :param shards: the plan (``MatchShardPlanOperator``'s output, a list of shard dicts).
+    """
+
+    template_fields: Sequence[str] = ("shards",)
+    ui_color = PolyglotUIColors.MATCH.value
+
+    def __init__(self, *, shards: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shards = shards
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from polyglot_catalog.matching.feature_parts import write_pair_cuts
+
+        dicts = list(self.shards or [])
+        if not dicts:
+            raise AirflowSkipException("no search shards planned (an incremental run, or one shard)")
+        t0 = time.perf_counter()
+        try:
+            plan = [_shard_of(d) for d in dicts]
+            folder = shard_folder(str(dicts[0]["dir"]))
+            pairs = sorted({(s.query, s.other) for s in plan})
+            for ra, rb in pairs:
+                write_pair_cuts(folder, ra, rb, plan, int(dicts[0]["k"]))
+        except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
+            raise AirflowFailException(f"cuts of {len(dicts)} shards: {e}{NOT_RETRIED}") from e
+        seconds = round(time.perf_counter() - t0, 3)
+        self.log.info("cut %d region pairs' search parts in %.1f s", len(pairs), seconds)
+        return {"pairs": len(pairs), "seconds": seconds}
+
+
+class MatchFeatureShardOperator(BaseOperator):
+    """
+    Compute the pair features of one shard of a full match: every candidate pair whose first
+    product's text is in the shard's range, with its features and explanation, written as a Parquet
+    part the match task puts together (it then reads no vectors).
+
+    Mapped over ``MatchShardPlanOperator``'s output like the search, after
+    ``MatchShardCutsOperator``. The task reads the regions' rows and search files and the cuts (no
+    Qdrant connection), keeping only the rows its pairs touch; a retried task replaces its own part.
+
+    :param shard: one dict of the plan (``query``, ``other``, ``start``, ``stop``, ``k``, ``dir``,
+        ``regions``).
+    """
+
+    ui_color = PolyglotUIColors.MATCH.value
+
+    def __init__(self, *, shard: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shard = shard
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from polyglot_catalog.matching.feature_parts import map_features
+        from polyglot_catalog.matching.settings import MatchSettings
+
+        t0 = time.perf_counter()
+        try:
+            shard = _shard_of(self.shard)
+            folder = shard_folder(str(self.shard["dir"]))
+            settings = MatchSettings(k=int(self.shard["k"]))
+            path = map_features(folder, shard, settings, [str(r) for r in self.shard["regions"]])
+        except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
+            raise AirflowFailException(f"shard {self.shard!r}: {e}{NOT_RETRIED}") from e
+        seconds = round(time.perf_counter() - t0, 3)
+        self.log.info("features of %s in %.1f s: %s", shard.name, seconds, path)
+        return {"part": str(path), "seconds": seconds}

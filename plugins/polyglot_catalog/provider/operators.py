@@ -623,8 +623,9 @@ class MatchCatalogOperator(BaseOperator):
     :param shard_dir: folder or object-storage URL of the shards' parts (as
         ``MatchShardPlanOperator``'s). Defaults to a temporary folder. (templated)
     :param shards_from: task id of a ``MatchShardPlanOperator`` whose ``shards`` and ``shard_dir``
-        XComs set the two above (its mapped search tasks wrote the parts); the parts folder is
-        removed once the run is committed. Defaults to None.
+        XComs set the two above (its mapped search and feature tasks wrote the parts, so this task
+        reads no vectors: it puts the pairs' features together, scores and decides); the parts
+        folder is removed once the run is committed. Defaults to None.
     :param conn_id: Airflow connection for Qdrant; when it does not exist the hook uses embedded
         local mode. Defaults to ``qdrant_default``.
     :param kwargs: passed to ``BaseOperator``.
@@ -737,6 +738,7 @@ class MatchCatalogOperator(BaseOperator):
 
             extra["shards"] = int(shards)
             extra["shard_dir"] = shard_folder(shard_dir) if shard_dir else None
+            extra["mapped"] = bool(self.shards_from)  # the DAG's mapped tasks wrote the feature parts
         from polyglot_catalog.errors import describe_endpoint
         from polyglot_catalog.review import reviewed_decisions
         from polyglot_catalog.store import single_region_warning

@@ -1,0 +1,516 @@
+"""The full match's pair features as map tasks over the search shards (#26), so the reduce holds
+pairs, not products.
+
+Why: after the search was sharded (:mod:`.shards`), the reduce still read every product's vector,
+hashed every text into n-grams and extracted every product's evidence to compute the pair features:
+all of it grows with the catalog (~6 KB a product held), and it put the match task above 4 GB near
+300k products per region. The features of a pair depend only on its two products and on
+region-wide statistics, so they split like the search did:
+
+1. **Region rows and statistics** (:func:`write_region_rows`, once per region, with the search
+   file): the products' texts and evidence fields in a Parquet file, numbered in the canonical
+   order (by SKU), and the statistics a pair's features read (each region's n-gram document
+   frequencies, its evidence name frequencies). Counts are sums, so streaming them gives the
+   single task's numbers exactly.
+2. **Cuts** (:func:`write_pair_cuts`, once per region pair, after its search parts): the other
+   side's merged top-``k`` of each text as its ``k``-th entry, so a shard can tell which of its own
+   reverse proposals survive the merge, and each text's neighbourhood figures.
+3. **Feature parts** (:func:`map_features`, one per search shard): the candidate pairs whose
+   side-a text is in the shard's range (its own top-``k`` lists and the reverse proposals that
+   survive the cut), their products' rows, vectors and evidence read from the region files, and
+   :func:`.scoring.pair_features` with the frozen statistics (as an incremental run computes them).
+   A task holds its range, the rows its pairs touch and ~40 B per product of both regions (text
+   numbering), whatever the catalog size.
+
+The reduce (:func:`blocks_from_parts`) puts the parts together in the single task's pair order:
+the same pairs, features and explanations to the last bit (tested), so the same scores and groups.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .blocks import PairBlock
+from .candidates import expand_text_pairs
+from .canonical import TextSets
+from .context import neighbour_figures
+from .data import CatalogData, RegionTable
+from .evidence import extract, idf_from_counts
+from .lexical import frozen_counts, ngram_counts
+from .region_search import RegionSearch, add_digest, distinct_texts, rows_digest, text_hash
+from .scoring import pair_features
+from .settings import MatchSettings
+from .shard_storage import ShardFolder
+from .shards import CandidateShard, part_name, plan_shards
+
+#: The product fields evidence reads besides the text (:func:`.evidence.extract`).
+EVIDENCE_FIELDS = ("title", "brand", "gtin")
+#: Rows per batch when a region's rows are streamed (a few MB of text).
+ROW_BATCH = 16_384
+
+
+def listing_digest(skus: Sequence[str], texts: Sequence[str]) -> int:
+    """:func:`.region_search.rows_digest` of SKUs and texts alone: what a reduce that reads no vectors
+    checks the rows files against (in any order or chunking; added with ``add_digest``)."""
+    return rows_digest(skus, texts, np.zeros((len(skus), 0), dtype=np.float32))
+
+
+def rows_file(region: str) -> str:
+    """``rows-<region>.parquet``: the region's products in canonical order, with their text index."""
+    return f"rows-{region}.parquet"
+
+
+def _stats_file(region: str) -> str:
+    return f"stats-{region}.npz"
+
+
+def cuts_file(ra: str, rb: str) -> str:
+    """``cuts-<ra>-<rb>.npz``: both sides' neighbourhood figures and side b's merged ``k``-th entry."""
+    return f"cuts-{ra}-{rb}.npz"
+
+
+def features_name(shard: CandidateShard) -> str:
+    """``features-<shard>.parquet``: the feature part one shard writes."""
+    return f"features-{shard.name}.parquet"
+
+
+@dataclass(frozen=True)
+class RegionStats:
+    """What a pair's features read of a whole region: its n-gram buckets and their document
+    frequencies over ``rows`` products, and its evidence name document frequencies."""
+
+    rows: int
+    lex_keys: np.ndarray
+    lex_df: np.ndarray
+    names: dict[str, int]
+    listing: str
+
+    @classmethod
+    def open(cls, folder: Any, region: str) -> RegionStats:
+        with ShardFolder.of(folder).open(_stats_file(region)) as f:
+            z = np.load(f, allow_pickle=False)
+            names = json.loads(bytes(z["names"]).decode())
+            return cls(int(z["rows"]), z["lex_keys"], z["lex_df"], names, bytes(z["listing"]).decode())
+
+
+def table_pages(table: RegionTable, rows: int = ROW_BATCH) -> Iterator[tuple[list[str], list[str], dict]]:
+    """``table``'s rows in slices for :func:`write_region_rows`."""
+    for s in range(0, len(table), rows):
+        fields = {f: table.fields[f][s : s + rows] for f in EVIDENCE_FIELDS if f in table.fields}
+        yield table.skus[s : s + rows], table.texts[s : s + rows], fields
+
+
+def store_pages(store: Any, region: str) -> Iterator[tuple[list[str], list[str], dict]]:
+    """One region of a store (no vectors) in pages for :func:`write_region_rows`."""
+    for payloads, _ in store.scroll_region(
+        region, with_vectors=False, payload_fields=["sku", "text", *EVIDENCE_FIELDS]
+    ):
+        fields = {f: [p.get(f) for p in payloads] for f in EVIDENCE_FIELDS}
+        yield [p["sku"] for p in payloads], [p.get("text") or "" for p in payloads], fields
+
+
+def _field_array(values: Sequence[Any]) -> pa.Array:
+    # a field as read (strings; a GTIN may be a number): kept as its text, None where missing
+    return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def write_region_rows(
+    region: str, pages: Iterable[tuple[Sequence[str], Sequence[Any], Mapping]], folder: Any
+) -> int:
+    """Write ``region``'s rows file and statistics from ``pages`` of ``(skus, texts, fields)`` in any
+    order (a store's pages, :func:`store_pages`, or a table's, :func:`table_pages`). Rows are
+    numbered by SKU (the canonical order) and their texts by their lowest SKU, as
+    :class:`.canonical.TextSets` numbers them. Two passes over a local spill: SKUs decide the
+    numbering, then rows are written and counted a batch at a time. Returns the row count.
+
+    Raises:
+        ValueError: a SKU twice in the region, or no rows.
+    """
+    folder = ShardFolder.of(folder)
+    with tempfile.TemporaryDirectory(prefix=f"polyglot-rows-{region}-") as tmp:
+        spill = Path(tmp) / "rows.parquet"
+        writer: pq.ParquetWriter | None = None
+        try:
+            for skus, texts, fields in pages:
+                if not len(skus):
+                    continue
+                bodies = ["" if t is None else str(t) for t in texts]
+                cols = {
+                    "sku": pa.array([str(s) for s in skus], pa.string()),
+                    "key": pa.array([text_hash(t) for t in bodies], pa.binary(16)),
+                    "body": pa.array(bodies, pa.string()),
+                }
+                for name in EVIDENCE_FIELDS:
+                    cols[name] = _field_array(fields.get(name) or [None] * len(skus))
+                table = pa.table(cols)
+                if writer is None:
+                    writer = pq.ParquetWriter(spill, table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"region {region!r} has no rows")
+        keys = pq.read_table(spill, columns=["sku", "key"])
+        product, text = _numbering(region, keys)
+        del keys
+        n = len(product)
+        lex_keys, lex_df = np.zeros(0, np.int32), np.zeros(0, np.int64)
+        names: Counter[str] = Counter()
+        digest = at = 0
+        with folder.writing(rows_file(region)) as f:
+            out: pq.ParquetWriter | None = None
+            try:
+                for batch in pq.ParquetFile(spill).iter_batches(batch_size=ROW_BATCH):
+                    here = slice(at, at + batch.num_rows)
+                    at += batch.num_rows
+                    part = pa.Table.from_batches([batch]).drop_columns(["key"])
+                    part = part.append_column("product", pa.array(product[here])).append_column(
+                        "text", pa.array(text[here])
+                    )
+                    if out is None:
+                        out = pq.ParquetWriter(f, part.schema)
+                    out.write_table(part)
+                    bodies = part["body"].to_pylist()
+                    digest = add_digest(digest, listing_digest(part["sku"].to_pylist(), bodies))
+                    counts = ngram_counts(bodies)
+                    lex_keys, lex_df = _add_counts(lex_keys, lex_df, counts.keys, counts.df)
+                    for ev in _evidence(part):
+                        names.update(ev.names)
+            finally:
+                if out is not None:
+                    out.close()
+    with folder.writing(_stats_file(region)) as f:
+        np.savez(
+            f,
+            rows=np.int64(n),
+            listing=np.frombuffer(f"{digest:016x}".encode(), dtype=np.uint8),
+            lex_keys=lex_keys.astype(np.int32),
+            lex_df=lex_df.astype(np.int32),
+            names=np.frombuffer(json.dumps(dict(sorted(names.items()))).encode(), dtype=np.uint8),
+        )
+    return n
+
+
+def _numbering(region: str, rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per spilled row: its product index (rank by SKU) and its text index (texts numbered by their
+    lowest SKU's row, as the search file numbers them: :func:`.region_search.distinct_texts`)."""
+    text, _, _ = distinct_texts(region, rows)  # also refuses a SKU twice
+    order = pc.sort_indices(rows["sku"]).to_numpy()
+    product = np.empty(len(order), dtype=np.int64)
+    product[order] = np.arange(len(order))
+    return product, text
+
+
+def _add_counts(keys: np.ndarray, df: np.ndarray, more_keys: np.ndarray, more_df: np.ndarray):
+    union = np.union1d(keys, more_keys)
+    total = np.zeros(len(union), dtype=np.int64)
+    total[np.searchsorted(union, keys)] += df
+    total[np.searchsorted(union, more_keys)] += more_df
+    return union, total
+
+
+def _evidence(rows: pa.Table) -> list[Any]:
+    cols = {name: rows[name].to_pylist() for name in ("body", *EVIDENCE_FIELDS)}
+    return [
+        extract(cols["body"][i], title=cols["title"][i], brand=cols["brand"][i], gtin=cols["gtin"][i])
+        for i in range(rows.num_rows)
+    ]
+
+
+def run_idf(folder: Any, regions: Sequence[str]) -> dict[str, float]:
+    """The evidence name IDF over every product of ``regions`` (as :func:`.evidence.idf_weights`)."""
+    stats = [RegionStats.open(folder, r) for r in regions]
+    return idf_from_counts(sum(s.rows for s in stats), sum((Counter(s.names) for s in stats), Counter()))
+
+
+def text_sets(folder: Any, region: str) -> TextSets:
+    """The region's :class:`.canonical.TextSets` from its rows file (product and text indices only)."""
+    with ShardFolder.of(folder).open(rows_file(region)) as f:
+        t = pq.read_table(f, columns=["product", "text"])
+    inverse = np.empty(t.num_rows, dtype=np.int64)
+    inverse[t["product"].to_numpy()] = t["text"].to_numpy()
+    _, rep = np.unique(inverse, return_index=True)
+    return TextSets(rep=rep.astype(np.int64), inverse=inverse)
+
+
+def write_pair_cuts(folder: Any, ra: str, rb: str, plan: Sequence[CandidateShard], k: int) -> None:
+    """Merge the search parts of ``ra``-``rb`` into what the feature parts need: per text of ``rb``
+    its merged top-``k``'s last entry (similarity and ``ra`` text; -inf where it has fewer than
+    ``k``), and per text of either region its radius and floor (:func:`.context.neighbour_figures`).
+    Holds ``k`` entries per text of both regions, parts merged one at a time.
+
+    Raises:
+        ValueError: a text of ``ra`` has no part (a shard did not run).
+    """
+    from .shards import _merge_rows
+
+    folder = ShardFolder.of(folder)
+    n_a, n_b = RegionSearch.open(folder, ra).texts, RegionSearch.open(folder, rb).texts
+    a_sim = np.full((n_a, k), -np.inf)
+    seen = np.zeros(n_a, dtype=bool)
+    b_idx = np.full((n_b, k), -1, dtype=np.int64)
+    b_sim = np.full((n_b, k), -np.inf)
+    for shard in plan:
+        if (shard.query, shard.other) != (ra, rb):
+            continue
+        side0, (t, nb, sim) = _read_part(folder, shard, k)
+        a_sim[shard.start : shard.stop] = side0[1]
+        seen[shard.start : shard.stop] = True
+        idx = np.full((n_b, k), -1, dtype=np.int64)
+        val = np.full((n_b, k), -np.inf)
+        idx[t[0], t[1]], val[t[0], t[1]] = nb, sim
+        b_idx, b_sim = _merge_rows(b_idx, b_sim, idx, val)
+    if n_a and not seen.all():
+        raise ValueError(f"search parts of {ra}<->{rb} in {folder} miss text {int(np.flatnonzero(~seen)[0])}")
+    radius_a, floor_a = neighbour_figures(a_sim)
+    radius_b, floor_b = neighbour_figures(b_sim)
+    full = b_idx[:, -1] >= 0 if k else np.zeros(n_b, dtype=bool)
+    with folder.writing(cuts_file(ra, rb)) as f:
+        np.savez(
+            f,
+            radius_a=radius_a,
+            floor_a=floor_a,
+            radius_b=radius_b,
+            floor_b=floor_b,
+            kth_sim=np.where(full, b_sim[:, -1] if k else -np.inf, -np.inf),
+            kth_idx=np.where(full, b_idx[:, -1] if k else -1, np.iinfo(np.int64).max),
+        )
+
+
+def _read_part(
+    folder: ShardFolder, shard: CandidateShard, k: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]]:
+    """A search part as ``((idx, sim)`` of its range's top-``k``, ``((text, rank), neighbour, sim)``
+    of the other side's proposals)."""
+    with folder.open(part_name(shard)) as f:
+        part = pq.read_table(f)
+    side = part["side"].to_numpy()
+    t, r = part["text"].to_numpy(), part["rank"].to_numpy().astype(np.int64)
+    nb, sim = part["neighbour"].to_numpy(), part["sim"].to_numpy()
+    mine = side == 0
+    n = shard.stop - shard.start
+    idx = np.full((n, k), -1, dtype=np.int64)
+    val = np.full((n, k), -np.inf)
+    idx[t[mine] - shard.start, r[mine]] = nb[mine]
+    val[t[mine] - shard.start, r[mine]] = sim[mine]
+    return (idx, val), ((t[~mine], r[~mine]), nb[~mine], sim[~mine])
+
+
+def map_features(folder: Any, shard: CandidateShard, settings: MatchSettings, regions: Sequence[str]) -> str:
+    """Compute and write the feature part of ``shard``: every candidate pair of its region pair whose
+    side-a text is in its range (the single search's pairs, :func:`.candidates.pairs_from_neighbours`,
+    restricted to the range), with :data:`.scoring.FEATURES` and the explanations. ``regions``: all
+    regions of the run (the evidence IDF is over all of them). Returns where the part is."""
+    folder = ShardFolder.of(folder)
+    ra, rb, k = shard.query, shard.other, settings.k
+    (ab_idx, ab_sim), ((t_b, _), nb_a, sim) = _read_part(folder, shard, k)
+    with folder.open(cuts_file(ra, rb)) as f:
+        cuts = dict(np.load(f, allow_pickle=False))
+    # a reverse proposal survives the merge if it ranks at or above its text's merged k-th entry
+    kth_sim, kth_idx = cuts["kth_sim"][t_b], cuts["kth_idx"][t_b]
+    keep = (nb_a >= 0) & ((sim > kth_sim) | ((sim == kth_sim) & (nb_a <= kth_idx)))
+    sa, sb = text_sets(folder, ra), text_sets(folder, rb)
+    rows_in = np.repeat(np.arange(shard.start, shard.stop), ab_idx.shape[1])
+    ua = np.concatenate([rows_in, nb_a[keep]])
+    ub = np.concatenate([ab_idx.ravel(), t_b[keep]])
+    ok = ub >= 0
+    width = max(len(sb), 1)
+    key = np.unique(ua[ok] * width + ub[ok])
+    ia, ib = expand_text_pairs(key // width, key % width, sa, sb)
+    n_b = max(len(sb.inverse), 1)
+    key = np.unique(ia * n_b + ib)
+    ia, ib = key // n_b, key % n_b
+    rows_a, ia_s = np.unique(ia, return_inverse=True)
+    rows_b, ib_s = np.unique(ib, return_inverse=True)
+    stats = {r: RegionStats.open(folder, r) for r in {ra, rb}}
+    idf = run_idf(folder, regions)
+    side_a = _product_rows(folder, ra, rows_a, sa, settings.center)
+    side_b = _product_rows(folder, rb, rows_b, sb, settings.center)
+    # side a's own top-k lists (its texts are the range's); side b's radius from the cut
+    neigh_a = ab_sim[sa.inverse[rows_a] - shard.start]
+    feats, explain = pair_features(
+        side_a.vectors,
+        side_b.vectors,
+        ia_s,
+        ib_s,
+        neigh_a,
+        cuts["radius_b"][sb.inverse[rows_b]][:, None],
+        (
+            frozen_counts(side_a.texts, stats[ra].lex_keys, stats[ra].lex_df, stats[ra].rows),
+            frozen_counts(side_b.texts, stats[rb].lex_keys, stats[rb].lex_df, stats[rb].rows),
+        ),
+        side_a.evidence,
+        side_b.evidence,
+        idf,
+    )
+    table = pa.Table.from_pandas(feats, preserve_index=False)
+    table = table.append_column("ia", pa.array(ia)).append_column("ib", pa.array(ib))
+    table = table.append_column("explain", pa.array(explain, pa.string()))
+    with folder.writing(features_name(shard)) as f:
+        pq.write_table(table, f)
+    return folder.url(features_name(shard))
+
+
+@dataclass
+class _Rows:
+    texts: list[str]
+    evidence: list[Any]
+    vectors: np.ndarray
+
+
+def _product_rows(folder: ShardFolder, region: str, rows: np.ndarray, sets: TextSets, center: bool) -> _Rows:
+    """Texts, evidence and search vectors of products ``rows`` (sorted), read a batch at a time."""
+    want = np.zeros(len(sets.inverse), dtype=bool)
+    want[rows] = True
+    found: list[pa.Table] = []
+    with folder.open(rows_file(region)) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=ROW_BATCH):
+            mine = want[batch.column("product").to_numpy()]
+            if mine.any():
+                found.append(pa.Table.from_batches([batch]).filter(pa.array(mine)))
+    table = pa.concat_tables(found).sort_by("product") if found else None
+    texts = [] if table is None else table["body"].to_pylist()
+    evidence = [] if table is None else _evidence(table)
+    codes = sets.inverse[rows]
+    vectors = _text_vectors(folder, region, codes, center)
+    return _Rows(texts, evidence, vectors)
+
+
+def _text_vectors(folder: ShardFolder, region: str, codes: np.ndarray, center: bool) -> np.ndarray:
+    """The search vectors (centred as the search centres them) of distinct texts ``codes``."""
+    search = RegionSearch.open(folder, region)
+    uniq, back = np.unique(codes, return_inverse=True)
+    out = np.zeros((len(uniq), search.dim), dtype=np.float32)
+    for idx, vec in search.chunks(center=center):
+        at = np.searchsorted(uniq, idx)
+        hit = (at < len(uniq)) & (uniq[np.minimum(at, len(uniq) - 1)] == idx) if len(uniq) else idx < 0
+        out[at[hit]] = vec[hit]
+    return out[back]
+
+
+def blocks_from_parts(folder: Any, plan: Sequence[CandidateShard], regions: Sequence[str]) -> list[PairBlock]:
+    """Every region pair's :class:`.blocks.PairBlock` (pairs, features, explanations) from ``plan``'s
+    feature parts, in the single task's order (by side-a then side-b product).
+
+    Raises:
+        ValueError: a shard's feature part is missing (its task did not run)."""
+    folder = ShardFolder.of(folder)
+    blocks = []
+    for ra, rb in itertools.combinations(sorted(regions), 2):
+        parts = []
+        for shard in plan:
+            if (shard.query, shard.other) != (ra, rb):
+                continue
+            if not folder.exists(features_name(shard)):
+                raise ValueError(f"feature part of shard {shard.name} is missing in {folder}")
+            with folder.open(features_name(shard)) as f:
+                parts.append(pq.read_table(f))
+        table = pa.concat_tables(parts) if parts else None
+        if table is None or table.num_rows == 0:
+            blocks.append(PairBlock(ra, rb, np.zeros(0, np.int64), np.zeros(0, np.int64), pd.DataFrame(), []))
+            continue
+        ia, ib = table["ia"].to_numpy(), table["ib"].to_numpy()
+        order = np.lexsort((ib, ia))
+        explain = table["explain"].take(pa.array(order)).to_pylist()
+        feats = table.drop_columns(["ia", "ib", "explain"]).take(pa.array(order)).to_pandas()
+        blocks.append(PairBlock(ra, rb, ia[order], ib[order], feats, explain))
+    return blocks
+
+
+def pair_figures(folder: Any, regions: Sequence[str]) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """Per (region, other region) each product's radius and floor (what the match context keeps),
+    from the cuts files."""
+    folder = ShardFolder.of(folder)
+    sets = {r: text_sets(folder, r) for r in regions}
+    out = {}
+    for ra, rb in itertools.combinations(sorted(regions), 2):
+        with folder.open(cuts_file(ra, rb)) as f:
+            z = np.load(f, allow_pickle=False)
+            out[(ra, rb)] = (z["radius_a"][sets[ra].inverse], z["floor_a"][sets[ra].inverse])
+            out[(rb, ra)] = (z["radius_b"][sets[rb].inverse], z["floor_b"][sets[rb].inverse])
+    return out
+
+
+@dataclass
+class ShardedFeatures:
+    """What the reduce takes from the map tasks in place of its own search and features: the blocks,
+    each product's neighbourhood figures, the statistics an incremental run freezes (n-gram document
+    frequencies, evidence IDF), the region means and the regions' vector digests."""
+
+    blocks: list[PairBlock]
+    figures: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]
+    lex_stats: dict[str, tuple[np.ndarray, np.ndarray]]
+    idf: dict[str, float]
+    means: dict[str, np.ndarray | None]
+    digests: dict[str, str]
+
+
+def read_features(
+    folder: Any, plan: Sequence[CandidateShard], regions: Sequence[str], center: bool
+) -> ShardedFeatures:
+    """The map tasks' output in ``folder`` for the reduce (:func:`.pipeline.match_tables`)."""
+    folder = ShardFolder.of(folder)
+    stats = {r: RegionStats.open(folder, r) for r in regions}
+    search = {r: RegionSearch.open(folder, r) for r in regions}
+    return ShardedFeatures(
+        blocks=blocks_from_parts(folder, plan, regions),
+        figures=pair_figures(folder, regions),
+        lex_stats={r: (s.lex_keys, s.lex_df) for r, s in stats.items()},
+        idf=run_idf(folder, regions),
+        means={r: s.mean for r, s in search.items()} if center else {},
+        digests={r: s.digest for r, s in search.items()},
+    )
+
+
+def read_mapped(data: CatalogData, *, folder: Any, shards: int, center: bool) -> ShardedFeatures:
+    """:func:`read_features` of the plan the map tasks ran (``shards`` per region pair over the
+    search files' texts), for ``data``'s regions."""
+    regions = sorted(data)
+    texts = {r: RegionSearch.open(folder, r).texts for r in regions}
+    return read_features(folder, plan_shards(texts, shards), regions, center)
+
+
+def check_listings(folder: Any, data: CatalogData) -> str | None:
+    """Why the rows files in ``folder`` are not from ``data``'s SKUs and texts (the catalog changed
+    since the plan), or None when they are."""
+    folder = ShardFolder.of(folder)
+    for r, t in sorted(data.items()):
+        try:
+            want = RegionStats.open(folder, r).listing
+        except FileNotFoundError:
+            return f"no rows file of region {r} in {folder}"
+        if want != f"{listing_digest(t.skus, t.texts):016x}":
+            return f"region {r} changed since the plan wrote its rows file"
+    return None
+
+
+def sharded_features(data: CatalogData, settings: MatchSettings, shards: int, folder: Any) -> ShardedFeatures:
+    """The map tasks and the cuts in one process (``match --shards N``), then :func:`read_features`:
+    search every stale shard (:func:`.shards.search_stale`), write each region's rows file and
+    statistics, each region pair's cuts and each shard's feature part. ``data``: the tables as read."""
+    from .shards import search_stale
+
+    regions = sorted(data)
+    texts = {r: len(set(t.texts)) for r, t in data.items()}
+    plan = search_stale(data, settings, shards, folder, texts)
+    for r in regions:
+        write_region_rows(r, table_pages(data[r]), folder)
+    for ra, rb in itertools.combinations(regions, 2):
+        write_pair_cuts(folder, ra, rb, plan, settings.k)
+    for shard in plan:
+        map_features(folder, shard, settings, regions)
+    return read_features(folder, plan, regions, settings.center)
