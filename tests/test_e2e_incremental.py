@@ -648,11 +648,14 @@ def _task_states(run) -> dict[str, list[tuple[int, str]]]:
 
 
 def test_the_full_rematch_searched_in_mapped_shards_and_incremental_nights_mapped_none(nights):
-    """shards=2: each of the 3 region pairs in 2 mapped search tasks, joined by the match
-    task; night 2 (incremental) plans none, its search is skipped and its match still runs."""
+    """shards=2: each of the 3 region pairs in 2 mapped search tasks, cut, then 2 mapped feature
+    tasks, put together by the match task; night 2 (incremental) plans none, its search and
+    feature tasks are skipped and its match still runs."""
     full = _task_states(nights["runs"]["full"])
     assert full["plan_search_shards"] == [(-1, "success")]
     assert full["search_shard"] == [(i, "success") for i in range(6)]
+    assert full["cut_search_parts"] == [(-1, "success")]
+    assert full["feature_shard"] == [(i, "success") for i in range(6)]
     assert full["match_regions"] == [(-1, "success")]
     summary = nights["full"]["summary"]
     assert summary["candidates_path"] == "exact (shards)"
@@ -661,5 +664,6 @@ def test_the_full_rematch_searched_in_mapped_shards_and_incremental_nights_mappe
     assert not list((nights["data_dir"] / "match_shards").glob("*/*.parquet"))
     for name in ("night1", "night2"):  # a small first run fits one shard; an incremental one needs none
         states = _task_states(nights["runs"][name])
-        assert states["search_shard"] == [(-1, "skipped")], name
+        for mapped in ("search_shard", "cut_search_parts", "feature_shard"):
+            assert states[mapped] == [(-1, "skipped")], (name, mapped)
         assert states["match_regions"] == [(-1, "success")], name

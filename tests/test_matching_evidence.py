@@ -92,3 +92,19 @@ def test_evidence_is_compact_and_cannot_be_changed_by_a_later_stage() -> None:
     # set algebra across evidences works as before (compare relies on it)
     other = extract("KALLAX Regal 77x147 cm, Artikel 802-758-87")
     assert ev.codes & other.codes == {"80275887"}
+
+
+@pytest.mark.parametrize(
+    "text, kw",
+    [
+        ("Tisch Eiche 60x120 cm, 23 5/8 in, AB-1234 802.758.87", {"title": "Ödla", "brand": "IKEA"}),
+        ("lampe 40 W 230 V blanc", {"gtin": "4006381333931"}),
+        ("", {}),
+    ],
+)
+def test_evidence_stored_as_json_comes_back_exactly(text: str, kw: dict) -> None:
+    from polyglot_catalog.matching.evidence import evidence_from_json, evidence_json
+
+    ev = extract(text, **kw)
+    back = evidence_from_json(evidence_json(ev))
+    assert back == ev and [q.value for q in back.quantities] == [q.value for q in ev.quantities]

@@ -7,6 +7,7 @@ on a US page meet as the same lengths.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
@@ -179,6 +180,32 @@ def extract(
     codes = {re.sub(r"[.\-/]", "", t).upper() for t in toks if _CODE_RE.match(t)}
     return TextEvidence(
         tuple(extract_quantities(full)), _frozen(codes), _frozen(names - codes), normalise_gtin(gtin)
+    )
+
+
+def evidence_json(ev: TextEvidence) -> str:
+    """``ev`` as JSON (floats as their shortest repr, so :func:`evidence_from_json` gives it back
+    exactly): what a plan stores once per product for the feature tasks (:mod:`.feature_parts`)."""
+    return json.dumps(
+        {
+            "q": [[q.dimension, q.value] for q in ev.quantities],
+            "c": sorted(ev.codes),
+            "n": sorted(ev.names),
+            "g": ev.gtin,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def evidence_from_json(text: str) -> TextEvidence:
+    """The :class:`TextEvidence` :func:`evidence_json` wrote."""
+    d = json.loads(text)
+    return TextEvidence(
+        tuple(Quantity(dim, float(v)) for dim, v in d["q"]),
+        _frozen(set(d["c"])),
+        _frozen(set(d["n"])),
+        d["g"],
     )
 
 

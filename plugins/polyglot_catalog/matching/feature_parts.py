@@ -48,8 +48,8 @@ from .candidates import expand_text_pairs
 from .canonical import TextSets
 from .context import neighbour_figures
 from .data import CatalogData, RegionTable
-from .evidence import extract, idf_from_counts
-from .lexical import frozen_counts, ngram_counts
+from .evidence import evidence_from_json, evidence_json, extract, idf_from_counts
+from .lexical import NgramCounts, ngram_counts
 from .region_search import RegionSearch, add_digest, distinct_texts, rows_digest, text_hash
 from .scoring import pair_features
 from .settings import MatchSettings
@@ -177,19 +177,34 @@ def write_region_rows(
                 for batch in pq.ParquetFile(spill).iter_batches(batch_size=ROW_BATCH):
                     here = slice(at, at + batch.num_rows)
                     at += batch.num_rows
-                    part = pa.Table.from_batches([batch]).drop_columns(["key"])
-                    part = part.append_column("product", pa.array(product[here])).append_column(
-                        "text", pa.array(text[here])
-                    )
-                    if out is None:
-                        out = pq.ParquetWriter(f, part.schema)
-                    out.write_table(part)
+                    part = pa.Table.from_batches([batch])
                     bodies = part["body"].to_pylist()
                     digest = add_digest(digest, listing_digest(part["sku"].to_pylist(), bodies))
                     counts = ngram_counts(bodies)
                     lex_keys, lex_df = _add_counts(lex_keys, lex_df, counts.keys, counts.df)
-                    for ev in _evidence(part):
+                    evidence = _evidence(part)
+                    for ev in evidence:
                         names.update(ev.names)
+                    tf = (
+                        counts.tf
+                    )  # CSR over the batch's buckets: stored as bucket ids, as every region has them
+                    part = pa.table(
+                        {
+                            "product": pa.array(product[here]),
+                            "text": pa.array(text[here]),
+                            "sku": part["sku"],
+                            "ngram_keys": pa.ListArray.from_arrays(
+                                pa.array(tf.indptr.astype(np.int32)), pa.array(counts.keys[tf.indices])
+                            ),
+                            "ngram_tf": pa.ListArray.from_arrays(
+                                pa.array(tf.indptr.astype(np.int32)), pa.array(tf.data)
+                            ),
+                            "evidence": pa.array([evidence_json(ev) for ev in evidence], pa.string()),
+                        }
+                    )
+                    if out is None:
+                        out = pq.ParquetWriter(f, part.schema)
+                    out.write_table(part)
             finally:
                 if out is not None:
                     out.close()
@@ -338,8 +353,8 @@ def map_features(folder: Any, shard: CandidateShard, settings: MatchSettings, re
     rows_b, ib_s = np.unique(ib, return_inverse=True)
     stats = {r: RegionStats.open(folder, r) for r in {ra, rb}}
     idf = run_idf(folder, regions)
-    side_a = _product_rows(folder, ra, rows_a, sa, settings.center)
-    side_b = _product_rows(folder, rb, rows_b, sb, settings.center)
+    side_a = _product_rows(folder, ra, rows_a, sa, stats[ra], settings.center)
+    side_b = _product_rows(folder, rb, rows_b, sb, stats[rb], settings.center)
     # side a's own top-k lists (its texts are the range's); side b's radius from the cut
     neigh_a = ab_sim[sa.inverse[rows_a] - shard.start]
     feats, explain = pair_features(
@@ -349,10 +364,7 @@ def map_features(folder: Any, shard: CandidateShard, settings: MatchSettings, re
         ib_s,
         neigh_a,
         cuts["radius_b"][sb.inverse[rows_b]][:, None],
-        (
-            frozen_counts(side_a.texts, stats[ra].lex_keys, stats[ra].lex_df, stats[ra].rows),
-            frozen_counts(side_b.texts, stats[rb].lex_keys, stats[rb].lex_df, stats[rb].rows),
-        ),
+        (side_a.ngrams, side_b.ngrams),
         side_a.evidence,
         side_b.evidence,
         idf,
@@ -367,27 +379,41 @@ def map_features(folder: Any, shard: CandidateShard, settings: MatchSettings, re
 
 @dataclass
 class _Rows:
-    texts: list[str]
+    ngrams: NgramCounts
     evidence: list[Any]
     vectors: np.ndarray
 
 
-def _product_rows(folder: ShardFolder, region: str, rows: np.ndarray, sets: TextSets, center: bool) -> _Rows:
-    """Texts, evidence and search vectors of products ``rows`` (sorted), read a batch at a time."""
+def _product_rows(
+    folder: ShardFolder, region: str, rows: np.ndarray, sets: TextSets, stats: RegionStats, center: bool
+) -> _Rows:
+    """N-gram counts (against the region's document frequencies), evidence and search vectors of
+    products ``rows`` (sorted), read a batch at a time: what the plan computed, not computed again."""
+    from scipy.sparse import csr_matrix
+
     want = np.zeros(len(sets.inverse), dtype=bool)
     want[rows] = True
     found: list[pa.Table] = []
     with folder.open(rows_file(region)) as f:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=ROW_BATCH):
+        for batch in pq.ParquetFile(f).iter_batches(
+            batch_size=ROW_BATCH, columns=["product", "ngram_keys", "ngram_tf", "evidence"]
+        ):
             mine = want[batch.column("product").to_numpy()]
             if mine.any():
                 found.append(pa.Table.from_batches([batch]).filter(pa.array(mine)))
     table = pa.concat_tables(found).sort_by("product") if found else None
-    texts = [] if table is None else table["body"].to_pylist()
-    evidence = [] if table is None else _evidence(table)
-    codes = sets.inverse[rows]
-    vectors = _text_vectors(folder, region, codes, center)
-    return _Rows(texts, evidence, vectors)
+    if table is None:
+        tf = csr_matrix((0, len(stats.lex_keys)), dtype=np.float32)
+        evidence: list[Any] = []
+    else:
+        keys, data = table["ngram_keys"].combine_chunks(), table["ngram_tf"].combine_chunks()
+        cols = np.searchsorted(stats.lex_keys, keys.flatten().to_numpy()).astype(np.int32)
+        shape = (table.num_rows, len(stats.lex_keys))
+        tf = csr_matrix((data.flatten().to_numpy(), cols, keys.offsets.to_numpy()), shape=shape)
+        evidence = [evidence_from_json(e) for e in table["evidence"].to_pylist()]
+    ngrams = NgramCounts(tf, stats.lex_keys, stats.lex_df, size=stats.rows)
+    vectors = _text_vectors(folder, region, sets.inverse[rows], center)
+    return _Rows(ngrams, evidence, vectors)
 
 
 def _text_vectors(folder: ShardFolder, region: str, codes: np.ndarray, center: bool) -> np.ndarray:
