@@ -430,30 +430,44 @@ def _text_vectors(folder: ShardFolder, region: str, codes: np.ndarray, center: b
 
 def blocks_from_parts(folder: Any, plan: Sequence[CandidateShard], regions: Sequence[str]) -> list[PairBlock]:
     """Every region pair's :class:`.blocks.PairBlock` (pairs, features, explanations) from ``plan``'s
-    feature parts, in the single task's order (by side-a then side-b product).
+    feature parts, in the single task's order (by side-a then side-b product). Read a part at a
+    time into NumPy columns; each distinct explanation becomes one string object the pairs share
+    (as the single task's features give them: ~90% of pairs repeat a few sentences).
 
     Raises:
         ValueError: a shard's feature part is missing (its task did not run)."""
     folder = ShardFolder.of(folder)
     blocks = []
     for ra, rb in itertools.combinations(sorted(regions), 2):
-        parts = []
+        ia, ib, codes, cols = [], [], [], {}
+        words: dict[str, int] = {}
         for shard in plan:
             if (shard.query, shard.other) != (ra, rb):
                 continue
             if not folder.exists(features_name(shard)):
                 raise ValueError(f"feature part of shard {shard.name} is missing in {folder}")
             with folder.open(features_name(shard)) as f:
-                parts.append(pq.read_table(f))
-        table = pa.concat_tables(parts) if parts else None
-        if table is None or table.num_rows == 0:
+                part = pq.read_table(f)
+            ia.append(part["ia"].to_numpy())
+            ib.append(part["ib"].to_numpy())
+            for name in part.column_names:
+                if name not in ("ia", "ib", "explain"):
+                    cols.setdefault(name, []).append(part[name].to_numpy())
+            said = part["explain"].combine_chunks().dictionary_encode()
+            local = np.array([words.setdefault(w, len(words)) for w in said.dictionary.to_pylist()], np.int64)
+            codes.append(local[said.indices.to_numpy()] if len(local) else np.zeros(0, np.int64))
+            del part, said
+        if not ia or not sum(len(x) for x in ia):
             blocks.append(PairBlock(ra, rb, np.zeros(0, np.int64), np.zeros(0, np.int64), pd.DataFrame(), []))
             continue
-        ia, ib = table["ia"].to_numpy(), table["ib"].to_numpy()
-        order = np.lexsort((ib, ia))
-        explain = table["explain"].take(pa.array(order)).to_pylist()
-        feats = table.drop_columns(["ia", "ib", "explain"]).take(pa.array(order)).to_pandas()
-        blocks.append(PairBlock(ra, rb, ia[order], ib[order], feats, explain))
+        a, b = np.concatenate(ia), np.concatenate(ib)
+        order = np.lexsort((b, a))
+        feats = pd.DataFrame({name: np.concatenate(parts)[order] for name, parts in cols.items()})
+        text = list(words)
+        explain = [text[i] for i in np.concatenate(codes)[order]]
+        blocks.append(PairBlock(ra, rb, a[order], b[order], feats, explain))
+        del ia, ib, codes, cols
+        pa.default_memory_pool().release_unused()  # the parts' Arrow buffers, before the next pair
     return blocks
 
 
