@@ -86,20 +86,50 @@ def plan_shards(texts: Mapping[str, int], shards: int) -> list[CandidateShard]:
 def shards_for_budget(
     texts: Mapping[str, int], dim: int, k: int, memory_budget_mb: float, chunk_rows: int = DEFAULT_CHUNK_ROWS
 ) -> int:
-    """Shards per region pair so that one map task fits ``memory_budget_mb``: a fixed part (the
-    interpreter and libraries, one chunk of the other region and its similarity blocks) and, per
-    text of its range, the vector and the running proposals (about 60 B per kept neighbour). The
-    other region is streamed, so its size does not count."""
+    """Shards per region pair so that one search task and one feature task fit ``memory_budget_mb``.
+
+    A search task: a fixed part (the interpreter and libraries, one chunk of the other region and
+    its similarity blocks) and, per text of its range, the vector and the running proposals (about
+    60 B per kept neighbour); the other region is streamed, so its size does not count. A feature
+    task (:func:`feature_task_mb`): the rows its pairs touch, up to ``2k`` per text of its range but
+    never more than the other region has."""
     largest = max(texts.values(), default=0)
     wide = k + CANDIDATE_SLACK
     fixed = TASK_BASE_MB + chunk_rows * (3 * dim * 4 + 60 * wide) / 2**20 + BLOCK_MB
     per_text = (2 * dim * 4 + 60 * (k + wide)) / 2**20
-    room = memory_budget_mb - fixed
+    room = memory_budget_mb - max(fixed, FEATURE_BASE_MB)
     if room <= 0:
         raise ValueError(
-            f"memory_budget_mb={memory_budget_mb} is below one search task's fixed part ({fixed:.0f} MB)"
+            f"memory_budget_mb={memory_budget_mb} is below one search task's fixed part "
+            f"({max(fixed, FEATURE_BASE_MB):.0f} MB)"
         )
-    return max(1, math.ceil(largest * per_text / room))
+    n = max(1, math.ceil(largest * per_text / room))
+    pairs = list(itertools.combinations(sorted(texts), 2))
+    while any(
+        feature_task_mb(math.ceil(texts[q] / n), texts[o], dim, k) > memory_budget_mb for q, o in pairs
+    ) and n < largest:
+        n = max(n + 1, math.ceil(n * 1.1))
+    return n
+
+
+#: A feature task's memory besides the rows and pairs it holds: interpreter, libraries and one
+#: row group of a search file being read (*measured* ~550 MB at 30k x 3 synthetic, 384-d).
+FEATURE_BASE_MB = 600
+#: Per product row a feature task reads, besides its vector (``2 x dim x 4`` B: the read and the
+#: centred copy): its n-gram counts and evidence (*measured* ~2.3 KB with the vectors at 5.3 KB).
+FEATURE_ROW_KB = 2.5
+#: Per candidate pair a feature task writes: features, ids, explanation, temporaries.
+FEATURE_PAIR_KB = 0.25
+
+
+def feature_task_mb(range_texts: int, other_texts: int, dim: int, k: int) -> float:
+    """Memory of a feature task (:mod:`.feature_parts`) over ``range_texts`` texts against a region
+    of ``other_texts``: its pairs (about ``2k`` per text: its top-``k`` and the reverse lists) and
+    their products' rows (the range's, and the other side's, at most the whole other region)."""
+    pairs = 2 * k * range_texts
+    rows = range_texts + min(other_texts, pairs)
+    row_kb = 2 * dim * 4 / 1024 + FEATURE_ROW_KB
+    return FEATURE_BASE_MB + (rows * row_kb + pairs * FEATURE_PAIR_KB) / 1024
 
 
 def map_shard(
