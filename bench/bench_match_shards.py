@@ -5,15 +5,18 @@ Every task runs in a fresh subprocess, so each peak RSS (VmHWM) is that task's o
 - **one task**: ``match_catalog`` on the whole catalog (exact path), as ``match_regions`` runs it
   without shards;
 - **prepare**: what the ``plan_search_shards`` task does besides planning: each region's search
-  file (its distinct texts' vectors, the exact mean), streamed from the stored rows in pages;
+  file (its distinct texts' vectors, the exact mean) and rows file with its statistics
+  (:mod:`polyglot_catalog.matching.feature_parts`), streamed from the stored rows in pages;
 - **map**: each search shard as its own process, doing what one Airflow ``search_shard`` task does:
   read its range of texts and the other region in chunks from the search files, search, write its
-  Parquet part. At parallelism 1 (one after another) and 2 (two at a time, into another folder);
-- **reduce**: ``match_catalog(shards=S, shard_dir=...)`` with every part current, so it only joins
-  them and runs features, scores, decisions and groups (``match_regions`` after the mapped tasks).
+  Parquet part; then the ``cut_search_parts`` task; then each shard's ``feature_shard`` task (its
+  pairs' features from the rows and search files). At parallelism 1 (one after another) and 2 (two
+  at a time, into another folder);
+- **reduce**: what ``match_regions`` does after the mapped tasks: the tables without vectors (as it
+  reads them from the store), the feature parts put together, scores, decisions and groups.
 
 Printed: whether both runs accept the same pairs and form the same groups, the peak RSS of each kind
-of task, wall time at parallelism 1 and 2 (map phase + reduce) against the one task, and the
+of task, wall time at parallelism 1 and 2 (map phases + reduce) against the one task, and the
 reduce's share of it. Data: generated once, kept per region in ``.npz`` files the tasks load.
 
     python bench/bench_match_shards.py [--n 50000] [--shards 4] [--no-append]
@@ -58,13 +61,16 @@ def _write_catalog(n: int, folder: Path) -> None:
         )
 
 
-def _load(folder: Path, regions: list[str]) -> dict:
+def _load(folder: Path, regions: list[str], vectors: bool = True) -> dict:
+    """The tables; ``vectors=False`` as the match task reads them after feature tasks (none loaded)."""
     from polyglot_catalog.matching.data import RegionTable
 
     out = {}
     for r in regions:
         z = np.load(folder / f"{r}.npz", allow_pickle=True)
-        out[r] = RegionTable(r, z["skus"].tolist(), z["texts"].tolist(), z["vectors"])
+        skus = z["skus"].tolist()
+        vec = z["vectors"] if vectors else np.zeros((len(skus), 0), dtype=np.float32)
+        out[r] = RegionTable(r, skus, z["texts"].tolist(), vec)
     return out
 
 
@@ -82,10 +88,19 @@ def _groups(result) -> list[frozenset]:
 
 
 def _child(args: argparse.Namespace) -> None:
-    from polyglot_catalog.matching.pipeline import match_catalog
+    import functools
+
+    from polyglot_catalog.matching.feature_parts import (
+        map_features,
+        read_mapped,
+        write_pair_cuts,
+        write_region_rows,
+    )
+    from polyglot_catalog.matching.inputs import MatchInputs
+    from polyglot_catalog.matching.pipeline import match_catalog, match_tables
     from polyglot_catalog.matching.region_search import write_region_search
     from polyglot_catalog.matching.settings import MatchSettings
-    from polyglot_catalog.matching.shards import CandidateShard, map_shard
+    from polyglot_catalog.matching.shards import CandidateShard, map_shard, plan_shards
 
     data_dir, out = Path(args.data), Path(args.out)
     t0 = time.perf_counter()
@@ -101,15 +116,30 @@ def _child(args: argparse.Namespace) -> None:
                 for i in range(0, len(skus), 1024)
             )
             texts[r] = write_region_search(r, pages, args.parts).texts
+            rows = (
+                (skus[i : i + 1024].tolist(), txt[i : i + 1024].tolist(), {})
+                for i in range(0, len(skus), 1024)
+            )
+            write_region_rows(r, rows, args.parts)
             del skus, txt, vec
         (out.with_suffix(".texts")).write_text(json.dumps(texts))
-    elif args.child == "map":
+    elif args.child in ("map", "features"):
         q, o, start, stop = args.shard.split(":")
-        map_shard(args.parts, CandidateShard(q, o, int(start), int(stop)), MatchSettings(k=10))
+        work = (
+            map_shard if args.child == "map" else functools.partial(map_features, regions=["DE", "FR", "US"])
+        )
+        work(args.parts, CandidateShard(q, o, int(start), int(stop)), MatchSettings(k=10))
+    elif args.child == "cuts":
+        texts = json.loads(Path(args.texts).read_text())
+        plan = plan_shards(texts, args.shards)
+        for ra, rb in sorted({(s.query, s.other) for s in plan}):
+            write_pair_cuts(args.parts, ra, rb, plan, 10)
+    elif args.child == "reduce":  # as match_regions: the rows without vectors, the parts put together
+        data = _load(data_dir, ["DE", "FR", "US"], vectors=False)
+        features = functools.partial(read_mapped, folder=args.parts, shards=args.shards, center=True)
+        result = match_tables(MatchInputs(data, None), MatchSettings(k=10), features=features)
     else:
-        data = _load(data_dir, ["DE", "FR", "US"])
-        extra = {"shards": args.shards, "shard_dir": args.parts} if args.child == "reduce" else {}
-        result = match_catalog(data, k=10, sentences=None, **extra)
+        result = match_catalog(_load(data_dir, ["DE", "FR", "US"]), k=10, sentences=None)
     figures = {"seconds": time.perf_counter() - t0, "peak_mb": _hwm_mb()}
     if result is not None:
         figures["timings"] = result.summary["timings"]
@@ -123,21 +153,37 @@ def _run(kind: str, work: Path, args: argparse.Namespace, tag: str, *extra: str)
     return subprocess.Popen(cmd)
 
 
-def _maps(work: Path, args: argparse.Namespace, plan: list, parts: Path, parallel: int) -> tuple[float, list]:
+def _maps(
+    work: Path, args: argparse.Namespace, plan: list, parts: Path, parallel: int, kind: str = "map"
+) -> tuple[float, list]:
     t0 = time.perf_counter()
     running: list[tuple[subprocess.Popen, str]] = []
     tags = []
     for i, s in enumerate(plan):
-        tag = f"map-{parallel}-{i}.json"
+        tag = f"{kind}-{parallel}-{i}.json"
         tags.append(tag)
         spec = f"{s.query}:{s.other}:{s.start}:{s.stop}"
-        running.append((_run("map", work, args, tag, "--shard", spec, "--parts", str(parts)), tag))
+        running.append((_run(kind, work, args, tag, "--shard", spec, "--parts", str(parts)), tag))
         while len([p for p, _ in running if p.poll() is None]) >= parallel:
             time.sleep(0.05)
     for p, _ in running:
         if p.wait() != 0:
-            raise SystemExit("a map task failed")
+            raise SystemExit(f"a {kind} task failed")
     return time.perf_counter() - t0, [json.loads((work / t).read_text()) for t in tags]
+
+
+def _map_phases(
+    work: Path, args: argparse.Namespace, plan: list, parts: Path, parallel: int
+) -> tuple[float, dict]:
+    """Search tasks, the cuts task, feature tasks, as the DAG runs them: wall seconds, each kind's figures."""
+    search_s, search = _maps(work, args, plan, parts, parallel)
+    tag = f"cuts-{parallel}.json"
+    extra = ("--parts", str(parts), "--texts", str(work / "prepare.texts"))
+    if _run("cuts", work, args, tag, *extra).wait() != 0:
+        raise SystemExit("the cuts task failed")
+    cuts = json.loads((work / tag).read_text())
+    feat_s, feats = _maps(work, args, plan, parts, parallel, "features")
+    return search_s + cuts["seconds"] + feat_s, {"search": search, "cuts": cuts, "features": feats}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--maps-only", type=int, default=None, help="run only the first M map tasks")
-    parser.add_argument("--child", choices=["one", "prepare", "map", "reduce"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=["one", "prepare", "map", "cuts", "features", "reduce"], help=argparse.SUPPRESS
+    )
+    parser.add_argument("--texts", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--shard", help=argparse.SUPPRESS)
@@ -176,8 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         if _run("one", work, args, "one.json").wait() != 0:
             raise SystemExit("the one-task run failed")
         one = json.loads((work / "one.json").read_text())
-        map1_s, maps1 = _maps(work, args, plan, work / "parts1", 1)
-        map2_s, maps2 = _maps(work, args, plan, work / "parts2", 2)
+        map1_s, phase1 = _map_phases(work, args, plan, work / "parts1", 1)
+        map2_s, phase2 = _map_phases(work, args, plan, work / "parts2", 2)
         p = _run("reduce", work, args, "reduce.json", "--parts", str(work / "parts1"))
         if p.wait() != 0:
             raise SystemExit("the reduce failed")
@@ -186,22 +235,30 @@ def main(argv: list[str] | None = None) -> None:
         pairs_red, groups_red = pickle.loads((work / "reduce.pairs").read_bytes())
     same_pairs, same_groups = pairs_one == pairs_red, groups_one == groups_red
     wall1, wall2 = prep["seconds"] + map1_s + red["seconds"], prep["seconds"] + map2_s + red["seconds"]
+    maps1, cuts = phase1["search"], phase1["cuts"]
     map_peak = max(m["peak_mb"] for m in maps1)
+    feat_peak = max(m["peak_mb"] for m in phase1["features"])
     per_map = [m["seconds"] for m in maps1]
+    per_feat = [m["seconds"] for m in phase1["features"]]
     body = "\n".join(
         [
             f"3 regions x {args.n:,} products (bench/_synth.py), k=10, exact search, no sentence vectors; "
-            f"{args.shards} shards per region pair = {len(plan)} map tasks. Each task a fresh "
-            "process (wall times include its start, ~1 s of imports; task seconds do not).",
+            f"{args.shards} shards per region pair = {len(plan)} search tasks and {len(plan)} feature tasks. "
+            "Each task a fresh process (wall times include its start, ~1 s of imports; task seconds do not).",
             "",
             "| run | wall s | peak RSS MB (per task) | stage seconds |",
             "|---|---|---|---|",
             f"| one task | {one['seconds']:.1f} | {one['peak_mb']:.0f} | `{json.dumps(one['timings'])}` |",
-            f"| prepare (3 regions' search files) | {prep['seconds']:.1f} | {prep['peak_mb']:.0f} | |",
-            f"| map tasks, parallelism 1 | {map1_s:.1f} | {map_peak:.0f} (max of {len(maps1)}) | "
+            f"| prepare (search and rows files) | {prep['seconds']:.1f} | {prep['peak_mb']:.0f} | |",
+            f"| search tasks | | {map_peak:.0f} (max of {len(maps1)}) | "
             f"per task {min(per_map):.1f}-{max(per_map):.1f} s, sum {sum(per_map):.1f} s |",
-            f"| map tasks, parallelism 2 | {map2_s:.1f} | {max(m['peak_mb'] for m in maps2):.0f} | |",
-            f"| reduce (join, features, scores, decisions, groups) | {red['seconds']:.1f} | "
+            f"| cuts task (3 region pairs) | | {cuts['peak_mb']:.0f} | {cuts['seconds']:.1f} s |",
+            f"| feature tasks | | {feat_peak:.0f} (max of {len(per_feat)}) | "
+            f"per task {min(per_feat):.1f}-{max(per_feat):.1f} s, sum {sum(per_feat):.1f} s |",
+            f"| all map phases, parallelism 1 | {map1_s:.1f} | | |",
+            f"| all map phases, parallelism 2 | {map2_s:.1f} | "
+            f"{max(m['peak_mb'] for m in [*phase2['search'], *phase2['features']]):.0f} | |",
+            f"| reduce (parts put together, scores, decisions, groups; no vectors) | {red['seconds']:.1f} | "
             f"{red['peak_mb']:.0f} | "
             f"`{json.dumps(red['timings'])}` |",
             "",
@@ -210,12 +267,12 @@ def main(argv: list[str] | None = None) -> None:
             f"Wall time, prepare + maps + reduce / one task: parallelism 1 **{wall1 / one['seconds']:.2f}**, "
             f"parallelism 2 **{wall2 / one['seconds']:.2f}**; the reduce is {red['seconds'] / wall1:.0%} "
             f"(p=1) / {red['seconds'] / wall2:.0%} (p=2) of the sharded wall time.",
-            f"Per-task peak RSS: map {map_peak:.0f} MB, reduce {red['peak_mb']:.0f} MB, one task "
-            f"{one['peak_mb']:.0f} MB.",
+            f"Per-task peak RSS: search {map_peak:.0f} MB, features {feat_peak:.0f} MB, cuts "
+            f"{cuts['peak_mb']:.0f} MB, reduce {red['peak_mb']:.0f} MB, one task {one['peak_mb']:.0f} MB.",
         ]
     )
     publish(
-        "Full match as mapped search shards vs one task",
+        "Full match as mapped search and feature shards vs one task",
         Path(__file__).name,
         argv if argv is not None else sys.argv[1:],
         body,
