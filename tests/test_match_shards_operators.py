@@ -92,12 +92,17 @@ def test_a_full_run_is_searched_in_mapped_shards_and_joined_by_the_match_task(ca
     assert Path(done["part"]).parent == folder and done["texts"] == plan[0]["stop"] - plan[0]["start"]
     _maps(plan)
     assert len(list(folder.glob("features-*.parquet"))) == 6
-    with mock.patch.object(inputs, "load_catalog", wraps=inputs.load_catalog) as load:
+    with (
+        mock.patch.object(inputs, "load_catalog", wraps=inputs.load_catalog) as load,
+        mock.patch.object(inputs, "cached_sentences", wraps=inputs.cached_sentences) as sentences,
+    ):
         sharded = _match(ti, "sharded")
-    assert [c.kwargs["with_vectors"] for c in load.call_args_list] == [False]  # the reduce reads no vector
+    # the reduce reads no vector and no sentence vector: the feature tasks scored the sentences
+    assert [c.kwargs["with_vectors"] for c in load.call_args_list] == [False] and not sentences.called
     assert sharded["mode"] == "full"
     summary = json.loads((catalog / "reports" / "sharded" / "summary.json").read_text())
     assert summary["candidates_path"] == "exact (shards)" and "sharded_features" in summary["timings"]
+    assert "sentences" in summary["scorer"]["weights"]
     assert not folder.exists()  # joined and committed: the parts are removed
 
     # the same catalog matched in one task (a full re-match) accepts the same pairs
@@ -151,7 +156,14 @@ def test_search_files_and_parts_can_live_in_object_storage_by_url(catalog: Path,
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) == sorted(
         f"{kind}-{r}.{ext}"
         for r in ("DE", "FR", "US")
-        for kind, ext in (("search", "json"), ("search", "parquet"), ("rows", "parquet"), ("stats", "npz"))
+        for kind, ext in (
+            ("search", "json"),
+            ("search", "parquet"),
+            ("rows", "parquet"),
+            ("stats", "npz"),
+            ("sentences", "parquet"),  # the embed run filled the sentence cache
+            ("sentence-stats", "npz"),
+        )
     )
     _maps(plan)
     assert len([p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1].startswith("features-")]) == 6

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from polyglot_catalog.matching.data import RegionTable
@@ -148,6 +149,9 @@ def test_a_match_from_feature_parts_is_the_single_tasks_with_the_same_context(tm
     pd.testing.assert_frame_equal(one.groups, parts.groups)
     pd.testing.assert_frame_equal(one.unmatched, parts.unmatched)
     assert "sentences" in one.summary["scorer"]["weights"] and len(list(tmp_path.glob("features-*"))) == 9
+    # the feature tasks scored the sentences (from the regions' sentence files), not the reduce
+    assert len(list(tmp_path.glob("sentences-*.parquet"))) == 3
+    assert "sentences" in pq.read_table(next(tmp_path.glob("features-*.parquet"))).column_names
     assert one.summary["reproducibility"]["input"] == parts.summary["reproducibility"]["input"]
     a, b = one.context, parts.context
     assert a is not None and b is not None and a.idf == b.idf and a.threshold == b.threshold

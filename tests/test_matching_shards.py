@@ -49,7 +49,11 @@ def _catalog(n: int = 90, seed: int = 4) -> dict[str, RegionTable]:
 
 def _parts(folder: Path) -> list[Path]:
     """The search parts (not the search, rows or feature files)."""
-    return [p for p in folder.glob("*.parquet") if not p.name.startswith(("search-", "rows-", "features-"))]
+    return [
+        p
+        for p in folder.glob("*.parquet")
+        if not p.name.startswith(("search-", "rows-", "features-", "sentences-"))
+    ]
 
 
 def _search_files(data: dict[str, RegionTable], folder: Path) -> dict[str, TextSets]:

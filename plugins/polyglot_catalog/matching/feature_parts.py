@@ -43,6 +43,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..sentences import SentenceVectors
+from .alignment import sentence_alignment
 from .blocks import PairBlock
 from .candidates import expand_text_pairs
 from .canonical import TextSets
@@ -80,6 +82,15 @@ def _stats_file(region: str) -> str:
 def cuts_file(ra: str, rb: str) -> str:
     """``cuts-<ra>-<rb>.npz``: both sides' neighbourhood figures and side b's merged ``k``-th entry."""
     return f"cuts-{ra}-{rb}.npz"
+
+
+def sentences_file(region: str) -> str:
+    """``sentences-<region>.parquet``: each product's centred sentence vectors, one row a sentence."""
+    return f"sentences-{region}.parquet"
+
+
+def _sentence_stats_file(region: str) -> str:
+    return f"sentence-stats-{region}.npz"
 
 
 def features_name(shard: CandidateShard) -> str:
@@ -193,6 +204,7 @@ def write_region_rows(
                             "product": pa.array(product[here]),
                             "text": pa.array(text[here]),
                             "sku": part["sku"],
+                            "body": part["body"],
                             "ngram_keys": pa.ListArray.from_arrays(
                                 pa.array(tf.indptr.astype(np.int32)), pa.array(counts.keys[tf.indices])
                             ),
@@ -250,6 +262,131 @@ def run_idf(folder: Any, regions: Sequence[str]) -> dict[str, float]:
     """The evidence name IDF over every product of ``regions`` (as :func:`.evidence.idf_weights`)."""
     stats = [RegionStats.open(folder, r) for r in regions]
     return idf_from_counts(sum(s.rows for s in stats), sum((Counter(s.names) for s in stats), Counter()))
+
+
+def write_region_sentences(folder: Any, region: str, sv: SentenceVectors, stats: Mapping[str, Any]) -> None:
+    """Write ``region``'s centred sentence vectors (int8, products in canonical order, as
+    :func:`.sentence_stats.centred_region_sentences` gives them) one row per sentence of a product
+    (product, vector, scale, weight), so a feature task reads only its products' sentences, and
+    the region's sentence statistics (what the match context keeps)."""
+    if sv.vectors.dtype != np.int8 or sv.scales is None:
+        raise ValueError(f"region {region!r}: sentence vectors must be the centred int8 copy")
+    folder = ShardFolder.of(folder)
+    dim = sv.vectors.shape[1]
+    product = np.repeat(np.arange(len(sv), dtype=np.int64), sv.counts())
+    rows = sv.index if sv.index is not None else np.arange(sv.n_occurrences)
+    schema = pa.schema(
+        [
+            ("product", pa.int64()),
+            ("vector", pa.binary(dim)),
+            ("scale", pa.float32()),
+            ("weight", pa.float32()),
+        ]
+    )
+    with folder.writing(sentences_file(region)) as f, pq.ParquetWriter(f, schema) as w:
+        for s in range(0, len(rows), ROW_BATCH * 4):
+            r = rows[s : s + ROW_BATCH * 4]
+            vec = pa.py_buffer(np.ascontiguousarray(sv.vectors[r]).tobytes())
+            weight = sv.weights[r] if sv.weights is not None else np.ones(len(r), np.float32)
+            w.write_table(
+                pa.table(
+                    {
+                        "product": product[s : s + len(r)],
+                        "vector": pa.FixedSizeBinaryArray.from_buffers(pa.binary(dim), len(r), [None, vec]),
+                        "scale": sv.scales[r],
+                        "weight": weight,
+                    },
+                    schema=schema,
+                )
+            )
+    mean = stats.get("sent_mean")
+    with folder.writing(_sentence_stats_file(region)) as f:
+        np.savez(
+            f,
+            has_mean=np.bool_(mean is not None),
+            sent_mean=np.zeros(0, np.float32) if mean is None else mean,
+            sent_keys=stats["sent_keys"],
+            sent_df=stats["sent_df"],
+        )
+
+
+def canonical_texts(folder: Any, region: str) -> list[str]:
+    """The region's texts in canonical (SKU) order, from its rows file."""
+    with ShardFolder.of(folder).open(rows_file(region)) as f:
+        t = pq.read_table(f, columns=["product", "body"])
+    return t.take(pc.sort_indices(t["product"]))["body"].to_pylist()
+
+
+def write_store_sentences(store: Any, regions: Sequence[str], folder: Any) -> bool:
+    """Each region's sentence file from the store's sentence cache, as the single task would read it
+    (:func:`.inputs.cached_sentences`: every product's sentences, or the feature is off for the
+    run): one region at a time, texts from its rows file. Returns whether the run has sentences."""
+    from ..sentences import SentenceCache
+    from .sentence_stats import centred_region_sentences
+
+    folder = ShardFolder.of(folder)
+    if not hasattr(store, "vector_name"):
+        return False
+    cache = SentenceCache.for_store(store)
+    for i, region in enumerate(regions):
+        texts = canonical_texts(folder, region)
+        found = cache.vectors_for(texts)
+        if found is None:
+            for done in regions[:i]:
+                folder.delete(sentences_file(done))
+                folder.delete(_sentence_stats_file(done))
+            return False
+        write_region_sentences(folder, region, *centred_region_sentences(found, texts))
+    return True
+
+
+def sentence_stats(folder: Any, regions: Sequence[str]) -> dict[str, dict[str, Any]] | None:
+    """Each region's sentence statistics, or None when the run has no sentence files (no sentence
+    vectors for some product: the single task then matches without the feature, as here)."""
+    folder = ShardFolder.of(folder)
+    if not all(folder.exists(_sentence_stats_file(r)) for r in regions):
+        return None
+    out = {}
+    for r in regions:
+        with folder.open(_sentence_stats_file(r)) as f:
+            z = np.load(f, allow_pickle=False)
+            out[r] = {
+                "sent_mean": z["sent_mean"] if bool(z["has_mean"]) else None,
+                "sent_keys": z["sent_keys"],
+                "sent_df": z["sent_df"],
+            }
+    return out
+
+
+def _product_sentences(folder: ShardFolder, region: str, rows: np.ndarray, n: int) -> SentenceVectors:
+    """The centred sentence vectors of products ``rows`` (sorted) of a region of ``n``, one row per
+    sentence, read a batch at a time."""
+    want = np.zeros(n, dtype=bool)
+    want[rows] = True
+    found: list[pa.Table] = []
+    with folder.open(sentences_file(region)) as f:
+        file = pq.ParquetFile(f)
+        dim = file.schema_arrow.field("vector").type.byte_width
+        for batch in file.iter_batches(batch_size=ROW_BATCH * 4):
+            mine = want[batch.column("product").to_numpy()]
+            if mine.any():
+                found.append(pa.Table.from_batches([batch]).filter(pa.array(mine)))
+    table = pa.concat_tables(found) if found else None
+    product = np.zeros(0, np.int64) if table is None else table["product"].to_numpy()
+    counts = np.bincount(np.searchsorted(rows, product), minlength=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    if table is None:
+        return SentenceVectors(
+            offsets, np.zeros((0, dim), np.int8), np.zeros(0, np.float32), scales=np.zeros(0)
+        )
+    vec = table["vector"].combine_chunks()
+    vectors = np.frombuffer(vec.buffers()[1], dtype=np.int8, count=len(vec) * dim).reshape(-1, dim)
+    return SentenceVectors(
+        offsets,
+        vectors,
+        table["weight"].to_numpy(),
+        scales=table["scale"].to_numpy(),
+    )
 
 
 def text_sets(folder: Any, region: str) -> TextSets:
@@ -369,6 +506,13 @@ def map_features(folder: Any, shard: CandidateShard, settings: MatchSettings, re
         side_b.evidence,
         idf,
     )
+    if folder.exists(sentences_file(ra)) and folder.exists(sentences_file(rb)):
+        feats["sentences"] = sentence_alignment(
+            _product_sentences(folder, ra, rows_a, len(sa.inverse)),
+            _product_sentences(folder, rb, rows_b, len(sb.inverse)),
+            ia_s,
+            ib_s,
+        )
     table = pa.Table.from_pandas(feats, preserve_index=False)
     table = table.append_column("ia", pa.array(ia)).append_column("ib", pa.array(ib))
     table = table.append_column("explain", pa.array(explain, pa.string()))
@@ -497,6 +641,8 @@ class ShardedFeatures:
     idf: dict[str, float]
     means: dict[str, np.ndarray | None]
     digests: dict[str, str]
+    #: Per region ``sent_mean``, ``sent_keys``, ``sent_df`` when the parts carry the sentence feature.
+    sentence_stats: dict[str, dict[str, Any]] | None = None
 
 
 def read_features(
@@ -513,10 +659,11 @@ def read_features(
         idf=run_idf(folder, regions),
         means={r: s.mean for r, s in search.items()} if center else {},
         digests={r: s.digest for r, s in search.items()},
+        sentence_stats=sentence_stats(folder, regions),
     )
 
 
-def read_mapped(data: CatalogData, *, folder: Any, shards: int, center: bool) -> ShardedFeatures:
+def read_mapped(data: CatalogData, *_: Any, folder: Any, shards: int, center: bool) -> ShardedFeatures:
     """:func:`read_features` of the plan the map tasks ran (``shards`` per region pair over the
     search files' texts), for ``data``'s regions."""
     regions = sorted(data)
@@ -538,10 +685,20 @@ def check_listings(folder: Any, data: CatalogData) -> str | None:
     return None
 
 
-def sharded_features(data: CatalogData, settings: MatchSettings, shards: int, folder: Any) -> ShardedFeatures:
+def sharded_features(
+    data: CatalogData,
+    sentences: Mapping[str, SentenceVectors] | None = None,
+    sentence_stats: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    settings: MatchSettings,
+    shards: int,
+    folder: Any,
+) -> ShardedFeatures:
     """The map tasks and the cuts in one process (``match --shards N``), then :func:`read_features`:
     search every stale shard (:func:`.shards.search_stale`), write each region's rows file and
-    statistics, each region pair's cuts and each shard's feature part. ``data``: the tables as read."""
+    statistics (and its centred ``sentences`` with their ``sentence_stats``, products in canonical
+    order, when the run has them), each region pair's cuts and each shard's feature part. ``data``:
+    the tables as read."""
     from .shards import search_stale
 
     regions = sorted(data)
@@ -549,6 +706,8 @@ def sharded_features(data: CatalogData, settings: MatchSettings, shards: int, fo
     plan = search_stale(data, settings, shards, folder, texts)
     for r in regions:
         write_region_rows(r, table_pages(data[r]), folder)
+        if sentences is not None and sentence_stats is not None:
+            write_region_sentences(folder, r, sentences[r], sentence_stats[r])
     for ra, rb in itertools.combinations(regions, 2):
         write_pair_cuts(folder, ra, rb, plan, settings.k)
     for shard in plan:

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ..review.apply import ReviewedPairs
-from ..sentences import SentenceVectors, split_sentences
-from .alignment import center_sentences, row_idf, sentence_alignment, sentence_idf, sentence_mean
+from ..sentences import SentenceVectors
+from .alignment import sentence_alignment
 from .assign import AssignMethod
 from .blocks import PairBlock
 from .candidates import CANDIDATE_SLACK, MEMBERS_CAP, candidate_pairs
@@ -44,7 +44,6 @@ from .context import (
     context_edges,
     neighbour_figures,
     scorer_state,
-    sentence_frequencies,
     text_keys,
 )
 from .data import CatalogData, RegionTable, center_region, centred_tables, region_mean
@@ -78,6 +77,7 @@ from .scoring import (
     prior_shift_threshold,
     self_training_targets,
 )
+from .sentence_stats import centred_region_sentences
 from .settings import CandidateSource, MatchSettings
 from .shards import sharded_candidates
 
@@ -93,8 +93,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Weight sentences by their IDF within the region in the alignment feature (see .alignment).
-IDF_SENTENCES = True
 DEFAULT_THRESHOLD = 0.5  # only when the scorer fell back to hand weights (too little data to fit)
 #: Lowest label-free cut. The prior-shift cut is ``1 - pi`` for the estimated share ``pi`` of matches
 #: among one-to-one pairs; when every linked pair looks alike, ``pi`` runs to 1 and the cut to 0, so
@@ -262,7 +260,8 @@ def match_catalog(
     t0 = time.perf_counter()
     per_shard = shards is not None and decisions is None and rerank is None
     if mapped and per_shard and shard_dir is not None and is_store(store_or_data):
-        inputs = read_inputs(store_or_data, regions, sentences, with_vectors=False)
+        # neither vectors nor sentence vectors: the feature parts carry what is computed from them
+        inputs = read_inputs(store_or_data, regions, None, with_vectors=False)
         why = check_listings(shard_dir, inputs.data)
         if why is None:
             parameters["shards"] = shards
@@ -346,7 +345,7 @@ def match_tables(
     parameters: Mapping[str, Any] | None = None,
     read_seconds: float = 0.0,
     search: Callable[[CatalogData], Mapping[tuple[str, str], Any]] | None = None,
-    features: Callable[[CatalogData], ShardedFeatures] | None = None,
+    features: Callable[..., ShardedFeatures] | None = None,
 ) -> MatchResult:
     """The matcher proper, on tables in memory: prepare -> candidates and features -> scores ->
     decisions -> tables; each stage a function below, over :class:`.blocks.PairBlock` records.
@@ -383,17 +382,14 @@ def match_tables(
         path = "exact (shards)"
     if features is not None:
         t0 = time.perf_counter()
-        sharded = features(inputs.data)
+        sharded = features(inputs.data, prep.sentences, prep.sentence_stats)
         inputs.data = {}
         timings["sharded_features"] = time.perf_counter() - t0
         path = "exact (shards)"
         blocks, figures, lex_stats = sharded.blocks, sharded.figures, sharded.lex_stats
         prep.means, prep.idf, digests = sharded.means, sharded.idf, digests or sharded.digests
-        if prep.sentences is not None:  # sentence vectors stay with the reduce (see .feature_parts)
-            for blk in blocks:
-                blk.feats["sentences"] = sentence_alignment(
-                    prep.sentences[blk.ra], prep.sentences[blk.rb], blk.ia, blk.ib
-                )
+        prep.sentence_stats = dict(sharded.sentence_stats or {})  # the parts carry the feature
+        prep.sentences = None
     else:
         inputs.data = {}  # canonical, centred copies made and the shards searched: the input rows can go
         blocks, figures, lex_stats = candidate_blocks(
@@ -419,7 +415,7 @@ def match_tables(
     lab, labels_note = _labels(labels, prep.data)
 
     t0 = time.perf_counter()
-    features = (*FEATURES, "sentences") if prep.sentences is not None else FEATURES
+    features = (*FEATURES, "sentences") if prep.sentence_stats else FEATURES
     if rerank is not None:
         features = (*features, "rerank")
     prep.sentences = None
@@ -950,18 +946,7 @@ def _centred_sentences(
     del sentences
     out, stats = {}, {}
     for r in list(pending):
-        sv = pending.pop(r)
-        if IDF_SENTENCES and sv.weights is None:
-            if sv.index is not None:
-                sv = SentenceVectors(sv.offsets, sv.vectors, row_idf(sv), sv.index)
-            else:
-                idf = sentence_idf(data[r].texts)
-                if len(idf) == len(sv.vectors):  # rows follow split_sentences (else: caller's own rows)
-                    sv = SentenceVectors(sv.offsets, sv.vectors, idf)
-        mean = sentence_mean(sv)
-        keys, df = sentence_frequencies([split_sentences(t) for t in data[r].texts])
-        stats[r] = {"sent_mean": mean, "sent_keys": keys, "sent_df": df}
-        out[r] = center_sentences(sv, mean=mean)
+        out[r], stats[r] = centred_region_sentences(pending.pop(r), data[r].texts)
     return out, stats
 
 

@@ -93,6 +93,11 @@ class ShardFolder:
         with self.writing(name) as f:
             f.write(text.encode())
 
+    def delete(self, name: str) -> None:
+        """Delete one file (nothing when it is not there)."""
+        if self.fs.exists(self.path(name)):
+            self.fs.rm(self.path(name))
+
     def remove(self) -> None:
         """Delete the folder and everything in it (nothing when it is not there)."""
         if self.fs.exists(self.root):

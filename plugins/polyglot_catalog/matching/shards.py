@@ -105,9 +105,10 @@ def shards_for_budget(
         )
     n = max(1, math.ceil(largest * per_text / room))
     pairs = list(itertools.combinations(sorted(texts), 2))
-    while any(
-        feature_task_mb(math.ceil(texts[q] / n), texts[o], dim, k) > memory_budget_mb for q, o in pairs
-    ) and n < largest:
+    while (
+        any(feature_task_mb(math.ceil(texts[q] / n), texts[o], dim, k) > memory_budget_mb for q, o in pairs)
+        and n < largest
+    ):
         n = max(n + 1, math.ceil(n * 1.1))
     return n
 
@@ -359,10 +360,11 @@ def plan_for_store(
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
 ) -> tuple[list[CandidateShard], int]:
     """Write each region's search file, rows file and statistics into ``folder`` (two streaming
-    passes over the store per region, :mod:`.feature_parts`) and plan the shards: ``shards`` per
+    passes over the store per region, :mod:`.feature_parts`), and its sentence file where the store's
+    sentence cache has every product's sentences, and plan the shards: ``shards`` per
     region pair, or the fewest that fit ``memory_budget_mb`` (:func:`shards_for_budget`). Returns
     ``(plan, shards per region pair)``."""
-    from .feature_parts import store_pages, write_region_rows
+    from .feature_parts import store_pages, write_region_rows, write_store_sentences
 
     wanted = list(regions) if regions else store.regions()
     found = {}
@@ -373,6 +375,7 @@ def plan_for_store(
         )
         found[region] = write_region_search(region, pages, folder)
         write_region_rows(region, store_pages(store, region), folder)
+    write_store_sentences(store, sorted(found), folder)
     texts = {r: f.texts for r, f in found.items()}
     dim = max((f.dim for f in found.values()), default=0)
     n = shards if shards is not None else shards_for_budget(texts, dim, k, memory_budget_mb)
