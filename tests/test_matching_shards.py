@@ -129,6 +129,9 @@ def test_the_shard_count_follows_the_catalog_size_and_the_memory_budget() -> Non
         assert (
             max(feature_task_mb(-(-t // n), max(texts.values()), 384, 10) for t in texts.values()) <= budget
         )
+    # sentence vectors make a feature task's rows heavier: smaller ranges
+    big = {"DE": 300_000, "FR": 300_000}
+    assert shards_for_budget(big, 384, 10, 2048, sentences=True) > shards_for_budget(big, 384, 10, 2048)
     with pytest.raises(ValueError, match="below one search task's fixed part"):
         shards_for_budget({"DE": 1_000_000, "FR": 1_000_000}, 384, 10, 256)
 

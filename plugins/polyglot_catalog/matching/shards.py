@@ -84,7 +84,13 @@ def plan_shards(texts: Mapping[str, int], shards: int) -> list[CandidateShard]:
 
 
 def shards_for_budget(
-    texts: Mapping[str, int], dim: int, k: int, memory_budget_mb: float, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    texts: Mapping[str, int],
+    dim: int,
+    k: int,
+    memory_budget_mb: float,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    *,
+    sentences: bool = False,
 ) -> int:
     """Shards per region pair so that one search task and one feature task fit ``memory_budget_mb``.
 
@@ -105,10 +111,15 @@ def shards_for_budget(
         )
     n = max(1, math.ceil(largest * per_text / room))
     pairs = list(itertools.combinations(sorted(texts), 2))
-    while (
-        any(feature_task_mb(math.ceil(texts[q] / n), texts[o], dim, k) > memory_budget_mb for q, o in pairs)
-        and n < largest
-    ):
+
+    def fits(n: int) -> bool:
+        return all(
+            feature_task_mb(math.ceil(texts[q] / n), texts[o], dim, k, sentences=sentences)
+            <= memory_budget_mb
+            for q, o in pairs
+        )
+
+    while not fits(n) and n < largest:
         n = max(n + 1, math.ceil(n * 1.1))
     return n
 
@@ -121,15 +132,22 @@ FEATURE_BASE_MB = 600
 FEATURE_ROW_KB = 2.5
 #: Per candidate pair a feature task writes: features, ids, explanation, temporaries.
 FEATURE_PAIR_KB = 0.25
+#: Sentences a product has, for a run with sentence vectors (the dev catalog: ~5; each an int8 row
+#: of ``dim`` bytes with its scale and weight, read and gathered: about twice that).
+SENTENCES_PER_ROW = 6
 
 
-def feature_task_mb(range_texts: int, other_texts: int, dim: int, k: int) -> float:
+def feature_task_mb(
+    range_texts: int, other_texts: int, dim: int, k: int, *, sentences: bool = False
+) -> float:
     """Memory of a feature task (:mod:`.feature_parts`) over ``range_texts`` texts against a region
     of ``other_texts``: its pairs (about ``2k`` per text: its top-``k`` and the reverse lists) and
-    their products' rows (the range's, and the other side's, at most the whole other region)."""
+    their products' rows (the range's, and the other side's, at most the whole other region), with
+    their sentence vectors when the run has them."""
     pairs = 2 * k * range_texts
     rows = range_texts + min(other_texts, pairs)
-    row_kb = 2 * dim * 4 / 1024 + FEATURE_ROW_KB
+    sentence_kb = SENTENCES_PER_ROW * 2 * (dim + 8) / 1024 if sentences else 0.0
+    row_kb = 2 * dim * 4 / 1024 + FEATURE_ROW_KB + sentence_kb
     return FEATURE_BASE_MB + (rows * row_kb + pairs * FEATURE_PAIR_KB) / 1024
 
 
@@ -375,8 +393,12 @@ def plan_for_store(
         )
         found[region] = write_region_search(region, pages, folder)
         write_region_rows(region, store_pages(store, region), folder)
-    write_store_sentences(store, sorted(found), folder)
+    with_sentences = write_store_sentences(store, sorted(found), folder)
     texts = {r: f.texts for r, f in found.items()}
     dim = max((f.dim for f in found.values()), default=0)
-    n = shards if shards is not None else shards_for_budget(texts, dim, k, memory_budget_mb)
+    n = (
+        shards
+        if shards is not None
+        else shards_for_budget(texts, dim, k, memory_budget_mb, sentences=with_sentences)
+    )
     return plan_shards(texts, n), n
