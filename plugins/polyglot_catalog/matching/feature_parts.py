@@ -56,7 +56,7 @@ from .region_search import RegionSearch, add_digest, distinct_texts, rows_digest
 from .scoring import pair_features
 from .settings import MatchSettings
 from .shard_storage import ShardFolder
-from .shards import CandidateShard, part_name, plan_shards
+from .shards import CandidateShard, merge_rows, part_name, plan_shards
 
 #: The product fields evidence reads besides the text (:func:`.evidence.extract`).
 EVIDENCE_FIELDS = ("title", "brand", "gtin")
@@ -408,8 +408,6 @@ def write_pair_cuts(folder: Any, ra: str, rb: str, plan: Sequence[CandidateShard
     Raises:
         ValueError: a text of ``ra`` has no part (a shard did not run).
     """
-    from .shards import _merge_rows
-
     folder = ShardFolder.of(folder)
     n_a, n_b = RegionSearch.open(folder, ra).texts, RegionSearch.open(folder, rb).texts
     a_sim = np.full((n_a, k), -np.inf)
@@ -425,7 +423,7 @@ def write_pair_cuts(folder: Any, ra: str, rb: str, plan: Sequence[CandidateShard
         idx = np.full((n_b, k), -1, dtype=np.int64)
         val = np.full((n_b, k), -np.inf)
         idx[t[0], t[1]], val[t[0], t[1]] = nb, sim
-        b_idx, b_sim = _merge_rows(b_idx, b_sim, idx, val)
+        b_idx, b_sim = merge_rows(b_idx, b_sim, idx, val)
     if n_a and not seen.all():
         raise ValueError(f"search parts of {ra}<->{rb} in {folder} miss text {int(np.flatnonzero(~seen)[0])}")
     radius_a, floor_a = neighbour_figures(a_sim)

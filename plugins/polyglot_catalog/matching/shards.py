@@ -191,7 +191,7 @@ def map_shard(
             )
             ab, ab_sim = canonical_topk(vq, vo, ab, settings.k)
             ab = np.where(ab >= 0, idx[np.maximum(ab, 0)], -1)
-            best_idx, best_sim = _merge_rows(best_idx, best_sim, ab, ab_sim)
+            best_idx, best_sim = merge_rows(best_idx, best_sim, ab, ab_sim)
             ba, ba_sim = canonical_topk(vo, vq, ba, settings.k)
             writer.write_table(_side(1, idx, np.where(ba >= 0, ba + shard.start, -1), ba_sim, schema))
         writer.write_table(_side(0, np.arange(shard.start, shard.stop), best_idx, best_sim, schema))
@@ -223,7 +223,7 @@ def _side(code: int, texts: np.ndarray, idx: np.ndarray, sim: np.ndarray, schema
     )
 
 
-def _merge_rows(
+def merge_rows(
     idx_a: np.ndarray, sim_a: np.ndarray, idx_b: np.ndarray, sim_b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row by row, the best ``k`` of two canonical lists (higher similarity, then lower index)."""
