@@ -21,6 +21,10 @@ reduce's share of it. Data: generated once, kept per region in ``.npz`` files th
 
     python bench/bench_match_shards.py [--n 50000] [--shards 4] [--no-append]
 
+``--mapped-only``: the mapped side alone, at parallelism 1 (plan, every search, cut and feature
+task, the match task), no one-task run: each kind of task's peak memory at a catalog size where
+the side by side does not fit the session (the same pairs are checked at smaller sizes).
+
 ``--maps-only M``: generate and prepare, then run only the first M map tasks (no one-task run, no
 reduce): a map task's peak memory and time at a catalog size where the whole comparison does not
 fit the session, e.g. ``--n 300000 --shards 12 --maps-only 2`` against ``--n 100000 --shards 4``
@@ -143,6 +147,7 @@ def _child(args: argparse.Namespace) -> None:
     figures = {"seconds": time.perf_counter() - t0, "peak_mb": _hwm_mb()}
     if result is not None:
         figures["timings"] = result.summary["timings"]
+        figures["accepted"] = len(result.matches)
         (out.with_suffix(".pairs")).write_bytes(pickle.dumps((_accepted(result), _groups(result))))
     out.write_text(json.dumps(figures))
 
@@ -192,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--maps-only", type=int, default=None, help="run only the first M map tasks")
+    parser.add_argument("--mapped-only", action="store_true", help="the mapped side alone, parallelism 1")
     parser.add_argument(
         "--child", choices=["one", "prepare", "map", "cuts", "features", "reduce"], help=argparse.SUPPRESS
     )
@@ -218,6 +224,13 @@ def main(argv: list[str] | None = None) -> None:
         texts = json.loads((work / "prepare.texts").read_text())
         shutil.copytree(work / "parts1", work / "parts2")  # the second map phase's own folder
         plan = plan_shards(texts, args.shards)
+        if args.mapped_only:
+            map1_s, phase1 = _map_phases(work, args, plan, work / "parts1", 1)
+            if _run("reduce", work, args, "reduce.json", "--parts", str(work / "parts1")).wait() != 0:
+                raise SystemExit("the reduce failed")
+            red = json.loads((work / "reduce.json").read_text())
+            _mapped_only_report(args, argv, plan, prep, phase1, map1_s, red, gen_s)
+            return
         if args.maps_only:
             map1_s, maps1 = _maps(work, args, plan[: args.maps_only], work / "parts1", 1)
             _maps_only_report(args, argv, plan, prep, maps1, gen_s)
@@ -273,6 +286,48 @@ def main(argv: list[str] | None = None) -> None:
     )
     publish(
         "Full match as mapped search and feature shards vs one task",
+        Path(__file__).name,
+        argv if argv is not None else sys.argv[1:],
+        body,
+        not args.no_append,
+    )
+
+
+def _mapped_only_report(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    plan: list,
+    prep: dict,
+    phase: dict,
+    map_s: float,
+    red: dict,
+    gen_s: float,
+) -> None:
+    def kind(rows: list) -> str:
+        secs = [m["seconds"] for m in rows]
+        peak = max(m["peak_mb"] for m in rows)
+        return f"{peak:.0f} (max of {len(rows)}) | {min(secs):.1f}-{max(secs):.1f} s each"
+
+    body = "\n".join(
+        [
+            f"3 regions x {args.n:,} products (bench/_synth.py, generated in {gen_s:.0f} s), k=10, "
+            f"no sentence vectors; {args.shards} shards per region pair: {len(plan)} search and "
+            f"{len(plan)} feature tasks, one at a time, each a fresh process; no one-task run.",
+            "",
+            "| task | peak RSS MB | seconds |",
+            "|---|---|---|",
+            f"| plan (search, rows, statistics files) | {prep['peak_mb']:.0f} | {prep['seconds']:.1f} |",
+            f"| search tasks | {kind(phase['search'])} |",
+            f"| cuts task | {phase['cuts']['peak_mb']:.0f} | {phase['cuts']['seconds']:.1f} |",
+            f"| feature tasks | {kind(phase['features'])} |",
+            f"| match task (no vectors) | {red['peak_mb']:.0f} | "
+            f"{red['seconds']:.1f} `{json.dumps(red['timings'])}` |",
+            "",
+            f"All map tasks one after another: {map_s:.0f} s. Accepted pairs: {red.get('accepted', '?')}.",
+        ]
+    )
+    publish(
+        "Mapped full match alone: memory per task at a catalog size",
         Path(__file__).name,
         argv if argv is not None else sys.argv[1:],
         body,
