@@ -133,6 +133,7 @@ def test_embed_ran_as_one_mapped_task_per_file_on_the_celery_worker(deploy, firs
     for ti in tis:
         if ti["task_id"] in ("search_shard", "cut_search_parts", "feature_shard"):
             assert ti["state"] == "skipped", ti  # never reached a worker
+            continue
         assert ti["state"] == "success", ti
         # CeleryExecutor's default queue, on this machine, and received by the worker process.
         assert ti["queue"] == "default" and ti["hostname"] == get_hostname(), ti
