@@ -616,10 +616,11 @@ class MatchCatalogOperator(BaseOperator):
         the collection's match state: only changed products are scored and only the decisions they
         touch are solved again; the first run, or one after a change of model, regions or matcher
         parameters, is full anyway (the summary's ``full_run_reason`` says why). (templated)
-    :param shards: a full run's exact candidate search in this many shards per region pair, joined
-        from the Parquet parts in ``shard_dir`` that ``MatchShardOperator`` tasks wrote (shards whose
-        part is missing or stale are searched here); ``None``: one search in this task. Same pairs
-        and groups either way. (templated)
+    :param shards: a full run's exact candidate search and pair features in this many shards per
+        region pair, from the Parquet parts in ``shard_dir`` that ``MatchShardOperator`` and
+        ``MatchFeatureShardOperator`` tasks wrote (without ``shards_from``, this task runs them
+        itself, reusing current search parts); ``None``: one search in this task. Same pairs and
+        groups either way. (templated)
     :param shard_dir: folder or object-storage URL of the shards' parts (as
         ``MatchShardPlanOperator``'s). Defaults to a temporary folder. (templated)
     :param shards_from: task id of a ``MatchShardPlanOperator`` whose ``shards`` and ``shard_dir``
