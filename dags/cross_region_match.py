@@ -136,16 +136,17 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
             type=["null", "integer"],
             minimum=1,
             title="Search shards",
-            description="A full run's candidate search as this many mapped tasks per region pair "
-            "(each searches a range of one region's texts against another region); empty picks the "
-            "fewest that fit the memory budget. Same pairs and groups as one search.",
+            description="A full run's candidate search and pair features as this many mapped tasks "
+            "per region pair (each a range of one region's texts against another region); empty picks "
+            "the fewest that fit the memory budget. Same pairs and groups as one task.",
         ),
         "memory_budget_mb": Param(
             4096,
             type="integer",
             minimum=256,
-            title="Memory per search task (MB)",
-            description="Memory one search task may use; sets the shard count when Search shards is empty.",
+            title="Memory per mapped task (MB)",
+            description="Memory one search or feature task may use; sets the shard count when Search "
+            "shards is empty.",
         ),
         "out_name": Param(
             "",
