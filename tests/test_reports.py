@@ -383,9 +383,7 @@ def test_failure_while_replacing_keeps_the_old_report_intact(
         Path(path).write_bytes(b"PAR1 truncated")
         raise OSError("disk full")
 
-    from polyglot_catalog.reports import writer
-
-    monkeypatch.setattr(writer, "write_parquet", half_written)
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", half_written)
     with pytest.raises(OSError, match="disk full"):
         write_reports(folder, result, run_id="new")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
@@ -1055,32 +1053,3 @@ def test_duplicate_listings_are_written_beside_the_pairs(tmp_path: Path) -> None
     assert {p.name for p in folder.iterdir()} == REPORT_FILES | {"duplicates.parquet"}
     got = pd.read_parquet(folder / "duplicates.parquet")
     assert got.astype(str).equals(result.duplicates.reset_index(drop=True).astype(str))
-
-
-def test_a_report_table_written_in_slices_reads_back_as_written_whole(tmp_path) -> None:
-    """The pairs table is converted to Arrow a slice at a time (a full match's table holds every
-    candidate pair): categories, nullable strings and booleans, and an empty table come back as
-    ``to_parquet`` writes them."""
-    import numpy as np
-    import pandas as pd
-
-    from polyglot_catalog.reports.writer import write_parquet
-
-    n = 1_234
-    frame = pd.DataFrame(
-        {
-            "region_a": pd.Categorical(np.where(np.arange(n) % 2, "DE", "FR")),
-            "sku_a": [f"s{i}" for i in range(n)],
-            "score": np.linspace(0, 1, n),
-            "correct": pd.array([None] * 700 + ["right"] * 534, dtype="string"),  # first slices all missing
-            "ambiguous": pd.array([pd.NA] * 600 + [True] * 634, dtype="boolean"),
-            "lexical": np.ones(n, np.float32),
-        }
-    )
-    for name, table in (("full", frame), ("empty", frame.iloc[:0])):
-        table.to_parquet(tmp_path / f"{name}-whole.parquet", index=False)
-        write_parquet(table, tmp_path / f"{name}-slices.parquet", rows=100)
-        pd.testing.assert_frame_equal(
-            pd.read_parquet(tmp_path / f"{name}-whole.parquet"),
-            pd.read_parquet(tmp_path / f"{name}-slices.parquet"),
-        )

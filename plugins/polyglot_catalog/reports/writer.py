@@ -283,25 +283,6 @@ def _changes_frame(changes: pd.DataFrame) -> pd.DataFrame:
     return changes.reindex(columns=CHANGE_COLUMNS).astype({c: pd.StringDtype() for c in CHANGE_COLUMNS})
 
 
-#: Rows converted to Arrow at a time when a report table is written (the pairs table of a full
-#: match holds every candidate pair: converted whole, its Arrow copy doubled the task's memory).
-PARQUET_SLICE_ROWS = 500_000
-
-
-def write_parquet(frame: pd.DataFrame, path: Path, rows: int = PARQUET_SLICE_ROWS) -> None:
-    """``frame`` as Parquet (no index), ``rows`` at a time under one schema taken from the whole frame:
-    read back, the same frame as ``to_parquet`` writes."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    frame = frame.reset_index(drop=True)
-    schema = pa.Schema.from_pandas(frame, preserve_index=False)
-    with pq.ParquetWriter(path, schema) as writer:
-        for start in range(0, max(len(frame), 1), rows):
-            part = frame.iloc[start : start + rows]
-            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
-
-
 def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
     """Write every report file into ``folder`` and fsync each, Parquet first and the page last."""
     marker = folder / REPORT_MARKER
@@ -320,7 +301,7 @@ def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
         if frame is None:
             continue
         path = folder / f"{name}.parquet"
-        write_parquet(frame, path)
+        frame.reset_index(drop=True).to_parquet(path, index=False, engine="pyarrow")
         _fsync_file(path)
     summary = report_summary(result, run_id=run_id)
     path = folder / "summary.json"
