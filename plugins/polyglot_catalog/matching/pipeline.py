@@ -259,40 +259,30 @@ def match_catalog(
     parameters = _parameters(settings, regions, labels, sentences, rerank, decisions)
     t0 = time.perf_counter()
     per_shard = shards is not None and decisions is None and rerank is None
+    inputs, search, features = None, None, None
     if mapped and per_shard and shard_dir is not None and is_store(store_or_data):
         # neither vectors nor sentence vectors: the feature parts carry what is computed from them
-        inputs = read_inputs(store_or_data, regions, None, with_vectors=False)
-        why = check_listings(shard_dir, inputs.data)
+        light = read_inputs(store_or_data, regions, None, with_vectors=False)
+        why = check_listings(shard_dir, light.data)
         if why is None:
-            parameters["shards"] = shards
-            return match_tables(
-                inputs,
-                settings,
-                labels=labels,
-                model=model,
-                collection=collection or inputs.collection,
-                model_fingerprint=model_fingerprint,
-                parameters=parameters,
-                read_seconds=time.perf_counter() - t0,
-                features=functools.partial(
-                    read_mapped, folder=shard_dir, shards=shards, center=settings.center
-                ),
-            )
-        logger.warning("%s: the match task computes the pair features itself", why)
-    inputs = read_inputs(store_or_data, regions, sentences)
+            inputs = light
+            features = functools.partial(read_mapped, folder=shard_dir, shards=shards, center=settings.center)
+        else:
+            logger.warning("%s: the match task computes the pair features itself", why)
     with contextlib.ExitStack() as stack:
-        search = features = None
         if shards is not None:
-            folder = shard_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="polyglot-shards-"))
             parameters["shards"] = shards
-            if per_shard:
-                features = functools.partial(
-                    sharded_features, settings=settings, shards=shards, folder=folder
+        if inputs is None:
+            inputs = read_inputs(store_or_data, regions, sentences)
+            if shards is not None:
+                folder = shard_dir or stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="polyglot-shards-")
                 )
-            else:  # must-links and the re-ranker need the products: features in this task
-                search = functools.partial(
-                    sharded_candidates, settings=settings, shards=shards, folder=folder
-                )
+                plan = {"settings": settings, "shards": shards, "folder": folder}
+                if per_shard:
+                    features = functools.partial(sharded_features, **plan)
+                else:  # must-links and the re-ranker need the products: features in this task
+                    search = functools.partial(sharded_candidates, **plan)
         return match_tables(
             inputs,
             settings,
@@ -517,15 +507,18 @@ def prepare(
     if not features_given:
         data, means = centred_tables(data, settings.center, consume=True)  # ``data`` is ours
     t0 = time.perf_counter()
-    evid = {
-        r: [
-            extract(t.texts[i], title=t.get("title", i), brand=t.get("brand", i), gtin=t.get("gtin", i))
-            for i in range(len(t))
-        ]
-        for r, t in data.items()
-        if not features_given
-    }
-    idf = idf_weights(itertools.chain.from_iterable(evid.values())) if not features_given else {}
+    evid = (
+        {}
+        if features_given
+        else {
+            r: [
+                extract(t.texts[i], title=t.get("title", i), brand=t.get("brand", i), gtin=t.get("gtin", i))
+                for i in range(len(t))
+            ]
+            for r, t in data.items()
+        }
+    )
+    idf = idf_weights(itertools.chain.from_iterable(evid.values())) if evid else {}
     prep = Prepared(
         data=data,
         text_sets={r: TextSets.of(t.texts) for r, t in data.items()},
