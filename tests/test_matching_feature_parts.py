@@ -105,7 +105,7 @@ def test_feature_parts_put_together_are_the_single_tasks_blocks(shards: int, tmp
         assert stats.rows == len(data[r])
     from polyglot_catalog.matching.feature_parts import run_idf
 
-    assert run_idf(tmp_path, sorted(data)) == idf
+    assert run_idf(RegionStats.open(tmp_path, r) for r in sorted(data)) == idf
 
 
 def test_a_missing_feature_part_is_named(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ from .lexical import NgramCounts, ngram_counts
 from .region_search import RegionSearch, add_digest, distinct_texts, rows_digest, text_hash
 from .scoring import pair_features
 from .settings import MatchSettings
-from .shard_storage import ShardFolder
+from .shard_storage import ParquetSink, ShardFolder
 from .shards import CandidateShard, merge_rows, part_name, plan_shards
 
 #: The product fields evidence reads besides the text (:func:`.evidence.extract`).
@@ -153,8 +153,7 @@ def write_region_rows(
     folder = ShardFolder.of(folder)
     with tempfile.TemporaryDirectory(prefix=f"polyglot-rows-{region}-") as tmp:
         spill = Path(tmp) / "rows.parquet"
-        writer: pq.ParquetWriter | None = None
-        try:
+        with ParquetSink(spill) as sink:
             for skus, texts, fields in pages:
                 if not len(skus):
                     continue
@@ -166,14 +165,8 @@ def write_region_rows(
                 }
                 for name in EVIDENCE_FIELDS:
                     cols[name] = _field_array(fields.get(name) or [None] * len(skus))
-                table = pa.table(cols)
-                if writer is None:
-                    writer = pq.ParquetWriter(spill, table.schema)
-                writer.write_table(table)
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:
+                sink.write(pa.table(cols))
+        if not sink.rows:
             raise ValueError(f"region {region!r} has no rows")
         keys = pq.read_table(spill, columns=["sku", "key"])
         product, text = _numbering(region, keys)
@@ -182,44 +175,33 @@ def write_region_rows(
         lex_keys, lex_df = np.zeros(0, np.int32), np.zeros(0, np.int64)
         names: Counter[str] = Counter()
         digest = at = 0
-        with folder.writing(rows_file(region)) as f:
-            out: pq.ParquetWriter | None = None
-            try:
-                for batch in pq.ParquetFile(spill).iter_batches(batch_size=ROW_BATCH):
-                    here = slice(at, at + batch.num_rows)
-                    at += batch.num_rows
-                    part = pa.Table.from_batches([batch])
-                    bodies = part["body"].to_pylist()
-                    digest = add_digest(digest, listing_digest(part["sku"].to_pylist(), bodies))
-                    counts = ngram_counts(bodies)
-                    lex_keys, lex_df = _add_counts(lex_keys, lex_df, counts.keys, counts.df)
-                    evidence = _evidence(part)
-                    for ev in evidence:
-                        names.update(ev.names)
-                    tf = (
-                        counts.tf
-                    )  # CSR over the batch's buckets: stored as bucket ids, as every region has them
-                    part = pa.table(
+        with folder.writing(rows_file(region)) as f, ParquetSink(f) as out:
+            for batch in pq.ParquetFile(spill).iter_batches(batch_size=ROW_BATCH):
+                here = slice(at, at + batch.num_rows)
+                at += batch.num_rows
+                part = pa.Table.from_batches([batch])
+                bodies = part["body"].to_pylist()
+                digest = add_digest(digest, listing_digest(part["sku"].to_pylist(), bodies))
+                counts = ngram_counts(bodies)
+                lex_keys, lex_df = _add_counts(lex_keys, lex_df, counts.keys, counts.df)
+                evidence = _evidence(part)
+                for ev in evidence:
+                    names.update(ev.names)
+                tf = counts.tf  # CSR over the batch's buckets: stored as bucket ids (the region has them all)
+                indptr = pa.array(tf.indptr.astype(np.int32))
+                out.write(
+                    pa.table(
                         {
                             "product": pa.array(product[here]),
                             "text": pa.array(text[here]),
                             "sku": part["sku"],
                             "body": part["body"],
-                            "ngram_keys": pa.ListArray.from_arrays(
-                                pa.array(tf.indptr.astype(np.int32)), pa.array(counts.keys[tf.indices])
-                            ),
-                            "ngram_tf": pa.ListArray.from_arrays(
-                                pa.array(tf.indptr.astype(np.int32)), pa.array(tf.data)
-                            ),
+                            "ngram_keys": pa.ListArray.from_arrays(indptr, pa.array(counts.keys[tf.indices])),
+                            "ngram_tf": pa.ListArray.from_arrays(indptr, pa.array(tf.data)),
                             "evidence": pa.array([evidence_json(ev) for ev in evidence], pa.string()),
                         }
                     )
-                    if out is None:
-                        out = pq.ParquetWriter(f, part.schema)
-                    out.write_table(part)
-            finally:
-                if out is not None:
-                    out.close()
+                )
     with folder.writing(_stats_file(region)) as f:
         np.savez(
             f,
@@ -258,9 +240,10 @@ def _evidence(rows: pa.Table) -> list[Any]:
     ]
 
 
-def run_idf(folder: Any, regions: Sequence[str]) -> dict[str, float]:
-    """The evidence name IDF over every product of ``regions`` (as :func:`.evidence.idf_weights`)."""
-    stats = [RegionStats.open(folder, r) for r in regions]
+def run_idf(stats: Iterable[RegionStats]) -> dict[str, float]:
+    """The evidence name IDF over every product of the regions ``stats`` count (as
+    :func:`.evidence.idf_weights` over them all)."""
+    stats = list(stats)
     return idf_from_counts(sum(s.rows for s in stats), sum((Counter(s.names) for s in stats), Counter()))
 
 
@@ -358,24 +341,39 @@ def sentence_stats(folder: Any, regions: Sequence[str]) -> dict[str, dict[str, A
     return out
 
 
-def _product_sentences(folder: ShardFolder, region: str, rows: np.ndarray, n: int) -> SentenceVectors:
-    """The centred sentence vectors of products ``rows`` (sorted) of a region of ``n``, one row per
-    sentence, read a batch at a time."""
+def _read_products(
+    folder: ShardFolder,
+    name: str,
+    rows: np.ndarray,
+    n: int,
+    batch_rows: int,
+    columns: list[str] | None = None,
+) -> pa.Table:
+    """The rows of file ``name`` whose ``product`` is one of ``rows`` (of a region of ``n``
+    products), in file order, read ``batch_rows`` at a time: only those rows are kept."""
     want = np.zeros(n, dtype=bool)
     want[rows] = True
     found: list[pa.Table] = []
-    with folder.open(sentences_file(region)) as f:
+    with folder.open(name) as f:
         file = pq.ParquetFile(f)
-        dim = file.schema_arrow.field("vector").type.byte_width
-        for batch in file.iter_batches(batch_size=ROW_BATCH * 4):
+        for batch in file.iter_batches(batch_size=batch_rows, columns=columns):
             mine = want[batch.column("product").to_numpy()]
             if mine.any():
                 found.append(pa.Table.from_batches([batch]).filter(pa.array(mine)))
-    table = pa.concat_tables(found) if found else None
-    product = np.zeros(0, np.int64) if table is None else table["product"].to_numpy()
-    counts = np.bincount(np.searchsorted(rows, product), minlength=len(rows))
+        schema = (
+            file.schema_arrow if columns is None else pa.schema([file.schema_arrow.field(c) for c in columns])
+        )
+    return pa.concat_tables(found) if found else schema.empty_table()
+
+
+def _product_sentences(folder: ShardFolder, region: str, rows: np.ndarray, n: int) -> SentenceVectors:
+    """The centred sentence vectors of products ``rows`` (sorted) of a region of ``n``, one row per
+    sentence, read a batch at a time."""
+    table = _read_products(folder, sentences_file(region), rows, n, ROW_BATCH * 4)
+    dim = table.schema.field("vector").type.byte_width
+    counts = np.bincount(np.searchsorted(rows, table["product"].to_numpy()), minlength=len(rows))
     offsets = np.concatenate([[0], np.cumsum(counts)])
-    if table is None:
+    if not table.num_rows:
         return SentenceVectors(
             offsets, np.zeros((0, dim), np.int8), np.zeros(0, np.float32), scales=np.zeros(0)
         )
@@ -486,8 +484,8 @@ def map_features(folder: Any, shard: CandidateShard, settings: MatchSettings, re
     ia, ib = key // n_b, key % n_b
     rows_a, ia_s = np.unique(ia, return_inverse=True)
     rows_b, ib_s = np.unique(ib, return_inverse=True)
-    stats = {r: RegionStats.open(folder, r) for r in {ra, rb}}
-    idf = run_idf(folder, regions)
+    stats = {r: RegionStats.open(folder, r) for r in regions}
+    idf = run_idf(stats.values())
     side_a = _product_rows(folder, ra, rows_a, sa, stats[ra], settings.center)
     side_b = _product_rows(folder, rb, rows_b, sb, stats[rb], settings.center)
     # side a's own top-k lists (its texts are the range's); side b's radius from the cut
@@ -533,18 +531,10 @@ def _product_rows(
     products ``rows`` (sorted), read a batch at a time: what the plan computed, not computed again."""
     from scipy.sparse import csr_matrix
 
-    want = np.zeros(len(sets.inverse), dtype=bool)
-    want[rows] = True
-    found: list[pa.Table] = []
-    with folder.open(rows_file(region)) as f:
-        for batch in pq.ParquetFile(f).iter_batches(
-            batch_size=ROW_BATCH, columns=["product", "ngram_keys", "ngram_tf", "evidence"]
-        ):
-            mine = want[batch.column("product").to_numpy()]
-            if mine.any():
-                found.append(pa.Table.from_batches([batch]).filter(pa.array(mine)))
-    table = pa.concat_tables(found).sort_by("product") if found else None
-    if table is None:
+    columns = ["product", "ngram_keys", "ngram_tf", "evidence"]
+    table = _read_products(folder, rows_file(region), rows, len(sets.inverse), ROW_BATCH, columns)
+    table = table.sort_by("product")  # the rows file is in the order the store gave the rows
+    if not table.num_rows:
         tf = csr_matrix((0, len(stats.lex_keys)), dtype=np.float32)
         evidence: list[Any] = []
     else:
@@ -654,7 +644,7 @@ def read_features(
         blocks=blocks_from_parts(folder, plan, regions),
         figures=pair_figures(folder, regions),
         lex_stats={r: (s.lex_keys, s.lex_df) for r, s in stats.items()},
-        idf=run_idf(folder, regions),
+        idf=run_idf(stats.values()),
         means={r: s.mean for r, s in search.items()} if center else {},
         digests={r: s.digest for r, s in search.items()},
         sentence_stats=sentence_stats(folder, regions),

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .data import RegionTable, fixed_mean, fixed_sum, unit_rows
-from .shard_storage import ShardFolder
+from .shard_storage import ParquetSink, ShardFolder
 
 #: Rows per chunk a search task reads of the other region (~25 MB of 384-d vectors).
 DEFAULT_CHUNK_ROWS = 16_384
@@ -166,32 +166,29 @@ def write_region_search(
     folder = ShardFolder.of(folder)
     spill_dir = tempfile.TemporaryDirectory(prefix=f"polyglot-rows-{region}-")
     spill = Path(spill_dir.name) / "rows.parquet"
-    writer: pq.ParquetWriter | None = None
     digest, dim = 0, 0
     try:
-        for skus, texts, vectors in chunks:
-            skus = [str(s) for s in skus]
-            texts = ["" if t is None else str(t) for t in texts]
-            vec = unit_rows(vectors)  # as RegionTable reads them
-            if not len(skus):
-                continue
-            dim = vec.shape[1]
-            digest = add_digest(digest, rows_digest(skus, texts, vec))
-            keys = [text_hash(t) for t in texts]
-            table = pa.table(
-                {
-                    "sku": pa.array(skus, pa.string()),
-                    "key": pa.array(keys, pa.binary(16)),
-                    "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), dim),
-                }
-            )
-            if writer is None:
-                writer = pq.ParquetWriter(spill, table.schema)
-            writer.write_table(table)
-        if writer is None:
+        with ParquetSink(spill) as sink:
+            for skus, texts, vectors in chunks:
+                skus = [str(s) for s in skus]
+                texts = ["" if t is None else str(t) for t in texts]
+                vec = unit_rows(vectors)  # as RegionTable reads them
+                if not len(skus):
+                    continue
+                dim = vec.shape[1]
+                digest = add_digest(digest, rows_digest(skus, texts, vec))
+                keys = [text_hash(t) for t in texts]
+                sink.write(
+                    pa.table(
+                        {
+                            "sku": pa.array(skus, pa.string()),
+                            "key": pa.array(keys, pa.binary(16)),
+                            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), dim),
+                        }
+                    )
+                )
+        if not sink.rows:
             raise ValueError(f"region {region!r} has no rows to search")
-        writer.close()
-        writer = None
         code, counts, standing = distinct_texts(region, pq.read_table(spill, columns=["sku", "key"]))
         total = np.zeros(dim, dtype=np.int64)
         schema = pa.schema([("text", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])
@@ -227,8 +224,6 @@ def write_region_search(
         }
         folder.write_text(_sidecar(region), json.dumps(meta))  # last: no sidecar, no search file
     finally:
-        if writer is not None:
-            writer.close()
         spill_dir.cleanup()
     return RegionSearch.open(folder, region)
 

@@ -18,6 +18,8 @@ from pathlib import PurePath
 from typing import IO, Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 
@@ -102,3 +104,27 @@ class ShardFolder:
         """Delete the folder and everything in it (nothing when it is not there)."""
         if self.fs.exists(self.root):
             self.fs.rm(self.root, recursive=True)
+
+
+class ParquetSink:
+    """A Parquet file written a table at a time, opened with the first table's schema (a streamed
+    region's schema, e.g. its vectors' width, is known only then); ``rows`` counts what it took.
+    Use it as a context manager: the file is closed whatever happens."""
+
+    def __init__(self, where: Any) -> None:
+        self.where = where
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.where, table.schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def __enter__(self) -> ParquetSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()

@@ -234,16 +234,11 @@ class MatchShardOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.matching.settings import MatchSettings
-        from polyglot_catalog.matching.shards import CandidateShard, map_shard
+        from polyglot_catalog.matching.shards import map_shard
 
         t0 = time.perf_counter()
         try:
-            shard = CandidateShard(
-                str(self.shard["query"]),
-                str(self.shard["other"]),
-                int(self.shard["start"]),
-                int(self.shard["stop"]),
-            )
+            shard = _shard_of(self.shard)
             settings = MatchSettings(k=int(self.shard["k"]))
             folder = shard_folder(str(self.shard["dir"]))
             path = map_shard(folder, shard, settings, chunk_rows=int(self.chunk_rows))
@@ -257,6 +252,7 @@ class MatchShardOperator(BaseOperator):
 
 
 def _shard_of(shard: dict[str, Any]) -> Any:
+    """The :class:`CandidateShard` one of the plan's dicts names (KeyError/TypeError when malformed)."""
     from polyglot_catalog.matching.shards import CandidateShard
 
     return CandidateShard(str(shard["query"]), str(shard["other"]), int(shard["start"]), int(shard["stop"]))
