@@ -21,6 +21,10 @@ reduce's share of it. Data: generated once, kept per region in ``.npz`` files th
 
     python bench/bench_match_shards.py [--n 50000] [--shards 4] [--no-append]
 
+The mapped side runs first and the one task last, so the runs a 300k catalog needs (about two
+hours here) leave every finished phase's figures behind: ``--work DIR`` keeps the data, parts and
+figures there, and a run given the same ``--work`` again skips each phase whose figures exist.
+
 ``--mapped-only``: the mapped side alone, at parallelism 1 (plan, every search, cut and feature
 task, the match task), no one-task run: each kind of task's peak memory at a catalog size where
 the side by side does not fit the session (the same pairs are checked at smaller sizes).
@@ -152,6 +156,11 @@ def _child(args: argparse.Namespace) -> None:
     out.write_text(json.dumps(figures))
 
 
+def _done(work: Path, *tags: str) -> bool:
+    """Whether a kept ``--work`` folder already holds these tasks' figures (the phase is skipped)."""
+    return all((work / t).exists() for t in tags)
+
+
 def _run(kind: str, work: Path, args: argparse.Namespace, tag: str, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--child", kind, "--data", str(work / "data"), "--out", str(work / tag)]
     cmd += ["--n", str(args.n), "--shards", str(args.shards), *extra]
@@ -163,10 +172,12 @@ def _maps(
 ) -> tuple[float, list]:
     t0 = time.perf_counter()
     running: list[tuple[subprocess.Popen, str]] = []
-    tags = []
+    tags = [f"{kind}-{parallel}-{i}.json" for i in range(len(plan))]
+    if _done(work, *tags, f"{kind}-{parallel}.wall"):
+        wall = float((work / f"{kind}-{parallel}.wall").read_text())
+        return wall, [json.loads((work / t).read_text()) for t in tags]
     for i, s in enumerate(plan):
-        tag = f"{kind}-{parallel}-{i}.json"
-        tags.append(tag)
+        tag = tags[i]
         spec = f"{s.query}:{s.other}:{s.start}:{s.stop}"
         running.append((_run(kind, work, args, tag, "--shard", spec, "--parts", str(parts)), tag))
         while len([p for p, _ in running if p.poll() is None]) >= parallel:
@@ -174,7 +185,9 @@ def _maps(
     for p, _ in running:
         if p.wait() != 0:
             raise SystemExit(f"a {kind} task failed")
-    return time.perf_counter() - t0, [json.loads((work / t).read_text()) for t in tags]
+    wall = time.perf_counter() - t0
+    (work / f"{kind}-{parallel}.wall").write_text(str(wall))
+    return wall, [json.loads((work / t).read_text()) for t in tags]
 
 
 def _map_phases(
@@ -184,11 +197,19 @@ def _map_phases(
     search_s, search = _maps(work, args, plan, parts, parallel)
     tag = f"cuts-{parallel}.json"
     extra = ("--parts", str(parts), "--texts", str(work / "prepare.texts"))
-    if _run("cuts", work, args, tag, *extra).wait() != 0:
+    if not _done(work, tag) and _run("cuts", work, args, tag, *extra).wait() != 0:
         raise SystemExit("the cuts task failed")
     cuts = json.loads((work / tag).read_text())
     feat_s, feats = _maps(work, args, plan, parts, parallel, "features")
     return search_s + cuts["seconds"] + feat_s, {"search": search, "cuts": cuts, "features": feats}
+
+
+def _reduce(work: Path, args: argparse.Namespace) -> dict:
+    """The match task on the first map phase's parts (skipped when its figures are kept)."""
+    tag = "reduce.json"
+    if not _done(work, tag) and _run("reduce", work, args, tag, "--parts", str(work / "parts1")).wait() != 0:
+        raise SystemExit("the reduce failed")
+    return json.loads((work / "reduce.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--maps-only", type=int, default=None, help="run only the first M map tasks")
     parser.add_argument("--mapped-only", action="store_true", help="the mapped side alone, parallelism 1")
+    parser.add_argument("--work", type=Path, help="keep data, parts and figures here; resume from them")
     parser.add_argument(
         "--child", choices=["one", "prepare", "map", "cuts", "features", "reduce"], help=argparse.SUPPRESS
     )
@@ -213,37 +235,36 @@ def main(argv: list[str] | None = None) -> None:
     from polyglot_catalog.matching.shards import plan_shards
 
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        (work / "data").mkdir()
+        work = args.work or Path(tmp)
+        (work / "data").mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        _write_catalog(args.n, work / "data")
+        if not _done(work, "data/US.npz"):
+            _write_catalog(args.n, work / "data")
         gen_s = time.perf_counter() - t0
-        if _run("prepare", work, args, "prepare.json", "--parts", str(work / "parts1")).wait() != 0:
-            raise SystemExit("the prepare task failed")
+        if not _done(work, "prepare.json", "parts2"):
+            shutil.rmtree(work / "parts2", ignore_errors=True)
+            if _run("prepare", work, args, "prepare.json", "--parts", str(work / "parts1")).wait() != 0:
+                raise SystemExit("the prepare task failed")
+            shutil.copytree(work / "parts1", work / "parts2")  # the second map phase's own folder
         prep = json.loads((work / "prepare.json").read_text())
         texts = json.loads((work / "prepare.texts").read_text())
-        shutil.copytree(work / "parts1", work / "parts2")  # the second map phase's own folder
         plan = plan_shards(texts, args.shards)
         if args.mapped_only:
             map1_s, phase1 = _map_phases(work, args, plan, work / "parts1", 1)
-            if _run("reduce", work, args, "reduce.json", "--parts", str(work / "parts1")).wait() != 0:
-                raise SystemExit("the reduce failed")
-            red = json.loads((work / "reduce.json").read_text())
+            red = _reduce(work, args)
             _mapped_only_report(args, argv, plan, prep, phase1, map1_s, red, gen_s)
             return
         if args.maps_only:
             map1_s, maps1 = _maps(work, args, plan[: args.maps_only], work / "parts1", 1)
             _maps_only_report(args, argv, plan, prep, maps1, gen_s)
             return
-        if _run("one", work, args, "one.json").wait() != 0:
-            raise SystemExit("the one-task run failed")
-        one = json.loads((work / "one.json").read_text())
+        # mapped side first, the one task last: each finished phase's figures stay in ``--work``
         map1_s, phase1 = _map_phases(work, args, plan, work / "parts1", 1)
         map2_s, phase2 = _map_phases(work, args, plan, work / "parts2", 2)
-        p = _run("reduce", work, args, "reduce.json", "--parts", str(work / "parts1"))
-        if p.wait() != 0:
-            raise SystemExit("the reduce failed")
-        red = json.loads((work / "reduce.json").read_text())
+        red = _reduce(work, args)
+        if not _done(work, "one.json") and _run("one", work, args, "one.json").wait() != 0:
+            raise SystemExit("the one-task run failed")
+        one = json.loads((work / "one.json").read_text())
         pairs_one, groups_one = pickle.loads((work / "one.pairs").read_bytes())
         pairs_red, groups_red = pickle.loads((work / "reduce.pairs").read_bytes())
     same_pairs, same_groups = pairs_one == pairs_red, groups_one == groups_red
