@@ -69,13 +69,14 @@ from .region_search import region_digest
 from .result import DECISIONS, DUPLICATE_COLUMNS, MatchResult
 from .scoring import (
     FEATURES,
+    MAX_FIT_ROWS,
     MIN_SELF_TRAINING,
     PairScorer,
     corroboration,
     default_seed,
     pair_features,
     prior_shift_threshold,
-    self_training_targets,
+    training_masks,
 )
 from .sentence_stats import centred_region_sentences
 from .settings import CandidateSource, MatchSettings
@@ -642,7 +643,7 @@ def score_blocks(
     triangles = corroboration(blocks)
     for blk, tri in zip(blocks, triangles, strict=True):
         blk.feats["ev_triangle"] = tri
-    seed = default_seed(np.concatenate([_log_odds(blk.score) for blk in blocks]), np.concatenate(triangles))
+    seed = default_seed([_log_odds(blk.score) for blk in blocks], triangles)
     bounds = np.cumsum([0, *(len(blk) for blk in blocks)])
     scorer2 = _fit_and_score(
         blocks,
@@ -722,10 +723,11 @@ def result_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The pairs table (with ``p1`` for the context), after the group rule; groups, unmatched
     products and same-region duplicate listings."""
-    pairs, pid_a, pid_b = _pairs_table(blocks, prep.data, threshold, extra=("p1",))
-    for blk in blocks:  # the table holds them now; per-block copies would double the peak below
-        blk.feats = pd.DataFrame()
-        blk.explain = []
+    # the table takes each feature column from the blocks as it stacks it: per-block copies would
+    # double the peak
+    pairs, pid_a, pid_b = _pairs_table(blocks, prep.data, threshold, extra=("p1",), consume=True)
+    for blk in blocks:
+        blk.feats = pd.DataFrame()  # the features the table does not show (e.g. a re-ranker's)
     first = (pairs["decision"] == "match").to_numpy()
     accepted, refused, groups = apply_group_rule(
         pairs, first, threshold, settings.method, allow_same_region=settings.allow_same_region
@@ -956,15 +958,6 @@ def _fit_and_score(
     if not blocks:
         return scorer
 
-    def rows(mask: np.ndarray) -> pd.DataFrame:
-        """Only the fitted rows of every block, stacked (never a copy of all candidate pairs)."""
-        parts, start = [], 0
-        for blk in blocks:
-            n = len(blk)
-            parts.append(blk.feats[mask[start : start + n]])
-            start += n
-        return pd.concat(parts, ignore_index=True)
-
     fitted = False
     if lab:
         known, y = zip(
@@ -976,38 +969,47 @@ def _fit_and_score(
         )
         known_all, y_all = _with_reviewed(blocks, np.concatenate(known), np.concatenate(y))
         if y_all[known_all].any() and not y_all[known_all].all():
-            scorer.fit(rows(known_all), y_all[known_all], source="labels")
+            scorer.fit(*_fit_rows(blocks, known_all, y_all), source="labels")
             fitted = True
     if not fitted and sum(len(blk) for blk in blocks):
-        offset = 0
-        ia_all, ib_all = [], []
-        for blk in blocks:  # keep products of different region pairs apart in the self-training
-            ia_all.append(blk.ia + offset)
-            ib_all.append(blk.ib + offset)
-            offset += int(max(blk.ia.max(initial=0), blk.ib.max(initial=0))) + 1
-        if seed is not None:
-            seed_score = np.concatenate(seed)
-        else:
-            seed_score = default_seed(
-                *(
-                    np.concatenate([blk.feats[c].to_numpy() for blk in blocks])
-                    for c in _seed_columns(features)
-                )
-            )
-        targets = self_training_targets(seed_score, np.concatenate(ia_all), np.concatenate(ib_all))
-        if targets is not None:
-            keep, y_keep = targets
-            y_full = np.zeros(len(keep), dtype=int)
-            y_full[keep] = y_keep
-            keep, y_full = _with_reviewed(blocks, keep, y_full)
-            targets = (keep, y_full[keep])
-        if targets is None:
+        if seed is None:  # one z-scored column at a time over every region pair (see default_seed)
+            columns = ([blk.feats[c].to_numpy() for blk in blocks] for c in _seed_columns(features))
+            whole = default_seed(*columns)
+            bounds = np.cumsum([0, *(len(blk) for blk in blocks)])
+            seed = [whole[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+        # products of different region pairs never meet: each pair's masks on its own pairs
+        masks = [training_masks(s, blk.ia, blk.ib) for blk, s in zip(blocks, seed, strict=True)]
+        seed = None
+        pos = np.concatenate([m[0] for m in masks])
+        neg = np.concatenate([m[1] for m in masks])
+        del masks
+        if pos.sum() < MIN_SELF_TRAINING or neg.sum() < MIN_SELF_TRAINING:
             scorer.default()
         else:
-            scorer.fit(rows(targets[0]), targets[1], source="self-training")
+            keep, y = _with_reviewed(blocks, pos | neg, pos.astype(np.int8))
+            del pos, neg
+            scorer.fit(*_fit_rows(blocks, keep, y), source="self-training")
     for blk in blocks:
         blk.score = scorer.predict(blk.feats) if len(blk.feats) else np.zeros(0)
     return scorer
+
+
+def _fit_rows(blocks: list[PairBlock], mask: np.ndarray, y: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows a scorer is fitted on: the ``mask``ed pairs of every block and their targets, as
+    :meth:`.scoring.PairScorer.fit` would subsample them (beyond :data:`.scoring.MAX_FIT_ROWS`, the
+    same seeded rows), picked before they are stacked: the masked rows of every pair (most
+    candidates) stacked whole were a copy of the features the fit then threw nine tenths of away."""
+    picked = np.flatnonzero(mask)
+    y = np.asarray(y)[picked]
+    if len(picked) > MAX_FIT_ROWS:
+        rows = np.sort(np.random.default_rng(0).choice(len(picked), MAX_FIT_ROWS, replace=False))
+        picked, y = picked[rows], y[rows]
+    bounds = np.cumsum([0, *(len(blk) for blk in blocks)])
+    parts = [
+        blk.feats.iloc[picked[(picked >= lo) & (picked < hi)] - lo]
+        for blk, lo, hi in zip(blocks, bounds[:-1], bounds[1:], strict=True)
+    ]
+    return pd.concat(parts, ignore_index=True), y
 
 
 def _with_reviewed(
@@ -1026,7 +1028,12 @@ def _with_reviewed(
 
 
 def _pairs_table(
-    blocks: list[PairBlock], data: CatalogData, threshold: float, *, extra: Sequence[str] = ()
+    blocks: list[PairBlock],
+    data: CatalogData,
+    threshold: float,
+    *,
+    extra: Sequence[str] = (),
+    consume: bool = False,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """All candidate pairs, region pair by region pair, best score first, with the global product
     numbers (region offset + row) of both sides in the same order.
@@ -1044,6 +1051,10 @@ def _pairs_table(
     :data:`PAIR_COLUMNS` (the pass-one probability ``p1`` the match context keeps). A block's
     ``conflict`` mask, when set, marks pairs the group rule refused (an incremental run's kept
     decisions).
+
+    ``consume``: each block's feature column and explanations are dropped as soon as the table holds
+    them, so the blocks' ~50 B a pair and the table's ~110 B do not add up at the match's peak (the
+    blocks keep their rows, scores and decisions).
     """
     if not blocks:
         empty = np.zeros(0, dtype=np.int64)
@@ -1065,12 +1076,26 @@ def _pairs_table(
         codes = column(lambda blk: np.full(len(blk), regions.index(getattr(blk, side)), dtype=np.int32))
         return pd.Categorical.from_codes(codes, categories=pd.Index(regions, dtype=object), ordered=True)
 
-    def feat(name: str, missing: float = 0.0) -> Any:
-        return lambda blk: (
-            blk.feats[name].to_numpy(np.float32)
-            if name in blk.feats
-            else np.full(len(blk), missing, dtype=np.float32)
+    def feat(name: str, missing: float = 0.0) -> np.ndarray:
+        out = column(
+            lambda blk: (
+                blk.feats[name].to_numpy(np.float32)
+                if name in blk.feats
+                else np.full(len(blk), missing, dtype=np.float32)
+            )
         )
+        if consume:
+            for blk in blocks:
+                if name in blk.feats:
+                    del blk.feats[name]
+        return out
+
+    def explained() -> pd.Categorical:
+        out = pd.Categorical(column(lambda blk: blk.explain, object))
+        if consume:
+            for blk in blocks:
+                blk.explain = []
+        return out
 
     code = {d: i for i, d in enumerate(DECISIONS)}
     verdict = column(
@@ -1090,15 +1115,15 @@ def _pairs_table(
         "region_b": region("rb"),
         "sku_b": sku_b,
         "score": column(lambda blk: blk.score, np.float64),
-        "cosine": column(feat("cosine")),
+        "cosine": feat("cosine"),
         "decision": pd.Categorical.from_codes(verdict, categories=pd.Index(list(DECISIONS), dtype=object)),
         "ambiguous": column(lambda blk: blk.mask("ambiguous"), bool),
-        "csls": column(feat("csls")),
-        "lexical": column(feat("lexical")),
-        "sentences": column(feat("sentences", np.nan)),  # NaN: matched without sentence vectors
-        **{c: column(feat(c)) for c in EVIDENCE_COLUMNS},
-        "ev_triangle": column(feat("ev_triangle")),
-        "explain": pd.Categorical(column(lambda blk: blk.explain, object)),
+        "csls": feat("csls"),
+        "lexical": feat("lexical"),
+        "sentences": feat("sentences", np.nan),  # NaN: matched without sentence vectors
+        **{c: feat(c) for c in EVIDENCE_COLUMNS},
+        "ev_triangle": feat("ev_triangle"),
+        "explain": explained(),
         "text_a": text_a,
         "text_b": text_b,
         **{name: column(lambda blk, name=name: getattr(blk, name), np.float64) for name in extra},

@@ -80,10 +80,39 @@ def pair_features(
     return pd.DataFrame({name: np.asarray(col, dtype=np.float32) for name, col in data.items()}), explain
 
 
-def default_seed(*columns: np.ndarray) -> np.ndarray:
+def default_seed(*columns: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """The self-training seed score: the sum of z-scored label-free signals (CSLS, lexical overlap,
-    and sentence alignment when the matcher has it)."""
-    return np.sum([_z(np.asarray(c, dtype=np.float64)) for c in columns], axis=0)
+    and sentence alignment when the matcher has it).
+
+    A column may come as its parts (one array per region pair), put together here one column at a
+    time and z-scored in place: beside the sum at most one float64 column exists (the stacked
+    z-scores of every column were the scoring stage's peak at millions of pairs). The values are
+    those of ``sum(z(c) for c in columns)`` in column order, to the last bit."""
+    total: np.ndarray | None = None
+    for c in columns:
+        # a fresh float64 array either way (the caller's columns are never written to)
+        x = np.concatenate(c).astype(np.float64, copy=False) if isinstance(c, list | tuple) else None
+        x = np.array(c, np.float64) if x is None else x
+        mean, sd = float(np.mean(x)), float(np.std(x))
+        x -= mean
+        x /= sd if sd > 1e-12 else 1.0
+        if total is None:
+            total = x
+        else:
+            total += x
+    if total is None:
+        raise ValueError("default_seed needs at least one column")
+    return total
+
+
+def training_masks(seed: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(positives, negatives)`` of one region pair: its reciprocal-best pairs under ``seed``, and
+    the other candidates of the same products. Products of different region pairs never meet, so
+    each region pair's masks are computed on its own pairs alone."""
+    pos = reciprocal_best(seed, ia, ib)
+    touched_a = np.unique(ia[pos])
+    touched_b = np.unique(ib[pos])
+    return pos, ~pos & (np.isin(ia, touched_a) | np.isin(ib, touched_b))
 
 
 def self_training_targets(
@@ -92,10 +121,7 @@ def self_training_targets(
     """``(rows, y)`` to fit on: reciprocal-best pairs under ``seed`` are positives, the other
     candidates of the same products negatives; ``None`` when either has fewer than
     :data:`MIN_SELF_TRAINING` (too little to fit on: the hand-set :meth:`PairScorer.default` is used)."""
-    pos = reciprocal_best(seed, ia, ib)
-    touched_a = np.unique(ia[pos])
-    touched_b = np.unique(ib[pos])
-    neg = ~pos & (np.isin(ia, touched_a) | np.isin(ib, touched_b))
+    pos, neg = training_masks(seed, ia, ib)
     if pos.sum() < MIN_SELF_TRAINING or neg.sum() < MIN_SELF_TRAINING:
         return None
     keep = pos | neg
@@ -275,7 +301,7 @@ def corroboration(
     """
     edges: dict[tuple[str, str], pd.DataFrame] = {}
     for blk in blocks:
-        e = pd.DataFrame({"x": blk.ia, "y": blk.ib, "p": blk.score})
+        e = pd.DataFrame({"x": blk.ia, "y": blk.ib, "p": blk.score}, copy=False)  # views, read only
         edges[(blk.ra, blk.rb)] = e
         edges[(blk.rb, blk.ra)] = e.rename(columns={"x": "y", "y": "x"})
     regions = {r for blk in blocks for r in (blk.ra, blk.rb)}
