@@ -9,7 +9,7 @@ Every task runs in a fresh subprocess, so each peak RSS (VmHWM) is that task's o
   (:mod:`polyglot_catalog.matching.feature_parts`), streamed from the stored rows in pages;
 - **map**: each search shard as its own process, doing what one Airflow ``search_shard`` task does:
   read its range of texts and the other region in chunks from the search files, search, write its
-  Parquet part; then the ``cut_search_parts`` task; then each shard's ``feature_shard`` task (its
+  Parquet part; then each shard's ``cut_search_parts`` task; then its ``feature_shard`` task (its
   pairs' features from the rows and search files). At parallelism 1 (one after another) and 2 (two
   at a time, into another folder);
 - **reduce**: what ``match_regions`` does after the mapped tasks: the tables without vectors (as it
@@ -99,16 +99,17 @@ def _child(args: argparse.Namespace) -> None:
     import functools
 
     from polyglot_catalog.matching.feature_parts import (
+        folder_plan,
         map_features,
         read_mapped,
-        write_pair_cuts,
         write_region_rows,
+        write_shard_cuts,
     )
     from polyglot_catalog.matching.inputs import MatchInputs
     from polyglot_catalog.matching.pipeline import match_catalog, match_tables
     from polyglot_catalog.matching.region_search import write_region_search
     from polyglot_catalog.matching.settings import MatchSettings
-    from polyglot_catalog.matching.shards import CandidateShard, map_shard, plan_shards
+    from polyglot_catalog.matching.shards import CandidateShard, map_shard
 
     data_dir, out = Path(args.data), Path(args.out)
     t0 = time.perf_counter()
@@ -131,17 +132,17 @@ def _child(args: argparse.Namespace) -> None:
             write_region_rows(r, rows, args.parts)
             del skus, txt, vec
         (out.with_suffix(".texts")).write_text(json.dumps(texts))
-    elif args.child in ("map", "features"):
+    elif args.child in ("map", "cuts", "features"):
         q, o, start, stop = args.shard.split(":")
-        work = (
-            map_shard if args.child == "map" else functools.partial(map_features, regions=["DE", "FR", "US"])
-        )
-        work(args.parts, CandidateShard(q, o, int(start), int(stop)), MatchSettings(k=10))
-    elif args.child == "cuts":
-        texts = json.loads(Path(args.texts).read_text())
-        plan = plan_shards(texts, args.shards)
-        for ra, rb in sorted({(s.query, s.other) for s in plan}):
-            write_pair_cuts(args.parts, ra, rb, plan, 10)
+        shard, settings = CandidateShard(q, o, int(start), int(stop)), MatchSettings(k=10)
+        if args.child == "map":
+            map_shard(args.parts, shard, settings)
+        else:  # as the operators: the plan from the shard count and the search files
+            plan = folder_plan(args.parts, ["DE", "FR", "US"], args.shards)
+            if args.child == "cuts":
+                write_shard_cuts(args.parts, shard, plan, settings.k)
+            else:
+                map_features(args.parts, shard, settings, ["DE", "FR", "US"], plan)
     elif args.child == "reduce":  # as match_regions: the rows without vectors, the parts put together
         data = _load(data_dir, ["DE", "FR", "US"], vectors=False)
         features = functools.partial(read_mapped, folder=args.parts, shards=args.shards, center=True)
@@ -193,15 +194,12 @@ def _maps(
 def _map_phases(
     work: Path, args: argparse.Namespace, plan: list, parts: Path, parallel: int
 ) -> tuple[float, dict]:
-    """Search tasks, the cuts task, feature tasks, as the DAG runs them: wall seconds, each kind's figures."""
+    """Search, cuts and feature tasks (each mapped over the shards), as the DAG runs them: wall seconds,
+    each kind's figures."""
     search_s, search = _maps(work, args, plan, parts, parallel)
-    tag = f"cuts-{parallel}.json"
-    extra = ("--parts", str(parts), "--texts", str(work / "prepare.texts"))
-    if not _done(work, tag) and _run("cuts", work, args, tag, *extra).wait() != 0:
-        raise SystemExit("the cuts task failed")
-    cuts = json.loads((work / tag).read_text())
+    cuts_s, cuts = _maps(work, args, plan, parts, parallel, "cuts")
     feat_s, feats = _maps(work, args, plan, parts, parallel, "features")
-    return search_s + cuts["seconds"] + feat_s, {"search": search, "cuts": cuts, "features": feats}
+    return search_s + cuts_s + feat_s, {"search": search, "cuts": cuts, "features": feats}
 
 
 def _reduce(work: Path, args: argparse.Namespace) -> dict:
@@ -223,7 +221,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--child", choices=["one", "prepare", "map", "cuts", "features", "reduce"], help=argparse.SUPPRESS
     )
-    parser.add_argument("--texts", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--shard", help=argparse.SUPPRESS)
@@ -270,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     same_pairs, same_groups = pairs_one == pairs_red, groups_one == groups_red
     wall1, wall2 = prep["seconds"] + map1_s + red["seconds"], prep["seconds"] + map2_s + red["seconds"]
     maps1, cuts = phase1["search"], phase1["cuts"]
+    cuts_peak, per_cut = max(m["peak_mb"] for m in cuts), [m["seconds"] for m in cuts]
     map_peak = max(m["peak_mb"] for m in maps1)
     feat_peak = max(m["peak_mb"] for m in phase1["features"])
     per_map = [m["seconds"] for m in maps1]
@@ -286,12 +284,13 @@ def main(argv: list[str] | None = None) -> None:
             f"| prepare (search and rows files) | {prep['seconds']:.1f} | {prep['peak_mb']:.0f} | |",
             f"| search tasks | | {map_peak:.0f} (max of {len(maps1)}) | "
             f"per task {min(per_map):.1f}-{max(per_map):.1f} s, sum {sum(per_map):.1f} s |",
-            f"| cuts task (3 region pairs) | | {cuts['peak_mb']:.0f} | {cuts['seconds']:.1f} s |",
+            f"| cuts tasks | | {cuts_peak:.0f} (max of {len(cuts)}) | "
+            f"per task {min(per_cut):.1f}-{max(per_cut):.1f} s, sum {sum(per_cut):.1f} s |",
             f"| feature tasks | | {feat_peak:.0f} (max of {len(per_feat)}) | "
             f"per task {min(per_feat):.1f}-{max(per_feat):.1f} s, sum {sum(per_feat):.1f} s |",
             f"| all map phases, parallelism 1 | {map1_s:.1f} | | |",
             f"| all map phases, parallelism 2 | {map2_s:.1f} | "
-            f"{max(m['peak_mb'] for m in [*phase2['search'], *phase2['features']]):.0f} | |",
+            f"{max(m['peak_mb'] for m in [*phase2['search'], *phase2['cuts'], *phase2['features']]):.0f} | |",
             f"| reduce (parts put together, scores, decisions, groups; no vectors) | {red['seconds']:.1f} | "
             f"{red['peak_mb']:.0f} | "
             f"`{json.dumps(red['timings'])}` |",
@@ -302,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
             f"parallelism 2 **{wall2 / one['seconds']:.2f}**; the reduce is {red['seconds'] / wall1:.0%} "
             f"(p=1) / {red['seconds'] / wall2:.0%} (p=2) of the sharded wall time.",
             f"Per-task peak RSS: search {map_peak:.0f} MB, features {feat_peak:.0f} MB, cuts "
-            f"{cuts['peak_mb']:.0f} MB, reduce {red['peak_mb']:.0f} MB, one task {one['peak_mb']:.0f} MB.",
+            f"{cuts_peak:.0f} MB, reduce {red['peak_mb']:.0f} MB, one task {one['peak_mb']:.0f} MB.",
         ]
     )
     publish(
@@ -339,7 +338,7 @@ def _mapped_only_report(
             "|---|---|---|",
             f"| plan (search, rows, statistics files) | {prep['peak_mb']:.0f} | {prep['seconds']:.1f} |",
             f"| search tasks | {kind(phase['search'])} |",
-            f"| cuts task | {phase['cuts']['peak_mb']:.0f} | {phase['cuts']['seconds']:.1f} |",
+            f"| cuts tasks | {kind(phase['cuts'])} |",
             f"| feature tasks | {kind(phase['features'])} |",
             f"| match task (no vectors) | {red['peak_mb']:.0f} | "
             f"{red['seconds']:.1f} `{json.dumps(red['timings'])}` |",

@@ -23,9 +23,9 @@ filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
   it runs only on such an event or when triggered.
 * **Full runs scale out**: `plan_search_shards` splits a full run's candidate search (the part that
   grows with the catalog squared) into `search_shard` mapped tasks, as many as `shards` says or as
-  fit `memory_budget_mb`; `cut_search_parts` merges their lists, `feature_shard` tasks (mapped the
-  same way) compute each shard's pair features, and `match_regions` puts the features together
-  without reading any vector, scores, decides and reports. Parts live under
+  fit `memory_budget_mb`; `cut_search_parts` and `feature_shard` tasks (mapped the same way) merge
+  each shard's share of the lists and compute its pair features, and `match_regions` puts the
+  features together without reading any vector, scores, decides and reports. Parts live under
   `$POLYGLOT_DATA_DIR/match_shards/<run id>` (a folder every worker must see). Same pairs and
   groups as one task. Incremental runs plan none. See docs/SCALING.md.
 * **Report link**: the `match_regions` task's **Match report** button opens the run's report.
@@ -179,7 +179,7 @@ def cross_region_match() -> None:
         **decides,
     )
     search = MatchShardOperator.partial(task_id="search_shard").expand(shard=plan.output)
-    cuts = MatchShardCutsOperator(task_id="cut_search_parts", shards=plan.output)
+    cuts = MatchShardCutsOperator.partial(task_id="cut_search_parts").expand(shard=plan.output)
     features = MatchFeatureShardOperator.partial(task_id="feature_shard").expand(shard=plan.output)
     match = MatchCatalogOperator(
         task_id="match_regions",

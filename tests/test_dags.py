@@ -84,7 +84,7 @@ def test_a_full_match_searches_in_mapped_shards_that_the_match_task_joins(bag):
     names = ("plan_search_shards", "search_shard", "cut_search_parts", "feature_shard", "match_regions")
     plan, search, cuts, features, match = (dag.get_task(t) for t in names)
     assert isinstance(search, MappedOperator) and search.upstream_task_ids == {plan.task_id}
-    assert cuts.upstream_task_ids == {plan.task_id, search.task_id}
+    assert isinstance(cuts, MappedOperator) and cuts.upstream_task_ids == {plan.task_id, search.task_id}
     assert isinstance(features, MappedOperator) and features.upstream_task_ids == {plan.task_id, cuts.task_id}
     assert match.upstream_task_ids == {features.task_id} and match.trigger_rule == "none_failed"
     assert match.shards_from == plan.task_id

@@ -127,7 +127,7 @@ def test_embed_ran_as_one_mapped_task_per_file_on_the_celery_worker(deploy, firs
     tis += deploy.task_instances(MATCH, first["match"]["dag_run_id"])
     assert deploy.map_indexes(tis, "embed_file") == list(range(len(_files())))
     # the first match is full but small: one shard fits the memory budget, so the search is not mapped
-    for mapped in ("search_shard", "feature_shard"):
+    for mapped in ("search_shard", "cut_search_parts", "feature_shard"):
         assert deploy.map_indexes(tis, mapped) == [-1]
     worker_log = deploy.services["worker-1"].log.read_text(encoding="utf-8", errors="replace")
     for ti in tis:
@@ -187,8 +187,8 @@ def test_worker_killed_mid_match_is_retried_and_nothing_is_lost(deploy, first):
     # the full re-match searched and computed its pair features as mapped tasks on the worker
     # (2 shards x 3 region pairs), the match task putting them together
     tis = deploy.task_instances(MATCH, run_id)
-    assert deploy.map_indexes(tis, "search_shard") == list(range(6))
-    assert deploy.map_indexes(tis, "feature_shard") == list(range(6))
+    for mapped in ("search_shard", "cut_search_parts", "feature_shard"):
+        assert deploy.map_indexes(tis, mapped) == list(range(6))
     for ti in tis:
         if ti["task_id"] in ("search_shard", "cut_search_parts", "feature_shard"):
             assert ti["state"] == "success" and ti["queue"] == "default", ti

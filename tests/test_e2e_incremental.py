@@ -648,13 +648,13 @@ def _task_states(run) -> dict[str, list[tuple[int, str]]]:
 
 
 def test_the_full_rematch_searched_in_mapped_shards_and_incremental_nights_mapped_none(nights):
-    """shards=2: each of the 3 region pairs in 2 mapped search tasks, cut, then 2 mapped feature
-    tasks, put together by the match task; night 2 (incremental) plans none, its search and
+    """shards=2: each of the 3 region pairs in 2 mapped search tasks, 2 mapped cuts tasks, then 2
+    mapped feature tasks, put together by the match task; night 2 (incremental) plans none, its search and
     feature tasks are skipped and its match still runs."""
     full = _task_states(nights["runs"]["full"])
     assert full["plan_search_shards"] == [(-1, "success")]
     assert full["search_shard"] == [(i, "success") for i in range(6)]
-    assert full["cut_search_parts"] == [(-1, "success")]
+    assert full["cut_search_parts"] == [(i, "success") for i in range(6)]
     assert full["feature_shard"] == [(i, "success") for i in range(6)]
     assert full["match_regions"] == [(-1, "success")]
     summary = nights["full"]["summary"]

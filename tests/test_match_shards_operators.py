@@ -66,10 +66,13 @@ def _plan(ti: _TI, **kwargs: Any) -> list[dict[str, Any]]:
 
 
 def _maps(plan: list[dict[str, Any]]) -> None:
-    """What the mapped tasks after the plan do: search every shard, cut, compute every feature part."""
+    """What the mapped tasks after the plan do: search every shard, cut each shard's share, compute
+    every feature part."""
     for i, shard in enumerate(plan):  # one operator per map index
         MatchShardOperator(task_id=f"search{i}", shard=shard).execute(context={"run_id": "manual__night"})
-    MatchShardCutsOperator(task_id="cuts", shards=plan).execute(context={"run_id": "manual__night"})
+    for i, shard in reversed(list(enumerate(plan))):  # cuts tasks need no order among themselves
+        done = MatchShardCutsOperator(task_id=f"cuts{i}", shard=shard).execute(context={})
+        assert Path(done["cuts"]).name.startswith("cuts-")
     for i, shard in enumerate(plan):
         done = MatchFeatureShardOperator(task_id=f"features{i}", shard=shard).execute(context={})
         assert Path(done["part"]).name.startswith("features-")

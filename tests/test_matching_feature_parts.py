@@ -4,6 +4,7 @@ statistics an incremental run freezes), whatever the shard count."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ from polyglot_catalog.matching.feature_parts import (
     map_features,
     pair_figures,
     table_pages,
-    write_pair_cuts,
     write_region_rows,
+    write_shard_cuts,
 )
 from polyglot_catalog.matching.inputs import MatchInputs
 from polyglot_catalog.matching.pipeline import candidate_blocks, prepare
@@ -68,10 +69,10 @@ def _feature_parts(data: dict[str, RegionTable], settings: MatchSettings, shards
     plan = plan_shards(texts, shards)
     for shard in plan:
         map_shard(folder, shard, settings, chunk_rows=17)
-    for ra, rb in {(s.query, s.other) for s in plan}:
-        write_pair_cuts(folder, ra, rb, plan, settings.k)
+    for shard in reversed(plan):  # each cuts task on its own, in any order
+        write_shard_cuts(folder, shard, plan, settings.k)
     for shard in plan:
-        map_features(folder, shard, settings, regions)
+        map_features(folder, shard, settings, regions, plan)
     return plan
 
 
@@ -93,7 +94,7 @@ def test_feature_parts_put_together_are_the_single_tasks_blocks(shards: int, tmp
         pd.testing.assert_frame_equal(a.feats, b.feats, check_exact=True)
         assert a.explain == b.explain
     assert sum(len(b) for b in parts) > 0 and any(b.feats["ev_gtin"].max() > 0 for b in parts)
-    got = pair_figures(tmp_path, sorted(data))
+    got = pair_figures(tmp_path, plan, sorted(data))
     assert got.keys() == figures.keys()
     for key, (radius, floor) in figures.items():
         np.testing.assert_array_equal(got[key][0], radius)
@@ -115,6 +116,29 @@ def test_a_missing_feature_part_is_named(tmp_path: Path) -> None:
     (tmp_path / f"features-{victim.name}.parquet").unlink()
     with pytest.raises(ValueError, match=victim.name):
         blocks_from_parts(tmp_path, plan, sorted(data))
+
+
+def test_cuts_tasks_split_the_other_regions_texts_and_name_a_missing_search_part(tmp_path: Path) -> None:
+    from polyglot_catalog.matching.feature_parts import cut_range, pair_shards, read_pair_cuts
+
+    data = _catalog(n=50)
+    settings = MatchSettings(k=4)
+    plan = _feature_parts(data, settings, 3, tmp_path)
+    for ra, rb in {(s.query, s.other) for s in plan}:
+        n_b = len(set(data[rb].texts))
+        ranges = [cut_range(s, plan, n_b) for s in pair_shards(plan, ra, rb)]
+        assert ranges[0][0] == 0 and ranges[-1][1] == n_b  # every text of the pair's second region
+        assert all(hi == lo for (_, hi), (lo, _) in itertools.pairwise(ranges))  # once
+        cuts = read_pair_cuts(tmp_path, ra, rb, plan)
+        assert len(cuts["radius_a"]) == len(set(data[ra].texts)) and len(cuts["kth_idx"]) == n_b
+    victim = plan[4]
+    (tmp_path / f"{victim.name}.parquet").unlink()
+    mate = next(s for s in plan if (s.query, s.other) == (victim.query, victim.other) and s != victim)
+    with pytest.raises(ValueError, match=f"search part of shard {victim.name} is missing"):
+        write_shard_cuts(tmp_path, mate, plan, settings.k)
+    (tmp_path / f"cuts-{mate.name}.npz").unlink()
+    with pytest.raises(ValueError, match=f"cuts of shard {mate.name} are missing"):
+        read_pair_cuts(tmp_path, mate.query, mate.other, plan)
 
 
 def test_rows_of_a_region_with_a_sku_twice_are_refused(tmp_path: Path) -> None:

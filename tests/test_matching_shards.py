@@ -283,8 +283,8 @@ def test_a_sharded_search_on_object_storage_finds_the_same_pairs(tmp_path: Path)
     sharded = match_catalog(data, k=5, sentences=None, shards=2, shard_dir=url)
     _same(one, sharded)
     names = sorted(p.rsplit("/", 1)[-1] for p in fsspec.filesystem("memory").ls(url, detail=False))
-    # 6 search parts, 3 search files + sidecars, 3 rows files + statistics, 3 cuts, 6 feature parts
-    assert len(names) == 6 + 6 + 6 + 3 + 6 and not any(n.endswith(".tmp") for n in names)
+    # 6 search parts, 3 search files + sidecars, 3 rows files + statistics, 6 cuts, 6 feature parts
+    assert len(names) == 6 + 6 + 6 + 6 + 6 and not any(n.endswith(".tmp") for n in names)
     assert sum(n.startswith("features-") for n in names) == 6
 
 

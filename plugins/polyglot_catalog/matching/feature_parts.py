@@ -12,9 +12,12 @@ region-wide statistics, so they split like the search did:
    order (by SKU), and the statistics a pair's features read (each region's n-gram document
    frequencies, its evidence name frequencies). Counts are sums, so streaming them gives the
    single task's numbers exactly.
-2. **Cuts** (:func:`write_pair_cuts`, once per region pair, after its search parts): the other
-   side's merged top-``k`` of each text as its ``k``-th entry, so a shard can tell which of its own
-   reverse proposals survive the merge, and each text's neighbourhood figures.
+2. **Cuts** (:func:`write_shard_cuts`, one per search shard, after its region pair's search parts):
+   for the shard's range of the first region's texts, their neighbourhood figures (from its own
+   part), and for its share of the second region's texts (:func:`cut_range`), the merged top-``k``
+   of each as its ``k``-th entry (so a feature task can tell which of its reverse proposals survive
+   the merge) and their figures, from every part of the pair read for those texts only. A cuts task
+   holds its two ranges, whatever the catalog size.
 3. **Feature parts** (:func:`map_features`, one per search shard): the candidate pairs whose
    side-a text is in the shard's range (its own top-``k`` lists and the reverse proposals that
    survive the cut), their products' rows, vectors and evidence read from the region files, and
@@ -79,9 +82,10 @@ def _stats_file(region: str) -> str:
     return f"stats-{region}.npz"
 
 
-def cuts_file(ra: str, rb: str) -> str:
-    """``cuts-<ra>-<rb>.npz``: both sides' neighbourhood figures and side b's merged ``k``-th entry."""
-    return f"cuts-{ra}-{rb}.npz"
+def cuts_name(shard: CandidateShard) -> str:
+    """``cuts-<shard>.npz``: the figures of the shard's side-a range and of its side-b range
+    (:func:`cut_range`), with each side-b text's merged ``k``-th entry."""
+    return f"cuts-{shard.name}.npz"
 
 
 def sentences_file(region: str) -> str:
@@ -397,37 +401,56 @@ def text_sets(folder: Any, region: str) -> TextSets:
     return TextSets(rep=rep.astype(np.int64), inverse=inverse)
 
 
-def write_pair_cuts(folder: Any, ra: str, rb: str, plan: Sequence[CandidateShard], k: int) -> None:
-    """Merge the search parts of ``ra``-``rb`` into what the feature parts need: per text of ``rb``
-    its merged top-``k``'s last entry (similarity and ``ra`` text; -inf where it has fewer than
-    ``k``), and per text of either region its radius and floor (:func:`.context.neighbour_figures`).
-    Holds ``k`` entries per text of both regions, parts merged one at a time.
+def pair_shards(plan: Sequence[CandidateShard], ra: str, rb: str) -> list[CandidateShard]:
+    """The shards of region pair ``ra``-``rb`` in ``plan``, by range."""
+    return sorted((s for s in plan if (s.query, s.other) == (ra, rb)), key=lambda s: s.start)
+
+
+def cut_range(shard: CandidateShard, plan: Sequence[CandidateShard], other_texts: int) -> tuple[int, int]:
+    """The second region's texts whose cut ``shard``'s cuts task computes: the i-th of as many
+    near-equal ranges as its pair has shards (the i-th shard, by range)."""
+    mine = pair_shards(plan, shard.query, shard.other)
+    i, m = mine.index(shard), len(mine)
+    return i * other_texts // m, (i + 1) * other_texts // m
+
+
+def write_shard_cuts(folder: Any, shard: CandidateShard, plan: Sequence[CandidateShard], k: int) -> str:
+    """Write ``shard``'s cuts (:func:`cuts_name`): per text of its range of ``shard.query``, its
+    radius and floor from its own top-``k``; per text of its :func:`cut_range` of ``shard.other``,
+    the last entry of its top-``k`` merged over every part of the pair (similarity and query text;
+    -inf where it has fewer than ``k``), its radius and floor. Each part is read for those texts
+    only (a Parquet filter), so the task holds its two ranges. Returns where the file is.
 
     Raises:
-        ValueError: a text of ``ra`` has no part (a shard did not run).
+        ValueError: a search part of the pair is missing (a search task did not run).
     """
     folder = ShardFolder.of(folder)
-    n_a, n_b = RegionSearch.open(folder, ra).texts, RegionSearch.open(folder, rb).texts
-    a_sim = np.full((n_a, k), -np.inf)
-    seen = np.zeros(n_a, dtype=bool)
-    b_idx = np.full((n_b, k), -1, dtype=np.int64)
-    b_sim = np.full((n_b, k), -np.inf)
-    for shard in plan:
-        if (shard.query, shard.other) != (ra, rb):
-            continue
-        side0, (t, nb, sim) = _read_part(folder, shard, k)
-        a_sim[shard.start : shard.stop] = side0[1]
-        seen[shard.start : shard.stop] = True
-        idx = np.full((n_b, k), -1, dtype=np.int64)
-        val = np.full((n_b, k), -np.inf)
-        idx[t[0], t[1]], val[t[0], t[1]] = nb, sim
+    ra, rb = shard.query, shard.other
+    lo, hi = cut_range(shard, plan, RegionSearch.open(folder, rb).texts)
+    b_idx = np.full((hi - lo, k), -1, dtype=np.int64)
+    b_sim = np.full((hi - lo, k), -np.inf)
+    a_sim = None
+    for part in pair_shards(plan, ra, rb):
+        if not folder.exists(part_name(part)):
+            raise ValueError(f"search part of shard {part.name} is missing in {folder}")
+        if part == shard:
+            a_sim = _read_part(folder, shard, k)[0][1]
+        with folder.open(part_name(part)) as f:
+            side = pq.read_table(
+                f,
+                columns=["text", "rank", "neighbour", "sim"],
+                filters=[("side", "=", 1), ("text", ">=", lo), ("text", "<", hi)],
+            )
+        idx = np.full((hi - lo, k), -1, dtype=np.int64)
+        val = np.full((hi - lo, k), -np.inf)
+        t, r = side["text"].to_numpy() - lo, side["rank"].to_numpy().astype(np.int64)
+        idx[t, r], val[t, r] = side["neighbour"].to_numpy(), side["sim"].to_numpy()
         b_idx, b_sim = merge_rows(b_idx, b_sim, idx, val)
-    if n_a and not seen.all():
-        raise ValueError(f"search parts of {ra}<->{rb} in {folder} miss text {int(np.flatnonzero(~seen)[0])}")
+    assert a_sim is not None  # the shard is one of its pair's
     radius_a, floor_a = neighbour_figures(a_sim)
     radius_b, floor_b = neighbour_figures(b_sim)
-    full = b_idx[:, -1] >= 0 if k else np.zeros(n_b, dtype=bool)
-    with folder.writing(cuts_file(ra, rb)) as f:
+    full = b_idx[:, -1] >= 0 if k else np.zeros(hi - lo, dtype=bool)
+    with folder.writing(cuts_name(shard)) as f:
         np.savez(
             f,
             radius_a=radius_a,
@@ -437,6 +460,36 @@ def write_pair_cuts(folder: Any, ra: str, rb: str, plan: Sequence[CandidateShard
             kth_sim=np.where(full, b_sim[:, -1] if k else -np.inf, -np.inf),
             kth_idx=np.where(full, b_idx[:, -1] if k else -1, np.iinfo(np.int64).max),
         )
+    return folder.url(cuts_name(shard))
+
+
+def write_pair_cuts(folder: Any, ra: str, rb: str, plan: Sequence[CandidateShard], k: int) -> None:
+    """Every cuts file of region pair ``ra``-``rb`` (:func:`write_shard_cuts`), one after another."""
+    for shard in pair_shards(plan, ra, rb):
+        write_shard_cuts(folder, shard, plan, k)
+
+
+def read_pair_cuts(folder: Any, ra: str, rb: str, plan: Sequence[CandidateShard]) -> dict[str, np.ndarray]:
+    """The cuts of region pair ``ra``-``rb`` put together, per text of each region (``radius_a``,
+    ``floor_a``; ``radius_b``, ``floor_b``, ``kth_sim``, ``kth_idx``): ~50 B a text.
+
+    Raises:
+        ValueError: a cuts file of the pair is missing (its task did not run).
+    """
+    folder = ShardFolder.of(folder)
+    n_b = RegionSearch.open(folder, rb).texts
+    out: dict[str, list[np.ndarray]] = {}
+    for shard in pair_shards(plan, ra, rb):
+        if not folder.exists(cuts_name(shard)):
+            raise ValueError(f"cuts of shard {shard.name} are missing in {folder}")
+        with folder.open(cuts_name(shard)) as f:
+            z = np.load(f, allow_pickle=False)
+            for name in z.files:
+                out.setdefault(name, []).append(z[name])
+    cuts = {name: np.concatenate(parts) for name, parts in out.items()}
+    if (got := len(cuts.get("kth_sim", ()))) != n_b:  # cut by another plan than ``plan``
+        raise ValueError(f"cuts of {ra}<->{rb} in {folder} cover {got} of {n_b} texts")
+    return cuts
 
 
 def _read_part(
@@ -458,16 +511,22 @@ def _read_part(
     return (idx, val), ((t[~mine], r[~mine]), nb[~mine], sim[~mine])
 
 
-def map_features(folder: Any, shard: CandidateShard, settings: MatchSettings, regions: Sequence[str]) -> str:
+def map_features(
+    folder: Any,
+    shard: CandidateShard,
+    settings: MatchSettings,
+    regions: Sequence[str],
+    plan: Sequence[CandidateShard],
+) -> str:
     """Compute and write the feature part of ``shard``: every candidate pair of its region pair whose
     side-a text is in its range (the single search's pairs, :func:`.candidates.pairs_from_neighbours`,
     restricted to the range), with :data:`.scoring.FEATURES` and the explanations. ``regions``: all
-    regions of the run (the evidence IDF is over all of them). Returns where the part is."""
+    regions of the run (the evidence IDF is over all of them); ``plan``: the run's shards (whose
+    cuts it reads). Returns where the part is."""
     folder = ShardFolder.of(folder)
     ra, rb, k = shard.query, shard.other, settings.k
     (ab_idx, ab_sim), ((t_b, _), nb_a, sim) = _read_part(folder, shard, k)
-    with folder.open(cuts_file(ra, rb)) as f:
-        cuts = dict(np.load(f, allow_pickle=False))
+    cuts = read_pair_cuts(folder, ra, rb, plan)
     # a reverse proposal survives the merge if it ranks at or above its text's merged k-th entry
     kth_sim, kth_idx = cuts["kth_sim"][t_b], cuts["kth_idx"][t_b]
     keep = (nb_a >= 0) & ((sim > kth_sim) | ((sim == kth_sim) & (nb_a <= kth_idx)))
@@ -603,17 +662,18 @@ def blocks_from_parts(folder: Any, plan: Sequence[CandidateShard], regions: Sequ
     return blocks
 
 
-def pair_figures(folder: Any, regions: Sequence[str]) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+def pair_figures(
+    folder: Any, plan: Sequence[CandidateShard], regions: Sequence[str]
+) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
     """Per (region, other region) each product's radius and floor (what the match context keeps),
     from the cuts files."""
     folder = ShardFolder.of(folder)
     sets = {r: text_sets(folder, r) for r in regions}
     out = {}
     for ra, rb in itertools.combinations(sorted(regions), 2):
-        with folder.open(cuts_file(ra, rb)) as f:
-            z = np.load(f, allow_pickle=False)
-            out[(ra, rb)] = (z["radius_a"][sets[ra].inverse], z["floor_a"][sets[ra].inverse])
-            out[(rb, ra)] = (z["radius_b"][sets[rb].inverse], z["floor_b"][sets[rb].inverse])
+        z = read_pair_cuts(folder, ra, rb, plan)
+        out[(ra, rb)] = (z["radius_a"][sets[ra].inverse], z["floor_a"][sets[ra].inverse])
+        out[(rb, ra)] = (z["radius_b"][sets[rb].inverse], z["floor_b"][sets[rb].inverse])
     return out
 
 
@@ -642,7 +702,7 @@ def read_features(
     search = {r: RegionSearch.open(folder, r) for r in regions}
     return ShardedFeatures(
         blocks=blocks_from_parts(folder, plan, regions),
-        figures=pair_figures(folder, regions),
+        figures=pair_figures(folder, plan, regions),
         lex_stats={r: (s.lex_keys, s.lex_df) for r, s in stats.items()},
         idf=run_idf(stats.values()),
         means={r: s.mean for r, s in search.items()} if center else {},
@@ -651,12 +711,17 @@ def read_features(
     )
 
 
+def folder_plan(folder: Any, regions: Sequence[str], shards: int) -> list[CandidateShard]:
+    """The plan the map tasks of ``folder`` run: ``shards`` per region pair over its search files'
+    texts (what every task after the search re-derives from the shard count alone)."""
+    return plan_shards({r: RegionSearch.open(folder, r).texts for r in regions}, shards)
+
+
 def read_mapped(data: CatalogData, *_: Any, folder: Any, shards: int, center: bool) -> ShardedFeatures:
-    """:func:`read_features` of the plan the map tasks ran (``shards`` per region pair over the
-    search files' texts), for ``data``'s regions."""
+    """:func:`read_features` of the plan the map tasks ran (:func:`folder_plan`), for ``data``'s
+    regions."""
     regions = sorted(data)
-    texts = {r: RegionSearch.open(folder, r).texts for r in regions}
-    return read_features(folder, plan_shards(texts, shards), regions, center)
+    return read_features(folder, folder_plan(folder, regions, shards), regions, center)
 
 
 def check_listings(folder: Any, data: CatalogData) -> str | None:
@@ -685,7 +750,7 @@ def sharded_features(
     """The map tasks and the cuts in one process (``match --shards N``), then :func:`read_features`:
     search every stale shard (:func:`.shards.search_stale`), write each region's rows file and
     statistics (and its centred ``sentences`` with their ``sentence_stats``, products in canonical
-    order, when the run has them), each region pair's cuts and each shard's feature part. ``data``:
+    order, when the run has them), each shard's cuts and each shard's feature part. ``data``:
     the tables as read."""
     from .shards import search_stale
 
@@ -696,8 +761,8 @@ def sharded_features(
         write_region_rows(r, table_pages(data[r]), folder)
         if sentences is not None and sentence_stats is not None:
             write_region_sentences(folder, r, sentences[r], sentence_stats[r])
-    for ra, rb in itertools.combinations(regions, 2):
-        write_pair_cuts(folder, ra, rb, plan, settings.k)
     for shard in plan:
-        map_features(folder, shard, settings, regions)
+        write_shard_cuts(folder, shard, plan, settings.k)
+    for shard in plan:
+        map_features(folder, shard, settings, regions, plan)
     return read_features(folder, plan, regions, settings.center)

@@ -205,6 +205,7 @@ class MatchShardPlanOperator(BaseOperator):
                 "k": int(self.k),
                 "dir": folder,
                 "regions": sorted({r for x in plan for r in (x.query, x.other)}),
+                "shards": n,
             }
             for s in plan
         ]
@@ -260,43 +261,40 @@ def _shard_of(shard: dict[str, Any]) -> Any:
 
 class MatchShardCutsOperator(BaseOperator):
     """
-    Merge the search parts of every region pair into the cuts the feature tasks read: per text of
-    the pair's second region, the last entry of its merged top-``k`` (so a feature task knows which
-    of its range's reverse proposals survive), and each text's neighbourhood figures.
+    Cut one shard's share of its region pair's search parts for the feature tasks: the
+    neighbourhood figures of the shard's range of the first region's texts, and for its share of
+    the second region's texts the last entry of each one's merged top-``k`` (so a feature task
+    knows which of its reverse proposals survive) and their figures.
 
-    Runs once, after every ``MatchShardOperator`` of the run (a skipped search, i.e. an incremental
-    run, skips it too). It holds ``k`` neighbours per text of one region pair at a time.
+    Mapped over ``MatchShardPlanOperator``'s output like the search, after every search task of the
+    run (a skipped search, i.e. an incremental run, skips it too). It reads every part of its
+    region pair for its texts only, so it holds its two ranges, whatever the catalog size; a
+    retried task replaces its own file only.
 
-    :param shards: the plan (``MatchShardPlanOperator``'s output, a list of shard dicts).
+    :param shard: one dict of the plan (``query``, ``other``, ``start``, ``stop``, ``k``, ``dir``,
+        ``regions``, ``shards``).
     """
 
-    template_fields: Sequence[str] = ("shards",)
     ui_color = PolyglotUIColors.MATCH.value
 
-    def __init__(self, *, shards: Any, **kwargs: Any) -> None:
+    def __init__(self, *, shard: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.shards = shards
+        self.shard = shard
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowSkipException
+        from polyglot_catalog.matching.feature_parts import folder_plan, write_shard_cuts
 
-        from polyglot_catalog.matching.feature_parts import write_pair_cuts
-
-        dicts = list(self.shards or [])
-        if not dicts:
-            raise AirflowSkipException("no search shards planned (an incremental run, or one shard)")
         t0 = time.perf_counter()
         try:
-            plan = [_shard_of(d) for d in dicts]
-            folder = shard_folder(str(dicts[0]["dir"]))
-            pairs = sorted({(s.query, s.other) for s in plan})
-            for ra, rb in pairs:
-                write_pair_cuts(folder, ra, rb, plan, int(dicts[0]["k"]))
+            shard = _shard_of(self.shard)
+            folder = shard_folder(str(self.shard["dir"]))
+            plan = folder_plan(folder, [str(r) for r in self.shard["regions"]], int(self.shard["shards"]))
+            path = write_shard_cuts(folder, shard, plan, int(self.shard["k"]))
         except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
-            raise AirflowFailException(f"cuts of {len(dicts)} shards: {e}{NOT_RETRIED}") from e
+            raise AirflowFailException(f"cuts of shard {self.shard!r}: {e}{NOT_RETRIED}") from e
         seconds = round(time.perf_counter() - t0, 3)
-        self.log.info("cut %d region pairs' search parts in %.1f s", len(pairs), seconds)
-        return {"pairs": len(pairs), "seconds": seconds}
+        self.log.info("cuts of %s in %.1f s: %s", shard.name, seconds, path)
+        return {"cuts": str(path), "seconds": seconds}
 
 
 class MatchFeatureShardOperator(BaseOperator):
@@ -310,7 +308,7 @@ class MatchFeatureShardOperator(BaseOperator):
     Qdrant connection), keeping only the rows its pairs touch; a retried task replaces its own part.
 
     :param shard: one dict of the plan (``query``, ``other``, ``start``, ``stop``, ``k``, ``dir``,
-        ``regions``).
+        ``regions``, ``shards``).
     """
 
     ui_color = PolyglotUIColors.MATCH.value
@@ -320,7 +318,7 @@ class MatchFeatureShardOperator(BaseOperator):
         self.shard = shard
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from polyglot_catalog.matching.feature_parts import map_features
+        from polyglot_catalog.matching.feature_parts import folder_plan, map_features
         from polyglot_catalog.matching.settings import MatchSettings
 
         t0 = time.perf_counter()
@@ -328,7 +326,9 @@ class MatchFeatureShardOperator(BaseOperator):
             shard = _shard_of(self.shard)
             folder = shard_folder(str(self.shard["dir"]))
             settings = MatchSettings(k=int(self.shard["k"]))
-            path = map_features(folder, shard, settings, [str(r) for r in self.shard["regions"]])
+            regions = [str(r) for r in self.shard["regions"]]
+            plan = folder_plan(folder, regions, int(self.shard["shards"]))
+            path = map_features(folder, shard, settings, regions, plan)
         except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
             raise AirflowFailException(f"shard {self.shard!r}: {e}{NOT_RETRIED}") from e
         seconds = round(time.perf_counter() - t0, 3)
