@@ -199,3 +199,18 @@ def test_rows_files_name_a_region_whose_listings_changed_since_the_plan(tmp_path
     edited = dict(data, FR=RegionTable("FR", fr.skus, [*fr.texts[:-1], fr.texts[-1] + " v2"], fr.vectors))
     assert check_listings(tmp_path, edited) == "region FR changed since the plan wrote its rows file"
     assert "no rows file of region JP" in check_listings(tmp_path, {**data, "JP": fr})
+
+
+def test_picked_search_vectors_are_the_chunks_rows_and_a_missing_text_is_named(tmp_path: Path) -> None:
+    from polyglot_catalog.matching.region_search import RegionSearch
+
+    data = _catalog(n=40)
+    write_region_search("DE", table_chunks(data["DE"], rows=7), tmp_path)
+    search = RegionSearch.open(tmp_path, "DE")
+    whole = np.zeros((search.texts, search.dim), dtype=np.float32)
+    for idx, vec in search.chunks(rows=9):
+        whole[idx] = vec
+    texts = np.array([0, 5, 6, search.texts - 1])
+    np.testing.assert_array_equal(search.pick(texts), whole[texts])  # centred alike, to the bit
+    with pytest.raises(ValueError, match=f"lacks text {search.texts}"):
+        search.pick(np.array([3, search.texts]))

@@ -609,14 +609,8 @@ def _product_rows(
 
 def _text_vectors(folder: ShardFolder, region: str, codes: np.ndarray, center: bool) -> np.ndarray:
     """The search vectors (centred as the search centres them) of distinct texts ``codes``."""
-    search = RegionSearch.open(folder, region)
     uniq, back = np.unique(codes, return_inverse=True)
-    out = np.zeros((len(uniq), search.dim), dtype=np.float32)
-    for idx, vec in search.chunks(center=center):
-        at = np.searchsorted(uniq, idx)
-        hit = (at < len(uniq)) & (uniq[np.minimum(at, len(uniq) - 1)] == idx) if len(uniq) else idx < 0
-        out[at[hit]] = vec[hit]
-    return out[back]
+    return RegionSearch.open(folder, region).pick(uniq, center=center)[back]
 
 
 def blocks_from_parts(folder: Any, plan: Sequence[CandidateShard], regions: Sequence[str]) -> list[PairBlock]:

@@ -127,6 +127,24 @@ class RegionSearch:
             order = np.argsort(idx, kind="stable")  # ascending, so a chunk's ties go to lower texts
             yield idx[order], self._centre(_vectors(batch, self.dim)[order], center)
 
+    def pick(self, texts: np.ndarray, *, center: bool = True) -> np.ndarray:
+        """Search vectors of the distinct texts ``texts`` (sorted, unique), in that order: the file read
+        a chunk at a time, only the picked rows kept and centred (row-local: the bits of a chunk's).
+
+        Raises:
+            ValueError: a text is not in the file (a damaged file)."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        found = np.zeros(len(texts), dtype=bool)
+        for idx, vec in self.chunks(center=False):
+            at = np.minimum(np.searchsorted(texts, idx), max(len(texts) - 1, 0))
+            hit = texts[at] == idx if len(texts) else np.zeros(len(idx), dtype=bool)
+            out[at[hit]] = vec[hit]
+            found[at[hit]] = True
+        if not found.all():
+            gap = int(texts[np.flatnonzero(~found)[0]])
+            raise ValueError(f"{self.folder.url(search_file(self.region))} lacks text {gap} (a damaged file)")
+        return self._centre(out, center)
+
     def range(self, start: int, stop: int, *, center: bool = True) -> np.ndarray:
         """Search vectors of texts ``start:stop`` in canonical order (read in chunks; only the range held)."""
         out = np.zeros((stop - start, self.dim), dtype=np.float32)
