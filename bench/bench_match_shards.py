@@ -136,7 +136,7 @@ def _child(args: argparse.Namespace) -> None:
         q, o, start, stop = args.shard.split(":")
         shard, settings = CandidateShard(q, o, int(start), int(stop)), MatchSettings(k=10)
         if args.child == "map":
-            map_shard(args.parts, shard, settings)
+            map_shard(args.parts, shard, settings, shards=args.shards)
         else:  # as the operators: the plan from the shard count and the search files
             plan = folder_plan(args.parts, ["DE", "FR", "US"], args.shards)
             if args.child == "cuts":

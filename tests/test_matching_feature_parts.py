@@ -68,7 +68,7 @@ def _feature_parts(data: dict[str, RegionTable], settings: MatchSettings, shards
     texts = {r: len(set(t.texts)) for r, t in data.items()}
     plan = plan_shards(texts, shards)
     for shard in plan:
-        map_shard(folder, shard, settings, chunk_rows=17)
+        map_shard(folder, shard, settings, chunk_rows=17, shards=shards)
     for shard in reversed(plan):  # each cuts task on its own, in any order
         write_shard_cuts(folder, shard, plan, settings.k)
     for shard in plan:
@@ -131,6 +131,16 @@ def test_cuts_tasks_split_the_other_regions_texts_and_name_a_missing_search_part
         assert all(hi == lo for (_, hi), (lo, _) in itertools.pairwise(ranges))  # once
         cuts = read_pair_cuts(tmp_path, ra, rb, plan)
         assert len(cuts["radius_a"]) == len(set(data[ra].texts)) and len(cuts["kth_idx"]) == n_b
+    for shard in plan:  # a cuts task reads its own row groups of a part: each lies in one range
+        n_b = len(set(data[shard.other].texts))
+        bounds = [cut_range(s, plan, n_b) for s in pair_shards(plan, shard.query, shard.other)]
+        meta = pq.ParquetFile(tmp_path / f"{shard.name}.parquet").metadata
+        text = meta.schema.to_arrow_schema().get_field_index("text")
+        side = meta.schema.to_arrow_schema().get_field_index("side")
+        groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+        reverse = [g.column(text).statistics for g in groups if g.column(side).statistics.max == 1]
+        assert len(reverse) >= len(bounds)
+        assert all(any(lo <= st.min and st.max < hi for lo, hi in bounds) for st in reverse)
     victim = plan[4]
     (tmp_path / f"{victim.name}.parquet").unlink()
     mate = next(s for s in plan if (s.query, s.other) == (victim.query, victim.other) and s != victim)

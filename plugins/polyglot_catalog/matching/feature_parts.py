@@ -59,7 +59,7 @@ from .region_search import RegionSearch, add_digest, distinct_texts, rows_digest
 from .scoring import pair_features
 from .settings import MatchSettings
 from .shard_storage import ParquetSink, ShardFolder
-from .shards import CandidateShard, merge_rows, part_name, plan_shards
+from .shards import CandidateShard, cut_bounds, merge_rows, pair_shards, part_name, plan_shards
 
 #: The product fields evidence reads besides the text (:func:`.evidence.extract`).
 EVIDENCE_FIELDS = ("title", "brand", "gtin")
@@ -401,17 +401,14 @@ def text_sets(folder: Any, region: str) -> TextSets:
     return TextSets(rep=rep.astype(np.int64), inverse=inverse)
 
 
-def pair_shards(plan: Sequence[CandidateShard], ra: str, rb: str) -> list[CandidateShard]:
-    """The shards of region pair ``ra``-``rb`` in ``plan``, by range."""
-    return sorted((s for s in plan if (s.query, s.other) == (ra, rb)), key=lambda s: s.start)
-
-
 def cut_range(shard: CandidateShard, plan: Sequence[CandidateShard], other_texts: int) -> tuple[int, int]:
     """The second region's texts whose cut ``shard``'s cuts task computes: the i-th of as many
-    near-equal ranges as its pair has shards (the i-th shard, by range)."""
+    near-equal ranges as its pair has shards (the i-th shard, by range; :func:`.shards.cut_bounds`,
+    which the search tasks' row groups follow)."""
     mine = pair_shards(plan, shard.query, shard.other)
-    i, m = mine.index(shard), len(mine)
-    return i * other_texts // m, (i + 1) * other_texts // m
+    bounds = cut_bounds(other_texts, len(mine))
+    i = mine.index(shard)
+    return int(bounds[i]), int(bounds[i + 1])
 
 
 def write_shard_cuts(folder: Any, shard: CandidateShard, plan: Sequence[CandidateShard], k: int) -> str:

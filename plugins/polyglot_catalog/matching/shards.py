@@ -77,10 +77,27 @@ def plan_shards(texts: Mapping[str, int], shards: int) -> list[CandidateShard]:
     out = []
     for query, other in itertools.combinations(sorted(texts), 2):
         n = texts[query]
-        parts = max(1, min(shards, n))
+        parts = pair_shard_count(shards, n)
         bounds = np.linspace(0, n, parts + 1).round().astype(int)
         out += [CandidateShard(query, other, int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
     return out
+
+
+def pair_shard_count(shards: int, query_texts: int) -> int:
+    """Shards of a region pair whose first region has ``query_texts`` distinct texts: ``shards``, or
+    fewer when the region has fewer texts."""
+    return max(1, min(shards, query_texts))
+
+
+def pair_shards(plan: Sequence[CandidateShard], query: str, other: str) -> list[CandidateShard]:
+    """The shards of region pair ``query``-``other`` in ``plan``, by range."""
+    return sorted((s for s in plan if (s.query, s.other) == (query, other)), key=lambda s: s.start)
+
+
+def cut_bounds(other_texts: int, ranges: int) -> np.ndarray:
+    """Bounds of ``ranges`` near-equal ranges of the second region's texts: the i-th shard of a
+    region pair (by range) cuts texts ``bounds[i]:bounds[i + 1]`` (:mod:`.feature_parts`)."""
+    return np.arange(ranges + 1, dtype=np.int64) * other_texts // max(ranges, 1)
 
 
 def shards_for_budget(
@@ -157,6 +174,7 @@ def map_shard(
     settings: MatchSettings,
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    shards: int = 1,
 ) -> str:
     """Search one shard from the regions' search files in ``folder`` and write its part there.
 
@@ -169,6 +187,9 @@ def map_shard(
     cannot change the merged list and spares each chunk a cold start. The canonical order
     is the same in every chunk and shard, so the join merges the lists into the top-``k`` one search
     over the whole region finds. Texts and neighbours are distinct-text indices of their regions.
+    ``shards``: the run's shards per region pair; a chunk's ``side`` 1 rows are written as one row
+    group per cuts task's range of ``other`` (:func:`cut_bounds`), so each cuts task reads its own
+    row groups of every part (Parquet statistics), not every part whole.
     Returns where the part is (a path or URL)."""
     folder = ShardFolder.of(folder)
     q = RegionSearch.open(folder, shard.query)
@@ -179,6 +200,7 @@ def map_shard(
     best_idx = np.full((n, settings.k), -1, dtype=np.int64)
     best_sim = np.full((n, settings.k), -np.inf)
     schema = PART_SCHEMA.with_metadata({PART_KEY: part_key(shard, settings, q.digest, o.digest)})
+    cuts = cut_bounds(o.texts, pair_shard_count(shards, q.texts))
     with folder.writing(part_name(shard)) as f, pq.ParquetWriter(f, schema) as writer:
         for idx, vo in o.chunks(chunk_rows, center=settings.center):
             ab, _, ba, _ = exact_topk_both(
@@ -193,7 +215,11 @@ def map_shard(
             ab = np.where(ab >= 0, idx[np.maximum(ab, 0)], -1)
             best_idx, best_sim = merge_rows(best_idx, best_sim, ab, ab_sim)
             ba, ba_sim = canonical_topk(vo, vq, ba, settings.k)
-            writer.write_table(_side(1, idx, np.where(ba >= 0, ba + shard.start, -1), ba_sim, schema))
+            side = _side(1, idx, np.where(ba >= 0, ba + shard.start, -1), ba_sim, schema)
+            at = np.searchsorted(idx, cuts) * ba.shape[1]  # ``idx`` ascending: each range's rows
+            for lo, hi in itertools.pairwise(at):
+                if hi > lo:
+                    writer.write_table(side.slice(lo, hi - lo))
         writer.write_table(_side(0, np.arange(shard.start, shard.stop), best_idx, best_sim, schema))
     return folder.url(part_name(shard))  # written whole or not at all: a retry replaces it
 
@@ -363,7 +389,7 @@ def search_stale(
         if not current:
             write_region_search(region, table_chunks(data[region]), folder)
     for shard in stale:
-        map_shard(folder, shard, settings)
+        map_shard(folder, shard, settings, shards=shards)
     logger.info("candidate search: %d shards, %d searched here, parts in %s", len(plan), len(stale), folder)
     return plan
 

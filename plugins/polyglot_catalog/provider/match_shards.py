@@ -242,7 +242,8 @@ class MatchShardOperator(BaseOperator):
             shard = _shard_of(self.shard)
             settings = MatchSettings(k=int(self.shard["k"]))
             folder = shard_folder(str(self.shard["dir"]))
-            path = map_shard(folder, shard, settings, chunk_rows=int(self.chunk_rows))
+            shards = int(self.shard.get("shards", 1))  # the cuts tasks' ranges its row groups follow
+            path = map_shard(folder, shard, settings, chunk_rows=int(self.chunk_rows), shards=shards)
         except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
             raise AirflowFailException(f"shard {self.shard!r}: {e}{NOT_RETRIED}") from e
         seconds = round(time.perf_counter() - t0, 3)
