@@ -974,12 +974,11 @@ def _fit_and_score(
     if not fitted and sum(len(blk) for blk in blocks):
         if seed is None:  # one z-scored column at a time over every region pair (see default_seed)
             columns = ([blk.feats[c].to_numpy() for blk in blocks] for c in _seed_columns(features))
-            whole = default_seed(*columns)
             bounds = np.cumsum([0, *(len(blk) for blk in blocks)])
-            seed = [whole[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+            seed = list(np.split(default_seed(*columns), bounds[1:-1]))
         # products of different region pairs never meet: each pair's masks on its own pairs
         masks = [training_masks(s, blk.ia, blk.ib) for blk, s in zip(blocks, seed, strict=True)]
-        seed = None
+        seed = None  # the seed's views (and so its array) go with it
         pos = np.concatenate([m[0] for m in masks])
         neg = np.concatenate([m[1] for m in masks])
         del masks
