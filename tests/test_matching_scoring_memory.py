@@ -114,3 +114,42 @@ def test_the_pairs_table_takes_the_blocks_columns_and_is_the_same_table() -> Non
     assert np.array_equal(pid_a, pid_a2) and np.array_equal(pid_b, pid_b2)
     assert all(len(b.feats.columns) == 0 and not b.explain for b in blocks)  # handed to the table
     assert all(len(b) == len(f) and len(b.score) == len(f) for b, (f, _) in zip(blocks, kept, strict=True))
+
+
+def _corroboration_by_merges(blocks: list[PairBlock], targets: list[PairBlock]) -> list[np.ndarray]:
+    """The definition, by pandas joins: for each pair, the best path through a third region."""
+    edges = {}
+    for blk in blocks:
+        e = pd.DataFrame({"x": blk.ia, "y": blk.ib, "p": blk.score})
+        edges[(blk.ra, blk.rb)], edges[(blk.rb, blk.ra)] = e, e.rename(columns={"x": "y", "y": "x"})
+    out = []
+    for blk in targets:
+        support = np.zeros(len(blk))
+        for rc in {"DE", "FR", "US"} - {blk.ra, blk.rb}:
+            ac = edges[(blk.ra, rc)].rename(columns={"x": "i", "y": "c", "p": "p1"})
+            bc = edges[(blk.rb, rc)].rename(columns={"x": "j", "y": "c", "p": "p2"})
+            pairs = pd.DataFrame({"row": np.arange(len(blk)), "i": blk.ia, "j": blk.ib})
+            m = pairs.merge(ac, on="i").merge(bc, on=["j", "c"])
+            best = pd.Series(np.minimum(m["p1"], m["p2"]).to_numpy()).groupby(m["row"].to_numpy()).max()
+            support[best.index] = np.maximum(support[best.index], best.to_numpy())
+        out.append(support.astype(np.float32))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_corroboration_is_the_best_path_through_a_third_region_whatever_the_chunk(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for ra, rb in itertools.combinations(("DE", "FR", "US"), 2):
+        n = 500  # repeated edges included (drawn with replacement), ties in the scores too
+        blocks.append(
+            PairBlock(ra, rb, rng.integers(0, 60, n), rng.integers(0, 70, n), score=rng.integers(0, 9, n) / 8)
+        )
+    want = _corroboration_by_merges(blocks, blocks)
+    assert sum(int((w > 0).sum()) for w in want) > 100
+    for chunk in (1, 13, 10_000):
+        for got, exp in zip(scoring.corroboration(blocks, chunk=chunk), want, strict=True):
+            np.testing.assert_array_equal(got, exp)
+    new = [PairBlock("DE", "FR", rng.integers(0, 80, 50), rng.integers(0, 80, 50))]  # an incremental run's
+    got = scoring.corroboration(blocks, targets=new)
+    np.testing.assert_array_equal(got[0], _corroboration_by_merges(blocks, new)[0])

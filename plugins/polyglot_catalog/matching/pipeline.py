@@ -1090,7 +1090,7 @@ def _pairs_table(
         return out
 
     def explained() -> pd.Categorical:
-        out = pd.Categorical(column(lambda blk: blk.explain, object))
+        out = _shared_strings([[blocks[n].explain[i] for i in orders[n]] for n in seq])
         if consume:
             for blk in blocks:
                 blk.explain = []
@@ -1128,6 +1128,21 @@ def _pairs_table(
         **{name: column(lambda blk, name=name: getattr(blk, name), np.float64) for name in extra},
     }
     return pd.DataFrame(columns, columns=[*PAIR_COLUMNS, *extra], copy=False), pid_a, pid_b
+
+
+def _shared_strings(parts: Sequence[Sequence[str]]) -> pd.Categorical:
+    """``parts`` (lists of strings, most of them repeats of a few) as one categorical, categories
+    sorted as ``pd.Categorical`` sorts them. Why not ``pd.Categorical(values)``: pandas sizes its
+    hash table for every value, not for the distinct ones (~0.5 GB at 12 M pairs, the match task's
+    peak at 300k per region); a dict of the distinct strings costs a few KB."""
+    vocab: dict[str, int] = {}
+    total = sum(len(p) for p in parts)
+    codes = np.fromiter((vocab.setdefault(e, len(vocab)) for p in parts for e in p), np.int64, total)
+    words = np.array(list(vocab), dtype=object)
+    order = np.argsort(words, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return pd.Categorical.from_codes(rank[codes], categories=pd.Index(words[order], dtype=object))
 
 
 def _product_columns(
