@@ -431,7 +431,7 @@ def write_shard_cuts(folder: Any, shard: CandidateShard, plan: Sequence[Candidat
         if not folder.exists(part_name(part)):
             raise ValueError(f"search part of shard {part.name} is missing in {folder}")
         if part == shard:
-            a_sim = _read_part(folder, shard, k)[0][1]
+            a_sim = _read_part(folder, shard, k, reverse=False)[0][1]
         with folder.open(part_name(part)) as f:
             side = pq.read_table(
                 f,
@@ -490,12 +490,13 @@ def read_pair_cuts(folder: Any, ra: str, rb: str, plan: Sequence[CandidateShard]
 
 
 def _read_part(
-    folder: ShardFolder, shard: CandidateShard, k: int
+    folder: ShardFolder, shard: CandidateShard, k: int, *, reverse: bool = True
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]]:
     """A search part as ``((idx, sim)`` of its range's top-``k``, ``((text, rank), neighbour, sim)``
-    of the other side's proposals)."""
+    of the other side's proposals); ``reverse=False``: the range's own lists alone (the reverse
+    row groups are skipped, the proposals come back empty)."""
     with folder.open(part_name(shard)) as f:
-        part = pq.read_table(f)
+        part = pq.read_table(f, filters=None if reverse else [("side", "=", 0)])
     side = part["side"].to_numpy()
     t, r = part["text"].to_numpy(), part["rank"].to_numpy().astype(np.int64)
     nb, sim = part["neighbour"].to_numpy(), part["sim"].to_numpy()
