@@ -460,12 +460,6 @@ def write_shard_cuts(folder: Any, shard: CandidateShard, plan: Sequence[Candidat
     return folder.url(cuts_name(shard))
 
 
-def write_pair_cuts(folder: Any, ra: str, rb: str, plan: Sequence[CandidateShard], k: int) -> None:
-    """Every cuts file of region pair ``ra``-``rb`` (:func:`write_shard_cuts`), one after another."""
-    for shard in pair_shards(plan, ra, rb):
-        write_shard_cuts(folder, shard, plan, k)
-
-
 def read_pair_cuts(folder: Any, ra: str, rb: str, plan: Sequence[CandidateShard]) -> dict[str, np.ndarray]:
     """The cuts of region pair ``ra``-``rb`` put together, per text of each region (``radius_a``,
     ``floor_a``; ``radius_b``, ``floor_b``, ``kth_sim``, ``kth_idx``): ~50 B a text.

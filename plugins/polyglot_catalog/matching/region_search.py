@@ -147,17 +147,7 @@ class RegionSearch:
 
     def range(self, start: int, stop: int, *, center: bool = True) -> np.ndarray:
         """Search vectors of texts ``start:stop`` in canonical order (read in chunks; only the range held)."""
-        out = np.zeros((stop - start, self.dim), dtype=np.float32)
-        found = np.zeros(stop - start, dtype=bool)
-        for idx, vec in self.chunks(center=False):
-            mine = (idx >= start) & (idx < stop)
-            out[idx[mine] - start] = vec[mine]
-            found[idx[mine] - start] = True
-        out = self._centre(out, center)  # only the range's rows (row-local: the same bits as a chunk's)
-        if not found.all():
-            gap = start + int(np.flatnonzero(~found)[0])
-            raise ValueError(f"{self.folder.url(search_file(self.region))} lacks text {gap} (a damaged file)")
-        return out
+        return self.pick(np.arange(start, stop, dtype=np.int64), center=center)
 
 
 def _vectors(batch: pa.RecordBatch, dim: int) -> np.ndarray:

@@ -260,6 +260,17 @@ def _shard_of(shard: dict[str, Any]) -> Any:
     return CandidateShard(str(shard["query"]), str(shard["other"]), int(shard["start"]), int(shard["stop"]))
 
 
+def _planned(shard: dict[str, Any]) -> tuple[Any, Any, list[str], list[Any]]:
+    """``(shard, folder, regions, plan)`` of one of the plan's dicts, for the tasks after the search:
+    the run's plan re-derived from the shard count and the search files (KeyError/TypeError when
+    malformed)."""
+    from polyglot_catalog.matching.feature_parts import folder_plan
+
+    folder = shard_folder(str(shard["dir"]))
+    regions = [str(r) for r in shard["regions"]]
+    return _shard_of(shard), folder, regions, folder_plan(folder, regions, int(shard["shards"]))
+
+
 class MatchShardCutsOperator(BaseOperator):
     """
     Cut one shard's share of its region pair's search parts for the feature tasks: the
@@ -283,13 +294,11 @@ class MatchShardCutsOperator(BaseOperator):
         self.shard = shard
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from polyglot_catalog.matching.feature_parts import folder_plan, write_shard_cuts
+        from polyglot_catalog.matching.feature_parts import write_shard_cuts
 
         t0 = time.perf_counter()
         try:
-            shard = _shard_of(self.shard)
-            folder = shard_folder(str(self.shard["dir"]))
-            plan = folder_plan(folder, [str(r) for r in self.shard["regions"]], int(self.shard["shards"]))
+            shard, folder, _, plan = _planned(self.shard)
             path = write_shard_cuts(folder, shard, plan, int(self.shard["k"]))
         except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
             raise AirflowFailException(f"cuts of shard {self.shard!r}: {e}{NOT_RETRIED}") from e
@@ -319,17 +328,13 @@ class MatchFeatureShardOperator(BaseOperator):
         self.shard = shard
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from polyglot_catalog.matching.feature_parts import folder_plan, map_features
+        from polyglot_catalog.matching.feature_parts import map_features
         from polyglot_catalog.matching.settings import MatchSettings
 
         t0 = time.perf_counter()
         try:
-            shard = _shard_of(self.shard)
-            folder = shard_folder(str(self.shard["dir"]))
-            settings = MatchSettings(k=int(self.shard["k"]))
-            regions = [str(r) for r in self.shard["regions"]]
-            plan = folder_plan(folder, regions, int(self.shard["shards"]))
-            path = map_features(folder, shard, settings, regions, plan)
+            shard, folder, regions, plan = _planned(self.shard)
+            path = map_features(folder, shard, MatchSettings(k=int(self.shard["k"])), regions, plan)
         except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
             raise AirflowFailException(f"shard {self.shard!r}: {e}{NOT_RETRIED}") from e
         seconds = round(time.perf_counter() - t0, 3)
