@@ -5,6 +5,7 @@ statistics an incremental run freezes), whatever the shard count."""
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,37 @@ def test_feature_parts_put_together_are_the_single_tasks_blocks(shards: int, tmp
     from polyglot_catalog.matching.feature_parts import run_idf
 
     assert run_idf(RegionStats.open(tmp_path, r) for r in sorted(data)) == idf
+
+
+def _column_bytes_freed(build) -> list[int]:
+    """Bytes freed by taking each block's first feature column away, the blocks built while traced."""
+    tracemalloc.start()
+    try:
+        blocks = build()
+        freed = []
+        for b in blocks:
+            before = tracemalloc.get_traced_memory()[0]
+            del b.feats[b.feats.columns[0]]
+            freed.append(before - tracemalloc.get_traced_memory()[0])
+        return freed
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_feature_column_taken_from_a_block_is_freed_at_once(tmp_path: Path) -> None:
+    """The pairs table takes the features a column at a time: each must go as it is taken, not when
+    the last one goes (pandas' 2D blocks), or the blocks' and the table's features add up (#26)."""
+    data = _catalog(n=300)
+    settings = MatchSettings(k=5)
+    plan = _feature_parts(data, settings, 2, tmp_path)
+    prep = prepare(MatchInputs(dict(data), None), settings)
+    for build in (
+        lambda: blocks_from_parts(tmp_path, plan, sorted(data)),
+        lambda: candidate_blocks(prep, settings)[0],
+    ):
+        freed = _column_bytes_freed(build)
+        assert len(freed) == 3
+        assert all(f >= 4 * 5 * 300 * 0.9 for f in freed), freed  # a float32 column of >= k pairs per product
 
 
 def test_a_missing_feature_part_is_named(tmp_path: Path) -> None:

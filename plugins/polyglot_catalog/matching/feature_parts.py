@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from ..sentences import SentenceVectors
 from .alignment import sentence_alignment
-from .blocks import PairBlock
+from .blocks import PairBlock, feature_frame
 from .candidates import expand_text_pairs
 from .canonical import TextSets
 from .context import neighbour_figures
@@ -639,7 +639,7 @@ def blocks_from_parts(folder: Any, plan: Sequence[CandidateShard], regions: Sequ
             continue
         a, b = np.concatenate(ia), np.concatenate(ib)
         order = np.lexsort((b, a))
-        feats = pd.DataFrame({name: np.concatenate(parts)[order] for name, parts in cols.items()})
+        feats = feature_frame({name: np.concatenate(parts)[order] for name, parts in cols.items()})
         text = list(words)
         explain = [text[i] for i in np.concatenate(codes)[order]]
         blocks.append(PairBlock(ra, rb, a[order], b[order], feats, explain))

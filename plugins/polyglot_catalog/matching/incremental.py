@@ -41,7 +41,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..sentences import SentenceCache, SentenceVectors
 from .alignment import center_sentences, frozen_sentence_weights, sentence_alignment
-from .blocks import PairBlock, concat_blocks
+from .blocks import PairBlock, concat_blocks, feature_frame
 from .candidates import DEFAULT_BLOCK_COLS, DEFAULT_BLOCK_ROWS, candidate_pairs
 from .canonical import (
     TextSets,
@@ -559,7 +559,7 @@ def _kept_pairs(
         seeds.append(offsets[rb] + ib[strong_lost & ok_b])
         kept = part[ok]
         decision = kept["decision"].astype(str).to_numpy()
-        feats = pd.DataFrame(
+        feats = feature_frame(
             {
                 c: kept[c].to_numpy(np.float32) if c in kept else np.zeros(len(kept), np.float32)
                 for c in FEATURE_COLUMNS

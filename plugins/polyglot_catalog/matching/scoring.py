@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .blocks import PairBlock
+from .blocks import PairBlock, feature_frame
 from .canonical import pair_cosine, snap
 from .evidence import EVIDENCE_COLUMNS, TextEvidence
 from .fastev import compare_many
@@ -77,7 +77,7 @@ def pair_features(
     evidence, explain = compare_many(ev_a, ev_b, ia, ib, idf)
     data = {"cosine": cos, "csls": csls, "lexical": lexical, **evidence}
     # float32 throughout: ~15 columns x millions of pairs, and no feature needs more than 7 digits
-    return pd.DataFrame({name: np.asarray(col, dtype=np.float32) for name, col in data.items()}), explain
+    return feature_frame({name: np.asarray(col, dtype=np.float32) for name, col in data.items()}), explain
 
 
 def default_seed(*columns: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
