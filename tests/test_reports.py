@@ -1053,3 +1053,34 @@ def test_duplicate_listings_are_written_beside_the_pairs(tmp_path: Path) -> None
     assert {p.name for p in folder.iterdir()} == REPORT_FILES | {"duplicates.parquet"}
     got = pd.read_parquet(folder / "duplicates.parquet")
     assert got.astype(str).equals(result.duplicates.reset_index(drop=True).astype(str))
+
+
+def test_the_page_of_a_large_run_holds_less_than_a_second_copy_of_its_pairs(tmp_path: Path) -> None:
+    """The match task renders the page with the pairs table in memory (12.5 M pairs at 300k x 3): the
+    figures and samples must come from its columns, not from copies of its rows as strings (#26)."""
+    import tracemalloc
+
+    base = make_result(labelled=False)
+    n, products = 300_000, 25_000  # ~12 candidates per product, as the matcher's k gives
+    rng = np.random.default_rng(3)
+    pairs = base.pairs.iloc[np.arange(n) % len(base.pairs)].reset_index(drop=True)
+    for side in ("a", "b"):
+        pairs[f"sku_{side}"] = pd.Categorical.from_codes(
+            rng.integers(0, products, n), [f"{side.upper()}-{i:06d}" for i in range(products)]
+        )
+    for c in ("region_a", "region_b", "decision", "explain", "text_a", "text_b"):
+        pairs[c] = pairs[c].astype("category")
+    pairs["score"] = rng.random(n)
+    pairs["ambiguous"] = rng.random(n) < 0.01
+    big = MatchResult(pairs=pairs, groups=base.groups, unmatched=base.unmatched, summary=base.summary)
+    table = int(pairs.memory_usage(deep=True).sum())
+
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        page = render_html(big)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert f"{n:,}" in page  # the page does count every pair
+    assert peak < table, f"rendering held {peak / 2**20:.1f} MB over a {table / 2**20:.1f} MB pairs table"

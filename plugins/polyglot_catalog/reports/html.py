@@ -197,10 +197,12 @@ def _products_per_region(result: MatchResult) -> dict[str, int]:
     for side in ("a", "b"):
         cols = [f"region_{side}", f"sku_{side}"]
         if set(cols) <= set(result.pairs.columns):
-            frames.append(result.pairs[cols].set_axis(["region", "sku"], axis=1))
+            # distinct first (on the categoricals' codes): a pairs table names each product ~k times,
+            # and its millions of rows as strings were the report's memory peak
+            frames.append(result.pairs[cols].drop_duplicates().set_axis(["region", "sku"], axis=1))
     if not frames:
         return {}
-    both = pd.concat(frames, ignore_index=True).astype(str).drop_duplicates()
+    both = pd.concat([f.astype(str) for f in frames], ignore_index=True).drop_duplicates()
     return {str(k): int(v) for k, v in both.groupby("region").size().items()}
 
 
@@ -232,18 +234,18 @@ def _pair_counts(result: MatchResult, regions: Sequence[str]) -> list[dict[str, 
             }
     pairs = result.pairs
     if {"region_a", "region_b", "decision"} <= set(pairs.columns) and len(pairs):
-        keyed = pairs.assign(
-            _a=pairs["region_a"].astype(str),
-            _b=pairs["region_b"].astype(str),
-            _m=pairs["decision"] == "match",
+        # grouped on the region columns as they are (categoricals: codes), not copied as strings
+        matched = (pairs["decision"] == "match").groupby(
+            [pairs["region_a"], pairs["region_b"]], observed=True
         )
-        for (a, b), grp in keyed.groupby(["_a", "_b"]):
+        sizes, sums = matched.size(), matched.sum()
+        for (a, b), n, m in zip(sizes.index, sizes, sums, strict=True):
             a, b = sorted((str(a), str(b)))
             entry = counts.setdefault((a, b), {"candidates": None, "matches": None})
             if entry["candidates"] is None:
-                entry["candidates"] = float(len(grp))
+                entry["candidates"] = float(n)
             if entry["matches"] is None:
-                entry["matches"] = float(grp["_m"].sum())
+                entry["matches"] = float(m)
     position = {r: i for i, r in enumerate(regions)}
     rows = []
     for (a, b), value in sorted(counts.items(), key=lambda kv: (position.get(kv[0][0], 99), kv[0])):
@@ -288,12 +290,12 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] |
     """
     if "score" not in pairs.columns or "decision" not in pairs.columns:
         return None
-    scores = pd.to_numeric(pairs["score"], errors="coerce")
-    ok = scores.notna() & np.isfinite(scores)
+    scores = pd.to_numeric(pairs["score"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    ok = np.isfinite(scores)
     if not ok.any():
         return None
-    scores = scores[ok].astype(float)
-    accepted = (pairs.loc[ok, "decision"] == "match").to_numpy()
+    scores = scores[ok]
+    accepted = (pairs["decision"] == "match").to_numpy()[ok]
     lo, hi = float(scores.min()), float(scores.max())
     if threshold is not None:
         lo, hi = min(lo, threshold), max(hi, threshold)
@@ -316,7 +318,7 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] |
     for index, (label, css, mask) in enumerate(
         (("accepted pairs", "acc", accepted), ("rejected pairs", "rej", ~accepted))
     ):
-        counts, _ = np.histogram(scores.to_numpy()[mask], bins=edges)
+        counts, _ = np.histogram(scores[mask], bins=edges)
         peak = int(counts.max()) if counts.size else 0
         y0 = top + index * (panel_h + gap)
         bars = []
@@ -600,6 +602,16 @@ def _pair_view(
     }
 
 
+def _nearest(
+    pairs: pd.DataFrame, score: np.ndarray, mask: np.ndarray, n: int, *, ascending: bool
+) -> pd.DataFrame:
+    """The first ``n`` ``mask``ed rows of ``pairs`` by ``score`` (stable, missing scores last), sorted
+    on the scores alone: sorting the masked rows of the table copied most of it (millions of pairs)."""
+    rows = np.flatnonzero(mask)
+    order = pd.Series(score[rows]).sort_values(ascending=ascending, kind="stable").index[: max(n, 0)]
+    return pairs.iloc[rows[order]]
+
+
 def _sample_pairs(pairs: pd.DataFrame, size: int, groups: pd.DataFrame | None = None) -> dict[str, Any]:
     """The pairs a reviewer learns most from: accepted and rejected pairs nearest the threshold.
 
@@ -610,15 +622,21 @@ def _sample_pairs(pairs: pd.DataFrame, size: int, groups: pd.DataFrame | None = 
     if not len(pairs) or "decision" not in pairs.columns:
         return empty
     evidence_cols = _evidence_columns(pairs)
-    score = pd.to_numeric(pairs["score"], errors="coerce") if "score" in pairs.columns else None
-    frame = pairs.assign(_score=score if score is not None else np.nan)
+    score = (
+        pd.to_numeric(pairs["score"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        if "score" in pairs.columns
+        else np.full(len(pairs), np.nan)
+    )
+    decision = pairs["decision"]
     per_group = max(1, size // 3)
-    accepted = frame[frame["decision"] == "match"].sort_values("_score", kind="stable").head(per_group)
-    conflicts = frame[frame["decision"] == "conflict"].sort_values("_score", ascending=False, kind="stable")
-    conflicts = conflicts.head(per_group)
-    rejected = frame[~frame["decision"].isin(["match", "conflict"])]
-    rejected = rejected.sort_values("_score", ascending=False, kind="stable").head(
-        size - len(accepted) - len(conflicts)
+    accepted = _nearest(pairs, score, (decision == "match").to_numpy(), per_group, ascending=True)
+    conflicts = _nearest(pairs, score, (decision == "conflict").to_numpy(), per_group, ascending=False)
+    rejected = _nearest(
+        pairs,
+        score,
+        ~decision.isin(["match", "conflict"]).to_numpy(),
+        size - len(accepted) - len(conflicts),
+        ascending=False,
     )
 
     index = _GroupIndex(groups if groups is not None else pd.DataFrame())
@@ -633,7 +651,8 @@ def _ambiguous(pairs: pd.DataFrame) -> dict[str, Any]:
     """Accepted matches that only a tie decided (``ambiguous`` column, when the matcher wrote it)."""
     if "ambiguous" not in pairs.columns or "decision" not in pairs.columns:
         return {"rows": [], "total": 0}
-    flags = pairs["ambiguous"].map(_flag).astype(bool)
+    column = pairs["ambiguous"]
+    flags = column if column.dtype == bool else column.map(_flag).astype(bool)
     chosen = pairs[flags.to_numpy() & (pairs["decision"] == "match").to_numpy()]
     rows = [
         {
@@ -753,7 +772,8 @@ def build_context(
     decisions = (
         [
             {"decision": d, "label": DECISION_LABELS.get(str(d), str(d)), "count": int(c)}
-            for d, c in pairs["decision"].astype(str).value_counts().items()
+            for d, c in pairs["decision"].value_counts().items()
+            if c
         ]
         if "decision" in pairs.columns
         else []
