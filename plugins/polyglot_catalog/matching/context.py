@@ -28,6 +28,7 @@ import pandas as pd
 import xxhash
 
 from .scoring import PairScorer
+from .sorted_lookup import positions
 
 #: Candidate pairs scoring at least this in either pass are kept in the graph; lower ones can neither
 #: be accepted nor lend a third region support worth counting.
@@ -71,10 +72,8 @@ class RegionContext:
 
     def rows_of(self, skus: Sequence[str]) -> np.ndarray:
         """Row of each SKU (-1 where the region had no such SKU at the last run)."""
-        pos = np.searchsorted(self.skus, np.asarray(skus, dtype=object))
-        pos = np.minimum(pos, max(len(self.skus) - 1, 0))
-        found = (len(self.skus) > 0) & (self.skus[pos] == np.asarray(skus, dtype=object)) if len(skus) else []
-        return np.where(found, pos, -1).astype(np.int64)
+        at, found = positions(self.skus, np.asarray(skus, dtype=object))
+        return np.where(found, at, -1).astype(np.int64)
 
     def lex_df_of(self, keys: np.ndarray) -> np.ndarray:
         """Frozen document frequency of n-gram buckets ``keys`` (0 for buckets the region lacked)."""
@@ -87,8 +86,8 @@ class RegionContext:
 def _lookup(keys: np.ndarray | None, values: np.ndarray | None, wanted: np.ndarray) -> np.ndarray:
     if keys is None or values is None or not len(keys):
         return np.zeros(len(wanted), dtype=np.int64)
-    pos = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-    return np.where(keys[pos] == wanted, values[pos], 0).astype(np.int64)
+    at, found = positions(keys, wanted)
+    return np.where(found, values[at], 0).astype(np.int64)
 
 
 def scorer_state(scorer: PairScorer | None) -> dict[str, Any] | None:

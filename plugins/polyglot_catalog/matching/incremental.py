@@ -75,6 +75,7 @@ from .provenance import reproducibility_record
 from .region_search import region_digest
 from .result import MatchResult
 from .scoring import corroboration, pair_features
+from .sorted_lookup import positions
 
 logger = logging.getLogger(__name__)
 
@@ -516,11 +517,8 @@ def _offsets(data: CatalogData) -> dict[str, int]:
 
 def _rows(table: RegionTable, skus: np.ndarray) -> np.ndarray:
     """Current row of each SKU in a canonical (SKU-sorted) table, -1 where absent."""
-    ordered = np.asarray(table.skus, dtype=object)
-    if not len(ordered):
-        return np.full(len(skus), -1, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(ordered, skus), len(ordered) - 1)
-    return np.where(ordered[pos] == skus, pos, -1).astype(np.int64)
+    at, found = positions(np.asarray(table.skus, dtype=object), skus)
+    return np.where(found, at, -1).astype(np.int64)
 
 
 def _rows_of_column(table: RegionTable, column: pd.Series) -> np.ndarray:

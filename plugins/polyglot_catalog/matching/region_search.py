@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from .data import RegionTable, fixed_mean, fixed_sum, unit_rows
 from .shard_storage import ParquetSink, ShardFolder
+from .sorted_lookup import positions
 
 #: Rows per chunk a search task reads of the other region (~25 MB of 384-d vectors).
 DEFAULT_CHUNK_ROWS = 16_384
@@ -136,8 +137,7 @@ class RegionSearch:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         found = np.zeros(len(texts), dtype=bool)
         for idx, vec in self.chunks(center=False):
-            at = np.minimum(np.searchsorted(texts, idx), max(len(texts) - 1, 0))
-            hit = texts[at] == idx if len(texts) else np.zeros(len(idx), dtype=bool)
+            at, hit = positions(texts, idx)
             out[at[hit]] = vec[hit]
             found[at[hit]] = True
         if not found.all():

@@ -29,6 +29,7 @@ from .canonical import pair_cosine, snap
 from .evidence import EVIDENCE_COLUMNS, TextEvidence
 from .fastev import compare_many
 from .lexical import NgramCounts, lexical_cosine
+from .sorted_lookup import positions
 
 logger = logging.getLogger(__name__)
 
@@ -355,6 +356,5 @@ class _Neighbours:
         if not len(self.key):
             return np.zeros(len(xs)), np.zeros(len(xs), dtype=bool)
         want = np.asarray(xs, dtype=np.int64) * max(self.width, 1) + np.asarray(ys, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self.key, want), len(self.key) - 1)
-        found = (self.key[at] == want) & (np.asarray(ys) < self.width)
-        return self.best[at], found
+        at, found = positions(self.key, want)
+        return self.best[at], found & (np.asarray(ys) < self.width)
