@@ -1200,13 +1200,13 @@ def _unmatched(
     has = hit >= 0
     safe = np.where(has, hit, 0)
     side_a = from_a[keep]
-    if len(pairs):
-        other_region = np.where(
-            side_a, pairs["region_b"].to_numpy(object)[safe], pairs["region_a"].to_numpy(object)[safe]
-        )
-        other_sku = np.where(
-            side_a, pairs["sku_b"].to_numpy(object)[safe], pairs["sku_a"].to_numpy(object)[safe]
-        )
+    if len(pairs):  # the best rows' cells alone as objects: whole columns were 100 MB a column at 12.5 M
+
+        def at_best(col: str) -> np.ndarray:
+            return pairs[col].take(safe).to_numpy(object)
+
+        other_region = np.where(side_a, at_best("region_b"), at_best("region_a"))
+        other_sku = np.where(side_a, at_best("sku_b"), at_best("sku_a"))
     else:
         other_region = other_sku = np.full(len(keep), None, dtype=object)
     regions = list(data)
@@ -1241,15 +1241,19 @@ def _unmatched_reasons(
     sku_col: np.ndarray | None,
     threshold: float,
 ) -> list[str]:
-    """Why each unmatched product (``keep``, best pair row ``hit``) has no twin, in words."""
-    decision = pairs["decision"].to_numpy(object)
+    """Why each unmatched product (``keep``, best pair row ``hit``) has no twin, in words. Only the
+    accepted rows' and the best rows' cells become Python objects, not the table's columns."""
     score = pairs["score"].to_numpy(np.float64)
-    match_rows = np.flatnonzero(decision == "match")
+    match_rows = np.flatnonzero((pairs["decision"] == "match").to_numpy())
+    conflict = np.zeros(len(keep), dtype=bool)
+    if len(pairs):
+        conflict = (pairs["decision"].take(np.where(has, hit, 0)) == "conflict").to_numpy() & has
     taken: dict[tuple[int, str], int] = {}  # (product, region of the other side) -> accepted row
-    reg_a, reg_b = pairs["region_a"].to_numpy(object), pairs["region_b"].to_numpy(object)
-    for j in match_rows:
-        taken[(int(pid_a[j]), str(reg_b[j]))] = int(j)
-        taken[(int(pid_b[j]), str(reg_a[j]))] = int(j)
+    reg_a = pairs["region_a"].take(match_rows).to_numpy(object)
+    reg_b = pairs["region_b"].take(match_rows).to_numpy(object)
+    for j, ra, rb in zip(match_rows, reg_a, reg_b, strict=True):
+        taken[(int(pid_a[j]), str(rb))] = int(j)
+        taken[(int(pid_b[j]), str(ra))] = int(j)
     out = []
     for n, x in enumerate(keep):
         if not has[n]:
@@ -1258,7 +1262,7 @@ def _unmatched_reasons(
         j = int(hit[n])
         partner = int(pid_b[j] if side_a[n] else pid_a[j])
         where = f"{region_col[partner]}/{sku_col[partner]}"  # type: ignore[index]
-        if decision[j] == "conflict":
+        if conflict[n]:
             out.append(f"its match {where} was dropped: a group may hold one SKU per region")
         elif score[j] < threshold:
             out.append(f"best candidate {where} scores {score[j]:.3f}, below the threshold {threshold:.3f}")
