@@ -70,6 +70,22 @@ def test_group_rule_is_the_same_in_any_batches(method: str, seed: int) -> None:
         pd.testing.assert_frame_equal(got[2], whole[2])
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_group_rule_on_the_matchers_categorical_columns_decides_as_on_strings(seed: int) -> None:
+    """The matcher's pairs table holds regions and SKUs as categoricals (shared strings, unused
+    categories included); the rule reads them without a string copy per row and decides alike."""
+    pairs = _random_pairs(seed)
+    first = assigned_at(pairs, 0.5, "hungarian")
+    plain = apply_group_rule(pairs, first, 0.5, "hungarian")
+    coded = pairs.astype({c: "category" for c in ("region_a", "sku_a", "region_b", "sku_b")})
+    coded["sku_b"] = coded["sku_b"].cat.add_categories(["never-used"])
+    got = apply_group_rule(coded, first, 0.5, "hungarian")
+    assert plain[1].any()
+    np.testing.assert_array_equal(got[0], plain[0])
+    np.testing.assert_array_equal(got[1], plain[1])
+    pd.testing.assert_frame_equal(got[2], plain[2])
+
+
 def test_a_conflict_elsewhere_does_not_reopen_an_unrelated_component() -> None:
     """With the mutual rule, US b2 is free and A2-b2 clears the threshold but is nobody's mutual
     best: it stays unmatched whether or not a refusal happens in an unrelated triangle."""
