@@ -419,6 +419,8 @@ def match_tables(
     timings["assign"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    candidates = {blk.key: len(blk) for blk in blocks}
+    review = reviewed.summary(blocks) if reviewed is not None else None
     pairs, groups, unmatched, duplicates = result_tables(blocks, prep, settings, decision.threshold)
     context = MatchContext(
         regions=prep.regions,
@@ -435,7 +437,18 @@ def match_tables(
     timings["groups"] = time.perf_counter() - t0
 
     summary = _summary(
-        blocks, pairs, prep, settings, decision, scorer, record, timings, path, duplicates, model, collection
+        candidates,
+        pairs,
+        prep,
+        settings,
+        decision,
+        scorer,
+        record,
+        timings,
+        path,
+        duplicates,
+        model,
+        collection,
     )
     if lab:
         summary["labels_used_for"] = (
@@ -454,8 +467,8 @@ def match_tables(
         pairs["correct"] = pair_verdicts(pairs, decision.judges)  # right / wrong / <NA> (unlabelled)
     if labels_note:
         summary["labels_note"] = labels_note
-    if reviewed is not None:
-        summary["review"] = reviewed.summary(blocks)
+    if review is not None:
+        summary["review"] = review
     # an incremental run continues with the same scorer: without a fitted one there is nothing to
     # continue; reviewed decisions and a re-ranker are applied by full runs only
     continuable = reviewed is None and rerank is None and context.scorer1 is not None
@@ -722,12 +735,13 @@ def result_tables(
     blocks: list[PairBlock], prep: Prepared, settings: MatchSettings, threshold: float
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The pairs table (with ``p1`` for the context), after the group rule; groups, unmatched
-    products and same-region duplicate listings."""
+    products and same-region duplicate listings. ``blocks`` is consumed (emptied): the table holds
+    all that the later stages read, and the blocks' rows, scores and decisions (~35 B a pair) would
+    otherwise stay beside it through the group rule, the unmatched pass and the report."""
     # the table takes each feature column from the blocks as it stacks it: per-block copies would
     # double the peak
     pairs, pid_a, pid_b = _pairs_table(blocks, prep.data, threshold, extra=("p1",), consume=True)
-    for blk in blocks:
-        blk.feats = pd.DataFrame()  # the features the table does not show (e.g. a re-ranker's)
+    blocks.clear()
     first = (pairs["decision"] == "match").to_numpy()
     accepted, refused, groups = apply_group_rule(
         pairs, first, threshold, settings.method, allow_same_region=settings.allow_same_region
@@ -772,7 +786,7 @@ def _region_context(
 
 
 def _summary(
-    blocks: list[PairBlock],
+    candidates: Mapping[tuple[str, str], int],
     pairs: pd.DataFrame,
     prep: Prepared,
     settings: MatchSettings,
@@ -799,13 +813,11 @@ def _summary(
         "method": settings.method,
         "scorer": {"fitted_on": scorer.fitted_on, "weights": scorer.describe()},
         "counts": {
-            f"{blk.ra}|{blk.rb}": {
-                "candidates": len(blk),
-                "matches": int(
-                    ((pairs["region_a"] == blk.ra) & (pairs["region_b"] == blk.rb) & is_match).sum()
-                ),
+            f"{ra}|{rb}": {
+                "candidates": n,
+                "matches": int(((pairs["region_a"] == ra) & (pairs["region_b"] == rb) & is_match).sum()),
             }
-            for blk in blocks
+            for (ra, rb), n in candidates.items()
         },
         "timings": {name: round(v, 3) for name, v in timings.items()},
         "counts_duplicates": len(duplicates),
