@@ -95,3 +95,39 @@ def test_finding_the_best_candidates_holds_arrays_not_the_columns_as_objects() -
         tracemalloc.stop()
     assert len(got) > 0
     assert per_pair < 120, f"{per_pair:.0f} B a pair"
+
+
+def test_a_tie_for_best_candidate_goes_to_the_earlier_row_and_side_a_first() -> None:
+    """Whatever the rows' order of scoring, the reported best candidate among equal scores is fixed."""
+    skus = {"DE": ["d0"], "FR": ["f0", "f1"], "US": ["u0", "u1"]}
+    data = {r: RegionTable(r, s, [f"text {x}" for x in s], np.zeros((len(s), 0))) for r, s in skus.items()}
+    rows = [
+        ("DE", "d0", "US", "u0", 0.4, "below_threshold"),
+        ("FR", "f1", "US", "u1", 0.7, "below_threshold"),  # f1 as side a: wins its tie
+        ("DE", "d0", "FR", "f1", 0.7, "below_threshold"),  # f1 as side b, same score
+        ("DE", "d0", "FR", "f0", 0.6, "below_threshold"),
+        ("DE", "d0", "US", "u1", 0.7, "below_threshold"),  # d0's later tie: loses to row 2
+        ("FR", "f0", "US", "u0", float("nan"), "below_threshold"),  # a NaN score never wins
+    ]
+    pairs = pd.DataFrame(rows, columns=["region_a", "sku_a", "region_b", "sku_b", "score", "decision"])
+    offset = {"DE": 0, "FR": 1, "US": 3}
+    pid_a = np.array(
+        [offset[r] + skus[r].index(s) for r, s in zip(pairs["region_a"], pairs["sku_a"], strict=True)]
+    )
+    pid_b = np.array(
+        [offset[r] + skus[r].index(s) for r, s in zip(pairs["region_b"], pairs["sku_b"], strict=True)]
+    )
+
+    got = pipeline._unmatched(pairs, data, pid_a, pid_b, threshold=0.9)
+
+    best = {
+        f"{r}/{s}": f"{br}/{bs}"
+        for r, s, br, bs in got[["region", "sku", "best_region", "best_sku"]].to_numpy()
+    }
+    assert best == {
+        "DE/d0": "FR/f1",  # rows 2 and 4 tie at 0.7: the earlier
+        "FR/f0": "DE/d0",  # 0.6 beats the NaN row
+        "FR/f1": "US/u1",  # row 1 (side a) and row 2 (side b) tie: side a
+        "US/u0": "DE/d0",
+        "US/u1": "FR/f1",  # rows 1 and 4 tie: the earlier
+    }
