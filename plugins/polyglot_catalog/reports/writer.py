@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from polyglot_catalog.matching.result import CHANGE_COLUMNS, MatchResult
+from polyglot_catalog.memory import release_freed_memory
 from polyglot_catalog.reports.html import render_html
 
 log = logging.getLogger(__name__)
@@ -303,6 +305,9 @@ def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
         path = folder / f"{name}.parquet"
         frame.reset_index(drop=True).to_parquet(path, index=False, engine="pyarrow")
         _fsync_file(path)
+    # the Arrow copy of millions of pairs is gone: hand its pages back before the page is rendered
+    pa.default_memory_pool().release_unused()
+    release_freed_memory()
     summary = report_summary(result, run_id=run_id)
     path = folder / "summary.json"
     path.write_text(
