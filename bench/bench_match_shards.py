@@ -143,6 +143,8 @@ def _child(args: argparse.Namespace) -> None:
                 write_shard_cuts(args.parts, shard, plan, settings.k)
             else:
                 map_features(args.parts, shard, settings, ["DE", "FR", "US"], plan)
+    elif args.child == "store":
+        _write_store(data_dir, data_dir.parent / "store")
     elif args.child == "reduce":  # as match_regions: the rows without vectors, the parts put together
         data = _load(data_dir, ["DE", "FR", "US"], vectors=False)
         features = functools.partial(read_mapped, folder=args.parts, shards=args.shards, center=True)
@@ -157,11 +159,56 @@ def _child(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             write_reports(Path(tmp) / "report", result)
         figures["report_seconds"] = time.perf_counter() - t1
+        if args.state:  # and commits the match state into the catalog's points (a copy of the store)
+            figures.update(_commit_state(data_dir.parent / "store", out.parent, result))
         figures["seconds"], figures["peak_mb"] = time.perf_counter() - t0, _hwm_mb()
         figures["timings"] = result.summary["timings"]
         figures["accepted"] = len(result.matches)
         (out.with_suffix(".pairs")).write_bytes(pickle.dumps((_accepted(result), _groups(result))))
     out.write_text(json.dumps(figures))
+
+
+def _write_store(data_dir: Path, folder: Path) -> None:
+    """The catalog's points in the embedded store, as embed leaves them (region, SKU, text; 4-d
+    vectors: the state never reads them), for the match task's state commit."""
+    from polyglot_catalog.ids import point_id
+    from polyglot_catalog.store import CatalogStore, open_client
+
+    shutil.rmtree(folder, ignore_errors=True)
+    client = open_client(path=str(folder))
+    store = CatalogStore(client, "bench", "v")
+    store.ensure_collection(4)
+    for r in ("DE", "FR", "US"):
+        z = np.load(data_dir / f"{r}.npz", allow_pickle=True)
+        skus, texts = z["skus"].tolist(), z["texts"].tolist()
+        for i in range(0, len(skus), 20_000):
+            batch = skus[i : i + 20_000]
+            store.upsert(
+                [point_id(r, s) for s in batch],
+                np.tile(np.eye(4, dtype=np.float32)[:1], (len(batch), 1)),
+                [
+                    {"region": r, "sku": s, "text": t, "status": "active"}
+                    for s, t in zip(batch, texts[i:], strict=False)
+                ],
+            )
+    client.close()
+
+
+def _commit_state(folder: Path, work: Path, result: object) -> dict:
+    """``commit_match_state`` of ``result`` into a copy of the store at ``folder`` (a first run:
+    every matched point written): its seconds and points written."""
+    from polyglot_catalog.matching.state import commit_match_state
+    from polyglot_catalog.store import CatalogStore, open_client
+
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        copy = Path(tmp) / "store"
+        shutil.copytree(folder, copy)
+        client = open_client(path=str(copy))
+        t0 = time.perf_counter()
+        commit_match_state(CatalogStore(client, "bench", "v"), result, "bench-run")
+        seconds = time.perf_counter() - t0
+        client.close()
+    return {"state_seconds": seconds, "points_written": result.summary["match_state"]["points_written"]}
 
 
 def _peaks(task: dict) -> str:
@@ -174,6 +221,8 @@ def _peaks(task: dict) -> str:
 def _stages(task: dict) -> dict:
     """The match's stage seconds and, where measured, the report's."""
     extra = {"report": round(task["report_seconds"], 3)} if "report_seconds" in task else {}
+    if "state_seconds" in task:
+        extra["state"] = round(task["state_seconds"], 3)
     return {**task["timings"], **extra}
 
 
@@ -225,7 +274,13 @@ def _map_phases(
 def _reduce(work: Path, args: argparse.Namespace) -> dict:
     """The match task on the first map phase's parts (skipped when its figures are kept)."""
     tag = "reduce.json"
-    if not _done(work, tag) and _run("reduce", work, args, tag, "--parts", str(work / "parts1")).wait() != 0:
+    if args.state and not _done(work, "store") and _run("store", work, args, "store.json").wait() != 0:
+        raise SystemExit("writing the store failed")
+    state = ["--state"] if args.state else []
+    if (
+        not _done(work, tag)
+        and _run("reduce", work, args, tag, "--parts", str(work / "parts1"), *state).wait()
+    ):
         raise SystemExit("the reduce failed")
     return json.loads((work / "reduce.json").read_text())
 
@@ -239,8 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mapped-only", action="store_true", help="the mapped side alone, parallelism 1")
     parser.add_argument("--work", type=Path, help="keep data, parts and figures here; resume from them")
     parser.add_argument(
-        "--child", choices=["one", "prepare", "map", "cuts", "features", "reduce"], help=argparse.SUPPRESS
+        "--child",
+        choices=["one", "prepare", "map", "cuts", "features", "reduce", "store"],
+        help=argparse.SUPPRESS,
     )
+    parser.add_argument("--state", action="store_true", help="the match task also commits the match state")
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--shard", help=argparse.SUPPRESS)
