@@ -382,3 +382,43 @@ def test_a_run_killed_before_its_journal_is_pending_leaves_the_previous_state(tm
         assert client.count("polyglot_match_journal").count == 0  # its partial journal was dropped
     finally:
         client.close()
+
+
+def test_planning_a_first_run_holds_compact_state_not_a_payload_per_point() -> None:
+    """The match task plans the state beside the pairs table (900k products at 300k x 3): the
+    payloads are built when written, the pair scores keyed flat on shared strings (#26): ~0.75 KB of
+    Python objects a product (tracemalloc), where a payload dict per point and nested score keys
+    held ~1.7 KB."""
+    import tracemalloc
+
+    from polyglot_catalog.matching.state import plan_state
+
+    n = 3_000
+    client = open_client(path=":memory:", embedded="edge")
+    store = CatalogStore(client, "cat", "fake", backoff=0.0)
+    fill(store, {r: [f"{r}-{i}" for i in range(n)] for r in ("DE", "FR", "US")})
+    edges = [
+        (a, f"{a}-{i}", b, f"{b}-{i}", 0.9)
+        for i in range(int(0.7 * n))
+        for a, b in (("DE", "FR"), ("DE", "US"))
+    ]
+    result = result_of(edges)
+    for c in ("region_a", "sku_a", "region_b", "sku_b"):
+        result.pairs[c] = result.pairs[c].astype("category")  # as the matcher's table holds them
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        plan = plan_state(store, result, "run-1", None, full_rematch=True)
+        per_product = (tracemalloc.get_traced_memory()[1] - start) / (3 * n)
+    finally:
+        tracemalloc.stop()
+        client.close()
+    assert len(plan.payloads) == 3 * n  # every point: its group, or none
+    assert plan.payloads[point_id("FR", "FR-5")] == {
+        "group_id": plan.payloads[point_id("DE", "DE-5")]["group_id"],
+        "twins": {
+            "DE": {"sku": "DE-5", "score": 0.9, "run": "run-1"},
+            "US": {"sku": "US-5", "score": None, "run": "run-1"},
+        },
+    }
+    assert per_product < 1_100, f"{per_product:.0f} B a product"

@@ -24,6 +24,7 @@ import pandas as pd
 
 from .data import CatalogData
 from .evidence import normalise_gtin
+from .result import column_strings
 
 Labels = dict[tuple[str, str], str]
 SWEEP_GRID = tuple(round(x, 2) for x in np.arange(0.05, 1.0, 0.05))
@@ -353,7 +354,7 @@ def apply_group_rule(
         return accepted, refused, groups_table([])
     score = pairs["score"].to_numpy(np.float64)
     live = np.flatnonzero(accepted | (score >= threshold))  # the only pairs the rule can touch
-    cols = [_strings(pairs[c].take(live)) for c in ("region_a", "sku_a", "region_b", "sku_b")]
+    cols = [column_strings(pairs[c].take(live)) for c in ("region_a", "sku_a", "region_b", "sku_b")]
     labels = pair_components(*cols)
     comps: list[Any] = []
     for batch in component_batches(labels, batch_pairs or BATCH_PAIRS):
@@ -370,15 +371,6 @@ def apply_group_rule(
         accepted[rows], refused[rows] = acc, ref
         comps += found
     return accepted, refused, groups_table(comps)
-
-
-def _strings(column: pd.Series) -> np.ndarray:
-    """``column`` as an object array of ``str``; a categorical's rows share its categories' strings
-    (8 B a row) where a string copy made one object per row (~60 B) for millions of live pairs."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        names = np.asarray([str(v) for v in column.cat.categories] + ["nan"], dtype=object)
-        return names[column.cat.codes.to_numpy()]  # code -1 (missing): "nan", as astype(str) says
-    return column.astype(str).to_numpy(object)
 
 
 def _group_rule(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -17,6 +18,16 @@ DUPLICATE_COLUMNS = ["region", "listing", "sku", "text"]
 #: What a run changed against the last committed match state (docs/MATCH_STATE.md).
 CHANGE_COLUMNS = ["region", "sku", "old_group", "new_group", "kind"]
 CHANGE_KINDS = ("new_match", "broken_match", "moved", "new_group", "dissolved")
+
+
+def column_strings(column: pd.Series) -> np.ndarray:
+    """``column`` as an object array of ``str``. The pairs table's region and SKU columns are
+    categoricals: their rows share the categories' strings (8 B a row), where a string copy made one
+    object per row (~60 B) for millions of pairs."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        names = np.asarray([str(v) for v in column.cat.categories] + ["nan"], dtype=object)
+        return names[column.cat.codes.to_numpy()]  # code -1 (missing): "nan", as astype(str) says
+    return column.astype(str).to_numpy(object)
 
 
 @dataclass
