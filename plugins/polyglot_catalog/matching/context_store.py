@@ -45,14 +45,15 @@ def write_context(client: Any, collection: str, run: str, context: MatchContext)
     blob = context.to_bytes()
     _ensure_aux(client, CONTEXT_COLLECTION, indexed=("collection", "run"))
     client.delete(CONTEXT_COLLECTION, models.FilterSelector(filter=_filter(collection, run)), wait=True)
-    chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
-    for index, chunk in enumerate(chunks):
+    view = memoryview(blob)  # chunks are views of the blob, encoded one at a time: no second copy
+    starts = range(0, len(blob), CHUNK_BYTES) or range(1)
+    for index, start in enumerate(starts):
         payload = {
             "collection": collection,
             "run": run,
             "chunk": index,
-            "chunks": len(chunks),
-            "data": base64.b64encode(chunk).decode("ascii"),
+            "chunks": len(starts),
+            "data": base64.b64encode(view[start : start + CHUNK_BYTES]).decode("ascii"),
         }
         client.upsert(CONTEXT_COLLECTION, [_aux_point(_chunk_id(collection, run, index), payload)], wait=True)
     return len(blob)
