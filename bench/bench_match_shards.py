@@ -47,6 +47,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -204,6 +205,14 @@ def _write_store(data_dir: Path, folder: Path) -> None:
     client.close()
 
 
+def _anon_mb() -> float:
+    """This process's anonymous resident memory (heap, not file pages an embedded store maps)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _commit_state(folder: Path, work: Path, result: object, report: object) -> dict:
     """``commit_match_state`` of ``result`` into a copy of the store at ``folder`` (a first run:
     every matched point written), calling ``report`` where run_match writes the report: its seconds
@@ -215,11 +224,25 @@ def _commit_state(folder: Path, work: Path, result: object, report: object) -> d
         copy = Path(tmp) / "store"
         shutil.copytree(folder, copy)
         client = open_client(path=str(copy))
+        anon, done = [_anon_mb()], threading.Event()
+
+        def sample() -> None:  # the embedded store's file pages count in RSS; this tells them apart
+            while not done.wait(0.2):
+                anon.append(_anon_mb())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         t0 = time.perf_counter()
         commit_match_state(CatalogStore(client, "bench", "v"), result, "bench-run", before_apply=report)
         seconds = time.perf_counter() - t0
+        done.set()
+        sampler.join()
         client.close()
-    return {"state_seconds": seconds, "points_written": result.summary["match_state"]["points_written"]}
+    return {
+        "state_seconds": seconds,
+        "points_written": result.summary["match_state"]["points_written"],
+        "state_peak_anon_mb": max(anon),
+    }
 
 
 def _peaks(task: dict) -> str:
