@@ -404,7 +404,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| all map phases, parallelism 1 | {map1_s:.1f} | | |",
             f"| all map phases, parallelism 2 | {map2_s:.1f} | "
             f"{max(m['peak_mb'] for m in [*phase2['search'], *phase2['cuts'], *phase2['features']]):.0f} | |",
-            f"| reduce (parts put together, scores, decisions, groups, then the report; no vectors) | "
+            f"| reduce (parts put together, scores, decisions, groups, then the report"
+            f"{' inside the state commit' if 'state_seconds' in red else ''}; no vectors) | "
             f"{red['seconds']:.1f} | {_peaks(red)} | `{json.dumps(_stages(red))}` |",
             "",
             f"Same accepted pairs: **{same_pairs}** ({len(pairs_one):,} vs {len(pairs_red):,}); same groups: "
