@@ -21,24 +21,27 @@ ROWS = [
 ]
 
 
-@pytest.mark.parametrize("categorical", [True, False])
-def test_each_unmatched_product_says_why(categorical: bool) -> None:
-    data = {
-        r: RegionTable(r, skus, [f"text {s}" for s in skus], np.zeros((len(skus), 0)))
-        for r, skus in SKUS.items()
-    }
-    pairs = pd.DataFrame(ROWS, columns=["region_a", "sku_a", "region_b", "sku_b", "score", "decision"])
+def _unmatched(
+    skus: dict[str, list[str]], rows: list[tuple], threshold: float, *, categorical: bool = False
+) -> pd.DataFrame:
+    """``pipeline._unmatched`` of a catalog of these SKUs (regions in this order) and pairs table,
+    with the product numbers the matcher gives (region offset + row)."""
+    data = {r: RegionTable(r, s, [f"text {x}" for x in s], np.zeros((len(s), 0))) for r, s in skus.items()}
+    pairs = pd.DataFrame(rows, columns=["region_a", "sku_a", "region_b", "sku_b", "score", "decision"])
     if categorical:
         pairs = pairs.astype({c: "category" for c in ("region_a", "sku_a", "region_b", "sku_b", "decision")})
-    offset = {"DE": 0, "FR": 5, "US": 8}
-    pid_a = np.array(
-        [offset[r] + SKUS[r].index(s) for r, s in zip(pairs["region_a"], pairs["sku_a"], strict=True)]
-    )
-    pid_b = np.array(
-        [offset[r] + SKUS[r].index(s) for r, s in zip(pairs["region_b"], pairs["sku_b"], strict=True)]
-    )
+    offset = dict(zip(skus, np.cumsum([0, *[len(s) for s in skus.values()]]).tolist(), strict=False))
 
-    got = pipeline._unmatched(pairs, data, pid_a, pid_b, threshold=0.5)
+    def pid(side: str) -> np.ndarray:
+        cells = zip(pairs[f"region_{side}"], pairs[f"sku_{side}"], strict=True)
+        return np.array([offset[r] + skus[r].index(x) for r, x in cells])
+
+    return pipeline._unmatched(pairs, data, pid("a"), pid("b"), threshold=threshold)
+
+
+@pytest.mark.parametrize("categorical", [True, False])
+def test_each_unmatched_product_says_why(categorical: bool) -> None:
+    got = _unmatched(SKUS, ROWS, 0.5, categorical=categorical)
 
     reasons = dict(zip(got["region"] + "/" + got["sku"], got["reason"], strict=True))
     assert reasons == {
@@ -100,7 +103,6 @@ def test_finding_the_best_candidates_holds_arrays_not_the_columns_as_objects() -
 def test_a_tie_for_best_candidate_goes_to_the_earlier_row_and_side_a_first() -> None:
     """Whatever the rows' order of scoring, the reported best candidate among equal scores is fixed."""
     skus = {"DE": ["d0"], "FR": ["f0", "f1"], "US": ["u0", "u1"]}
-    data = {r: RegionTable(r, s, [f"text {x}" for x in s], np.zeros((len(s), 0))) for r, s in skus.items()}
     rows = [
         ("DE", "d0", "US", "u0", 0.4, "below_threshold"),
         ("FR", "f1", "US", "u1", 0.7, "below_threshold"),  # f1 as side a: wins its tie
@@ -109,16 +111,8 @@ def test_a_tie_for_best_candidate_goes_to_the_earlier_row_and_side_a_first() -> 
         ("DE", "d0", "US", "u1", 0.7, "below_threshold"),  # d0's later tie: loses to row 2
         ("FR", "f0", "US", "u0", float("nan"), "below_threshold"),  # a NaN score never wins
     ]
-    pairs = pd.DataFrame(rows, columns=["region_a", "sku_a", "region_b", "sku_b", "score", "decision"])
-    offset = {"DE": 0, "FR": 1, "US": 3}
-    pid_a = np.array(
-        [offset[r] + skus[r].index(s) for r, s in zip(pairs["region_a"], pairs["sku_a"], strict=True)]
-    )
-    pid_b = np.array(
-        [offset[r] + skus[r].index(s) for r, s in zip(pairs["region_b"], pairs["sku_b"], strict=True)]
-    )
 
-    got = pipeline._unmatched(pairs, data, pid_a, pid_b, threshold=0.9)
+    got = _unmatched(skus, rows, 0.9)
 
     best = {
         f"{r}/{s}": f"{br}/{bs}"
