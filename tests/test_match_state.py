@@ -17,6 +17,7 @@ from polyglot_catalog.ids import point_id
 from polyglot_catalog.matching.groups import build_groups
 from polyglot_catalog.matching.result import CHANGE_COLUMNS, MatchResult
 from polyglot_catalog.matching.state import (
+    JOURNAL_COLLECTION,
     STATE_COLLECTION,
     MatchStateLock,
     MatchStateLockedError,
@@ -261,6 +262,7 @@ def test_a_failed_report_write_leaves_the_state_as_it_was(store: CatalogStore) -
     assert read_state(store.client, "cat")["last_run"] == "run-1"
     assert payload(store, "FR", "FR-0")["group_id"] == "g000001"
     assert not store.client.collection_exists(lock_collection("cat"))
+    assert store.client.count(JOURNAL_COLLECTION).count == 0  # the journalled updates went with it
 
 
 CRASH_SCRIPT = textwrap.dedent(
@@ -384,11 +386,12 @@ def test_a_run_killed_before_its_journal_is_pending_leaves_the_previous_state(tm
         client.close()
 
 
-def test_planning_a_first_run_holds_compact_state_not_a_payload_per_point() -> None:
-    """The match task plans the state beside the pairs table (900k products at 300k x 3): the
-    payloads are built when written, the pair scores keyed flat on shared strings (#26): ~0.75 KB of
-    Python objects a product (tracemalloc), where a payload dict per point and nested score keys
-    held ~1.7 KB."""
+def test_planning_holds_group_ids_not_every_points_state() -> None:
+    """The match task plans the state beside the pairs table (900k products at 300k x 3): it holds
+    the grouped products' group ids and the accepted pairs' scores, and builds each payload from a
+    page of the catalog when it is journalled (#26). Reading every point's committed twins whole
+    took ~1.9 KB a product on an unchanged re-run (tracemalloc peak of planning and walking the
+    updates); now ~0.9 KB, most of it one page of the scroll at this size."""
     import tracemalloc
 
     from polyglot_catalog.matching.state import plan_state
@@ -402,23 +405,29 @@ def test_planning_a_first_run_holds_compact_state_not_a_payload_per_point() -> N
         for i in range(int(0.7 * n))
         for a, b in (("DE", "FR"), ("DE", "US"))
     ]
-    result = result_of(edges)
-    for c in ("region_a", "sku_a", "region_b", "sku_b"):
-        result.pairs[c] = result.pairs[c].astype("category")  # as the matcher's table holds them
-    tracemalloc.start()
+
+    def result() -> MatchResult:
+        out = result_of(edges)
+        for c in ("region_a", "sku_a", "region_b", "sku_b"):
+            out.pairs[c] = out.pairs[c].astype("category")  # as the matcher's table holds them
+        return out
+
     try:
-        start = tracemalloc.get_traced_memory()[0]
-        plan = plan_state(store, result, "run-1", None, full_rematch=True)
-        per_product = (tracemalloc.get_traced_memory()[1] - start) / (3 * n)
-    finally:
-        tracemalloc.stop()
-        client.close()
-    assert len(plan.payloads) == 3 * n  # every point: its group, or none
-    assert plan.payloads[point_id("FR", "FR-5")] == {
-        "group_id": plan.payloads[point_id("DE", "DE-5")]["group_id"],
-        "twins": {
+        commit_match_state(store, result(), "run-1")
+        again = result()
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            plan = plan_state(store, again, "run-2", read_state(client, "cat"), full_rematch=False)
+            written = sum(1 for _ in plan.updates(store))
+            per_product = (tracemalloc.get_traced_memory()[1] - start) / (3 * n)
+        finally:
+            tracemalloc.stop()
+        assert payload(store, "FR", "FR-5")["twins"] == {
             "DE": {"sku": "DE-5", "score": 0.9, "run": "run-1"},
             "US": {"sku": "US-5", "score": None, "run": "run-1"},
-        },
-    }
+        }
+    finally:
+        client.close()
+    assert written == 0 and plan.changes.empty  # the same groups: nothing to write
     assert per_product < 1_100, f"{per_product:.0f} B a product"

@@ -314,11 +314,31 @@ class MatchStateLock:
 
 @dataclass
 class StatePlan:
-    """What one run will write: new payloads per point id and the record to commit."""
+    """What one run will write: the changes, the record to commit, and what builds the new payloads.
 
-    payloads: Mapping[str, dict[str, Any]]
+    The payloads are not held: :meth:`updates` reads the catalog a page at a time and yields the
+    points whose state changes (a plan holding every point's old state and new payload held ~2 KB a
+    product: ~1.7 GB at 300k x 3, #26).
+    """
+
     record: dict[str, Any]
     changes: pd.DataFrame
+    twins: _Twins | None
+    regions: list[str]
+
+    def updates(self, store: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(point id, new payload)`` of every point of the run's regions (stale too) whose state changes."""
+        twins = self.twins
+        if twins is None:
+            raise RuntimeError("the plan's payloads were released once journalled")
+        for page in _state_pages(store, self.regions, [*STATE_FIELDS, "sku"]):
+            for m, p in page:
+                old = {"group_id": p.get("group_id"), "twins": p["twins"]} if "twins" in p else _NO_STATE
+                new = (
+                    self.twins.payload(m, old.get("twins") or {}) if m in self.twins.group_of else _UNGROUPED
+                )
+                if new != old:
+                    yield p["id"], new
 
 
 #: The state of a point never matched (shared: one object for every such point of a catalog, never
@@ -328,41 +348,57 @@ _NO_STATE: dict[str, Any] = {}
 _UNGROUPED: dict[str, Any] = {"group_id": None, "twins": {}}
 
 
-def _previous(store: Any, regions: Sequence[str]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
-    """``(region, sku) -> (point id, {"group_id", "twins"})`` of every point of ``regions``, stale too."""
-    out: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+def _state_pages(
+    store: Any, regions: Sequence[str], fields: Sequence[str]
+) -> Iterator[list[tuple[tuple[str, str], dict[str, Any]]]]:
+    """Pages of ``((region, sku), payload with id)`` of every point of ``regions``, stale ones too."""
     for region in regions:
         name = str(region)  # one string for the region's millions of keys, not one per point
         for payloads, _ in store.scroll_region(
-            region, with_vectors=False, include_stale=True, payload_fields=["region", "sku", *STATE_FIELDS]
+            region, with_vectors=False, include_stale=True, payload_fields=["region", *fields]
         ):
-            for p in payloads:
-                # a point without ``twins`` (never matched, or re-embedded since) gets the fields written;
-                # a missing group_id reads as null (the embedded engine drops nulls that set_payload writes)
-                state = {"group_id": p.get("group_id"), "twins": p["twins"]} if "twins" in p else _NO_STATE
-                key = (name if p["region"] == name else str(p["region"]), str(p["sku"]))
-                out[key] = (p["id"], state)
+            yield [((name if p["region"] == name else str(p["region"]), str(p["sku"])), p) for p in payloads]
+
+
+def _old_group_ids(store: Any, regions: Sequence[str]) -> dict[tuple[str, str], str]:
+    """``(region, sku) -> committed group id`` of every grouped point of ``regions`` (one pass, no twins)."""
+    out: dict[tuple[str, str], str] = {}
+    shared: dict[str, str] = {}  # one string a group, not one a member
+    for page in _state_pages(store, regions, ["sku", "group_id"]):
+        for m, p in page:
+            gid = p.get("group_id")
+            if gid is not None:
+                out[m] = shared.setdefault(gid, gid)
     return out
 
 
 def _deleted_members(
-    previous: Mapping[tuple[str, str], tuple[str, dict[str, Any]]], regions: Sequence[str]
+    store: Any, regions: Sequence[str], old_ids: Mapping[tuple[str, str], str]
 ) -> dict[tuple[str, str], str]:
     """``(region, sku) -> old group id`` of grouped products whose point was deleted since the last run.
 
     Why: embed with ``vanished="delete"`` removes a point together with its ``group_id``, so the
     changes would not name the product that left its group. Its group mates that remain still name
     it among their ``twins``: that gives its last committed group. A group whose every member was
-    deleted leaves no trace (docs/MATCH_STATE.md, Limits).
+    deleted leaves no trace (docs/MATCH_STATE.md, Limits). One pass over the grouped points' twins;
+    a twin that is not grouped any more is looked up by its point id (ids are uuid5 of region and
+    SKU), so a point that lost its state by a re-embed is not taken for a deleted one.
     """
-    out: dict[tuple[str, str], str] = {}
-    for _, state in previous.values():
-        gid = state.get("group_id")
-        for region, twin in (state.get("twins") or {}).items() if gid is not None else ():
-            key = (str(region), str((twin or {}).get("sku")))
-            if key[0] in regions and key not in previous:
-                out[key] = gid
-    return out
+    named: dict[tuple[str, str], str] = {}
+    for page in _state_pages(store, regions, ["sku", "group_id", "twins"]):
+        for _, p in page:
+            gid = p.get("group_id")
+            for region, twin in (p.get("twins") or {}).items() if gid is not None else ():
+                key = (str(region), str((twin or {}).get("sku")))
+                if key[0] in regions and key not in old_ids:
+                    named[key] = gid
+    keys = list(named)
+    present: set[str] = set()
+    for i in range(0, len(keys), WRITE_BATCH):
+        ids = [point_id(*key) for key in keys[i : i + WRITE_BATCH]]
+        found = store._call("state read", store.client.retrieve, store.collection, ids, with_payload=False)
+        present.update(str(r.id) for r in found)
+    return {key: gid for key, gid in named.items() if point_id(*key) not in present}
 
 
 def _edge(m: tuple[str, str], other: tuple[str, str]) -> tuple[str, str, str, str]:
@@ -387,18 +423,17 @@ def _pair_scores(result: MatchResult) -> dict[tuple[str, str, str, str], float]:
 
 @dataclass
 class _Twins:
-    """A grouped product's new payload (its stable group id, and per other region its twin's SKU,
+    """Grouped products' new payloads (the stable group id, and per other region the twin's SKU,
     pair score and the run that set them, kept while they stay), built when asked for."""
 
     group_of: Mapping[tuple[str, str], str]
     members: Mapping[str, list[tuple[str, str]]]
     scores: Mapping[tuple[str, str, str, str], float]
-    old_twins: Mapping[tuple[str, str], Mapping[str, Any]]
     run_id: str
 
-    def payload(self, m: tuple[str, str]) -> dict[str, Any]:
+    def payload(self, m: tuple[str, str], old: Mapping[str, Any]) -> dict[str, Any]:
+        """``m``'s new payload; ``old`` its committed twins (each kept with its run while unchanged)."""
         gid = self.group_of[m]
-        old = self.old_twins.get(m) or {}
         twins: dict[str, Any] = {}
         for other in self.members[gid]:
             if other[0] == m[0] or other[0] in twins:
@@ -412,37 +447,6 @@ class _Twins:
                 "run": kept.get("run") if same else self.run_id,
             }
         return {"group_id": gid, "twins": twins}
-
-
-class _Payloads(Mapping[str, dict[str, Any]]):
-    """The payloads a run writes, point id -> payload, each built when read (for the journal, then
-    again for the points): held as dicts they were ~0.9 KB a grouped product, 0.8 GB at 900k."""
-
-    def __init__(self, twins: _Twins, changed: Mapping[str, tuple[str, str] | None]) -> None:
-        self._twins, self._changed = twins, changed
-
-    def __getitem__(self, pid: str) -> dict[str, Any]:
-        m = self._changed[pid]
-        return _UNGROUPED if m is None else self._twins.payload(m)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._changed)
-
-    def __len__(self) -> int:
-        return len(self._changed)
-
-
-def _batches(payloads: Mapping[str, dict[str, Any]], order: Iterable[str]) -> Iterator[list[tuple[str, Any]]]:
-    """``(point id, payload)`` of ``order``'s points, :data:`WRITE_BATCH` at a time (payloads built
-    per batch, not all at once)."""
-    batch: list[tuple[str, Any]] = []
-    for pid in order:
-        batch.append((pid, payloads[pid]))
-        if len(batch) == WRITE_BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def change_kind(old: str | None, new: str | None, old_ids_kept: set[str]) -> str | None:
@@ -459,11 +463,14 @@ def change_kind(old: str | None, new: str | None, old_ids_kept: set[str]) -> str
 def plan_state(
     store: Any, result: MatchResult, run_id: str, state: Mapping[str, Any] | None, *, full_rematch: bool
 ) -> StatePlan:
-    """Stable ids, twins and changes of ``result`` against the committed state (pure but for reads)."""
+    """Stable ids and changes of ``result`` against the committed state (pure but for reads).
+
+    Holds the grouped products' old and new group ids and the accepted pairs' scores, never a point's
+    twins: those are read again, a page at a time, when the payloads are written (:meth:`StatePlan.updates`).
+    """
     regions = [str(r) for r in (result.summary.get("regions") or sorted(result.groups["region"].unique()))]
-    previous = _previous(store, regions)
-    old_ids = {k: v[1]["group_id"] for k, v in previous.items() if v[1].get("group_id") is not None}
-    old_ids.update(_deleted_members(previous, regions))
+    old_ids = _old_group_ids(store, regions)
+    old_ids.update(_deleted_members(store, regions, old_ids))
     groups = result.groups
     members: dict[str, list[tuple[str, str]]] = {}
     for gid, region, sku in zip(groups["group_id"], groups["region"], groups["sku"], strict=True):
@@ -477,22 +484,9 @@ def plan_state(
     new_ids: dict[tuple[str, str], str] = {}
     group_members: dict[str, list[tuple[str, str]]] = {}
     for local, gid in relabel.items():
-        group_members[gid] = group = sorted(members[local])
+        group_members[gid] = group = sorted(members.pop(local))
         for m in group:
             new_ids[m] = gid
-    twins = _Twins(
-        new_ids,
-        group_members,
-        _pair_scores(result),
-        {m: old["twins"] for m, (_, old) in previous.items() if m in new_ids and old.get("twins")},
-        run_id,
-    )
-    changed: dict[str, tuple[str, str] | None] = {}  # point id -> its product when grouped
-    for m, (pid, old) in previous.items():
-        grouped = m in new_ids
-        if (twins.payload(m) if grouped else _UNGROUPED) != old:
-            changed[pid] = m if grouped else None
-    payloads = _Payloads(twins, changed)
     kept_old = set(stable) & set(old_ids.values())
     rows = []
     for m in sorted(set(old_ids) | set(new_ids)):
@@ -502,7 +496,8 @@ def plan_state(
     changes = pd.DataFrame(rows, columns=CHANGE_COLUMNS, dtype=object)
     collection = str(result.summary.get("collection") or store.collection)
     record = state_record(result, run_id, next_group, full_rematch=full_rematch, collection=collection)
-    return StatePlan(payloads=payloads, record=record, changes=changes)
+    twins = _Twins(new_ids, group_members, _pair_scores(result), run_id)
+    return StatePlan(record=record, changes=changes, twins=twins, regions=regions)
 
 
 # -- journal, apply, commit -----------------------------------------------------------------------
@@ -519,8 +514,20 @@ def _clear_journal(client: Any, collection: str) -> None:
     client.delete(JOURNAL_COLLECTION, models.FilterSelector(filter=_journal_filter(collection)), wait=True)
 
 
-def _write_journal(client: Any, collection: str, run_id: str, payloads: Mapping[str, dict[str, Any]]) -> None:
-    for batch in _batches(payloads, payloads):
+def _write_journal(
+    client: Any,
+    collection: str,
+    run_id: str,
+    updates: Iterable[tuple[str, dict[str, Any]]],
+    lock: MatchStateLock,
+) -> int:
+    """Journal the run's point updates, :data:`WRITE_BATCH` at a time; returns how many.
+
+    Nothing reads them until the record names the run as pending, so a run that fails before that
+    leaves entries the next run clears, and the committed state as it was.
+    """
+    written = 0
+    for batch in _batches(updates):
         client.upsert(
             JOURNAL_COLLECTION,
             [
@@ -532,42 +539,59 @@ def _write_journal(client: Any, collection: str, run_id: str, payloads: Mapping[
             ],
             wait=True,
         )
+        written += len(batch)
+        lock.refresh()
+    return written
 
 
-def _read_journal(client: Any, collection: str, run: str) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def _batches(items: Iterable[tuple[str, Any]]) -> Iterator[list[tuple[str, Any]]]:
+    """``items`` in lists of :data:`WRITE_BATCH` (each built as written, not all at once)."""
+    batch: list[tuple[str, Any]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == WRITE_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _journal_pages(client: Any, collection: str, run: str) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """The journalled ``(point id, payload)`` of ``run``, :data:`WRITE_BATCH` at a time."""
     offset = None
     while True:
         records, offset = client.scroll(
             JOURNAL_COLLECTION,
             scroll_filter=_journal_filter(collection, run),
-            limit=1024,
+            limit=WRITE_BATCH,
             offset=offset,
             with_payload=True,
         )
-        for r in records:
-            out[str(r.payload["point"])] = r.payload["payload"]
+        if records:
+            yield [(str(r.payload["point"]), r.payload["payload"]) for r in records]
         if offset is None:
-            return out
+            return
 
 
 #: Called after each applied batch; tests use it to kill a run mid-way.
 ApplyHook = Callable[[int], None]
 
 
-def _apply(
-    store: Any, payloads: Mapping[str, dict[str, Any]], lock: MatchStateLock, after_batch: ApplyHook | None
-) -> None:
-    """Write the payloads onto the catalog points, in batches; idempotent, so a recovery repeats it."""
-    for n, batch in enumerate(_batches(payloads, sorted(payloads))):
+def _apply(store: Any, collection: str, run: str, lock: MatchStateLock, after_batch: ApplyHook | None) -> int:
+    """Write the journalled payloads onto the catalog points a page at a time; idempotent, so a
+    recovery repeats it. Returns how many points it wrote."""
+    written = 0
+    for n, batch in enumerate(_journal_pages(store.client, collection, run)):
         ops = [
             models.SetPayloadOperation(set_payload=models.SetPayload(payload=payload, points=[pid]))
             for pid, payload in batch
         ]
         store._call("match state write", store.client.batch_update_points, store.collection, ops, wait=True)
+        written += len(batch)
         lock.refresh()
         if after_batch is not None:
             after_batch(n)
+    return written
 
 
 def _ensure_group_index(store: Any) -> None:
@@ -581,28 +605,31 @@ def _finish(
     store: Any,
     collection: str,
     record: dict[str, Any],
-    payloads: Mapping[str, dict[str, Any]],
+    run: str,
     lock: MatchStateLock,
     after_batch: ApplyHook | None = None,
-) -> dict[str, Any]:
-    """Apply a journalled run and commit its record (also the recovery of a killed run)."""
-    _apply(store, payloads, lock, after_batch)
+) -> tuple[dict[str, Any], int]:
+    """Apply a journalled run and commit its record (also the recovery of a killed run); returns the
+    committed record and how many points were written."""
+    written = _apply(store, collection, run, lock, after_batch)
     committed = {**record, "committed_at": _now(), "pending": None}
     _write_record(store.client, collection, committed)
     _clear_journal(store.client, collection)
-    return committed
+    return committed, written
 
 
 def _recover(store: Any, collection: str, state: dict[str, Any], lock: MatchStateLock) -> dict[str, Any]:
     pending = state["pending"]
-    payloads = _read_journal(store.client, collection, pending["run"])
     log.warning(
-        "collection %s: run %s was killed while writing its match state; re-applying its %d point updates",
+        "collection %s: run %s was killed while writing its match state; re-applying its journal",
         collection,
         pending["run"],
-        len(payloads),
     )
-    return _finish(store, collection, pending["record"], payloads, lock)
+    committed, written = _finish(store, collection, pending["record"], pending["run"], lock)
+    log.info(
+        "collection %s: run %s recovered (%d point updates re-applied)", collection, pending["run"], written
+    )
+    return committed
 
 
 def commit_match_state(
@@ -620,8 +647,9 @@ def commit_match_state(
 
     Under the collection's lock: finish a killed run's journal if one is pending, read the committed
     state, give ``result`` stable group ids (``result.groups`` is relabelled), ``result.changes`` and
-    summary counts, call ``before_apply(result)`` (the callers write the report there, so a failed
-    write leaves the state as it was and a retry reports the same changes), then journal, apply and
+    summary counts, journal the changed points' payloads (a page of the catalog at a time), call
+    ``before_apply(result)`` (the callers write the report there, so a failed write leaves the state
+    as it was and a retry reports the same changes), then mark the journal pending, apply it and
     commit.
 
     Returns:
@@ -639,6 +667,8 @@ def commit_match_state(
         if state and state.get("pending"):
             state = _recover(store, collection, state, lock)
         plan = plan_state(store, result, run_id, state, full_rematch=full_rematch)
+        _clear_journal(client, collection)  # a run that failed before its pending mark left entries
+        written = _write_journal(client, collection, run_id, plan.updates(store), lock)
         counts = plan.changes["kind"].value_counts()
         result.changes = plan.changes
         result.summary["full_rematch"] = bool(full_rematch)
@@ -653,28 +683,31 @@ def commit_match_state(
                 regions=plan.record["regions"],
                 parameters=plan.record["parameters"],
             ),
-            "points_written": len(plan.payloads),
+            "points_written": written,
             "next_group": plan.record["next_group"],
         }
         result.summary["changes"] = {kind: int(counts.get(kind, 0)) for kind in CHANGE_KINDS}
+        plan.twins = None  # the payloads are journalled: the apply reads them back a page at a time
         if before_apply is not None:
-            before_apply(result)
+            try:
+                before_apply(result)
+            except BaseException:
+                _clear_journal(client, collection)
+                raise
             lock.refresh()
         _ensure_group_index(store)
         if result.context is not None:  # before the pending mark: a recovered run finds it stored
             write_context(client, collection, run_id, result.context)
             plan.record["context_run"] = run_id
-        _clear_journal(client, collection)
-        _write_journal(client, collection, run_id, plan.payloads)
         base = state or {"version": STATE_VERSION, "collection": collection, "last_run": None}
         _write_record(client, collection, {**base, "pending": {"run": run_id, "record": plan.record}})
-        committed = _finish(store, collection, plan.record, plan.payloads, lock, after_batch)
+        committed, _ = _finish(store, collection, plan.record, run_id, lock, after_batch)
         drop_other_contexts(client, collection, keep=committed.get("context_run"))
     log.info(
         "collection %s: match state of run %s committed (%d points written; changes %s)",
         collection,
         run_id,
-        len(plan.payloads),
+        written,
         result.summary["changes"],
     )
     return committed
