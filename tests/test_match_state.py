@@ -151,6 +151,8 @@ def test_a_deleted_point_is_reported_as_leaving_its_group(store: CatalogStore) -
     from qdrant_client import models
 
     commit_match_state(store, result_of(RUN1), "run-1")
+    # the record counts the grouped points, so the next run knows to look for deleted ones
+    assert read_state(store.client, "cat")["grouped"] == {"DE": 2, "FR": 1, "US": 2}
     gone = [point_id("FR", "FR-0"), point_id("DE", "DE-1")]
     store.client.delete("cat", models.PointIdsList(points=gone), wait=True)
     result = result_of([("US", "US-0", "DE", "DE-0", 0.9)], regions=["DE", "FR", "US"])
@@ -162,6 +164,7 @@ def test_a_deleted_point_is_reported_as_leaving_its_group(store: CatalogStore) -
         ("US", "US-1"): ("g000002", None, "dissolved"),
     }
     assert result.summary["match_state"]["points_written"] == 3  # the remaining points only
+    assert read_state(store.client, "cat")["grouped"] == {"DE": 1, "FR": 0, "US": 1}
 
 
 def test_a_run_over_some_regions_does_not_take_twins_in_the_others_for_deleted_points(
