@@ -112,6 +112,7 @@ def _child(args: argparse.Namespace) -> None:
     from polyglot_catalog.matching.inputs import MatchInputs
     from polyglot_catalog.matching.pipeline import match_catalog, match_tables
     from polyglot_catalog.matching.region_search import write_region_search
+    from polyglot_catalog.matching.result import MatchResult
     from polyglot_catalog.matching.settings import MatchSettings
     from polyglot_catalog.matching.shards import CandidateShard, map_shard
 
@@ -162,10 +163,12 @@ def _child(args: argparse.Namespace) -> None:
         figures["match_peak_mb"] = figures["peak_mb"]
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
 
-            def report(r: object) -> None:
+            def report(r: MatchResult) -> None:
                 t1 = time.perf_counter()
                 write_reports(Path(tmp) / "report", r)
                 figures["report_seconds"] = time.perf_counter() - t1
+                if args.state:
+                    r.keep_accepted_pairs()  # as run_match: the commit's apply runs without them
 
             if args.state:  # as run_match: the state committed, the report written inside the commit
                 figures.update(_commit_state(data_dir.parent / "store", out.parent, result, report))

@@ -294,6 +294,27 @@ def test_run_match_continues_incrementally_with_stable_group_ids(qdrant_client: 
     assert third.summary["mode"] == "full" and third.summary["full_run_reason"].startswith("requested")
 
 
+def test_run_match_keeps_only_the_accepted_pairs_once_the_report_has_them(
+    qdrant_client: Any, tmp_path: Path
+) -> None:
+    """The report gets every scored pair; the state commit's apply then runs without the rejected
+    ones (#26), and the counts the CLI and XCom give still count every scored pair."""
+    store = _store_of(qdrant_client, catalog(n=30))
+    seen: dict[str, Any] = {}
+
+    def report(result: Any) -> Path:
+        seen["pairs"] = len(result.pairs)
+        seen["decisions"] = set(result.pairs["decision"].astype(str))
+        return tmp_path
+
+    result, _ = run_match(store, run_id="run-1", write_report=report, collection="cat", model="m1")
+    assert len(seen["decisions"]) > 1  # the report saw rejected candidates too
+    assert result.pair_count == seen["pairs"] > len(result.pairs) > 0
+    assert set(result.pairs["decision"].astype(str)) == {"match"}
+    assert len(result.matches) == len(result.pairs)
+    assert result.summary["match_state"]["points_written"] == 90  # the commit ran after the release
+
+
 def test_a_model_change_forces_a_full_run(qdrant_client: Any, tmp_path: Path) -> None:
     store = _store_of(qdrant_client, catalog(n=30))
     _run(store, "run-1", tmp_path)

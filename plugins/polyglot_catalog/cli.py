@@ -513,7 +513,7 @@ def _cmd_match(args: argparse.Namespace) -> dict[str, Any]:
         "full_run_reason": result.summary.get("full_run_reason"),
         "calibrated_on_labels": result.summary.get("calibrated_on_labels"),
         "changes": result.summary.get("changes"),
-        "pairs": len(result.pairs),
+        "pairs": result.pair_count,
         "matches": len(result.matches),
         "unmatched": len(result.unmatched),
         "metrics": metrics,

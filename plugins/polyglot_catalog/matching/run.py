@@ -148,11 +148,10 @@ def run_match(
         result.summary, labels=labels is not None, threshold=threshold is not None
     )
     written: list[Path] = []
-    commit_match_state(
-        store,
-        result,
-        run_id,
-        full_rematch=full_rematch,
-        before_apply=lambda r: written.append(write_report(r)),
-    )
+
+    def report(r: MatchResult) -> None:
+        written.append(write_report(r))
+        r.keep_accepted_pairs()  # on disk now; the commit's apply need not run beside them
+
+    commit_match_state(store, result, run_id, full_rematch=full_rematch, before_apply=report)
     return result, written[0]

@@ -793,7 +793,7 @@ def match_summary(full: dict[str, Any], result: Any, report_dir: Path | str) -> 
         "threshold_method": full.get("threshold_method"),
         "calibrated_on_labels": bool(full.get("calibrated_on_labels")),
         "regions": full.get("regions"),
-        "pairs": len(result.pairs),
+        "pairs": result.pair_count,
         "matches": len(result.matches),
         "unmatched": len(result.unmatched),
         "metrics": metrics,
