@@ -1084,3 +1084,20 @@ def test_the_page_of_a_large_run_holds_less_than_a_second_copy_of_its_pairs(tmp_
         tracemalloc.stop()
     assert f"{n:,}" in page  # the page does count every pair
     assert peak < table, f"rendering held {peak / 2**20:.1f} MB over a {table / 2**20:.1f} MB pairs table"
+
+
+def test_distinct_products_on_codes_are_those_of_the_rows() -> None:
+    """The page counts distinct products per region on the categoricals' codes (#26): the same
+    (region, SKU) set as the distinct rows read as strings (a missing SKU once per region; no row
+    without a region, as the count by region leaves them out)."""
+    rng = np.random.default_rng(5)
+    n = 5_000
+    region = pd.Series(rng.choice(["DE", "FR", None], n, p=[0.6, 0.39, 0.01])).astype("category")
+    sku = pd.Series(rng.choice([f"A-{i}" for i in range(700)] + [None], n)).astype("category")
+    rows = pd.DataFrame({"region": region, "sku": sku}).drop_duplicates().astype(str).dropna(subset="region")
+    got = report_html._distinct_products(region, sku)
+    assert len(got) == len(rows)  # each product once
+    assert set(got.fillna("-").itertuples(index=False, name=None)) == set(
+        rows.fillna("-").itertuples(index=False, name=None)
+    )
+    assert set(got["region"]) == {"DE", "FR"} and got["sku"].isna().sum() == 2
