@@ -1101,3 +1101,40 @@ def test_distinct_products_on_codes_are_those_of_the_rows() -> None:
         rows.fillna("-").itertuples(index=False, name=None)
     )
     assert set(got["region"]) == {"DE", "FR"} and got["sku"].isna().sum() == 2
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+def test_nearest_pairs_are_those_a_stable_sort_of_every_score_gives(
+    ascending: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The samples pick the pairs nearest the threshold a slice at a time (#26): the same rows as a
+    stable sort of every masked score, ties in row order and missing scores last, in any slicing."""
+    rng = np.random.default_rng(11)
+    n = 2_000
+    score = rng.integers(0, 40, n) / 40.0  # many ties
+    score[rng.random(n) < 0.05] = np.nan
+    mask = rng.random(n) < 0.7
+    pairs = pd.DataFrame({"row": np.arange(n)})
+    rows = np.flatnonzero(mask)
+    for size in (0, 5, 60, 1_500):
+        expected = pd.Series(score[rows]).sort_values(ascending=ascending, kind="stable").index[:size]
+        for slice_rows in (7, 256, 1 << 20):
+            monkeypatch.setattr(report_html, "_CODE_SLICE", slice_rows)
+            got = report_html._nearest(pairs, score, mask, size, ascending=ascending)
+            assert got["row"].tolist() == rows[expected].tolist()
+
+
+def test_region_pair_counts_on_codes_are_those_of_a_groupby() -> None:
+    rng = np.random.default_rng(12)
+    n = 3_000
+    table = pd.DataFrame(
+        {
+            "region_a": rng.choice(["DE", "FR"], n),
+            "region_b": rng.choice(["FR", "JP", "US"], n),
+            "decision": rng.choice(["match", "below_threshold", "conflict"], n),
+        }
+    )
+    expected = report_html._region_pair_counts(table)  # strings: pandas' groupby
+    assert report_html._region_pair_counts(table.astype("category")) == expected
+    assert sum(n for n, _ in expected.values()) == n
+    assert sum(m for _, m in expected.values()) == (table["decision"] == "match").sum()
