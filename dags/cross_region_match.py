@@ -23,9 +23,11 @@ filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
   it runs only on such an event or when triggered.
 * **Full runs scale out**: `plan_search_shards` splits a full run's candidate search (the part that
   grows with the catalog squared) into `search_shard` mapped tasks, as many as `shards` says or as
-  fit `memory_budget_mb`; `cut_search_parts` and `feature_shard` tasks (mapped the same way) merge
-  each shard's share of the lists and compute its pair features, and `match_regions` puts the
-  features together without reading any vector, scores, decides and reports. Parts live under
+  fit `memory_budget_mb` (exact blocks, or region-filtered Qdrant queries past 500k products per
+  region or when `candidates` says so); `cut_search_parts` and `feature_shard` tasks (mapped the
+  same way) merge each shard's share of the lists and compute its pair features, and
+  `match_regions` puts the features together without reading any vector, scores, decides and
+  reports. Parts live under
   `$POLYGLOT_DATA_DIR/match_shards/<run id>` (a folder every worker must see). Same pairs and
   groups as one task. Incremental runs plan none. See docs/SCALING.md.
 * **Report link**: the `match_regions` task's **Match report** button opens the run's report.
@@ -140,6 +142,14 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
             "per region pair (each a range of one region's texts against another region); empty picks "
             "the fewest that fit the memory budget. Same pairs and groups as one task.",
         ),
+        "candidates": Param(
+            "auto",
+            type="string",
+            enum=["auto", "exact", "qdrant"],
+            title="Candidate search",
+            description="auto: exact blocked search up to 500k products per region, Qdrant queries "
+            "(region-filtered, HNSW) beyond; exact or qdrant forces one. Sharded either way.",
+        ),
         "memory_budget_mb": Param(
             4096,
             type="integer",
@@ -169,6 +179,7 @@ def cross_region_match() -> None:
         "threshold": "{{ params.threshold }}",
         "calibrate_on_labels": "{{ params.calibrate_on_labels }}",
         "full_rematch": "{{ params.full_rematch }}",
+        "candidates": "{{ params.candidates }}",
     }
     # [START match_operator]
     plan = MatchShardPlanOperator(

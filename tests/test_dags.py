@@ -95,6 +95,13 @@ def test_a_full_match_searches_in_mapped_shards_that_the_match_task_joins(bag):
 
     with pytest.raises(ParamValidationError, match="shards"):
         _validate(dag, {"shards": 0})
+    # the plan and the match task search the same way: one Param feeds both
+    assert (
+        params["candidates"] == "auto" and _validate(dag, {"candidates": "qdrant"})["candidates"] == "qdrant"
+    )
+    assert plan.candidates == match.candidates == "{{ params.candidates }}"
+    with pytest.raises(ParamValidationError, match="candidates"):
+        _validate(dag, {"candidates": "hnsw"})
 
 
 def _asset_event(collection: str, minute: int = 0, model: str | None = None):

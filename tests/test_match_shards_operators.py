@@ -125,6 +125,39 @@ def test_a_full_run_is_searched_in_mapped_shards_and_joined_by_the_match_task(ca
     assert _match(ti2, "tonight")["mode"] == "incremental"
 
 
+def test_a_qdrant_search_in_mapped_shards_gives_the_single_qdrant_tasks_pairs(catalog: Path) -> None:
+    """``candidates="qdrant"``: the plan marks its shards so, each search task queries the collection
+    (region-filtered) and the match task joins what they wrote into the one-task Qdrant match."""
+    ti = _TI()
+    plan = _plan(ti, shards=2, candidates="qdrant", hnsw_ef="64")
+    assert {(s["search"], s["hnsw_ef"], s["collection"], s["model"]) for s in plan} == {
+        ("qdrant", 64, "cat", "fake-model")
+    }
+    _maps(plan)
+    sharded = _match(ti, "sharded", candidates="qdrant", hnsw_ef="64")
+    summary = json.loads((catalog / "reports" / "sharded" / "summary.json").read_text())
+    assert summary["candidates_path"] == "qdrant (shards)"
+    single = MatchCatalogOperator(
+        task_id="m",
+        collection="cat",
+        model="fake-model",
+        out_name="single",
+        full_rematch=True,
+        candidates="qdrant",
+        hnsw_ef="64",
+    ).execute(context={"ti": _TI(), "run_id": "manual__single"})
+    assert (
+        json.loads((catalog / "reports" / "single" / "summary.json").read_text())["candidates_path"]
+        == "qdrant"
+    )
+    assert (single["pairs"], single["matches"]) == (sharded["pairs"], sharded["matches"])
+    cols = ["region_a", "sku_a", "region_b", "sku_b", "score", "decision"]
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(catalog / "reports" / "sharded" / "pairs.parquet")[cols],
+        pd.read_parquet(catalog / "reports" / "single" / "pairs.parquet")[cols],
+    )
+
+
 def test_an_automatic_shard_count_searches_a_small_catalog_in_the_match_task(catalog: Path) -> None:
     ti = _TI()
     assert _plan(ti, full_rematch=True) == []  # one shard fits 4 GB: no mapped tasks

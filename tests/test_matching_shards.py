@@ -143,10 +143,10 @@ def test_the_feature_task_model_matches_what_was_measured() -> None:
     assert 750 <= feature_task_mb(7_500, 30_000, 384, 10) <= 900
 
 
-def test_shards_are_refused_with_the_qdrant_search_and_below_one() -> None:
+def test_shards_below_one_and_a_sharded_qdrant_search_without_a_store_are_refused() -> None:
     with pytest.raises(ValueError, match="shards must be >= 1; got 0"):
         match_catalog(_catalog(n=10), shards=0)
-    with pytest.raises(ValueError, match="candidates='qdrant'"):
+    with pytest.raises(ValueError, match="candidates='qdrant' needs a CatalogStore"):
         match_catalog(_catalog(n=10), shards=2, candidates="qdrant")
 
 

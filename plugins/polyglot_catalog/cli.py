@@ -210,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--shards",
         type=_positive_int,
         metavar="N",
-        help="a full run's exact candidate search as N shards per region pair, run here one after "
-        "another (the Airflow DAG maps them to workers); same pairs and groups as one search",
+        help="a full run's candidate search (exact, or Qdrant queries with --candidates qdrant) as N "
+        "shards per region pair, run here one after another (the Airflow DAG maps them to workers); "
+        "same pairs and groups as one search",
     )
     match.add_argument(
         "--shard-dir",

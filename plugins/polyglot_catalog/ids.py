@@ -23,7 +23,12 @@ def point_id(region: str, sku: str) -> str:
         point_id("DE", "A-1") == point_id("DE", "A-1")  # stable across runs and machines
         ```
     """
-    return str(uuid.uuid5(PROJECT_NAMESPACE, f"{region}{_SEP}{sku}"))
+    return str(point_uuid(region, sku))
+
+
+def point_uuid(region: str, sku: str) -> uuid.UUID:
+    """:func:`point_id` as a :class:`uuid.UUID` (its 16 ``bytes`` key a sorted id table)."""
+    return uuid.uuid5(PROJECT_NAMESPACE, f"{region}{_SEP}{sku}")
 
 
 def content_hash(model: str, template: str, text: str) -> str:

@@ -7,6 +7,7 @@ blocks and keeps a running top-k, so peak memory is ``O(block_rows * block_cols 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +40,8 @@ CANDIDATE_SLACK = 5
 #: shared by hundreds of listings (a generic care text) can produce; the others stay unmatched
 #: and are reported as duplicate listings.
 MEMBERS_CAP = 20
+#: How many times ``k`` the Qdrant path fetches for centred queries (see :func:`qdrant_fetch`).
+QDRANT_OVERSAMPLE = 2
 
 
 class _RunningTopK:
@@ -217,25 +220,59 @@ def qdrant_topk(
     by_id = target.point_ids is not None
     pos = {key: i for i, key in enumerate(target.point_ids if by_id else target.skus)}
     key_field = "id" if by_id else "sku"
-    kk = min(k, len(target))
-    idx = np.full((len(queries), kk), -1, dtype=np.int64)
-    sim = np.full((len(queries), kk), -np.inf, dtype=np.float32)
-    if kk == 0 or len(queries) == 0:
+    return query_rows(
+        store,
+        queries,
+        region,
+        min(k, len(target)),
+        lambda payloads: [pos.get(str(p.get(key_field)), -1) for p in payloads],
+        fields=[] if by_id else ["sku"],
+        hnsw_ef=hnsw_ef,
+    )
+
+
+def query_rows(
+    store: Any,
+    queries: np.ndarray,
+    region: str,
+    k: int,
+    rows_of: Callable[[list[dict[str, Any]]], Sequence[int] | np.ndarray],
+    *,
+    fields: Sequence[str] = (),
+    hnsw_ef: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` hits per query in ``region`` that ``rows_of`` knows, in Qdrant's order:
+    ``rows_of`` maps a chunk's hit payloads (with ``id`` and ``fields``) to row indices, ``-1`` for
+    a point it does not know (dropped). Returns ``(idx, sim)`` ``(n, k)``, padded with -1 / -inf.
+    Queries go :data:`QUERY_CHUNK` at a time, so only one chunk's hits are alive."""
+    idx = np.full((len(queries), k), -1, dtype=np.int64)
+    sim = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    if k == 0 or len(queries) == 0:
         return idx, sim
     queries = np.asarray(queries, dtype=np.float32)
-    for start in range(0, len(queries), QUERY_CHUNK):  # the hits of one chunk alive at a time
+    for start in range(0, len(queries), QUERY_CHUNK):
         hits = store.query_region(
-            queries[start : start + QUERY_CHUNK], region, kk, fields=[] if by_id else ["sku"], hnsw_ef=hnsw_ef
+            queries[start : start + QUERY_CHUNK], region, k, fields=list(fields), hnsw_ef=hnsw_ef
         )
+        found = np.asarray(rows_of([p for row in hits for p, _ in row]), dtype=np.int64)
+        at = 0
         for r, row in enumerate(hits, start):
             col = 0
-            for payload, score in row:
-                j = pos.get(str(payload.get(key_field)))
-                if j is None or col >= kk:
+            for _, score in row:
+                j = found[at]
+                at += 1
+                if j < 0 or col >= k:
                     continue
                 idx[r, col], sim[r, col] = j, score
                 col += 1
     return idx, sim
+
+
+def qdrant_fetch(k: int, centred: bool, extra: int, oversample: int = QDRANT_OVERSAMPLE) -> int:
+    """Hits the Qdrant path asks per query for a canonical top-``k``: :data:`CANDIDATE_SLACK` beyond
+    ``k`` (``oversample`` times ``k`` when the queries are centred: Qdrant ranks by the stored,
+    uncentred vectors, see :func:`candidate_pairs`), and ``extra`` for a text's other rows."""
+    return (oversample if centred else 1) * k + CANDIDATE_SLACK + extra
 
 
 def candidate_pairs(
@@ -245,11 +282,11 @@ def candidate_pairs(
     *,
     store: Any | None = None,
     raw: tuple[np.ndarray, np.ndarray] | None = None,
-    oversample: int = 2,
     hnsw_ef: int | None = None,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     block_cols: int = DEFAULT_BLOCK_COLS,
     both: bool = True,
+    oversample: int = QDRANT_OVERSAMPLE,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Union of top-``k`` in both directions between regions ``a`` and ``b`` (with ``both=False``,
     only ``a``'s top-``k`` in ``b``: an incremental run's changed products, whose reverse neighbours
@@ -261,7 +298,7 @@ def candidate_pairs(
 
     Both paths follow the rule of :mod:`.canonical`: neighbours are searched among the distinct
     texts of each side (rows with identical text share one vector), proposed with slack
-    (:data:`CANDIDATE_SLACK` more than ``k``; the Qdrant path ``oversample * k``), re-ranked by
+    (:data:`CANDIDATE_SLACK` more than ``k``; the Qdrant path ``oversample * k`` and the slack), re-ranked by
     :func:`.canonical.pair_cosine` with ties to the lower row, and each distinct text's pairs are
     then handed to its rows (at most :data:`MEMBERS_CAP` rows of one text, lowest SKUs first). So
     the same neighbours come out whatever the block size, thread count, row order or path, as long
@@ -280,10 +317,11 @@ def candidate_pairs(
     sa, sb = TextSets.of(a.texts), TextSets.of(b.texts)
     va, vb = a.vectors[sa.rep], b.vectors[sb.rep]
     if store is not None:
-        fetch = (oversample if raw is not None else 1) * k + CANDIDATE_SLACK
-        ab_hits, _ = qdrant_topk(store, va, b.region, b, fetch + _extra(sb), hnsw_ef=hnsw_ef)
-        ba_hits, _ = qdrant_topk(store, vb, a.region, a, fetch + _extra(sa), hnsw_ef=hnsw_ef)
-        ab_idx, ba_idx = _distinct_hits(ab_hits, sb), _distinct_hits(ba_hits, sa)
+        centred = raw is not None
+        fetch_b, fetch_a = (qdrant_fetch(k, centred, extra_hits(s.inverse), oversample) for s in (sb, sa))
+        ab_hits, _ = qdrant_topk(store, va, b.region, b, fetch_b, hnsw_ef=hnsw_ef)
+        ba_hits, _ = qdrant_topk(store, vb, a.region, a, fetch_a, hnsw_ef=hnsw_ef)
+        ab_idx, ba_idx = distinct_hits(ab_hits, sb.inverse), distinct_hits(ba_hits, sa.inverse)
     elif both:
         ab_idx, _, ba_idx, _ = exact_topk_both(
             va, vb, k + CANDIDATE_SLACK, block_rows=block_rows, block_cols=block_cols
@@ -318,19 +356,21 @@ def pairs_from_neighbours(
     return key // max(n_b, 1), key % max(n_b, 1), {"a": ab_sim[sa.inverse], "b": ba_sim[sb.inverse]}
 
 
-def _extra(sets: TextSets) -> int:
-    """Hits a query needs beyond its distinct texts: a text's other rows come back as well."""
-    return min(int(np.bincount(sets.inverse).max(initial=1)) - 1, MEMBERS_CAP) if len(sets) else 0
+def extra_hits(inverse: np.ndarray) -> int:
+    """Hits a query needs beyond its distinct texts: a text's other rows come back as well
+    (``inverse``: per row, its distinct text)."""
+    return min(int(np.bincount(inverse).max(initial=1)) - 1, MEMBERS_CAP) if len(inverse) else 0
 
 
-def _distinct_hits(idx: np.ndarray, sets: TextSets) -> np.ndarray:
-    """Row hits ``(n, w)`` mapped to distinct-text indices, repeats removed, ``-1`` padded."""
+def distinct_hits(idx: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """Row hits ``(n, w)`` mapped to distinct-text indices (``inverse``: per row, its text), repeats
+    removed, ``-1`` padded; each query's texts ascending (the re-rank orders them)."""
     out = np.full(idx.shape, -1, dtype=np.int64)
     rows, cols = np.nonzero(idx >= 0)
     if len(rows) == 0:
         return out
-    width = max(len(sets), 1)
-    key = np.unique(rows.astype(np.int64) * width + sets.inverse[idx[rows, cols]])
+    width = max(int(inverse.max(initial=-1)) + 1, 1)
+    key = np.unique(rows.astype(np.int64) * width + inverse[idx[rows, cols]])
     r, u = key // width, key % width
     rank = np.arange(len(r)) - np.searchsorted(r, r, side="left")
     out[r, rank] = u

@@ -59,7 +59,7 @@ from .region_search import RegionSearch, add_digest, distinct_texts, rows_digest
 from .scoring import pair_features
 from .settings import MatchSettings
 from .shard_storage import ParquetSink, ShardFolder
-from .shards import CandidateShard, cut_bounds, merge_rows, pair_shards, part_name, plan_shards
+from .shards import CandidateShard, cut_bounds, merge_rows, pair_shards, part_name, part_search, plan_shards
 
 #: The product fields evidence reads besides the text (:func:`.evidence.extract`).
 EVIDENCE_FIELDS = ("title", "brand", "gtin")
@@ -503,6 +503,28 @@ def _read_part(
     return (idx, val), ((t[~mine], r[~mine]), nb[~mine], sim[~mine])
 
 
+def _reverse_into(
+    folder: ShardFolder, shard: CandidateShard, plan: Sequence[CandidateShard]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(other text, query text, sim)`` of every reverse list entry of ``shard``'s pair that falls
+    in its range of query texts, read from each Qdrant part of the pair (whose reverse lists are
+    whole, sorted by query text: Parquet statistics skip the row groups outside the range)."""
+    texts, neighbours, sims = [], [], []
+    for part in pair_shards(plan, shard.query, shard.other):
+        if not folder.exists(part_name(part)):
+            raise ValueError(f"search part of shard {part.name} is missing in {folder}")
+        with folder.open(part_name(part)) as f:
+            side = pq.read_table(
+                f,
+                columns=["text", "neighbour", "sim"],
+                filters=[("side", "=", 1), ("neighbour", ">=", shard.start), ("neighbour", "<", shard.stop)],
+            )
+        texts.append(side["text"].to_numpy())
+        neighbours.append(side["neighbour"].to_numpy())
+        sims.append(side["sim"].to_numpy())
+    return np.concatenate(texts), np.concatenate(neighbours), np.concatenate(sims)
+
+
 def map_features(
     folder: Any,
     shard: CandidateShard,
@@ -517,7 +539,10 @@ def map_features(
     cuts it reads). Returns where the part is."""
     folder = ShardFolder.of(folder)
     ra, rb, k = shard.query, shard.other, settings.k
-    (ab_idx, ab_sim), ((t_b, _), nb_a, sim) = _read_part(folder, shard, k)
+    whole = part_search(folder, shard) != "exact"  # a Qdrant part: each reverse list whole
+    (ab_idx, ab_sim), ((t_b, _), nb_a, sim) = _read_part(folder, shard, k, reverse=not whole)
+    if whole:
+        t_b, nb_a, sim = _reverse_into(folder, shard, plan)
     cuts = read_pair_cuts(folder, ra, rb, plan)
     # a reverse proposal survives the merge if it ranks at or above its text's merged k-th entry
     kth_sim, kth_idx = cuts["kth_sim"][t_b], cuts["kth_idx"][t_b]
@@ -677,6 +702,8 @@ class ShardedFeatures:
     digests: dict[str, str]
     #: Per region ``sent_mean``, ``sent_keys``, ``sent_df`` when the parts carry the sentence feature.
     sentence_stats: dict[str, dict[str, Any]] | None = None
+    #: How the parts were searched: ``exact``, or ``qdrant:...`` (:func:`.shards.part_search`).
+    search: str = "exact"
 
 
 def read_features(
@@ -694,6 +721,7 @@ def read_features(
         means={r: s.mean for r, s in search.items()} if center else {},
         digests={r: s.digest for r, s in search.items()},
         sentence_stats=sentence_stats(folder, regions),
+        search=part_search(folder, plan[0]) if plan else "exact",
     )
 
 
@@ -732,19 +760,21 @@ def sharded_features(
     settings: MatchSettings,
     shards: int,
     folder: Any,
+    store: Any | None = None,
 ) -> ShardedFeatures:
     """The map tasks and the cuts in one process (``match --shards N``), then :func:`read_features`:
     search every stale shard (:func:`.shards.search_stale`), write each region's rows file and
     statistics (and its centred ``sentences`` with their ``sentence_stats``, products in canonical
     order, when the run has them), each shard's cuts and each shard's feature part. ``data``:
-    the tables as read."""
+    the tables as read; ``store``: Qdrant answers the search (the tables are the store's)."""
     from .shards import search_stale
 
     regions = sorted(data)
     texts = {r: len(set(t.texts)) for r, t in data.items()}
-    plan = search_stale(data, settings, shards, folder, texts)
+    plan = search_stale(data, settings, shards, folder, texts, store=store)
     for r in regions:
-        write_region_rows(r, table_pages(data[r]), folder)
+        if store is None:  # the Qdrant search wrote them first (its hits map to products through them)
+            write_region_rows(r, table_pages(data[r]), folder)
         if sentences is not None and sentence_stats is not None:
             write_region_sentences(folder, r, sentences[r], sentence_stats[r])
     for shard in plan:

@@ -128,12 +128,19 @@ EXACT_MAX_PAIRS = 500_000 * 500_000
 
 def _candidate_path(candidates: str, store: Any, data: CatalogData) -> str:
     """The candidate path ``candidates`` means for these tables (see ``EXACT_MAX_PAIRS``)."""
+    return candidate_path(candidates, store is not None, [len(t) for t in data.values()])
+
+
+def candidate_path(candidates: str, with_store: bool, sizes: Sequence[int]) -> str:
+    """``exact`` or ``qdrant``: what ``candidates`` means for regions of ``sizes`` products (``auto``:
+    Qdrant when there is a store and the largest region pair exceeds ``EXACT_MAX_PAIRS``). The match
+    task and the shard plan (which knows the sizes from its search files) ask the same question."""
     if candidates != "auto":
         return candidates
-    if store is None:
+    if not with_store:
         return "exact"
-    sizes = sorted(len(t) for t in data.values())
-    largest = sizes[-1] * sizes[-2] if len(sizes) > 1 else 0
+    ordered = sorted(sizes)
+    largest = ordered[-1] * ordered[-2] if len(ordered) > 1 else 0
     return "exact" if largest <= EXACT_MAX_PAIRS else "qdrant"
 
 
@@ -234,8 +241,9 @@ def match_catalog(
         model (str | None), collection (str | None), model_fingerprint (str | None): recorded in
             the summary; with the library versions, every setting and a fingerprint of the input
             they make ``summary["reproducibility"]``, so two reports can be compared.
-        shards (int | None): run the exact candidate search as this many shards per ordered region
-            pair (:mod:`.shards`), their parts written under ``shard_dir`` (default: a temporary
+        shards (int | None): run the candidate search as this many shards per ordered region
+            pair (:mod:`.shards`; on the Qdrant path, region-filtered queries per shard,
+            :mod:`.qdrant_shards`), their parts written under ``shard_dir`` (default: a temporary
             folder) and joined; the same pairs and groups as one search. None: one search. With
             neither reviewed ``decisions`` nor ``rerank``, the pair features are computed per shard
             too (:mod:`.feature_parts`), and this task only puts them together.
@@ -256,8 +264,6 @@ def match_catalog(
         raise ValueError("candidates='qdrant' needs a CatalogStore; pass one or use candidates='exact'")
     if shards is not None and shards < 1:
         raise ValueError(f"shards must be >= 1; got {shards}")
-    if shards is not None and settings.candidates == "qdrant":
-        raise ValueError("shards split the exact search; candidates='qdrant' queries Qdrant instead")
     parameters = _parameters(settings, regions, labels, sentences, rerank, decisions)
     t0 = time.perf_counter()
     per_shard = shards is not None and decisions is None and rerank is None
@@ -280,7 +286,13 @@ def match_catalog(
                 folder = shard_dir or stack.enter_context(
                     tempfile.TemporaryDirectory(prefix="polyglot-shards-")
                 )
-                plan = {"settings": settings, "shards": shards, "folder": folder}
+                path = _candidate_path(settings.candidates, inputs.store, inputs.data)
+                plan = {
+                    "settings": settings,
+                    "shards": shards,
+                    "folder": folder,
+                    "store": inputs.store if path == "qdrant" else None,
+                }
                 if per_shard:
                     features = functools.partial(sharded_features, **plan)
                 else:  # must-links and the re-ranker need the products: features in this task
@@ -358,7 +370,7 @@ def match_tables(
     prep = prepare(
         inputs,
         settings,
-        keep_raw=path == "qdrant",
+        keep_raw=path == "qdrant" and search is None and features is None,
         release=search is None and features is None,
         features_given=features is not None,
     )
@@ -371,13 +383,13 @@ def match_tables(
         t0 = time.perf_counter()
         found = search(inputs.data)
         timings["sharded_search"] = time.perf_counter() - t0
-        path = "exact (shards)"
+        path = f"{path} (shards)"  # match_catalog gave the search the store on the Qdrant path
     if features is not None:
         t0 = time.perf_counter()
         sharded = features(inputs.data, prep.sentences, prep.sentence_stats)
         inputs.data = {}
         timings["sharded_features"] = time.perf_counter() - t0
-        path = "exact (shards)"
+        path = f"{sharded.search.split(':')[0]} (shards)"
         blocks, figures, lex_stats = sharded.blocks, sharded.figures, sharded.lex_stats
         prep.means, prep.idf, digests = sharded.means, sharded.idf, digests or sharded.digests
         prep.sentence_stats = dict(sharded.sentence_stats or {})  # the parts carry the feature

@@ -77,10 +77,14 @@ def plan_shards(texts: Mapping[str, int], shards: int) -> list[CandidateShard]:
     out = []
     for query, other in itertools.combinations(sorted(texts), 2):
         n = texts[query]
-        parts = pair_shard_count(shards, n)
-        bounds = np.linspace(0, n, parts + 1).round().astype(int)
+        bounds = range_bounds(n, pair_shard_count(shards, n))
         out += [CandidateShard(query, other, int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
     return out
+
+
+def range_bounds(query_texts: int, ranges: int) -> np.ndarray:
+    """Bounds of a region pair's ``ranges`` near-equal ranges of its first region's texts."""
+    return np.linspace(0, query_texts, ranges + 1).round().astype(int)
 
 
 def pair_shard_count(shards: int, query_texts: int) -> int:
@@ -175,8 +179,11 @@ def map_shard(
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     shards: int = 1,
+    store: Any | None = None,
 ) -> str:
     """Search one shard from the regions' search files in ``folder`` and write its part there.
+    With ``store``, Qdrant answers the search (:func:`.qdrant_shards.map_qdrant_shard`: the same
+    part's schema, its reverse lists whole); without, the exact blocked search below.
 
     The range's vectors stay in memory; the other region streams by in chunks, and each chunk's
     block pass serves both directions (as the single search, :func:`.candidates.exact_topk_both`):
@@ -191,6 +198,10 @@ def map_shard(
     group per cuts task's range of ``other`` (:func:`cut_bounds`), so each cuts task reads its own
     row groups of every part (Parquet statistics), not every part whole.
     Returns where the part is (a path or URL)."""
+    if store is not None:
+        from .qdrant_shards import map_qdrant_shard
+
+        return map_qdrant_shard(folder, shard, settings, store, chunk_rows=chunk_rows, shards=shards)
     folder = ShardFolder.of(folder)
     q = RegionSearch.open(folder, shard.query)
     o = RegionSearch.open(folder, shard.other)
@@ -215,12 +226,12 @@ def map_shard(
             ab = np.where(ab >= 0, idx[np.maximum(ab, 0)], -1)
             best_idx, best_sim = merge_rows(best_idx, best_sim, ab, ab_sim)
             ba, ba_sim = canonical_topk(vo, vq, ba, settings.k)
-            side = _side(1, idx, np.where(ba >= 0, ba + shard.start, -1), ba_sim, schema)
+            side = side_table(1, idx, np.where(ba >= 0, ba + shard.start, -1), ba_sim, schema)
             at = np.searchsorted(idx, cuts) * ba.shape[1]  # ``idx`` ascending: each range's rows
             for lo, hi in itertools.pairwise(at):
                 if hi > lo:
                     writer.write_table(side.slice(lo, hi - lo))
-        writer.write_table(_side(0, np.arange(shard.start, shard.stop), best_idx, best_sim, schema))
+        writer.write_table(side_table(0, np.arange(shard.start, shard.stop), best_idx, best_sim, schema))
     return folder.url(part_name(shard))  # written whole or not at all: a retry replaces it
 
 
@@ -235,7 +246,8 @@ PART_SCHEMA = pa.schema(
 )
 
 
-def _side(code: int, texts: np.ndarray, idx: np.ndarray, sim: np.ndarray, schema: pa.Schema) -> pa.Table:
+def side_table(code: int, texts: np.ndarray, idx: np.ndarray, sim: np.ndarray, schema: pa.Schema) -> pa.Table:
+    """One side of a part: per text of ``texts`` its ``(idx, sim)`` list as ``(text, rank)`` rows."""
     n, width = idx.shape
     return pa.table(
         {
@@ -258,19 +270,37 @@ def merge_rows(
     return _merge_top(n, k, [rows], [np.hstack([idx_a, idx_b]).ravel()], [np.hstack([sim_a, sim_b]).ravel()])
 
 
-def part_key(shard: CandidateShard, settings: MatchSettings, query_digest: str, other_digest: str) -> str:
-    """What a part was computed from: both regions' rows (their digests), ``k``, centring and the range.
-    A part with another key (the catalog changed between the map and the reduce) is searched again."""
-    return json.dumps(
-        {
-            "shard": shard.name,
-            "k": settings.k,
-            "center": settings.center,
-            "query": query_digest,
-            "other": other_digest,
-        },
-        sort_keys=True,
-    )
+def part_key(
+    shard: CandidateShard,
+    settings: MatchSettings,
+    query_digest: str,
+    other_digest: str,
+    *,
+    search: str = "exact",
+) -> str:
+    """What a part was computed from: both regions' rows (their digests), ``k``, centring, the range
+    and how it was searched (``search``: ``exact``, or Qdrant and its beam, which adds the key). A part
+    with another key (the catalog changed between the map and the reduce, or the search path) is
+    searched again."""
+    key = {
+        "shard": shard.name,
+        "k": settings.k,
+        "center": settings.center,
+        "query": query_digest,
+        "other": other_digest,
+    }
+    if search != "exact":  # exact parts keep the key they had before Qdrant shards
+        key["search"] = search
+    return json.dumps(key, sort_keys=True)
+
+
+def part_search(folder: Any, shard: CandidateShard) -> str:
+    """How ``shard``'s part in ``folder`` was searched (``exact`` or ``qdrant:...``, :func:`part_key`).
+    A Qdrant part's reverse lists are whole (each text of its cut range against the whole query
+    region), an exact part's are the range's share (merged by the cuts)."""
+    with ShardFolder.of(folder).open(part_name(shard)) as f:
+        meta = pq.read_schema(f).metadata or {}
+    return str(json.loads(meta.get(PART_KEY.encode(), b"{}")).get("search", "exact"))
 
 
 def part_name(shard: CandidateShard) -> str:
@@ -279,14 +309,18 @@ def part_name(shard: CandidateShard) -> str:
 
 
 def part_is_current(
-    folder: Any, shard: CandidateShard, settings: MatchSettings, digests: Mapping[str, str]
+    folder: Any,
+    shard: CandidateShard,
+    settings: MatchSettings,
+    digests: Mapping[str, str],
+    search: str = "exact",
 ) -> bool:
     folder = ShardFolder.of(folder)
     if not folder.exists(part_name(shard)):
         return False
     with folder.open(part_name(shard)) as f:
         meta = pq.read_schema(f).metadata or {}
-    want = part_key(shard, settings, digests[shard.query], digests[shard.other])
+    want = part_key(shard, settings, digests[shard.query], digests[shard.other], search=search)
     return meta.get(PART_KEY.encode()) == want.encode()
 
 
@@ -360,27 +394,45 @@ def _merge_top(
     return idx, sim
 
 
-def sharded_candidates(data: CatalogData, settings: MatchSettings, shards: int, folder: Any) -> Candidates:
+def sharded_candidates(
+    data: CatalogData, settings: MatchSettings, shards: int, folder: Any, store: Any | None = None
+) -> Candidates:
     """Search every shard whose part in ``folder`` is missing or stale (all of them for ``match
     --shards N``; none when Airflow's mapped tasks wrote them), then join the parts. ``data``: the
     tables as read (not yet canonical); a region whose search file is not from these rows is
-    written again first."""
+    written again first. ``store``: Qdrant answers the search (see :func:`search_stale`)."""
     # the canonical tables' text sets, from the texts alone (no copy of the vectors)
     texts = {r: TextSets.of([t.texts[i] for i in canonical_order(t.skus)]) for r, t in data.items()}
-    plan = search_stale(data, settings, shards, folder, {r: len(s) for r, s in texts.items()})
+    plan = search_stale(data, settings, shards, folder, {r: len(s) for r, s in texts.items()}, store=store)
     return join_parts(folder, data, texts, settings.k, plan)
 
 
 def search_stale(
-    data: CatalogData, settings: MatchSettings, shards: int, folder: Any, texts: Mapping[str, int]
+    data: CatalogData,
+    settings: MatchSettings,
+    shards: int,
+    folder: Any,
+    texts: Mapping[str, int],
+    *,
+    store: Any | None = None,
 ) -> list[CandidateShard]:
     """Plan ``shards`` per region pair over ``texts`` (distinct texts per region) and search every
     shard whose part in ``folder`` is missing or stale, writing a region's search file again first
-    where it is not from ``data``'s rows. Returns the plan."""
+    where it is not from ``data``'s rows. With ``store`` Qdrant answers (the tables must be the
+    store's; each region's rows file is written first: hits map to products through it). Returns
+    the plan."""
     plan = plan_shards(texts, shards)
     digests = {r: region_digest(t) for r, t in data.items()}
     folder = ShardFolder.of(folder)
-    stale = [s for s in plan if not part_is_current(folder, s, settings, digests)]
+    search = "exact"
+    if store is not None:
+        from .feature_parts import table_pages, write_region_rows
+        from .qdrant_shards import search_key
+
+        search = search_key(settings)
+        for region in sorted(data):
+            write_region_rows(region, table_pages(data[region]), folder)
+    stale = [s for s in plan if not part_is_current(folder, s, settings, digests, search)]
     for region in sorted({r for s in stale for r in (s.query, s.other)}):
         try:
             current = RegionSearch.open(folder, region).digest == digests[region]
@@ -389,7 +441,7 @@ def search_stale(
         if not current:
             write_region_search(region, table_chunks(data[region]), folder)
     for shard in stale:
-        map_shard(folder, shard, settings, shards=shards)
+        map_shard(folder, shard, settings, shards=shards, store=store)
     logger.info("candidate search: %d shards, %d searched here, parts in %s", len(plan), len(stale), folder)
     return plan
 

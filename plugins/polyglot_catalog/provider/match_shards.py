@@ -88,6 +88,11 @@ class MatchShardPlanOperator(BaseOperator):
     :param shards: shards per region pair; ``None`` picks the fewest that fit
         ``memory_budget_mb``. (templated)
     :param memory_budget_mb: memory one search task may use. Defaults to 4096. (templated)
+    :param candidates: the search path, as the match task's: ``auto`` (exact up to
+        ``EXACT_MAX_PAIRS`` product pairs per region pair, Qdrant beyond), ``exact`` or ``qdrant``
+        (the search tasks then query the collection, region-filtered). (templated)
+    :param hnsw_ef: HNSW search beam of Qdrant search tasks; ``None``: the library default.
+        (templated)
     :param shard_dir: folder or object-storage URL for the search files and parts, seen by every
         worker (``s3://conn_id@bucket/prefix`` takes the connection's credentials). Defaults to
         ``$POLYGLOT_DATA_DIR/match_shards/<run id>``. (templated)
@@ -105,6 +110,8 @@ class MatchShardPlanOperator(BaseOperator):
         "shards",
         "memory_budget_mb",
         "shard_dir",
+        "candidates",
+        "hnsw_ef",
     )
     ui_color = PolyglotUIColors.MATCH.value
 
@@ -121,10 +128,14 @@ class MatchShardPlanOperator(BaseOperator):
         shards: int | str | None = None,
         memory_budget_mb: int | str = 4096,
         shard_dir: str | None = None,
+        candidates: str = "auto",
+        hnsw_ef: int | str | None = None,
         conn_id: str = PolyglotQdrantHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.candidates = candidates
+        self.hnsw_ef = hnsw_ef
         self.collection = collection
         self.model = model
         self.regions = regions
@@ -150,7 +161,10 @@ class MatchShardPlanOperator(BaseOperator):
             self.hook.close()
 
     def _plan(self, context: Context) -> list[dict[str, Any]]:
+        from polyglot_catalog.matching.pipeline import candidate_path
+        from polyglot_catalog.matching.region_search import RegionSearch
         from polyglot_catalog.matching.run import continue_from
+        from polyglot_catalog.matching.settings import MatchSettings
         from polyglot_catalog.matching.shards import plan_for_store
         from polyglot_catalog.models.registry import DEFAULT_MODEL
         from polyglot_catalog.review import reviewed_decisions
@@ -189,12 +203,30 @@ class MatchShardPlanOperator(BaseOperator):
             return []
         ti.xcom_push(key="shards", value=n)
         ti.xcom_push(key="shard_dir", value=folder)
+        settings = MatchSettings(  # validates both (a bad value fails the plan, not every search task)
+            candidates=str(self.candidates or "auto"),
+            **_beam(_as_optional_int(self.hnsw_ef, "hnsw_ef")),
+        )
+        planned = sorted({r for x in plan for r in (x.query, x.other)})
+        sizes = [RegionSearch.open(shard_folder(folder), r).rows for r in planned]
+        search = candidate_path(settings.candidates, True, sizes)
         self.log.info(
-            "full run (%s): %d search shards (%d per region pair), regions' search files and parts in %s",
+            "full run (%s): %d %s search shards (%d per region pair), regions' files and parts in %s",
             reason,
             len(plan),
+            search,
             n,
             folder,
+        )
+        qdrant = (
+            {
+                "search": "qdrant",
+                "hnsw_ef": settings.hnsw_ef,
+                "collection": collection,
+                "model": _as_optional_str(self.model),
+            }
+            if search == "qdrant"
+            else {}
         )
         return [
             {
@@ -204,8 +236,9 @@ class MatchShardPlanOperator(BaseOperator):
                 "stop": s.stop,
                 "k": int(self.k),
                 "dir": folder,
-                "regions": sorted({r for x in plan for r in (x.query, x.other)}),
+                "regions": planned,
                 "shards": n,
+                **qdrant,
             }
             for s in plan
         ]
@@ -214,43 +247,74 @@ class MatchShardPlanOperator(BaseOperator):
 class MatchShardOperator(BaseOperator):
     """
     Search one shard of a full match: texts ``start:stop`` of region ``query`` against region
-    ``other`` (exact, canonical re-rank), written as a Parquet part the match task joins.
+    ``other`` (canonical re-rank), written as a Parquet part the match task joins.
 
     Mapped over ``MatchShardPlanOperator``'s output (``.expand(shard=plan.output)``). The task reads
-    the two regions' search files the plan wrote (no Qdrant connection): its range whole, the other
-    region a chunk at a time, so its memory is bounded by the shard, not the catalog. A retried task
-    replaces its own part only.
+    the two regions' search files the plan wrote: its range whole, the other region a chunk at a
+    time, so its memory is bounded by the shard, not the catalog. The exact search needs no Qdrant
+    connection; a shard the plan marked ``"search": "qdrant"`` queries the collection it names,
+    region-filtered (:mod:`polyglot_catalog.matching.qdrant_shards`). A retried task replaces its
+    own part only.
 
-    :param shard: one dict of the plan (``query``, ``other``, ``start``, ``stop``, ``k``, ``dir``).
+    :param shard: one dict of the plan (``query``, ``other``, ``start``, ``stop``, ``k``, ``dir``;
+        ``search``, ``hnsw_ef``, ``collection``, ``model`` for a Qdrant search).
     :param chunk_rows: rows of the other region read at a time. Defaults to 16384. (templated)
+    :param conn_id: Airflow connection for Qdrant (a Qdrant search). Defaults to ``qdrant_default``.
     """
 
     template_fields: Sequence[str] = ("chunk_rows",)
     ui_color = PolyglotUIColors.MATCH.value
 
-    def __init__(self, *, shard: dict[str, Any], chunk_rows: int | str = 16_384, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        shard: dict[str, Any],
+        chunk_rows: int | str = 16_384,
+        conn_id: str = PolyglotQdrantHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.shard = shard
         self.chunk_rows = chunk_rows
+        self.conn_id = conn_id
+
+    @cached_property
+    def hook(self) -> PolyglotQdrantHook:
+        return PolyglotQdrantHook(conn_id=self.conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from polyglot_catalog.matching.settings import MatchSettings
         from polyglot_catalog.matching.shards import map_shard
 
         t0 = time.perf_counter()
+        qdrant = self.shard.get("search") == "qdrant"
         try:
             shard = _shard_of(self.shard)
-            settings = MatchSettings(k=int(self.shard["k"]))
+            settings = MatchSettings(
+                k=int(self.shard["k"]), **(_beam(self.shard.get("hnsw_ef")) if qdrant else {})
+            )
             folder = shard_folder(str(self.shard["dir"]))
             shards = int(self.shard.get("shards", 1))  # the cuts tasks' ranges its row groups follow
-            path = map_shard(folder, shard, settings, chunk_rows=int(self.chunk_rows), shards=shards)
+            model = _as_optional_str(self.shard.get("model"))
+            store = model_store(self.hook, str(self.shard["collection"]), model) if qdrant else None
+            path = map_shard(
+                folder, shard, settings, chunk_rows=int(self.chunk_rows), shards=shards, store=store
+            )
         except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
             raise AirflowFailException(f"shard {self.shard!r}: {e}{NOT_RETRIED}") from e
+        finally:
+            if qdrant:
+                self.hook.close()
         seconds = round(time.perf_counter() - t0, 3)
         self.log.info(
             "searched %s (%d texts) in %.1f s: %s", shard.name, shard.stop - shard.start, seconds, path
         )
         return {"part": str(path), "texts": shard.stop - shard.start, "seconds": seconds}
+
+
+def _beam(hnsw_ef: Any) -> dict[str, Any]:
+    """``hnsw_ef`` for :class:`MatchSettings` when given (else its default beam)."""
+    return {} if hnsw_ef is None else {"hnsw_ef": int(hnsw_ef)}
 
 
 def _shard_of(shard: dict[str, Any]) -> Any:
