@@ -126,6 +126,8 @@ def test_a_qdrant_part_says_so_and_equals_itself_in_small_chunks(store: CatalogS
             for key in joined
             if r in key
         )
+    with pytest.raises(ValueError, match=f"shard {plan[0].name} is not one of 3 ranges"):
+        map_shard(tmp_path, plan[0], settings, shards=3, store=store)  # another plan's shard count
     map_shard(tmp_path, plan[0], settings, shards=2)  # searched exactly: the part says so
     assert part_search(tmp_path, plan[0]) == "exact"
 

@@ -112,7 +112,7 @@ def search(
         ValueError: Qdrant returned hits none of which is a product of the rows file (the
             collection's point ids are not polyglot-catalog's, or the rows file is of another store).
     """
-    fetch = qdrant_fetch(settings.k, settings.center and target.mean is not None, points.extra)
+    fetch = qdrant_fetch(settings.k, settings.center, points.extra)  # as the one task: by the setting
     rows, _ = query_rows(
         store, queries, target.region, min(fetch, len(points)), points, hnsw_ef=settings.hnsw_ef
     )
@@ -176,7 +176,12 @@ def map_qdrant_shard(
     q = RegionSearch.open(folder, shard.query)
     o = RegionSearch.open(folder, shard.other)
     ranges = pair_shard_count(shards, q.texts)
-    at = int(np.searchsorted(range_bounds(q.texts, ranges), shard.start))
+    bounds = range_bounds(q.texts, ranges)
+    at = int(np.searchsorted(bounds, shard.start))
+    if at >= ranges or (bounds[at], bounds[at + 1]) != (shard.start, shard.stop):
+        raise ValueError(
+            f"shard {shard.name} is not one of {ranges} ranges of {shard.query}'s {q.texts} texts"
+        )
     lo, hi = (int(x) for x in cut_bounds(o.texts, ranges)[at : at + 2])
     schema = PART_SCHEMA.with_metadata(
         {PART_KEY: part_key(shard, settings, q.digest, o.digest, search=search_key(settings))}
