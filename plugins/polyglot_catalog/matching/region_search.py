@@ -202,7 +202,9 @@ def write_region_search(
         schema = pa.schema([("text", pa.int64()), ("vector", pa.list_(pa.float32(), dim))])
         at = 0
         with folder.writing(search_file(region)) as f, pq.ParquetWriter(f, schema) as w:
-            for batch in pq.ParquetFile(spill).iter_batches(columns=["vector"]):
+            # a chunk of rows at a time: a batch's list column is decoded with ~5x its size in scratch
+            spilled = pq.ParquetFile(spill).iter_batches(batch_size=DEFAULT_CHUNK_ROWS, columns=["vector"])
+            for batch in spilled:
                 rows = np.arange(at, at + batch.num_rows)
                 at += batch.num_rows
                 keep = standing[rows]
