@@ -150,7 +150,8 @@ def test_shards_below_one_and_a_sharded_qdrant_search_without_a_store_are_refuse
         match_catalog(_catalog(n=10), shards=2, candidates="qdrant")
 
 
-def test_cli_match_with_shards_reports_the_same_pairs(tmp_path: Path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("candidates", ["auto", "qdrant"])
+def test_cli_match_with_shards_reports_the_same_pairs(tmp_path: Path, capsys, candidates: str) -> None:
     from unittest import mock
 
     from fakes import FakeEncoder
@@ -163,6 +164,7 @@ def test_cli_match_with_shards_reports_the_same_pairs(tmp_path: Path, monkeypatc
     with mock.patch("polyglot_catalog.encoding.Encoder", return_value=FakeEncoder()):
         assert main(["embed", "--source", str(source), *store]) == 0
         capsys.readouterr()
+        store += ["--candidates", candidates]
         assert main(["match", *store, "--out", str(tmp_path / "one"), "--full-rematch"]) == 0
         one = json.loads(capsys.readouterr().out)
         parts = tmp_path / "parts"
@@ -182,6 +184,8 @@ def test_cli_match_with_shards_reports_the_same_pairs(tmp_path: Path, monkeypatc
     b = pd.read_parquet(Path(sharded["report_dir"]) / "pairs.parquet")
     pd.testing.assert_frame_equal(a[COLUMNS[:6]], b[COLUMNS[:6]])
     assert len(_parts(parts)) == 2  # DE<->FR: two shards, each serving both directions
+    path = json.loads((Path(sharded["report_dir"]) / "summary.json").read_text())["candidates_path"]
+    assert path == ("qdrant (shards)" if candidates == "qdrant" else "exact (shards)")
 
 
 def test_parts_written_by_other_tasks_are_used_and_stale_ones_searched_again(
