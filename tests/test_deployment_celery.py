@@ -193,3 +193,27 @@ def test_worker_killed_mid_match_is_retried_and_nothing_is_lost(deploy, first):
         if ti["task_id"] in ("search_shard", "cut_search_parts", "feature_shard"):
             assert ti["state"] == "success" and ti["queue"] == "default", ti
     assert summary["candidates_path"] == "exact (shards)"
+
+
+def test_a_qdrant_search_runs_as_mapped_tasks_on_the_worker(deploy, first):
+    """``candidates="qdrant"``: the search tasks query the embedded store from the worker's two
+    slots (they queue on its folder lock), the match task joins their parts and commits the state."""
+    conf = {
+        "collection": COLLECTION,
+        "full_rematch": True,
+        "out_name": "qdrant",
+        "shards": 2,
+        "candidates": "qdrant",
+    }
+    run_id = deploy.trigger(MATCH, conf)
+    run = deploy.wait_run(MATCH, run_id, RUN_TIMEOUT_S)
+    assert run["state"] == "success", deploy.failure(f"qdrant-sharded match run: {run['state']}")
+    tis = deploy.task_instances(MATCH, run_id)
+    assert deploy.map_indexes(tis, "search_shard") == list(range(6))
+    assert all(ti["state"] == "success" for ti in tis if ti["task_id"] == "search_shard"), tis
+    report = deploy.data_dir / "reports" / "qdrant"
+    summary = _summary(report)
+    assert summary["run_id"] == run_id and summary["candidates_path"] == "qdrant (shards)"
+    state = _state(deploy)
+    assert state["last_run"] == run_id and state["pending"] is None
+    assert _grouped_points(deploy) == _report_groups(report)
