@@ -141,3 +141,24 @@ def test_hits_that_map_to_no_product_are_refused_naming_the_region(
     shard = plan_shards({r: len(s) for r, s in texts.items()}, 1)[0]
     with pytest.raises(ValueError, match=f"region '{shard.other}' match no product of its rows file"):
         map_shard(tmp_path, shard, MatchSettings(k=3), store=store)
+
+
+def test_a_qdrant_shard_logs_its_progress_and_queries_in_chunks_to_the_same_part(
+    store: CatalogStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from polyglot_catalog.matching import candidates
+
+    data = _catalog(n=60)
+    _write(store, data)
+    texts = _plan_files(data, tmp_path)
+    settings = MatchSettings(k=4, hnsw_ef=64)
+    shard = plan_shards({r: len(s) for r, s in texts.items()}, 1)[0]
+    whole = pq.read_table(map_shard(tmp_path, shard, settings, store=store))
+    monkeypatch.setattr(candidates, "QUERY_CHUNK", 16)  # a few queries a call: several chunks
+    with caplog.at_level("INFO", logger=candidates.__name__):
+        chunked = pq.read_table(map_shard(tmp_path, shard, settings, store=store))
+    assert chunked.equals(whole)
+    n = len(texts[shard.query])
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Qdrant queries in")]
+    assert f"Qdrant queries in {shard.other}: 16 of {n}," in progress[0] and "s left" in progress[0]
+    assert len(progress) == 2 * ((n - 1) // 16)  # every chunk after the first, both directions

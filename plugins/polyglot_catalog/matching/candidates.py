@@ -7,6 +7,7 @@ blocks and keeps a running top-k, so peak memory is ``O(block_rows * block_cols 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -244,13 +245,25 @@ def query_rows(
     """The first ``k`` hits per query in ``region`` that ``rows_of`` knows, in Qdrant's order:
     ``rows_of`` maps a chunk's hit payloads (with ``id`` and ``fields``) to row indices, ``-1`` for
     a point it does not know (dropped). Returns ``(idx, sim)`` ``(n, k)``, padded with -1 / -inf.
-    Queries go :data:`QUERY_CHUNK` at a time, so only one chunk's hits are alive."""
+    Queries go :data:`QUERY_CHUNK` at a time, so only one chunk's hits are alive; each chunk logs
+    its progress and the time left (a region's queries take minutes to hours)."""
     idx = np.full((len(queries), k), -1, dtype=np.int64)
     sim = np.full((len(queries), k), -np.inf, dtype=np.float32)
     if k == 0 or len(queries) == 0:
         return idx, sim
     queries = np.asarray(queries, dtype=np.float32)
+    t0 = time.perf_counter()
     for start in range(0, len(queries), QUERY_CHUNK):
+        if start:
+            spent = time.perf_counter() - t0
+            logger.info(
+                "Qdrant queries in %s: %d of %d, %.0f s, about %.0f s left",
+                region,
+                start,
+                len(queries),
+                spent,
+                spent * (len(queries) - start) / start,
+            )
         hits = store.query_region(
             queries[start : start + QUERY_CHUNK], region, k, fields=list(fields), hnsw_ef=hnsw_ef
         )
