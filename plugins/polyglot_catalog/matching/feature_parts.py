@@ -422,28 +422,17 @@ def write_shard_cuts(folder: Any, shard: CandidateShard, plan: Sequence[Candidat
         ValueError: a search part of the pair is missing (a search task did not run).
     """
     folder = ShardFolder.of(folder)
-    ra, rb = shard.query, shard.other
-    lo, hi = cut_range(shard, plan, RegionSearch.open(folder, rb).texts)
+    lo, hi = cut_range(shard, plan, RegionSearch.open(folder, shard.other).texts)
     b_idx = np.full((hi - lo, k), -1, dtype=np.int64)
     b_sim = np.full((hi - lo, k), -np.inf)
-    a_sim = None
-    for part in pair_shards(plan, ra, rb):
-        if not folder.exists(part_name(part)):
-            raise ValueError(f"search part of shard {part.name} is missing in {folder}")
-        if part == shard:
-            a_sim = _read_part(folder, shard, k, reverse=False)[0][1]
-        with folder.open(part_name(part)) as f:
-            side = pq.read_table(
-                f,
-                columns=["text", "rank", "neighbour", "sim"],
-                filters=[("side", "=", 1), ("text", ">=", lo), ("text", "<", hi)],
-            )
+    by_text = [("text", ">=", lo), ("text", "<", hi)]
+    for side in _reverse_rows(folder, plan, shard, ["text", "rank", "neighbour", "sim"], by_text):
         idx = np.full((hi - lo, k), -1, dtype=np.int64)
         val = np.full((hi - lo, k), -np.inf)
         t, r = side["text"].to_numpy() - lo, side["rank"].to_numpy().astype(np.int64)
         idx[t, r], val[t, r] = side["neighbour"].to_numpy(), side["sim"].to_numpy()
         b_idx, b_sim = merge_rows(b_idx, b_sim, idx, val)
-    assert a_sim is not None  # the shard is one of its pair's
+    a_sim = _read_part(folder, shard, k, reverse=False)[0][1]  # the loop found every part of the pair
     radius_a, floor_a = neighbour_figures(a_sim)
     radius_b, floor_b = neighbour_figures(b_sim)
     full = b_idx[:, -1] >= 0 if k else np.zeros(hi - lo, dtype=bool)
@@ -503,6 +492,26 @@ def _read_part(
     return (idx, val), ((t[~mine], r[~mine]), nb[~mine], sim[~mine])
 
 
+def _reverse_rows(
+    folder: ShardFolder,
+    plan: Sequence[CandidateShard],
+    shard: CandidateShard,
+    columns: list[str],
+    where: list[tuple[str, str, int]],
+) -> Iterator[pa.Table]:
+    """The reverse-list rows (``side`` 1) of every part of ``shard``'s region pair that meet
+    ``where``, a part at a time (a Parquet filter: row groups outside it are skipped by statistics).
+
+    Raises:
+        ValueError: a search part of the pair is missing (a search task did not run).
+    """
+    for part in pair_shards(plan, shard.query, shard.other):
+        if not folder.exists(part_name(part)):
+            raise ValueError(f"search part of shard {part.name} is missing in {folder}")
+        with folder.open(part_name(part)) as f:
+            yield pq.read_table(f, columns=columns, filters=[("side", "=", 1), *where])
+
+
 def _reverse_into(
     folder: ShardFolder, shard: CandidateShard, plan: Sequence[CandidateShard]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -510,15 +519,8 @@ def _reverse_into(
     in its range of query texts, read from each Qdrant part of the pair (whose reverse lists are
     whole, sorted by query text: Parquet statistics skip the row groups outside the range)."""
     texts, neighbours, sims = [], [], []
-    for part in pair_shards(plan, shard.query, shard.other):
-        if not folder.exists(part_name(part)):
-            raise ValueError(f"search part of shard {part.name} is missing in {folder}")
-        with folder.open(part_name(part)) as f:
-            side = pq.read_table(
-                f,
-                columns=["text", "neighbour", "sim"],
-                filters=[("side", "=", 1), ("neighbour", ">=", shard.start), ("neighbour", "<", shard.stop)],
-            )
+    into = [("neighbour", ">=", shard.start), ("neighbour", "<", shard.stop)]
+    for side in _reverse_rows(folder, plan, shard, ["text", "neighbour", "sim"], into):
         texts.append(side["text"].to_numpy())
         neighbours.append(side["neighbour"].to_numpy())
         sims.append(side["sim"].to_numpy())

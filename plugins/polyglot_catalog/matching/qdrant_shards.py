@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from ..ids import point_uuid
 from .candidates import distinct_hits, extra_hits, qdrant_fetch, query_rows
 from .canonical import canonical_topk
-from .feature_parts import rows_file
+from .feature_parts import cut_range, rows_file
 from .region_search import DEFAULT_CHUNK_ROWS, RegionSearch
 from .settings import MatchSettings
 from .shard_storage import ShardFolder
@@ -38,12 +38,11 @@ from .shards import (
     PART_KEY,
     PART_SCHEMA,
     CandidateShard,
-    cut_bounds,
     merge_rows,
     pair_shard_count,
     part_key,
     part_name,
-    range_bounds,
+    plan_shards,
     side_table,
 )
 from .sorted_lookup import positions
@@ -165,9 +164,9 @@ def map_qdrant_shard(
     """Search one shard through Qdrant and write its part (the exact part's schema and sides).
 
     ``side`` 0: per text of the shard's range of ``query``, its canonical top-``k`` in ``other``.
-    ``side`` 1: per text of ``other`` in the same-numbered range of the pair's cuts
-    (:func:`.shards.cut_bounds`), its canonical top-``k`` in the whole of ``query`` (the cuts task
-    of that range finds its texts in this part alone), sorted by ``query`` text in row groups of
+    ``side`` 1: per text of ``other`` in the shard's cut range (:func:`.feature_parts.cut_range`),
+    its canonical top-``k`` in the whole of ``query`` (the cuts task of that range finds its texts
+    in this part alone), sorted by ``query`` text in row groups of
     :data:`REVERSE_GROUP_ROWS`: each feature task reads the proposals into its own range from every
     part of the pair (:func:`.feature_parts.map_features`).
     Needs the regions' search and rows files in ``folder`` (the plan writes both) and the store the
@@ -175,14 +174,13 @@ def map_qdrant_shard(
     folder = ShardFolder.of(folder)
     q = RegionSearch.open(folder, shard.query)
     o = RegionSearch.open(folder, shard.other)
-    ranges = pair_shard_count(shards, q.texts)
-    bounds = range_bounds(q.texts, ranges)
-    at = int(np.searchsorted(bounds, shard.start))
-    if at >= ranges or (bounds[at], bounds[at + 1]) != (shard.start, shard.stop):
+    plan = plan_shards({shard.query: q.texts, shard.other: o.texts}, shards)
+    if shard not in plan:
+        ranges = pair_shard_count(shards, q.texts)
         raise ValueError(
             f"shard {shard.name} is not one of {ranges} ranges of {shard.query}'s {q.texts} texts"
         )
-    lo, hi = (int(x) for x in cut_bounds(o.texts, ranges)[at : at + 2])
+    lo, hi = cut_range(shard, plan, o.texts)  # the cuts task of the same range reads these texts
     schema = PART_SCHEMA.with_metadata(
         {PART_KEY: part_key(shard, settings, q.digest, o.digest, search=search_key(settings))}
     )

@@ -77,14 +77,10 @@ def plan_shards(texts: Mapping[str, int], shards: int) -> list[CandidateShard]:
     out = []
     for query, other in itertools.combinations(sorted(texts), 2):
         n = texts[query]
-        bounds = range_bounds(n, pair_shard_count(shards, n))
+        parts = pair_shard_count(shards, n)
+        bounds = np.linspace(0, n, parts + 1).round().astype(int)
         out += [CandidateShard(query, other, int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
     return out
-
-
-def range_bounds(query_texts: int, ranges: int) -> np.ndarray:
-    """Bounds of a region pair's ``ranges`` near-equal ranges of its first region's texts."""
-    return np.linspace(0, query_texts, ranges + 1).round().astype(int)
 
 
 def pair_shard_count(shards: int, query_texts: int) -> int:
