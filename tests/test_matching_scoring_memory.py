@@ -13,6 +13,7 @@ import pytest
 from polyglot_catalog.matching import pipeline, scoring
 from polyglot_catalog.matching.blocks import PairBlock
 from polyglot_catalog.matching.data import RegionTable
+from polyglot_catalog.matching.exact_sums import ColumnStats
 from polyglot_catalog.matching.scoring import (
     FEATURES,
     PairScorer,
@@ -23,8 +24,8 @@ from polyglot_catalog.matching.scoring import (
 
 
 def _z(x: np.ndarray) -> np.ndarray:
-    sd = float(np.std(x))
-    return (x - float(np.mean(x))) / (sd if sd > 1e-12 else 1.0)
+    stats = ColumnStats.of_parts([x])
+    return (x - stats.mean) / (stats.sd if stats.sd > 1e-12 else 1.0)
 
 
 def _blocks(seed: int = 0, n: int = 60, k: int = 5) -> list[PairBlock]:

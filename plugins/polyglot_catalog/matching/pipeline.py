@@ -75,8 +75,10 @@ from .scoring import (
     PairScorer,
     corroboration,
     default_seed,
+    log_odds,
     pair_features,
     prior_shift_threshold,
+    seed_columns,
     training_masks,
 )
 from .sentence_stats import centred_region_sentences
@@ -675,7 +677,7 @@ def score_blocks(
     triangles = corroboration(blocks)
     for blk, tri in zip(blocks, triangles, strict=True):
         blk.feats["ev_triangle"] = tri
-    seed = default_seed([_log_odds(blk.score) for blk in blocks], triangles)
+    seed = default_seed([log_odds(blk.score) for blk in blocks], triangles)
     bounds = np.cumsum([0, *(len(blk) for blk in blocks)])
     scorer2 = _fit_and_score(
         blocks,
@@ -896,18 +898,7 @@ def _auto_threshold(
     return float(snap(max(cut, THRESHOLD_FLOOR))), float(share)
 
 
-def _log_odds(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
 RERANK_TOP = 3  # candidates per product (by cosine) that the rerank callback scores
-
-
-def _seed_columns(features: Sequence[str]) -> tuple[str, ...]:
-    """Features whose z-scores sum to the self-training seed: CSLS, lexical overlap and, when there,
-    sentence alignment (the label-free signals that do not need a fitted model)."""
-    return ("csls", "lexical", *(c for c in ("sentences", "rerank") if c in features))
 
 
 def _top_ranked(key: np.ndarray, score: np.ndarray, top: int) -> np.ndarray:
@@ -1005,7 +996,7 @@ def _fit_and_score(
             fitted = True
     if not fitted and sum(len(blk) for blk in blocks):
         if seed is None:  # one z-scored column at a time over every region pair (see default_seed)
-            columns = ([blk.feats[c].to_numpy() for blk in blocks] for c in _seed_columns(features))
+            columns = ([blk.feats[c].to_numpy() for blk in blocks] for c in seed_columns(features))
             bounds = np.cumsum([0, *(len(blk) for blk in blocks)])
             seed = list(np.split(default_seed(*columns), bounds[1:-1]))
         # products of different region pairs never meet: each pair's masks on its own pairs

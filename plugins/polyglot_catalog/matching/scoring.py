@@ -27,6 +27,7 @@ import pandas as pd
 from .blocks import PairBlock, feature_frame
 from .canonical import pair_cosine, snap
 from .evidence import EVIDENCE_COLUMNS, TextEvidence
+from .exact_sums import ColumnStats
 from .fastev import compare_many
 from .lexical import NgramCounts, lexical_cosine
 from .sorted_lookup import positions
@@ -88,13 +89,16 @@ def default_seed(*columns: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     A column may come as its parts (one array per region pair), put together here one column at a
     time and z-scored in place: beside the sum at most one float64 column exists (the stacked
     z-scores of every column were the scoring stage's peak at millions of pairs). The values are
-    those of ``sum(z(c) for c in columns)`` in column order, to the last bit."""
+    those of ``sum(z(c) for c in columns)`` in column order, to the last bit, with each column's mean
+    and standard deviation from exact sums (:class:`.exact_sums.ColumnStats`): the seed of a pair is
+    then the same whether its column was one array here or parts in mapped tasks (:mod:`.part_scores`)."""
     total: np.ndarray | None = None
     for c in columns:
         # a fresh float64 array either way (the caller's columns are never written to)
         x = np.concatenate(c).astype(np.float64, copy=False) if isinstance(c, list | tuple) else None
         x = np.array(c, np.float64) if x is None else x
-        mean, sd = float(np.mean(x)), float(np.std(x))
+        stats = ColumnStats.of_parts([x])
+        mean, sd = stats.mean, stats.sd
         x -= mean
         x /= sd if sd > 1e-12 else 1.0
         if total is None:
@@ -104,6 +108,19 @@ def default_seed(*columns: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     if total is None:
         raise ValueError("default_seed needs at least one column")
     return total
+
+
+def seed_columns(features: Sequence[str]) -> tuple[str, ...]:
+    """Features whose z-scores sum to the self-training seed: CSLS, lexical overlap and, when there,
+    sentence alignment (the label-free signals that do not need a fitted model)."""
+    return ("csls", "lexical", *(c for c in ("sentences", "rerank") if c in features))
+
+
+def log_odds(p: np.ndarray) -> np.ndarray:
+    """``log(p / (1 - p))`` with ``p`` clipped to [1e-6, 1 - 1e-6]: pass one's probabilities as a
+    column of the second pass's seed."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
 
 
 def training_masks(seed: np.ndarray, ia: np.ndarray, ib: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -248,11 +265,6 @@ class PairScorer:
         return {f: round(float(w), 3) for f, w in zip(self.features, self.weights, strict=True)} | {
             "bias": round(self.bias, 3)
         }
-
-
-def _z(x: np.ndarray) -> np.ndarray:
-    sd = float(np.std(x))
-    return (x - float(np.mean(x))) / (sd if sd > 1e-12 else 1.0)
 
 
 def prior_shift_threshold(
