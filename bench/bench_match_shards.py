@@ -10,10 +10,11 @@ Every task runs in a fresh subprocess, so each peak RSS (VmHWM) is that task's o
 - **map**: each search shard as its own process, doing what one Airflow ``search_shard`` task does:
   read its range of texts and the other region in chunks from the search files, search, write its
   Parquet part; then each shard's ``cut_search_parts`` task; then its ``feature_shard`` task (its
-  pairs' features from the rows and search files). At parallelism 1 (one after another) and 2 (two
-  at a time, into another folder);
+  pairs' features from the rows and search files); then the ``score_parts`` task (the scorers
+  fitted on the parts, every pair scored). At parallelism 1 (one after another) and 2 (two at a
+  time, into another folder);
 - **reduce**: what ``match_regions`` does after the mapped tasks: the tables without vectors (as it
-  reads them from the store), the feature parts put together, scores, decisions and groups, then
+  reads them from the store), the feature parts and their scores put together, decisions and groups, then
   the report (the one task writes it too). With ``--state``, the match state committed as
   ``run_match`` commits it (the report written inside the commit) into a copy of an embedded store
   of the catalog's points (4-d vectors: the state never reads them), written once beforehand.
@@ -118,7 +119,7 @@ def _child(args: argparse.Namespace) -> None:
 
     data_dir, out = Path(args.data), Path(args.out)
     t0 = time.perf_counter()
-    result = None
+    result, extra = None, {}
     if args.child == "prepare":
         texts = {}
         for r in ("DE", "FR", "US"):  # pages of 1,024 raw rows, as the store's scroll gives them
@@ -148,15 +149,23 @@ def _child(args: argparse.Namespace) -> None:
                 write_shard_cuts(args.parts, shard, plan, settings.k)
             else:
                 map_features(args.parts, shard, settings, ["DE", "FR", "US"], plan)
+    elif args.child == "score":  # as score_parts: the scorers fitted on the parts, every pair scored
+        from polyglot_catalog.matching.part_scores import part_features, score_parts
+
+        plan = folder_plan(args.parts, ["DE", "FR", "US"], args.shards)
+        scored = score_parts(args.parts, plan, ["DE", "FR", "US"], part_features(args.parts, plan))
+        extra = {"pairs": scored.pairs, "stages": scored.seconds}
     elif args.child == "store":
         _write_store(data_dir, data_dir.parent / "store")
     elif args.child == "reduce":  # as match_regions: the rows without vectors, the parts put together
         data = _load(data_dir, ["DE", "FR", "US"], vectors=False)
-        features = functools.partial(read_mapped, folder=args.parts, shards=args.shards, center=True)
+        features = functools.partial(
+            read_mapped, folder=args.parts, shards=args.shards, center=True, corroborate=True
+        )
         result = match_tables(MatchInputs(data, None), MatchSettings(k=10), features=features)
     else:
         result = match_catalog(_load(data_dir, ["DE", "FR", "US"]), k=10, sentences=None)
-    figures = {"seconds": time.perf_counter() - t0, "peak_mb": _hwm_mb()}
+    figures = {"seconds": time.perf_counter() - t0, "peak_mb": _hwm_mb(), **extra}
     if result is not None:  # the match task then writes the report (pairs.parquet, the page): in its peak
         from polyglot_catalog.reports import write_reports
 
@@ -178,6 +187,7 @@ def _child(args: argparse.Namespace) -> None:
         figures["seconds"], figures["peak_mb"] = time.perf_counter() - t0, _hwm_mb()
         figures["timings"] = result.summary["timings"]
         figures["accepted"] = len(result.matches)
+        figures["scores_from"] = result.summary.get("scores_from", "match task")
         (out.with_suffix(".pairs")).write_bytes(pickle.dumps((_accepted(result), _groups(result))))
     out.write_text(json.dumps(figures))
 
@@ -263,6 +273,10 @@ def _stages(task: dict) -> dict:
     return {**task["timings"], **extra}
 
 
+def _rounded(seconds: dict) -> dict:
+    return {k: round(v, 1) for k, v in seconds.items()}
+
+
 def _done(work: Path, *tags: str) -> bool:
     """Whether a kept ``--work`` folder already holds these tasks' figures (the phase is skipped)."""
     return all((work / t).exists() for t in tags)
@@ -300,12 +314,17 @@ def _maps(
 def _map_phases(
     work: Path, args: argparse.Namespace, plan: list, parts: Path, parallel: int
 ) -> tuple[float, dict]:
-    """Search, cuts and feature tasks (each mapped over the shards), as the DAG runs them: wall seconds,
-    each kind's figures."""
+    """Search, cuts and feature tasks (each mapped over the shards), then the score task, as the DAG
+    runs them: wall seconds, each kind's figures."""
     search_s, search = _maps(work, args, plan, parts, parallel)
     cuts_s, cuts = _maps(work, args, plan, parts, parallel, "cuts")
     feat_s, feats = _maps(work, args, plan, parts, parallel, "features")
-    return search_s + cuts_s + feat_s, {"search": search, "cuts": cuts, "features": feats}
+    tag = f"score-{parallel}.json"
+    if not _done(work, tag) and _run("score", work, args, tag, "--parts", str(parts)).wait() != 0:
+        raise SystemExit("the score task failed")
+    score = json.loads((work / tag).read_text())
+    maps = {"search": search, "cuts": cuts, "features": feats, "score": [score]}
+    return search_s + cuts_s + feat_s + score["seconds"], maps
 
 
 def _reduce(work: Path, args: argparse.Namespace) -> dict:
@@ -332,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, help="keep data, parts and figures here; resume from them")
     parser.add_argument(
         "--child",
-        choices=["one", "prepare", "map", "cuts", "features", "reduce", "store"],
+        choices=["one", "prepare", "map", "cuts", "features", "score", "reduce", "store"],
         help=argparse.SUPPRESS,
     )
     parser.add_argument("--state", action="store_true", help="the match task also commits the match state")
@@ -404,10 +423,12 @@ def main(argv: list[str] | None = None) -> None:
             f"per task {min(per_cut):.1f}-{max(per_cut):.1f} s, sum {sum(per_cut):.1f} s |",
             f"| feature tasks | | {feat_peak:.0f} (max of {len(per_feat)}) | "
             f"per task {min(per_feat):.1f}-{max(per_feat):.1f} s, sum {sum(per_feat):.1f} s |",
-            f"| all map phases, parallelism 1 | {map1_s:.1f} | | |",
-            f"| all map phases, parallelism 2 | {map2_s:.1f} | "
-            f"{max(m['peak_mb'] for m in [*phase2['search'], *phase2['cuts'], *phase2['features']]):.0f} | |",
-            f"| reduce (parts put together, scores, decisions, groups, then the report"
+            f"| score task (one, over every part) | {phase1['score'][0]['seconds']:.1f} | "
+            f"{phase1['score'][0]['peak_mb']:.0f} | `{json.dumps(_rounded(phase1['score'][0]['stages']))}` |",
+            f"| all map phases and the score task, parallelism 1 | {map1_s:.1f} | | |",
+            f"| all map phases and the score task, parallelism 2 | {map2_s:.1f} | "
+            f"{max(m['peak_mb'] for phase in phase2.values() for m in phase):.0f} | |",
+            f"| reduce (parts and scores put together, decisions, groups, then the report"
             f"{' inside the state commit' if 'state_seconds' in red else ''}; no vectors) | "
             f"{red['seconds']:.1f} | {_peaks(red)} | `{json.dumps(_stages(red))}` |",
             "",
@@ -417,7 +438,10 @@ def main(argv: list[str] | None = None) -> None:
             f"parallelism 2 **{wall2 / one['seconds']:.2f}**; the reduce is {red['seconds'] / wall1:.0%} "
             f"(p=1) / {red['seconds'] / wall2:.0%} (p=2) of the sharded wall time.",
             f"Per-task peak RSS: search {map_peak:.0f} MB, features {feat_peak:.0f} MB, cuts "
-            f"{cuts_peak:.0f} MB, reduce {red['peak_mb']:.0f} MB, one task {one['peak_mb']:.0f} MB.",
+            f"{cuts_peak:.0f} MB, score {phase1['score'][0]['peak_mb']:.0f} MB, "
+            f"reduce {red['peak_mb']:.0f} MB, "
+            f"one task {one['peak_mb']:.0f} MB. The reduce's scores came from the "
+            f"{red.get('scores_from', 'match task')}.",
         ]
     )
     publish(
@@ -456,6 +480,7 @@ def _mapped_only_report(
             f"| search tasks | {kind(phase['search'])} |",
             f"| cuts tasks | {kind(phase['cuts'])} |",
             f"| feature tasks | {kind(phase['features'])} |",
+            f"| score task | {kind(phase['score'])} |",
             f"| match task (no vectors; then the report) | {_peaks(red)} | "
             f"{red['seconds']:.1f} `{json.dumps(_stages(red))}` |",
             "",

@@ -25,8 +25,9 @@ filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
   grows with the catalog squared) into `search_shard` mapped tasks, as many as `shards` says or as
   fit `memory_budget_mb` (exact blocks, or region-filtered Qdrant queries past 500k products per
   region or when `candidates` says so); `cut_search_parts` and `feature_shard` tasks (mapped the
-  same way) merge each shard's share of the lists and compute its pair features, and
-  `match_regions` puts the features together without reading any vector, scores, decides and
+  same way) merge each shard's share of the lists and compute its pair features, `score_parts`
+  fits the scorers on the parts and scores every pair (the match task's own scores, bit for bit),
+  and `match_regions` puts features and scores together without reading any vector, decides and
   reports. Parts live under
   `$POLYGLOT_DATA_DIR/match_shards/<run id>` (a folder every worker must see). Same pairs and
   groups as one task. Incremental runs plan none. See docs/SCALING.md.
@@ -43,6 +44,7 @@ from airflow.sdk import Param, dag
 from polyglot_catalog.models.registry import DEFAULT_MODEL
 from polyglot_catalog.provider.match_shards import (
     MatchFeatureShardOperator,
+    MatchScoreOperator,
     MatchShardCutsOperator,
     MatchShardOperator,
     MatchShardPlanOperator,
@@ -169,7 +171,7 @@ OUT_NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$"
 )
 def cross_region_match() -> None:
     """Plan the shards of a full run, search them and compute their pair features as mapped tasks,
-    then score, match and report."""
+    score the parts, then match and report."""
     same_run = {
         "collection": "{{ triggered_collection(triggering_asset_events, params.collection) }}",
         "model": "{{ triggered_model(triggering_asset_events, params.model) }}",
@@ -192,6 +194,11 @@ def cross_region_match() -> None:
     search = MatchShardOperator.partial(task_id="search_shard").expand(shard=plan.output)
     cuts = MatchShardCutsOperator.partial(task_id="cut_search_parts").expand(shard=plan.output)
     features = MatchFeatureShardOperator.partial(task_id="feature_shard").expand(shard=plan.output)
+    score = MatchScoreOperator(
+        task_id="score_parts",
+        shards=plan.output,
+        calibrate_on_labels="{{ params.calibrate_on_labels }}",
+    )
     match = MatchCatalogOperator(
         task_id="match_regions",
         labels="{{ params.labels or '' }}",
@@ -202,7 +209,7 @@ def cross_region_match() -> None:
         **decides,
     )
     # [END match_operator]
-    plan >> search >> cuts >> features >> match
+    plan >> search >> cuts >> features >> score >> match
 
 
 cross_region_match()

@@ -71,22 +71,28 @@ def test_match_is_scheduled_on_the_collection_asset(bag):
         "search_shard",
         "cut_search_parts",
         "feature_shard",
+        "score_parts",
         "match_regions",
     ]
 
 
 def test_a_full_match_searches_in_mapped_shards_that_the_match_task_joins(bag):
-    """plan -> mapped search -> cuts -> mapped features -> match; the match still runs when the plan
-    maps nothing (incremental)."""
+    """plan -> mapped search -> cuts -> mapped features -> score -> match; the match still runs when
+    the plan maps nothing (incremental: the score task is skipped with the mapped ones)."""
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
     dag = bag.dags["cross_region_match"]
-    names = ("plan_search_shards", "search_shard", "cut_search_parts", "feature_shard", "match_regions")
-    plan, search, cuts, features, match = (dag.get_task(t) for t in names)
+    names = ("plan_search_shards", "search_shard", "cut_search_parts", "feature_shard", "score_parts")
+    plan, search, cuts, features, score = (dag.get_task(t) for t in names)
+    match = dag.get_task("match_regions")
     assert isinstance(search, MappedOperator) and search.upstream_task_ids == {plan.task_id}
     assert isinstance(cuts, MappedOperator) and cuts.upstream_task_ids == {plan.task_id, search.task_id}
     assert isinstance(features, MappedOperator) and features.upstream_task_ids == {plan.task_id, cuts.task_id}
-    assert match.upstream_task_ids == {features.task_id} and match.trigger_rule == "none_failed"
+    # one task over every part (it takes the whole plan), skipped when its upstream is
+    assert not isinstance(score, MappedOperator) and score.trigger_rule == "all_success"
+    assert score.upstream_task_ids == {plan.task_id, features.task_id}
+    assert score.calibrate_on_labels == "{{ params.calibrate_on_labels }}"
+    assert match.upstream_task_ids == {score.task_id} and match.trigger_rule == "none_failed"
     assert match.shards_from == plan.task_id
     params = dag.params.dump()
     assert params["shards"] is None and params["memory_budget_mb"] == 4096

@@ -127,11 +127,11 @@ def test_embed_ran_as_one_mapped_task_per_file_on_the_celery_worker(deploy, firs
     tis += deploy.task_instances(MATCH, first["match"]["dag_run_id"])
     assert deploy.map_indexes(tis, "embed_file") == list(range(len(_files())))
     # the first match is full but small: one shard fits the memory budget, so the search is not mapped
-    for mapped in ("search_shard", "cut_search_parts", "feature_shard"):
+    for mapped in ("search_shard", "cut_search_parts", "feature_shard", "score_parts"):
         assert deploy.map_indexes(tis, mapped) == [-1]
     worker_log = deploy.services["worker-1"].log.read_text(encoding="utf-8", errors="replace")
     for ti in tis:
-        if ti["task_id"] in ("search_shard", "cut_search_parts", "feature_shard"):
+        if ti["task_id"] in ("search_shard", "cut_search_parts", "feature_shard", "score_parts"):
             assert ti["state"] == "skipped", ti  # never reached a worker
             continue
         assert ti["state"] == "success", ti
@@ -190,9 +190,10 @@ def test_worker_killed_mid_match_is_retried_and_nothing_is_lost(deploy, first):
     for mapped in ("search_shard", "cut_search_parts", "feature_shard"):
         assert deploy.map_indexes(tis, mapped) == list(range(6))
     for ti in tis:
-        if ti["task_id"] in ("search_shard", "cut_search_parts", "feature_shard"):
+        if ti["task_id"] in ("search_shard", "cut_search_parts", "feature_shard", "score_parts"):
             assert ti["state"] == "success" and ti["queue"] == "default", ti
     assert summary["candidates_path"] == "exact (shards)"
+    assert summary["scores_from"] == "score task"  # the score task's scores, on the worker
 
 
 def test_a_qdrant_search_runs_as_mapped_tasks_on_the_worker(deploy, first):

@@ -18,6 +18,7 @@ from polyglot_catalog.cli import main
 from polyglot_catalog.matching import inputs
 from polyglot_catalog.provider.match_shards import (
     MatchFeatureShardOperator,
+    MatchScoreOperator,
     MatchShardCutsOperator,
     MatchShardOperator,
     MatchShardPlanOperator,
@@ -65,9 +66,9 @@ def _plan(ti: _TI, **kwargs: Any) -> list[dict[str, Any]]:
     return op.execute(context={"ti": ti, "run_id": "manual__night"})
 
 
-def _maps(plan: list[dict[str, Any]]) -> None:
-    """What the mapped tasks after the plan do: search every shard, cut each shard's share, compute
-    every feature part."""
+def _maps(plan: list[dict[str, Any]], score: bool = True) -> None:
+    """What the tasks after the plan do: search every shard, cut each shard's share, compute every
+    feature part (mapped), then score the parts (one task)."""
     for i, shard in enumerate(plan):  # one operator per map index
         MatchShardOperator(task_id=f"search{i}", shard=shard).execute(context={"run_id": "manual__night"})
     for i, shard in reversed(list(enumerate(plan))):  # cuts tasks need no order among themselves
@@ -76,6 +77,9 @@ def _maps(plan: list[dict[str, Any]]) -> None:
     for i, shard in enumerate(plan):
         done = MatchFeatureShardOperator(task_id=f"features{i}", shard=shard).execute(context={})
         assert Path(done["part"]).name.startswith("features-")
+    if score:
+        done = MatchScoreOperator(task_id="score", shards=plan).execute(context={})
+        assert done["parts"] == len(plan) and done["pairs"] > 0 and done["fitted_on"] == "self-training"
 
 
 def _match(ti: _TI, name: str, **kwargs: Any) -> dict[str, Any]:
@@ -106,6 +110,7 @@ def test_a_full_run_is_searched_in_mapped_shards_and_joined_by_the_match_task(ca
     summary = json.loads((catalog / "reports" / "sharded" / "summary.json").read_text())
     assert summary["candidates_path"] == "exact (shards)" and "sharded_features" in summary["timings"]
     assert "sentences" in summary["scorer"]["weights"]
+    assert summary["scores_from"] == "score task"  # the match task fitted nothing
     assert not folder.exists()  # joined and committed: the parts are removed
 
     # the same catalog matched in one task (a full re-match) accepts the same pairs
@@ -236,3 +241,50 @@ def test_a_catalog_changed_after_the_plan_is_matched_whole_by_the_match_task(
     b = pd.read_parquet(catalog / "reports" / "single" / "pairs.parquet")[cols]
     pd.testing.assert_frame_equal(a, b)
     assert (sharded["pairs"], sharded["matches"]) == (single["pairs"], single["matches"])
+
+
+def test_the_match_task_scores_itself_when_the_scores_do_not_fit_its_parts(catalog: Path) -> None:
+    """No score task (or a feature part written again after it): the match task fits the scorers
+    itself, says why, and accepts the pairs it accepts from the score task's scores."""
+    ti = _TI()
+    plan = _plan(ti, shards=2)
+    _maps(plan, score=False)
+    unscored = _match(ti, "unscored")
+    summary = json.loads((catalog / "reports" / "unscored" / "summary.json").read_text())
+    assert summary["scores_from"].startswith("match task (no scores.json in ")
+
+    ti = _TI()
+    plan = _plan(ti, shards=2, full_rematch=True)
+    _maps(plan)
+    folder = Path(ti.pushed[("plan", "shard_dir")])
+    part = folder / "features-DE-FR-0000000000-0000000012.parquet"
+    pq.write_table(pq.read_table(part), part, compression="zstd")  # the same rows, other bytes
+    rewritten = _match(ti, "rewritten", full_rematch=True)
+    summary = json.loads((catalog / "reports" / "rewritten" / "summary.json").read_text())
+    assert summary["scores_from"] == (
+        "match task (feature part DE-FR-0000000000-0000000012 changed since it was scored)"
+    )
+    assert (rewritten["pairs"], rewritten["matches"]) == (unscored["pairs"], unscored["matches"])
+
+
+def test_the_score_task_is_skipped_without_shards_or_when_labels_fit_the_scorer() -> None:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    with pytest.raises(AirflowSkipException, match="no shards planned"):
+        MatchScoreOperator(task_id="score", shards=[]).execute(context={})
+    shard = {"query": "DE", "other": "FR", "start": 0, "stop": 1, "k": 5, "dir": "/nowhere"}
+    with pytest.raises(AirflowSkipException, match="fitted on labels"):
+        MatchScoreOperator(task_id="score", shards=[shard], calibrate_on_labels="True").execute(context={})
+
+
+def test_a_score_task_without_its_feature_parts_fails_naming_the_part(catalog: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    ti = _TI()
+    plan = _plan(ti, shards=2)
+    _maps(plan, score=False)
+    folder = Path(ti.pushed[("plan", "shard_dir")])
+    (folder / "features-FR-US-0000000012-0000000024.parquet").unlink()
+    missing = "feature part of shard FR-US-0000000012-0000000024 is missing"
+    with pytest.raises(AirflowFailException, match=missing):
+        MatchScoreOperator(task_id="score", shards=plan).execute(context={})

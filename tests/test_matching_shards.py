@@ -48,11 +48,11 @@ def _catalog(n: int = 90, seed: int = 4) -> dict[str, RegionTable]:
 
 
 def _parts(folder: Path) -> list[Path]:
-    """The search parts (not the search, rows or feature files)."""
+    """The search parts (not the search, rows, feature or scores files)."""
     return [
         p
         for p in folder.glob("*.parquet")
-        if not p.name.startswith(("search-", "rows-", "features-", "sentences-"))
+        if not p.name.startswith(("search-", "rows-", "features-", "sentences-", "scores-"))
     ]
 
 
@@ -76,6 +76,7 @@ def test_a_sharded_search_finds_the_same_pairs_and_groups_as_one_search(shards: 
     sharded = match_catalog(data, k=5, sentences=None, shards=shards, shard_dir=tmp_path)
     _same(one, sharded)
     assert sharded.summary["candidates_path"] == "exact (shards)"
+    assert sharded.summary["scores_from"] == "score task"  # the pairs' scores came from the parts
     assert sharded.summary["reproducibility"]["parameters"]["shards"] == shards
     # one part per shard of each of the 3 region pairs (a part serves both directions)
     assert len(_parts(tmp_path)) == 3 * shards
@@ -287,8 +288,9 @@ def test_a_sharded_search_on_object_storage_finds_the_same_pairs(tmp_path: Path)
     sharded = match_catalog(data, k=5, sentences=None, shards=2, shard_dir=url)
     _same(one, sharded)
     names = sorted(p.rsplit("/", 1)[-1] for p in fsspec.filesystem("memory").ls(url, detail=False))
-    # 6 search parts, 3 search files + sidecars, 3 rows files + statistics, 6 cuts, 6 feature parts
-    assert len(names) == 6 + 6 + 6 + 6 + 6 and not any(n.endswith(".tmp") for n in names)
+    # 6 search parts, 3 search files + sidecars, 3 rows files + statistics, 6 cuts, 6 feature parts,
+    # 6 scores parts and their manifest
+    assert len(names) == 6 + 6 + 6 + 6 + 6 + 6 + 1 and not any(n.endswith(".tmp") for n in names)
     assert sum(n.startswith("features-") for n in names) == 6
 
 

@@ -632,14 +632,20 @@ def _text_vectors(folder: ShardFolder, region: str, codes: np.ndarray, center: b
     return RegionSearch.open(folder, region).pick(uniq, center=center)[back]
 
 
-def blocks_from_parts(folder: Any, plan: Sequence[CandidateShard], regions: Sequence[str]) -> list[PairBlock]:
+def blocks_from_parts(
+    folder: Any, plan: Sequence[CandidateShard], regions: Sequence[str], *, scores: bool = False
+) -> list[PairBlock]:
     """Every region pair's :class:`.blocks.PairBlock` (pairs, features, explanations) from ``plan``'s
     feature parts, in the single task's order (by side-a then side-b product). Read a part at a
     time into NumPy columns; each distinct explanation becomes one string object the pairs share
-    (as the single task's features give them: ~90% of pairs repeat a few sentences).
+    (as the single task's features give them: ~90% of pairs repeat a few sentences). ``scores``:
+    each pair's ``p1`` and ``score`` (and the ``ev_triangle`` feature) from the score task's parts
+    too (:mod:`.part_scores`).
 
     Raises:
         ValueError: a shard's feature part is missing (its task did not run)."""
+    from .part_scores import read_part_scores
+
     folder = ShardFolder.of(folder)
     blocks = []
     for ra, rb in itertools.combinations(sorted(regions), 2):
@@ -652,6 +658,11 @@ def blocks_from_parts(folder: Any, plan: Sequence[CandidateShard], regions: Sequ
                 raise ValueError(f"feature part of shard {shard.name} is missing in {folder}")
             with folder.open(features_name(shard)) as f:
                 part = pq.read_table(f)
+            if scores:
+                scored = read_part_scores(folder, shard)
+                for name in scored.column_names:
+                    part = part.append_column(name, scored[name])
+                del scored
             ia.append(part["ia"].to_numpy())
             ib.append(part["ib"].to_numpy())
             for name in part.column_names:
@@ -666,10 +677,11 @@ def blocks_from_parts(folder: Any, plan: Sequence[CandidateShard], regions: Sequ
             continue
         a, b = np.concatenate(ia), np.concatenate(ib)
         order = np.lexsort((b, a))
+        scored = {name: np.concatenate(cols.pop(name))[order] for name in ("p1", "score") if name in cols}
         feats = feature_frame({name: np.concatenate(parts)[order] for name, parts in cols.items()})
         text = list(words)
         explain = [text[i] for i in np.concatenate(codes)[order]]
-        blocks.append(PairBlock(ra, rb, a[order], b[order], feats, explain))
+        blocks.append(PairBlock(ra, rb, a[order], b[order], feats, explain, **scored))
         del ia, ib, codes, cols
         pa.default_memory_pool().release_unused()  # the parts' Arrow buffers, before the next pair
     return blocks
@@ -706,17 +718,31 @@ class ShardedFeatures:
     sentence_stats: dict[str, dict[str, Any]] | None = None
     #: How the parts were searched: ``exact``, or ``qdrant:...`` (:func:`.shards.part_search`).
     search: str = "exact"
+    #: The score task's scorers (:mod:`.part_scores`) when the blocks carry its scores; else why not.
+    scorers: tuple[Any, Any] | str = "not asked for"
 
 
 def read_features(
-    folder: Any, plan: Sequence[CandidateShard], regions: Sequence[str], center: bool
+    folder: Any,
+    plan: Sequence[CandidateShard],
+    regions: Sequence[str],
+    center: bool,
+    corroborate: bool | None = None,
 ) -> ShardedFeatures:
-    """The map tasks' output in ``folder`` for the reduce (:func:`.pipeline.match_tables`)."""
+    """The map tasks' output in ``folder`` for the reduce (:func:`.pipeline.match_tables`); with
+    ``corroborate`` (the run's setting), the score task's scores and scorers where they fit the parts
+    and that setting (:func:`.part_scores.read_scorers`)."""
+    from .part_scores import part_features, read_scorers
+
     folder = ShardFolder.of(folder)
     stats = {r: RegionStats.open(folder, r) for r in regions}
     search = {r: RegionSearch.open(folder, r) for r in regions}
+    scorers: tuple[Any, Any] | str = "not asked for"
+    if corroborate is not None:
+        scorers = read_scorers(folder, plan, part_features(folder, plan), corroborate and len(regions) > 2)
     return ShardedFeatures(
-        blocks=blocks_from_parts(folder, plan, regions),
+        blocks=blocks_from_parts(folder, plan, regions, scores=not isinstance(scorers, str)),
+        scorers=scorers,
         figures=pair_figures(folder, plan, regions),
         lex_stats={r: (s.lex_keys, s.lex_df) for r, s in stats.items()},
         idf=run_idf(stats.values()),
@@ -733,11 +759,13 @@ def folder_plan(folder: Any, regions: Sequence[str], shards: int) -> list[Candid
     return plan_shards({r: RegionSearch.open(folder, r).texts for r in regions}, shards)
 
 
-def read_mapped(data: CatalogData, *_: Any, folder: Any, shards: int, center: bool) -> ShardedFeatures:
+def read_mapped(
+    data: CatalogData, *_: Any, folder: Any, shards: int, center: bool, corroborate: bool | None = None
+) -> ShardedFeatures:
     """:func:`read_features` of the plan the map tasks ran (:func:`folder_plan`), for ``data``'s
     regions."""
     regions = sorted(data)
-    return read_features(folder, folder_plan(folder, regions, shards), regions, center)
+    return read_features(folder, folder_plan(folder, regions, shards), regions, center, corroborate)
 
 
 def check_listings(folder: Any, data: CatalogData) -> str | None:
@@ -783,4 +811,9 @@ def sharded_features(
         write_shard_cuts(folder, shard, plan, settings.k)
     for shard in plan:
         map_features(folder, shard, settings, regions, plan)
-    return read_features(folder, plan, regions, settings.center)
+    if not settings.fit_on_labels:  # a fit on labels is the match task's own (labels never leave it)
+        from .part_scores import part_features, score_parts
+
+        corroborate = settings.corroborate and len(regions) > 2
+        score_parts(folder, plan, regions, part_features(folder, plan), corroborate=corroborate)
+    return read_features(folder, plan, regions, settings.center, settings.corroborate)

@@ -23,7 +23,9 @@ function of a part and the merged sums above), and corroboration as a join per r
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,9 +37,18 @@ import pyarrow.parquet as pq
 
 from ..memory import release_freed_memory
 from .blocks import PairBlock, feature_frame
+from .context import scorer_from_state, scorer_state
 from .exact_sums import ColumnStats, ExactSum, squared_deviations
 from .feature_parts import features_name, text_sets
-from .scoring import MAX_FIT_ROWS, MIN_SELF_TRAINING, PairScorer, corroboration, log_odds, seed_columns
+from .scoring import (
+    FEATURES,
+    MAX_FIT_ROWS,
+    MIN_SELF_TRAINING,
+    PairScorer,
+    corroboration,
+    log_odds,
+    seed_columns,
+)
 from .shard_storage import ShardFolder
 from .shards import CandidateShard
 
@@ -45,6 +56,9 @@ logger = logging.getLogger(__name__)
 
 #: The second pass's extra feature (third-region support), as the match task names it.
 TRIANGLE = "ev_triangle"
+#: What :func:`score_parts` fitted and on which parts, written after every scores part: the match
+#: task uses the parts' scores only when it finds this file and it fits (:func:`read_scorers`).
+MANIFEST = "scores.json"
 
 
 def scores_name(shard: CandidateShard) -> str:
@@ -155,18 +169,18 @@ def score_parts(
 
     Raises:
         ValueError: a feature part is missing, or a product's pairs are in two parts."""
-    import time
-
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     parts = _Parts(folder, plan, regions)
+    parts.folder.delete(MANIFEST)  # a run again: no manifest until every part has its new scores
     columns = seed_columns(features)
     scorer1 = _fit(parts, features, lambda p: [parts.read(p.shard, [c])[c].to_numpy() for c in columns])
     for p in parts.all():
         p.p1[:] = _predict(scorer1, parts.features(p, features))
     seconds["pass_one"] = time.perf_counter() - t0
     scorer2 = None
-    if corroborate and len(regions) > 2 and parts.pairs:
+    second = bool(corroborate and len(regions) > 2)
+    if second:
         t0 = time.perf_counter()
         _corroborate(parts)
         features2 = (*features, TRIANGLE)
@@ -182,9 +196,67 @@ def score_parts(
             out["score"] = out["p1"]
         with parts.folder.writing(scores_name(p.shard)) as f:
             pq.write_table(pa.table(out), f)
+    manifest = {
+        "features": list(features),
+        "corroborate": second,
+        "scorer1": scorer_state(scorer1),
+        "scorer2": scorer_state(scorer2),
+        "parts": {p.shard.name: _part_id(parts.folder, p.shard, len(p.ia)) for p in parts.all()},
+    }
+    parts.folder.write_text(MANIFEST, json.dumps(manifest))
     seconds["write"] = time.perf_counter() - t0
     all_parts = parts.all()
+    logger.info(
+        "scored %d pairs in %d parts (%s)", sum(len(p.ia) for p in all_parts), len(all_parts), seconds
+    )
     return PartScores(scorer1, scorer2, sum(len(p.ia) for p in all_parts), len(all_parts), seconds)
+
+
+def _part_id(folder: ShardFolder, shard: CandidateShard, rows: int) -> dict[str, int]:
+    """What the scores of a feature part were computed from: its rows and bytes (a feature task
+    run again on the same inputs writes the same bytes)."""
+    return {"rows": int(rows), "bytes": int(folder.fs.size(folder.path(features_name(shard))))}
+
+
+def part_features(folder: Any, plan: Sequence[CandidateShard]) -> tuple[str, ...]:
+    """The scorer's inputs the feature parts carry, in the match task's order: :data:`.scoring.FEATURES`
+    and ``sentences`` when the run had sentence vectors."""
+    folder = ShardFolder.of(folder)
+    if not plan:
+        return FEATURES
+    with folder.open(features_name(plan[0])) as f:
+        names = pq.read_schema(f).names
+    return (*FEATURES, "sentences") if "sentences" in names else FEATURES
+
+
+def read_scorers(
+    folder: Any, plan: Sequence[CandidateShard], features: Sequence[str], corroborate: bool
+) -> tuple[PairScorer, PairScorer | None] | str:
+    """The scorers :func:`score_parts` fitted on ``plan``'s feature parts in ``folder``, or why its
+    scores cannot stand for the match task's own: no manifest (the score task did not run or did
+    not finish), other inputs or settings, or a feature part written again since."""
+    folder = ShardFolder.of(folder)
+    if not folder.exists(MANIFEST):
+        return f"no {MANIFEST} in {folder}"
+    manifest = json.loads(folder.read_text(MANIFEST))
+    if list(manifest.get("features", [])) != list(features) or manifest.get("corroborate") != corroborate:
+        return "the parts were scored with other features or corroboration"
+    recorded = manifest.get("parts", {})
+    if set(recorded) != {s.name for s in plan}:
+        return "the parts were scored for another plan"
+    for shard in plan:
+        rows = recorded[shard.name]["rows"]
+        if recorded[shard.name] != _part_id(folder, shard, rows) or not folder.exists(scores_name(shard)):
+            return f"feature part {shard.name} changed since it was scored"
+    scorer1 = scorer_from_state(manifest["scorer1"]) or PairScorer(features=tuple(features))
+    return scorer1, scorer_from_state(manifest["scorer2"])
+
+
+def read_part_scores(folder: Any, shard: CandidateShard) -> pa.Table:
+    """A part's scores (``p1``, ``score`` and, after a second pass, ``ev_triangle``), in its rows' order."""
+    folder = ShardFolder.of(folder)
+    with folder.open(scores_name(shard)) as f:
+        return pq.read_table(f)
 
 
 def _fit(parts: _Parts, features: Sequence[str], seed_of: Callable[[_Part], list[np.ndarray]]) -> PairScorer:

@@ -276,7 +276,13 @@ def match_catalog(
         why = check_listings(shard_dir, light.data)
         if why is None:
             inputs = light
-            features = functools.partial(read_mapped, folder=shard_dir, shards=shards, center=settings.center)
+            features = functools.partial(
+                read_mapped,
+                folder=shard_dir,
+                shards=shards,
+                center=settings.center,
+                corroborate=settings.corroborate,
+            )
         else:
             logger.warning("%s: the match task computes the pair features itself", why)
     with contextlib.ExitStack() as stack:
@@ -380,7 +386,7 @@ def match_tables(
     timings["load"] = read_seconds + time.perf_counter() - t0 - prep.evidence_seconds
     timings["evidence"] = prep.evidence_seconds
 
-    found = None
+    found, scored = None, None
     if search is not None:
         t0 = time.perf_counter()
         found = search(inputs.data)
@@ -393,6 +399,7 @@ def match_tables(
         timings["sharded_features"] = time.perf_counter() - t0
         path = f"{sharded.search.split(':')[0]} (shards)"
         blocks, figures, lex_stats = sharded.blocks, sharded.figures, sharded.lex_stats
+        scored = sharded.scorers
         prep.means, prep.idf, digests = sharded.means, sharded.idf, digests or sharded.digests
         prep.sentence_stats = dict(sharded.sentence_stats or {})  # the parts carry the feature
         prep.sentences = None
@@ -428,7 +435,15 @@ def match_tables(
     if rerank is not None:
         features = (*features, "rerank")
     prep.sentences = None
-    scorer1, scorer2 = score_blocks(blocks, prep, features, lab if settings.fit_on_labels else None, settings)
+    fit_lab = lab if settings.fit_on_labels else None
+    scores_from = _scores_from(scored, features, fit_lab)
+    if isinstance(scored, tuple) and scores_from == "score task":
+        scorer1, scorer2 = scored  # the blocks carry the score task's p1, score and ev_triangle
+        if scorer2 is not None:
+            for blk in blocks:
+                blk.explain = corroborated(blk.explain, blk.feats["ev_triangle"])
+    else:
+        scorer1, scorer2 = score_blocks(blocks, prep, features, fit_lab, settings)
     scorer = scorer2 or scorer1
     timings["scoring"] = time.perf_counter() - t0
     release_freed_memory()
@@ -486,6 +501,8 @@ def match_tables(
             allow_same_region=settings.allow_same_region,
         )
         pairs["correct"] = pair_verdicts(pairs, decision.judges)  # right / wrong / <NA> (unlabelled)
+    if scored is not None:
+        summary["scores_from"] = scores_from
     if labels_note:
         summary["labels_note"] = labels_note
     if review is not None:
@@ -689,6 +706,24 @@ def score_blocks(
     for blk in blocks:
         blk.explain = corroborated(blk.explain, blk.feats["ev_triangle"])
     return scorer1, scorer2
+
+
+def _scores_from(scored: Any, features: Sequence[str], fit_lab: Labels | None) -> str:
+    """Who scores the pairs: on a run from feature parts, ``score task`` when its scorers
+    (:mod:`.part_scores`) fit this run, else ``match task`` and why (logged)."""
+    if scored is None:
+        return "match task"
+    if isinstance(scored, tuple):
+        if fit_lab:
+            why = "the scorer is fitted on labels, in the match task"
+        elif tuple(scored[0].features) != tuple(features):
+            why = f"the score task's features {list(scored[0].features)} are not this run's {list(features)}"
+        else:
+            return "score task"
+    else:
+        why = str(scored)
+    logger.info("the match task scores the pairs itself: %s", why)
+    return f"match task ({why})"
 
 
 def corroborated(explain: Sequence[str], triangle: Any) -> list[str]:

@@ -3,9 +3,11 @@
 The search is the n^2 part of a full match. ``MatchShardPlanOperator`` decides whether tonight's
 run is full (the same question ``run_match`` asks) and, if so, returns one small dict per shard;
 ``MatchShardOperator`` is mapped over them (``.expand(shard=plan.output)``), each task searching one
-range of one region's texts against another region and writing a Parquet part; the
-``MatchCatalogOperator`` after them joins the parts (:mod:`polyglot_catalog.matching.shards`)
-and does the rest. An incremental run plans no shards, so the mapped task is skipped.
+range of one region's texts against another region and writing a Parquet part; the cuts and
+feature tasks, mapped the same way, turn the parts into pair features, ``MatchScoreOperator``
+fits the scorers on them and scores every pair, and the ``MatchCatalogOperator`` after them joins
+the parts (:mod:`polyglot_catalog.matching.feature_parts`) and does the rest. An incremental run
+plans no shards, so the tasks after the plan are skipped.
 
 The plan writes each region's search file, and the tasks their parts, to
 ``$POLYGLOT_DATA_DIR/match_shards/<run id>`` unless ``shard_dir`` says otherwise: a folder every
@@ -404,3 +406,58 @@ class MatchFeatureShardOperator(BaseOperator):
         seconds = round(time.perf_counter() - t0, 3)
         self.log.info("features of %s in %.1f s: %s", shard.name, seconds, path)
         return {"part": str(path), "seconds": seconds}
+
+
+class MatchScoreOperator(BaseOperator):
+    """
+    Fit the match's scorers on the feature parts and write every pair's scores beside its part,
+    so the match task reads the scores instead of fitting them over every pair it holds.
+
+    One task after every ``MatchFeatureShardOperator`` of the run (it needs all parts: the seed's
+    statistics, the reciprocal-best pairs and the third-region support span them), before the
+    match task. It holds each part's rows and scores (~30 B a pair), each product's best pair and
+    the fit's sample, not the features of every pair (the match task's ~80 B a pair for scoring).
+    The scores are the match task's own to the last bit; the match task checks they fit its run
+    (the same parts, features and settings) and otherwise fits itself, saying why in its summary
+    (``scores_from``). A retried task writes the same files again.
+
+    :param shards: the plan's shard dicts (``plan.output``); none (an incremental run) skips the task.
+    :param calibrate_on_labels: the run fits its scorer on labels, which only the match task reads:
+        the task is skipped.
+    """
+
+    template_fields: Sequence[str] = ("shards", "calibrate_on_labels")  # shards: the plan's XCom, resolved
+    ui_color = PolyglotUIColors.MATCH.value
+
+    def __init__(
+        self, *, shards: list[dict[str, Any]] | Any, calibrate_on_labels: bool | str = False, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.shards = shards
+        self.calibrate_on_labels = calibrate_on_labels
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from polyglot_catalog.matching.part_scores import part_features, score_parts
+        from polyglot_catalog.matching.settings import MatchSettings
+
+        shards = list(self.shards or [])
+        if not shards:
+            raise AirflowSkipException("no shards planned (an incremental run): nothing to score")
+        if _as_bool(self.calibrate_on_labels):
+            raise AirflowSkipException("the scorer is fitted on labels, in the match task")
+        t0 = time.perf_counter()
+        try:
+            _, folder, regions, plan = _planned(shards[0])
+            done = score_parts(
+                folder, plan, regions, part_features(folder, plan), corroborate=MatchSettings().corroborate
+            )
+        except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
+            raise AirflowFailException(f"scores of the feature parts: {e}{NOT_RETRIED}") from e
+        seconds = round(time.perf_counter() - t0, 3)
+        scorer = done.scorer2 or done.scorer1
+        self.log.info(
+            "scored %d pairs in %d parts in %.1f s: %s", done.pairs, done.parts, seconds, scorer.describe()
+        )
+        return {"pairs": done.pairs, "parts": done.parts, "seconds": seconds, "fitted_on": scorer.fitted_on}
