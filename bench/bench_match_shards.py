@@ -11,10 +11,10 @@ Every task runs in a fresh subprocess, so each peak RSS (VmHWM) is that task's o
   read its range of texts and the other region in chunks from the search files, search, write its
   Parquet part; then each shard's ``cut_search_parts`` task; then its ``feature_shard`` task (its
   pairs' features from the rows and search files); then the ``score_parts`` task (the scorers
-  fitted on the parts, every pair scored). At parallelism 1 (one after another) and 2 (two at a
-  time, into another folder);
+  fitted on the parts, every pair scored, the one-to-one rule decided). At parallelism 1 (one after
+  another) and 2 (two at a time, into another folder);
 - **reduce**: what ``match_regions`` does after the mapped tasks: the tables without vectors (as it
-  reads them from the store), the feature parts and their scores put together, decisions and groups, then
+  reads them from the store), the feature parts with their scores and decisions put together, groups, then
   the report (the one task writes it too). With ``--state``, the match state committed as
   ``run_match`` commits it (the report written inside the commit) into a copy of an embedded store
   of the catalog's points (4-d vectors: the state never reads them), written once beforehand.
@@ -149,18 +149,27 @@ def _child(args: argparse.Namespace) -> None:
                 write_shard_cuts(args.parts, shard, plan, settings.k)
             else:
                 map_features(args.parts, shard, settings, ["DE", "FR", "US"], plan)
-    elif args.child == "score":  # as score_parts: the scorers fitted on the parts, every pair scored
+    elif args.child == "score":  # as score_parts: the scorers fitted on the parts, every pair scored, decided
+        from polyglot_catalog.matching.part_decisions import decide_parts
         from polyglot_catalog.matching.part_scores import part_features, score_parts
 
         plan = folder_plan(args.parts, ["DE", "FR", "US"], args.shards)
         scored = score_parts(args.parts, plan, ["DE", "FR", "US"], part_features(args.parts, plan))
-        extra = {"pairs": scored.pairs, "stages": scored.seconds}
+        t1 = time.perf_counter()
+        decided = decide_parts(args.parts, plan, ["DE", "FR", "US"])
+        stages = {**scored.seconds, "decide": time.perf_counter() - t1}
+        extra = {"pairs": scored.pairs, "stages": stages, "accepted": decided["accepted"]}
     elif args.child == "store":
         _write_store(data_dir, data_dir.parent / "store")
     elif args.child == "reduce":  # as match_regions: the rows without vectors, the parts put together
         data = _load(data_dir, ["DE", "FR", "US"], vectors=False)
         features = functools.partial(
-            read_mapped, folder=args.parts, shards=args.shards, center=True, corroborate=True
+            read_mapped,
+            folder=args.parts,
+            shards=args.shards,
+            center=True,
+            corroborate=True,
+            decide=(None, "hungarian"),
         )
         result = match_tables(MatchInputs(data, None), MatchSettings(k=10), features=features)
     else:
@@ -188,6 +197,7 @@ def _child(args: argparse.Namespace) -> None:
         figures["timings"] = result.summary["timings"]
         figures["accepted"] = len(result.matches)
         figures["scores_from"] = result.summary.get("scores_from", "match task")
+        figures["decisions_from"] = result.summary.get("decisions_from", "match task")
         (out.with_suffix(".pairs")).write_bytes(pickle.dumps((_accepted(result), _groups(result))))
     out.write_text(json.dumps(figures))
 
@@ -406,6 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     feat_peak = max(m["peak_mb"] for m in phase1["features"])
     per_map = [m["seconds"] for m in maps1]
     per_feat = [m["seconds"] for m in phase1["features"]]
+    score = phase1["score"][0]
     body = "\n".join(
         [
             f"3 regions x {args.n:,} products (bench/_synth.py), k=10, exact search, no sentence vectors; "
@@ -423,8 +434,8 @@ def main(argv: list[str] | None = None) -> None:
             f"per task {min(per_cut):.1f}-{max(per_cut):.1f} s, sum {sum(per_cut):.1f} s |",
             f"| feature tasks | | {feat_peak:.0f} (max of {len(per_feat)}) | "
             f"per task {min(per_feat):.1f}-{max(per_feat):.1f} s, sum {sum(per_feat):.1f} s |",
-            f"| score task (one, over every part) | {phase1['score'][0]['seconds']:.1f} | "
-            f"{phase1['score'][0]['peak_mb']:.0f} | `{json.dumps(_rounded(phase1['score'][0]['stages']))}` |",
+            f"| score task (one, over every part: scores, then decisions) | {score['seconds']:.1f} | "
+            f"{score['peak_mb']:.0f} | `{json.dumps(_rounded(score['stages']))}` |",
             f"| all map phases and the score task, parallelism 1 | {map1_s:.1f} | | |",
             f"| all map phases and the score task, parallelism 2 | {map2_s:.1f} | "
             f"{max(m['peak_mb'] for phase in phase2.values() for m in phase):.0f} | |",
@@ -438,10 +449,11 @@ def main(argv: list[str] | None = None) -> None:
             f"parallelism 2 **{wall2 / one['seconds']:.2f}**; the reduce is {red['seconds'] / wall1:.0%} "
             f"(p=1) / {red['seconds'] / wall2:.0%} (p=2) of the sharded wall time.",
             f"Per-task peak RSS: search {map_peak:.0f} MB, features {feat_peak:.0f} MB, cuts "
-            f"{cuts_peak:.0f} MB, score {phase1['score'][0]['peak_mb']:.0f} MB, "
+            f"{cuts_peak:.0f} MB, score {score['peak_mb']:.0f} MB, "
             f"reduce {red['peak_mb']:.0f} MB, "
             f"one task {one['peak_mb']:.0f} MB. The reduce's scores came from the "
-            f"{red.get('scores_from', 'match task')}.",
+            f"{red.get('scores_from', 'match task')}, its decisions from the "
+            f"{red.get('decisions_from', 'match task')}.",
         ]
     )
     publish(

@@ -26,9 +26,9 @@ filled, and writes one report folder per run: `pairs.parquet`, `groups.parquet`,
   fit `memory_budget_mb` (exact blocks, or region-filtered Qdrant queries past 500k products per
   region or when `candidates` says so); `cut_search_parts` and `feature_shard` tasks (mapped the
   same way) merge each shard's share of the lists and compute its pair features, `score_parts`
-  fits the scorers on the parts and scores every pair (the match task's own scores, bit for bit),
-  and `match_regions` puts features and scores together without reading any vector, decides and
-  reports. Parts live under
+  fits the scorers on the parts, scores every pair and decides the one-to-one rule (the match
+  task's own scores and decisions, bit for bit), and `match_regions` puts them together without
+  reading any vector, forms the groups and reports. Parts live under
   `$POLYGLOT_DATA_DIR/match_shards/<run id>` (a folder every worker must see). Same pairs and
   groups as one task. Incremental runs plan none. See docs/SCALING.md.
 * **Report link**: the `match_regions` task's **Match report** button opens the run's report.
@@ -197,6 +197,8 @@ def cross_region_match() -> None:
     score = MatchScoreOperator(
         task_id="score_parts",
         shards=plan.output,
+        threshold="{{ params.threshold }}",
+        labels="{{ params.labels or '' }}",
         calibrate_on_labels="{{ params.calibrate_on_labels }}",
     )
     match = MatchCatalogOperator(

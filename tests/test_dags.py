@@ -92,6 +92,7 @@ def test_a_full_match_searches_in_mapped_shards_that_the_match_task_joins(bag):
     assert not isinstance(score, MappedOperator) and score.trigger_rule == "all_success"
     assert score.upstream_task_ids == {plan.task_id, features.task_id}
     assert score.calibrate_on_labels == "{{ params.calibrate_on_labels }}"
+    assert (score.threshold, score.labels) == ("{{ params.threshold }}", "{{ params.labels or '' }}")
     assert match.upstream_task_ids == {score.task_id} and match.trigger_rule == "none_failed"
     assert match.shards_from == plan.task_id
     params = dag.params.dump()

@@ -194,6 +194,7 @@ def test_worker_killed_mid_match_is_retried_and_nothing_is_lost(deploy, first):
             assert ti["state"] == "success" and ti["queue"] == "default", ti
     assert summary["candidates_path"] == "exact (shards)"
     assert summary["scores_from"] == "score task"  # the score task's scores, on the worker
+    assert summary["decisions_from"] == "score task"  # and its one-to-one decisions
 
 
 def test_a_qdrant_search_runs_as_mapped_tasks_on_the_worker(deploy, first):

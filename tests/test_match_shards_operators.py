@@ -80,6 +80,7 @@ def _maps(plan: list[dict[str, Any]], score: bool = True) -> None:
     if score:
         done = MatchScoreOperator(task_id="score", shards=plan).execute(context={})
         assert done["parts"] == len(plan) and done["pairs"] > 0 and done["fitted_on"] == "self-training"
+        assert done["accepted"] > 0  # and decided the one-to-one rule
 
 
 def _match(ti: _TI, name: str, **kwargs: Any) -> dict[str, Any]:
@@ -111,6 +112,7 @@ def test_a_full_run_is_searched_in_mapped_shards_and_joined_by_the_match_task(ca
     assert summary["candidates_path"] == "exact (shards)" and "sharded_features" in summary["timings"]
     assert "sentences" in summary["scorer"]["weights"]
     assert summary["scores_from"] == "score task"  # the match task fitted nothing
+    assert summary["decisions_from"] == "score task"  # and solved nothing
     assert not folder.exists()  # joined and committed: the parts are removed
 
     # the same catalog matched in one task (a full re-match) accepts the same pairs
@@ -288,3 +290,18 @@ def test_a_score_task_without_its_feature_parts_fails_naming_the_part(catalog: P
     missing = "feature part of shard FR-US-0000000012-0000000024 is missing"
     with pytest.raises(AirflowFailException, match=missing):
         MatchScoreOperator(task_id="score", shards=plan).execute(context={})
+
+
+def test_with_labels_the_score_task_scores_and_the_match_task_decides(catalog: Path) -> None:
+    labels = catalog / "labels.parquet"
+    rows = {"region": ["DE", "FR"], "sku": ["de01", "fr01"], "group_id": ["g1", "g1"]}
+    pd.DataFrame(rows).to_parquet(labels)
+    ti = _TI()
+    plan = _plan(ti, shards=2)
+    _maps(plan, score=False)
+    done = MatchScoreOperator(task_id="score", shards=plan, labels=str(labels)).execute(context={})
+    assert "accepted" not in done and not (Path(ti.pushed[("plan", "shard_dir")]) / "decisions.json").exists()
+    _match(ti, "labelled", labels=str(labels))
+    summary = json.loads((catalog / "reports" / "labelled" / "summary.json").read_text())
+    assert summary["scores_from"] == "score task"
+    assert summary["decisions_from"] == "match task (the run has labels)"

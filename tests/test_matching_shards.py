@@ -52,7 +52,7 @@ def _parts(folder: Path) -> list[Path]:
     return [
         p
         for p in folder.glob("*.parquet")
-        if not p.name.startswith(("search-", "rows-", "features-", "sentences-", "scores-"))
+        if not p.name.startswith(("search-", "rows-", "features-", "sentences-", "scores-", "decisions-"))
     ]
 
 
@@ -77,6 +77,7 @@ def test_a_sharded_search_finds_the_same_pairs_and_groups_as_one_search(shards: 
     _same(one, sharded)
     assert sharded.summary["candidates_path"] == "exact (shards)"
     assert sharded.summary["scores_from"] == "score task"  # the pairs' scores came from the parts
+    assert sharded.summary["decisions_from"] == "score task"  # and so did their decisions
     assert sharded.summary["reproducibility"]["parameters"]["shards"] == shards
     # one part per shard of each of the 3 region pairs (a part serves both directions)
     assert len(_parts(tmp_path)) == 3 * shards
@@ -289,8 +290,8 @@ def test_a_sharded_search_on_object_storage_finds_the_same_pairs(tmp_path: Path)
     _same(one, sharded)
     names = sorted(p.rsplit("/", 1)[-1] for p in fsspec.filesystem("memory").ls(url, detail=False))
     # 6 search parts, 3 search files + sidecars, 3 rows files + statistics, 6 cuts, 6 feature parts,
-    # 6 scores parts and their manifest
-    assert len(names) == 6 + 6 + 6 + 6 + 6 + 6 + 1 and not any(n.endswith(".tmp") for n in names)
+    # 6 scores parts and their manifest, 3 region pairs' decisions and theirs
+    assert len(names) == 6 + 6 + 6 + 6 + 6 + 6 + 1 + 3 + 1 and not any(n.endswith(".tmp") for n in names)
     assert sum(n.startswith("features-") for n in names) == 6
 
 

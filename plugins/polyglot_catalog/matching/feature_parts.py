@@ -720,6 +720,10 @@ class ShardedFeatures:
     search: str = "exact"
     #: The score task's scorers (:mod:`.part_scores`) when the blocks carry its scores; else why not.
     scorers: tuple[Any, Any] | str = "not asked for"
+    #: The score task's decisions manifest (:mod:`.part_decisions`) when the blocks carry its
+    #: ``accepted`` pairs, with each block's ``rival`` indices in ``rivals``; else why not.
+    decided: dict[str, Any] | str = "not asked for"
+    rivals: list[np.ndarray] | None = None
 
 
 def read_features(
@@ -728,21 +732,37 @@ def read_features(
     regions: Sequence[str],
     center: bool,
     corroborate: bool | None = None,
+    decide: tuple[float | None, str] | None = None,
 ) -> ShardedFeatures:
     """The map tasks' output in ``folder`` for the reduce (:func:`.pipeline.match_tables`); with
     ``corroborate`` (the run's setting), the score task's scores and scorers where they fit the parts
-    and that setting (:func:`.part_scores.read_scorers`)."""
+    and that setting (:func:`.part_scores.read_scorers`), and with ``decide`` (the run's threshold
+    setting and method) its decisions where they fit those (:func:`.part_decisions.read_decisions`)."""
+    from .part_decisions import read_decisions, read_region_pair_decisions
     from .part_scores import part_features, read_scorers
 
     folder = ShardFolder.of(folder)
     stats = {r: RegionStats.open(folder, r) for r in regions}
     search = {r: RegionSearch.open(folder, r) for r in regions}
     scorers: tuple[Any, Any] | str = "not asked for"
+    decided: dict[str, Any] | str = "not asked for"
     if corroborate is not None:
         scorers = read_scorers(folder, plan, part_features(folder, plan), corroborate and len(regions) > 2)
+    if decide is not None:
+        unscored = "the parts' scores do not fit this run"
+        decided = unscored if isinstance(scorers, str) else read_decisions(folder, regions, *decide)
+    blocks = blocks_from_parts(folder, plan, regions, scores=not isinstance(scorers, str))
+    rivals = None
+    if isinstance(decided, dict):
+        rivals = []
+        for blk in blocks:
+            blk.accepted, rival = read_region_pair_decisions(folder, blk.ra, blk.rb)
+            rivals.append(rival)
     return ShardedFeatures(
-        blocks=blocks_from_parts(folder, plan, regions, scores=not isinstance(scorers, str)),
+        blocks=blocks,
         scorers=scorers,
+        decided=decided,
+        rivals=rivals,
         figures=pair_figures(folder, plan, regions),
         lex_stats={r: (s.lex_keys, s.lex_df) for r, s in stats.items()},
         idf=run_idf(stats.values()),
@@ -760,12 +780,18 @@ def folder_plan(folder: Any, regions: Sequence[str], shards: int) -> list[Candid
 
 
 def read_mapped(
-    data: CatalogData, *_: Any, folder: Any, shards: int, center: bool, corroborate: bool | None = None
+    data: CatalogData,
+    *_: Any,
+    folder: Any,
+    shards: int,
+    center: bool,
+    corroborate: bool | None = None,
+    decide: tuple[float | None, str] | None = None,
 ) -> ShardedFeatures:
     """:func:`read_features` of the plan the map tasks ran (:func:`folder_plan`), for ``data``'s
     regions."""
     regions = sorted(data)
-    return read_features(folder, folder_plan(folder, regions, shards), regions, center, corroborate)
+    return read_features(folder, folder_plan(folder, regions, shards), regions, center, corroborate, decide)
 
 
 def check_listings(folder: Any, data: CatalogData) -> str | None:
@@ -812,8 +838,11 @@ def sharded_features(
     for shard in plan:
         map_features(folder, shard, settings, regions, plan)
     if not settings.fit_on_labels:  # a fit on labels is the match task's own (labels never leave it)
+        from .part_decisions import decide_parts
         from .part_scores import part_features, score_parts
 
         corroborate = settings.corroborate and len(regions) > 2
         score_parts(folder, plan, regions, part_features(folder, plan), corroborate=corroborate)
-    return read_features(folder, plan, regions, settings.center, settings.corroborate)
+        decide_parts(folder, plan, regions, threshold=settings.threshold, method=settings.method)
+    decide = (settings.threshold, settings.method)
+    return read_features(folder, plan, regions, settings.center, settings.corroborate, decide)

@@ -282,6 +282,7 @@ def match_catalog(
                 shards=shards,
                 center=settings.center,
                 corroborate=settings.corroborate,
+                decide=(settings.threshold, settings.method),
             )
         else:
             logger.warning("%s: the match task computes the pair features itself", why)
@@ -386,7 +387,7 @@ def match_tables(
     timings["load"] = read_seconds + time.perf_counter() - t0 - prep.evidence_seconds
     timings["evidence"] = prep.evidence_seconds
 
-    found, scored = None, None
+    found, scored, decided = None, None, None
     if search is not None:
         t0 = time.perf_counter()
         found = search(inputs.data)
@@ -400,6 +401,7 @@ def match_tables(
         path = f"{sharded.search.split(':')[0]} (shards)"
         blocks, figures, lex_stats = sharded.blocks, sharded.figures, sharded.lex_stats
         scored = sharded.scorers
+        decided = (sharded.decided, sharded.rivals)
         prep.means, prep.idf, digests = sharded.means, sharded.idf, digests or sharded.digests
         prep.sentence_stats = dict(sharded.sentence_stats or {})  # the parts carry the feature
         prep.sentences = None
@@ -449,7 +451,15 @@ def match_tables(
     release_freed_memory()
 
     t0 = time.perf_counter()
-    decision = decide(blocks, prep, settings, lab, scorer, reviewed)
+    decisions_from = _decisions_from(decided, scores_from, lab)
+    if decisions_from == "score task":
+        assert decided is not None
+        manifest, rivals = decided
+        decision = Decision(manifest["threshold"], manifest["how"], match_share=manifest["match_share"])
+        for blk, rival in zip(blocks, rivals, strict=True):  # the blocks carry its accepted pairs
+            mark_ties(blk, prep.data, rival)
+    else:
+        decision = decide(blocks, prep, settings, lab, scorer, reviewed)
     timings["assign"] = time.perf_counter() - t0
     release_freed_memory()
 
@@ -503,6 +513,7 @@ def match_tables(
         pairs["correct"] = pair_verdicts(pairs, decision.judges)  # right / wrong / <NA> (unlabelled)
     if scored is not None:
         summary["scores_from"] = scores_from
+        summary["decisions_from"] = decisions_from
     if labels_note:
         summary["labels_note"] = labels_note
     if review is not None:
@@ -726,6 +737,25 @@ def _scores_from(scored: Any, features: Sequence[str], fit_lab: Labels | None) -
     return f"match task ({why})"
 
 
+def _decisions_from(decided: Any, scores_from: str, lab: Labels | None) -> str:
+    """Who decides the pairs: on a run from feature parts, ``score task`` when its decisions
+    (:mod:`.part_decisions`) were made on this run's scores with its settings and the run has no
+    labels (their cut, judges and sweep are the match task's), else ``match task`` and why."""
+    if decided is None:
+        return "match task"
+    manifest, _ = decided
+    if scores_from != "score task":
+        why = "the scores are the match task's own"
+    elif lab:
+        why = "the run has labels"
+    elif isinstance(manifest, str):
+        why = manifest
+    else:
+        return "score task"
+    logger.info("the match task decides the pairs itself: %s", why)
+    return f"match task ({why})"
+
+
 def corroborated(explain: Sequence[str], triangle: Any) -> list[str]:
     """``explain`` with the third-region support said where it is strong (>= 0.5)."""
     return [
@@ -760,12 +790,7 @@ def decide(
             decision.threshold = calibrate_threshold(decision.sweep_rows, settings.target_precision)
             decision.method = "labels: " + ("target precision" if settings.target_precision else "F1-best")
     if decision.threshold is None:
-        decision.threshold, decision.match_share = _auto_threshold(blocks, scorer, method)
-        decision.method = (
-            "prior-shift EM"
-            if decision.match_share is not None
-            else f"default 0.5 (fewer than {MIN_SELF_TRAINING} reciprocal-best pairs to self-train on)"
-        )
+        decision.threshold, decision.match_share, decision.method = label_free_cut(blocks, scorer, method)
     if reviewed is not None:
         if decision.method == "prior-shift EM":
             decision.threshold = reviewed.threshold(blocks, decision.threshold)
@@ -776,15 +801,38 @@ def decide(
     return decision
 
 
+def label_free_cut(
+    blocks: list[PairBlock], scorer: PairScorer, method: AssignMethod
+) -> tuple[float, float | None, str]:
+    """``(threshold, match_share, how)`` without labels: the prior-shift cut of a fitted scorer, the
+    default of a hand-set one (:func:`_auto_threshold`)."""
+    threshold, share = _auto_threshold(blocks, scorer, method)
+    how = (
+        "prior-shift EM"
+        if share is not None
+        else f"default 0.5 (fewer than {MIN_SELF_TRAINING} reciprocal-best pairs to self-train on)"
+    )
+    return threshold, share, how
+
+
+def one_to_one(
+    blk: PairBlock, text_sets: Mapping[str, TextSets], threshold: float, method: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(accepted, rival)`` of ``blk``: the one-to-one rule, ties given to the lowest SKUs, and per
+    accepted pair the index of a rival with exactly its score (-1: none; it was decided by a tie)."""
+    accepted = link_pairs(blk.ia, blk.ib, blk.score, threshold, method)
+    ts_a, ts_b = text_sets[blk.ra], text_sets[blk.rb]
+    accepted = prefer_lower_rows(blk.ia, blk.ib, blk.score, accepted, ts_a, ts_b)
+    return accepted, tied_rivals(blk.ia, blk.ib, blk.score, accepted)
+
+
 def link_block(
     blk: PairBlock, data: CatalogData, text_sets: Mapping[str, TextSets], threshold: float, method: str
 ) -> None:
     """The one-to-one rule on ``blk`` (``accepted``), ties given to the lowest SKUs and flagged
     (``ambiguous``, named in ``explain``). The full and the incremental run both decide with it."""
-    accepted = link_pairs(blk.ia, blk.ib, blk.score, threshold, method)
-    ts_a, ts_b = text_sets[blk.ra], text_sets[blk.rb]
-    blk.accepted = prefer_lower_rows(blk.ia, blk.ib, blk.score, accepted, ts_a, ts_b)
-    _mark_ties(blk, data)
+    blk.accepted, rival = one_to_one(blk, text_sets, threshold, method)
+    mark_ties(blk, data, rival)
 
 
 def result_tables(
@@ -883,10 +931,9 @@ def _summary(
     }
 
 
-def _mark_ties(blk: PairBlock, data: CatalogData) -> None:
-    """Flag accepted pairs that a tie alone decided (``blk.ambiguous``) and name the rival."""
-    assert blk.accepted is not None
-    rival = tied_rivals(blk.ia, blk.ib, blk.score, blk.accepted)
+def mark_ties(blk: PairBlock, data: CatalogData, rival: np.ndarray) -> None:
+    """Flag accepted pairs that a tie alone decided (``blk.ambiguous``: ``rival`` >= 0, from
+    :func:`one_to_one`) and name the rival in their explanation."""
     blk.ambiguous = rival >= 0
     if not blk.ambiguous.any():
         return

@@ -410,35 +410,49 @@ class MatchFeatureShardOperator(BaseOperator):
 
 class MatchScoreOperator(BaseOperator):
     """
-    Fit the match's scorers on the feature parts and write every pair's scores beside its part,
-    so the match task reads the scores instead of fitting them over every pair it holds.
+    Fit the match's scorers on the feature parts, score every pair and decide the one-to-one rule,
+    writing scores and decisions beside the parts, so the match task reads them instead of
+    fitting and solving over every pair it holds.
 
     One task after every ``MatchFeatureShardOperator`` of the run (it needs all parts: the seed's
-    statistics, the reciprocal-best pairs and the third-region support span them), before the
-    match task. It holds each part's rows and scores (~30 B a pair), each product's best pair and
-    the fit's sample, not the features of every pair (the match task's ~80 B a pair for scoring).
-    The scores are the match task's own to the last bit; the match task checks they fit its run
-    (the same parts, features and settings) and otherwise fits itself, saying why in its summary
-    (``scores_from``). A retried task writes the same files again.
+    statistics, the reciprocal-best pairs, the third-region support and the label-free cut span
+    them), before the match task. It holds each part's rows and scores (~30 B a pair), each
+    product's best pair, the fit's sample and one region pair's solver at a time, not the features
+    of every pair. Scores and decisions are the match task's own to the last bit; the match task
+    checks they fit its run (the same parts, features, threshold and settings) and otherwise
+    computes them itself, saying why in its summary (``scores_from``, ``decisions_from``). A
+    retried task writes the same files again.
 
     :param shards: the plan's shard dicts (``plan.output``); none (an incremental run) skips the task.
+    :param threshold: the run's cut (the match task's ``threshold``); ``None``: label-free.
+    :param labels: the run's labels, if any: their cut and judges are the match task's, so the task
+        scores but does not decide.
     :param calibrate_on_labels: the run fits its scorer on labels, which only the match task reads:
         the task is skipped.
     """
 
-    template_fields: Sequence[str] = ("shards", "calibrate_on_labels")  # shards: the plan's XCom, resolved
+    template_fields: Sequence[str] = ("shards", "threshold", "labels", "calibrate_on_labels")
     ui_color = PolyglotUIColors.MATCH.value
 
     def __init__(
-        self, *, shards: list[dict[str, Any]] | Any, calibrate_on_labels: bool | str = False, **kwargs: Any
+        self,
+        *,
+        shards: list[dict[str, Any]] | Any,
+        threshold: float | str | None = None,
+        labels: str | None = None,
+        calibrate_on_labels: bool | str = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.shards = shards
+        self.shards = shards  # a template field: the plan's XCom, resolved when the task runs
+        self.threshold = threshold
+        self.labels = labels
         self.calibrate_on_labels = calibrate_on_labels
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from polyglot_catalog.matching.part_decisions import decide_parts
         from polyglot_catalog.matching.part_scores import part_features, score_parts
         from polyglot_catalog.matching.settings import MatchSettings
 
@@ -448,11 +462,16 @@ class MatchScoreOperator(BaseOperator):
         if _as_bool(self.calibrate_on_labels):
             raise AirflowSkipException("the scorer is fitted on labels, in the match task")
         t0 = time.perf_counter()
+        settings = MatchSettings(threshold=_as_optional_float(self.threshold, "threshold"))
         try:
             _, folder, regions, plan = _planned(shards[0])
             done = score_parts(
-                folder, plan, regions, part_features(folder, plan), corroborate=MatchSettings().corroborate
+                folder, plan, regions, part_features(folder, plan), corroborate=settings.corroborate
             )
+            decided = None
+            if not _as_optional_str(self.labels):
+                cut, method = settings.threshold, settings.method
+                decided = decide_parts(folder, plan, regions, threshold=cut, method=method)
         except (KeyError, TypeError, FileNotFoundError, *INPUT_ERRORS) as e:
             raise AirflowFailException(f"scores of the feature parts: {e}{NOT_RETRIED}") from e
         seconds = round(time.perf_counter() - t0, 3)
@@ -460,4 +479,9 @@ class MatchScoreOperator(BaseOperator):
         self.log.info(
             "scored %d pairs in %d parts in %.1f s: %s", done.pairs, done.parts, seconds, scorer.describe()
         )
-        return {"pairs": done.pairs, "parts": done.parts, "seconds": seconds, "fitted_on": scorer.fitted_on}
+        out = {"pairs": done.pairs, "parts": done.parts, "seconds": seconds, "fitted_on": scorer.fitted_on}
+        if decided is None:
+            self.log.info("the run has labels: the match task decides")
+        else:
+            out |= {"threshold": decided["threshold"], "accepted": decided["accepted"]}
+        return out
