@@ -22,18 +22,20 @@ import hashlib
 import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .assign import AssignMethod
 from .blocks import PairBlock
 from .context import scorer_from_state
 from .feature_parts import features_name, text_sets
 from .part_scores import MANIFEST as SCORES_MANIFEST
 from .part_scores import read_part_scores
+from .scoring import PairScorer
 from .shard_storage import ShardFolder
 from .shards import CandidateShard
 
@@ -76,7 +78,7 @@ def decide_parts(
     regions: Sequence[str],
     *,
     threshold: float | None = None,
-    method: str = "hungarian",
+    method: AssignMethod = "hungarian",
 ) -> dict[str, Any]:
     """Decide the run from the score task's scores in ``folder`` and write the decisions: the cut
     (``threshold``, or label-free) and each region pair's one-to-one rule (``method``). Returns the
@@ -91,28 +93,31 @@ def decide_parts(
         raise ValueError(f"no {SCORES_MANIFEST} in {folder}: the score task decides after scoring")
     folder.delete(MANIFEST)  # a run again: no manifest until every region pair has its decisions
     scores = json.loads(folder.read_text(SCORES_MANIFEST))
-    scorer = scorer_from_state(scores["scorer2"]) or scorer_from_state(scores["scorer1"])
+    scorer = scorer_from_state(scores["scorer2"]) or scorer_from_state(scores["scorer1"]) or PairScorer()
     pairs = list(itertools.combinations(sorted(regions), 2))
-    blocks = [region_pair_scores(folder, plan, ra, rb) for ra, rb in pairs]
+
+    def region_pairs() -> Iterator[PairBlock]:  # one region pair in memory at a time
+        return (region_pair_scores(folder, plan, ra, rb) for ra, rb in pairs)
+
     asked, how, share = threshold, "given", None
     if threshold is None:
-        from .scoring import PairScorer
-
-        threshold, share, how = label_free_cut(blocks, scorer or PairScorer(), method)  # type: ignore[arg-type]
+        threshold, share, how = label_free_cut(region_pairs(), scorer, method)
     sets = {r: text_sets(folder, r) for r in regions}
-    accepted = 0
-    for blk in blocks:
+    accepted, rows = 0, {}
+    for blk in region_pairs():
         ok, rival = one_to_one(blk, sets, threshold, method)
         accepted += int(ok.sum())
+        rows[f"{blk.ra}-{blk.rb}"] = len(blk.ia)
         with folder.writing(decisions_name(blk.ra, blk.rb)) as f:
             pq.write_table(pa.table({"accepted": pa.array(ok), "rival": pa.array(rival)}), f)
+        del blk, ok, rival
     manifest = {
         "threshold": float(threshold),
         "how": how,
         "match_share": share,
         "settings": {"threshold": None if asked is None else float(asked), "method": method},
         "scores": _scores_digest(folder),
-        "pairs": {f"{blk.ra}-{blk.rb}": len(blk.ia) for blk in blocks},
+        "pairs": rows,
         "accepted": accepted,
     }
     folder.write_text(MANIFEST, json.dumps(manifest))
@@ -145,4 +150,8 @@ def read_region_pair_decisions(folder: Any, ra: str, rb: str) -> tuple[np.ndarra
     folder = ShardFolder.of(folder)
     with folder.open(decisions_name(ra, rb)) as f:
         t = pq.read_table(f)
-    return t["accepted"].to_numpy(zero_copy_only=False), t["rival"].to_numpy()
+    # copies out of Arrow's pool (which keeps freed buffers from the OS), rivals as int32 (4 B a pair)
+    accepted, rival = t["accepted"].to_numpy(zero_copy_only=False), t["rival"].to_numpy().astype(np.int32)
+    del t
+    pa.default_memory_pool().release_unused()
+    return accepted, rival

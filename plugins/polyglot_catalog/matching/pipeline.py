@@ -15,7 +15,7 @@ import itertools
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -405,6 +405,7 @@ def match_tables(
         prep.means, prep.idf, digests = sharded.means, sharded.idf, digests or sharded.digests
         prep.sentence_stats = dict(sharded.sentence_stats or {})  # the parts carry the feature
         prep.sentences = None
+        del sharded  # its rivals (8 B a pair) go once the ties are marked, not at the end of the run
     else:
         inputs.data = {}  # canonical, centred copies made and the shards searched: the input rows can go
         blocks, figures, lex_stats = candidate_blocks(
@@ -458,8 +459,10 @@ def match_tables(
         decision = Decision(manifest["threshold"], manifest["how"], match_share=manifest["match_share"])
         for blk, rival in zip(blocks, rivals, strict=True):  # the blocks carry its accepted pairs
             mark_ties(blk, prep.data, rival)
+        del rival, rivals
     else:
         decision = decide(blocks, prep, settings, lab, scorer, reviewed)
+    decided = None
     timings["assign"] = time.perf_counter() - t0
     release_freed_memory()
 
@@ -802,7 +805,7 @@ def decide(
 
 
 def label_free_cut(
-    blocks: list[PairBlock], scorer: PairScorer, method: AssignMethod
+    blocks: Iterable[PairBlock], scorer: PairScorer, method: AssignMethod
 ) -> tuple[float, float | None, str]:
     """``(threshold, match_share, how)`` without labels: the prior-shift cut of a fitted scorer, the
     default of a hand-set one (:func:`_auto_threshold`)."""
@@ -962,15 +965,16 @@ def _duplicates(data: CatalogData, text_sets: Mapping[str, TextSets]) -> pd.Data
 
 
 def _auto_threshold(
-    blocks: list[PairBlock], scorer: PairScorer, method: AssignMethod
+    blocks: Iterable[PairBlock], scorer: PairScorer, method: AssignMethod
 ) -> tuple[float, float | None]:
     """Label-free cut over all region pairs: ``(threshold, match_share)``.
 
     Runs the one-to-one rule with no threshold, then :func:`.prior_shift_threshold` on the scores
     of the pairs it links. A hand-weighted fallback scorer has no even-odds calibration to
-    re-base, so it keeps :data:`DEFAULT_THRESHOLD` (``match_share`` None).
+    re-base, so it keeps :data:`DEFAULT_THRESHOLD` (``match_share`` None). ``blocks`` may be read
+    one at a time (a generator): only each one's linked scores are kept.
     """
-    if scorer.fitted_on == "default" or not blocks:
+    if scorer.fitted_on == "default":
         return DEFAULT_THRESHOLD, None
     linked = [b.score[link_pairs(b.ia, b.ib, b.score, 0.0, method)] for b in blocks]
     scores = np.concatenate(linked) if linked else np.zeros(0)
