@@ -754,10 +754,14 @@ def read_features(
     blocks = blocks_from_parts(folder, plan, regions, scores=not isinstance(scorers, str))
     rivals = None
     if isinstance(decided, dict):
-        rivals = []
-        for blk in blocks:
-            blk.accepted, rival = read_region_pair_decisions(folder, blk.ra, blk.rb)
-            rivals.append(rival)
+        read = [read_region_pair_decisions(folder, blk.ra, blk.rb) for blk in blocks]
+        if all(len(accepted) == len(blk) for blk, (accepted, _) in zip(blocks, read, strict=True)):
+            for blk, (accepted, _) in zip(blocks, read, strict=True):
+                blk.accepted = accepted
+            rivals = [rival for _, rival in read]
+        else:  # cannot happen with the manifests' checks; a hand-edited folder decides again
+            decided = "the decisions' rows are not the parts' pairs"
+        del read
     return ShardedFeatures(
         blocks=blocks,
         scorers=scorers,

@@ -14,10 +14,12 @@ of the ~0.2 KB it holds a pair, docs/SCALING.md). Each step of the scoring split
 * corroboration's third-region support is a maximum of minima, the same in any order; it reads
   three compact columns of every pair (region pair, rows, pass-one probability).
 
-Held here: per part its rows, pass-one probability and support while the scoring runs (~28 B a pair,
-against ~0.2 KB in the match task), per region pair its products' best pairs, and the fit's sample
-(at most :data:`.scoring.MAX_FIT_ROWS` rows). Next step: the passes as mapped tasks (each is one
-function of a part and the merged sums above), and corroboration as a join per range of products.
+Held here: every pair's rows (int32), pass-one probability and support (~20 B a pair), per region
+pair its products' best pairs, the fit's sample (at most :data:`.scoring.MAX_FIT_ROWS` rows) and,
+while corroboration runs, the sorted edge lists of two region pairs: the peak, ~110 B a pair (1,553
+MB at 12.56 M pairs, against the match task's ~0.2 KB a pair). The one-to-one decisions follow on
+these scores (:mod:`.part_decisions`). Next step: the passes as mapped tasks (each is one function
+of a part and the merged sums above), and corroboration as a join per range of products.
 """
 
 from __future__ import annotations
