@@ -74,18 +74,23 @@ FIXED_SCALE = 2.0**36
 MAX_FIXED_ROWS = 2**27
 #: A row this close to unit length counts as normalised (float32 rounding leaves ~1e-7).
 UNIT_TOLERANCE = 1e-6
-UNIT_CHUNK = 65_536
+#: Rows normalised per step: their float64 copy and its squares (2 x 25 MB at 384-d) are the
+#: transient; the result is row-local, so the same bits for any chunk (65,536 rows were 2 x 200 MB,
+#: a feature task's peak).
+UNIT_CHUNK = 8_192
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     """Each row of a float32 matrix at unit length, row by row (float64 length and division).
 
     Idempotent to the bit: a row already within ``UNIT_TOLERANCE`` of unit length is kept as it is,
     and a divided row always lands within it, so a table built from another table's vectors, a
     canonical copy or a search task streaming the region in chunks all hold the same bits, however
-    often their rows passed through here (a plain ``x / |x|`` can move the last bit each time)."""
+    often their rows passed through here (a plain ``x / |x|`` can move the last bit each time).
+    ``inplace``: a float32 ``vectors`` is normalised where it is (and returned)."""
     vec = np.asarray(vectors, dtype=np.float32)
-    out = vec.copy()
+    # in place: each chunk is read (as float64) before its rows are written
+    out = vec if inplace and vec is vectors else vec.copy()
     for s in range(0, len(vec), UNIT_CHUNK):
         part = vec[s : s + UNIT_CHUNK].astype(np.float64)
         norms = np.sqrt((part * part).sum(axis=1))

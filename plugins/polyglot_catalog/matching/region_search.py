@@ -140,10 +140,14 @@ class RegionSearch:
             at, hit = positions(texts, idx)
             out[at[hit]] = vec[hit]
             found[at[hit]] = True
+        pa.default_memory_pool().release_unused()  # the row groups' buffers, before the centring
         if not found.all():
             gap = int(texts[np.flatnonzero(~found)[0]])
             raise ValueError(f"{self.folder.url(search_file(self.region))} lacks text {gap} (a damaged file)")
-        return self._centre(out, center)
+        if center and self.mean is not None:  # _centre's arithmetic in place: the same bits, no copies
+            out -= self.mean[None, :]
+            unit_rows(out, inplace=True)
+        return out
 
     def range(self, start: int, stop: int, *, center: bool = True) -> np.ndarray:
         """Search vectors of texts ``start:stop`` in canonical order (read in chunks; only the range held)."""
