@@ -62,10 +62,6 @@ class ExactSum:
         """This sum with ``other``'s values added (the result of adding both parts' values)."""
         return ExactSum(self.total + other.total, self.count + other.count)
 
-    def value(self) -> float:
-        """The sum, rounded once."""
-        return float(Fraction(self.total, 1 << _OFFSET))
-
     def mean(self) -> float:
         """The mean, rounded once (NaN when nothing was added, as ``np.mean`` of nothing)."""
         if not self.count:

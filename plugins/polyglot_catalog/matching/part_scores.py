@@ -50,6 +50,7 @@ from .scoring import (
     corroboration,
     log_odds,
     seed_columns,
+    z_scored,
 )
 from .shard_storage import ShardFolder
 from .shards import CandidateShard
@@ -307,9 +308,7 @@ def _seed(columns: Sequence[np.ndarray], stats: Sequence[ColumnStats]) -> np.nda
     :func:`.scoring.default_seed` (so the same bits)."""
     total: np.ndarray | None = None
     for col, st in zip(columns, stats, strict=True):
-        x = np.array(col, np.float64)
-        x -= st.mean
-        x /= st.sd if st.sd > 1e-12 else 1.0
+        x = z_scored(np.array(col, np.float64), st)
         total = x if total is None else total + x
     assert total is not None
     return total

@@ -108,10 +108,12 @@ class RegionSearch:
         )
 
     def _centre(self, vectors: np.ndarray, center: bool) -> np.ndarray:
-        # as .data.center_region: less the mean, normalised (row-local, so chunks change nothing)
+        # as .data.center_region: less the mean, normalised (row-local, so chunks change nothing);
+        # in place (``vectors`` is the caller's own copy): the same bits without two more copies
         if not center or self.mean is None:
             return vectors
-        return unit_rows(vectors - self.mean[None, :])
+        vectors -= self.mean[None, :]
+        return unit_rows(vectors, inplace=True)
 
     def chunks(
         self, rows: int = DEFAULT_CHUNK_ROWS, *, center: bool = True
@@ -144,10 +146,7 @@ class RegionSearch:
         if not found.all():
             gap = int(texts[np.flatnonzero(~found)[0]])
             raise ValueError(f"{self.folder.url(search_file(self.region))} lacks text {gap} (a damaged file)")
-        if center and self.mean is not None:  # _centre's arithmetic in place: the same bits, no copies
-            out -= self.mean[None, :]
-            unit_rows(out, inplace=True)
-        return out
+        return self._centre(out, center)
 
     def range(self, start: int, stop: int, *, center: bool = True) -> np.ndarray:
         """Search vectors of texts ``start:stop`` in canonical order (read in chunks; only the range held)."""

@@ -97,10 +97,7 @@ def default_seed(*columns: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         # a fresh float64 array either way (the caller's columns are never written to)
         x = np.concatenate(c).astype(np.float64, copy=False) if isinstance(c, list | tuple) else None
         x = np.array(c, np.float64) if x is None else x
-        stats = ColumnStats.of_parts([x])
-        mean, sd = stats.mean, stats.sd
-        x -= mean
-        x /= sd if sd > 1e-12 else 1.0
+        z_scored(x, ColumnStats.of_parts([x]))
         if total is None:
             total = x
         else:
@@ -108,6 +105,14 @@ def default_seed(*columns: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     if total is None:
         raise ValueError("default_seed needs at least one column")
     return total
+
+
+def z_scored(x: np.ndarray, stats: ColumnStats) -> np.ndarray:
+    """``x`` (float64, the caller's own) z-scored in place by ``stats`` (a constant column: centred
+    only). The one arithmetic of a seed column, here and in the score task (:mod:`.part_scores`)."""
+    x -= stats.mean
+    x /= stats.sd if stats.sd > 1e-12 else 1.0
+    return x
 
 
 def seed_columns(features: Sequence[str]) -> tuple[str, ...]:
