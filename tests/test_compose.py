@@ -165,7 +165,11 @@ def test_cluster_command_sets_shards_and_replicas_in_the_connection_extra(compos
     assert conn["extra"]["replication_factor"] <= 3  # no more copies than nodes
 
     monkeypatch.setenv("AIRFLOW_CONN_QDRANT_DEFAULT", json.dumps(conn))
-    assert PolyglotQdrantHook().collection_options() == {"shard_number": 3, "replication_factor": 2}
+    assert PolyglotQdrantHook().collection_options() == {
+        "shard_number": 3,
+        "replication_factor": 2,
+        "shard_by_region": True,  # one shard key per region (SCALING.md's cluster shape)
+    }
     monkeypatch.setenv("AIRFLOW_CONN_QDRANT_DEFAULT", json.dumps(_connection(compose)))
     assert PolyglotQdrantHook().collection_options() == {}  # single node: the server's defaults
 

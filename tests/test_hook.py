@@ -171,6 +171,18 @@ def test_cluster_options_come_from_the_connection_extra(monkeypatch):
     assert "shard_number" not in client_cls.call_args.kwargs
 
 
+def test_region_shard_keys_come_from_the_connection_extra(monkeypatch):
+    _set_conn(monkeypatch, host="qdrant", extra={"shard_number": 2, "shard_by_region": "yes"})
+    assert PolyglotQdrantHook().collection_options() == {"shard_number": 2, "shard_by_region": True}
+    _set_conn(monkeypatch, host="qdrant", extra={"shard_by_region": None})
+    assert PolyglotQdrantHook().collection_options() == {}
+    _set_conn(monkeypatch, host="qdrant", extra={"shard_by_region": "sometimes"})
+    with pytest.raises(
+        ValueError, match=r"qdrant_default extra shard_by_region must be true, false or empty"
+    ):
+        PolyglotQdrantHook().collection_options()
+
+
 def test_cluster_options_absent_mean_server_defaults(monkeypatch):
     assert PolyglotQdrantHook().collection_options() == {}  # no connection at all
     _set_conn(monkeypatch, host="qdrant", extra={"replication_factor": None})

@@ -232,6 +232,18 @@ def test_quarantine_files_are_one_per_shard_under_a_safe_run_folder(tmp_path, mo
             id="rendered-argument-wins",
         ),
         pytest.param(
+            {},
+            {"shard_number": 2, "shard_by_region": True},
+            {"shard_number": 2, "shard_by_region": True},
+            id="region-keys-from-connection",
+        ),
+        pytest.param(
+            {"shard_by_region": "False"},
+            {"shard_by_region": True},
+            {"shard_by_region": False},
+            id="rendered-flag-wins",
+        ),
+        pytest.param(
             {"replication_factor": 2, "shard_number": "None"},
             {},
             {"replication_factor": 2},
@@ -321,6 +333,10 @@ def test_bad_cluster_option_is_a_clear_error():
     op = _embed_op(shard_number="three")
     op.hook = _mock_hook()
     with pytest.raises(ValueError, match="shard_number must be a positive integer or empty; got 'three'"):
+        op.cluster_options()
+    op = _embed_op(shard_by_region="region")
+    op.hook = _mock_hook()
+    with pytest.raises(ValueError, match="shard_by_region must be true, false or empty; got 'region'"):
         op.cluster_options()
 
 

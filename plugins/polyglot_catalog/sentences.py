@@ -281,7 +281,9 @@ class SentenceCache:
                 yield part, ids, todo
 
     def ensure(self, dim: int, **options: Any) -> None:
-        """Create the collection on first use (same size, distance and options as the catalog's)."""
+        """Create the collection on first use (same size, distance and options as the catalog's,
+        but never sharded by region: a sentence is shared by every region that uses it)."""
+        options.pop("shard_by_region", None)
         self.store.ensure_collection(dim, **options)
 
     def exists(self) -> bool:

@@ -234,6 +234,21 @@ def single_region_warning(collection: str, regions: Sequence[str]) -> str | None
     )
 
 
+def _rows_by_region(payloads: Sequence[Mapping[str, Any]], collection: str) -> dict[str, list[int]]:
+    """Row numbers per payload ``region``, regions sorted (a collection sharded by region routes
+    each write to its region's shard key, so a point without one has nowhere to go)."""
+    rows: dict[str, list[int]] = {}
+    for i, payload in enumerate(payloads):
+        region = payload.get("region")
+        if not isinstance(region, str) or not region:
+            raise ValueError(
+                f"point {i} of an upsert into {collection!r} has no region in its payload; "
+                "the collection is sharded by region"
+            )
+        rows.setdefault(region, []).append(i)
+    return dict(sorted(rows.items()))
+
+
 def _chunks(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -269,6 +284,9 @@ class CatalogStore:
         self.upsert_batch_size = upsert_batch_size
         self.max_retries = max_retries
         self.backoff = backoff
+        # the region shard keys of a collection with custom sharding (empty set: none made yet),
+        # False when it has none; None until asked (see _region_keys)
+        self._keys: set[str] | bool | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -298,6 +316,7 @@ class CatalogStore:
         shard_number: int | None = None,
         replication_factor: int | None = None,
         write_consistency_factor: int | None = None,
+        shard_by_region: bool = False,
     ) -> bool:
         """Create the collection if missing, else check it fits; returns True when it was created.
 
@@ -325,6 +344,12 @@ class CatalogStore:
                 data. Defaults to None (the server's default, 1).
             write_consistency_factor (int | None): replicas that must acknowledge a write before it
                 counts as done. Defaults to None (the server's default, 1).
+            shard_by_region (bool): Qdrant's custom sharding with one shard key per region (each
+                created on the region's first write, with ``shard_number`` shards and
+                ``replication_factor`` copies): a region's points live on its own shards, so every
+                region-filtered search, scroll and count reads only those, and a region can be placed
+                or grown on its own nodes. Only a server shards; local mode has one shard and ignores
+                it. Defaults to False (the server spreads points over ``shard_number`` shards by id).
 
         Raises:
             ValueError: the existing collection has another size or distance for this vector, or lacks
@@ -332,7 +357,14 @@ class CatalogStore:
         """
         if self.exists():
             self._check_existing(dim)
+            if shard_by_region and self._region_keys() is None:
+                log.warning(
+                    "collection %s exists without region shard keys; shard_by_region only shapes new ones",
+                    self.collection,
+                )
             return False
+        if shard_by_region and _is_local(self.client):
+            log.info("collection %s: local mode has a single shard; shard_by_region ignored", self.collection)
         quant = (
             models.ScalarQuantization(
                 scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
@@ -355,6 +387,7 @@ class CatalogStore:
                 shard_number=shard_number,
                 replication_factor=replication_factor,
                 write_consistency_factor=write_consistency_factor,
+                sharding_method=models.ShardingMethod.CUSTOM if shard_by_region else None,
             )
         except Exception:
             # Another writer (a parallel mapped task) created it first, or our own retried request
@@ -439,6 +472,45 @@ class CatalogStore:
         self._call("alias update", self.client.update_collection_aliases, change_aliases_operations=ops)
         log.info("alias %s -> %s", alias, target)
 
+    # -- region shard keys ------------------------------------------------------------------------
+
+    def _region_keys(self) -> set[str] | None:
+        """The shard keys made so far when the collection is sharded by region (custom sharding,
+        :meth:`ensure_collection`'s ``shard_by_region``), else None. Asked once per store: a
+        collection's sharding method never changes."""
+        if self._keys is None:
+            if not self.exists():
+                return None  # not asked again until the collection is there
+            info = self._call("collection info", self.client.get_collection, self.collection)
+            method = getattr(info.config.params, "sharding_method", None)
+            self._keys = method == models.ShardingMethod.CUSTOM and self._listed_keys()
+        return self._keys if isinstance(self._keys, set) else None
+
+    def _listed_keys(self) -> set[str]:
+        listed = self._call("shard key list", self.client.list_shard_keys, self.collection).shard_keys
+        return {str(k.key) for k in listed or ()}
+
+    def _ensure_region_key(self, region: str, keys: set[str]) -> None:
+        """Create ``region``'s shard key on its first write. Parallel mapped tasks may race to it:
+        a failed creation is fine when the key is there after all."""
+        if region in keys:
+            return
+        try:
+            self._call("shard key creation", self.client.create_shard_key, self.collection, region)
+        except Exception:
+            keys |= self._listed_keys()
+            if region not in keys:
+                raise
+        else:
+            log.info("collection %s: created shard key %s", self.collection, region)
+        keys.add(region)
+
+    def _selector(self, region: str | None) -> dict[str, Any]:
+        """``shard_key_selector`` for calls confined to ``region`` where the collection has region
+        shard keys: the server then reads only that region's shards (the region filter stays)."""
+        keys = self._region_keys() if region is not None else None
+        return {} if keys is None or region not in keys else {"shard_key_selector": region}
+
     # -- writes ----------------------------------------------------------------------------------
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray, payloads: Sequence[dict[str, Any]]) -> int:
@@ -451,6 +523,23 @@ class CatalogStore:
             raise ValueError(
                 f"ids, vectors, payloads differ in length: {len(ids)}, {len(vectors)}, {len(payloads)}"
             )
+        keys = self._region_keys()
+        if keys is None:
+            return self._upsert(ids, vectors, payloads, {})
+        written = 0
+        for region, rows in _rows_by_region(payloads, self.collection).items():
+            self._ensure_region_key(region, keys)
+            written += self._upsert(
+                [ids[i] for i in rows],
+                np.asarray(vectors)[rows],
+                [payloads[i] for i in rows],
+                {"shard_key_selector": region},
+            )
+        return written
+
+    def _upsert(
+        self, ids: Sequence[str], vectors: Any, payloads: Sequence[dict[str, Any]], route: dict[str, Any]
+    ) -> int:
         written = 0
         for part in _chunks(len(ids), self.upsert_batch_size):
             batch = models.Batch(
@@ -460,7 +549,7 @@ class CatalogStore:
             )
             self._with_retries(
                 "upsert",
-                functools.partial(self.client.upsert, self.collection, batch, wait=True),
+                functools.partial(self.client.upsert, self.collection, batch, wait=True, **route),
                 ids=list(ids[part]),
             )
             written += part.stop - part.start
@@ -583,6 +672,7 @@ class CatalogStore:
         ``payload_fields`` limits the payload to those keys (e.g. ``["sku"]`` for the vanished scan, so
         texts do not cross the network); None returns it all.
         """
+        route = self._selector(region)
         offset = None
         while True:
             records, offset = self._call(
@@ -594,6 +684,7 @@ class CatalogStore:
                 offset=offset,
                 with_payload=True if payload_fields is None else list(payload_fields),
                 with_vectors=[self.vector_name] if with_vectors else False,
+                **route,
             )
             if records:
                 payloads = [{**(r.payload or {}), "id": str(r.id)} for r in records]
@@ -627,6 +718,7 @@ class CatalogStore:
         query_filter = _region_filter(region, include_stale)
         with_payload: bool | list[str] = True if fields is None else (list(fields) or False)
         params = None if hnsw_ef is None else models.SearchParams(hnsw_ef=int(hnsw_ef))
+        shard_key = self._selector(region).get("shard_key_selector")
         results: list[list[tuple[dict[str, Any], float]]] = []
         vectors = np.asarray(vectors, dtype=np.float32)
         for part in _chunks(len(vectors), requests_per_call):
@@ -638,6 +730,7 @@ class CatalogStore:
                     limit=k,
                     with_payload=with_payload,
                     params=params,
+                    **({} if shard_key is None else {"shard_key": shard_key}),
                 )
                 for v in vectors[part]
             ]
@@ -658,7 +751,9 @@ class CatalogStore:
         """Exact number of points, optionally within one region and/or status."""
         must = [_match(k, v) for k, v in (("region", region), ("status", status)) if v is not None]
         flt = models.Filter(must=must) if must else None
-        return self._call("count", self.client.count, self.collection, count_filter=flt, exact=True).count
+        route = self._selector(region)
+        count = self._call("count", self.client.count, self.collection, count_filter=flt, exact=True, **route)
+        return count.count
 
     def stats(self) -> dict[str, Any]:
         """JSON-safe counts: ``{"points": n, "stale": s, "regions": {region: n}}``."""

@@ -35,8 +35,9 @@ NOT_FOUND_MSG = (
 )
 SERVER_MODE_MSG = "Connection %r selects a Qdrant server"
 LOCK_WAIT_MSG = "Embedded Qdrant at %s is held by another task; waiting up to %.0fs for it"
-# Connection extra keys that shape new collections on a Qdrant cluster.
+# Connection extra keys that shape new collections on a Qdrant cluster (numbers; and a flag).
 CLUSTER_EXTRAS = ("shard_number", "replication_factor")
+SHARD_BY_REGION = "shard_by_region"
 
 # Paths whose fallback was already announced in this process: "said once in the log".
 _ANNOUNCED: set[str] = set()
@@ -73,6 +74,21 @@ def optional_positive_int(value: Any, name: str) -> int | None:
     if number < 1:
         raise ValueError(f"{name} must be a positive integer or empty; got {value!r}")
     return number
+
+
+def optional_bool(value: Any, name: str) -> bool | None:
+    """``None`` for an empty value, else a flag; templated and JSON values arrive as strings too.
+    Anything but a clear yes or no is an error: a misspelt flag must not shape a collection."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "none", "null"):
+        return None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true, false or empty; got {value!r}")
 
 
 def _engine(backend: str) -> str:
@@ -201,8 +217,9 @@ class PolyglotQdrantHook(QdrantHook):
             check_timeout(read, f"{self.conn_id} extra read_timeout"),
         )
 
-    def collection_options(self) -> dict[str, int]:
-        """``shard_number`` / ``replication_factor`` for new collections, from the connection extra.
+    def collection_options(self) -> dict[str, Any]:
+        """``shard_number`` / ``replication_factor`` / ``shard_by_region`` for new collections, from
+        the connection extra.
 
         The cluster's shape is a deployment fact like its URL, so it lives in the connection (the
         docker-compose cluster profile sets it in ``AIRFLOW_CONN_QDRANT_DEFAULT``) rather than in every
@@ -213,10 +230,12 @@ class PolyglotQdrantHook(QdrantHook):
         """
         connection = self._connection_or_none()
         extra = connection.extra_dejson if connection is not None else {}
-        options = {
+        options: dict[str, Any] = {
             key: optional_positive_int(extra.get(key), f"{self.conn_id} extra {key}")
             for key in CLUSTER_EXTRAS
         }
+        flag = extra.get(SHARD_BY_REGION)
+        options[SHARD_BY_REGION] = optional_bool(flag, f"{self.conn_id} extra {SHARD_BY_REGION}")
         return {key: value for key, value in options.items() if value is not None}
 
     def _open_local(self, *, path: str | None = None, location: str | None = None) -> QdrantClient:

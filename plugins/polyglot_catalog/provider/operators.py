@@ -24,7 +24,7 @@ from airflow.sdk.exceptions import AirflowFailException
 # Collection and region names: one pattern everywhere (CLI, store, forms), re-exported for the DAGs.
 from polyglot_catalog.names import COLLECTION_PATTERN as COLLECTION_PATTERN
 from polyglot_catalog.names import REGION_PATTERN as REGION_PATTERN
-from polyglot_catalog.provider.hooks import PolyglotQdrantHook, data_dir, optional_positive_int
+from polyglot_catalog.provider.hooks import PolyglotQdrantHook, data_dir, optional_bool, optional_positive_int
 
 if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
@@ -270,6 +270,10 @@ class EmbedCatalogOperator(BaseOperator):
     :param replication_factor: copies of each shard when this task creates the collection; ``None``
         takes the connection extra ``replication_factor``, else the server default. Defaults to None.
         (templated)
+    :param shard_by_region: when this task creates the collection on a Qdrant server, one shard key
+        per region (custom sharding; ``shard_number`` and ``replication_factor`` then apply to each
+        region's key), so region-filtered searches read only that region's shards; ``None`` takes
+        the connection extra ``shard_by_region``, else False. Defaults to None. (templated)
     :param max_invalid: most rejected rows tolerated, a count (``100``) or a share of the rows read
         (``"5%"``); more fails the task after the valid rows were embedded. ``None`` means no limit.
         Defaults to None. (templated)
@@ -296,6 +300,7 @@ class EmbedCatalogOperator(BaseOperator):
         "precision",
         "shard_number",
         "replication_factor",
+        "shard_by_region",
         "max_invalid",
         "on_bad_file",
         "allowed_regions",
@@ -319,6 +324,7 @@ class EmbedCatalogOperator(BaseOperator):
         threads: int | None = None,
         shard_number: int | str | None = None,
         replication_factor: int | str | None = None,
+        shard_by_region: bool | str | None = None,
         max_invalid: int | str | None = None,
         on_bad_file: str = "fail_at_end",
         allowed_regions: list[str] | str | None = None,
@@ -341,6 +347,7 @@ class EmbedCatalogOperator(BaseOperator):
         self.threads = threads
         self.shard_number = shard_number
         self.replication_factor = replication_factor
+        self.shard_by_region = shard_by_region
         self.max_invalid = max_invalid
         self.on_bad_file = on_bad_file
         self.allowed_regions = allowed_regions
@@ -425,10 +432,11 @@ class EmbedCatalogOperator(BaseOperator):
             )
         return max_invalid, on_bad_file
 
-    def cluster_options(self) -> dict[str, int]:
+    def cluster_options(self) -> dict[str, Any]:
         """Cluster options for a new collection: this task's arguments win over the connection extra."""
         explicit = {"shard_number": self.shard_number, "replication_factor": self.replication_factor}
-        parsed = {key: optional_positive_int(value, key) for key, value in explicit.items()}
+        parsed: dict[str, Any] = {key: optional_positive_int(value, key) for key, value in explicit.items()}
+        parsed["shard_by_region"] = optional_bool(self.shard_by_region, "shard_by_region")
         return {**self.hook.collection_options(), **{k: v for k, v in parsed.items() if v is not None}}
 
 
