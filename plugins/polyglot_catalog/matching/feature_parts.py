@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..sentences import SentenceVectors
+from . import held_pairs
 from .alignment import sentence_alignment
 from .blocks import PairBlock, feature_frame
 from .candidates import expand_text_pairs
@@ -54,6 +55,7 @@ from .canonical import TextSets
 from .context import neighbour_figures
 from .data import CatalogData, RegionTable
 from .evidence import evidence_from_json, evidence_json, extract, idf_from_counts
+from .held_pairs import PairFloor, pair_floor
 from .lexical import NgramCounts, ngram_counts
 from .region_search import RegionSearch, add_digest, distinct_texts, rows_digest, text_hash
 from .scoring import pair_features
@@ -649,14 +651,22 @@ def _text_vectors(folder: ShardFolder, region: str, codes: np.ndarray, center: b
 
 
 def blocks_from_parts(
-    folder: Any, plan: Sequence[CandidateShard], regions: Sequence[str], *, scores: bool = False
+    folder: Any,
+    plan: Sequence[CandidateShard],
+    regions: Sequence[str],
+    *,
+    scores: bool = False,
+    held: PairFloor | None = None,
+    masks: list[np.ndarray] | None = None,
 ) -> list[PairBlock]:
     """Every region pair's :class:`.blocks.PairBlock` (pairs, features, explanations) from ``plan``'s
     feature parts, in the single task's order (by side-a then side-b product). Read a part at a
     time into NumPy columns; each distinct explanation becomes one string object the pairs share
     (as the single task's features give them: ~90% of pairs repeat a few sentences). ``scores``:
     each pair's ``p1`` and ``score`` (and the ``ev_triangle`` feature) from the score task's parts
-    too (:mod:`.part_scores`).
+    too (:mod:`.part_scores`). ``held`` (with ``scores``): only the pairs it holds
+    (:meth:`.held_pairs.PairFloor.held`); ``masks`` then receives per block which rows of the whole
+    region pair's order were held (the score task's decisions come in that order).
 
     Raises:
         ValueError: a shard's feature part is missing (its task did not run)."""
@@ -666,6 +676,9 @@ def blocks_from_parts(
     blocks = []
     for ra, rb in itertools.combinations(sorted(regions), 2):
         ia, ib, codes, cols = [], [], [], {}
+        a_all: list[np.ndarray] = []  # with ``held``: every row's products and whether it was held
+        b_all: list[np.ndarray] = []
+        kept: list[np.ndarray] = []
         words: dict[str, int] = {}
         for shard in plan:
             if (shard.query, shard.other) != (ra, rb):
@@ -679,6 +692,19 @@ def blocks_from_parts(
                 for name in scored.column_names:
                     part = part.append_column(name, scored[name])
                 del scored
+            if held is not None:
+                a_all.append(part["ia"].to_numpy().astype(np.int32))
+                b_all.append(part["ib"].to_numpy().astype(np.int32))
+                keep = held.held(
+                    ra,
+                    rb,
+                    part["ia"].to_numpy(),
+                    part["ib"].to_numpy(),
+                    part["score"].to_numpy(),
+                    part["p1"].to_numpy(),
+                )
+                kept.append(keep)
+                part = part.filter(pa.array(keep))
             ia.append(part["ia"].to_numpy())
             ib.append(part["ib"].to_numpy())
             for name in part.column_names:
@@ -688,6 +714,12 @@ def blocks_from_parts(
             local = np.array([words.setdefault(w, len(words)) for w in said.dictionary.to_pylist()], np.int64)
             codes.append(local[said.indices.to_numpy()] if len(local) else np.zeros(0, np.int64))
             del part, said
+        if masks is not None and held is not None:
+            every = (
+                np.lexsort((np.concatenate(b_all), np.concatenate(a_all))) if a_all else np.zeros(0, np.int64)
+            )
+            masks.append(np.concatenate(kept)[every] if kept else np.zeros(0, bool))
+            del a_all, b_all, kept, every
         if not ia or not sum(len(x) for x in ia):
             blocks.append(PairBlock(ra, rb, np.zeros(0, np.int64), np.zeros(0, np.int64), pd.DataFrame(), []))
             continue
@@ -740,6 +772,24 @@ class ShardedFeatures:
     #: ``accepted`` pairs, with each block's ``rival`` indices in ``rivals``; else why not.
     decided: dict[str, Any] | str = "not asked for"
     rivals: list[np.ndarray] | None = None
+    #: What the blocks hold when they hold only the pairs that can matter (:mod:`.held_pairs`).
+    floor: PairFloor | None = None
+    #: The folder and plan of the parts (where the pairs the blocks do not hold stay).
+    parts: tuple[ShardFolder, list[CandidateShard]] | None = None
+
+
+def _held_decisions(
+    accepted: np.ndarray, rival: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A region pair's decisions (in its whole order) for the rows ``mask`` held, rivals renumbered.
+    A rival ties an accepted pair's score, so it is over the threshold and held too."""
+    rows = np.flatnonzero(mask)
+    number = np.cumsum(mask) - 1
+    rival = rival[rows]
+    tied = rival >= 0
+    if not mask[rival[tied]].all():
+        raise AssertionError("a tie rival was not held")
+    return accepted[rows], np.where(tied, number[np.where(tied, rival, 0)], -1).astype(np.int32)
 
 
 def read_features(
@@ -749,11 +799,14 @@ def read_features(
     center: bool,
     corroborate: bool | None = None,
     decide: tuple[float | None, str] | None = None,
+    hold: bool = False,
 ) -> ShardedFeatures:
     """The map tasks' output in ``folder`` for the reduce (:func:`.pipeline.match_tables`); with
     ``corroborate`` (the run's setting), the score task's scores and scorers where they fit the parts
     and that setting (:func:`.part_scores.read_scorers`), and with ``decide`` (the run's threshold
-    setting and method) its decisions where they fit those (:func:`.part_decisions.read_decisions`)."""
+    setting and method) its decisions where they fit those (:func:`.part_decisions.read_decisions`).
+    ``hold``: where the decisions fit and the run has more than :data:`.held_pairs.HOLD_ALL_UP_TO`
+    candidate pairs, only the pairs :mod:`.held_pairs` holds (``floor`` says which)."""
     from .part_decisions import read_decisions, read_region_pair_decisions
     from .part_scores import part_features, read_scorers
 
@@ -767,10 +820,27 @@ def read_features(
     if decide is not None:
         unscored = "the parts' scores do not fit this run"
         decided = unscored if isinstance(scorers, str) else read_decisions(folder, regions, *decide)
-    blocks = blocks_from_parts(folder, plan, regions, scores=not isinstance(scorers, str))
+    floor = None
+    if (
+        hold
+        and isinstance(decided, dict)
+        and held_pairs.candidate_count(folder, plan) > held_pairs.HOLD_ALL_UP_TO
+    ):
+        floor = pair_floor(folder, plan, regions, float(decided["threshold"]))
+        if floor.floor == -np.inf:  # too few pairs under the threshold to leave any out
+            floor = None
+    masks: list[np.ndarray] = []
+    blocks = blocks_from_parts(
+        folder, plan, regions, scores=not isinstance(scorers, str), held=floor, masks=masks
+    )
+    if floor is not None:
+        floor.finish()
     rivals = None
     if isinstance(decided, dict):
         read = [read_region_pair_decisions(folder, blk.ra, blk.rb) for blk in blocks]
+        if floor is not None:
+            read = [_held_decisions(*r, mask) for r, mask in zip(read, masks, strict=True)]
+        del masks
         if all(len(accepted) == len(blk) for blk, (accepted, _) in zip(blocks, read, strict=True)):
             for blk, (accepted, _) in zip(blocks, read, strict=True):
                 blk.accepted = accepted
@@ -783,6 +853,8 @@ def read_features(
         scorers=scorers,
         decided=decided,
         rivals=rivals,
+        floor=floor,
+        parts=(folder, list(plan)),
         figures=pair_figures(folder, plan, regions),
         lex_stats={r: (s.lex_keys, s.lex_df) for r, s in stats.items()},
         idf=run_idf(stats.values()),
@@ -807,11 +879,13 @@ def read_mapped(
     center: bool,
     corroborate: bool | None = None,
     decide: tuple[float | None, str] | None = None,
+    hold: bool = False,
 ) -> ShardedFeatures:
     """:func:`read_features` of the plan the map tasks ran (:func:`folder_plan`), for ``data``'s
     regions."""
     regions = sorted(data)
-    return read_features(folder, folder_plan(folder, regions, shards), regions, center, corroborate, decide)
+    plan = folder_plan(folder, regions, shards)
+    return read_features(folder, plan, regions, center, corroborate, decide, hold=hold)
 
 
 def check_listings(folder: Any, data: CatalogData) -> str | None:
@@ -837,6 +911,7 @@ def sharded_features(
     shards: int,
     folder: Any,
     store: Any | None = None,
+    hold: bool = False,
 ) -> ShardedFeatures:
     """The map tasks and the cuts in one process (``match --shards N``), then :func:`read_features`:
     search every stale shard (:func:`.shards.search_stale`), write each region's rows file and
@@ -865,4 +940,4 @@ def sharded_features(
         score_parts(folder, plan, regions, part_features(folder, plan), corroborate=corroborate)
         decide_parts(folder, plan, regions, threshold=settings.threshold, method=settings.method)
     decide = (settings.threshold, settings.method)
-    return read_features(folder, plan, regions, settings.center, settings.corroborate, decide)
+    return read_features(folder, plan, regions, settings.center, settings.corroborate, decide, hold=hold)

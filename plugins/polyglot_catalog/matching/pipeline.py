@@ -63,6 +63,7 @@ from .evaluate import (
 )
 from .evidence import EVIDENCE_COLUMNS, extract, idf_weights
 from .feature_parts import ShardedFeatures, check_listings, read_mapped, sharded_features
+from .held_pairs import PairFloor, RestPairs
 from .inputs import MatchInputs, SentenceSource, is_store, load_catalog, read_inputs
 from .lexical import NgramCounts, ngram_counts
 from .provenance import reproducibility_record
@@ -283,6 +284,7 @@ def match_catalog(
                 center=settings.center,
                 corroborate=settings.corroborate,
                 decide=(settings.threshold, settings.method),
+                hold=labels is None,
             )
         else:
             logger.warning("%s: the match task computes the pair features itself", why)
@@ -303,7 +305,10 @@ def match_catalog(
                     "store": inputs.store if path == "qdrant" else None,
                 }
                 if per_shard:
-                    features = functools.partial(sharded_features, **plan)
+                    # the pairs not held are read from the parts when the report is written, so
+                    # never from a temporary folder, gone when this function returns
+                    hold = labels is None and shard_dir is not None
+                    features = functools.partial(sharded_features, **plan, hold=hold)
                 else:  # must-links and the re-ranker need the products: features in this task
                     search = functools.partial(sharded_candidates, **plan)
         return match_tables(
@@ -388,6 +393,8 @@ def match_tables(
     timings["evidence"] = prep.evidence_seconds
 
     found, scored, decided = None, None, None
+    floor: PairFloor | None = None  # set when the blocks hold only the pairs that can matter
+    parts = None
     if search is not None:
         t0 = time.perf_counter()
         found = search(inputs.data)
@@ -400,6 +407,7 @@ def match_tables(
         timings["sharded_features"] = time.perf_counter() - t0
         path = f"{sharded.search.split(':')[0]} (shards)"
         blocks, figures, lex_stats = sharded.blocks, sharded.figures, sharded.lex_stats
+        floor, parts = sharded.floor, sharded.parts
         scored = sharded.scorers
         decided = (sharded.decided, sharded.rivals)
         prep.means, prep.idf, digests = sharded.means, sharded.idf, digests or sharded.digests
@@ -453,6 +461,8 @@ def match_tables(
 
     t0 = time.perf_counter()
     decisions_from = _decisions_from(decided, scores_from, lab)
+    if floor is not None and decisions_from != "score task":  # the blocks lack the pairs under the floor
+        raise RuntimeError(f"the blocks hold only the pairs over a floor, but {decisions_from} decides")
     if decisions_from == "score task":
         assert decided is not None
         manifest, rivals = decided
@@ -467,9 +477,14 @@ def match_tables(
     release_freed_memory()
 
     t0 = time.perf_counter()
-    candidates = {blk.key: len(blk) for blk in blocks}
+    candidates = dict(floor.totals) if floor is not None else {blk.key: len(blk) for blk in blocks}
     review = reviewed.summary(blocks) if reviewed is not None else None
     pairs, groups, unmatched, duplicates = result_tables(blocks, prep, settings, decision.threshold)
+    rest = None
+    if floor is not None and parts is not None:
+        rest = rest_pairs(
+            prep.data, floor, parts, corroborate=scorer2 is not None, sentences=bool(prep.sentence_stats)
+        )
     context = MatchContext(
         regions=prep.regions,
         parameters=dict(record.get("parameters", parameters)),
@@ -531,6 +546,7 @@ def match_tables(
         summary=summary,
         duplicates=duplicates,
         context=context if continuable else None,
+        rest=rest,
     )
 
 
@@ -1267,6 +1283,36 @@ def _shared_strings(parts: Sequence[Sequence[str]], orders: Sequence[np.ndarray]
     return pd.Categorical.from_codes(rank[flat], categories=pd.Index(words[by_word], dtype=object))
 
 
+def product_codes(data: CatalogData, values: Any) -> tuple[np.ndarray, pd.Index]:
+    """Per product number (region offset + row), the code of its ``values(table)`` among the
+    catalog's distinct values, and those values (the pairs table's categories)."""
+    codes, uniques = pd.factorize(
+        np.concatenate([np.asarray(values(t), dtype=object) for t in data.values()])
+    )
+    return codes.astype(np.int32), pd.Index(uniques, dtype=object)
+
+
+def rest_pairs(
+    data: CatalogData, floor: PairFloor, parts: tuple[Any, list[Any]], *, corroborate: bool, sentences: bool
+) -> RestPairs:
+    """The pairs the blocks did not hold, for the report (:class:`.held_pairs.RestPairs`)."""
+    sku_codes, skus = product_codes(data, lambda t: t.skus)
+    text_codes, texts = product_codes(data, lambda t: t.texts)
+    offsets = dict(zip(data, np.cumsum([0, *[len(t) for t in data.values()][:-1]]).tolist(), strict=True))
+    return RestPairs(
+        folder=parts[0],
+        plan=parts[1],
+        floor=floor,
+        offsets=offsets,
+        sku_codes=sku_codes,
+        text_codes=text_codes,
+        skus=skus,
+        texts=texts,
+        corroborate=corroborate,
+        sentences=sentences,
+    )
+
+
 def _product_columns(
     data: CatalogData, pid_a: np.ndarray, pid_b: np.ndarray, values: Any
 ) -> tuple[pd.Categorical, pd.Categorical]:
@@ -1277,13 +1323,10 @@ def _product_columns(
     at 100k products per region the two text columns alone were ~1 GB of repeated descriptions.
     Codes into the distinct values keep the same values at 4 bytes a pair.
     """
-    codes, uniques = pd.factorize(
-        np.concatenate([np.asarray(values(t), dtype=object) for t in data.values()])
-    )
-    categories = pd.Index(uniques, dtype=object)
+    codes, categories = product_codes(data, values)
 
     def side(pid: np.ndarray) -> pd.Categorical:
-        return pd.Categorical.from_codes(codes[pid].astype(np.int32), categories=categories)
+        return pd.Categorical.from_codes(codes[pid], categories=categories)
 
     return side(pid_a), side(pid_b)
 

@@ -36,7 +36,8 @@ def column_strings(column: pd.Series) -> np.ndarray:
 class MatchResult:
     """Everything one match run produced.
 
-    ``pairs`` holds every scored candidate pair (``region_a < region_b``) with ``score``, ``cosine``,
+    ``pairs`` holds every scored candidate pair (``region_a < region_b``; but see :attr:`rest`) with
+    ``score``, ``cosine``,
     ``decision`` (one of :data:`DECISIONS`), evidence columns (``ev_*`` / ``conflict_*`` floats and a
     human ``explain`` string) and ``text_a``/``text_b``. Columns whose values repeat (regions, SKUs,
     ``decision``, ``explain``, texts) are pandas categoricals, regions ordered by name; compare them with
@@ -66,6 +67,10 @@ class MatchResult:
     context: MatchContext | None = None
     #: How many candidate pairs the run scored, once :meth:`keep_accepted_pairs` dropped the others.
     scored_pairs: int | None = None
+    #: On a run from mapped parts past :data:`.held_pairs.HOLD_ALL_UP_TO` candidate pairs, the pairs
+    #: ``pairs`` does not hold (all below the threshold; :mod:`.held_pairs`): the report writes them
+    #: from the parts. None: ``pairs`` holds every candidate pair.
+    rest: Any = None
 
     @property
     def matches(self) -> pd.DataFrame:
@@ -75,7 +80,9 @@ class MatchResult:
     @property
     def pair_count(self) -> int:
         """How many candidate pairs the run scored (also after :meth:`keep_accepted_pairs`)."""
-        return len(self.pairs) if self.scored_pairs is None else self.scored_pairs
+        if self.scored_pairs is not None:
+            return self.scored_pairs
+        return len(self.pairs) + (self.rest.count if self.rest is not None else 0)
 
     def keep_accepted_pairs(self) -> None:
         """Drop the rejected candidate pairs once the report holds every pair on disk.
@@ -87,4 +94,5 @@ class MatchResult:
         total = self.pair_count
         self.pairs = self.matches.reset_index(drop=True)
         self.scored_pairs = total
+        self.rest = None
         release_freed_memory()

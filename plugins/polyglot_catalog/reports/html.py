@@ -331,21 +331,35 @@ def _matrix(
     return table
 
 
-def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] | None:
+def _decision_counts(decision: pd.Series, rest: Any) -> pd.Series:
+    """Pairs per decision, most first, with the pairs the table does not hold (all
+    ``below_threshold``) counted in: what ``value_counts`` of the whole table gives."""
+    if rest is None or not rest.count:
+        return decision.value_counts()
+    counts = decision.value_counts(sort=False)
+    counts["below_threshold"] = counts.get("below_threshold", 0) + rest.count
+    return counts.sort_values(ascending=False, kind="stable")
+
+
+def _histogram(pairs: pd.DataFrame, threshold: float | None, rest: Any = None) -> dict[str, Any] | None:
     """Two stacked panels (accepted above rejected) sharing one score axis, each scaled to itself.
 
     Rejected candidates usually outnumber accepted ones many times over; one shared y-axis would
-    flatten the accepted distribution into the floor.
+    flatten the accepted distribution into the floor. ``rest``: the rejected pairs the table does not
+    hold (:class:`.held_pairs.RestPairs`), as distinct scores and their counts.
     """
     if "score" not in pairs.columns or "decision" not in pairs.columns:
         return None
     scores = pd.to_numeric(pairs["score"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
     ok = np.isfinite(scores)
-    if not ok.any():
+    extra = np.zeros(0) if rest is None else rest.floor.rest_values
+    weights = np.zeros(0, np.int64) if rest is None else rest.floor.rest_counts
+    if not ok.any() and not len(extra):
         return None
     scores = scores[ok]
     accepted = (pairs["decision"] == "match").to_numpy()[ok]
-    lo, hi = float(scores.min()), float(scores.max())
+    every = np.concatenate([scores, extra])
+    lo, hi = float(every.min()), float(every.max())
     if threshold is not None:
         lo, hi = min(lo, threshold), max(hi, threshold)
     lo = math.floor(lo * 20) / 20
@@ -368,6 +382,8 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] |
         (("accepted pairs", "acc", accepted), ("rejected pairs", "rej", ~accepted))
     ):
         counts, _ = np.histogram(scores[mask], bins=edges)
+        if css == "rej" and len(extra):
+            counts = counts + np.histogram(extra, bins=edges, weights=weights)[0].astype(counts.dtype)
         peak = int(counts.max()) if counts.size else 0
         y0 = top + index * (panel_h + gap)
         bars = []
@@ -390,7 +406,7 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None) -> dict[str, Any] |
             {
                 "label": label,
                 "css": css,
-                "total": int(mask.sum()),
+                "total": int(mask.sum()) + (int(weights.sum()) if css == "rej" else 0),
                 "peak": peak,
                 "y0": y0,
                 "label_y": y0 - 8,
@@ -828,7 +844,7 @@ def build_context(
     decisions = (
         [
             {"decision": d, "label": DECISION_LABELS.get(str(d), str(d)), "count": int(c)}
-            for d, c in pairs["decision"].value_counts().items()
+            for d, c in _decision_counts(pairs["decision"], result.rest).items()
             if c
         ]
         if "decision" in pairs.columns
@@ -849,14 +865,14 @@ def build_context(
         "products": [{"region": r, "count": products.get(r, 0)} for r in regions],
         "total_products": sum(products.values()),
         "pair_counts": pair_rows,
-        "n_pairs": len(pairs),
+        "n_pairs": result.pair_count,
         "n_matches": n_matches,
         "decisions": decisions,
         "n_groups": int(result.groups["group_id"].nunique()) if "group_id" in result.groups.columns else 0,
         "group_sizes": _group_sizes(result.groups),
         "n_unmatched": len(result.unmatched),
         "matrix": _matrix(regions, pair_rows, products),
-        "histogram": _histogram(pairs, threshold),
+        "histogram": _histogram(pairs, threshold, result.rest),
         "labelled": bool(metrics),
         "overall": _metric_values(overall) if overall else None,
         "metric_rows": _metric_rows(metrics),

@@ -147,7 +147,7 @@ def report_summary(result: MatchResult, *, run_id: str | None = None) -> dict[st
     summary["report"] = {
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": {
-            "pairs": len(result.pairs),
+            "pairs": result.pair_count,
             "groups": len(result.groups),
             "unmatched": len(result.unmatched),
         },
@@ -303,7 +303,10 @@ def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
         if frame is None:
             continue
         path = folder / f"{name}.parquet"
-        frame.reset_index(drop=True).to_parquet(path, index=False, engine="pyarrow")
+        if name == "pairs" and result.rest is not None:  # the pairs the match task did not hold too
+            result.rest.write(path, frame)
+        else:
+            frame.reset_index(drop=True).to_parquet(path, index=False, engine="pyarrow")
         _fsync_file(path)
     # the Arrow copy of millions of pairs is gone: hand its pages back before the page is rendered
     pa.default_memory_pool().release_unused()
@@ -394,7 +397,7 @@ def write_reports(
     log.info(
         "wrote report %s: %d pairs, %d groups, %d unmatched",
         final,
-        len(result.pairs),
+        result.pair_count,
         count_groups(result.groups),  # groups, not group rows (one row per SKU)
         len(result.unmatched),
     )

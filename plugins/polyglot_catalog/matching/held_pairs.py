@@ -1,0 +1,353 @@
+"""Which candidate pairs the match task holds when the score task decided them (#26), and the rest
+streamed from the parts into ``pairs.parquet``.
+
+Why: with the feature parts, their scores and the one-to-one decisions made by map tasks, the match
+task still held every candidate pair with its features (~0.17 KB a pair: 4 GB at ~22 M pairs, 520k
+products per region at the bench's density). Most candidates score far below the threshold, and
+every later stage reads few of them:
+
+- the group rule touches only pairs over the threshold or accepted;
+- the unmatched table names each product's best candidate (the rows with its best score);
+- the match context keeps the pairs scoring :data:`.context.EDGE_FLOOR` or more in either pass;
+- the report's rejected samples are the rejected pairs nearest the threshold.
+
+A pair scoring below the threshold keeps the decision ``below_threshold``, no tie flag and its own
+explanation (corroboration is row-local), so it needs nothing but its part's row. The match task
+therefore holds the pairs at or above a floor (:func:`pair_floor`: the lowest of the threshold,
+``EDGE_FLOOR`` and the :data:`HELD_SAMPLE`-th best score below the threshold), the pairs with
+``p1`` at or above ``EDGE_FLOOR`` and each product's best pairs; the report's pairs file, its score
+histogram and its counts take the others from the parts (:class:`RestPairs`). Same files as the
+match task holding every pair, to the last bit (tests/test_matching_held_pairs.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .context import EDGE_FLOOR
+from .shard_storage import ShardFolder
+from .shards import CandidateShard
+
+#: Pairs below the threshold held whatever their score: the report shows the rejected pairs nearest
+#: the threshold (at most 30), and they must be among the held ones.
+HELD_SAMPLE = 64
+#: Rows of the pairs file written at a time from the parts (~0.1 KB each while written).
+WRITE_ROWS = 1 << 20
+#: Runs with at most this many candidate pairs hold them all (``MatchResult.pairs`` is then every
+#: pair, as on an unsharded run): ~0.35 GB of pairs table, where holding fewer saves little.
+HOLD_ALL_UP_TO = 2_000_000
+
+
+def _shards_of(plan: Sequence[CandidateShard], ra: str, rb: str) -> list[CandidateShard]:
+    return [s for s in plan if (s.query, s.other) == (ra, rb)]
+
+
+def _read(
+    folder: ShardFolder, shard: CandidateShard, columns: Sequence[str], scores: Sequence[str]
+) -> pa.Table:
+    """``columns`` of a shard's feature part with ``scores`` of its scores part (same rows)."""
+    from .feature_parts import features_name
+    from .part_scores import scores_name
+
+    with folder.open(features_name(shard)) as f:
+        part = pq.read_table(f, columns=list(columns))
+    if scores:
+        with folder.open(scores_name(shard)) as f:
+            present = pq.ParquetFile(f).schema_arrow.names
+            f.seek(0)
+            # ``ev_triangle`` only where the run corroborates (3 regions or more)
+            scored = pq.read_table(f, columns=[c for c in scores if c in present])
+        for name in scored.column_names:
+            part = part.append_column(name, scored[name])
+    return part
+
+
+@dataclass
+class PairFloor:
+    """What the match task holds of the scored parts (:func:`pair_floor`) and what it leaves there."""
+
+    #: Pairs scoring at least this are held; every pair below it is below the threshold.
+    floor: float
+    #: Per region, each product's best score over all its pairs (-inf: none).
+    best: dict[str, np.ndarray]
+    #: Candidate pairs per region pair (held or not).
+    totals: dict[tuple[str, str], int]
+    #: The scores of the pairs not held, as distinct values and counts (the report's histogram).
+    rest_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    rest_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    _rest: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    def held(
+        self, ra: str, rb: str, ia: np.ndarray, ib: np.ndarray, score: np.ndarray, p1: np.ndarray
+    ) -> np.ndarray:
+        """Which of a part's rows the match task holds; the others' scores are counted."""
+        keep = (score >= self.floor) | (p1 >= EDGE_FLOOR)
+        keep |= score == self.best[ra][ia]
+        keep |= score == self.best[rb][ib]
+        values, inverse = np.unique(score[~keep], return_inverse=True)
+        self._rest += [values, np.bincount(inverse, minlength=len(values)).astype(np.int64)]
+        return keep
+
+    def finish(self) -> None:
+        """Merge the counted scores of every part read."""
+        values, counts = self._rest[0::2], self._rest[1::2]
+        self._rest = []
+        if not values:
+            return
+        every, inverse = np.unique(np.concatenate(values), return_inverse=True)
+        self.rest_values = every
+        self.rest_counts = np.bincount(inverse, weights=np.concatenate(counts), minlength=len(every)).astype(
+            np.int64
+        )
+
+    @property
+    def rest(self) -> int:
+        """How many pairs are not held."""
+        return int(self.rest_counts.sum())
+
+
+def candidate_count(folder: Any, plan: Sequence[CandidateShard]) -> int:
+    """The candidate pairs of the plan's feature parts, from their footers alone."""
+    from .feature_parts import features_name
+
+    folder = ShardFolder.of(folder)
+    total = 0
+    for shard in plan:
+        with folder.open(features_name(shard)) as f:
+            total += pq.ParquetFile(f).metadata.num_rows
+    return total
+
+
+def pair_floor(
+    folder: Any, plan: Sequence[CandidateShard], regions: Sequence[str], threshold: float
+) -> PairFloor:
+    """One pass over the parts' ``ia``, ``ib`` and ``score``: each product's best score, the pairs
+    per region pair, and the floor (module docstring). Holds ~8 B a product and one part's columns."""
+    folder = ShardFolder.of(folder)
+    best: dict[str, np.ndarray] = {r: np.full(0, -np.inf) for r in regions}
+    totals: dict[tuple[str, str], int] = {}
+    below = np.zeros(0)  # the best HELD_SAMPLE scores under the threshold so far
+
+    def raise_best(region: str, rows: np.ndarray, score: np.ndarray) -> None:
+        if len(rows) and rows.max() >= len(best[region]):
+            grown = np.full(int(rows.max()) + 1, -np.inf)
+            grown[: len(best[region])] = best[region]
+            best[region] = grown
+        np.maximum.at(best[region], rows, score)
+
+    for ra, rb in itertools.combinations(sorted(regions), 2):
+        totals[(ra, rb)] = 0
+        for shard in _shards_of(plan, ra, rb):
+            part = _read(folder, shard, ("ia", "ib"), ("score",))
+            ia, ib = part["ia"].to_numpy(), part["ib"].to_numpy()
+            score = part["score"].to_numpy()
+            del part
+            totals[(ra, rb)] += len(score)
+            raise_best(ra, ia, score)
+            raise_best(rb, ib, score)
+            under = np.concatenate([below, score[score < threshold]])
+            below = np.sort(under)[-HELD_SAMPLE:] if len(under) > HELD_SAMPLE else under
+    floor = min(EDGE_FLOOR, threshold, float(below.min())) if len(below) >= HELD_SAMPLE else -np.inf
+    return PairFloor(floor=floor, best=best, totals=totals)
+
+
+@dataclass
+class RestPairs:
+    """The candidate pairs the match task did not hold, for the report: they stay in the parts of
+    ``folder`` and are written from there (:meth:`write`), after the held pairs of their region pair
+    that score at least the floor, in the pairs table's order (region pair, best score first, then
+    side-a and side-b product)."""
+
+    folder: ShardFolder
+    plan: list[CandidateShard]
+    floor: PairFloor
+    #: Per region, its first product number (the pairs table's ``pid`` offsets).
+    offsets: dict[str, int]
+    #: Per product number, its code in ``skus`` / ``texts`` (the pairs table's categories).
+    sku_codes: np.ndarray
+    text_codes: np.ndarray
+    skus: pd.Index
+    texts: pd.Index
+    corroborate: bool
+    sentences: bool
+
+    @property
+    def count(self) -> int:
+        return self.floor.rest
+
+    def _features(self) -> list[str]:
+        from .evidence import EVIDENCE_COLUMNS
+
+        return ["cosine", "csls", "lexical", *(["sentences"] if self.sentences else []), *EVIDENCE_COLUMNS]
+
+    def _tail(self, ra: str, rb: str, vocab: dict[str, int]) -> Iterator[pd.DataFrame]:
+        """The region pair's pairs under the floor, from its parts, in the table's order, a frame of
+        at most :data:`WRITE_ROWS` rows at a time (``vocab``: the file's explanation codes). Holds
+        ~22 B a pair of the region pair under the floor (their order) and one chunk."""
+        shards = _shards_of(self.plan, ra, rb)
+        keys = []  # per part: score, ia, ib of its rows under the floor, the part and the rows
+        for n, shard in enumerate(shards):
+            part = _read(self.folder, shard, ("ia", "ib"), ("score",))
+            score = part["score"].to_numpy()
+            rows = np.flatnonzero(score < self.floor.floor).astype(np.int32)
+            ia = part["ia"].to_numpy()[rows].astype(np.int32)
+            ib = part["ib"].to_numpy()[rows].astype(np.int32)
+            keys.append((score[rows], ia, ib, np.full(len(rows), n, np.int16), rows))
+            del part
+        if not keys or not sum(len(k[0]) for k in keys):
+            return
+        score, ia, ib, which, rows = (np.concatenate(k) for k in zip(*keys, strict=True))
+        del keys
+        order = np.lexsort((ib, ia, -score))
+        del score, ia, ib
+        columns = ("ia", "ib", *self._features(), "explain")
+        for lo in range(0, len(order), WRITE_ROWS):
+            chunk = order[lo : lo + WRITE_ROWS]
+            pieces, at = [], []
+            for n, shard in enumerate(shards):
+                mine = np.flatnonzero(which[chunk] == n)  # positions in the chunk
+                if len(mine):
+                    part = _read(self.folder, shard, columns, ("ev_triangle", "score"))
+                    pieces.append(part.take(pa.array(rows[chunk[mine]])))
+                    at.append(mine)
+                    del part
+            table = pa.concat_tables(pieces)
+            del pieces
+            position = np.concatenate(at)
+            back = np.empty(len(position), np.int64)
+            back[position] = np.arange(len(position))  # chunk position -> row of ``table``
+            yield self._frame(ra, rb, table.take(pa.array(back)), vocab)
+
+    def _frame(self, ra: str, rb: str, table: pa.Table, vocab: dict[str, int]) -> pd.DataFrame:
+        """Rows of the parts as the pairs table's columns (decision ``below_threshold``, no tie)."""
+        from .evidence import EVIDENCE_COLUMNS
+        from .pipeline import PAIR_COLUMNS
+        from .result import DECISIONS
+
+        def col(name: str, dtype: Any) -> np.ndarray:
+            return table[name].to_numpy().astype(dtype)
+
+        n = len(table)
+        pid_a = col("ia", np.int64) + self.offsets[ra]
+        pid_b = col("ib", np.int64) + self.offsets[rb]
+        regions = sorted(self.offsets)
+        region_cats = pd.Index(regions, dtype=object)
+        triangle = (
+            col("ev_triangle", np.float32) if "ev_triangle" in table.column_names else np.zeros(n, np.float32)
+        )
+        words, codes = final_explanations(table["explain"], triangle, self.corroborate)
+        recode = np.array([vocab[w] for w in words], np.int32)
+
+        def region(r: str) -> pd.Categorical:
+            return pd.Categorical.from_codes(
+                np.full(n, regions.index(r), np.int32), region_cats, ordered=True
+            )
+
+        columns: dict[str, Any] = {
+            "region_a": region(ra),
+            "sku_a": pd.Categorical.from_codes(self.sku_codes[pid_a], categories=self.skus),
+            "region_b": region(rb),
+            "sku_b": pd.Categorical.from_codes(self.sku_codes[pid_b], categories=self.skus),
+            "score": col("score", np.float64),
+            "cosine": col("cosine", np.float32),
+            "decision": pd.Categorical.from_codes(
+                np.full(n, DECISIONS.index("below_threshold"), np.int8),
+                pd.Index(list(DECISIONS), dtype=object),
+            ),
+            "ambiguous": np.zeros(n, bool),
+            "csls": col("csls", np.float32),
+            "lexical": col("lexical", np.float32),
+            "sentences": col("sentences", np.float32) if self.sentences else np.full(n, np.nan, np.float32),
+            **{c: col(c, np.float32) for c in EVIDENCE_COLUMNS},
+            "ev_triangle": triangle,
+            "explain": pd.Categorical.from_codes(recode[codes], pd.Index(list(vocab), dtype=object)),
+            "text_a": pd.Categorical.from_codes(self.text_codes[pid_a], categories=self.texts),
+            "text_b": pd.Categorical.from_codes(self.text_codes[pid_b], categories=self.texts),
+        }
+        return pd.DataFrame(columns, columns=PAIR_COLUMNS)
+
+    def explanations(self) -> set[str]:
+        """Every explanation the pairs under the floor carry (after corroboration)."""
+        out: set[str] = set()
+        for shard in self.plan:
+            part = _read(self.folder, shard, ("explain",), ("ev_triangle", "score"))
+            under = part.filter(pc.less(part["score"], self.floor.floor))
+            del part
+            triangle = (
+                under["ev_triangle"].to_numpy()
+                if "ev_triangle" in under.column_names
+                else np.zeros(len(under))
+            )
+            words, _ = final_explanations(under["explain"], triangle, self.corroborate)
+            out.update(words)
+        return out
+
+    def write(self, path: Any, held: pd.DataFrame) -> None:
+        """``pairs.parquet`` at ``path``: ``held`` (the match task's pairs table) at or above the floor
+        and every pair under it from the parts, region pair by region pair, in the table's order,
+        with the explanation categories the whole table would have (sorted distinct values)."""
+        score = held["score"].to_numpy(np.float64)
+        said = held["explain"].cat
+        words = sorted(set(said.categories[np.unique(said.codes.to_numpy())].tolist()) | self.explanations())
+        vocab = {w: i for i, w in enumerate(words)}
+        writer = None
+        try:
+            for ra, rb in itertools.combinations(sorted(self.offsets), 2):
+                mine = np.flatnonzero(
+                    (held["region_a"] == ra).to_numpy()
+                    & (held["region_b"] == rb).to_numpy()
+                    & (score >= self.floor.floor)
+                )
+                over = (
+                    _recode(held.iloc[mine[lo : lo + WRITE_ROWS]], vocab)
+                    for lo in range(0, len(mine), WRITE_ROWS)
+                )
+                for frame in itertools.chain(over, self._tail(ra, rb, vocab)):
+                    table = pa.Table.from_pandas(frame, preserve_index=False)
+                    del frame
+                    if writer is None:
+                        writer = pq.ParquetWriter(str(path), table.schema)
+                    writer.write_table(table.cast(writer.schema))
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+def final_explanations(explain: Any, triangle: np.ndarray, corroborate: bool) -> tuple[list[str], np.ndarray]:
+    """Rows' explanations as they end in the pairs table (with the third-region support said where
+    strong, :func:`.pipeline.corroborated`): the distinct strings and each row's index among them.
+    Works on distinct (explanation, support) values, not on a string per row."""
+    from .pipeline import corroborated
+
+    said = explain.combine_chunks().dictionary_encode() if isinstance(explain, pa.ChunkedArray) else explain
+    words = said.dictionary.to_pylist()
+    codes = said.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    if not corroborate:
+        return words, codes
+    triangle = np.asarray(triangle, np.float32)
+    weak = np.uint32(0xFFFFFFFF)  # a NaN's bits: never a support of 0.5 or more
+    bits = np.where(triangle >= 0.5, triangle.view(np.uint32), weak).astype(np.int64)
+    distinct, index = np.unique((codes << 32) | bits, return_inverse=True)
+    out = []
+    for key in distinct.tolist():
+        word, b = words[key >> 32], np.uint32(key & 0xFFFFFFFF)
+        out.append(word if b == weak else corroborated([word], [b.view(np.float32)])[0])
+    return out, index
+
+
+def _recode(frame: pd.DataFrame, vocab: dict[str, int]) -> pd.DataFrame:
+    """``frame`` with its explanations coded in the file's categories ``vocab``."""
+    frame = frame.copy()
+    mapping = np.array([vocab[str(w)] for w in frame["explain"].cat.categories], np.int32)
+    codes = frame["explain"].cat.codes.to_numpy()
+    frame["explain"] = pd.Categorical.from_codes(mapping[codes], pd.Index(list(vocab), dtype=object))
+    return frame

@@ -1,0 +1,121 @@
+"""The match task holding only the pairs that can matter (#26): on a run from mapped parts, the pairs
+below a floor stay in the parts, and the report (pairs file, groups, unmatched, summary, page) and
+the match context are the same as when it holds every candidate pair."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_matching_feature_parts import _catalog, _sentences
+
+from polyglot_catalog.matching import held_pairs
+from polyglot_catalog.matching.context import EDGE_FLOOR
+from polyglot_catalog.matching.pipeline import match_catalog
+from polyglot_catalog.reports.html import build_context
+from polyglot_catalog.reports.writer import write_reports
+
+WHEN = datetime(2026, 12, 7, tzinfo=UTC)
+
+
+def _page(result) -> dict:
+    context = build_context(result, run_id="r", generated_at=WHEN)
+    context.pop("timings")
+    return context
+
+
+def _summary(folder: Path) -> dict:
+    summary = json.loads((folder / "summary.json").read_text())
+    summary.pop("timings")
+    summary["report"].pop("written_at")
+    return summary
+
+
+@pytest.mark.parametrize(
+    ("shards", "sentences", "regions"),
+    [(1, False, 3), (3, True, 3), (2, False, 2)],
+    ids=["one-part", "sentences", "two-regions-no-corroboration"],
+)
+def test_holding_the_pairs_over_the_floor_writes_the_same_report(
+    shards: int, sentences: bool, regions: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = dict(list(_catalog(n=150).items())[:regions])
+    vectors = _sentences(data) if sentences else None
+    whole = match_catalog(data, k=5, sentences=vectors, shards=shards, shard_dir=tmp_path / "w")
+    assert whole.rest is None  # a small run holds every pair
+    monkeypatch.setattr(held_pairs, "HOLD_ALL_UP_TO", 0)
+    monkeypatch.setattr(held_pairs, "WRITE_ROWS", 97)  # the pairs file from the parts in many pieces
+    held = match_catalog(data, k=5, sentences=vectors, shards=shards, shard_dir=tmp_path / "h")
+    rest = held.rest
+    assert rest is not None and rest.count > 0 and len(held.pairs) < len(whole.pairs) / 2
+    assert held.pair_count == len(whole.pairs)
+    assert (whole.pairs["score"] < rest.floor.floor).sum() >= rest.count  # nothing over it is left out
+    assert held.summary["counts"] == whole.summary["counts"]
+
+    a, b = write_reports(tmp_path / "ra", whole), write_reports(tmp_path / "rb", held)
+    for name in ("pairs", "groups", "unmatched", "duplicates"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(a / f"{name}.parquet"), pd.read_parquet(b / f"{name}.parquet")
+        )
+    assert _summary(a) == _summary(b)
+    assert _page(whole) == _page(held)
+    # the same edges; their explanations' categories are those the table held (values compared)
+    pd.testing.assert_frame_equal(whole.context.edges, held.context.edges, check_categorical=False)
+    assert len(whole.context.edges) < len(whole.pairs)  # the context keeps some, not all
+
+
+def test_the_held_pairs_are_the_floor_the_edges_and_each_products_best(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _catalog(n=150)
+    whole = match_catalog(data, k=5, sentences=None, shards=2, shard_dir=tmp_path / "w")
+    monkeypatch.setattr(held_pairs, "HOLD_ALL_UP_TO", 0)
+    held = match_catalog(data, k=5, sentences=None, shards=2, shard_dir=tmp_path / "h")
+    floor = held.rest.floor
+    below = whole.pairs["score"] < held.summary["threshold"]
+    assert floor.floor <= min(EDGE_FLOOR, held.summary["threshold"])
+    assert (whole.pairs["score"][below] >= floor.floor).sum() >= held_pairs.HELD_SAMPLE
+    key = ["region_a", "sku_a", "region_b", "sku_b"]
+    kept = whole.pairs.merge(held.pairs[key], on=key, how="left", indicator=True)["_merge"] == "both"
+    over = (whole.pairs["score"] >= floor.floor).to_numpy()
+    assert kept.to_numpy()[over].all()
+    best = {}
+    for side in ("a", "b"):
+        best[side] = whole.pairs.groupby([f"region_{side}", f"sku_{side}"], observed=True)["score"].transform(
+            "max"
+        )
+    at_best = (whole.pairs["score"] == best["a"]) | (whole.pairs["score"] == best["b"])
+    rest = ~kept.to_numpy()
+    assert not (whole.pairs["decision"][rest] != "below_threshold").any()
+    assert not at_best.to_numpy()[rest].any() or _best_elsewhere(whole.pairs, rest)
+    assert np.array_equal(
+        np.sort(whole.pairs["score"].to_numpy()[rest]), np.repeat(floor.rest_values, floor.rest_counts)
+    )
+
+
+def _best_elsewhere(pairs: pd.DataFrame, rest: np.ndarray) -> bool:
+    """A pair left out at its product's best score on one side may only be one whose product has a
+    better pair on the other side (its best is over all its pairs, both sides)."""
+    ids = pd.concat(
+        [
+            pairs[["region_a", "sku_a", "score"]]
+            .set_axis(["region", "sku", "score"], axis=1)
+            .astype({"region": str, "sku": str}),
+            pairs[["region_b", "sku_b", "score"]]
+            .set_axis(["region", "sku", "score"], axis=1)
+            .astype({"region": str, "sku": str}),
+        ]
+    )
+    top = ids.groupby(["region", "sku"])["score"].max()
+    left = pairs[rest]
+    for side in ("a", "b"):
+        at = top.loc[
+            list(zip(left[f"region_{side}"].astype(str), left[f"sku_{side}"].astype(str), strict=True))
+        ].to_numpy()
+        if (left["score"].to_numpy() == at).any():
+            return False
+    return True
