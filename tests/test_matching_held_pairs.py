@@ -119,3 +119,55 @@ def _best_elsewhere(pairs: pd.DataFrame, rest: np.ndarray) -> bool:
         if (left["score"].to_numpy() == at).any():
             return False
     return True
+
+
+def test_a_held_full_run_commits_the_same_state_and_the_next_run_continues_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through ``run_match`` (the report written inside the state commit): the same report files,
+    groups and committed state, and the incremental run after it gives the same groups."""
+    from test_matching_incremental import _store_of, catalog
+
+    from polyglot_catalog.ids import point_id
+    from polyglot_catalog.matching.run import run_match
+    from polyglot_catalog.matching.state import read_state
+    from polyglot_catalog.store import open_client
+
+    data = catalog(n=80)
+    got = {}
+    for name, cap in (("whole", 10**12), ("held", 0)):
+        monkeypatch.setattr(held_pairs, "HOLD_ALL_UP_TO", cap)
+        client = open_client(path=":memory:")
+        store = _store_of(client, data)
+        seen = {}
+
+        def report(result, name=name, seen=seen):
+            seen.setdefault("rest", result.rest is not None)  # the first (full) run's
+            return write_reports(tmp_path / name / result.summary["mode"], result)
+
+        first, folder = run_match(
+            store,
+            run_id="r1",
+            write_report=report,
+            collection="cat",
+            model="m1",
+            shards=3,
+            shard_dir=tmp_path / name / "parts",
+        )
+        state = read_state(client, "cat")
+        store.set_payload([point_id("US", "US-4")], {"status": "stale"})
+        second, _ = run_match(store, run_id="r2", write_report=report, collection="cat", model="m1")
+        assert second.summary["mode"] == "incremental"
+        got[name] = (first, folder, state, second, seen["rest"])
+        client.close()
+    (w1, wf, ws, w2, w_rest), (h1, hf, hs, h2, h_rest) = got["whole"], got["held"]
+    assert h1.pair_count == w1.pair_count
+    assert h_rest and not w_rest  # the held run's report took the rest from the parts
+    for name in ("pairs", "groups", "unmatched"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(wf / f"{name}.parquet"), pd.read_parquet(hf / f"{name}.parquet")
+        )
+    assert ws is not None and hs is not None and ws.pop("committed_at") and hs.pop("committed_at")
+    assert ws == hs
+    pd.testing.assert_frame_equal(w2.groups, h2.groups)
+    pd.testing.assert_frame_equal(w2.pairs, h2.pairs, check_categorical=False)
