@@ -170,6 +170,7 @@ def _child(args: argparse.Namespace) -> None:
             center=True,
             corroborate=True,
             decide=(None, "hungarian"),
+            hold=not args.hold_all,  # as match_catalog without labels: only the pairs that can matter
         )
         result = match_tables(MatchInputs(data, None), MatchSettings(k=10), features=features)
     else:
@@ -183,7 +184,7 @@ def _child(args: argparse.Namespace) -> None:
 
             def report(r: MatchResult) -> None:
                 t1 = time.perf_counter()
-                write_reports(Path(tmp) / "report", r)
+                write_reports(Path(args.report_dir or tmp) / "report", r)
                 figures["report_seconds"] = time.perf_counter() - t1
                 if args.state:
                     r.keep_accepted_pairs()  # as run_match: the commit's apply runs without them
@@ -365,6 +366,12 @@ def main(argv: list[str] | None = None) -> None:
         help=argparse.SUPPRESS,
     )
     parser.add_argument("--state", action="store_true", help="the match task also commits the match state")
+    parser.add_argument(
+        "--hold-all",
+        action="store_true",
+        help="the match task holds every candidate pair (as before held_pairs)",
+    )
+    parser.add_argument("--report-dir", help="keep the match task's report here (a child's own run)")
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--shard", help=argparse.SUPPRESS)

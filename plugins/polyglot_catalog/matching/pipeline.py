@@ -536,6 +536,8 @@ def match_tables(
         summary["labels_note"] = labels_note
     if review is not None:
         summary["review"] = review
+    if rest is not None:  # how much of the run the match task held (the rest stayed in the parts)
+        summary["pairs_held"] = {"held": len(pairs), "in_parts": rest.count, "floor": float(rest.floor.floor)}
     # an incremental run continues with the same scorer: without a fitted one there is nothing to
     # continue; reviewed decisions and a re-ranker are applied by full runs only
     continuable = reviewed is None and rerank is None and context.scorer1 is not None
