@@ -294,32 +294,67 @@ class RestPairs:
     def write(self, path: Any, held: pd.DataFrame) -> None:
         """``pairs.parquet`` at ``path``: ``held`` (the match task's pairs table) at or above the floor
         and every pair under it from the parts, region pair by region pair, in the table's order,
-        with the explanation categories the whole table would have (sorted distinct values)."""
+        with the explanation categories the whole table would have (sorted distinct values), in row
+        groups of :data:`WRITE_ROWS` rows as ``DataFrame.to_parquet`` writes the whole table (each row
+        group carries the SKU and text dictionaries: smaller groups would repeat them)."""
         score = held["score"].to_numpy(np.float64)
         said = held["explain"].cat
         words = sorted(set(said.categories[np.unique(said.codes.to_numpy())].tolist()) | self.explanations())
         vocab = {w: i for i, w in enumerate(words)}
-        writer = None
-        try:
+
+        def frames() -> Iterator[pd.DataFrame]:
             for ra, rb in itertools.combinations(sorted(self.offsets), 2):
                 mine = np.flatnonzero(
                     (held["region_a"] == ra).to_numpy()
                     & (held["region_b"] == rb).to_numpy()
                     & (score >= self.floor.floor)
                 )
-                over = (
-                    _recode(held.iloc[mine[lo : lo + WRITE_ROWS]], vocab)
-                    for lo in range(0, len(mine), WRITE_ROWS)
-                )
-                for frame in itertools.chain(over, self._tail(ra, rb, vocab)):
-                    table = pa.Table.from_pandas(frame, preserve_index=False)
-                    del frame
-                    if writer is None:
-                        writer = pq.ParquetWriter(str(path), table.schema)
-                    writer.write_table(table.cast(writer.schema))
+                for lo in range(0, len(mine), WRITE_ROWS):
+                    yield _recode(held.iloc[mine[lo : lo + WRITE_ROWS]], vocab)
+                yield from self._tail(ra, rb, vocab)
+
+        with _RowGroups(path, _recode(held.iloc[:0], vocab)) as out:
+            for frame in frames():
+                out.add(frame)
+
+
+class _RowGroups:
+    """A Parquet file written from frames of any size in row groups of :data:`WRITE_ROWS` rows."""
+
+    def __init__(self, path: Any, empty: pd.DataFrame) -> None:
+        self.path, self.writer, self.empty = str(path), None, empty
+        self.pending: list[pd.DataFrame] = []
+        self.rows = 0
+
+    def add(self, frame: pd.DataFrame) -> None:
+        self.pending.append(frame)
+        self.rows += len(frame)
+        while self.rows >= WRITE_ROWS:
+            self._flush(WRITE_ROWS)
+
+    def _flush(self, rows: int) -> None:
+        whole = pd.concat(self.pending, ignore_index=True) if len(self.pending) > 1 else self.pending[0]
+        table = pa.Table.from_pandas(whole.iloc[:rows], preserve_index=False)
+        self.pending = [whole.iloc[rows:].reset_index(drop=True)] if len(whole) > rows else []
+        self.rows = len(whole) - rows
+        del whole
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table.cast(self.writer.schema), row_group_size=WRITE_ROWS)
+
+    def __enter__(self) -> _RowGroups:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        try:
+            if kind is None and self.rows:
+                self._flush(self.rows)
+            elif kind is None and self.writer is None:  # no pair at all: the file, with its columns
+                self.pending, self.rows = [self.empty], 0
+                self._flush(0)
         finally:
-            if writer is not None:
-                writer.close()
+            if self.writer is not None:
+                self.writer.close()
 
 
 def final_explanations(explain: Any, triangle: np.ndarray, corroborate: bool) -> tuple[list[str], np.ndarray]:
