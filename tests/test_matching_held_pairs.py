@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from test_matching_feature_parts import _catalog, _sentences
 
@@ -57,6 +58,9 @@ def test_holding_the_pairs_over_the_floor_writes_the_same_report(
     assert held.summary["counts"] == whole.summary["counts"]
 
     a, b = write_reports(tmp_path / "ra", whole), write_reports(tmp_path / "rb", held)
+    # the same Arrow columns (nulls where pandas wrote NaN, dictionaries, index widths), not only
+    # the same frames once read back
+    assert pq.read_table(a / "pairs.parquet").equals(pq.read_table(b / "pairs.parquet"))
     for name in ("pairs", "groups", "unmatched", "duplicates"):
         pd.testing.assert_frame_equal(
             pd.read_parquet(a / f"{name}.parquet"), pd.read_parquet(b / f"{name}.parquet")

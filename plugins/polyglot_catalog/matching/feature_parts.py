@@ -686,7 +686,7 @@ def blocks_from_parts(
             if not folder.exists(features_name(shard)):
                 raise ValueError(f"feature part of shard {shard.name} is missing in {folder}")
             with folder.open(features_name(shard)) as f:
-                part = pq.read_table(f)
+                part = pq.read_table(f, read_dictionary=["explain"])  # codes, not a string a pair
             if scores:
                 scored = read_part_scores(folder, shard)
                 for name in scored.column_names:
@@ -710,7 +710,7 @@ def blocks_from_parts(
             for name in part.column_names:
                 if name not in ("ia", "ib", "explain"):
                     cols.setdefault(name, []).append(part[name].to_numpy())
-            said = part["explain"].combine_chunks().dictionary_encode()
+            said = part["explain"].combine_chunks()  # one dictionary over the part's row groups
             local = np.array([words.setdefault(w, len(words)) for w in said.dictionary.to_pylist()], np.int64)
             codes.append(local[said.indices.to_numpy()] if len(local) else np.zeros(0, np.int64))
             del part, said

@@ -59,7 +59,10 @@ def _read(
     from .part_scores import scores_name
 
     with folder.open(features_name(shard)) as f:
-        part = pq.read_table(f, columns=list(columns))
+        # explanations as codes into their few distinct strings, not a string a row
+        part = pq.read_table(
+            f, columns=list(columns), read_dictionary=["explain"] if "explain" in columns else None
+        )
     if scores:
         with folder.open(scores_name(shard)) as f:
             present = pq.ParquetFile(f).schema_arrow.names
@@ -179,6 +182,7 @@ class RestPairs:
     texts: pd.Index
     corroborate: bool
     sentences: bool
+    _dicts: dict[str, pa.Array] | None = field(default=None, repr=False)
 
     @property
     def count(self) -> int:
@@ -189,7 +193,7 @@ class RestPairs:
 
         return ["cosine", "csls", "lexical", *(["sentences"] if self.sentences else []), *EVIDENCE_COLUMNS]
 
-    def _tail(self, ra: str, rb: str, vocab: dict[str, int]) -> Iterator[pd.DataFrame]:
+    def _tail(self, ra: str, rb: str, vocab: dict[str, int]) -> Iterator[pa.Table]:
         """The region pair's pairs under the floor, from its parts, in the table's order, a frame of
         at most :data:`WRITE_ROWS` rows at a time (``vocab``: the file's explanation codes). Holds
         ~22 B a pair of the region pair under the floor (their order) and one chunk."""
@@ -225,13 +229,31 @@ class RestPairs:
             position = np.concatenate(at)
             back = np.empty(len(position), np.int64)
             back[position] = np.arange(len(position))  # chunk position -> row of ``table``
-            yield self._frame(ra, rb, table.take(pa.array(back)), vocab)
+            rows_out = self._rows(ra, rb, table.take(pa.array(back)), vocab)
+            del table
+            pa.default_memory_pool().release_unused()  # the parts read for this chunk
+            yield rows_out
 
-    def _frame(self, ra: str, rb: str, table: pa.Table, vocab: dict[str, int]) -> pd.DataFrame:
-        """Rows of the parts as the pairs table's columns (decision ``below_threshold``, no tie)."""
-        from .evidence import EVIDENCE_COLUMNS
-        from .pipeline import PAIR_COLUMNS
+    def _dictionaries(self, vocab: dict[str, int]) -> dict[str, pa.Array]:
+        """The file's dictionaries, made once and shared by every row group's columns."""
         from .result import DECISIONS
+
+        return {
+            "region": pa.array(sorted(self.offsets), pa.string()),
+            "sku": pa.array(self.skus.to_numpy(object), pa.string()),
+            "text": pa.array(self.texts.to_numpy(object), pa.string()),
+            "decision": pa.array(list(DECISIONS), pa.string()),
+            "explain": pa.array(list(vocab), pa.string()),
+        }
+
+    def _rows(self, ra: str, rb: str, table: pa.Table, vocab: dict[str, int]) -> pa.Table:
+        """Rows of the parts as the pairs file's columns (decision ``below_threshold``, no tie)."""
+        from .evidence import EVIDENCE_COLUMNS
+        from .result import DECISIONS
+
+        if self._dicts is None:
+            self._dicts = self._dictionaries(vocab)
+        d = self._dicts
 
         def col(name: str, dtype: Any) -> np.ndarray:
             return table[name].to_numpy().astype(dtype)
@@ -240,40 +262,69 @@ class RestPairs:
         pid_a = col("ia", np.int64) + self.offsets[ra]
         pid_b = col("ib", np.int64) + self.offsets[rb]
         regions = sorted(self.offsets)
-        region_cats = pd.Index(regions, dtype=object)
         triangle = (
             col("ev_triangle", np.float32) if "ev_triangle" in table.column_names else np.zeros(n, np.float32)
         )
         words, codes = final_explanations(table["explain"], triangle, self.corroborate)
-        recode = np.array([vocab[w] for w in words], np.int32)
-
-        def region(r: str) -> pd.Categorical:
-            return pd.Categorical.from_codes(
-                np.full(n, regions.index(r), np.int32), region_cats, ordered=True
-            )
-
-        columns: dict[str, Any] = {
-            "region_a": region(ra),
-            "sku_a": pd.Categorical.from_codes(self.sku_codes[pid_a], categories=self.skus),
-            "region_b": region(rb),
-            "sku_b": pd.Categorical.from_codes(self.sku_codes[pid_b], categories=self.skus),
-            "score": col("score", np.float64),
-            "cosine": col("cosine", np.float32),
-            "decision": pd.Categorical.from_codes(
-                np.full(n, DECISIONS.index("below_threshold"), np.int8),
-                pd.Index(list(DECISIONS), dtype=object),
+        recode = np.array([vocab[w] for w in words], np.int64)
+        columns = {
+            "region_a": _coded(np.full(n, regions.index(ra)), d["region"], ordered=True),
+            "sku_a": _coded(self.sku_codes[pid_a], d["sku"]),
+            "region_b": _coded(np.full(n, regions.index(rb)), d["region"], ordered=True),
+            "sku_b": _coded(self.sku_codes[pid_b], d["sku"]),
+            "score": _floats(col("score", np.float64)),
+            "cosine": _floats(col("cosine", np.float32)),
+            "decision": _coded(np.full(n, DECISIONS.index("below_threshold")), d["decision"]),
+            "ambiguous": _floats(np.zeros(n, bool)),
+            "csls": _floats(col("csls", np.float32)),
+            "lexical": _floats(col("lexical", np.float32)),
+            "sentences": _floats(
+                col("sentences", np.float32) if self.sentences else np.full(n, np.nan, np.float32)
             ),
-            "ambiguous": np.zeros(n, bool),
-            "csls": col("csls", np.float32),
-            "lexical": col("lexical", np.float32),
-            "sentences": col("sentences", np.float32) if self.sentences else np.full(n, np.nan, np.float32),
-            **{c: col(c, np.float32) for c in EVIDENCE_COLUMNS},
-            "ev_triangle": triangle,
-            "explain": pd.Categorical.from_codes(recode[codes], pd.Index(list(vocab), dtype=object)),
-            "text_a": pd.Categorical.from_codes(self.text_codes[pid_a], categories=self.texts),
-            "text_b": pd.Categorical.from_codes(self.text_codes[pid_b], categories=self.texts),
+            **{c: _floats(col(c, np.float32)) for c in EVIDENCE_COLUMNS},
+            "ev_triangle": _floats(triangle),
+            "explain": _coded(recode[codes], d["explain"]),
+            "text_a": _coded(self.text_codes[pid_a], d["text"]),
+            "text_b": _coded(self.text_codes[pid_b], d["text"]),
         }
-        return pd.DataFrame(columns, columns=PAIR_COLUMNS)
+        return pa.table(columns)
+
+    def _held_rows(self, frame: pd.DataFrame, vocab: dict[str, int]) -> pa.Table:
+        """Rows of the match task's pairs table as the pairs file's columns (its categoricals' codes
+        onto the file's dictionaries)."""
+        from .pipeline import PAIR_COLUMNS
+        from .result import DECISIONS
+
+        if self._dicts is None:
+            self._dicts = self._dictionaries(vocab)
+        d = self._dicts
+        regions = sorted(self.offsets)
+        out: dict[str, pa.Array] = {}
+        for name in PAIR_COLUMNS:
+            column = frame[name]
+            if name.startswith(("region_", "sku_", "text_")) or name in ("decision", "explain"):
+                cats = (
+                    [str(c) for c in column.cat.categories]
+                    if not name.startswith(("sku_", "text_"))
+                    else None
+                )
+                codes = column.cat.codes.to_numpy().astype(np.int64)
+                if name.startswith("region_"):
+                    codes = np.array([regions.index(c) for c in cats], np.int64)[codes]
+                    out[name] = _coded(codes, d["region"], ordered=True)
+                elif name == "decision":
+                    codes = np.array([DECISIONS.index(c) for c in cats], np.int64)[codes]
+                    out[name] = _coded(codes, d["decision"])
+                elif name == "explain":
+                    out[name] = _coded(np.array([vocab[c] for c in cats], np.int64)[codes], d["explain"])
+                else:  # the table's SKU and text categories are the catalog's, in this order
+                    kind = "sku" if name.startswith("sku_") else "text"
+                    if len(column.cat.categories) != len(d[kind]):
+                        raise AssertionError(f"the pairs table's {kind} categories are not the catalog's")
+                    out[name] = _coded(codes, d[kind])
+            else:
+                out[name] = _floats(column.to_numpy())
+        return pa.table(out)
 
     def explanations(self) -> set[str]:
         """Every explanation the pairs under the floor carry (after corroboration)."""
@@ -289,6 +340,8 @@ class RestPairs:
             )
             words, _ = final_explanations(under["explain"], triangle, self.corroborate)
             out.update(words)
+            del under
+            pa.default_memory_pool().release_unused()
         return out
 
     def write(self, path: Any, held: pd.DataFrame) -> None:
@@ -302,7 +355,9 @@ class RestPairs:
         words = sorted(set(said.categories[np.unique(said.codes.to_numpy())].tolist()) | self.explanations())
         vocab = {w: i for i, w in enumerate(words)}
 
-        def frames() -> Iterator[pd.DataFrame]:
+        self._dicts = None
+
+        def frames() -> Iterator[pa.Table]:
             for ra, rb in itertools.combinations(sorted(self.offsets), 2):
                 mine = np.flatnonzero(
                     (held["region_a"] == ra).to_numpy()
@@ -310,37 +365,36 @@ class RestPairs:
                     & (score >= self.floor.floor)
                 )
                 for lo in range(0, len(mine), WRITE_ROWS):
-                    yield _recode(held.iloc[mine[lo : lo + WRITE_ROWS]], vocab)
+                    yield self._held_rows(held.iloc[mine[lo : lo + WRITE_ROWS]], vocab)
                 yield from self._tail(ra, rb, vocab)
 
-        with _RowGroups(path, _recode(held.iloc[:0], vocab)) as out:
+        with _RowGroups(path, self._held_rows(held.iloc[:0], vocab)) as out:
             for frame in frames():
                 out.add(frame)
 
 
 class _RowGroups:
-    """A Parquet file written from frames of any size in row groups of :data:`WRITE_ROWS` rows."""
+    """A Parquet file written from tables of any size in row groups of :data:`WRITE_ROWS` rows."""
 
-    def __init__(self, path: Any, empty: pd.DataFrame) -> None:
+    def __init__(self, path: Any, empty: pa.Table) -> None:
         self.path, self.writer, self.empty = str(path), None, empty
-        self.pending: list[pd.DataFrame] = []
+        self.pending: list[pa.Table] = []
         self.rows = 0
 
-    def add(self, frame: pd.DataFrame) -> None:
-        self.pending.append(frame)
-        self.rows += len(frame)
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.rows += len(table)
         while self.rows >= WRITE_ROWS:
             self._flush(WRITE_ROWS)
 
     def _flush(self, rows: int) -> None:
-        whole = pd.concat(self.pending, ignore_index=True) if len(self.pending) > 1 else self.pending[0]
-        table = pa.Table.from_pandas(whole.iloc[:rows], preserve_index=False)
-        self.pending = [whole.iloc[rows:].reset_index(drop=True)] if len(whole) > rows else []
+        whole = pa.concat_tables(self.pending) if len(self.pending) > 1 else self.pending[0]
+        table = whole.slice(0, rows)
+        self.pending = [whole.slice(rows)] if len(whole) > rows else []
         self.rows = len(whole) - rows
-        del whole
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema)
-        self.writer.write_table(table.cast(self.writer.schema), row_group_size=WRITE_ROWS)
+        self.writer.write_table(table, row_group_size=WRITE_ROWS)
 
     def __enter__(self) -> _RowGroups:
         return self
@@ -357,13 +411,28 @@ class _RowGroups:
                 self.writer.close()
 
 
+def _floats(values: np.ndarray) -> pa.Array:
+    """A column as ``DataFrame.to_parquet`` converts it: NaN becomes null."""
+    return pa.array(values, from_pandas=True)
+
+
+def _coded(codes: np.ndarray, dictionary: pa.Array, *, ordered: bool = False) -> pa.DictionaryArray:
+    """``codes`` into ``dictionary``, with the index width pandas gives a categorical of that many
+    categories (the file's schema is the one ``DataFrame.to_parquet`` wrote)."""
+    n = len(dictionary)
+    width = np.int8 if n < 2**7 else np.int16 if n < 2**15 else np.int32 if n < 2**31 else np.int64
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(width)), dictionary, ordered=ordered)
+
+
 def final_explanations(explain: Any, triangle: np.ndarray, corroborate: bool) -> tuple[list[str], np.ndarray]:
     """Rows' explanations as they end in the pairs table (with the third-region support said where
     strong, :func:`.pipeline.corroborated`): the distinct strings and each row's index among them.
     Works on distinct (explanation, support) values, not on a string per row."""
     from .pipeline import corroborated
 
-    said = explain.combine_chunks().dictionary_encode() if isinstance(explain, pa.ChunkedArray) else explain
+    said = explain.combine_chunks() if isinstance(explain, pa.ChunkedArray) else explain
+    if not pa.types.is_dictionary(said.type):
+        said = said.dictionary_encode()
     words = said.dictionary.to_pylist()
     codes = said.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     if not corroborate:
@@ -377,12 +446,3 @@ def final_explanations(explain: Any, triangle: np.ndarray, corroborate: bool) ->
         word, b = words[key >> 32], np.uint32(key & 0xFFFFFFFF)
         out.append(word if b == weak else corroborated([word], [b.view(np.float32)])[0])
     return out, index
-
-
-def _recode(frame: pd.DataFrame, vocab: dict[str, int]) -> pd.DataFrame:
-    """``frame`` with its explanations coded in the file's categories ``vocab``."""
-    frame = frame.copy()
-    mapping = np.array([vocab[str(w)] for w in frame["explain"].cat.categories], np.int32)
-    codes = frame["explain"].cat.codes.to_numpy()
-    frame["explain"] = pd.Categorical.from_codes(mapping[codes], pd.Index(list(vocab), dtype=object))
-    return frame
