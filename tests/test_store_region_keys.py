@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 from fakes import FakeEncoder, RegionKeyedServer
 from qdrant_client import QdrantClient, models
-from test_matching_qdrant_shards import _offset_catalog, _write
-from test_matching_shards import COLUMNS
+from test_matching_qdrant_shards import _offset_catalog, _same, _write
 
 from polyglot_catalog.embed import embed_catalog
 from polyglot_catalog.ids import point_id
@@ -129,22 +128,13 @@ def test_the_qdrant_match_over_region_keys_gives_the_unsharded_collections_pairs
     data = _offset_catalog(60)
     _write(plain, data)
     _write(keyed, data)
+    qdrant = {"k": 5, "sentences": None, "candidates": "qdrant"}
     for store in (plain, keyed):  # qdrant-client local mode changes the last bits of the vectors it
-        match_catalog(store, k=5, sentences=None, candidates="qdrant")  # returns after its first searches
+        match_catalog(store, **qdrant)  # returns after its first searches
     server.routed.clear()
-    base = match_catalog(plain, k=5, sentences=None, candidates="qdrant", hnsw_ef=64)
+    base = match_catalog(plain, **qdrant, hnsw_ef=64)
     for shards in (None, 3):
-        got = match_catalog(
-            keyed,
-            k=5,
-            sentences=None,
-            candidates="qdrant",
-            hnsw_ef=64,
-            shards=shards,
-            shard_dir=tmp_path / "s",
-        )
-        pd.testing.assert_frame_equal(base.pairs[COLUMNS], got.pairs[COLUMNS])
-        pd.testing.assert_frame_equal(base.groups, got.groups)
+        _same(base, match_catalog(keyed, **qdrant, hnsw_ef=64, shards=shards, shard_dir=tmp_path / "s"))
     queried = {key for call, key in server.routed if call == "query"}
     assert queried == set(data) and {key for call, key in server.routed if call == "scroll"} == set(data)
 
