@@ -43,8 +43,10 @@ HELD_SAMPLE = 64
 #: Rows of the pairs file written at a time from the parts (~0.1 KB each while written).
 WRITE_ROWS = 1 << 20
 #: Runs with at most this many candidate pairs hold them all (``MatchResult.pairs`` is then every
-#: pair, as on an unsharded run): ~0.35 GB of pairs table, where holding fewer saves little.
-HOLD_ALL_UP_TO = 2_000_000
+#: pair, as on an unsharded run). Measured (bench/RESULTS.md, 2026-12-07 17:45): at 4.1 M pairs
+#: holding some saved 3% of the match task's peak for 19% more time (its report reads the parts
+#: again); at 12.6 M it saved 27% for 2%.
+HOLD_ALL_UP_TO = 5_000_000
 
 
 def _shards_of(plan: Sequence[CandidateShard], ra: str, rb: str) -> list[CandidateShard]:
