@@ -973,7 +973,9 @@ def render_html(
         run_id (str | None): shown in the header. Defaults to ``summary["run_id"]`` if present.
         generated_at (datetime | None): shown in the header. Defaults to now (UTC).
         sample_size (int): pairs shown side by side, split between accepted, conflicting and
-            rejected pairs nearest the threshold. Defaults to 30.
+            rejected pairs nearest the threshold. Defaults to 30. A result that holds only some
+            pairs (``result.rest``) has the 64 rejected pairs nearest the threshold
+            (:data:`.matching.held_pairs.HELD_SAMPLE`): a larger sample shows at most those.
 
     Returns:
         str: a complete HTML document with inline CSS and SVG; it loads nothing from anywhere.
