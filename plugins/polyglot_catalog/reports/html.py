@@ -974,8 +974,9 @@ def render_html(
         generated_at (datetime | None): shown in the header. Defaults to now (UTC).
         sample_size (int): pairs shown side by side, split between accepted, conflicting and
             rejected pairs nearest the threshold. Defaults to 30. A result that holds only some
-            pairs (``result.rest``) has the 64 rejected pairs nearest the threshold
-            (:data:`.matching.held_pairs.HELD_SAMPLE`): a larger sample shows at most those.
+            pairs (``result.rest``) holds the 64 rejected pairs nearest the threshold
+            (:data:`.matching.held_pairs.HELD_SAMPLE`); a sample asking for more rejected pairs
+            takes the rest of them from the held pairs only.
 
     Returns:
         str: a complete HTML document with inline CSS and SVG; it loads nothing from anywhere.
