@@ -80,6 +80,12 @@ UNIT_TOLERANCE = 1e-6
 UNIT_CHUNK = 8_192
 
 
+def product_offsets(data: CatalogData) -> dict[str, int]:
+    """Global product number of each region's first row (regions in ``data`` order): a product's
+    number is its region's offset plus its row."""
+    return dict(zip(data, np.cumsum([0, *[len(t) for t in data.values()][:-1]]).tolist(), strict=True))
+
+
 def unit_rows(vectors: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     """Each row of a float32 matrix at unit length, row by row (float64 length and division).
 

@@ -58,7 +58,7 @@ from .context import (
     scorer_from_state,
     text_keys,
 )
-from .data import CatalogData, RegionTable
+from .data import CatalogData, RegionTable, product_offsets
 from .evaluate import (
     apply_group_rule,
     evaluate_pairs,
@@ -350,7 +350,7 @@ def match_incremental(
     t0 = time.perf_counter()
     kept_blocks, seeds = _kept_pairs(context, data, old_rows, same, threshold)
     for r in regions:
-        seeds.append(_offsets(data)[r] + changed[r])
+        seeds.append(product_offsets(data)[r] + changed[r])
 
     # -- scores with the frozen scorers
     scorer1 = scorer_from_state(context.scorer1)
@@ -510,11 +510,6 @@ def _reverse_neighbours(
     return q[keep], o[keep]
 
 
-def _offsets(data: CatalogData) -> dict[str, int]:
-    """Global product number of each region's first row (regions in ``data`` order)."""
-    return dict(zip(data, np.cumsum([0, *[len(t) for t in data.values()][:-1]]).tolist(), strict=True))
-
-
 def _rows(table: RegionTable, skus: np.ndarray) -> np.ndarray:
     """Current row of each SKU in a canonical (SKU-sorted) table, -1 where absent."""
     at, found = positions(np.asarray(table.skus, dtype=object), skus)
@@ -541,7 +536,7 @@ def _kept_pairs(
     """The context's pairs whose products are both unchanged, as blocks on the current rows, and
     the product numbers that lost an over-threshold pair (their decisions must be solved again)."""
     edges = context.edges
-    offsets = _offsets(data)
+    offsets = product_offsets(data)
     blocks, seeds = [], []
     ra_col, rb_col = edges["region_a"].astype(str).to_numpy(), edges["region_b"].astype(str).to_numpy()
     for ra, rb in itertools.combinations(context.regions, 2):
@@ -598,7 +593,7 @@ def _affected(
 ) -> np.ndarray:
     """Per product number: is it in a connected part of the over-threshold graph that a change
     touched (a changed product, or one that lost an over-threshold pair)?"""
-    offsets = _offsets(data)
+    offsets = product_offsets(data)
     total = sum(len(t) for t in data.values())
     src, dst = [], []
     for blk in blocks:
@@ -626,7 +621,7 @@ def _redecide(
 ) -> int:
     """Run the one-to-one, tie and group rules again on the affected over-threshold pairs (in place);
     returns how many pairs were decided again."""
-    offsets = _offsets(data)
+    offsets = product_offsets(data)
     chosen: list[np.ndarray] = []
     for blk in blocks:
         rows = np.flatnonzero((blk.score >= threshold) & affected[offsets[blk.ra] + blk.ia])

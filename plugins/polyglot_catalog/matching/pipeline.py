@@ -47,7 +47,7 @@ from .context import (
     scorer_state,
     text_keys,
 )
-from .data import CatalogData, RegionTable, center_region, centred_tables, region_mean
+from .data import CatalogData, RegionTable, center_region, centred_tables, product_offsets, region_mean
 from .evaluate import (
     Labels,
     apply_group_rule,
@@ -1192,7 +1192,7 @@ def _pairs_table(
     # the unmatched pass; int64 and a copy were ~0.2 GB more at 12.56 M pairs)
     index = np.int32 if max(len(b) for b in blocks) < 2**31 else np.int64
     orders = {n: np.argsort(-blocks[n].score, kind="stable").astype(index) for n in seq}
-    offset = dict(zip(data, np.cumsum([0, *[len(t) for t in data.values()][:-1]]), strict=True))
+    offset = product_offsets(data)
     pid = np.int32 if sum(len(t) for t in data.values()) < 2**31 else np.int64
     pid_a = np.concatenate([(blocks[n].ia[orders[n]] + offset[blocks[n].ra]).astype(pid) for n in seq])
     pid_b = np.concatenate([(blocks[n].ib[orders[n]] + offset[blocks[n].rb]).astype(pid) for n in seq])
@@ -1300,12 +1300,11 @@ def rest_pairs(
     """The pairs the blocks did not hold, for the report (:class:`.held_pairs.RestPairs`)."""
     sku_codes, skus = product_codes(data, lambda t: t.skus)
     text_codes, texts = product_codes(data, lambda t: t.texts)
-    offsets = dict(zip(data, np.cumsum([0, *[len(t) for t in data.values()][:-1]]).tolist(), strict=True))
     return RestPairs(
         folder=parts[0],
         plan=parts[1],
         floor=floor,
-        offsets=offsets,
+        offsets=product_offsets(data),
         sku_codes=sku_codes,
         text_codes=text_codes,
         skus=skus,
