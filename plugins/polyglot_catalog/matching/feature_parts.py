@@ -693,16 +693,11 @@ def blocks_from_parts(
                     part = part.append_column(name, scored[name])
                 del scored
             if held is not None:
-                a_all.append(part["ia"].to_numpy().astype(np.int32))
-                b_all.append(part["ib"].to_numpy().astype(np.int32))
-                keep = held.held(
-                    ra,
-                    rb,
-                    part["ia"].to_numpy(),
-                    part["ib"].to_numpy(),
-                    part["score"].to_numpy(),
-                    part["p1"].to_numpy(),
-                )
+                a, b = part["ia"].to_numpy(), part["ib"].to_numpy()
+                a_all.append(a.astype(np.int32))
+                b_all.append(b.astype(np.int32))
+                keep = held.held(ra, rb, a, b, part["score"].to_numpy(), part["p1"].to_numpy())
+                del a, b
                 kept.append(keep)
                 part = part.filter(pa.array(keep))
             ia.append(part["ia"].to_numpy())
@@ -826,7 +821,8 @@ def read_features(
         and isinstance(decided, dict)
         and held_pairs.candidate_count(folder, plan) > held_pairs.HOLD_ALL_UP_TO
     ):
-        floor = pair_floor(folder, plan, regions, float(decided["threshold"]))
+        products = {r: s.rows for r, s in stats.items()}
+        floor = pair_floor(folder, plan, products, float(decided["threshold"]))
         if floor.floor == -np.inf:  # too few pairs under the threshold to leave any out
             floor = None
     masks: list[np.ndarray] = []

@@ -23,7 +23,7 @@ match task holding every pair, to the last bit (tests/test_matching_held_pairs.p
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +89,8 @@ class PairFloor:
     #: The scores of the pairs not held, as distinct values and counts (the report's histogram).
     rest_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
     rest_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    _rest: list[np.ndarray] = field(default_factory=list, repr=False)
+    _values: list[np.ndarray] = field(default_factory=list, repr=False)  # per part read, till finish()
+    _counts: list[np.ndarray] = field(default_factory=list, repr=False)
 
     def held(
         self, ra: str, rb: str, ia: np.ndarray, ib: np.ndarray, score: np.ndarray, p1: np.ndarray
@@ -99,13 +100,14 @@ class PairFloor:
         keep |= score == self.best[ra][ia]
         keep |= score == self.best[rb][ib]
         values, inverse = np.unique(score[~keep], return_inverse=True)
-        self._rest += [values, np.bincount(inverse, minlength=len(values)).astype(np.int64)]
+        self._values.append(values)
+        self._counts.append(np.bincount(inverse, minlength=len(values)))
         return keep
 
     def finish(self) -> None:
         """Merge the counted scores of every part read."""
-        values, counts = self._rest[0::2], self._rest[1::2]
-        self._rest = []
+        values, counts = self._values, self._counts
+        self._values, self._counts = [], []
         if not values:
             return
         every, inverse = np.unique(np.concatenate(values), return_inverse=True)
@@ -133,23 +135,16 @@ def candidate_count(folder: Any, plan: Sequence[CandidateShard]) -> int:
 
 
 def pair_floor(
-    folder: Any, plan: Sequence[CandidateShard], regions: Sequence[str], threshold: float
+    folder: Any, plan: Sequence[CandidateShard], products: Mapping[str, int], threshold: float
 ) -> PairFloor:
     """One pass over the parts' ``ia``, ``ib`` and ``score``: each product's best score, the pairs
-    per region pair, and the floor (module docstring). Holds ~8 B a product and one part's columns."""
+    per region pair, and the floor (module docstring). ``products``: each region's product count.
+    Holds ~8 B a product and one part's columns."""
     folder = ShardFolder.of(folder)
-    best: dict[str, np.ndarray] = {r: np.full(0, -np.inf) for r in regions}
+    best = {r: np.full(n, -np.inf) for r, n in products.items()}
     totals: dict[tuple[str, str], int] = {}
     below = np.zeros(0)  # the best HELD_SAMPLE scores under the threshold so far
-
-    def raise_best(region: str, rows: np.ndarray, score: np.ndarray) -> None:
-        if len(rows) and rows.max() >= len(best[region]):
-            grown = np.full(int(rows.max()) + 1, -np.inf)
-            grown[: len(best[region])] = best[region]
-            best[region] = grown
-        np.maximum.at(best[region], rows, score)
-
-    for ra, rb in itertools.combinations(sorted(regions), 2):
+    for ra, rb in itertools.combinations(sorted(products), 2):
         totals[(ra, rb)] = 0
         for shard in _shards_of(plan, ra, rb):
             part = _read(folder, shard, ("ia", "ib"), ("score",))
@@ -157,8 +152,8 @@ def pair_floor(
             score = part["score"].to_numpy()
             del part
             totals[(ra, rb)] += len(score)
-            raise_best(ra, ia, score)
-            raise_best(rb, ib, score)
+            np.maximum.at(best[ra], ia, score)
+            np.maximum.at(best[rb], ib, score)
             under = np.concatenate([below, score[score < threshold]])
             below = np.sort(under)[-HELD_SAMPLE:] if len(under) > HELD_SAMPLE else under
     floor = min(EDGE_FLOOR, threshold, float(below.min())) if len(below) >= HELD_SAMPLE else -np.inf
@@ -184,7 +179,6 @@ class RestPairs:
     texts: pd.Index
     corroborate: bool
     sentences: bool
-    _dicts: dict[str, pa.Array] | None = field(default=None, repr=False)
 
     @property
     def count(self) -> int:
@@ -195,9 +189,10 @@ class RestPairs:
 
         return ["cosine", "csls", "lexical", *(["sentences"] if self.sentences else []), *EVIDENCE_COLUMNS]
 
-    def _tail(self, ra: str, rb: str, vocab: dict[str, int]) -> Iterator[pa.Table]:
+    def _tail(self, ra: str, rb: str, vocab: dict[str, int], d: dict[str, pa.Array]) -> Iterator[pa.Table]:
         """The region pair's pairs under the floor, from its parts, in the table's order, a frame of
-        at most :data:`WRITE_ROWS` rows at a time (``vocab``: the file's explanation codes). Holds
+        at most :data:`WRITE_ROWS` rows at a time (``vocab``: the file's explanation codes, ``d``
+        its dictionaries). Holds
         ~22 B a pair of the region pair under the floor (their order) and one chunk."""
         shards = _shards_of(self.plan, ra, rb)
         keys = []  # per part: score, ia, ib of its rows under the floor, the part and the rows
@@ -231,7 +226,7 @@ class RestPairs:
             position = np.concatenate(at)
             back = np.empty(len(position), np.int64)
             back[position] = np.arange(len(position))  # chunk position -> row of ``table``
-            rows_out = self._rows(ra, rb, table.take(pa.array(back)), vocab)
+            rows_out = self._rows(ra, rb, table.take(pa.array(back)), vocab, d)
             del table
             pa.default_memory_pool().release_unused()  # the parts read for this chunk
             yield rows_out
@@ -248,14 +243,12 @@ class RestPairs:
             "explain": pa.array(list(vocab), pa.string()),
         }
 
-    def _rows(self, ra: str, rb: str, table: pa.Table, vocab: dict[str, int]) -> pa.Table:
+    def _rows(
+        self, ra: str, rb: str, table: pa.Table, vocab: dict[str, int], d: dict[str, pa.Array]
+    ) -> pa.Table:
         """Rows of the parts as the pairs file's columns (decision ``below_threshold``, no tie)."""
         from .evidence import EVIDENCE_COLUMNS
         from .result import DECISIONS
-
-        if self._dicts is None:
-            self._dicts = self._dictionaries(vocab)
-        d = self._dicts
 
         def col(name: str, dtype: Any) -> np.ndarray:
             return table[name].to_numpy().astype(dtype)
@@ -291,15 +284,12 @@ class RestPairs:
         }
         return pa.table(columns)
 
-    def _held_rows(self, frame: pd.DataFrame, vocab: dict[str, int]) -> pa.Table:
+    def _held_rows(self, frame: pd.DataFrame, vocab: dict[str, int], d: dict[str, pa.Array]) -> pa.Table:
         """Rows of the match task's pairs table as the pairs file's columns (its categoricals' codes
-        onto the file's dictionaries)."""
+        onto the file's dictionaries ``d``)."""
         from .pipeline import PAIR_COLUMNS
         from .result import DECISIONS
 
-        if self._dicts is None:
-            self._dicts = self._dictionaries(vocab)
-        d = self._dicts
         regions = sorted(self.offsets)
         out: dict[str, pa.Array] = {}
         for name in PAIR_COLUMNS:
@@ -356,8 +346,7 @@ class RestPairs:
         said = held["explain"].cat
         words = sorted(set(said.categories[np.unique(said.codes.to_numpy())].tolist()) | self.explanations())
         vocab = {w: i for i, w in enumerate(words)}
-
-        self._dicts = None
+        d = self._dictionaries(vocab)
 
         def frames() -> Iterator[pa.Table]:
             for ra, rb in itertools.combinations(sorted(self.offsets), 2):
@@ -367,10 +356,10 @@ class RestPairs:
                     & (score >= self.floor.floor)
                 )
                 for lo in range(0, len(mine), WRITE_ROWS):
-                    yield self._held_rows(held.iloc[mine[lo : lo + WRITE_ROWS]], vocab)
-                yield from self._tail(ra, rb, vocab)
+                    yield self._held_rows(held.iloc[mine[lo : lo + WRITE_ROWS]], vocab, d)
+                yield from self._tail(ra, rb, vocab, d)
 
-        with _RowGroups(path, self._held_rows(held.iloc[:0], vocab)) as out:
+        with _RowGroups(path, self._held_rows(held.iloc[:0], vocab, d)) as out:
             for frame in frames():
                 out.add(frame)
 
