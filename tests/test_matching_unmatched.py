@@ -125,3 +125,30 @@ def test_a_tie_for_best_candidate_goes_to_the_earlier_row_and_side_a_first() -> 
         "US/u0": "DE/d0",
         "US/u1": "FR/f1",  # rows 1 and 4 tie: the earlier
     }
+
+
+def test_twin_holders_agree_with_a_lookup_of_every_accepted_link() -> None:
+    """Which accepted row took each unmatched product's best candidate: the sorted-key lookup the
+    match task uses gives what a plain ``(product, region) -> row`` mapping gives, the later row
+    where two accepted rows link one product into the same region."""
+    rng = np.random.default_rng(3)
+    regions = np.array(["DE", "FR", "JP", "US"], dtype=object)
+    n_prod, n_pairs = 60, 400
+    region_col = regions[rng.integers(0, len(regions), n_prod)]
+    pid_a, pid_b = rng.integers(0, n_prod, n_pairs), rng.integers(0, n_prod, n_pairs)
+    pairs = pd.DataFrame(
+        {"region_a": pd.Categorical(region_col[pid_a]), "region_b": pd.Categorical(region_col[pid_b])}
+    )
+    match_rows = np.flatnonzero(rng.random(n_pairs) < 0.3)
+    keep = rng.choice(n_prod, 40, replace=False)
+    partner = rng.integers(0, n_prod, len(keep))
+
+    got = pipeline._twin_holders(pairs, pid_a, pid_b, match_rows, region_col, partner, keep)
+
+    taken: dict[tuple[int, str], int] = {}
+    for j in match_rows:
+        taken[(int(pid_a[j]), region_col[pid_b[j]])] = int(j)
+        taken[(int(pid_b[j]), region_col[pid_a[j]])] = int(j)
+    want = [taken.get((int(p), region_col[x]), -1) for p, x in zip(partner, keep, strict=True)]
+    assert got.tolist() == want
+    assert (got >= 0).sum() > 5 and (got < 0).sum() > 5  # both kinds of answer exercised

@@ -1407,6 +1407,42 @@ def _rows_at_top(score: np.ndarray, top: np.ndarray, pid: np.ndarray, chunk: int
     return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
+def _twin_holders(
+    pairs: pd.DataFrame,
+    pid_a: np.ndarray,
+    pid_b: np.ndarray,
+    match_rows: np.ndarray,
+    region_col: np.ndarray | None,
+    partner: np.ndarray,
+    keep: np.ndarray,
+) -> np.ndarray:
+    """Per unmatched product ``keep[n]``, the accepted row that links its best candidate
+    ``partner[n]`` to a product of ``keep[n]``'s region (the later row where two do), or -1.
+
+    Keys ``product x (regions + 1) + region code`` sorted once and searched: a dict of ``(product,
+    region)`` tuples held ~200 B an accepted pair, the match task's peak at 300k x 3 (900k pairs).
+    """
+    if not len(keep) or not len(match_rows) or region_col is None:
+        return np.full(len(keep), -1, dtype=np.int64)
+    names = pd.Index(pd.unique(region_col))
+    width = len(names) + 1  # code 0: a region the catalog lacks
+
+    def codes(side: str) -> np.ndarray:
+        return names.get_indexer(pairs[side].take(match_rows).to_numpy(object)).astype(np.int64) + 1
+
+    keys = np.empty(2 * len(match_rows), dtype=np.int64)
+    keys[0::2] = pid_a[match_rows].astype(np.int64) * width + codes("region_b")
+    keys[1::2] = pid_b[match_rows].astype(np.int64) * width + codes("region_a")
+    rows = np.repeat(match_rows.astype(np.int64), 2)
+    order = np.argsort(keys, kind="stable")
+    keys, rows = keys[order], rows[order]
+    last = np.r_[keys[1:] != keys[:-1], True]  # of equal keys the later row, as a dict's overwrite
+    keys, rows = keys[last], rows[last]
+    wanted = partner.astype(np.int64) * width + names.get_indexer(region_col[keep]).astype(np.int64) + 1
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[at] == wanted, rows[at], -1)
+
+
 def _unmatched_reasons(
     pairs: pd.DataFrame,
     pid_a: np.ndarray,
@@ -1426,27 +1462,24 @@ def _unmatched_reasons(
     conflict = np.zeros(len(keep), dtype=bool)
     if len(pairs):
         conflict = (pairs["decision"].take(np.where(has, hit, 0)) == "conflict").to_numpy() & has
-    taken: dict[tuple[int, str], int] = {}  # (product, region of the other side) -> accepted row
-    reg_a = pairs["region_a"].take(match_rows).to_numpy(object)
-    reg_b = pairs["region_b"].take(match_rows).to_numpy(object)
-    for j, ra, rb in zip(match_rows, reg_a, reg_b, strict=True):
-        taken[(int(pid_a[j]), str(rb))] = int(j)
-        taken[(int(pid_b[j]), str(ra))] = int(j)
+    safe = np.where(has, hit, 0)
+    partner = np.where(side_a, pid_b[safe], pid_a[safe]) if len(pairs) else hit  # the best candidate
+    holder_row = _twin_holders(pairs, pid_a, pid_b, match_rows, region_col, partner, keep)
     out = []
-    for n, x in enumerate(keep):
+    for n in range(len(keep)):
         if not has[n]:
             out.append("no candidate in another region")
             continue
         j = int(hit[n])
-        partner = int(pid_b[j] if side_a[n] else pid_a[j])
-        where = f"{region_col[partner]}/{sku_col[partner]}"  # type: ignore[index]
+        p = int(partner[n])
+        where = f"{region_col[p]}/{sku_col[p]}"  # type: ignore[index]
         if conflict[n]:
             out.append(f"its match {where} was dropped: a group may hold one SKU per region")
         elif score[j] < threshold:
             out.append(f"best candidate {where} scores {score[j]:.3f}, below the threshold {threshold:.3f}")
-        elif (partner, str(region_col[x])) in taken:  # type: ignore[index]
-            t = taken[(partner, str(region_col[x]))]  # type: ignore[index]
-            holder = int(pid_a[t] if pid_b[t] == partner else pid_b[t])
+        elif holder_row[n] >= 0:
+            t = int(holder_row[n])
+            holder = int(pid_a[t] if pid_b[t] == p else pid_b[t])
             out.append(
                 f"twin {where} taken by {region_col[holder]}/{sku_col[holder]} "  # type: ignore[index]
                 f"(score {score[t]:.3f} vs {score[j]:.3f})"
