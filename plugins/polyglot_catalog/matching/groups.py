@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+import numpy as np
 import pandas as pd
 
 Node = tuple[str, str]  # (region, sku)
@@ -78,9 +79,13 @@ def group_components(
 def groups_table(comps: Sequence[Sequence[Node]]) -> pd.DataFrame:
     """The ``group_id, region, sku`` table of groups (sorted members each): ids ``g000001``... in
     the order of their sorted member lists, so they do not depend on how the groups were found."""
-    rows = [
-        {"group_id": f"g{gi:06d}", "region": region, "sku": sku}
-        for gi, comp in enumerate(sorted(comps), start=1)
-        for region, sku in comp
-    ]
-    return pd.DataFrame(rows, columns=["group_id", "region", "sku"])
+    ordered = sorted(comps)
+    # columns, not a dict per member (~0.3 KB each: +0.2 GB at 900k grouped products); a group's
+    # rows share its id's string
+    names = np.array([f"g{gi:06d}" for gi in range(1, len(ordered) + 1)], dtype=object)
+    group_id = np.repeat(names, [len(comp) for comp in ordered]) if ordered else np.zeros(0, dtype=object)
+    region = np.array([member[0] for comp in ordered for member in comp], dtype=object)
+    sku = np.array([member[1] for comp in ordered for member in comp], dtype=object)
+    return pd.DataFrame(
+        {"group_id": group_id, "region": region, "sku": sku}, columns=["group_id", "region", "sku"]
+    )
