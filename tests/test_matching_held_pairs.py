@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from test_matching_feature_parts import _catalog, _sentences
@@ -17,6 +19,7 @@ from test_matching_feature_parts import _catalog, _sentences
 from polyglot_catalog.matching import held_pairs
 from polyglot_catalog.matching.context import EDGE_FLOOR
 from polyglot_catalog.matching.pipeline import match_catalog
+from polyglot_catalog.matching.shards import CandidateShard
 from polyglot_catalog.reports.html import build_context
 from polyglot_catalog.reports.writer import write_reports
 
@@ -98,9 +101,9 @@ def test_the_held_pairs_are_the_floor_the_edges_and_each_products_best(
     rest = ~kept.to_numpy()
     assert not (whole.pairs["decision"][rest] != "below_threshold").any()
     assert not at_best.to_numpy()[rest].any() or _best_elsewhere(whole.pairs, rest)
-    assert np.array_equal(
-        np.sort(whole.pairs["score"].to_numpy()[rest]), np.repeat(floor.rest_values, floor.rest_counts)
-    )
+    left = np.sort(np.concatenate(list(held.rest.scores())))  # what the report's histogram reads
+    assert np.array_equal(np.sort(whole.pairs["score"].to_numpy()[rest]), left)
+    assert (floor.rest, floor.rest_low, floor.rest_high) == (len(left), left[0], left[-1])
 
 
 def _best_elsewhere(pairs: pd.DataFrame, rest: np.ndarray) -> bool:
@@ -177,3 +180,52 @@ def test_a_held_full_run_commits_the_same_state_and_the_next_run_continues_alike
     assert ws == hs
     pd.testing.assert_frame_equal(w2.groups, h2.groups)
     pd.testing.assert_frame_equal(w2.pairs, h2.pairs, check_categorical=False)
+
+
+def test_the_pairs_under_the_floor_come_out_in_the_tables_order_a_score_range_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The report writes the pairs it did not hold a range of scores at a time (memory bounded by the
+    range, not the region pair): whatever the range size, the rows come out best score first, then
+    side a, then side b, with runs of equal scores wider than a range and spread over the parts."""
+
+    rng = np.random.default_rng(5)
+    shards = [CandidateShard("DE", "FR", lo, lo + 10) for lo in (0, 10, 20)]
+    parts = {}
+    for shard in shards:
+        n = 40
+        score = rng.choice([0.05, 0.1, 0.1, 0.2, 0.3, 0.7], n) + np.where(
+            rng.random(n) < 0.3, rng.random(n) / 100, 0
+        )
+        parts[shard] = pa.table(
+            {
+                "ia": rng.integers(0, 500, n),
+                "ib": rng.integers(0, 500, n),
+                "score": score,
+                "row": np.arange(n),
+            }
+        )
+    monkeypatch.setattr(held_pairs, "_read", lambda folder, shard, columns, scores: parts[shard])
+    monkeypatch.setattr(held_pairs.RestPairs, "_features", lambda self: [])
+    monkeypatch.setattr(held_pairs.RestPairs, "_rows", lambda self, ra, rb, table, vocab, d: table)
+    floor = held_pairs.PairFloor(floor=0.5, best={}, totals={})
+    rest = held_pairs.RestPairs(
+        folder=None,
+        plan=shards,
+        floor=floor,
+        offsets={"DE": 0, "FR": 500},
+        sku_codes=np.zeros(0),
+        text_codes=np.zeros(0),
+        skus=pd.Index([]),
+        texts=pd.Index([]),
+        corroborate=False,
+        sentences=False,
+    )
+    every = pa.concat_tables(parts.values())
+    every = every.filter(pc.less(every["score"], 0.5)).to_pandas()
+    want = every.sort_values(["score", "ia", "ib"], ascending=[False, True, True], kind="stable")
+    for size in (1, 7, 25, 1000):
+        monkeypatch.setattr(held_pairs, "WRITE_ROWS", size)
+        got = pa.concat_tables(list(rest._tail("DE", "FR", {}, {}))).to_pandas()
+        assert got[["score", "ia", "ib"]].values.tolist() == want[["score", "ia", "ib"]].values.tolist(), size
+    assert (want["score"].value_counts() > 7).any()  # ties wider than a range

@@ -829,8 +829,6 @@ def read_features(
     blocks = blocks_from_parts(
         folder, plan, regions, scores=not isinstance(scorers, str), held=floor, masks=masks
     )
-    if floor is not None:
-        floor.finish()
     rivals = None
     if isinstance(decided, dict):
         read = [read_region_pair_decisions(folder, blk.ra, blk.rb) for blk in blocks]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -86,40 +86,33 @@ class PairFloor:
     best: dict[str, np.ndarray]
     #: Candidate pairs per region pair (held or not).
     totals: dict[tuple[str, str], int]
-    #: The scores of the pairs not held, as distinct values and counts (the report's histogram).
-    rest_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    rest_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    _values: list[np.ndarray] = field(default_factory=list, repr=False)  # per part read, till finish()
-    _counts: list[np.ndarray] = field(default_factory=list, repr=False)
+    #: How many pairs are not held, and their lowest and highest score (the report's histogram
+    #: axis; their scores are read again from the parts, :meth:`RestPairs.scores`).
+    rest: int = 0
+    rest_low: float = np.inf
+    rest_high: float = -np.inf
+
+    def keep(
+        self, ra: str, rb: str, ia: np.ndarray, ib: np.ndarray, score: np.ndarray, p1: np.ndarray
+    ) -> np.ndarray:
+        """Which of a part's rows the match task holds (module docstring)."""
+        keep = (score >= self.floor) | (p1 >= EDGE_FLOOR)
+        keep |= score == self.best[ra][ia]
+        keep |= score == self.best[rb][ib]
+        return keep
 
     def held(
         self, ra: str, rb: str, ia: np.ndarray, ib: np.ndarray, score: np.ndarray, p1: np.ndarray
     ) -> np.ndarray:
-        """Which of a part's rows the match task holds; the others' scores are counted."""
-        keep = (score >= self.floor) | (p1 >= EDGE_FLOOR)
-        keep |= score == self.best[ra][ia]
-        keep |= score == self.best[rb][ib]
-        values, inverse = np.unique(score[~keep], return_inverse=True)
-        self._values.append(values)
-        self._counts.append(np.bincount(inverse, minlength=len(values)))
+        """:meth:`keep`, counting the others. Their scores are not kept: as distinct values and
+        counts they were ~16 B a pair not held (184 MB at 12.56 M pairs), through the report."""
+        keep = self.keep(ra, rb, ia, ib, score, p1)
+        rest = score[~keep]
+        if len(rest):
+            self.rest += len(rest)
+            self.rest_low = min(self.rest_low, float(rest.min()))
+            self.rest_high = max(self.rest_high, float(rest.max()))
         return keep
-
-    def finish(self) -> None:
-        """Merge the counted scores of every part read."""
-        values, counts = self._values, self._counts
-        self._values, self._counts = [], []
-        if not values:
-            return
-        every, inverse = np.unique(np.concatenate(values), return_inverse=True)
-        self.rest_values = every
-        self.rest_counts = np.bincount(inverse, weights=np.concatenate(counts), minlength=len(every)).astype(
-            np.int64
-        )
-
-    @property
-    def rest(self) -> int:
-        """How many pairs are not held."""
-        return int(self.rest_counts.sum())
 
 
 def candidate_count(folder: Any, plan: Sequence[CandidateShard]) -> int:
@@ -184,52 +177,71 @@ class RestPairs:
     def count(self) -> int:
         return self.floor.rest
 
+    def scores(self) -> Iterator[np.ndarray]:
+        """The scores of the pairs not held, a part at a time (the report's histogram)."""
+        for ra, rb in itertools.combinations(sorted(self.offsets), 2):
+            for shard in _shards_of(self.plan, ra, rb):
+                part = _read(self.folder, shard, ("ia", "ib"), ("score", "p1"))
+                score = part["score"].to_numpy()
+                keep = self.floor.keep(
+                    ra, rb, part["ia"].to_numpy(), part["ib"].to_numpy(), score, part["p1"].to_numpy()
+                )
+                del part
+                yield score[~keep]
+
     def _features(self) -> list[str]:
         from .evidence import EVIDENCE_COLUMNS
 
         return ["cosine", "csls", "lexical", *(["sentences"] if self.sentences else []), *EVIDENCE_COLUMNS]
 
     def _tail(self, ra: str, rb: str, vocab: dict[str, int], d: dict[str, pa.Array]) -> Iterator[pa.Table]:
-        """The region pair's pairs under the floor, from its parts, in the table's order, a frame of
-        at most :data:`WRITE_ROWS` rows at a time (``vocab``: the file's explanation codes, ``d``
-        its dictionaries). Holds
-        ~22 B a pair of the region pair under the floor (their order) and one chunk."""
+        """The region pair's pairs under the floor, from its parts, in the table's order (``vocab``:
+        the file's explanation codes, ``d`` its dictionaries), a range of scores at a time: the
+        :data:`WRITE_ROWS` best scores under the previous range (with any ties of its lowest), so a
+        task holds one range's rows whatever the catalog size. Sorting the region pair's keys at once
+        held ~22 B a pair under the floor (4.4 GB at 200 M pairs); ranges of distinct scores sorted
+        apart give the same order, since equal scores never straddle two ranges."""
         shards = _shards_of(self.plan, ra, rb)
-        keys = []  # per part: score, ia, ib of its rows under the floor, the part and the rows
-        for n, shard in enumerate(shards):
-            part = _read(self.folder, shard, ("ia", "ib"), ("score",))
-            score = part["score"].to_numpy()
-            rows = np.flatnonzero(score < self.floor.floor).astype(np.int32)
-            ia = part["ia"].to_numpy()[rows].astype(np.int32)
-            ib = part["ib"].to_numpy()[rows].astype(np.int32)
-            keys.append((score[rows], ia, ib, np.full(len(rows), n, np.int16), rows))
-            del part
-        if not keys or not sum(len(k[0]) for k in keys):
-            return
-        score, ia, ib, which, rows = (np.concatenate(k) for k in zip(*keys, strict=True))
-        del keys
-        order = np.lexsort((ib, ia, -score))
-        del score, ia, ib
         columns = ("ia", "ib", *self._features(), "explain")
-        for lo in range(0, len(order), WRITE_ROWS):
-            chunk = order[lo : lo + WRITE_ROWS]
-            pieces, at = [], []
-            for n, shard in enumerate(shards):
-                mine = np.flatnonzero(which[chunk] == n)  # positions in the chunk
-                if len(mine):
-                    part = _read(self.folder, shard, columns, ("ev_triangle", "score"))
-                    pieces.append(part.take(pa.array(rows[chunk[mine]])))
-                    at.append(mine)
-                    del part
+        top = np.inf  # the range's scores are below this
+        while True:
+            low = self._range_low(shards, top)
+            if low is None:
+                return
+            pieces = []
+            for shard in shards:
+                part = _read(self.folder, shard, columns, ("ev_triangle", "score"))
+                score = part["score"].to_numpy()
+                pieces.append(
+                    part.filter(pa.array((score < self.floor.floor) & (score < top) & (score >= low)))
+                )
+                del part, score
             table = pa.concat_tables(pieces)
             del pieces
-            position = np.concatenate(at)
-            back = np.empty(len(position), np.int64)
-            back[position] = np.arange(len(position))  # chunk position -> row of ``table``
-            rows_out = self._rows(ra, rb, table.take(pa.array(back)), vocab, d)
-            del table
-            pa.default_memory_pool().release_unused()  # the parts read for this chunk
-            yield rows_out
+            order = np.lexsort((table["ib"].to_numpy(), table["ia"].to_numpy(), -table["score"].to_numpy()))
+            for lo in range(0, len(order), WRITE_ROWS):
+                yield self._rows(ra, rb, table.take(pa.array(order[lo : lo + WRITE_ROWS])), vocab, d)
+            del table, order
+            pa.default_memory_pool().release_unused()  # the parts read for this range
+            top = low
+
+    def _range_low(self, shards: Sequence[CandidateShard], top: float) -> float | None:
+        """The lowest score of the next range: the :data:`WRITE_ROWS`-th best score under the floor
+        and under ``top`` over the parts (None: no such pair). Holds at most that many scores a
+        part."""
+        best = []
+        for shard in shards:
+            score = _read(self.folder, shard, (), ("score",))["score"].to_numpy()
+            under = score[(score < self.floor.floor) & (score < top)]
+            if len(under) > WRITE_ROWS:
+                under = np.partition(under, len(under) - WRITE_ROWS)[-WRITE_ROWS:]
+            best.append(under)
+        scores = np.concatenate(best) if best else np.zeros(0)
+        if not len(scores):
+            return None
+        if len(scores) <= WRITE_ROWS:
+            return float(scores.min())
+        return float(np.partition(scores, len(scores) - WRITE_ROWS)[len(scores) - WRITE_ROWS])
 
     def _dictionaries(self, vocab: dict[str, int]) -> dict[str, pa.Array]:
         """The file's dictionaries, made once and shared by every row group's columns."""

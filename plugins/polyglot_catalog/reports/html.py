@@ -346,20 +346,21 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None, rest: Any = None) -
 
     Rejected candidates usually outnumber accepted ones many times over; one shared y-axis would
     flatten the accepted distribution into the floor. ``rest``: the rejected pairs the table does not
-    hold (:class:`.held_pairs.RestPairs`), as distinct scores and their counts.
+    hold (:class:`.held_pairs.RestPairs`), their scores read from the parts.
     """
     if "score" not in pairs.columns or "decision" not in pairs.columns:
         return None
     scores = pd.to_numeric(pairs["score"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
     ok = np.isfinite(scores)
-    extra = np.zeros(0) if rest is None else rest.floor.rest_values
-    weights = np.zeros(0, np.int64) if rest is None else rest.floor.rest_counts
-    if not ok.any() and not len(extra):
+    extra = rest is not None and rest.count > 0
+    if not ok.any() and not extra:
         return None
     scores = scores[ok]
     accepted = (pairs["decision"] == "match").to_numpy()[ok]
-    every = np.concatenate([scores, extra])
-    lo, hi = float(every.min()), float(every.max())
+    ends = [*([scores.min(), scores.max()] if len(scores) else [])]
+    if extra:
+        ends += [rest.floor.rest_low, rest.floor.rest_high]
+    lo, hi = float(np.min(ends)), float(np.max(ends))
     if threshold is not None:
         lo, hi = min(lo, threshold), max(hi, threshold)
     lo = math.floor(lo * 20) / 20
@@ -382,8 +383,9 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None, rest: Any = None) -
         (("accepted pairs", "acc", accepted), ("rejected pairs", "rej", ~accepted))
     ):
         counts, _ = np.histogram(scores[mask], bins=edges)
-        if css == "rej" and len(extra):
-            counts = counts + np.histogram(extra, bins=edges, weights=weights)[0].astype(counts.dtype)
+        if css == "rej" and extra:  # the pairs the table does not hold, read from the parts
+            for part in rest.scores():
+                counts = counts + np.histogram(part, bins=edges)[0].astype(counts.dtype)
         peak = int(counts.max()) if counts.size else 0
         y0 = top + index * (panel_h + gap)
         bars = []
@@ -406,7 +408,7 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None, rest: Any = None) -
             {
                 "label": label,
                 "css": css,
-                "total": int(mask.sum()) + (int(weights.sum()) if css == "rej" else 0),
+                "total": int(mask.sum()) + (rest.count if css == "rej" and extra else 0),
                 "peak": peak,
                 "y0": y0,
                 "label_y": y0 - 8,
