@@ -229,3 +229,31 @@ def test_the_pairs_under_the_floor_come_out_in_the_tables_order_a_score_range_at
         got = pa.concat_tables(list(rest._tail("DE", "FR", {}, {}))).to_pandas()
         assert got[["score", "ia", "ib"]].values.tolist() == want[["score", "ia", "ib"]].values.tolist(), size
     assert (want["score"].value_counts() > 7).any()  # ties wider than a range
+
+
+def test_the_held_rows_decisions_are_read_by_position_with_their_rivals_renumbered(tmp_path: Path) -> None:
+    """The score task's decisions come in the region pair's whole order; the match task reads those
+    of the rows it holds, a row group at a time, and numbers each tie rival among the held rows."""
+    from polyglot_catalog.matching.feature_parts import _held_decisions
+    from polyglot_catalog.matching.part_decisions import decisions_name
+    from polyglot_catalog.matching.shard_storage import ShardFolder
+
+    rng = np.random.default_rng(11)
+    n = 500
+    accepted = rng.random(n) < 0.2
+    rival = np.full(n, -1, np.int32)
+    tied = rng.choice(np.flatnonzero(accepted), 30, replace=False)
+    rival[tied] = rng.choice(np.flatnonzero(~accepted), 30, replace=False)
+    held = np.sort(np.unique(np.concatenate([rng.choice(n, 120, replace=False), tied, rival[tied]])))
+    folder = ShardFolder.of(tmp_path)
+    with folder.writing(decisions_name("DE", "FR")) as f:  # row groups of 37 rows: reads cross them
+        pq.write_table(pa.table({"accepted": accepted, "rival": rival}), f, row_group_size=37)
+
+    got_accepted, got_rival = _held_decisions(folder, "DE", "FR", held)
+
+    assert got_accepted.tolist() == accepted[held].tolist()
+    number = {int(p): i for i, p in enumerate(held)}
+    assert got_rival.tolist() == [number[int(r)] if r >= 0 else -1 for r in rival[held]]
+    assert (got_rival >= 0).sum() == 30
+    with pytest.raises(AssertionError, match="tie rival was not held"):
+        _held_decisions(folder, "DE", "FR", held[~np.isin(held, rival[tied[:1]])])

@@ -657,7 +657,7 @@ def blocks_from_parts(
     *,
     scores: bool = False,
     held: PairFloor | None = None,
-    masks: list[np.ndarray] | None = None,
+    positions: list[np.ndarray] | None = None,
 ) -> list[PairBlock]:
     """Every region pair's :class:`.blocks.PairBlock` (pairs, features, explanations) from ``plan``'s
     feature parts, in the single task's order (by side-a then side-b product). Read a part at a
@@ -665,8 +665,9 @@ def blocks_from_parts(
     (as the single task's features give them: ~90% of pairs repeat a few sentences). ``scores``:
     each pair's ``p1`` and ``score`` (and the ``ev_triangle`` feature) from the score task's parts
     too (:mod:`.part_scores`). ``held`` (with ``scores``): only the pairs it holds
-    (:meth:`.held_pairs.PairFloor.held`); ``masks`` then receives per block which rows of the whole
-    region pair's order were held (the score task's decisions come in that order).
+    (:meth:`.held_pairs.PairFloor.held`); ``positions`` then receives per block the held rows'
+    positions in the whole region pair's order (the score task's decisions come in that order),
+    ascending (:func:`_positions`).
 
     Raises:
         ValueError: a shard's feature part is missing (its task did not run)."""
@@ -676,9 +677,6 @@ def blocks_from_parts(
     blocks = []
     for ra, rb in itertools.combinations(sorted(regions), 2):
         ia, ib, codes, cols = [], [], [], {}
-        a_all: list[np.ndarray] = []  # with ``held``: every row's products and whether it was held
-        b_all: list[np.ndarray] = []
-        kept: list[np.ndarray] = []
         words: dict[str, int] = {}
         for shard in plan:
             if (shard.query, shard.other) != (ra, rb):
@@ -694,11 +692,8 @@ def blocks_from_parts(
                 del scored
             if held is not None:
                 a, b = part["ia"].to_numpy(), part["ib"].to_numpy()
-                a_all.append(a.astype(np.int32))
-                b_all.append(b.astype(np.int32))
                 keep = held.held(ra, rb, a, b, part["score"].to_numpy(), part["p1"].to_numpy())
                 del a, b
-                kept.append(keep)
                 part = part.filter(pa.array(keep))
             ia.append(part["ia"].to_numpy())
             ib.append(part["ib"].to_numpy())
@@ -709,17 +704,17 @@ def blocks_from_parts(
             local = np.array([words.setdefault(w, len(words)) for w in said.dictionary.to_pylist()], np.int64)
             codes.append(local[said.indices.to_numpy()] if len(local) else np.zeros(0, np.int64))
             del part, said
-        if masks is not None and held is not None:
-            every = (
-                np.lexsort((np.concatenate(b_all), np.concatenate(a_all))) if a_all else np.zeros(0, np.int64)
-            )
-            masks.append(np.concatenate(kept)[every] if kept else np.zeros(0, bool))
-            del a_all, b_all, kept, every
         if not ia or not sum(len(x) for x in ia):
             blocks.append(PairBlock(ra, rb, np.zeros(0, np.int64), np.zeros(0, np.int64), pd.DataFrame(), []))
+            if positions is not None and held is not None:
+                positions.append(np.zeros(0, np.int64))
             continue
         a, b = np.concatenate(ia), np.concatenate(ib)
         order = np.lexsort((b, a))
+        if positions is not None and held is not None:
+            positions.append(
+                _positions(folder, [s for s in plan if (s.query, s.other) == (ra, rb)], a[order], b[order])
+            )
         scored = {name: np.concatenate(cols.pop(name))[order] for name in ("p1", "score") if name in cols}
         feats = feature_frame({name: np.concatenate(parts)[order] for name, parts in cols.items()})
         text = list(words)
@@ -773,18 +768,45 @@ class ShardedFeatures:
     parts: tuple[ShardFolder, list[CandidateShard]] | None = None
 
 
+def _pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Side-a and side-b rows as one int64 ordered as the pair order (rows are under 2^31)."""
+    return (np.asarray(a).astype(np.int64) << 32) | np.asarray(b).astype(np.int64)
+
+
+def _positions(
+    folder: ShardFolder, shards: Sequence[CandidateShard], a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    """Positions in the region pair's whole order (side a, then side b, over every part) of the held
+    pairs ``a``, ``b`` (in that order): per part, how many of its pairs come before each. Holds one
+    part's keys and the held pairs', not the region pair's (~24 B a pair for its sort)."""
+    held = _pair_key(a, b)
+    before = np.zeros(len(held), np.int64)
+    for shard in shards:
+        with folder.open(features_name(shard)) as f:
+            part = pq.read_table(f, columns=["ia", "ib"])
+        keys = np.sort(_pair_key(part["ia"].to_numpy(), part["ib"].to_numpy()))
+        del part
+        before += np.searchsorted(keys, held, side="left")
+    return before
+
+
 def _held_decisions(
-    accepted: np.ndarray, rival: np.ndarray, mask: np.ndarray
+    folder: ShardFolder, ra: str, rb: str, positions: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A region pair's decisions (in its whole order) for the rows ``mask`` held, rivals renumbered.
-    A rival ties an accepted pair's score, so it is over the threshold and held too."""
-    rows = np.flatnonzero(mask)
-    number = np.cumsum(mask) - 1
-    rival = rival[rows]
+    """A region pair's decisions for the held rows at ``positions`` (ascending) of its whole order,
+    rivals renumbered among them. A rival ties an accepted pair's score, so it is over the threshold
+    and held too."""
+    from .part_decisions import read_region_pair_decisions
+
+    accepted, rival = read_region_pair_decisions(folder, ra, rb, positions)
     tied = rival >= 0
-    if not mask[rival[tied]].all():
+    number = np.searchsorted(positions, rival[tied])
+    found = number < len(positions)
+    if not found.all() or not (positions[number] == rival[tied]).all():
         raise AssertionError("a tie rival was not held")
-    return accepted[rows], np.where(tied, number[np.where(tied, rival, 0)], -1).astype(np.int32)
+    out = np.full(len(rival), -1, np.int32)
+    out[tied] = number
+    return accepted, out
 
 
 def read_features(
@@ -825,16 +847,19 @@ def read_features(
         floor = pair_floor(folder, plan, products, float(decided["threshold"]))
         if floor.floor == -np.inf:  # too few pairs under the threshold to leave any out
             floor = None
-    masks: list[np.ndarray] = []
+    positions: list[np.ndarray] = []
     blocks = blocks_from_parts(
-        folder, plan, regions, scores=not isinstance(scorers, str), held=floor, masks=masks
+        folder, plan, regions, scores=not isinstance(scorers, str), held=floor, positions=positions
     )
     rivals = None
     if isinstance(decided, dict):
-        read = [read_region_pair_decisions(folder, blk.ra, blk.rb) for blk in blocks]
         if floor is not None:
-            read = [_held_decisions(*r, mask) for r, mask in zip(read, masks, strict=True)]
-        del masks
+            read = [
+                _held_decisions(folder, blk.ra, blk.rb, at) for blk, at in zip(blocks, positions, strict=True)
+            ]
+        else:
+            read = [read_region_pair_decisions(folder, blk.ra, blk.rb) for blk in blocks]
+        del positions
         if all(len(accepted) == len(blk) for blk, (accepted, _) in zip(blocks, read, strict=True)):
             for blk, (accepted, _) in zip(blocks, read, strict=True):
                 blk.accepted = accepted

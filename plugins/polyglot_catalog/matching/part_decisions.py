@@ -145,9 +145,25 @@ def read_decisions(
     return manifest
 
 
-def read_region_pair_decisions(folder: Any, ra: str, rb: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(accepted, rival)`` of a region pair, in the match task's pair order."""
+def read_region_pair_decisions(
+    folder: Any, ra: str, rb: str, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(accepted, rival)`` of a region pair, in the match task's pair order; with ``rows``
+    (ascending positions in that order) those rows only, read a row group at a time."""
     folder = ShardFolder.of(folder)
+    if rows is not None:
+        accepted, rival, start = [], [], 0
+        with folder.open(decisions_name(ra, rb)) as f:
+            for batch in pq.ParquetFile(f).iter_batches(columns=["accepted", "rival"]):
+                stop = start + batch.num_rows
+                mine = rows[np.searchsorted(rows, start) : np.searchsorted(rows, stop)] - start
+                accepted.append(batch["accepted"].to_numpy(zero_copy_only=False)[mine])
+                rival.append(batch["rival"].to_numpy()[mine].astype(np.int32))
+                start = stop
+        pa.default_memory_pool().release_unused()
+        if not accepted:
+            return np.zeros(0, bool), np.zeros(0, np.int32)
+        return np.concatenate(accepted), np.concatenate(rival)
     with folder.open(decisions_name(ra, rb)) as f:
         t = pq.read_table(f)
     # copies out of Arrow's pool (which keeps freed buffers from the OS), rivals as int32 (4 B a pair)
