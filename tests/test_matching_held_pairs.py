@@ -257,3 +257,52 @@ def test_the_held_rows_decisions_are_read_by_position_with_their_rivals_renumber
     assert (got_rival >= 0).sum() == 30
     with pytest.raises(AssertionError, match="tie rival was not held"):
         _held_decisions(folder, "DE", "FR", held[~np.isin(held, rival[tied[:1]])])
+
+
+def test_each_row_group_of_the_pairs_file_carries_only_its_own_skus_and_texts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row group's SKU and text dictionaries hold the values its rows use (not the catalog's every
+    SKU and text, repeated per row group); the table reads back with the same values, a missing
+    one as missing."""
+    monkeypatch.setattr(held_pairs, "WRITE_ROWS", 50)
+    rng = np.random.default_rng(2)
+    n, catalog = 180, pd.Index([f"s{i:04d}" for i in range(1000)], dtype=object)
+
+    def column(missing: bool = False) -> pd.Categorical:
+        codes = rng.integers(0, len(catalog), n)
+        if missing:
+            codes[7] = -1
+        return pd.Categorical.from_codes(codes, categories=catalog)
+
+    frame = pd.DataFrame(
+        {
+            "region_a": pd.Categorical(["DE"] * n),
+            "sku_a": column(),
+            "sku_b": column(),
+            "score": rng.random(n),
+            "text_a": column(missing=True),
+            "text_b": column(),
+        }
+    )
+    path = tmp_path / "pairs.parquet"
+
+    held_pairs.write_pairs(path, frame)
+
+    f = pq.ParquetFile(path)
+    assert f.metadata.num_row_groups == 4
+    for g in range(4):
+        group = f.read_row_group(g)
+        rows = frame.iloc[g * 50 : (g + 1) * 50]
+        for name in held_pairs.PRODUCT_COLUMNS:
+            said = group[name].combine_chunks()
+            used = sorted(set(rows[name].dropna()))
+            assert said.dictionary.to_pylist() == used  # its own values, in the catalog's order
+            assert said.type.index_type == pa.int16()  # one schema: as wide as the catalog needs
+    back = pd.read_parquet(path)
+    for name in frame.columns:
+        assert (
+            back[name].astype(object).where(back[name].notna(), None).tolist()
+            == frame[name].astype(object).where(frame[name].notna(), None).tolist()
+        )
+    assert back["text_a"].isna().sum() == 1

@@ -40,6 +40,8 @@ from .shards import CandidateShard
 #: Pairs below the threshold held whatever their score: the report shows the rejected pairs nearest
 #: the threshold (at most 30), and they must be among the held ones.
 HELD_SAMPLE = 64
+#: The pairs file's columns of per-product values (each row group has its own dictionary of them).
+PRODUCT_COLUMNS = ("sku_a", "sku_b", "text_a", "text_b")
 #: Rows of the pairs file written at a time from the parts (~0.1 KB each while written).
 WRITE_ROWS = 1 << 20
 #: Runs with at most this many candidate pairs hold them all (``MatchResult.pairs`` is then every
@@ -288,8 +290,6 @@ class RestPairs:
 
         return {
             "region": pa.array(sorted(self.offsets), pa.string()),
-            "sku": pa.array(self.skus.to_numpy(object), pa.string()),
-            "text": pa.array(self.texts.to_numpy(object), pa.string()),
             "decision": pa.array(list(DECISIONS), pa.string()),
             "explain": pa.array(list(vocab), pa.string()),
         }
@@ -297,7 +297,8 @@ class RestPairs:
     def _rows(
         self, ra: str, rb: str, table: pa.Table, vocab: dict[str, int], d: dict[str, pa.Array]
     ) -> pa.Table:
-        """Rows of the parts as the pairs file's columns (decision ``below_threshold``, no tie)."""
+        """Rows of the parts as the pairs file's columns (decision ``below_threshold``, no tie; SKUs
+        and texts as catalog codes, :class:`_RowGroups`)."""
         from .evidence import EVIDENCE_COLUMNS
         from .result import DECISIONS
 
@@ -315,9 +316,9 @@ class RestPairs:
         recode = np.array([vocab[w] for w in words], np.int64)
         columns = {
             "region_a": _coded(np.full(n, regions.index(ra)), d["region"], ordered=True),
-            "sku_a": _coded(self.sku_codes[pid_a], d["sku"]),
+            "sku_a": pa.array(self.sku_codes[pid_a]),
             "region_b": _coded(np.full(n, regions.index(rb)), d["region"], ordered=True),
-            "sku_b": _coded(self.sku_codes[pid_b], d["sku"]),
+            "sku_b": pa.array(self.sku_codes[pid_b]),
             "score": _floats(col("score", np.float64)),
             "cosine": _floats(col("cosine", np.float32)),
             "decision": _coded(np.full(n, DECISIONS.index("below_threshold")), d["decision"]),
@@ -330,14 +331,14 @@ class RestPairs:
             **{c: _floats(col(c, np.float32)) for c in EVIDENCE_COLUMNS},
             "ev_triangle": _floats(triangle),
             "explain": _coded(recode[codes], d["explain"]),
-            "text_a": _coded(self.text_codes[pid_a], d["text"]),
-            "text_b": _coded(self.text_codes[pid_b], d["text"]),
+            "text_a": pa.array(self.text_codes[pid_a]),
+            "text_b": pa.array(self.text_codes[pid_b]),
         }
         return pa.table(columns)
 
     def _held_rows(self, frame: pd.DataFrame, vocab: dict[str, int], d: dict[str, pa.Array]) -> pa.Table:
         """Rows of the match task's pairs table as the pairs file's columns (its categoricals' codes
-        onto the file's dictionaries ``d``)."""
+        onto the file's dictionaries ``d``; SKUs and texts as catalog codes, :class:`_RowGroups`)."""
         from .pipeline import PAIR_COLUMNS
         from .result import DECISIONS
 
@@ -361,10 +362,10 @@ class RestPairs:
                 elif name == "explain":
                     out[name] = _coded(np.array([vocab[c] for c in cats], np.int64)[codes], d["explain"])
                 else:  # the table's SKU and text categories are the catalog's, in this order
-                    kind = "sku" if name.startswith("sku_") else "text"
-                    if len(column.cat.categories) != len(d[kind]):
-                        raise AssertionError(f"the pairs table's {kind} categories are not the catalog's")
-                    out[name] = _coded(codes, d[kind])
+                    kind = self.skus if name.startswith("sku_") else self.texts
+                    if len(column.cat.categories) != len(kind):
+                        raise AssertionError(f"the pairs table's {name} categories are not the catalog's")
+                    out[name] = pa.array(codes.astype(np.int32))  # codes: the row group makes its dictionary
             else:
                 out[name] = _floats(column.to_numpy())
         return pa.table(out)
@@ -391,8 +392,8 @@ class RestPairs:
         """``pairs.parquet`` at ``path``: ``held`` (the match task's pairs table) at or above the floor
         and every pair under it from the parts, region pair by region pair, in the table's order,
         with the explanation categories the whole table would have (sorted distinct values), in row
-        groups of :data:`WRITE_ROWS` rows as ``DataFrame.to_parquet`` writes the whole table (each row
-        group carries the SKU and text dictionaries: smaller groups would repeat them)."""
+        groups of :data:`WRITE_ROWS` rows (:class:`_RowGroups`, as :func:`write_pairs` writes a table
+        held whole)."""
         score = held["score"].to_numpy(np.float64)
         said = held["explain"].cat
         words = sorted(set(said.categories[np.unique(said.codes.to_numpy())].tolist()) | self.explanations())
@@ -410,16 +411,25 @@ class RestPairs:
                     yield self._held_rows(held.iloc[mine[lo : lo + WRITE_ROWS]], vocab, d)
                 yield from self._tail(ra, rb, vocab, d)
 
-        with _RowGroups(path, self._held_rows(held.iloc[:0], vocab, d)) as out:
+        catalog = {
+            c: (self.skus if c.startswith("sku_") else self.texts).to_numpy(object) for c in PRODUCT_COLUMNS
+        }
+        with _RowGroups(path, self._held_rows(held.iloc[:0], vocab, d), catalog) as out:
             for frame in frames():
                 out.add(frame)
 
 
 class _RowGroups:
-    """A Parquet file written from tables of any size in row groups of :data:`WRITE_ROWS` rows."""
+    """A Parquet file written from tables of any size in row groups of :data:`WRITE_ROWS` rows. The
+    tables carry :data:`PRODUCT_COLUMNS` as codes into ``catalog`` (per column, the values by code);
+    each row group gets a dictionary of its own rows' values, in code order.
 
-    def __init__(self, path: Any, empty: pa.Table) -> None:
-        self.path, self.writer, self.empty = str(path), None, empty
+    Why: with the catalog's categories as every row group's dictionary (what ``to_parquet`` writes
+    for a categorical), each row group repeated every SKU and text of the catalog: 46 of a row
+    group's 63 MB at 300k x 3, and a whole catalog's texts in memory to write them."""
+
+    def __init__(self, path: Any, empty: pa.Table, catalog: Mapping[str, np.ndarray]) -> None:
+        self.path, self.writer, self.empty, self.catalog = str(path), None, empty, catalog
         self.pending: list[pa.Table] = []
         self.rows = 0
 
@@ -434,6 +444,10 @@ class _RowGroups:
         table = whole.slice(0, rows)
         self.pending = [whole.slice(rows)] if len(whole) > rows else []
         self.rows = len(whole) - rows
+        for name, values in self.catalog.items():
+            if name in table.column_names:
+                at = table.column_names.index(name)
+                table = table.set_column(at, name, _own_dictionary(table[name].to_numpy(), values))
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema)
         self.writer.write_table(table, row_group_size=WRITE_ROWS)
@@ -451,6 +465,42 @@ class _RowGroups:
         finally:
             if self.writer is not None:
                 self.writer.close()
+
+
+def _own_dictionary(codes: np.ndarray, values: np.ndarray) -> pa.DictionaryArray:
+    """``codes`` (into ``values``; -1: missing) as a dictionary column of the values they use, in
+    code order, indices as wide as a categorical of all ``values`` (one schema for every row group)."""
+    codes = np.asarray(codes, np.int64)
+    used, index = np.unique(codes, return_inverse=True)
+    missing = used < 0
+    index = index - int(missing.sum())  # -1 sorts first: the others shift down
+    n = len(values)
+    width = np.int8 if n < 2**7 else np.int16 if n < 2**15 else np.int32 if n < 2**31 else np.int64
+    indices = pa.array(np.maximum(index, 0).astype(width), mask=codes < 0 if missing.any() else None)
+    return pa.DictionaryArray.from_arrays(indices, pa.array(values[used[~missing]], pa.string()))
+
+
+def write_pairs(path: Any, frame: pd.DataFrame) -> None:
+    """``pairs.parquet`` of a pairs table held whole: the columns ``DataFrame.to_parquet`` would
+    write, in row groups of :data:`WRITE_ROWS` rows whose SKU and text dictionaries hold their own
+    rows' values (:class:`_RowGroups`: the same file the held pairs and their rest give)."""
+    frame = frame.reset_index(drop=True)
+    # categoricals (the matcher's tables); a column of plain strings is written as it is
+    product = [
+        c for c in PRODUCT_COLUMNS if c in frame.columns and isinstance(frame[c].dtype, pd.CategoricalDtype)
+    ]
+    catalog = {name: frame[name].cat.categories.to_numpy(object) for name in product}
+    codes = {name: frame[name].cat.codes.to_numpy().astype(np.int32) for name in product}
+
+    def rows(lo: int, hi: int) -> pa.Table:
+        table = pa.Table.from_pandas(frame.iloc[lo:hi].drop(columns=product), preserve_index=False)
+        for name in product:
+            table = table.add_column(list(frame.columns).index(name), name, pa.array(codes[name][lo:hi]))
+        return table
+
+    with _RowGroups(path, rows(0, 0), catalog) as out:
+        for lo in range(0, len(frame), WRITE_ROWS):
+            out.add(rows(lo, lo + WRITE_ROWS))
 
 
 def _floats(values: np.ndarray) -> pa.Array:

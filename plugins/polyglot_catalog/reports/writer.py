@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from polyglot_catalog.matching.held_pairs import write_pairs
 from polyglot_catalog.matching.result import CHANGE_COLUMNS, MatchResult
 from polyglot_catalog.memory import release_freed_memory
 from polyglot_catalog.reports.html import render_html
@@ -305,6 +306,8 @@ def _write_files(folder: Path, result: MatchResult, run_id: str | None) -> None:
         path = folder / f"{name}.parquet"
         if name == "pairs" and result.rest is not None:  # the pairs the match task did not hold too
             result.rest.write(path, frame)
+        elif name == "pairs":
+            write_pairs(path, frame)
         else:
             frame.reset_index(drop=True).to_parquet(path, index=False, engine="pyarrow")
         _fsync_file(path)
