@@ -190,15 +190,23 @@ def prefer_lower_rows(
         for i in hit:
             by_text.setdefault(int(sets.inverse[own[i]]), []).append(int(i))
         width = int(max(own.max(initial=0), other.max(initial=0))) + 1
-        lookup = {int(k): i for i, k in enumerate(own.astype(np.int64) * width + other)}
+        # each pair's index by its (own, other) key, sorted: a dict of every pair of the region pair
+        # was ~150 B a pair (the score task's peak at 300k x 3, 1.75 GB)
+        keys = own.astype(np.int64) * width + other
+        by_key = np.argsort(keys, kind="stable")
+        keys = keys[by_key]
         ptr, rows = sets.members(len(sets.inverse))
         for text, picks in by_text.items():
             members = rows[ptr[text] : ptr[text + 1]]
             want = members[: len(picks)]
             # the best-scoring partner to the lowest row, and so on (ties in partner row order)
-            ranked = sorted(picks, key=lambda i: (-score[i], int(other[i])))
-            moved = [lookup.get(int(m) * width + int(other[i])) for m, i in zip(want, ranked, strict=True)]
-            if any(j is None or score[j] != score[i] for j, i in zip(moved, ranked, strict=True)):
+            ranked = np.array(sorted(picks, key=lambda i: (-score[i], int(other[i]))), dtype=np.int64)
+            wanted = want.astype(np.int64) * width + other[ranked]
+            at = np.searchsorted(keys, wanted, side="right") - 1  # the last pair of a key, as a dict's
+            if (at < 0).any() or (keys[np.maximum(at, 0)] != wanted).any():
+                continue  # a partner is no candidate of the row: the solver's choice stands
+            moved = by_key[at]
+            if (score[moved] != score[ranked]).any():
                 continue  # the rows do not score exactly alike: the solver's choice stands
             accepted[picks] = False
             accepted[moved] = True
