@@ -106,3 +106,32 @@ def test_a_conflict_elsewhere_does_not_reopen_an_unrelated_component() -> None:
     assert res_both[1][3:].any()  # the triangle did refuse a link
     np.testing.assert_array_equal(res_both[0][:3], res_alone[0])
     assert res_alone[0].tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize("allow_same_region", [False, True])
+@pytest.mark.parametrize("seed", range(5))
+def test_groups_found_at_once_where_no_region_repeats_equal_merging_every_edge_in_order(
+    seed: int, allow_same_region: bool
+) -> None:
+    """The group rule merges the edges of a component with two SKUs of one region strongest first
+    and takes the others' whole: the groups and the refused edges are those of merging every edge
+    strongest first (the rule's definition), with ties, repeated edges and same-region edges."""
+    from polyglot_catalog.matching.groups import _merge_strongest_first, group_components
+
+    rng = np.random.default_rng(seed)
+    regions = np.array(["DE", "FR", "JP", "US"], dtype=object)
+    edges = []
+    for n in range(300):  # small components mostly; the first 60 edges crowd 12 SKUs: clashes
+        ra, rb = rng.choice(regions, 2, replace=rng.random() < 0.05)  # a few same-region edges
+        skus = 12 if n < 60 else 400
+        a, b = f"s{rng.integers(0, skus)}", f"s{rng.integers(0, skus)}"
+        edges.append((ra, a, rb, b, float(rng.integers(0, 6) / 5)))
+    edges += edges[:10] + edges[100:110]  # repeated edges
+
+    got = group_components(edges, allow_same_region=allow_same_region)
+
+    want_comps, want_kept = _merge_strongest_first(edges, allow_same_region)
+    assert sorted(got[0]) == sorted(want_comps)
+    assert got[1] == want_kept
+    assert allow_same_region or not all(want_kept)  # conflicts exercised
+    assert sum(len(c) == 2 for c in want_comps) > 20  # and many small groups beside them

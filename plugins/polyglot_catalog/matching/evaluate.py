@@ -384,7 +384,7 @@ def _group_rule(
 ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """:func:`apply_group_rule` on whole components: ``cols`` region/SKU columns, ``component``
     each pair's component label. Returns the masks and the groups' sorted members."""
-    from .groups import group_components
+    from .groups import edge_groups
 
     accepted = accepted.copy()
     refused = np.zeros(len(score), dtype=bool)
@@ -393,8 +393,7 @@ def _group_rule(
     comps: list[Any] = []
     for round_no in range(REFILL_ROUNDS + 1):
         idx = np.flatnonzero(accepted)
-        edges = list(zip(*(c[idx] for c in cols), score[idx], strict=True))
-        comps, kept = group_components(edges, allow_same_region=allow_same_region)
+        comps, kept = edge_groups([c[idx] for c in cols], score[idx], allow_same_region=allow_same_region)
         lost = idx[~np.asarray(kept, dtype=bool)]
         accepted[lost] = False
         refused[lost] = True
