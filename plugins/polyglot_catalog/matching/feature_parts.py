@@ -55,7 +55,7 @@ from .canonical import TextSets
 from .context import neighbour_figures
 from .data import CatalogData, RegionTable
 from .evidence import evidence_from_json, evidence_json, extract, idf_from_counts
-from .held_pairs import PairFloor, pair_floor
+from .held_pairs import PairFloor, pair_floor, pair_key
 from .lexical import NgramCounts, ngram_counts
 from .region_search import RegionSearch, add_digest, distinct_texts, rows_digest, text_hash
 from .scoring import pair_features
@@ -768,23 +768,18 @@ class ShardedFeatures:
     parts: tuple[ShardFolder, list[CandidateShard]] | None = None
 
 
-def _pair_key(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Side-a and side-b rows as one int64 ordered as the pair order (rows are under 2^31)."""
-    return (np.asarray(a).astype(np.int64) << 32) | np.asarray(b).astype(np.int64)
-
-
 def _positions(
     folder: ShardFolder, shards: Sequence[CandidateShard], a: np.ndarray, b: np.ndarray
 ) -> np.ndarray:
     """Positions in the region pair's whole order (side a, then side b, over every part) of the held
     pairs ``a``, ``b`` (in that order): per part, how many of its pairs come before each. Holds one
     part's keys and the held pairs', not the region pair's (~24 B a pair for its sort)."""
-    held = _pair_key(a, b)
+    held = pair_key(a, b)
     before = np.zeros(len(held), np.int64)
     for shard in shards:
         with folder.open(features_name(shard)) as f:
             part = pq.read_table(f, columns=["ia", "ib"])
-        keys = np.sort(_pair_key(part["ia"].to_numpy(), part["ib"].to_numpy()))
+        keys = np.sort(pair_key(part["ia"].to_numpy(), part["ib"].to_numpy()))
         del part
         before += np.searchsorted(keys, held, side="left")
     return before

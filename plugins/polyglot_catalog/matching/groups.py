@@ -96,11 +96,11 @@ def edge_groups(
     graph = coo_array((np.ones(n, dtype=np.int8), (node[:n], node[n:])), shape=(nodes, nodes))
     _, label = connected_components(graph, directed=False)
     first = np.unique(node, return_index=True)[1]  # a position of each node: its region and SKU
-    node_region, node_sku, node_label = region_code[first], sku[first], label
+    node_region, node_sku = region_code[first], sku[first]
     kept = np.ones(n, dtype=bool)
     clash = np.zeros(int(label.max()) + 1, dtype=bool)
     if not allow_same_region:  # components with two products of one region
-        per = np.unique(node_label.astype(np.int64) * len(regions) + node_region, return_counts=True)
+        per = np.unique(label.astype(np.int64) * len(regions) + node_region, return_counts=True)
         clash[per[0][per[1] > 1] // len(regions)] = True
     comps: list[list[Node]] = []
     if clash.any():
@@ -109,12 +109,12 @@ def edge_groups(
         found, sub_kept = _merge_strongest_first(sub, allow_same_region)
         comps += found
         kept[hard] = sub_kept
-    easy = np.flatnonzero(~clash[node_label])  # every node of a component without a clash
+    easy = np.flatnonzero(~clash[label])  # every node of a component without a clash
     names = np.asarray(regions, dtype=object)
     region_rank = pd.factorize(names, sort=True)[0]  # ranks as Python orders the strings
     sku_rank = pd.factorize(node_sku, sort=True)[0]
-    easy = easy[np.lexsort((sku_rank[easy], region_rank[node_region[easy]], node_label[easy]))]
-    bounds = np.flatnonzero(np.diff(node_label[easy])) + 1
+    easy = easy[np.lexsort((sku_rank[easy], region_rank[node_region[easy]], label[easy]))]
+    bounds = np.flatnonzero(np.diff(label[easy])) + 1
     for members in np.split(easy, bounds) if len(easy) else []:
         if len(members) > 1:
             comps.append(

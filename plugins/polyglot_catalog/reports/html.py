@@ -357,7 +357,7 @@ def _histogram(pairs: pd.DataFrame, threshold: float | None, rest: Any = None) -
         return None
     scores = scores[ok]
     accepted = (pairs["decision"] == "match").to_numpy()[ok]
-    ends = [*([scores.min(), scores.max()] if len(scores) else [])]
+    ends = [scores.min(), scores.max()] if len(scores) else []
     if extra:
         ends += [rest.floor.rest_low, rest.floor.rest_high]
     lo, hi = float(np.min(ends)), float(np.max(ends))
